@@ -1,0 +1,8 @@
+//! `ember-runtime`: the parts of Ember that every process shares and the head node itself.
+//!
+//! It knows nothing of CUDA or Python: the resource model ([`resources`]), identifiers
+//! ([`ids`]), placement ([`placement`]), the wire protocol ([`proto`]), cluster security
+//! ([`security`]) and the head ([`head`]).
+
+pub mod ids;
+pub mod resources;
