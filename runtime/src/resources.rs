@@ -63,7 +63,7 @@ impl GpuShare {
     /// Reads a count such as `0.25` or `2`; refuses fractions above one GPU (e.g. `1.5`).
     pub fn from_gpus(gpus: f64) -> Result<Self, ResourceError> {
         let bad = || ResourceError::InvalidGpus(gpus.to_string());
-        if !gpus.is_finite() || gpus < 0.0 || gpus > 1e6 {
+        if !gpus.is_finite() || !(0.0..=1e6).contains(&gpus) {
             return Err(bad());
         }
         let units = (gpus * f64::from(GPU_UNITS)).round();
@@ -117,7 +117,7 @@ impl fmt::Display for GpuShare {
 /// Converts a decimal amount (CPUs, custom resources) to exact milli-units.
 pub fn to_millis(amount: f64) -> Result<u64, ResourceError> {
     let bad = || ResourceError::InvalidAmount(amount.to_string());
-    if !amount.is_finite() || amount < 0.0 || amount > 1e12 {
+    if !amount.is_finite() || !(0.0..=1e12).contains(&amount) {
         return Err(bad());
     }
     let millis = (amount * MILLIS as f64).round();

@@ -1,0 +1,124 @@
+//! The head node: accepts workers and clients over QUIC, places requests with the pure
+//! [`Scheduler`](crate::placement::Scheduler), and sends work to workers.
+//!
+//! Everything here is the thin async shell: state transitions of placement live in
+//! [`crate::placement`], bookkeeping of what runs where in [`registry`].
+
+mod conn;
+mod registry;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::security::{server_config, ClusterFile, ClusterSecrets, SecurityError};
+
+pub use status::ClusterStatus;
+
+/// How a head is started.
+#[derive(Debug, Clone)]
+pub struct HeadConfig {
+    /// Where to listen, `127.0.0.1:7700` by default.
+    pub listen: SocketAddr,
+    /// Where the certificate, key, token and cluster file live.
+    pub state_dir: PathBuf,
+    /// A worker silent for this long is declared dead.
+    pub heartbeat_timeout: Duration,
+}
+
+impl HeadConfig {
+    /// The defaults: `127.0.0.1:7700`, the default state directory, 2 s heartbeat timeout.
+    pub fn new(state_dir: PathBuf) -> Self {
+        HeadConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            state_dir,
+            heartbeat_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a head could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// The state directory, certificate or cluster file could not be made or read.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The address could not be bound (in use, not local).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A head that is serving.
+pub struct RunningHead {
+    /// The address it listens on (the port resolved when 0 was asked for).
+    pub addr: SocketAddr,
+    /// What clients and workers need to join, as written to the state directory.
+    pub cluster: ClusterFile,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningHead {
+    /// Stops serving: closes every connection and waits for the endpoint to go idle.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the head stops (it stops only when asked).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a head: loads or creates the cluster's secrets, binds, writes the cluster file.
+pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
+    let secrets = ClusterSecrets::load_or_create(&config.state_dir)?;
+    let endpoint = quinn::Endpoint::server(server_config(&secrets.identity)?, config.listen)
+        .map_err(|source| HeadError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = endpoint.local_addr().map_err(|source| HeadError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let cluster = ClusterFile {
+        address: addr,
+        token: secrets.token.clone(),
+        fingerprint: secrets.identity.fingerprint,
+    };
+    cluster.write(&config.state_dir)?;
+    tracing::info!(%addr, state_dir = %config.state_dir.display(), "head listening");
+
+    let head = Arc::new(registry::Head::new(secrets.token, config.heartbeat_timeout));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => { tokio::spawn(conn::serve(head.clone(), incoming)); }
+                    None => break,
+                },
+                _ = stop_rx.changed() => break,
+            }
+        }
+        endpoint.close(0u32.into(), b"head stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    });
+    Ok(RunningHead {
+        addr,
+        cluster,
+        stop: stop_tx,
+        task,
+    })
+}

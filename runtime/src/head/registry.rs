@@ -1,0 +1,235 @@
+//! The head's record of the cluster: nodes and their connections, what runs where, and the
+//! requests waiting for capacity. Placement decisions come from the pure scheduler.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::{oneshot, watch};
+
+use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
+use crate::placement::{Decision, Lease, PlacementRequest, Scheduler};
+use crate::proto::{ErrorKind, Placement, RemoteError, WorkerHello};
+use crate::resources::{Allocation, GpuStat};
+
+/// A worker that has joined.
+pub(crate) struct NodeEntry {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) hello: WorkerHello,
+    pub(crate) task_types: BTreeSet<String>,
+    pub(crate) actor_types: BTreeSet<String>,
+    pub(crate) last_heartbeat: Instant,
+    pub(crate) gpu_stats: Vec<GpuStat>,
+    pub(crate) leaving: bool,
+}
+
+/// What a lease is for, for status and for cleaning up.
+#[derive(Debug, Clone)]
+pub(crate) enum Work {
+    Task { id: TaskId, name: String },
+    Actor { id: ActorId, type_name: String },
+    Job { id: JobId, command: String },
+}
+
+/// A request's life: waiting for capacity, then running on a node.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkEntry {
+    pub(crate) work: Work,
+    pub(crate) placement: Placement,
+    pub(crate) running: Option<(NodeId, Allocation)>,
+    /// The client connection that owns it (actors die with their owner).
+    pub(crate) owner: usize,
+}
+
+/// A live actor, for routing kills and status.
+#[derive(Debug, Clone)]
+pub(crate) struct ActorEntry {
+    pub(crate) lease: LeaseId,
+    pub(crate) node: NodeId,
+    pub(crate) owner: usize,
+}
+
+/// The head's shared state.
+pub(crate) struct Head {
+    pub(crate) token: String,
+    pub(crate) heartbeat_timeout: Duration,
+    sched: Mutex<Scheduler>,
+    pub(crate) nodes: DashMap<NodeId, NodeEntry>,
+    pub(crate) work: DashMap<LeaseId, WorkEntry>,
+    pub(crate) actors: DashMap<ActorId, ActorEntry>,
+    waiting: DashMap<LeaseId, oneshot::Sender<Lease>>,
+    next_id: AtomicU64,
+    pub(crate) node_count: watch::Sender<u32>,
+}
+
+impl Head {
+    pub(crate) fn new(token: String, heartbeat_timeout: Duration) -> Self {
+        Head {
+            token,
+            heartbeat_timeout,
+            sched: Mutex::new(Scheduler::new()),
+            nodes: DashMap::new(),
+            work: DashMap::new(),
+            actors: DashMap::new(),
+            waiting: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            node_count: watch::channel(0).0,
+        }
+    }
+
+    /// A fresh number for any id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn with_scheduler<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
+        let mut s = self.sched.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    }
+
+    /// Registers a joined worker.
+    pub(crate) fn add_node(&self, id: NodeId, conn: quinn::Connection, hello: WorkerHello) {
+        let mut resources = hello.resources.clone();
+        resources.labels = hello
+            .task_types
+            .iter()
+            .map(|t| task_label(t))
+            .chain(hello.actor_types.iter().map(|a| actor_label(a)))
+            .collect();
+        resources.labels.sort();
+        self.nodes.insert(
+            id,
+            NodeEntry {
+                conn,
+                task_types: hello.task_types.iter().cloned().collect(),
+                actor_types: hello.actor_types.iter().cloned().collect(),
+                hello,
+                last_heartbeat: Instant::now(),
+                gpu_stats: Vec::new(),
+                leaving: false,
+            },
+        );
+        self.with_scheduler(|s| s.add_node(id, resources));
+        self.node_count.send_replace(self.nodes.len() as u32);
+        self.place_waiting();
+    }
+
+    /// Forgets a node that left or died; what ran there is lost with it.
+    pub(crate) fn remove_node(&self, id: NodeId) -> Vec<LeaseId> {
+        let lost = self.with_scheduler(|s| s.remove_node(id));
+        self.nodes.remove(&id);
+        self.node_count.send_replace(self.nodes.len() as u32);
+        let lost: Vec<LeaseId> = lost.into_iter().map(|l| l.id).collect();
+        self.actors.retain(|_, a| a.node != id);
+        for lease in &lost {
+            self.work.remove(lease);
+        }
+        lost
+    }
+
+    /// Asks for capacity and waits for it. Fails at once if no node could ever satisfy it.
+    /// `label` restricts placement to nodes whose executable has that task or actor type.
+    pub(crate) async fn acquire(
+        &self,
+        lease: LeaseId,
+        placement: &Placement,
+        label: Option<String>,
+    ) -> Result<Lease, RemoteError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(lease, tx);
+        let request = PlacementRequest {
+            lease,
+            demand: placement.demand.clone(),
+            strategy: placement.strategy,
+            affinity: placement.affinity,
+            priority: placement.priority,
+            labels: label.into_iter().collect(),
+        };
+        let decision = self.with_scheduler(|s| s.request(request));
+        match decision {
+            Decision::Placed(l) => {
+                self.waiting.remove(&lease);
+                Ok(l)
+            }
+            Decision::Rejected(e) => {
+                self.waiting.remove(&lease);
+                Err(RemoteError::new(ErrorKind::Infeasible, e.to_string()))
+            }
+            Decision::Queued => {
+                tracing::debug!(%lease, "waiting for capacity");
+                rx.await.map_err(|_| {
+                    RemoteError::new(ErrorKind::Internal, "the head dropped a waiting request")
+                })
+            }
+        }
+    }
+
+    /// Withdraws a request that still waits, or releases it if it was placed meanwhile.
+    pub(crate) fn abandon(&self, lease: LeaseId) {
+        self.waiting.remove(&lease);
+        let cancelled = self.with_scheduler(|s| s.cancel(lease));
+        if !cancelled {
+            self.release(lease);
+        }
+    }
+
+    /// Returns a lease's capacity and hands freed capacity to waiting requests.
+    pub(crate) fn release(&self, lease: LeaseId) {
+        self.work.remove(&lease);
+        if self.with_scheduler(|s| s.release(lease)) {
+            self.place_waiting();
+        }
+    }
+
+    /// Places waiting requests that fit now and wakes their handlers.
+    pub(crate) fn place_waiting(&self) {
+        loop {
+            let placed = self.with_scheduler(|s| s.place_queued());
+            if placed.is_empty() {
+                return;
+            }
+            let mut freed = false;
+            for lease in placed {
+                let id = lease.id;
+                let delivered = match self.waiting.remove(&id) {
+                    Some((_, tx)) => tx.send(lease).is_ok(),
+                    None => false,
+                };
+                if !delivered {
+                    // Its requester is gone: give the capacity straight back.
+                    freed |= self.with_scheduler(|s| s.release(id));
+                }
+            }
+            if !freed {
+                return;
+            }
+        }
+    }
+
+    /// Whether some node's executable has this task function.
+    pub(crate) fn knows_task(&self, name: &str) -> bool {
+        self.nodes.iter().any(|n| n.task_types.contains(name))
+    }
+
+    /// Whether some node's executable has this actor type.
+    pub(crate) fn knows_actor(&self, name: &str) -> bool {
+        self.nodes.iter().any(|n| n.actor_types.contains(name))
+    }
+
+    /// A joined node's connection.
+    pub(crate) fn node_conn(&self, id: NodeId) -> Option<quinn::Connection> {
+        self.nodes.get(&id).map(|n| n.conn.clone())
+    }
+}
+
+/// The placement label of nodes that can run task `name`.
+pub(crate) fn task_label(name: &str) -> String {
+    format!("task:{name}")
+}
+
+/// The placement label of nodes that can host actor type `name`.
+pub(crate) fn actor_label(name: &str) -> String {
+    format!("actor:{name}")
+}

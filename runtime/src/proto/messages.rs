@@ -1,0 +1,315 @@
+//! Every message Ember sends. Each exchange is one QUIC stream: the opener writes a request,
+//! the other side answers with one reply or, for jobs, a sequence of events.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::ids::{ActorId, JobId, NodeId, TaskId};
+use crate::placement::{NodeAffinity, Strategy};
+use crate::resources::{Allocation, GpuStat, NodeResources, ResourceDemand};
+use crate::security::Fingerprint;
+
+/// The first message on a connection, on its first stream: who is connecting, with the token.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub enum Hello {
+    /// A worker joining the cluster.
+    Worker(WorkerHello),
+    /// A client (the command line, a program) of the cluster, or of a worker's actors.
+    Client {
+        /// The cluster's join token.
+        token: String,
+    },
+}
+
+/// What a worker tells the head about itself when it joins.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct WorkerHello {
+    /// The cluster's join token.
+    pub token: String,
+    /// A name for humans (host name and process id by default).
+    pub name: String,
+    /// Everything the worker offers.
+    pub resources: NodeResources,
+    /// Task functions this worker's executable can run, by registered name.
+    pub task_types: Vec<String>,
+    /// Actor types this worker's executable can host, by registered name.
+    pub actor_types: Vec<String>,
+    /// Where clients reach the worker's actors directly.
+    pub peer_addr: String,
+    /// The fingerprint of the certificate the worker's peer endpoint presents.
+    pub peer_fingerprint: Fingerprint,
+}
+
+/// The answer to a [`Hello`].
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub enum Welcome {
+    /// Accepted; a worker learns its node id.
+    Accepted {
+        /// The id given to a joining worker; `None` for a client.
+        node: Option<NodeId>,
+    },
+    /// Refused, with the reason (a wrong token, a malformed hello).
+    Refused {
+        /// Why, for the log of the party refused.
+        reason: String,
+    },
+}
+
+/// Where and how a request may be placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Placement {
+    /// The resources it needs.
+    pub demand: ResourceDemand,
+    /// Pack (default) or spread.
+    pub strategy: Strategy,
+    /// An optional node to run on.
+    pub affinity: Option<NodeAffinity>,
+    /// Higher runs first when requests wait for capacity.
+    pub priority: i32,
+}
+
+/// A task to run once.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The registered name of the task function.
+    pub name: String,
+    /// The archived arguments.
+    pub args: Vec<u8>,
+    /// Its needs.
+    pub placement: Placement,
+}
+
+/// An actor to create.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct ActorSpec {
+    /// The registered name of the actor type.
+    pub type_name: String,
+    /// The archived constructor arguments.
+    pub args: Vec<u8>,
+    /// Its needs, held for the actor's life.
+    pub placement: Placement,
+}
+
+/// A command to run as a batch job.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Its needs, held while it runs.
+    pub placement: Placement,
+}
+
+/// What a client asks of the head.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Run a task; answered with [`ClientReply::TaskDone`] or an error.
+    SubmitTask(TaskSpec),
+    /// Create an actor; answered with [`ClientReply::ActorCreated`] or an error.
+    CreateActor(ActorSpec),
+    /// Stop an actor and free its resources.
+    KillActor {
+        /// Which.
+        actor: ActorId,
+    },
+    /// Run a job; answered with a stream of [`ClientReply::Job`] events.
+    SubmitJob(JobSpec),
+    /// The cluster's state as JSON.
+    Status,
+    /// Answered once at least `count` workers have joined, or with an error after the timeout.
+    WaitForNodes {
+        /// How many workers.
+        count: u32,
+        /// How long to wait at most, in milliseconds.
+        timeout_ms: u64,
+    },
+}
+
+/// What the head answers a client.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// The task's archived result.
+    TaskDone(Vec<u8>),
+    /// The actor is up; calls go straight to its worker.
+    ActorCreated(ActorLocation),
+    /// The actor is gone and its resources are free.
+    ActorKilled,
+    /// One event of a job.
+    Job(JobEvent),
+    /// The cluster's state, as the JSON object `ember status --json` prints.
+    Status(String),
+    /// Enough workers have joined.
+    NodesReady {
+        /// How many are in the cluster now.
+        count: u32,
+    },
+    /// The request failed.
+    Error(RemoteError),
+}
+
+/// Where an actor lives, for direct calls.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ActorLocation {
+    /// The actor.
+    pub actor: ActorId,
+    /// Its node.
+    pub node: NodeId,
+    /// The worker's peer address.
+    pub peer_addr: String,
+    /// The certificate fingerprint the worker's peer endpoint presents.
+    pub peer_fingerprint: Fingerprint,
+    /// What it was given.
+    pub allocation: Allocation,
+}
+
+/// One event in a job's life.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub enum JobEvent {
+    /// Placed and started.
+    Started {
+        /// The job.
+        job: JobId,
+        /// Where it runs.
+        node: NodeId,
+        /// What it was given.
+        allocation: Allocation,
+    },
+    /// Bytes the command wrote to its standard output.
+    Stdout(Vec<u8>),
+    /// Bytes the command wrote to its standard error.
+    Stderr(Vec<u8>),
+    /// The command ended with this exit code (128 + signal number when killed by a signal).
+    Exited(i32),
+}
+
+/// The kind of a failure, so that a caller can decide what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// No node of the cluster could ever satisfy the request.
+    Infeasible,
+    /// No worker has the task or actor type, or no such actor exists.
+    Unknown,
+    /// The user's code returned an error or panicked.
+    User,
+    /// The worker running it died or left.
+    WorkerDied,
+    /// The request was malformed or not allowed.
+    BadRequest,
+    /// The token was wrong.
+    Unauthorized,
+    /// Waited too long.
+    Timeout,
+    /// Something failed inside Ember.
+    Internal,
+}
+
+/// A failure reported to the party whose request caused it.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// A message for humans, naming what was wrong.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// A failure of the given kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RemoteError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the head asks of a worker, each on its own stream.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub enum WorkerCommand {
+    /// Run a task with this allocation; answered with [`WorkerReply::TaskDone`] or an error.
+    RunTask {
+        /// The task.
+        task: TaskId,
+        /// Its registered name.
+        name: String,
+        /// Archived arguments.
+        args: Vec<u8>,
+        /// What it was given.
+        allocation: Allocation,
+    },
+    /// Start an actor; answered with [`WorkerReply::ActorReady`] or an error.
+    CreateActor {
+        /// The actor.
+        actor: ActorId,
+        /// Its registered type.
+        type_name: String,
+        /// Archived constructor arguments.
+        args: Vec<u8>,
+        /// What it was given.
+        allocation: Allocation,
+    },
+    /// Stop an actor; answered with [`WorkerReply::ActorKilled`].
+    KillActor {
+        /// Which.
+        actor: ActorId,
+    },
+    /// Run a job; answered with a stream of [`WorkerReply::Job`] events ending in `Exited`.
+    RunJob {
+        /// The job.
+        job: JobId,
+        /// Program and arguments.
+        command: Vec<String>,
+        /// Extra environment.
+        env: Vec<(String, String)>,
+        /// What it was given.
+        allocation: Allocation,
+    },
+}
+
+/// A worker's answer to a [`WorkerCommand`].
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub enum WorkerReply {
+    /// The task's archived result.
+    TaskDone(Vec<u8>),
+    /// The actor is constructed and takes calls.
+    ActorReady,
+    /// The actor is stopped.
+    ActorKilled,
+    /// One event of a job.
+    Job(JobEvent),
+    /// It failed.
+    Error(RemoteError),
+}
+
+/// What a worker tells the head unasked, in order, on one long-lived stream of its own.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub enum WorkerEvent {
+    /// Liveness and live GPU figures.
+    Heartbeat {
+        /// One entry per GPU.
+        gpus: Vec<GpuStat>,
+    },
+    /// An actor's process ended without being asked to.
+    ActorExited {
+        /// Which.
+        actor: ActorId,
+        /// Why, for the log and the actor's callers.
+        reason: String,
+    },
+    /// The worker is leaving on purpose (Ctrl-C, SIGTERM).
+    Leaving,
+}
+
+/// A call from a client straight to the worker hosting an actor.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct ActorCall {
+    /// The actor.
+    pub actor: ActorId,
+    /// The method's name.
+    pub method: String,
+    /// Archived arguments.
+    pub args: Vec<u8>,
+}
+
+/// The answer to an [`ActorCall`]: the archived result or the failure.
+pub type CallReply = Result<Vec<u8>, RemoteError>;

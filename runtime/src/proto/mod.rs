@@ -1,0 +1,12 @@
+//! The one wire protocol: `rkyv` archives, checked before use, framed by a little-endian `u32`
+//! length with a size limit, one request/response exchange per QUIC stream.
+//!
+//! The same frames travel on Unix sockets between a worker and its executor processes.
+
+mod codec;
+mod frame;
+mod messages;
+
+pub use codec::{decode, encode, Wire};
+pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
+pub use messages::*;

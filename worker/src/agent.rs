@@ -1,0 +1,474 @@
+//! The worker agent: joins the head over QUIC, reports its resources and heartbeats, runs what
+//! the head sends it, and serves direct actor calls from clients.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_runtime::ids::{ActorId, NodeId};
+use ember_runtime::proto::{
+    read_frame, write_frame, ActorCall, CallReply, ErrorKind, FrameError, Hello, RemoteError,
+    Welcome, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, MAX_FRAME,
+};
+use ember_runtime::resources::{to_millis, Allocation, NodeResources, ResourceError};
+use ember_runtime::security::{
+    client_config, server_config, token_matches, Fingerprint, Identity, SecurityError,
+    SERVER_NAME,
+};
+use tokio::sync::mpsc;
+
+use crate::executor::{ExecRequest, ExecutorPool};
+use crate::gpu::{self, GpuError, GpuMonitor};
+use crate::{job, registry};
+
+/// How a worker is started: where the head is, how to prove membership, what it offers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerConfig {
+    /// The head's address.
+    pub head: SocketAddr,
+    /// The cluster's join token.
+    pub token: String,
+    /// The fingerprint of the head's certificate.
+    pub fingerprint: Fingerprint,
+    /// A name for humans; defaults to host name and process id.
+    pub name: Option<String>,
+    /// CPUs to offer; defaults to the machine's.
+    pub cpus: Option<f64>,
+    /// Logical GPUs to declare (for machines without them); NVML is used when not given.
+    pub gpus: Option<u32>,
+    /// Memory of each logical GPU, e.g. `80GiB`.
+    pub gpu_memory: Option<String>,
+    /// Accelerator type of the logical GPUs, e.g. `H100`.
+    pub accelerator: Option<String>,
+    /// Custom resources to offer, e.g. `("tpu", 4.0)`.
+    pub resources: Vec<(String, f64)>,
+    /// Where to listen for direct calls from clients.
+    pub listen: SocketAddr,
+    /// How often to send heartbeats.
+    pub heartbeat_ms: u64,
+}
+
+impl WorkerConfig {
+    /// A configuration joining `head` with defaults for everything else.
+    pub fn new(head: SocketAddr, token: String, fingerprint: Fingerprint) -> Self {
+        WorkerConfig {
+            head,
+            token,
+            fingerprint,
+            name: None,
+            cpus: None,
+            gpus: None,
+            gpu_memory: None,
+            accelerator: None,
+            resources: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            heartbeat_ms: 500,
+        }
+    }
+}
+
+/// Why a worker could not join or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The declared GPUs were invalid.
+    #[error(transparent)]
+    Gpus(#[from] GpuError),
+    /// A declared CPU or custom amount was invalid.
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
+    /// The TLS set-up failed.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The head could not be reached, or its certificate is not the pinned one.
+    #[error("cannot reach the head at {addr}: {reason}")]
+    Connect {
+        /// The head's address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The head refused this worker (a wrong token, for instance).
+    #[error("the head refused this worker: {0}")]
+    Refused(String),
+    /// The connection to the head was lost.
+    #[error("lost the connection to the head: {0}")]
+    HeadLost(String),
+    /// A protocol exchange failed.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] FrameError),
+    /// A local I/O operation failed (binding the endpoint, the executor socket directory).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+struct WorkerState {
+    node: NodeId,
+    token: String,
+    pool: ExecutorPool,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+}
+
+/// Runs a worker until `shutdown` resolves (then it deregisters cleanly) or the head goes away.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let logical = gpu::parse_logical(
+        config.gpus,
+        config.gpu_memory.as_deref(),
+        config.accelerator.as_deref(),
+    )?;
+    let inventory = gpu::discover(logical.as_ref());
+    let monitor = GpuMonitor::new(&inventory);
+    let cpus = match config.cpus {
+        Some(c) => c,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+    };
+    let mut custom = Vec::new();
+    for (name, amount) in &config.resources {
+        custom.push((name.clone(), to_millis(*amount)?));
+    }
+    custom.sort();
+    let resources = NodeResources {
+        cpu_millis: to_millis(cpus)?,
+        gpus: inventory.devices.clone(),
+        custom,
+    };
+
+    let identity = Identity::ephemeral()?;
+    let mut endpoint = quinn::Endpoint::server(server_config(&identity)?, config.listen)?;
+    endpoint.set_default_client_config(client_config(config.fingerprint)?);
+    let peer_addr = endpoint.local_addr()?;
+
+    let connect_err = |reason: String| WorkerError::Connect {
+        addr: config.head,
+        reason,
+    };
+    let conn = endpoint
+        .connect(config.head, SERVER_NAME)
+        .map_err(|e| connect_err(e.to_string()))?
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+
+    let name = config.name.clone().unwrap_or_else(default_name);
+    let hello = Hello::Worker(WorkerHello {
+        token: config.token.clone(),
+        name: name.clone(),
+        resources,
+        task_types: registry::task_names(),
+        actor_types: registry::actor_names(),
+        peer_addr: peer_addr.to_string(),
+        peer_fingerprint: identity.fingerprint,
+    });
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connect_err(e.to_string()))?;
+    write_frame(&mut send, &hello).await?;
+    let _ = send.finish();
+    let node = match read_frame::<_, Welcome>(&mut recv, MAX_FRAME).await {
+        Ok(Some(Welcome::Accepted { node: Some(node) })) => node,
+        Ok(Some(Welcome::Refused { reason })) => return Err(WorkerError::Refused(reason)),
+        Ok(_) => return Err(WorkerError::Refused("the head sent no welcome".into())),
+        Err(e) => {
+            return Err(match conn.close_reason() {
+                Some(reason) => WorkerError::Refused(reason.to_string()),
+                None => e.into(),
+            })
+        }
+    };
+    tracing::info!(
+        %node, head = %config.head, peer = %peer_addr, gpus = inventory.devices.len(),
+        "worker {name} joined the cluster"
+    );
+
+    // Events (heartbeats first of all) travel on one stream of their own, apart from work.
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<WorkerEvent>();
+    let mut events_stream = conn
+        .open_uni()
+        .await
+        .map_err(|e| WorkerError::HeadLost(e.to_string()))?;
+    let events_task = tokio::spawn(async move {
+        while let Some(ev) = events_rx.recv().await {
+            let leaving = matches!(ev, WorkerEvent::Leaving);
+            if write_frame(&mut events_stream, &ev).await.is_err() {
+                break;
+            }
+            if leaving {
+                let _ = events_stream.finish();
+                let _ = events_stream.stopped().await;
+                break;
+            }
+        }
+    });
+    let heartbeat = {
+        let events = events_tx.clone();
+        let period = Duration::from_millis(config.heartbeat_ms.max(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let gpus = monitor.sample();
+                if events.send(WorkerEvent::Heartbeat { gpus }).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let state = Arc::new(WorkerState {
+        node,
+        token: config.token.clone(),
+        pool: ExecutorPool::new(socket_dir(node))?,
+        events: events_tx,
+    });
+
+    let commands = {
+        let state = state.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(handle_command(state.clone(), send, recv));
+            }
+        })
+    };
+    let peers = {
+        let state = state.clone();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(serve_peer(state.clone(), incoming));
+            }
+        })
+    };
+
+    let outcome = tokio::select! {
+        _ = shutdown => {
+            tracing::info!(%node, "worker leaving the cluster");
+            let _ = state.events.send(WorkerEvent::Leaving);
+            let _ = tokio::time::timeout(Duration::from_secs(2), events_task).await;
+            conn.close(0u32.into(), b"worker leaving");
+            Ok(())
+        }
+        reason = conn.closed() => {
+            tracing::warn!(%node, "lost the head: {reason}");
+            Err(WorkerError::HeadLost(reason.to_string()))
+        }
+    };
+    heartbeat.abort();
+    commands.abort();
+    peers.abort();
+    state.pool.shutdown().await;
+    endpoint.close(0u32.into(), b"worker stopped");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    outcome
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "worker".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn handle_command(state: Arc<WorkerState>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let cmd = match read_frame::<_, WorkerCommand>(&mut recv, MAX_FRAME).await {
+        Ok(Some(cmd)) => cmd,
+        Ok(None) => return,
+        Err(e) => {
+            let err = RemoteError::new(ErrorKind::BadRequest, format!("bad command: {e}"));
+            let _ = write_frame(&mut send, &WorkerReply::Error(err)).await;
+            return;
+        }
+    };
+    let reply = match cmd {
+        WorkerCommand::RunTask {
+            task,
+            name,
+            args,
+            allocation,
+        } => {
+            tracing::debug!(%task, %name, "running task");
+            match run_task(&state, name, args, allocation).await {
+                Ok(bytes) => WorkerReply::TaskDone(bytes),
+                Err(e) => WorkerReply::Error(e),
+            }
+        }
+        WorkerCommand::CreateActor {
+            actor,
+            type_name,
+            args,
+            allocation,
+        } => match create_actor(&state, actor, type_name, args, allocation).await {
+            Ok(()) => WorkerReply::ActorReady,
+            Err(e) => WorkerReply::Error(e),
+        },
+        WorkerCommand::KillActor { actor } => {
+            if let Some(exec) = state.pool.remove_actor(actor) {
+                exec.kill().await;
+            }
+            WorkerReply::ActorKilled
+        }
+        WorkerCommand::RunJob {
+            job,
+            command,
+            env,
+            allocation,
+        } => {
+            job::run(state.node, job, command, env, allocation, &mut send).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let _ = write_frame(&mut send, &reply).await;
+    let _ = send.finish();
+}
+
+async fn run_task(
+    state: &WorkerState,
+    name: String,
+    args: Vec<u8>,
+    allocation: Allocation,
+) -> Result<Vec<u8>, RemoteError> {
+    let exec = state
+        .pool
+        .for_tasks(&allocation.cuda_visible_devices())
+        .await
+        .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}")))?;
+    let node = state.node;
+    exec.request(|id| ExecRequest::RunTask {
+        id,
+        name,
+        args,
+        node,
+        allocation,
+    })
+    .await
+}
+
+async fn create_actor(
+    state: &Arc<WorkerState>,
+    actor: ActorId,
+    type_name: String,
+    args: Vec<u8>,
+    allocation: Allocation,
+) -> Result<(), RemoteError> {
+    let exec = state
+        .pool
+        .for_actor(actor, &allocation.cuda_visible_devices())
+        .await
+        .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}")))?;
+    let node = state.node;
+    let created = exec
+        .request(|id| ExecRequest::CreateActor {
+            id,
+            type_name,
+            args,
+            node,
+            allocation,
+        })
+        .await;
+    if let Err(e) = created {
+        if let Some(exec) = state.pool.remove_actor(actor) {
+            exec.kill().await;
+        }
+        return Err(e);
+    }
+    // Report an actor whose process ends without being asked to.
+    let watcher = state.clone();
+    tokio::spawn(async move {
+        let reason = exec.exited().await;
+        if watcher.pool.remove_actor(actor).is_some() {
+            tracing::warn!(%actor, "actor's process ended: {reason}");
+            let _ = watcher.events.send(WorkerEvent::ActorExited { actor, reason });
+        }
+    });
+    Ok(())
+}
+
+/// Serves one client connected straight to this worker for actor calls.
+async fn serve_peer(state: Arc<WorkerState>, incoming: quinn::Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("peer connection failed: {e}");
+            return;
+        }
+    };
+    // The first stream carries the client's hello with the cluster token.
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+        return;
+    };
+    let welcome = match read_frame::<_, Hello>(&mut recv, 64 << 10).await {
+        Ok(Some(Hello::Client { token })) if token_matches(&state.token, &token) => {
+            Welcome::Accepted { node: None }
+        }
+        Ok(Some(Hello::Client { .. })) => Welcome::Refused {
+            reason: "wrong cluster token".into(),
+        },
+        Ok(_) => Welcome::Refused {
+            reason: "expected a client hello".into(),
+        },
+        Err(e) => Welcome::Refused {
+            reason: format!("malformed hello: {e}"),
+        },
+    };
+    let accepted = matches!(welcome, Welcome::Accepted { .. });
+    let _ = write_frame(&mut send, &welcome).await;
+    let _ = send.finish();
+    if !accepted {
+        tracing::warn!(remote = %conn.remote_address(), "refused a peer: {welcome:?}");
+        let _ = send.stopped().await;
+        conn.close(1u32.into(), b"refused");
+        return;
+    }
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_call(state.clone(), send, recv));
+    }
+}
+
+async fn serve_call(state: Arc<WorkerState>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let reply: CallReply = match read_frame::<_, ActorCall>(&mut recv, MAX_FRAME).await {
+        Ok(Some(call)) => match state.pool.actor(call.actor) {
+            Some(exec) => {
+                let ActorCall { method, args, .. } = call;
+                exec.request(|id| ExecRequest::CallActor { id, method, args })
+                    .await
+            }
+            None => Err(RemoteError::new(
+                ErrorKind::Unknown,
+                format!("no actor {} on node {}", call.actor, state.node),
+            )),
+        },
+        Ok(None) => return,
+        Err(e) => Err(RemoteError::new(ErrorKind::BadRequest, format!("bad call: {e}"))),
+    };
+    let _ = write_frame(&mut send, &reply).await;
+    let _ = send.finish();
+}
+
+/// The directory for this worker's executor sockets.
+fn socket_dir(node: NodeId) -> PathBuf {
+    std::env::temp_dir().join(format!("ember-worker-{}-{}", std::process::id(), node.0))
+}

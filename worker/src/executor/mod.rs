@@ -1,0 +1,13 @@
+//! Executor processes: where user tasks and actors run, apart from the worker agent.
+//!
+//! Each actor gets a process of its own; tasks share one process per distinct GPU set. Each
+//! process sees only its GPUs (`CUDA_VISIBLE_DEVICES`), and a crash in user code takes down only
+//! that process: the worker reports the failure and goes on serving.
+
+mod pool;
+mod process;
+mod protocol;
+
+pub(crate) use pool::ExecutorPool;
+pub(crate) use process::serve;
+pub(crate) use protocol::ExecRequest;

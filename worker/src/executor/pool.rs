@@ -1,0 +1,233 @@
+//! The worker's side of its executor processes: starting them with the right
+//! `CUDA_VISIBLE_DEVICES`, sending them work and noticing when they die.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ember_runtime::ids::ActorId;
+use ember_runtime::proto::{read_frame, write_frame, ErrorKind, RemoteError, MAX_FRAME};
+use tokio::net::UnixListener;
+use tokio::process::Command;
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+
+use super::protocol::{ExecReply, ExecRequest};
+use crate::role::{ROLE_EXECUTOR, ROLE_VAR, SOCKET_VAR};
+
+type Pending = Arc<DashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteError>>>>;
+
+/// One executor process and the connection to it.
+pub(crate) struct Executor {
+    requests: mpsc::UnboundedSender<ExecRequest>,
+    pending: Pending,
+    next_id: AtomicU64,
+    exited: watch::Receiver<Option<String>>,
+    kill: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+static SOCKETS: AtomicU64 = AtomicU64::new(0);
+
+impl Executor {
+    /// Starts an executor process of this executable seeing only `cuda_visible` GPUs.
+    pub(crate) async fn spawn(dir: &Path, cuda_visible: &str) -> std::io::Result<Arc<Executor>> {
+        let path = dir.join(format!("exec-{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
+        let listener = UnixListener::bind(&path)?;
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .env(ROLE_VAR, ROLE_EXECUTOR)
+            .env(SOCKET_VAR, &path)
+            .env("CUDA_VISIBLE_DEVICES", cuda_visible)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let accepted = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(20), listener.accept()) => r,
+            status = child.wait() => {
+                let _ = std::fs::remove_file(&path);
+                return Err(std::io::Error::other(format!("executor process exited at start: {status:?}")));
+            }
+        };
+        let _ = std::fs::remove_file(&path);
+        let (stream, _) = accepted
+            .map_err(|_| std::io::Error::other("executor process did not connect within 20 s"))??;
+        let (mut rd, mut wr) = stream.into_split();
+
+        let (req_tx, mut req_rx) = mpsc::unbounded_channel::<ExecRequest>();
+        tokio::spawn(async move {
+            while let Some(req) = req_rx.recv().await {
+                if write_frame(&mut wr, &req).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let pending: Pending = Arc::new(DashMap::new());
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                match read_frame::<_, ExecReply>(&mut rd, MAX_FRAME).await {
+                    Ok(Some(reply)) => {
+                        if let Some((_, tx)) = reader_pending.remove(&reply.id) {
+                            let _ = tx.send(reply.result);
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            // The process is gone (or going): learn how, then fail what was in flight.
+            let status = tokio::select! {
+                s = child.wait() => s,
+                _ = kill_rx => { let _ = child.kill().await; child.wait().await }
+            };
+            let reason = match status {
+                Ok(s) => describe_exit(s),
+                Err(e) => format!("executor process lost: {e}"),
+            };
+            let ids: Vec<u64> = reader_pending.iter().map(|e| *e.key()).collect();
+            for id in ids {
+                if let Some((_, tx)) = reader_pending.remove(&id) {
+                    let _ = tx.send(Err(RemoteError::new(ErrorKind::WorkerDied, reason.clone())));
+                }
+            }
+            let _ = exit_tx.send(Some(reason));
+        });
+
+        Ok(Arc::new(Executor {
+            requests: req_tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            exited: exit_rx,
+            kill: Mutex::new(Some(kill_tx)),
+        }))
+    }
+
+    /// Sends one request built around a fresh id and waits for its reply.
+    pub(crate) async fn request(
+        &self,
+        make: impl FnOnce(u64) -> ExecRequest,
+    ) -> Result<Vec<u8>, RemoteError> {
+        if let Some(reason) = self.exited.borrow().clone() {
+            return Err(RemoteError::new(ErrorKind::WorkerDied, reason));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, tx);
+        let req = make(id);
+        debug_assert_eq!(req.id(), id);
+        if self.requests.send(req).is_err() {
+            self.pending.remove(&id);
+            return Err(RemoteError::new(ErrorKind::WorkerDied, "executor process is gone"));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(RemoteError::new(ErrorKind::WorkerDied, "executor process is gone"))
+        })
+    }
+
+    /// True while the process runs.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.exited.borrow().is_none()
+    }
+
+    /// Waits for the process to end and says how it ended.
+    pub(crate) async fn exited(&self) -> String {
+        let mut rx = self.exited.clone();
+        loop {
+            if let Some(reason) = rx.borrow().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                return "executor process lost".to_string();
+            }
+        }
+    }
+
+    /// Kills the process (SIGKILL) and waits until it is gone.
+    pub(crate) async fn kill(&self) {
+        if let Some(k) = self.kill.lock().await.take() {
+            let _ = k.send(());
+        }
+        self.exited().await;
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "executor process exited".to_string(),
+        (Some(c), _) => format!("executor process exited with code {c}"),
+        (None, Some(sig)) => format!("executor process was killed by signal {sig}"),
+        _ => "executor process ended".to_string(),
+    }
+}
+
+/// The executors of one worker: a shared one per GPU set for tasks, one per actor.
+pub(crate) struct ExecutorPool {
+    dir: PathBuf,
+    tasks: Mutex<HashMap<String, Arc<Executor>>>,
+    actors: DashMap<ActorId, Arc<Executor>>,
+}
+
+impl ExecutorPool {
+    /// A pool whose sockets live in `dir`.
+    pub(crate) fn new(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(ExecutorPool {
+            dir,
+            tasks: Mutex::new(HashMap::new()),
+            actors: DashMap::new(),
+        })
+    }
+
+    /// The executor that runs tasks seeing exactly `cuda_visible`, started on first use.
+    pub(crate) async fn for_tasks(&self, cuda_visible: &str) -> std::io::Result<Arc<Executor>> {
+        let mut tasks = self.tasks.lock().await;
+        if let Some(e) = tasks.get(cuda_visible) {
+            if e.is_alive() {
+                return Ok(e.clone());
+            }
+        }
+        let e = Executor::spawn(&self.dir, cuda_visible).await?;
+        tasks.insert(cuda_visible.to_string(), e.clone());
+        Ok(e)
+    }
+
+    /// Starts the dedicated executor of a new actor.
+    pub(crate) async fn for_actor(
+        &self,
+        actor: ActorId,
+        cuda_visible: &str,
+    ) -> std::io::Result<Arc<Executor>> {
+        let e = Executor::spawn(&self.dir, cuda_visible).await?;
+        self.actors.insert(actor, e.clone());
+        Ok(e)
+    }
+
+    /// The executor hosting `actor`.
+    pub(crate) fn actor(&self, actor: ActorId) -> Option<Arc<Executor>> {
+        self.actors.get(&actor).map(|e| e.clone())
+    }
+
+    /// Forgets an actor's executor, returning it.
+    pub(crate) fn remove_actor(&self, actor: ActorId) -> Option<Arc<Executor>> {
+        self.actors.remove(&actor).map(|(_, e)| e)
+    }
+
+    /// Kills every executor.
+    pub(crate) async fn shutdown(&self) {
+        let actors: Vec<Arc<Executor>> = self.actors.iter().map(|e| e.value().clone()).collect();
+        self.actors.clear();
+        for e in actors {
+            e.kill().await;
+        }
+        let tasks: Vec<Arc<Executor>> = self.tasks.lock().await.drain().map(|(_, e)| e).collect();
+        for e in tasks {
+            e.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,50 @@
+//! Messages between a worker and its executor processes, on a Unix socket.
+
+use ember_runtime::ids::NodeId;
+use ember_runtime::proto::RemoteError;
+use ember_runtime::resources::Allocation;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// What the worker asks an executor to do; `id` pairs the reply with it.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub(crate) enum ExecRequest {
+    /// Run a registered task function.
+    RunTask {
+        id: u64,
+        name: String,
+        args: Vec<u8>,
+        node: NodeId,
+        allocation: Allocation,
+    },
+    /// Construct this executor's actor.
+    CreateActor {
+        id: u64,
+        type_name: String,
+        args: Vec<u8>,
+        node: NodeId,
+        allocation: Allocation,
+    },
+    /// Call a method of this executor's actor.
+    CallActor {
+        id: u64,
+        method: String,
+        args: Vec<u8>,
+    },
+}
+
+impl ExecRequest {
+    pub(crate) fn id(&self) -> u64 {
+        match self {
+            ExecRequest::RunTask { id, .. }
+            | ExecRequest::CreateActor { id, .. }
+            | ExecRequest::CallActor { id, .. } => *id,
+        }
+    }
+}
+
+/// An executor's answer.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub(crate) struct ExecReply {
+    pub(crate) id: u64,
+    pub(crate) result: Result<Vec<u8>, RemoteError>,
+}

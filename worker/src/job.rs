@@ -1,0 +1,108 @@
+//! Batch jobs: a command run on this worker with its GPUs, its output streamed back.
+
+use ember_runtime::ids::{JobId, NodeId};
+use ember_runtime::proto::{write_frame, JobEvent, WorkerReply};
+use ember_runtime::resources::Allocation;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// Runs `command` with `CUDA_VISIBLE_DEVICES` and `EMBER_NODE_ID` set, writing its output and
+/// its exit code to `out` as job events. A command that cannot start exits with code 127.
+pub(crate) async fn run(
+    node: NodeId,
+    job: JobId,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    allocation: Allocation,
+    out: &mut quinn::SendStream,
+) {
+    let started = JobEvent::Started {
+        job,
+        node,
+        allocation: allocation.clone(),
+    };
+    if write_frame(out, &WorkerReply::Job(started)).await.is_err() {
+        return;
+    }
+    let Some((program, args)) = command.split_first() else {
+        let msg = b"ember: the job has no command\n".to_vec();
+        let _ = write_frame(out, &WorkerReply::Job(JobEvent::Stderr(msg))).await;
+        let _ = write_frame(out, &WorkerReply::Job(JobEvent::Exited(127))).await;
+        return;
+    };
+    let spawned = Command::new(program)
+        .args(args)
+        .envs(env)
+        .env("CUDA_VISIBLE_DEVICES", allocation.cuda_visible_devices())
+        .env("EMBER_NODE_ID", node.to_string())
+        .env("EMBER_JOB_ID", job.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("ember: cannot start `{program}`: {e}\n").into_bytes();
+            let _ = write_frame(out, &WorkerReply::Job(JobEvent::Stderr(msg))).await;
+            let _ = write_frame(out, &WorkerReply::Job(JobEvent::Exited(127))).await;
+            return;
+        }
+    };
+    tracing::info!(%job, %node, "job started: {}", command.join(" "));
+    let (tx, mut rx) = mpsc::channel::<JobEvent>(64);
+    let pipes = [
+        child.stdout.take().map(|p| (Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, true)),
+        child.stderr.take().map(|p| (Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, false)),
+    ];
+    for (mut pipe, is_stdout) in pipes.into_iter().flatten() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let chunk = buf[..n].to_vec();
+                        let ev = if is_stdout {
+                            JobEvent::Stdout(chunk)
+                        } else {
+                            JobEvent::Stderr(chunk)
+                        };
+                        if tx.send(ev).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut client_gone = false;
+    while let Some(ev) = rx.recv().await {
+        if write_frame(out, &WorkerReply::Job(ev)).await.is_err() {
+            // Nobody is listening any more: stop the job rather than run it unobserved.
+            client_gone = true;
+            let _ = child.kill().await;
+            break;
+        }
+    }
+    let code = match child.wait().await {
+        Ok(status) => exit_code(status),
+        Err(_) => 1,
+    };
+    tracing::info!(%job, code, "job exited");
+    if !client_gone {
+        let _ = write_frame(out, &WorkerReply::Job(JobEvent::Exited(code))).await;
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}

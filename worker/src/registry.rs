@@ -1,0 +1,90 @@
+//! The task functions and actor types compiled into this executable, collected at link time.
+//!
+//! `#[ember::task]` and `#[ember::actor]` submit one entry each; a worker advertises the names it
+//! finds here, and its executors look them up to run them.
+
+use std::fmt;
+
+/// Why one call into user code failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The arguments were not a valid archive of what the function takes.
+    #[error("arguments do not match the function's parameters: {0}")]
+    BadArgs(String),
+    /// The actor has no method of that name.
+    #[error("actor has no method `{0}`")]
+    UnknownMethod(String),
+    /// The user's code returned an error.
+    #[error("{0}")]
+    User(String),
+    /// The user's code panicked.
+    #[error("panicked: {0}")]
+    Panicked(String),
+}
+
+/// A task function, as `#[ember::task]` registers it.
+pub struct TaskEntry {
+    /// The unique name: the function's module path and name.
+    pub name: &'static str,
+    /// Decodes the arguments, runs the function, encodes the result.
+    pub invoke: fn(&[u8]) -> Result<Vec<u8>, CallError>,
+}
+
+/// A live actor inside an executor process.
+pub trait ActorInstance: Send {
+    /// Runs one method with archived arguments and returns the archived result.
+    fn call(&mut self, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError>;
+}
+
+/// An actor type, as `#[ember::actor]` registers it.
+pub struct ActorEntry {
+    /// The unique name: the type's module path and name.
+    pub name: &'static str,
+    /// Decodes the constructor's arguments and builds the actor.
+    pub construct: fn(&[u8]) -> Result<Box<dyn ActorInstance>, CallError>,
+}
+
+impl fmt::Debug for TaskEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskEntry").field("name", &self.name).finish()
+    }
+}
+
+impl fmt::Debug for ActorEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorEntry").field("name", &self.name).finish()
+    }
+}
+
+inventory::collect!(TaskEntry);
+inventory::collect!(ActorEntry);
+
+/// The task function registered under `name`.
+pub fn task(name: &str) -> Option<&'static TaskEntry> {
+    inventory::iter::<TaskEntry>.into_iter().find(|e| e.name == name)
+}
+
+/// The actor type registered under `name`.
+pub fn actor(name: &str) -> Option<&'static ActorEntry> {
+    inventory::iter::<ActorEntry>.into_iter().find(|e| e.name == name)
+}
+
+/// Every registered task name, sorted.
+pub fn task_names() -> Vec<String> {
+    let mut v: Vec<String> = inventory::iter::<TaskEntry>
+        .into_iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every registered actor type name, sorted.
+pub fn actor_names() -> Vec<String> {
+    let mut v: Vec<String> = inventory::iter::<ActorEntry>
+        .into_iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    v.sort();
+    v
+}

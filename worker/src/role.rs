@@ -1,0 +1,95 @@
+//! One executable, three roles: the user's program (or the `ember` tool), a worker agent, and an
+//! executor. A process learns its role from `EMBER_ROLE`, set by whoever started it.
+
+use crate::agent::{self, WorkerConfig};
+
+/// The variable that names a process's role.
+pub const ROLE_VAR: &str = "EMBER_ROLE";
+/// The role of an executor process.
+pub const ROLE_EXECUTOR: &str = "executor";
+/// The role of a worker agent started by a local cluster.
+pub const ROLE_WORKER: &str = "worker";
+/// The Unix socket an executor connects back to.
+pub const SOCKET_VAR: &str = "EMBER_EXECUTOR_SOCKET";
+/// A worker's configuration, as JSON, for a worker started by a local cluster.
+pub const WORKER_CONFIG_VAR: &str = "EMBER_WORKER_CONFIG";
+
+/// Serves this process's role and exits if it was started as an executor or a worker; returns
+/// at once otherwise. Every Ember program calls it first (`#[ember::main]` does).
+pub fn serve_role_if_asked() {
+    let Ok(role) = std::env::var(ROLE_VAR) else {
+        return;
+    };
+    let code = match role.as_str() {
+        ROLE_EXECUTOR => run_executor(),
+        ROLE_WORKER => run_worker(),
+        other => {
+            eprintln!("ember: unknown {ROLE_VAR}={other}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_executor() -> i32 {
+    let Ok(socket) = std::env::var(SOCKET_VAR) else {
+        eprintln!("ember executor: {SOCKET_VAR} is not set");
+        return 2;
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ember executor: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(crate::executor::serve(&socket)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ember executor: {e}");
+            1
+        }
+    }
+}
+
+fn run_worker() -> i32 {
+    init_logging();
+    let config: WorkerConfig = match std::env::var(WORKER_CONFIG_VAR)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ember worker: bad {WORKER_CONFIG_VAR}: {e}");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ember worker: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(agent::run(config, agent::shutdown_signal())) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("worker stopped: {e}");
+            1
+        }
+    }
+}
+
+/// Sends `tracing` output to standard error, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
