@@ -6,3 +6,4 @@
 
 pub mod ids;
 pub mod resources;
+pub mod security;
