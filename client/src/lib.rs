@@ -1,1 +1,71 @@
-//! placeholder
+//! Ember's Rust API: declare tasks and actors with their GPU needs, connect to a cluster (or
+//! start one on this machine), and call them with typed results.
+//!
+//! ```no_run
+//! #[ember::task(gpus = 0.5)]
+//! pub fn add(a: i64, b: i64) -> i64 { a + b }
+//!
+//! #[ember::main]
+//! async fn main() -> Result<(), ember::Error> {
+//!     let cluster = ember::Cluster::local(ember::LocalOptions::new(2).gpus_per_worker(1)).await?;
+//!     assert_eq!(cluster.run(add::remote(1, 2)).await?, 3);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The program's own executable is also its workers' executable: a local cluster starts
+//! copies of it in the worker role, so every `#[ember::task]` and `#[ember::actor]` it
+//! declares runs there.
+
+mod actor;
+mod call;
+mod cluster;
+mod error;
+pub mod local;
+mod options;
+
+pub use actor::{ActorRef, RemoteActor};
+pub use call::{ActorSpawn, TaskCall, TaskRef};
+pub use cluster::{Cluster, Job, JobOutput};
+pub use ember_macros::{actor, main, task};
+pub use ember_runtime::head::ClusterStatus;
+pub use ember_runtime::ids::{ActorId, JobId, NodeId, TaskId};
+pub use ember_runtime::placement::Strategy;
+pub use ember_runtime::proto::ErrorKind;
+pub use ember_runtime::resources::{Allocation, GpuGrant, GpuShare};
+pub use ember_worker::context::TaskContext;
+pub use error::Error;
+pub use local::LocalOptions;
+pub use options::Options;
+
+/// What the running task or actor was given (its node, GPUs and shares); `None` outside one.
+pub fn context() -> Option<TaskContext> {
+    ember_worker::context::current()
+}
+
+/// Sends logs to standard error, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    ember_worker::role::init_logging();
+}
+
+/// What the macros' generated code uses. Not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use ember_runtime::proto::Wire;
+    pub use ember_worker::registry::{ActorEntry, ActorInstance, CallError, TaskEntry};
+    pub use ember_worker::role::serve_role_if_asked;
+    pub use inventory;
+    pub use tokio;
+
+    /// Reads a call's arguments.
+    pub fn decode_args<T: Wire>(bytes: &[u8]) -> Result<T, CallError> {
+        ember_runtime::proto::decode(bytes).map_err(|e| CallError::BadArgs(e.to_string()))
+    }
+
+    /// Archives a call's result.
+    pub fn encode_result<T: Wire>(value: &T) -> Result<Vec<u8>, CallError> {
+        ember_runtime::proto::encode(value)
+            .map(|a| a.to_vec())
+            .map_err(|e| CallError::User(format!("cannot encode the result: {e}")))
+    }
+}

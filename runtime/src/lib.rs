@@ -7,3 +7,6 @@
 pub mod ids;
 pub mod resources;
 pub mod security;
+pub mod head;
+pub mod placement;
+pub mod proto;

@@ -1,0 +1,96 @@
+//! Descriptions of remote work, built by the generated `remote(..)` functions.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ember_runtime::proto::{encode, Wire};
+
+use crate::{Error, Options};
+
+/// One call of a task function, with its resource needs; `T` is what it returns.
+#[derive(Debug)]
+pub struct TaskCall<T> {
+    pub(crate) name: &'static str,
+    pub(crate) args: Result<Vec<u8>, String>,
+    pub(crate) options: Options,
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T> TaskCall<T> {
+    /// A call of the task registered as `name` with archived `args`.
+    pub fn new<A: Wire>(name: &'static str, args: &A, options: Options) -> Self {
+        TaskCall {
+            name,
+            args: encode(args).map(|a| a.to_vec()).map_err(|e| e.to_string()),
+            options,
+            _out: PhantomData,
+        }
+    }
+
+    /// Changes the declared needs for this call, e.g. `.with(|o| o.gpus(1.0))`.
+    pub fn with(mut self, change: impl FnOnce(Options) -> Options) -> Self {
+        self.options = change(self.options);
+        self
+    }
+
+    /// Replaces the declared needs for this call.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// The creation of one actor, with its resource needs; `H` is its typed handle.
+#[derive(Debug)]
+pub struct ActorSpawn<H> {
+    pub(crate) type_name: &'static str,
+    pub(crate) args: Result<Vec<u8>, String>,
+    pub(crate) options: Options,
+    _handle: PhantomData<fn() -> H>,
+}
+
+impl<H> ActorSpawn<H> {
+    /// A spawn of the actor type registered as `type_name` with archived constructor `args`.
+    pub fn new<A: Wire>(type_name: &'static str, args: &A, options: Options) -> Self {
+        ActorSpawn {
+            type_name,
+            args: encode(args).map(|a| a.to_vec()).map_err(|e| e.to_string()),
+            options,
+            _handle: PhantomData,
+        }
+    }
+
+    /// Changes the declared needs for this actor, e.g. `.with(|o| o.gpus(1.0))`.
+    pub fn with(mut self, change: impl FnOnce(Options) -> Options) -> Self {
+        self.options = change(self.options);
+        self
+    }
+
+    /// Replaces the declared needs for this actor.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// A submitted task's result, to await. The task runs whether or not it is awaited.
+#[derive(Debug)]
+pub struct TaskRef<T> {
+    pub(crate) handle: tokio::task::JoinHandle<Result<T, Error>>,
+}
+
+impl<T> Future for TaskRef<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.handle).poll(cx) {
+            Poll::Ready(Ok(r)) => Poll::Ready(r),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::ConnectionLost(format!(
+                "the task's request was dropped: {e}"
+            )))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

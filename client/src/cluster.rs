@@ -1,0 +1,373 @@
+//! A connection to a cluster: submitting tasks, spawning actors, running jobs, reading status.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_runtime::head::ClusterStatus;
+use ember_runtime::ids::{ActorId, JobId, NodeId};
+use ember_runtime::proto::{
+    decode, read_frame, write_frame, ActorCall, ActorSpec, CallReply, ClientReply, ClientRequest,
+    ErrorKind, Hello, JobEvent, JobSpec, RemoteError, TaskSpec, Welcome, Wire, MAX_FRAME,
+};
+use ember_runtime::resources::Allocation;
+use ember_runtime::security::{client_config, ClusterFile, Fingerprint, SERVER_NAME};
+
+use crate::actor::{ActorRef, RemoteActor};
+use crate::call::{ActorSpawn, TaskCall, TaskRef};
+use crate::local::LocalCluster;
+use crate::{Error, LocalOptions, Options};
+
+/// A connected cluster. Cheap to clone; every clone shares one connection.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    head: quinn::Connection,
+    file: ClusterFile,
+    peers: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
+    local: std::sync::Mutex<Option<LocalCluster>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.head.close(0u32.into(), b"client done");
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("head", &self.inner.file.address)
+            .finish()
+    }
+}
+
+/// Output of a running job, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutput {
+    /// Bytes written to standard output.
+    Stdout(Vec<u8>),
+    /// Bytes written to standard error.
+    Stderr(Vec<u8>),
+    /// The exit code; the last event.
+    Exited(i32),
+}
+
+/// A job that was placed and started. Read its output with [`Job::next`].
+#[derive(Debug)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// Where it runs.
+    pub node: NodeId,
+    /// What it was given (`CUDA_VISIBLE_DEVICES` lists `allocation.gpus`).
+    pub allocation: Allocation,
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Job {
+    /// The next piece of output, `Exited` last, then `None`.
+    pub async fn next(&mut self) -> Result<Option<JobOutput>, Error> {
+        match read_frame::<_, ClientReply>(&mut self.recv, MAX_FRAME).await? {
+            None => Ok(None),
+            Some(ClientReply::Job(JobEvent::Stdout(b))) => Ok(Some(JobOutput::Stdout(b))),
+            Some(ClientReply::Job(JobEvent::Stderr(b))) => Ok(Some(JobOutput::Stderr(b))),
+            Some(ClientReply::Job(JobEvent::Exited(c))) => Ok(Some(JobOutput::Exited(c))),
+            Some(ClientReply::Error(e)) => Err(e.into()),
+            Some(other) => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Cluster {
+    /// Connects to the cluster a cluster file describes.
+    pub async fn connect(file: ClusterFile) -> Result<Self, Error> {
+        let bind: SocketAddr = if file.address.is_ipv6() {
+            "[::]:0".parse().expect("a valid address")
+        } else {
+            "0.0.0.0:0".parse().expect("a valid address")
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Connect {
+            addr: file.address.to_string(),
+            reason: e.to_string(),
+        })?;
+        let head = open(&endpoint, file.address, file.fingerprint, &file.token).await?;
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                endpoint,
+                head,
+                file,
+                peers: tokio::sync::Mutex::new(HashMap::new()),
+                local: std::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Connects to the cluster found at `path` (a state directory or cluster file), else through
+    /// `EMBER_CLUSTER`, else in the default state directory.
+    pub async fn discover(path: Option<&Path>) -> Result<Self, Error> {
+        Cluster::connect(ClusterFile::discover(path)?).await
+    }
+
+    /// Starts a cluster on this machine, a head in this process and workers running this
+    /// executable, and connects to it once every worker has joined. It stops when the last
+    /// clone of the returned `Cluster` is dropped, or on [`Cluster::shutdown`].
+    pub async fn local(options: LocalOptions) -> Result<Self, Error> {
+        let workers = options.workers;
+        let local = LocalCluster::start(options).await?;
+        let cluster = Cluster::connect(local.cluster_file().clone()).await?;
+        *cluster.inner.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(local);
+        cluster
+            .wait_for_nodes(workers, Duration::from_secs(60))
+            .await?;
+        Ok(cluster)
+    }
+
+    /// What a client or worker needs to join this cluster.
+    pub fn cluster_file(&self) -> &ClusterFile {
+        &self.inner.file
+    }
+
+    /// Submits a task; it runs whether or not the returned reference is awaited.
+    pub fn submit<T: Wire + Send + 'static>(&self, call: TaskCall<T>) -> TaskRef<T> {
+        let cluster = self.clone();
+        TaskRef {
+            handle: tokio::spawn(async move { cluster.run(call).await }),
+        }
+    }
+
+    /// Runs a task and waits for its result.
+    pub async fn run<T: Wire>(&self, call: TaskCall<T>) -> Result<T, Error> {
+        let args = call.args.map_err(bad_args)?;
+        let spec = TaskSpec {
+            name: call.name.to_string(),
+            args,
+            placement: call.options.into_placement()?,
+        };
+        match self.request(&ClientRequest::SubmitTask(spec)).await? {
+            ClientReply::TaskDone(bytes) => Ok(decode(&bytes)?),
+            ClientReply::Error(e) => Err(e.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates an actor and returns its typed handle once it is constructed.
+    pub async fn spawn<H: RemoteActor>(&self, spawn: ActorSpawn<H>) -> Result<H, Error> {
+        let args = spawn.args.map_err(bad_args)?;
+        let spec = ActorSpec {
+            type_name: spawn.type_name.to_string(),
+            args,
+            placement: spawn.options.into_placement()?,
+        };
+        let location = match self.request(&ClientRequest::CreateActor(spec)).await? {
+            ClientReply::ActorCreated(loc) => loc,
+            ClientReply::Error(e) => return Err(e.into()),
+            other => return Err(unexpected(other)),
+        };
+        let peer = self
+            .peer(&location.peer_addr, location.peer_fingerprint)
+            .await?;
+        Ok(H::from_ref(ActorRef {
+            cluster: self.clone(),
+            location,
+            peer,
+        }))
+    }
+
+    /// Runs a command as a batch job on a worker chosen by placement.
+    pub async fn submit_job(
+        &self,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        options: Options,
+    ) -> Result<Job, Error> {
+        let spec = JobSpec {
+            command,
+            env,
+            placement: options.into_placement()?,
+        };
+        let (mut send, mut recv) = self.open_head_stream().await?;
+        write_frame(&mut send, &ClientRequest::SubmitJob(spec)).await?;
+        match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await? {
+            Some(ClientReply::Job(JobEvent::Started {
+                job,
+                node,
+                allocation,
+            })) => Ok(Job {
+                id: job,
+                node,
+                allocation,
+                _send: send,
+                recv,
+            }),
+            Some(ClientReply::Error(e)) => Err(e.into()),
+            Some(other) => Err(unexpected(other)),
+            None => Err(Error::ConnectionLost("the head closed the job's stream".into())),
+        }
+    }
+
+    /// The cluster's nodes, GPUs, actors, tasks and queue.
+    pub async fn status(&self) -> Result<ClusterStatus, Error> {
+        match self.request(&ClientRequest::Status).await? {
+            ClientReply::Status(json) => serde_json::from_str(&json).map_err(|e| {
+                Error::Remote(RemoteError::new(ErrorKind::Internal, e.to_string()))
+            }),
+            ClientReply::Error(e) => Err(e.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits until at least `count` workers have joined.
+    pub async fn wait_for_nodes(&self, count: u32, timeout: Duration) -> Result<u32, Error> {
+        let req = ClientRequest::WaitForNodes {
+            count,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.request(&req).await? {
+            ClientReply::NodesReady { count } => Ok(count),
+            ClientReply::Error(e) => Err(e.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stops a local cluster started by [`Cluster::local`]: workers leave cleanly, then the head
+    /// stops. Does nothing more than disconnect for a cluster it did not start.
+    pub async fn shutdown(self) {
+        let local = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.inner.head.close(0u32.into(), b"client done");
+        if let Some(local) = local {
+            local.shutdown().await;
+        }
+    }
+
+    pub(crate) async fn kill_actor(&self, actor: ActorId) -> Result<(), Error> {
+        match self.request(&ClientRequest::KillActor { actor }).await? {
+            ClientReply::ActorKilled => Ok(()),
+            ClientReply::Error(e) => Err(e.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn call_actor(
+        &self,
+        peer: &quinn::Connection,
+        actor: ActorId,
+        method: &str,
+        args: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
+        let call = ActorCall {
+            actor,
+            method: method.to_string(),
+            args,
+        };
+        let (mut send, mut recv) = peer
+            .open_bi()
+            .await
+            .map_err(|e| Error::ConnectionLost(format!("actor {actor}'s worker: {e}")))?;
+        write_frame(&mut send, &call).await?;
+        let _ = send.finish();
+        match read_frame::<_, CallReply>(&mut recv, MAX_FRAME).await {
+            Ok(Some(reply)) => reply.map_err(Error::from),
+            Ok(None) | Err(_) => Err(Error::Remote(RemoteError::new(
+                ErrorKind::WorkerDied,
+                format!("actor {actor}'s worker went away during the call"),
+            ))),
+        }
+    }
+
+    async fn open_head_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+        self.inner
+            .head
+            .open_bi()
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()))
+    }
+
+    /// One request to the head and its one reply.
+    async fn request(&self, req: &ClientRequest) -> Result<ClientReply, Error> {
+        let (mut send, mut recv) = self.open_head_stream().await?;
+        write_frame(&mut send, req).await?;
+        let _ = send.finish();
+        read_frame::<_, ClientReply>(&mut recv, MAX_FRAME)
+            .await?
+            .ok_or_else(|| Error::ConnectionLost("the head closed the stream without a reply".into()))
+    }
+
+    /// The connection to a worker's peer endpoint, opened on first use.
+    async fn peer(&self, addr: &str, fingerprint: Fingerprint) -> Result<quinn::Connection, Error> {
+        let mut peers = self.inner.peers.lock().await;
+        if let Some(c) = peers.get(addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let sock: SocketAddr = addr.parse().map_err(|_| Error::Connect {
+            addr: addr.to_string(),
+            reason: "not a socket address".into(),
+        })?;
+        let conn = open(&self.inner.endpoint, sock, fingerprint, &self.inner.file.token).await?;
+        peers.insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+}
+
+/// Connects, pins the certificate, and says hello with the token.
+async fn open(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    fingerprint: Fingerprint,
+    token: &str,
+) -> Result<quinn::Connection, Error> {
+    let fail = |reason: String| Error::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let config = client_config(fingerprint)?;
+    let conn = endpoint
+        .connect_with(config, addr, SERVER_NAME)
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .map_err(|_| fail("no answer within 10 s".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
+    let hello = Hello::Client {
+        token: token.to_string(),
+    };
+    write_frame(&mut send, &hello).await?;
+    let _ = send.finish();
+    match read_frame::<_, Welcome>(&mut recv, 64 << 10).await {
+        Ok(Some(Welcome::Accepted { .. })) => Ok(conn),
+        Ok(Some(Welcome::Refused { reason })) => Err(fail(format!("refused: {reason}"))),
+        _ => Err(fail(match conn.close_reason() {
+            Some(r) => format!("refused: {r}"),
+            None => "no welcome from the cluster".into(),
+        })),
+    }
+}
+
+fn bad_args(reason: String) -> Error {
+    Error::Remote(RemoteError::new(
+        ErrorKind::BadRequest,
+        format!("cannot encode the arguments: {reason}"),
+    ))
+}
+
+fn unexpected(reply: ClientReply) -> Error {
+    Error::Remote(RemoteError::new(
+        ErrorKind::Internal,
+        format!("unexpected reply from the cluster: {reply:?}"),
+    ))
+}

@@ -1,0 +1,47 @@
+//! The one error type of the client API.
+
+use ember_runtime::proto::{ErrorKind, FrameError, RemoteError};
+use ember_runtime::resources::ResourceError;
+use ember_runtime::security::SecurityError;
+
+/// Why a call, a spawn or a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cluster said no: the request was infeasible, unknown, failed in user code, or its
+    /// worker died. [`Error::kind`] says which.
+    #[error("{0}")]
+    Remote(#[from] RemoteError),
+    /// The cluster could not be reached, or refused this client (wrong token or certificate).
+    #[error("cannot connect to the cluster at {addr}: {reason}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke during a request.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// A message could not be read or written.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] FrameError),
+    /// A declared resource was invalid (e.g. `gpus = 1.5`).
+    #[error("invalid options: {0}")]
+    Options(#[from] ResourceError),
+    /// The cluster file or TLS set-up failed.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The local cluster could not start.
+    #[error("cannot start the local cluster: {0}")]
+    Local(String),
+}
+
+impl Error {
+    /// The kind of a failure reported by the cluster, if it was one.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Error::Remote(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+}

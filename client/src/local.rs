@@ -1,0 +1,194 @@
+//! A whole cluster on this machine: a head in this process and worker processes running this
+//! executable. `ember up` and [`Cluster::local`](crate::Cluster::local) both use it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ember_runtime::head::{self, HeadConfig, RunningHead};
+use ember_runtime::security::ClusterFile;
+use ember_worker::agent::WorkerConfig;
+use ember_worker::role::{ROLE_VAR, ROLE_WORKER, WORKER_CONFIG_VAR};
+use tokio::process::{Child, Command};
+
+use crate::Error;
+
+/// How many workers to start and what each offers.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// How many worker processes.
+    pub workers: u32,
+    /// Logical GPUs per worker (this machine's real GPUs are found through NVML when 0).
+    pub gpus_per_worker: u32,
+    /// Memory of each logical GPU, e.g. `80GiB`.
+    pub gpu_memory: Option<String>,
+    /// Accelerator type of the logical GPUs, e.g. `H100`.
+    pub accelerator: Option<String>,
+    /// CPUs each worker offers; the machine's count when `None`.
+    pub cpus_per_worker: Option<f64>,
+    /// Where the head listens; a free loopback port when `None`.
+    pub listen: Option<SocketAddr>,
+    /// The head's state directory; a fresh temporary one (removed at shutdown) when `None`.
+    pub state_dir: Option<PathBuf>,
+    /// The workers' executable; this one when `None`.
+    pub worker_exe: Option<PathBuf>,
+}
+
+impl LocalOptions {
+    /// `workers` workers with no logical GPUs.
+    pub fn new(workers: u32) -> Self {
+        LocalOptions {
+            workers,
+            gpus_per_worker: 0,
+            gpu_memory: None,
+            accelerator: None,
+            cpus_per_worker: None,
+            listen: None,
+            state_dir: None,
+            worker_exe: None,
+        }
+    }
+
+    /// Declares `n` logical GPUs on each worker.
+    pub fn gpus_per_worker(mut self, n: u32) -> Self {
+        self.gpus_per_worker = n;
+        self
+    }
+
+    /// Sets the memory of each logical GPU, e.g. `"80GiB"`.
+    pub fn gpu_memory(mut self, size: &str) -> Self {
+        self.gpu_memory = Some(size.to_string());
+        self
+    }
+
+    /// Sets the accelerator type of the logical GPUs, e.g. `"H100"`.
+    pub fn accelerator(mut self, accelerator: &str) -> Self {
+        self.accelerator = Some(accelerator.to_string());
+        self
+    }
+
+    /// Sets the CPUs each worker offers.
+    pub fn cpus_per_worker(mut self, cpus: f64) -> Self {
+        self.cpus_per_worker = Some(cpus);
+        self
+    }
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    head: Option<RunningHead>,
+    workers: Vec<Child>,
+    file: ClusterFile,
+    temp_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("head", &self.file.address)
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl LocalCluster {
+    /// Starts the head and the worker processes (without waiting for them to join).
+    pub async fn start(options: LocalOptions) -> Result<Self, Error> {
+        let (state_dir, temp_dir) = match &options.state_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let d = std::env::temp_dir().join(format!(
+                    "ember-local-{}-{}",
+                    std::process::id(),
+                    next_local()
+                ));
+                (d.clone(), Some(d))
+            }
+        };
+        let mut config = HeadConfig::new(state_dir);
+        config.listen = options
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let head = head::start(config)
+            .await
+            .map_err(|e| Error::Local(e.to_string()))?;
+        let file = head.cluster.clone();
+        let exe = match &options.worker_exe {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(|e| Error::Local(e.to_string()))?,
+        };
+        let mut workers = Vec::new();
+        for i in 0..options.workers {
+            let mut wc = WorkerConfig::new(file.address, file.token.clone(), file.fingerprint);
+            wc.name = Some(format!("local-{i}"));
+            wc.cpus = options.cpus_per_worker;
+            if options.gpus_per_worker > 0 {
+                wc.gpus = Some(options.gpus_per_worker);
+                wc.gpu_memory = options.gpu_memory.clone();
+                wc.accelerator = options.accelerator.clone();
+            }
+            let json = serde_json::to_string(&wc).map_err(|e| Error::Local(e.to_string()))?;
+            let mut cmd = Command::new(&exe);
+            cmd.env(ROLE_VAR, ROLE_WORKER)
+                .env(WORKER_CONFIG_VAR, json)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "warn");
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| Error::Local(format!("cannot start worker {}: {e}", exe.display())))?;
+            workers.push(child);
+        }
+        Ok(LocalCluster {
+            head: Some(head),
+            workers,
+            file,
+            temp_dir,
+        })
+    }
+
+    /// What a client or worker needs to join.
+    pub fn cluster_file(&self) -> &ClusterFile {
+        &self.file
+    }
+
+    /// Asks every worker to leave (SIGTERM), waits for them (killing stragglers after 5 s),
+    /// then stops the head.
+    pub async fn shutdown(mut self) {
+        for w in &self.workers {
+            if let Some(pid) = w.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for w in &mut self.workers {
+            if tokio::time::timeout(Duration::from_secs(5), w.wait())
+                .await
+                .is_err()
+            {
+                let _ = w.kill().await;
+            }
+        }
+        if let Some(head) = self.head.take() {
+            head.stop().await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if let Some(d) = &self.temp_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn next_local() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,143 @@
+//! The cluster's state as `ember status` shows it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement::NodeUsage;
+use crate::resources::{GpuGrant, GpuStat};
+
+use super::registry::{Head, Work};
+
+/// The whole cluster at one moment: the JSON object of `ember status --json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Every joined node with its capacity and what is free.
+    pub nodes: Vec<NodeStatus>,
+    /// Every live actor.
+    pub actors: Vec<WorkStatus>,
+    /// Every running task and job.
+    pub tasks: Vec<WorkStatus>,
+    /// Requests waiting for capacity, first to be placed first.
+    pub queue: Vec<WorkStatus>,
+}
+
+/// One node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its id, e.g. `node-3`.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Where its actors are reached.
+    pub address: String,
+    /// Capacity and what is in use.
+    pub usage: NodeUsage,
+    /// Live GPU figures from the last heartbeat.
+    pub gpu_stats: Vec<GpuStat>,
+    /// Milliseconds since the last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// How many task functions and actor types its executable has.
+    pub types: usize,
+}
+
+/// One task, job or actor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkStatus {
+    /// Its id, e.g. `task-12`.
+    pub id: String,
+    /// `task`, `actor` or `job`.
+    pub kind: String,
+    /// The function, actor type or command.
+    pub name: String,
+    /// What it asked for, e.g. `gpus=0.5, gpu_memory=8GiB`.
+    pub demand: String,
+    /// Where it runs; absent while it waits.
+    pub node: Option<String>,
+    /// The GPUs it was given.
+    pub gpus: Vec<GpuGrant>,
+    /// Its priority while waiting.
+    pub priority: i32,
+}
+
+impl ClusterStatus {
+    /// The JSON text, as `ember status --json` prints it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+/// Reads the head's state.
+pub(crate) fn collect(head: &Head) -> ClusterStatus {
+    let mut status = ClusterStatus::default();
+    let mut nodes: Vec<_> = head.nodes.iter().map(|n| *n.key()).collect();
+    nodes.sort();
+    for id in nodes {
+        let Some(usage) = head.with_scheduler(|s| s.usage(id)) else {
+            continue;
+        };
+        let Some(n) = head.nodes.get(&id) else {
+            continue;
+        };
+        status.nodes.push(NodeStatus {
+            id: id.to_string(),
+            name: n.hello.name.clone(),
+            address: n.hello.peer_addr.clone(),
+            usage,
+            gpu_stats: n.gpu_stats.clone(),
+            heartbeat_age_ms: n.last_heartbeat.elapsed().as_millis() as u64,
+            types: n.task_types.len() + n.actor_types.len(),
+        });
+    }
+    let queued: Vec<_> = head.with_scheduler(|s| s.queued().map(|r| r.lease).collect());
+    let mut running = Vec::new();
+    for w in head.work.iter() {
+        let (id, kind, name) = describe(&w.work);
+        let entry = WorkStatus {
+            id,
+            kind: kind.to_string(),
+            name,
+            demand: w.placement.demand.to_string(),
+            node: w.running.as_ref().map(|(n, _)| n.to_string()),
+            gpus: w
+                .running
+                .as_ref()
+                .map(|(_, a)| a.gpus.clone())
+                .unwrap_or_default(),
+            priority: w.placement.priority,
+        };
+        if w.running.is_some() {
+            running.push((*w.key(), kind == "actor", entry));
+        }
+    }
+    running.sort_by_key(|(lease, _, _)| *lease);
+    for (_, is_actor, entry) in running {
+        if is_actor {
+            status.actors.push(entry);
+        } else {
+            status.tasks.push(entry);
+        }
+    }
+    for lease in queued {
+        if let Some(w) = head.work.get(&lease) {
+            let (id, kind, name) = describe(&w.work);
+            status.queue.push(WorkStatus {
+                id,
+                kind: kind.to_string(),
+                name,
+                demand: w.placement.demand.to_string(),
+                node: None,
+                gpus: Vec::new(),
+                priority: w.placement.priority,
+            });
+        }
+    }
+    status
+}
+
+/// Id, kind and name of a piece of work, for display.
+fn describe(work: &Work) -> (String, &'static str, String) {
+    match work {
+        Work::Task { id, name } => (id.to_string(), "task", name.clone()),
+        Work::Actor { id, type_name } => (id.to_string(), "actor", type_name.clone()),
+        Work::Job { id, command } => (id.to_string(), "job", command.clone()),
+    }
+}
