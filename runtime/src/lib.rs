@@ -5,4 +5,5 @@
 //! ([`security`]) and the head ([`head`]).
 
 pub mod ids;
+pub mod placement;
 pub mod resources;
