@@ -5,6 +5,7 @@
 //! ([`security`]) and the head ([`head`]).
 
 pub mod ids;
+pub mod placement;
 pub mod resources;
 pub mod security;
 pub mod head;

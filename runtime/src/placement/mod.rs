@@ -1,0 +1,711 @@
+//! Placement: the pure core that decides which node (and which GPUs of it) each request for
+//! resources gets. No I/O, no clock, no async: the head drives it and tests drive it directly.
+//!
+//! Every quantity is an exact integer (see [`crate::resources`]), so capacity never drifts and
+//! nothing is ever over-committed: for every node and every GPU, what is free plus what live
+//! leases hold is always exactly the total ([`Scheduler::check_invariants`]).
+//!
+//! A [`Scheduler::request`] is placed at once when it fits somewhere, queued when some node
+//! could satisfy it once others release capacity, and rejected at once, with a message naming
+//! the missing resource, when no node of the cluster ever could.
+
+mod error;
+mod node;
+mod queue;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+pub use error::PlacementError;
+
+use crate::ids::{LeaseId, NodeId};
+use crate::resources::{Allocation, ByteSize, GpuShare, NodeResources, ResourceDemand, GPU_UNITS};
+use node::NodeState;
+use queue::{PendingQueue, QueueKey};
+
+/// How to choose among feasible nodes.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub enum Strategy {
+    /// Fill the most-used feasible node first, so that idle nodes stay idle (and can be released).
+    #[default]
+    Pack,
+    /// Use the least-used feasible node, spreading load (and failures) across the cluster.
+    Spread,
+}
+
+/// Pin a request to a node: hard (only there) or soft (prefer it).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct NodeAffinity {
+    /// The node asked for.
+    pub node: NodeId,
+    /// False: only that node (queue until it fits there). True: that node if it fits now,
+    /// otherwise wherever the strategy chooses.
+    pub soft: bool,
+}
+
+/// One request for resources: a task, an actor or a job asking to be placed.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct PlacementRequest {
+    /// The lease this request becomes once placed; unique among live and queued requests.
+    pub lease: LeaseId,
+    /// What it needs.
+    pub demand: ResourceDemand,
+    /// How to choose among feasible nodes.
+    pub strategy: Strategy,
+    /// An optional node to pin it to.
+    pub affinity: Option<NodeAffinity>,
+    /// Queue order: higher first, first-come first among equals.
+    pub priority: i32,
+}
+
+impl PlacementRequest {
+    /// A request with the default strategy, no affinity and priority 0.
+    pub fn new(lease: LeaseId, demand: ResourceDemand) -> Self {
+        PlacementRequest {
+            lease,
+            demand,
+            strategy: Strategy::default(),
+            affinity: None,
+            priority: 0,
+        }
+    }
+}
+
+/// A placed request: the node it runs on and exactly what it holds there.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct Lease {
+    /// The request's lease id.
+    pub id: LeaseId,
+    /// The node it was placed on.
+    pub node: NodeId,
+    /// What it holds on that node.
+    pub allocation: Allocation,
+}
+
+/// What [`Scheduler::request`] did with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Placed now; the lease holds its capacity until [`Scheduler::release`].
+    Placed(Lease),
+    /// Fits nowhere now but could later; [`Scheduler::place_queued`] will place it.
+    Queued,
+    /// Could never be placed in this cluster (or is malformed); nothing was kept.
+    Rejected(PlacementError),
+}
+
+/// One GPU's totals and what is in use, for `ember status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GpuUsage {
+    /// The physical index of the GPU on its node.
+    pub index: u32,
+    /// The accelerator type label, e.g. `H100`.
+    pub accelerator: String,
+    /// The share granted to leases.
+    pub share_used: GpuShare,
+    /// The share still free.
+    pub share_free: GpuShare,
+    /// Device memory in bytes.
+    pub memory_total: u64,
+    /// Bytes of device memory reserved by leases.
+    pub memory_reserved: u64,
+}
+
+/// One custom resource's total and what is free, for `ember status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CustomUsage {
+    /// The resource's name.
+    pub name: String,
+    /// The node's total, in thousandths.
+    pub total_millis: u64,
+    /// What is free, in thousandths.
+    pub free_millis: u64,
+}
+
+/// One node's totals and what is free, for `ember status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeUsage {
+    /// The node.
+    pub node: NodeId,
+    /// False while the node is draining (takes no new placements).
+    pub schedulable: bool,
+    /// CPUs in thousandths.
+    pub cpu_millis_total: u64,
+    /// Free CPUs in thousandths.
+    pub cpu_millis_free: u64,
+    /// Each GPU, by index.
+    pub gpus: Vec<GpuUsage>,
+    /// Each custom resource, by name.
+    pub custom: Vec<CustomUsage>,
+    /// How many leases the node holds.
+    pub leases: usize,
+}
+
+/// Most distinct failed demands remembered during one [`Scheduler::place_queued`] pass.
+const FAILED_SHAPES: usize = 32;
+
+/// The placement state of a cluster: its nodes, the live leases and the pending queue.
+#[derive(Debug, Clone, Default)]
+pub struct Scheduler {
+    /// Sorted by id, each id once.
+    nodes: Vec<NodeState>,
+    leases: HashMap<LeaseId, Lease>,
+    queue: PendingQueue,
+}
+
+impl Scheduler {
+    /// An empty cluster.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn position(&self, id: NodeId) -> Option<usize> {
+        self.nodes.binary_search_by_key(&id, |n| n.id).ok()
+    }
+
+    /// Adds a node with all its capacity free, schedulable. Adding an id that is already
+    /// present does nothing (ids are never reused: a worker that rejoins gets a new one).
+    /// Call [`Scheduler::place_queued`] afterwards to place what was waiting.
+    pub fn add_node(&mut self, id: NodeId, resources: NodeResources) {
+        match self.nodes.binary_search_by_key(&id, |n| n.id) {
+            Ok(_) => {}
+            Err(i) => self.nodes.insert(i, NodeState::new(id, resources)),
+        }
+    }
+
+    /// Removes a node; returns the leases it held (their capacity is gone with it), in lease
+    /// order. Queued requests stay queued (a node may join later). Unknown node: returns nothing.
+    pub fn remove_node(&mut self, id: NodeId) -> Vec<Lease> {
+        let Some(i) = self.position(id) else {
+            return Vec::new();
+        };
+        let node = self.nodes.remove(i);
+        let mut gone = Vec::with_capacity(node.leases);
+        if node.leases > 0 {
+            self.leases.retain(|_, lease| {
+                if lease.node == id {
+                    gone.push(lease.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        gone.sort_by_key(|l| l.id);
+        gone
+    }
+
+    /// Stops (false) or resumes (true) new placements on a node (for draining); its leases
+    /// are untouched. Unknown node: no-op.
+    pub fn set_schedulable(&mut self, id: NodeId, schedulable: bool) {
+        if let Some(i) = self.position(id) {
+            self.nodes[i].schedulable = schedulable;
+        }
+    }
+
+    /// Places now if it fits somewhere; queues if some schedulable node's total capacity could
+    /// satisfy it (or, for a hard affinity, that node's); rejects at once, naming the missing
+    /// resource, if no node of the cluster could ever satisfy it. Draining nodes count as absent.
+    pub fn request(&mut self, mut req: PlacementRequest) -> Decision {
+        if let Err(e) = self.validate(&mut req) {
+            return Decision::Rejected(e);
+        }
+        if self.nodes.is_empty() {
+            return Decision::Rejected(PlacementError::NoNodes);
+        }
+        if let Some(NodeAffinity { node, soft: false }) = req.affinity {
+            let Some(i) = self.position(node) else {
+                return Decision::Rejected(PlacementError::AffinityUnknownNode(node));
+            };
+            let n = &self.nodes[i];
+            if !n.schedulable {
+                return Decision::Rejected(PlacementError::AffinityNodeDraining(node));
+            }
+            if !n.fits_total(&req.demand) {
+                let reason = explain(std::slice::from_ref(n).iter(), &req.demand);
+                return Decision::Rejected(PlacementError::AffinityNeverFits {
+                    node,
+                    reason: Box::new(reason),
+                });
+            }
+        }
+        if let Some(lease) = try_place(&mut self.nodes, &req) {
+            self.leases.insert(lease.id, lease.clone());
+            return Decision::Placed(lease);
+        }
+        if !matches!(req.affinity, Some(NodeAffinity { soft: false, .. })) {
+            if let Some(e) = self.never_fits(&req.demand) {
+                return Decision::Rejected(e);
+            }
+        }
+        self.queue.push(req);
+        Decision::Queued
+    }
+
+    /// Checks a request's form and normalises it (custom resources sorted by name).
+    fn validate(&self, req: &mut PlacementRequest) -> Result<(), PlacementError> {
+        if self.leases.contains_key(&req.lease) || self.queue.contains(req.lease) {
+            return Err(PlacementError::AlreadyKnown(req.lease));
+        }
+        let d = &mut req.demand;
+        let units = d.gpus.units();
+        if units > GPU_UNITS && units % GPU_UNITS != 0 {
+            return Err(PlacementError::InvalidGpus(d.gpus));
+        }
+        if units == 0 && d.gpu_memory > 0 {
+            return Err(PlacementError::GpuMemoryWithoutGpus);
+        }
+        if units == 0 && d.accelerator.is_some() {
+            return Err(PlacementError::AcceleratorWithoutGpus);
+        }
+        if !d.custom.is_sorted_by(|a, b| a.0 < b.0) {
+            d.custom.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some(w) = d.custom.windows(2).find(|w| w[0].0 == w[1].0) {
+                return Err(PlacementError::DuplicateCustom(w[0].0.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `None` when some schedulable node could ever satisfy the demand; otherwise why not.
+    fn never_fits(&self, d: &ResourceDemand) -> Option<PlacementError> {
+        let mut any = false;
+        for n in self.nodes.iter().filter(|n| n.schedulable) {
+            any = true;
+            if n.fits_total(d) {
+                return None;
+            }
+        }
+        if !any {
+            return Some(PlacementError::NoSchedulableNodes {
+                draining: self.nodes.len(),
+            });
+        }
+        Some(explain(self.nodes.iter().filter(|n| n.schedulable), d))
+    }
+
+    /// Returns a lease's capacity. Unknown lease: returns false and changes nothing, so a
+    /// second release of the same lease is harmless. Call [`Scheduler::place_queued`] afterwards.
+    pub fn release(&mut self, lease: LeaseId) -> bool {
+        let Some(l) = self.leases.remove(&lease) else {
+            return false;
+        };
+        if let Some(i) = self.position(l.node) {
+            self.nodes[i].free(&l.allocation);
+        }
+        true
+    }
+
+    /// Removes a queued request. Returns whether it was queued.
+    pub fn cancel(&mut self, lease: LeaseId) -> bool {
+        self.queue.remove(lease).is_some()
+    }
+
+    /// Places queued requests that fit now, in priority order (higher first, FIFO among
+    /// equals); a request that does not fit does not block smaller ones behind it. Call after
+    /// [`release`](Scheduler::release), [`add_node`](Scheduler::add_node) or
+    /// [`set_schedulable`](Scheduler::set_schedulable). Returns the new leases in the order placed.
+    pub fn place_queued(&mut self) -> Vec<Lease> {
+        let mut placed = Vec::new();
+        if self.queue.is_empty() || !self.nodes.iter().any(|n| n.schedulable) {
+            return placed;
+        }
+        let mut to_remove: Vec<QueueKey> = Vec::new();
+        // Demands that fitted nowhere during this pass: capacity only shrinks while it runs,
+        // so any request needing at least as much of everything cannot fit either.
+        let mut failed: Vec<ResourceDemand> = Vec::new();
+        for (key, req) in self.queue.iter() {
+            if failed.iter().any(|f| dominates(&req.demand, f)) {
+                continue;
+            }
+            match try_place(&mut self.nodes, req) {
+                Some(lease) => {
+                    self.leases.insert(lease.id, lease.clone());
+                    placed.push(lease);
+                    to_remove.push(*key);
+                }
+                None => {
+                    let hard = matches!(req.affinity, Some(NodeAffinity { soft: false, .. }));
+                    if !hard && failed.len() < FAILED_SHAPES {
+                        failed.push(req.demand.clone());
+                    }
+                }
+            }
+        }
+        for key in &to_remove {
+            self.queue.remove_key(key);
+        }
+        placed
+    }
+
+    /// A live lease.
+    pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    /// Every live lease, in no particular order.
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    /// The queued requests, in priority order (the order [`Scheduler::place_queued`] tries them).
+    pub fn queued(&self) -> impl Iterator<Item = &PlacementRequest> {
+        self.queue.iter().map(|(_, r)| r)
+    }
+
+    /// How many requests are queued.
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The nodes, in id order.
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.iter().map(|n| n.id)
+    }
+
+    /// Totals and what is free on a node, for `ember status`. Unknown node: `None`.
+    pub fn usage(&self, id: NodeId) -> Option<NodeUsage> {
+        let n = &self.nodes[self.position(id)?];
+        Some(NodeUsage {
+            node: n.id,
+            schedulable: n.schedulable,
+            cpu_millis_total: n.cpu_total,
+            cpu_millis_free: n.cpu_free,
+            gpus: n
+                .gpus
+                .iter()
+                .map(|g| GpuUsage {
+                    index: g.index,
+                    accelerator: g.accelerator.clone(),
+                    share_used: GpuShare::from_units(GPU_UNITS - g.share_free),
+                    share_free: GpuShare::from_units(g.share_free),
+                    memory_total: g.mem_total,
+                    memory_reserved: g.mem_total - g.mem_free,
+                })
+                .collect(),
+            custom: n
+                .custom
+                .iter()
+                .map(|c| CustomUsage {
+                    name: c.name.clone(),
+                    total_millis: c.total,
+                    free_millis: c.free,
+                })
+                .collect(),
+            leases: n.leases,
+        })
+    }
+
+    /// Checks the bookkeeping: for every node and GPU, free plus what live leases hold equals
+    /// the total and nothing is over-committed; every lease is on a known node and GPU; the
+    /// cached figures and the queue index agree. For tests; linear in nodes plus leases.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if !self.nodes.windows(2).all(|w| w[0].id < w[1].id) {
+            return Err("nodes are not sorted by id, each once".into());
+        }
+        let mut cpu = vec![0u64; self.nodes.len()];
+        let mut count = vec![0usize; self.nodes.len()];
+        let mut share: Vec<Vec<u64>> = self.nodes.iter().map(|n| vec![0; n.gpus.len()]).collect();
+        let mut mem: Vec<Vec<u64>> = share.clone();
+        let mut custom: Vec<Vec<u64>> =
+            self.nodes.iter().map(|n| vec![0; n.custom.len()]).collect();
+        for (id, lease) in &self.leases {
+            if *id != lease.id {
+                return Err(format!("{id} is filed as {}", lease.id));
+            }
+            let Some(i) = self.position(lease.node) else {
+                return Err(format!(
+                    "{id} is on {}, which is not in the cluster",
+                    lease.node
+                ));
+            };
+            let n = &self.nodes[i];
+            cpu[i] += lease.allocation.cpu_millis;
+            count[i] += 1;
+            for g in &lease.allocation.gpus {
+                let Ok(j) = n.gpus.binary_search_by_key(&g.index, |s| s.index) else {
+                    return Err(format!("{id} holds GPU {} that {} lacks", g.index, n.id));
+                };
+                if g.share.units() == 0 || g.share.units() > GPU_UNITS {
+                    return Err(format!("{id} holds a share of {} of one GPU", g.share));
+                }
+                share[i][j] += u64::from(g.share.units());
+                mem[i][j] += g.memory;
+            }
+            for (name, amount) in &lease.allocation.custom {
+                let Ok(j) = n.custom.binary_search_by(|c| c.name.as_str().cmp(name)) else {
+                    return Err(format!("{id} holds custom `{name}` that {} lacks", n.id));
+                };
+                custom[i][j] += amount;
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            let id = n.id;
+            if n.cpu_free.checked_add(cpu[i]) != Some(n.cpu_total) {
+                return Err(format!(
+                    "{id}: cpu free {} + leased {} != total {}",
+                    n.cpu_free, cpu[i], n.cpu_total
+                ));
+            }
+            if n.leases != count[i] {
+                return Err(format!(
+                    "{id}: counts {} leases, holds {}",
+                    n.leases, count[i]
+                ));
+            }
+            let mut used_units = 0;
+            let mut whole = 0;
+            let mut max_free = 0;
+            for (j, g) in n.gpus.iter().enumerate() {
+                if u64::from(g.share_free) + share[i][j] != u64::from(GPU_UNITS) {
+                    return Err(format!(
+                        "{id} GPU {}: share free {} + leased {} != {GPU_UNITS}",
+                        g.index, g.share_free, share[i][j]
+                    ));
+                }
+                if g.mem_free.checked_add(mem[i][j]) != Some(g.mem_total) {
+                    return Err(format!(
+                        "{id} GPU {}: memory free {} + reserved {} != total {}",
+                        g.index, g.mem_free, mem[i][j], g.mem_total
+                    ));
+                }
+                used_units += share[i][j];
+                whole += u32::from(g.share_free == GPU_UNITS);
+                max_free = max_free.max(g.share_free);
+            }
+            if n.gpu_units_used != used_units
+                || n.gpu_units_total != n.gpus.len() as u64 * u64::from(GPU_UNITS)
+                || n.whole_free != whole
+                || n.max_share_free != max_free
+            {
+                return Err(format!("{id}: cached GPU figures are stale"));
+            }
+            for (j, c) in n.custom.iter().enumerate() {
+                if c.free.checked_add(custom[i][j]) != Some(c.total) {
+                    return Err(format!(
+                        "{id} custom `{}`: free {} + leased {} != total {}",
+                        c.name, c.free, custom[i][j], c.total
+                    ));
+                }
+            }
+        }
+        self.queue.check()?;
+        if let Some(r) = self.queued().find(|r| self.leases.contains_key(&r.lease)) {
+            return Err(format!("{} is both queued and placed", r.lease));
+        }
+        Ok(())
+    }
+}
+
+/// Places a request on the node its soft affinity names if it fits there now, otherwise on the
+/// node its strategy prefers among those where it fits now (hard affinity: only that node).
+fn try_place(nodes: &mut [NodeState], req: &PlacementRequest) -> Option<Lease> {
+    let d = &req.demand;
+    let i = match req.affinity {
+        Some(NodeAffinity { node, soft }) => {
+            let at = nodes
+                .binary_search_by_key(&node, |n| n.id)
+                .ok()
+                .filter(|&i| nodes[i].schedulable && nodes[i].fits_now(d));
+            match (at, soft) {
+                (Some(i), _) => i,
+                (None, false) => return None,
+                (None, true) => choose(nodes, d, req.strategy)?,
+            }
+        }
+        None => choose(nodes, d, req.strategy)?,
+    };
+    let node = &mut nodes[i];
+    let allocation = node.allocate(d)?;
+    Some(Lease {
+        id: req.lease,
+        node: node.id,
+        allocation,
+    })
+}
+
+/// The feasible node the strategy prefers: Pack the most used, Spread the least used; ties go
+/// to the lowest node id.
+fn choose(nodes: &[NodeState], d: &ResourceDemand, strategy: Strategy) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if !n.schedulable || !n.fits_now(d) {
+            continue;
+        }
+        best = match best {
+            None => Some(i),
+            Some(b) => {
+                let ord = n.cmp_usage(&nodes[b]);
+                let better = match strategy {
+                    Strategy::Pack => ord.is_gt(),
+                    Strategy::Spread => ord.is_lt(),
+                };
+                Some(if better { i } else { b })
+            }
+        };
+    }
+    best
+}
+
+/// True when `d` needs at least as much of everything as `f` and is at least as constrained,
+/// so that `d` cannot fit anywhere `f` did not.
+fn dominates(d: &ResourceDemand, f: &ResourceDemand) -> bool {
+    d.cpu_millis >= f.cpu_millis
+        && d.gpus.units() >= f.gpus.units()
+        && d.gpu_memory >= f.gpu_memory
+        && match (&f.accelerator, &d.accelerator) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            (Some(_), None) => false,
+        }
+        && f.custom
+            .iter()
+            .all(|(name, amount)| d.custom(name) >= *amount)
+}
+
+/// Why none of `nodes`, even entirely free, can satisfy `d`: the first missing resource found,
+/// checking CPUs, custom resources, GPUs, accelerator type and GPU memory in turn.
+fn explain<'a>(
+    nodes: impl Iterator<Item = &'a NodeState> + Clone,
+    d: &ResourceDemand,
+) -> PlacementError {
+    let most_cpu = nodes.clone().map(|n| n.cpu_total).max().unwrap_or(0);
+    if most_cpu < d.cpu_millis {
+        return PlacementError::Cpus {
+            wanted_millis: d.cpu_millis,
+            most_millis: most_cpu,
+        };
+    }
+    for (name, amount) in d.custom.iter().filter(|(_, a)| *a > 0) {
+        if !nodes
+            .clone()
+            .any(|n| n.custom.iter().any(|c| &c.name == name))
+        {
+            return PlacementError::CustomMissing { name: name.clone() };
+        }
+        let most = nodes
+            .clone()
+            .map(|n| n.custom_total(name))
+            .max()
+            .unwrap_or(0);
+        if most < *amount {
+            return PlacementError::CustomAmount {
+                name: name.clone(),
+                wanted_millis: *amount,
+                most_millis: most,
+            };
+        }
+    }
+    let devices = d.gpus.devices();
+    if devices > 0 {
+        let all_gpus = nodes.clone().flat_map(|n| n.gpus.iter());
+        if all_gpus.clone().next().is_none() {
+            return PlacementError::NoGpus { wanted: d.gpus };
+        }
+        let accel = d.accelerator.as_deref();
+        if let Some(a) = accel {
+            if !all_gpus.clone().any(|g| g.matches(accel)) {
+                let mut available: Vec<String> = all_gpus.map(|g| g.accelerator.clone()).collect();
+                available.sort_by_key(|s| s.to_ascii_uppercase());
+                available.dedup_by(|x, y| x.eq_ignore_ascii_case(y));
+                return PlacementError::Accelerator {
+                    wanted: a.to_string(),
+                    available,
+                };
+            }
+        }
+        let kind = accel.map_or_else(|| "GPU".to_string(), |a| format!("{a} GPU"));
+        let most = nodes
+            .clone()
+            .map(|n| n.gpus.iter().filter(|g| g.matches(accel)).count())
+            .max()
+            .unwrap_or(0) as u32;
+        if most < devices {
+            return PlacementError::TooManyGpus {
+                what: format!("{kind}s"),
+                wanted: devices,
+                most,
+            };
+        }
+        let largest = all_gpus
+            .filter(|g| g.matches(accel))
+            .map(|g| g.mem_total)
+            .max()
+            .unwrap_or(0);
+        if largest < d.gpu_memory {
+            return PlacementError::GpuMemory {
+                what: kind,
+                wanted: d.gpu_memory,
+                largest,
+            };
+        }
+        let most = nodes
+            .clone()
+            .map(|n| {
+                n.gpus
+                    .iter()
+                    .filter(|g| g.matches(accel) && g.mem_total >= d.gpu_memory)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0) as u32;
+        if most < devices {
+            return PlacementError::TooManyGpus {
+                what: format!("{kind}s with {} of memory", ByteSize(d.gpu_memory)),
+                wanted: devices,
+                most,
+            };
+        }
+    }
+    PlacementError::NoSingleNode {
+        demand: d.to_string(),
+    }
+}

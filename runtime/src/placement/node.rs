@@ -1,0 +1,338 @@
+//! Per-node and per-GPU capacity bookkeeping: what each node has, what is free, and the
+//! checks that decide whether a demand fits (now, or ever).
+
+use crate::ids::NodeId;
+use crate::resources::{Allocation, GpuGrant, GpuShare, NodeResources, ResourceDemand, GPU_UNITS};
+
+/// One GPU of a node and what of it is still free.
+#[derive(Debug, Clone)]
+pub(crate) struct GpuSlot {
+    pub(crate) index: u32,
+    pub(crate) accelerator: String,
+    pub(crate) mem_total: u64,
+    pub(crate) mem_free: u64,
+    /// Hundredths of this GPU not granted to any lease.
+    pub(crate) share_free: u32,
+}
+
+impl GpuSlot {
+    #[inline]
+    pub(crate) fn matches(&self, accelerator: Option<&str>) -> bool {
+        accelerator.is_none_or(|a| self.accelerator.eq_ignore_ascii_case(a))
+    }
+}
+
+/// One custom resource of a node.
+#[derive(Debug, Clone)]
+pub(crate) struct CustomSlot {
+    pub(crate) name: String,
+    pub(crate) total: u64,
+    pub(crate) free: u64,
+}
+
+/// A node's capacity and what is free, with a few cached figures that make the common
+/// feasibility checks a handful of integer comparisons.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeState {
+    pub(crate) id: NodeId,
+    pub(crate) schedulable: bool,
+    pub(crate) cpu_total: u64,
+    pub(crate) cpu_free: u64,
+    /// Sum of every GPU's units (100 per GPU).
+    pub(crate) gpu_units_total: u64,
+    /// Units granted to leases.
+    pub(crate) gpu_units_used: u64,
+    /// How many GPUs are entirely free (share 100 free).
+    pub(crate) whole_free: u32,
+    /// The largest free share of any one GPU.
+    pub(crate) max_share_free: u32,
+    /// GPUs sorted by index, each index once.
+    pub(crate) gpus: Vec<GpuSlot>,
+    /// Custom resources sorted by name, each name once.
+    pub(crate) custom: Vec<CustomSlot>,
+    /// How many leases this node holds.
+    pub(crate) leases: usize,
+}
+
+impl NodeState {
+    pub(crate) fn new(id: NodeId, resources: NodeResources) -> Self {
+        let mut gpus: Vec<GpuSlot> = resources
+            .gpus
+            .into_iter()
+            .map(|g| GpuSlot {
+                index: g.index,
+                accelerator: g.accelerator,
+                mem_total: g.memory,
+                mem_free: g.memory,
+                share_free: GPU_UNITS,
+            })
+            .collect();
+        gpus.sort_by_key(|g| g.index);
+        gpus.dedup_by_key(|g| g.index);
+        let mut custom: Vec<CustomSlot> = resources
+            .custom
+            .into_iter()
+            .map(|(name, total)| CustomSlot {
+                name,
+                total,
+                free: total,
+            })
+            .collect();
+        custom.sort_by(|a, b| a.name.cmp(&b.name));
+        custom.dedup_by(|later, first| {
+            if later.name == first.name {
+                first.total = first.total.saturating_add(later.total);
+                first.free = first.total;
+                true
+            } else {
+                false
+            }
+        });
+        let mut node = NodeState {
+            id,
+            schedulable: true,
+            cpu_total: resources.cpu_millis,
+            cpu_free: resources.cpu_millis,
+            gpu_units_total: gpus.len() as u64 * u64::from(GPU_UNITS),
+            gpu_units_used: 0,
+            whole_free: 0,
+            max_share_free: 0,
+            gpus,
+            custom,
+            leases: 0,
+        };
+        node.refresh_gpu_cache();
+        node
+    }
+
+    /// Recomputes the cached GPU figures from the slots.
+    pub(crate) fn refresh_gpu_cache(&mut self) {
+        let mut whole = 0;
+        let mut max = 0;
+        for g in &self.gpus {
+            if g.share_free == GPU_UNITS {
+                whole += 1;
+            }
+            max = max.max(g.share_free);
+        }
+        self.whole_free = whole;
+        self.max_share_free = max;
+    }
+
+    #[inline]
+    fn custom_slot(&self, name: &str) -> Option<&CustomSlot> {
+        self.custom
+            .binary_search_by(|c| c.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.custom[i])
+    }
+
+    /// The total of a custom resource on this node (0 where the node lacks it).
+    pub(crate) fn custom_total(&self, name: &str) -> u64 {
+        self.custom_slot(name).map_or(0, |c| c.total)
+    }
+
+    /// Whether the demand fits in what is free now (ignores `schedulable`).
+    #[inline]
+    pub(crate) fn fits_now(&self, d: &ResourceDemand) -> bool {
+        if self.cpu_free < d.cpu_millis {
+            return false;
+        }
+        let units = d.gpus.units();
+        if units > 0 {
+            if units < GPU_UNITS {
+                if self.max_share_free < units {
+                    return false;
+                }
+            } else if self.whole_free < units / GPU_UNITS {
+                return false;
+            }
+        }
+        for (name, amount) in &d.custom {
+            if *amount > 0 && self.custom_slot(name).is_none_or(|c| c.free < *amount) {
+                return false;
+            }
+        }
+        if units > 0 && (d.gpu_memory > 0 || d.accelerator.is_some()) {
+            return self.pick_gpus(d, |_, _| {}).is_some();
+        }
+        true
+    }
+
+    /// Whether the demand would fit on this node if it were entirely free.
+    pub(crate) fn fits_total(&self, d: &ResourceDemand) -> bool {
+        if self.cpu_total < d.cpu_millis {
+            return false;
+        }
+        for (name, amount) in &d.custom {
+            if *amount > 0 && self.custom_total(name) < *amount {
+                return false;
+            }
+        }
+        let devices = d.gpus.devices();
+        if devices > 0 {
+            let accel = d.accelerator.as_deref();
+            let count = self
+                .gpus
+                .iter()
+                .filter(|g| g.matches(accel) && g.mem_total >= d.gpu_memory)
+                .count();
+            if (count as u64) < u64::from(devices) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Chooses the GPUs for a demand from what is free now, calling `each(position, share)` for
+    /// every chosen GPU; returns how many were chosen, or `None` when the demand does not fit.
+    /// A fraction goes to the GPU with the least free share that still fits (best fit, lowest
+    /// index among equals); whole GPUs go to the lowest-indexed entirely free GPUs.
+    #[inline]
+    fn pick_gpus(&self, d: &ResourceDemand, mut each: impl FnMut(usize, u32)) -> Option<u32> {
+        let units = d.gpus.units();
+        let accel = d.accelerator.as_deref();
+        if units == 0 {
+            return Some(0);
+        }
+        if units < GPU_UNITS {
+            let mut best: Option<(usize, u32)> = None;
+            for (i, g) in self.gpus.iter().enumerate() {
+                if g.share_free >= units
+                    && g.mem_free >= d.gpu_memory
+                    && g.matches(accel)
+                    && best.is_none_or(|(_, free)| g.share_free < free)
+                {
+                    best = Some((i, g.share_free));
+                }
+            }
+            let (i, _) = best?;
+            each(i, units);
+            Some(1)
+        } else {
+            let wanted = units / GPU_UNITS;
+            let mut found = 0;
+            for g in &self.gpus {
+                if g.share_free == GPU_UNITS && g.mem_free >= d.gpu_memory && g.matches(accel) {
+                    found += 1;
+                    if found == wanted {
+                        break;
+                    }
+                }
+            }
+            if found < wanted {
+                return None;
+            }
+            let mut taken = 0;
+            for (i, g) in self.gpus.iter().enumerate() {
+                if taken == wanted {
+                    break;
+                }
+                if g.share_free == GPU_UNITS && g.mem_free >= d.gpu_memory && g.matches(accel) {
+                    each(i, GPU_UNITS);
+                    taken += 1;
+                }
+            }
+            Some(wanted)
+        }
+    }
+
+    /// Takes the demand from what is free and returns what was granted, or `None` (changing
+    /// nothing) when it does not fit now.
+    pub(crate) fn allocate(&mut self, d: &ResourceDemand) -> Option<Allocation> {
+        if !self.fits_now(d) {
+            return None;
+        }
+        let mut positions: Vec<usize> = Vec::new();
+        self.pick_gpus(d, |i, _| positions.push(i))?;
+        let n = positions.len();
+        let share = if d.gpus.is_fraction() {
+            d.gpus
+        } else {
+            GpuShare::ONE
+        };
+        let mut grants = Vec::with_capacity(n);
+        for i in positions {
+            let g = &mut self.gpus[i];
+            g.share_free -= share.units();
+            g.mem_free -= d.gpu_memory;
+            grants.push(GpuGrant {
+                index: g.index,
+                share,
+                memory: d.gpu_memory,
+            });
+        }
+        self.gpu_units_used += u64::from(share.units()) * n as u64;
+        self.cpu_free -= d.cpu_millis;
+        let mut custom = Vec::with_capacity(d.custom.len());
+        for (name, amount) in &d.custom {
+            if *amount == 0 {
+                continue;
+            }
+            if let Ok(i) = self.custom.binary_search_by(|c| c.name.as_str().cmp(name)) {
+                self.custom[i].free -= *amount;
+                custom.push((name.clone(), *amount));
+            }
+        }
+        if n > 0 {
+            self.refresh_gpu_cache();
+        }
+        self.leases += 1;
+        Some(Allocation {
+            cpu_millis: d.cpu_millis,
+            gpus: grants,
+            custom,
+        })
+    }
+
+    /// Gives back what an allocation on this node took.
+    pub(crate) fn free(&mut self, a: &Allocation) {
+        self.cpu_free = (self.cpu_free + a.cpu_millis).min(self.cpu_total);
+        for grant in &a.gpus {
+            if let Ok(i) = self.gpus.binary_search_by_key(&grant.index, |g| g.index) {
+                let g = &mut self.gpus[i];
+                g.share_free = (g.share_free + grant.share.units()).min(GPU_UNITS);
+                g.mem_free = (g.mem_free + grant.memory).min(g.mem_total);
+                self.gpu_units_used = self
+                    .gpu_units_used
+                    .saturating_sub(u64::from(grant.share.units()));
+            }
+        }
+        for (name, amount) in &a.custom {
+            if let Ok(i) = self.custom.binary_search_by(|c| c.name.as_str().cmp(name)) {
+                let c = &mut self.custom[i];
+                c.free = (c.free + amount).min(c.total);
+            }
+        }
+        if !a.gpus.is_empty() {
+            self.refresh_gpu_cache();
+        }
+        self.leases = self.leases.saturating_sub(1);
+    }
+
+    /// Orders nodes by how used they are: GPU units in use as a fraction of the node's GPU
+    /// units, then CPU in use as a fraction of its CPUs. Exact (cross-multiplied) comparison.
+    #[inline]
+    pub(crate) fn cmp_usage(&self, other: &NodeState) -> std::cmp::Ordering {
+        fn frac_cmp(au: u64, at: u64, bu: u64, bt: u64) -> std::cmp::Ordering {
+            // A node with none of a resource counts as 0 used.
+            let (au, at) = if at == 0 { (0, 1) } else { (au, at) };
+            let (bu, bt) = if bt == 0 { (0, 1) } else { (bu, bt) };
+            (u128::from(au) * u128::from(bt)).cmp(&(u128::from(bu) * u128::from(at)))
+        }
+        frac_cmp(
+            self.gpu_units_used,
+            self.gpu_units_total,
+            other.gpu_units_used,
+            other.gpu_units_total,
+        )
+        .then_with(|| {
+            frac_cmp(
+                self.cpu_total - self.cpu_free,
+                self.cpu_total,
+                other.cpu_total - other.cpu_free,
+                other.cpu_total,
+            )
+        })
+    }
+}
