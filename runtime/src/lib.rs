@@ -4,10 +4,9 @@
 //! ([`ids`]), placement ([`placement`]), the wire protocol ([`proto`]), cluster security
 //! ([`security`]) and the head ([`head`]).
 
+pub mod head;
 pub mod ids;
 pub mod placement;
+pub mod proto;
 pub mod resources;
 pub mod security;
-pub mod head;
-pub mod placement;
-pub mod proto;

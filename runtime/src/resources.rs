@@ -307,6 +307,9 @@ pub struct NodeResources {
     pub gpus: Vec<GpuDevice>,
     /// Custom resources in thousandths, sorted by name.
     pub custom: Vec<(String, u64)>,
+    /// Labels a request may require, not consumed by placement: the task functions and actor
+    /// types this node's executable can run (`task:NAME`, `actor:NAME`), sorted.
+    pub labels: Vec<String>,
 }
 
 /// The part of one GPU given to a task or actor.

@@ -157,6 +157,8 @@ pub async fn run(
         cpu_millis: to_millis(cpus)?,
         gpus: inventory.devices.clone(),
         custom,
+        // The head labels the node with the types listed in the hello.
+        labels: Vec::new(),
     };
 
     let identity = Identity::ephemeral()?;

@@ -1,1 +1,343 @@
-fn main(){}
+//! `ember`: start a head, workers or a local cluster; inspect it; submit jobs.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ember::{Cluster, ClusterStatus, JobOutput, LocalOptions, Options};
+use ember_runtime::head::{self, HeadConfig};
+use ember_runtime::resources::{format_millis, ByteSize};
+use ember_runtime::security::{default_state_dir, ClusterFile, Fingerprint};
+use ember_worker::agent::{self, WorkerConfig};
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Ember: a distributed GPU task runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a head node.
+    Head {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+        /// State directory (certificate, key, token, cluster file). Default: ~/.ember
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Join a cluster as a worker.
+    Worker(WorkerArgs),
+    /// Start a head and N workers on this machine; Ctrl-C stops them all.
+    Up {
+        /// How many workers.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Logical GPUs per worker (for machines without GPUs).
+        #[arg(long, default_value_t = 0)]
+        gpus_per_worker: u32,
+        /// Memory of each logical GPU.
+        #[arg(long)]
+        gpu_memory: Option<String>,
+        /// Accelerator type of the logical GPUs.
+        #[arg(long)]
+        accelerator: Option<String>,
+        /// CPUs each worker offers.
+        #[arg(long)]
+        cpus_per_worker: Option<f64>,
+        /// Where the head listens.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+        /// State directory. Default: ~/.ember
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Show nodes, GPUs, actors, tasks and the queue.
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Print one JSON object with the keys nodes, actors, tasks and queue.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Batch jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Run a command on a worker chosen by placement; its output streams here and its exit
+    /// code becomes this command's.
+    Submit {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// GPUs: a fraction of one, or a whole number.
+        #[arg(long)]
+        gpus: Option<f64>,
+        /// GPU memory per GPU, e.g. 8GiB.
+        #[arg(long)]
+        gpu_memory: Option<String>,
+        /// Accelerator type, e.g. H100.
+        #[arg(long)]
+        accelerator: Option<String>,
+        /// CPUs.
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct ClusterArg {
+    /// The cluster's state directory or cluster file (default: $EMBER_CLUSTER, then ~/.ember).
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// The head's address.
+    #[arg(long, requires_all = ["token", "fingerprint"])]
+    head: Option<SocketAddr>,
+    /// The cluster's join token.
+    #[arg(long)]
+    token: Option<String>,
+    /// The head certificate's fingerprint (sha256:...).
+    #[arg(long)]
+    fingerprint: Option<Fingerprint>,
+    /// Read head, token and fingerprint from this state directory or cluster file instead.
+    #[arg(long, conflicts_with = "head")]
+    cluster: Option<PathBuf>,
+    /// Declare N logical GPUs (machines without GPUs).
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Memory of each logical GPU, e.g. 80GiB.
+    #[arg(long)]
+    gpu_memory: Option<String>,
+    /// Accelerator type of the logical GPUs, e.g. H100.
+    #[arg(long)]
+    accelerator: Option<String>,
+    /// CPUs to offer (default: all).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Custom resources, NAME=AMOUNT, repeatable.
+    #[arg(long = "resource", value_parser = parse_resource)]
+    resources: Vec<(String, f64)>,
+    /// Where to listen for direct actor calls.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// A name for this worker.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+fn parse_resource(s: &str) -> Result<(String, f64), String> {
+    let (k, v) = s.split_once('=').ok_or("write NAME=AMOUNT")?;
+    let v: f64 = v.parse().map_err(|_| format!("`{v}` is not a number"))?;
+    Ok((k.to_string(), v))
+}
+
+fn main() {
+    // Workers started by `ember up` and executors run this same binary.
+    ember_worker::role::serve_role_if_asked();
+    ember::init_logging();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("cannot start the Tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ember: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Head { listen, state_dir } => {
+            let mut config = HeadConfig::new(state_dir.unwrap_or_else(default_state_dir));
+            config.listen = listen;
+            let state_dir = config.state_dir.clone();
+            let head = head::start(config).await?;
+            println!("Ember head listening on {}", head.addr);
+            println!("State directory: {}", state_dir.display());
+            println!("Join a worker with:\n  {}", head.cluster.join_command());
+            agent::shutdown_signal().await;
+            head.stop().await;
+            Ok(0)
+        }
+        Command::Worker(args) => {
+            let file = match (&args.head, &args.cluster) {
+                (Some(head), _) => ClusterFile {
+                    address: *head,
+                    token: args.token.clone().context("--token is required")?,
+                    fingerprint: args.fingerprint.context("--fingerprint is required")?,
+                },
+                (None, path) => ClusterFile::discover(path.as_deref())?,
+            };
+            let mut config = WorkerConfig::new(file.address, file.token, file.fingerprint);
+            config.name = args.name;
+            config.cpus = args.cpus;
+            config.gpus = args.gpus;
+            config.gpu_memory = args.gpu_memory;
+            config.accelerator = args.accelerator;
+            config.resources = args.resources;
+            config.listen = args.listen;
+            agent::run(config, agent::shutdown_signal()).await?;
+            Ok(0)
+        }
+        Command::Up {
+            workers,
+            gpus_per_worker,
+            gpu_memory,
+            accelerator,
+            cpus_per_worker,
+            listen,
+            state_dir,
+        } => {
+            let mut options = LocalOptions::new(workers).gpus_per_worker(gpus_per_worker);
+            options.gpu_memory = gpu_memory;
+            options.accelerator = accelerator;
+            options.cpus_per_worker = cpus_per_worker;
+            options.listen = Some(listen);
+            options.state_dir = Some(state_dir.unwrap_or_else(default_state_dir));
+            let cluster = Cluster::local(options).await?;
+            println!("Ember cluster up: head on {}", cluster.cluster_file().address);
+            print_status(&cluster.status().await?);
+            println!("\nJoin more workers with:\n  {}", cluster.cluster_file().join_command());
+            println!("Press Ctrl-C to stop.");
+            agent::shutdown_signal().await;
+            println!("Stopping...");
+            cluster.shutdown().await;
+            Ok(0)
+        }
+        Command::Status { cluster, json } => {
+            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
+            let status = c.status().await?;
+            if json {
+                println!("{}", status.to_json());
+            } else {
+                print_status(&status);
+            }
+            Ok(0)
+        }
+        Command::Job {
+            command:
+                JobCommand::Submit {
+                    cluster,
+                    gpus,
+                    gpu_memory,
+                    accelerator,
+                    cpus,
+                    command,
+                },
+        } => {
+            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
+            let mut options = Options::new();
+            if let Some(g) = gpus {
+                options = options.gpus(g);
+            }
+            if let Some(m) = &gpu_memory {
+                options = options.gpu_memory(m);
+            }
+            if let Some(a) = &accelerator {
+                options = options.accelerator(a);
+            }
+            if let Some(n) = cpus {
+                options = options.cpus(n);
+            }
+            let mut job = c.submit_job(command, Vec::new(), options).await?;
+            let gpus: Vec<String> = job
+                .allocation
+                .gpus
+                .iter()
+                .map(|g| format!("{}({})", g.index, g.share))
+                .collect();
+            eprintln!(
+                "ember: {} running on {} with GPUs [{}]",
+                job.id,
+                job.node,
+                gpus.join(", ")
+            );
+            loop {
+                match job.next().await? {
+                    Some(JobOutput::Stdout(b)) => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&b)?;
+                        out.flush()?;
+                    }
+                    Some(JobOutput::Stderr(b)) => {
+                        let mut err = std::io::stderr().lock();
+                        err.write_all(&b)?;
+                        err.flush()?;
+                    }
+                    Some(JobOutput::Exited(code)) => return Ok(code),
+                    None => bail!("the job's stream ended without an exit code"),
+                }
+            }
+        }
+    }
+}
+
+fn print_status(s: &ClusterStatus) {
+    println!("NODES ({})", s.nodes.len());
+    for n in &s.nodes {
+        let u = &n.usage;
+        println!(
+            "  {} {} at {}  cpus {}/{} free{}",
+            n.id,
+            n.name,
+            n.address,
+            format_millis(u.cpu_millis_free),
+            format_millis(u.cpu_millis_total),
+            if u.schedulable { "" } else { "  (draining)" }
+        );
+        for g in &u.gpus {
+            println!(
+                "    gpu {} {}  share used {} free {}  memory reserved {} of {}",
+                g.index,
+                g.accelerator,
+                g.share_used,
+                g.share_free,
+                ByteSize(g.memory_reserved),
+                ByteSize(g.memory_total)
+            );
+        }
+        for c in &u.custom {
+            println!(
+                "    {} {}/{} free",
+                c.name,
+                format_millis(c.free_millis),
+                format_millis(c.total_millis)
+            );
+        }
+    }
+    for (title, list) in [("ACTORS", &s.actors), ("TASKS", &s.tasks), ("QUEUE", &s.queue)] {
+        println!("{title} ({})", list.len());
+        for w in list {
+            let gpus: Vec<String> = w
+                .gpus
+                .iter()
+                .map(|g| format!("{}({})", g.index, g.share))
+                .collect();
+            println!(
+                "  {} {} {}  needs [{}]  on {}  gpus [{}]",
+                w.id,
+                w.kind,
+                w.name,
+                w.demand,
+                w.node.as_deref().unwrap_or("-"),
+                gpus.join(", ")
+            );
+        }
+    }
+}

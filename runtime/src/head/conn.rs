@@ -199,7 +199,7 @@ async fn serve_request(
         ClientRequest::SubmitTask(spec) => {
             // Give the capacity back if the client goes away while the task waits or runs.
             tokio::select! {
-                r = run_task(&head, spec, owner) => r,
+                r = run_task(&head, spec) => r,
                 _ = send.stopped() => return,
             }
         }
@@ -218,16 +218,16 @@ async fn serve_request(
             }
         }
         ClientRequest::SubmitJob(spec) => {
-            run_job(&head, spec, owner, &mut send).await;
+            run_job(&head, spec, &mut send).await;
             let _ = send.finish();
             return;
         }
         ClientRequest::Status => ClientReply::Status(status::collect(&head).to_json()),
         ClientRequest::WaitForNodes { count, timeout_ms } => {
             let mut rx = head.node_count.subscribe();
-            let wait = rx.wait_for(|n| *n >= count);
+            let wait = async { rx.wait_for(|n| *n >= count).await.map(|n| *n) };
             match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
-                Ok(Ok(n)) => ClientReply::NodesReady { count: *n },
+                Ok(Ok(n)) => ClientReply::NodesReady { count: n },
                 _ => ClientReply::Error(RemoteError::new(
                     ErrorKind::Timeout,
                     format!(
@@ -261,7 +261,6 @@ async fn acquire<'a>(
     head: &'a Head,
     work: Work,
     placement: &crate::proto::Placement,
-    owner: usize,
     label: Option<String>,
 ) -> Result<(LeaseGuard<'a>, Lease), RemoteError> {
     let lease = LeaseId(head.next_id());
@@ -271,7 +270,6 @@ async fn acquire<'a>(
             work,
             placement: placement.clone(),
             running: None,
-            owner,
         },
     );
     let guard = LeaseGuard {
@@ -286,7 +284,7 @@ async fn acquire<'a>(
     Ok((guard, granted))
 }
 
-async fn run_task(head: &Head, spec: TaskSpec, owner: usize) -> ClientReply {
+async fn run_task(head: &Head, spec: TaskSpec) -> ClientReply {
     if !head.knows_task(&spec.name) {
         return ClientReply::Error(RemoteError::new(
             ErrorKind::Unknown,
@@ -302,7 +300,7 @@ async fn run_task(head: &Head, spec: TaskSpec, owner: usize) -> ClientReply {
         name: spec.name.clone(),
     };
     let (_guard, lease) =
-        match acquire(head, work, &spec.placement, owner, Some(task_label(&spec.name))).await {
+        match acquire(head, work, &spec.placement, Some(task_label(&spec.name))).await {
             Ok(l) => l,
             Err(e) => return ClientReply::Error(e),
         };
@@ -336,7 +334,7 @@ async fn create_actor(head: &Head, spec: ActorSpec, owner: usize) -> ClientReply
         type_name: spec.type_name.clone(),
     };
     let label = Some(actor_label(&spec.type_name));
-    let (mut guard, lease) = match acquire(head, work, &spec.placement, owner, label).await {
+    let (mut guard, lease) = match acquire(head, work, &spec.placement, label).await {
         Ok(l) => l,
         Err(e) => return ClientReply::Error(e),
     };
@@ -390,13 +388,13 @@ async fn kill_actor(head: &Head, actor: ActorId) -> bool {
     true
 }
 
-async fn run_job(head: &Head, spec: JobSpec, owner: usize, out: &mut quinn::SendStream) {
+async fn run_job(head: &Head, spec: JobSpec, out: &mut quinn::SendStream) {
     let job = JobId(head.next_id());
     let work = Work::Job {
         id: job,
         command: spec.command.join(" "),
     };
-    let (_guard, lease) = match acquire(head, work, &spec.placement, owner, None).await {
+    let (_guard, lease) = match acquire(head, work, &spec.placement, None).await {
         Ok(l) => l,
         Err(e) => {
             let _ = write_frame(out, &ClientReply::Error(e)).await;

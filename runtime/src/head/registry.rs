@@ -39,8 +39,6 @@ pub(crate) struct WorkEntry {
     pub(crate) work: Work,
     pub(crate) placement: Placement,
     pub(crate) running: Option<(NodeId, Allocation)>,
-    /// The client connection that owns it (actors die with their owner).
-    pub(crate) owner: usize,
 }
 
 /// A live actor, for routing kills and status.

@@ -7,6 +7,10 @@ use crate::resources::{format_millis, ByteSize, GpuShare};
 /// a user reading it knows which part of the request to change (or which node to add).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
+    /// No schedulable node carries a label the request requires (e.g. no worker's executable
+    /// has the task function).
+    #[error("no node has `{0}`")]
+    MissingLabel(String),
     /// The cluster has no nodes at all.
     #[error("the cluster has no nodes")]
     NoNodes,

@@ -95,6 +95,8 @@ pub struct PlacementRequest {
     pub affinity: Option<NodeAffinity>,
     /// Queue order: higher first, first-come first among equals.
     pub priority: i32,
+    /// Labels the node must carry (see [`NodeResources::labels`]), e.g. `task:my::add`.
+    pub labels: Vec<String>,
 }
 
 impl PlacementRequest {
@@ -106,6 +108,7 @@ impl PlacementRequest {
             strategy: Strategy::default(),
             affinity: None,
             priority: 0,
+            labels: Vec::new(),
         }
     }
 }
@@ -187,6 +190,8 @@ pub struct NodeUsage {
     pub custom: Vec<CustomUsage>,
     /// How many leases the node holds.
     pub leases: usize,
+    /// The labels requests may require (the node's task and actor types).
+    pub labels: Vec<String>,
 }
 
 /// Most distinct failed demands remembered during one [`Scheduler::place_queued`] pass.
@@ -269,6 +274,12 @@ impl Scheduler {
             if !n.schedulable {
                 return Decision::Rejected(PlacementError::AffinityNodeDraining(node));
             }
+            if !n.has_labels(&req.labels) {
+                let missing = req.labels.iter().find(|l| !n.has_labels(std::slice::from_ref(l)));
+                return Decision::Rejected(PlacementError::MissingLabel(
+                    missing.cloned().unwrap_or_default(),
+                ));
+            }
             if !n.fits_total(&req.demand) {
                 let reason = explain(std::slice::from_ref(n).iter(), &req.demand);
                 return Decision::Rejected(PlacementError::AffinityNeverFits {
@@ -282,7 +293,7 @@ impl Scheduler {
             return Decision::Placed(lease);
         }
         if !matches!(req.affinity, Some(NodeAffinity { soft: false, .. })) {
-            if let Some(e) = self.never_fits(&req.demand) {
+            if let Some(e) = self.never_fits(&req.demand, &req.labels) {
                 return Decision::Rejected(e);
             }
         }
@@ -316,9 +327,15 @@ impl Scheduler {
     }
 
     /// `None` when some schedulable node could ever satisfy the demand; otherwise why not.
-    fn never_fits(&self, d: &ResourceDemand) -> Option<PlacementError> {
+    fn never_fits(&self, d: &ResourceDemand, labels: &[String]) -> Option<PlacementError> {
+        if let Some(missing) = labels
+            .iter()
+            .find(|l| !self.nodes.iter().any(|n| n.schedulable && n.has_labels(std::slice::from_ref(l))))
+        {
+            return Some(PlacementError::MissingLabel(missing.clone()));
+        }
         let mut any = false;
-        for n in self.nodes.iter().filter(|n| n.schedulable) {
+        for n in self.nodes.iter().filter(|n| n.schedulable && n.has_labels(labels)) {
             any = true;
             if n.fits_total(d) {
                 return None;
@@ -329,7 +346,12 @@ impl Scheduler {
                 draining: self.nodes.len(),
             });
         }
-        Some(explain(self.nodes.iter().filter(|n| n.schedulable), d))
+        Some(explain(
+            self.nodes
+                .iter()
+                .filter(|n| n.schedulable && n.has_labels(labels)),
+            d,
+        ))
     }
 
     /// Returns a lease's capacity. Unknown lease: returns false and changes nothing, so a
@@ -361,9 +383,12 @@ impl Scheduler {
         let mut to_remove: Vec<QueueKey> = Vec::new();
         // Demands that fitted nowhere during this pass: capacity only shrinks while it runs,
         // so any request needing at least as much of everything cannot fit either.
-        let mut failed: Vec<ResourceDemand> = Vec::new();
+        let mut failed: Vec<(ResourceDemand, Vec<String>)> = Vec::new();
         for (key, req) in self.queue.iter() {
-            if failed.iter().any(|f| dominates(&req.demand, f)) {
+            if failed
+                .iter()
+                .any(|(f, labels)| *labels == req.labels && dominates(&req.demand, f))
+            {
                 continue;
             }
             match try_place(&mut self.nodes, req) {
@@ -375,7 +400,7 @@ impl Scheduler {
                 None => {
                     let hard = matches!(req.affinity, Some(NodeAffinity { soft: false, .. }));
                     if !hard && failed.len() < FAILED_SHAPES {
-                        failed.push(req.demand.clone());
+                        failed.push((req.demand.clone(), req.labels.clone()));
                     }
                 }
             }
@@ -441,6 +466,7 @@ impl Scheduler {
                 })
                 .collect(),
             leases: n.leases,
+            labels: n.labels.clone(),
         })
     }
 
@@ -554,14 +580,18 @@ fn try_place(nodes: &mut [NodeState], req: &PlacementRequest) -> Option<Lease> {
             let at = nodes
                 .binary_search_by_key(&node, |n| n.id)
                 .ok()
-                .filter(|&i| nodes[i].schedulable && nodes[i].fits_now(d));
+                .filter(|&i| {
+                    nodes[i].schedulable
+                        && nodes[i].has_labels(&req.labels)
+                        && nodes[i].fits_now(d)
+                });
             match (at, soft) {
                 (Some(i), _) => i,
                 (None, false) => return None,
-                (None, true) => choose(nodes, d, req.strategy)?,
+                (None, true) => choose(nodes, req)?,
             }
         }
-        None => choose(nodes, d, req.strategy)?,
+        None => choose(nodes, req)?,
     };
     let node = &mut nodes[i];
     let allocation = node.allocate(d)?;
@@ -574,10 +604,11 @@ fn try_place(nodes: &mut [NodeState], req: &PlacementRequest) -> Option<Lease> {
 
 /// The feasible node the strategy prefers: Pack the most used, Spread the least used; ties go
 /// to the lowest node id.
-fn choose(nodes: &[NodeState], d: &ResourceDemand, strategy: Strategy) -> Option<usize> {
+fn choose(nodes: &[NodeState], req: &PlacementRequest) -> Option<usize> {
+    let (d, strategy) = (&req.demand, req.strategy);
     let mut best: Option<usize> = None;
     for (i, n) in nodes.iter().enumerate() {
-        if !n.schedulable || !n.fits_now(d) {
+        if !n.schedulable || !n.has_labels(&req.labels) || !n.fits_now(d) {
             continue;
         }
         best = match best {

@@ -52,6 +52,8 @@ pub(crate) struct NodeState {
     pub(crate) custom: Vec<CustomSlot>,
     /// How many leases this node holds.
     pub(crate) leases: usize,
+    /// Labels requests may require, sorted.
+    pub(crate) labels: Vec<String>,
 }
 
 impl NodeState {
@@ -100,9 +102,20 @@ impl NodeState {
             gpus,
             custom,
             leases: 0,
+            labels: {
+                let mut l = resources.labels;
+                l.sort();
+                l.dedup();
+                l
+            },
         };
         node.refresh_gpu_cache();
         node
+    }
+
+    /// Whether this node carries every one of `labels`.
+    pub(crate) fn has_labels(&self, labels: &[String]) -> bool {
+        labels.iter().all(|l| self.labels.binary_search(l).is_ok())
     }
 
     /// Recomputes the cached GPU figures from the slots.

@@ -17,6 +17,8 @@ const GIB: u64 = 1 << 30;
 const LABELS: [&str; 3] = ["H100", "L4", "A100"];
 const WANTED_LABELS: [&str; 4] = ["H100", "l4", "A100", "TPU9"];
 const MEMORIES: [u64; 4] = [16 * GIB, 24 * GIB, 40 * GIB, 80 * GIB];
+/// The label of nodes whose executable has the task type `t`.
+const TASK_LABEL: &str = "task:t";
 const SHARES: [u32; 9] = [0, 10, 25, 33, 50, 75, 100, 200, 300];
 const DEMAND_MEMORIES: [u64; 6] = [0, 0, 8 * GIB, 16 * GIB, 32 * GIB, 90 * GIB];
 
@@ -45,6 +47,12 @@ impl NodeSpec {
                 })
                 .collect(),
             custom: self.fpga.map(|v| ("fpga".to_string(), v)).into_iter().collect(),
+            // Half the nodes' executables have the task type `t`.
+            labels: if self.cpu_millis % 2 == 0 {
+                vec![TASK_LABEL.to_string()]
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -183,6 +191,7 @@ fn eligible(s: &Scheduler, r: &PlacementRequest) -> Vec<NodeUsage> {
     s.node_ids()
         .filter_map(|id| s.usage(id))
         .filter(|u| u.schedulable)
+        .filter(|u| r.labels.iter().all(|l| u.labels.contains(l)))
         .filter(|u| match r.affinity {
             Some(NodeAffinity { node, soft: false }) => u.node == node,
             _ => true,
@@ -278,6 +287,12 @@ fn run(specs: Vec<NodeSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     },
                     affinity,
                     priority: spec.priority,
+                    // Half the requests need a node whose executable has `t`.
+                    labels: if spec.priority % 2 == 0 {
+                        vec![TASK_LABEL.to_string()]
+                    } else {
+                        Vec::new()
+                    },
                 };
                 let elig = eligible(&s, &r);
                 let fits_now = elig.iter().any(|u| oracle_fits(u, &r.demand, true));

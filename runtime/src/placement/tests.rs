@@ -21,6 +21,7 @@ fn node_res(cpus: u64, gpus: Vec<GpuDevice>) -> NodeResources {
         cpu_millis: cpus * 1000,
         gpus,
         custom: Vec::new(),
+        labels: Vec::new(),
     }
 }
 
