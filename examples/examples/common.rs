@@ -1,0 +1,1 @@
+//! Shared nothing: the examples are self-contained programs under `examples/examples/`.
