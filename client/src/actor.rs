@@ -43,7 +43,10 @@ impl ActorRef {
     /// Calls `method` with archived `args` and reads its result as `T`.
     pub async fn call<A: Wire, T: Wire>(&self, method: &str, args: &A) -> Result<T, Error> {
         let args = ember_runtime::proto::encode(args)?.to_vec();
-        let bytes = self.cluster.call_actor(&self.peer, self.location.actor, method, args).await?;
+        let bytes = self
+            .cluster
+            .call_actor(&self.peer, self.location.actor, method, args)
+            .await?;
         Ok(ember_runtime::proto::decode(&bytes)?)
     }
 

@@ -123,7 +123,11 @@ impl Cluster {
         let workers = options.workers;
         let local = LocalCluster::start(options).await?;
         let cluster = Cluster::connect(local.cluster_file().clone()).await?;
-        *cluster.inner.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(local);
+        *cluster
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(local);
         cluster
             .wait_for_nodes(workers, Duration::from_secs(60))
             .await?;
@@ -209,16 +213,17 @@ impl Cluster {
             }),
             Some(ClientReply::Error(e)) => Err(e.into()),
             Some(other) => Err(unexpected(other)),
-            None => Err(Error::ConnectionLost("the head closed the job's stream".into())),
+            None => Err(Error::ConnectionLost(
+                "the head closed the job's stream".into(),
+            )),
         }
     }
 
     /// The cluster's nodes, GPUs, actors, tasks and queue.
     pub async fn status(&self) -> Result<ClusterStatus, Error> {
         match self.request(&ClientRequest::Status).await? {
-            ClientReply::Status(json) => serde_json::from_str(&json).map_err(|e| {
-                Error::Remote(RemoteError::new(ErrorKind::Internal, e.to_string()))
-            }),
+            ClientReply::Status(json) => serde_json::from_str(&json)
+                .map_err(|e| Error::Remote(RemoteError::new(ErrorKind::Internal, e.to_string()))),
             ClientReply::Error(e) => Err(e.into()),
             other => Err(unexpected(other)),
         }
@@ -302,7 +307,9 @@ impl Cluster {
         let _ = send.finish();
         read_frame::<_, ClientReply>(&mut recv, MAX_FRAME)
             .await?
-            .ok_or_else(|| Error::ConnectionLost("the head closed the stream without a reply".into()))
+            .ok_or_else(|| {
+                Error::ConnectionLost("the head closed the stream without a reply".into())
+            })
     }
 
     /// The connection to a worker's peer endpoint, opened on first use.
@@ -317,7 +324,13 @@ impl Cluster {
             addr: addr.to_string(),
             reason: "not a socket address".into(),
         })?;
-        let conn = open(&self.inner.endpoint, sock, fingerprint, &self.inner.file.token).await?;
+        let conn = open(
+            &self.inner.endpoint,
+            sock,
+            fingerprint,
+            &self.inner.file.token,
+        )
+        .await?;
         peers.insert(addr.to_string(), conn.clone());
         Ok(conn)
     }

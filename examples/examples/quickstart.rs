@@ -79,7 +79,10 @@ async fn main() -> Result<(), ember::Error> {
     for r in refs {
         println!("{}", r.await?);
     }
-    println!("sum of squares 1..=1000 = {}", cluster.run(sum_of_squares::remote(1000)).await?);
+    println!(
+        "sum of squares 1..=1000 = {}",
+        cluster.run(sum_of_squares::remote(1000)).await?
+    );
 
     // Two trainers, one whole GPU each; a per-call override asks for an H100 explicitly.
     let a = cluster.spawn(Trainer::remote(1.0)).await?;
@@ -90,11 +93,22 @@ async fn main() -> Result<(), ember::Error> {
         a.step(0.1).await?;
         b.step(0.2).await?;
     }
-    println!("trainer a: loss {:.3} on {}", a.step(0.1).await?, a.placement().await?);
-    println!("trainer b: loss {:.3} on {}", b.step(0.2).await?, b.placement().await?);
+    println!(
+        "trainer a: loss {:.3} on {}",
+        a.step(0.1).await?,
+        a.placement().await?
+    );
+    println!(
+        "trainer b: loss {:.3} on {}",
+        b.step(0.2).await?,
+        b.placement().await?
+    );
 
     // Asking for more than any node has fails at once, naming what is missing.
-    match cluster.run(where_am_i::remote("too big".into()).with(|o| o.gpus(8.0))).await {
+    match cluster
+        .run(where_am_i::remote("too big".into()).with(|o| o.gpus(8.0)))
+        .await
+    {
         Err(e) => println!("8 GPUs: refused: {e}"),
         Ok(s) => println!("8 GPUs: unexpectedly ran: {s}"),
     }

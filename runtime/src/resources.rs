@@ -19,7 +19,9 @@ pub enum ResourceError {
     #[error("invalid amount {0}: use a non-negative number in steps of 0.001")]
     InvalidAmount(String),
     /// A memory size that could not be read, such as `8 parsecs`.
-    #[error("invalid size {0:?}: write bytes or a number with a unit such as 512MiB, 8GiB or 24GB")]
+    #[error(
+        "invalid size {0:?}: write bytes or a number with a unit such as 512MiB, 8GiB or 24GB"
+    )]
     InvalidSize(String),
 }
 
@@ -174,7 +176,12 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, size) in UNITS {
             if self.0 >= size {
                 let v = self.0 as f64 / size as f64;
@@ -393,7 +400,10 @@ pub fn accelerator_from_name(name: &str) -> String {
     ];
     let upper = name.to_ascii_uppercase();
     for known in KNOWN {
-        if upper.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w == known) {
+        if upper
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|w| w == known)
+        {
             return known.to_string();
         }
     }

@@ -14,8 +14,7 @@ use ember_runtime::proto::{
 };
 use ember_runtime::resources::{to_millis, Allocation, NodeResources, ResourceError};
 use ember_runtime::security::{
-    client_config, server_config, token_matches, Fingerprint, Identity, SecurityError,
-    SERVER_NAME,
+    client_config, server_config, token_matches, Fingerprint, Identity, SecurityError, SERVER_NAME,
 };
 use tokio::sync::mpsc;
 
@@ -177,7 +176,7 @@ pub async fn run(
         .map_err(|e| connect_err(e.to_string()))?;
 
     let name = config.name.clone().unwrap_or_else(default_name);
-    let hello = Hello::Worker(WorkerHello {
+    let hello = Hello::Worker(Box::new(WorkerHello {
         token: config.token.clone(),
         name: name.clone(),
         resources,
@@ -185,8 +184,11 @@ pub async fn run(
         actor_types: registry::actor_names(),
         peer_addr: peer_addr.to_string(),
         peer_fingerprint: identity.fingerprint,
-    });
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connect_err(e.to_string()))?;
+    }));
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
     write_frame(&mut send, &hello).await?;
     let _ = send.finish();
     let node = match read_frame::<_, Welcome>(&mut recv, MAX_FRAME).await {
@@ -294,7 +296,11 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-async fn handle_command(state: Arc<WorkerState>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn handle_command(
+    state: Arc<WorkerState>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let cmd = match read_frame::<_, WorkerCommand>(&mut recv, MAX_FRAME).await {
         Ok(Some(cmd)) => cmd,
         Ok(None) => return,
@@ -357,7 +363,9 @@ async fn run_task(
         .pool
         .for_tasks(&allocation.cuda_visible_devices())
         .await
-        .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}")))?;
+        .map_err(|e| {
+            RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}"))
+        })?;
     let node = state.node;
     exec.request(|id| ExecRequest::RunTask {
         id,
@@ -380,7 +388,9 @@ async fn create_actor(
         .pool
         .for_actor(actor, &allocation.cuda_visible_devices())
         .await
-        .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}")))?;
+        .map_err(|e| {
+            RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}"))
+        })?;
     let node = state.node;
     let created = exec
         .request(|id| ExecRequest::CreateActor {
@@ -403,7 +413,9 @@ async fn create_actor(
         let reason = exec.exited().await;
         if watcher.pool.remove_actor(actor).is_some() {
             tracing::warn!(%actor, "actor's process ended: {reason}");
-            let _ = watcher.events.send(WorkerEvent::ActorExited { actor, reason });
+            let _ = watcher
+                .events
+                .send(WorkerEvent::ActorExited { actor, reason });
         }
     });
     Ok(())
@@ -450,7 +462,11 @@ async fn serve_peer(state: Arc<WorkerState>, incoming: quinn::Incoming) {
     }
 }
 
-async fn serve_call(state: Arc<WorkerState>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_call(
+    state: Arc<WorkerState>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let reply: CallReply = match read_frame::<_, ActorCall>(&mut recv, MAX_FRAME).await {
         Ok(Some(call)) => match state.pool.actor(call.actor) {
             Some(exec) => {
@@ -464,7 +480,10 @@ async fn serve_call(state: Arc<WorkerState>, mut send: quinn::SendStream, mut re
             )),
         },
         Ok(None) => return,
-        Err(e) => Err(RemoteError::new(ErrorKind::BadRequest, format!("bad call: {e}"))),
+        Err(e) => Err(RemoteError::new(
+            ErrorKind::BadRequest,
+            format!("bad call: {e}"),
+        )),
     };
     let _ = write_frame(&mut send, &reply).await;
     let _ = send.finish();

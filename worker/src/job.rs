@@ -54,8 +54,18 @@ pub(crate) async fn run(
     tracing::info!(%job, %node, "job started: {}", command.join(" "));
     let (tx, mut rx) = mpsc::channel::<JobEvent>(64);
     let pipes = [
-        child.stdout.take().map(|p| (Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, true)),
-        child.stderr.take().map(|p| (Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, false)),
+        child.stdout.take().map(|p| {
+            (
+                Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                true,
+            )
+        }),
+        child.stderr.take().map(|p| {
+            (
+                Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                false,
+            )
+        }),
     ];
     for (mut pipe, is_stdout) in pipes.into_iter().flatten() {
         let tx = tx.clone();

@@ -36,23 +36,30 @@ pub trait ActorInstance: Send {
     fn call(&mut self, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError>;
 }
 
+/// Builds an actor from its archived constructor arguments.
+pub type Constructor = fn(&[u8]) -> Result<Box<dyn ActorInstance>, CallError>;
+
 /// An actor type, as `#[ember::actor]` registers it.
 pub struct ActorEntry {
     /// The unique name: the type's module path and name.
     pub name: &'static str,
     /// Decodes the constructor's arguments and builds the actor.
-    pub construct: fn(&[u8]) -> Result<Box<dyn ActorInstance>, CallError>,
+    pub construct: Constructor,
 }
 
 impl fmt::Debug for TaskEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskEntry").field("name", &self.name).finish()
+        f.debug_struct("TaskEntry")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 impl fmt::Debug for ActorEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ActorEntry").field("name", &self.name).finish()
+        f.debug_struct("ActorEntry")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -61,12 +68,16 @@ inventory::collect!(ActorEntry);
 
 /// The task function registered under `name`.
 pub fn task(name: &str) -> Option<&'static TaskEntry> {
-    inventory::iter::<TaskEntry>.into_iter().find(|e| e.name == name)
+    inventory::iter::<TaskEntry>
+        .into_iter()
+        .find(|e| e.name == name)
 }
 
 /// The actor type registered under `name`.
 pub fn actor(name: &str) -> Option<&'static ActorEntry> {
-    inventory::iter::<ActorEntry>.into_iter().find(|e| e.name == name)
+    inventory::iter::<ActorEntry>
+        .into_iter()
+        .find(|e| e.name == name)
 }
 
 /// Every registered task name, sorted.

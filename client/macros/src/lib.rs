@@ -75,7 +75,7 @@ fn expand(
 ) -> TokenStream {
     let parsed = Punctuated::<Meta, Token![,]>::parse_terminated.parse(attr);
     let result = parsed
-        .and_then(|metas| Options::parse(metas))
+        .and_then(Options::parse)
         .and_then(|opts| f(opts, item.into()));
     match result {
         Ok(ts) => ts.into(),
@@ -136,7 +136,10 @@ impl Options {
                         .parse2(list.tokens.clone())?;
                     for m in inner {
                         let Meta::NameValue(nv) = m else {
-                            return Err(syn::Error::new(m.span(), "write resources(name = amount)"));
+                            return Err(syn::Error::new(
+                                m.span(),
+                                "write resources(name = amount)",
+                            ));
                         };
                         let name = nv
                             .path
@@ -287,9 +290,17 @@ fn expand_actor(opts: Options, item: TokenStream2) -> syn::Result<TokenStream2> 
         ));
     }
     let Type::Path(self_path) = &*block.self_ty else {
-        return Err(syn::Error::new(block.self_ty.span(), "expected a type name"));
+        return Err(syn::Error::new(
+            block.self_ty.span(),
+            "expected a type name",
+        ));
     };
-    let ty = &self_path.path.segments.last().expect("a path has a segment").ident;
+    let ty = &self_path
+        .path
+        .segments
+        .last()
+        .expect("a path has a segment")
+        .ident;
     let handle = format_ident!("{}Handle", ty);
     let type_name = ty.to_string();
     let options = opts.tokens();

@@ -13,7 +13,11 @@ use ember_runtime::security::{default_state_dir, ClusterFile, Fingerprint};
 use ember_worker::agent::{self, WorkerConfig};
 
 #[derive(Parser)]
-#[command(name = "ember", version, about = "Ember: a distributed GPU task runtime")]
+#[command(
+    name = "ember",
+    version,
+    about = "Ember: a distributed GPU task runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -211,9 +215,15 @@ async fn run(cli: Cli) -> Result<i32> {
             options.listen = Some(listen);
             options.state_dir = Some(state_dir.unwrap_or_else(default_state_dir));
             let cluster = Cluster::local(options).await?;
-            println!("Ember cluster up: head on {}", cluster.cluster_file().address);
+            println!(
+                "Ember cluster up: head on {}",
+                cluster.cluster_file().address
+            );
             print_status(&cluster.status().await?);
-            println!("\nJoin more workers with:\n  {}", cluster.cluster_file().join_command());
+            println!(
+                "\nJoin more workers with:\n  {}",
+                cluster.cluster_file().join_command()
+            );
             println!("Press Ctrl-C to stop.");
             agent::shutdown_signal().await;
             println!("Stopping...");
@@ -321,7 +331,11 @@ fn print_status(s: &ClusterStatus) {
             );
         }
     }
-    for (title, list) in [("ACTORS", &s.actors), ("TASKS", &s.tasks), ("QUEUE", &s.queue)] {
+    for (title, list) in [
+        ("ACTORS", &s.actors),
+        ("TASKS", &s.tasks),
+        ("QUEUE", &s.queue),
+    ] {
         println!("{title} ({})", list.len());
         for w in list {
             let gpus: Vec<String> = w

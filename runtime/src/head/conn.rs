@@ -39,7 +39,7 @@ pub(crate) async fn serve(head: Arc<Head>, incoming: quinn::Incoming) {
     let welcome_and_role = match hello {
         Ok(Some(Hello::Worker(h))) if token_matches(&head.token, &h.token) => {
             let node = NodeId(head.next_id());
-            (Welcome::Accepted { node: Some(node) }, Some(Ok((node, h))))
+            (Welcome::Accepted { node: Some(node) }, Some(Ok((node, *h))))
         }
         Ok(Some(Hello::Client { token })) if token_matches(&head.token, &token) => {
             (Welcome::Accepted { node: None }, Some(Err(())))
@@ -413,7 +413,9 @@ async fn run_job(head: &Head, spec: JobSpec, out: &mut quinn::SendStream) {
     };
     let relay = async {
         let (mut wsend, mut wrecv) = conn.open_bi().await.map_err(|_| died(lease.node))?;
-        write_frame(&mut wsend, &cmd).await.map_err(|_| died(lease.node))?;
+        write_frame(&mut wsend, &cmd)
+            .await
+            .map_err(|_| died(lease.node))?;
         let _ = wsend.finish();
         loop {
             match read_frame::<_, WorkerReply>(&mut wrecv, MAX_FRAME).await {

@@ -275,7 +275,10 @@ impl Scheduler {
                 return Decision::Rejected(PlacementError::AffinityNodeDraining(node));
             }
             if !n.has_labels(&req.labels) {
-                let missing = req.labels.iter().find(|l| !n.has_labels(std::slice::from_ref(l)));
+                let missing = req
+                    .labels
+                    .iter()
+                    .find(|l| !n.has_labels(std::slice::from_ref(l)));
                 return Decision::Rejected(PlacementError::MissingLabel(
                     missing.cloned().unwrap_or_default(),
                 ));
@@ -328,14 +331,20 @@ impl Scheduler {
 
     /// `None` when some schedulable node could ever satisfy the demand; otherwise why not.
     fn never_fits(&self, d: &ResourceDemand, labels: &[String]) -> Option<PlacementError> {
-        if let Some(missing) = labels
-            .iter()
-            .find(|l| !self.nodes.iter().any(|n| n.schedulable && n.has_labels(std::slice::from_ref(l))))
-        {
+        if let Some(missing) = labels.iter().find(|l| {
+            !self
+                .nodes
+                .iter()
+                .any(|n| n.schedulable && n.has_labels(std::slice::from_ref(l)))
+        }) {
             return Some(PlacementError::MissingLabel(missing.clone()));
         }
         let mut any = false;
-        for n in self.nodes.iter().filter(|n| n.schedulable && n.has_labels(labels)) {
+        for n in self
+            .nodes
+            .iter()
+            .filter(|n| n.schedulable && n.has_labels(labels))
+        {
             any = true;
             if n.fits_total(d) {
                 return None;
@@ -581,9 +590,7 @@ fn try_place(nodes: &mut [NodeState], req: &PlacementRequest) -> Option<Lease> {
                 .binary_search_by_key(&node, |n| n.id)
                 .ok()
                 .filter(|&i| {
-                    nodes[i].schedulable
-                        && nodes[i].has_labels(&req.labels)
-                        && nodes[i].fits_now(d)
+                    nodes[i].schedulable && nodes[i].has_labels(&req.labels) && nodes[i].fits_now(d)
                 });
             match (at, soft) {
                 (Some(i), _) => i,

@@ -14,9 +14,10 @@ use super::FrameError;
 ///
 /// Implemented for every type that meets `rkyv`'s bounds; nothing to implement by hand.
 pub trait Wire:
-    Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-                          + Deserialize<Self, Strategy<Pool, rancor::Error>>>
-    + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+    Archive<
+        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                      + Deserialize<Self, Strategy<Pool, rancor::Error>>,
+    > + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
     + Sized
 {
 }

@@ -12,7 +12,7 @@ use crate::security::Fingerprint;
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub enum Hello {
     /// A worker joining the cluster.
-    Worker(WorkerHello),
+    Worker(Box<WorkerHello>),
     /// A client (the command line, a program) of the cluster, or of a worker's actors.
     Client {
         /// The cluster's join token.

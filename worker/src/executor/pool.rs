@@ -33,7 +33,10 @@ static SOCKETS: AtomicU64 = AtomicU64::new(0);
 impl Executor {
     /// Starts an executor process of this executable seeing only `cuda_visible` GPUs.
     pub(crate) async fn spawn(dir: &Path, cuda_visible: &str) -> std::io::Result<Arc<Executor>> {
-        let path = dir.join(format!("exec-{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
+        let path = dir.join(format!(
+            "exec-{}.sock",
+            SOCKETS.fetch_add(1, Ordering::Relaxed)
+        ));
         let listener = UnixListener::bind(&path)?;
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
@@ -69,14 +72,9 @@ impl Executor {
         let (kill_tx, kill_rx) = oneshot::channel::<()>();
         let reader_pending = pending.clone();
         tokio::spawn(async move {
-            loop {
-                match read_frame::<_, ExecReply>(&mut rd, MAX_FRAME).await {
-                    Ok(Some(reply)) => {
-                        if let Some((_, tx)) = reader_pending.remove(&reply.id) {
-                            let _ = tx.send(reply.result);
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some(reply)) = read_frame::<_, ExecReply>(&mut rd, MAX_FRAME).await {
+                if let Some((_, tx)) = reader_pending.remove(&reply.id) {
+                    let _ = tx.send(reply.result);
                 }
             }
             // The process is gone (or going): learn how, then fail what was in flight.
@@ -121,10 +119,16 @@ impl Executor {
         debug_assert_eq!(req.id(), id);
         if self.requests.send(req).is_err() {
             self.pending.remove(&id);
-            return Err(RemoteError::new(ErrorKind::WorkerDied, "executor process is gone"));
+            return Err(RemoteError::new(
+                ErrorKind::WorkerDied,
+                "executor process is gone",
+            ));
         }
         rx.await.unwrap_or_else(|_| {
-            Err(RemoteError::new(ErrorKind::WorkerDied, "executor process is gone"))
+            Err(RemoteError::new(
+                ErrorKind::WorkerDied,
+                "executor process is gone",
+            ))
         })
     }
 

@@ -59,7 +59,10 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
             } => {
                 if actor.is_some() {
                     let err = remote(ErrorKind::Internal, "this executor already hosts an actor");
-                    let _ = tx.send(ExecReply { id, result: Err(err) });
+                    let _ = tx.send(ExecReply {
+                        id,
+                        result: Err(err),
+                    });
                     continue;
                 }
                 context::set_actor(TaskContext { node, allocation });
@@ -76,7 +79,10 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
                 }
                 None => {
                     let err = remote(ErrorKind::Internal, "this executor hosts no actor");
-                    let _ = tx.send(ExecReply { id, result: Err(err) });
+                    let _ = tx.send(ExecReply {
+                        id,
+                        result: Err(err),
+                    });
                 }
             },
         }

@@ -1,1 +1,0 @@
-//! Shared nothing: the examples are self-contained programs under `examples/examples/`.
