@@ -475,3 +475,36 @@ fn usage_serializes_for_status() {
     assert!(json.contains("\"share_used\":25"), "{json}");
     assert!(s.usage(NodeId(2)).is_none());
 }
+
+/// Throughput check: `cargo test --release -p ember-runtime decisions_per_second -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing; run in release by hand"]
+fn decisions_per_second() {
+    for nodes in [1_000u64, 10_000] {
+        let mut s = Scheduler::new();
+        for id in 0..nodes {
+            s.add_node(NodeId(id), node_res(64, h100s(8)));
+        }
+        let shapes = [demand(1, 25), demand(2, 100), demand(4, 0), demand(1, 50)];
+        // Keep the cluster about half full, so that Pack has to compare many nodes.
+        let live_target = (nodes * 8) as usize;
+        let mut live = std::collections::VecDeque::new();
+        let n = 200_000u64;
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            let mut r = req(i, shapes[(i % 4) as usize].clone());
+            if i % 3 == 0 {
+                r.strategy = Strategy::Spread;
+            }
+            if let Decision::Placed(l) = s.request(r) {
+                live.push_back(l.id);
+            }
+            if live.len() > live_target {
+                s.release(live.pop_front().unwrap());
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("{nodes} nodes: {:.0} decisions/s", n as f64 / secs);
+        s.check_invariants().unwrap();
+    }
+}
