@@ -528,6 +528,9 @@ impl Scheduler {
             {
                 return Err(format!("{id}: cached GPU figures are stale"));
             }
+            if n.usage_key != n.compute_usage_key() {
+                return Err(format!("{id}: cached usage key is stale"));
+            }
             for (j, c) in n.custom.iter().enumerate() {
                 if c.free.checked_add(custom[i][j]) != Some(c.total) {
                     return Err(format!(
@@ -583,7 +586,7 @@ fn choose(nodes: &[NodeState], d: &ResourceDemand, strategy: Strategy) -> Option
         best = match best {
             None => Some(i),
             Some(b) => {
-                let ord = n.cmp_usage(&nodes[b]);
+                let ord = n.usage_key.cmp(&nodes[b].usage_key);
                 let better = match strategy {
                     Strategy::Pack => ord.is_gt(),
                     Strategy::Spread => ord.is_lt(),

@@ -44,7 +44,11 @@ impl NodeSpec {
                     logical: true,
                 })
                 .collect(),
-            custom: self.fpga.map(|v| ("fpga".to_string(), v)).into_iter().collect(),
+            custom: self
+                .fpga
+                .map(|v| ("fpga".to_string(), v))
+                .into_iter()
+                .collect(),
         }
     }
 }
@@ -133,11 +137,13 @@ fn oracle_fits(u: &NodeUsage, d: &ResourceDemand, now: bool) -> bool {
         return false;
     }
     for (name, amount) in &d.custom {
-        let have = u
-            .custom
-            .iter()
-            .find(|c| &c.name == name)
-            .map_or(0, |c| if now { c.free_millis } else { c.total_millis });
+        let have = u.custom.iter().find(|c| &c.name == name).map_or(0, |c| {
+            if now {
+                c.free_millis
+            } else {
+                c.total_millis
+            }
+        });
         if have < *amount {
             return false;
         }
@@ -203,7 +209,11 @@ fn check_allocation(s: &Scheduler, r: &PlacementRequest, l: &Lease) -> Result<()
     let mut seen = BTreeSet::new();
     for g in &a.gpus {
         prop_assert!(seen.insert(g.index), "GPU {} granted twice", g.index);
-        let dev = u.gpus.iter().find(|x| x.index == g.index).expect("a real GPU");
+        let dev = u
+            .gpus
+            .iter()
+            .find(|x| x.index == g.index)
+            .expect("a real GPU");
         prop_assert_eq!(g.memory, d.gpu_memory);
         prop_assert!(g.memory <= dev.memory_total);
         if let Some(acc) = &d.accelerator {
@@ -286,7 +296,10 @@ fn run(specs: Vec<NodeSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Decision::Placed(l) => {
                         prop_assert!(fits_now, "placed where the oracle says nothing fits");
                         if let Some(NodeAffinity { node, soft: true }) = r.affinity {
-                            if elig.iter().any(|u| u.node == node && oracle_fits(u, &r.demand, true)) {
+                            if elig
+                                .iter()
+                                .any(|u| u.node == node && oracle_fits(u, &r.demand, true))
+                            {
                                 prop_assert_eq!(l.node, node);
                             }
                         }
@@ -357,7 +370,9 @@ fn run(specs: Vec<NodeSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 // Nothing left in the queue fits now: a big request blocks no small one.
                 for r in s.queued() {
-                    let fits = eligible(&s, r).iter().any(|u| oracle_fits(u, &r.demand, true));
+                    let fits = eligible(&s, r)
+                        .iter()
+                        .any(|u| oracle_fits(u, &r.demand, true));
                     prop_assert!(!fits, "{} left queued though it fits", r.lease);
                 }
             }
