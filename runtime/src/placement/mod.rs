@@ -563,6 +563,9 @@ impl Scheduler {
             {
                 return Err(format!("{id}: cached GPU figures are stale"));
             }
+            if n.usage_key != n.compute_usage_key() {
+                return Err(format!("{id}: cached usage key is stale"));
+            }
             for (j, c) in n.custom.iter().enumerate() {
                 if c.free.checked_add(custom[i][j]) != Some(c.total) {
                     return Err(format!(
@@ -621,7 +624,7 @@ fn choose(nodes: &[NodeState], req: &PlacementRequest) -> Option<usize> {
         best = match best {
             None => Some(i),
             Some(b) => {
-                let ord = n.cmp_usage(&nodes[b]);
+                let ord = n.usage_key.cmp(&nodes[b].usage_key);
                 let better = match strategy {
                     Strategy::Pack => ord.is_gt(),
                     Strategy::Spread => ord.is_lt(),

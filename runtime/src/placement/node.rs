@@ -54,6 +54,8 @@ pub(crate) struct NodeState {
     pub(crate) leases: usize,
     /// Labels requests may require, sorted.
     pub(crate) labels: Vec<String>,
+    /// How used the node is, for choosing among nodes: see [`NodeState::compute_usage_key`].
+    pub(crate) usage_key: u128,
 }
 
 impl NodeState {
@@ -108,8 +110,10 @@ impl NodeState {
                 l.dedup();
                 l
             },
+            usage_key: 0,
         };
         node.refresh_gpu_cache();
+        node.usage_key = node.compute_usage_key();
         node
     }
 
@@ -290,6 +294,7 @@ impl NodeState {
         if n > 0 {
             self.refresh_gpu_cache();
         }
+        self.usage_key = self.compute_usage_key();
         self.leases += 1;
         Some(Allocation {
             cpu_millis: d.cpu_millis,
@@ -320,32 +325,23 @@ impl NodeState {
         if !a.gpus.is_empty() {
             self.refresh_gpu_cache();
         }
+        self.usage_key = self.compute_usage_key();
         self.leases = self.leases.saturating_sub(1);
     }
 
-    /// Orders nodes by how used they are: GPU units in use as a fraction of the node's GPU
-    /// units, then CPU in use as a fraction of its CPUs. Exact (cross-multiplied) comparison.
-    #[inline]
-    pub(crate) fn cmp_usage(&self, other: &NodeState) -> std::cmp::Ordering {
-        fn frac_cmp(au: u64, at: u64, bu: u64, bt: u64) -> std::cmp::Ordering {
-            // A node with none of a resource counts as 0 used.
-            let (au, at) = if at == 0 { (0, 1) } else { (au, at) };
-            let (bu, bt) = if bt == 0 { (0, 1) } else { (bu, bt) };
-            (u128::from(au) * u128::from(bt)).cmp(&(u128::from(bu) * u128::from(at)))
+    /// How used the node is, as one number that orders nodes: the fraction of its GPU units
+    /// in use (high 64 bits), then the fraction of its CPUs in use (low 64 bits), each in fixed
+    /// point with 40 fractional bits (a resource the node lacks counts as unused). Fractions
+    /// whose denominators are below 2^20 (a million milli-CPUs) never compare equal wrongly.
+    pub(crate) fn compute_usage_key(&self) -> u128 {
+        fn frac(used: u64, total: u64) -> u128 {
+            if total == 0 {
+                0
+            } else {
+                (u128::from(used) << 40) / u128::from(total)
+            }
         }
-        frac_cmp(
-            self.gpu_units_used,
-            self.gpu_units_total,
-            other.gpu_units_used,
-            other.gpu_units_total,
-        )
-        .then_with(|| {
-            frac_cmp(
-                self.cpu_total - self.cpu_free,
-                self.cpu_total,
-                other.cpu_total - other.cpu_free,
-                other.cpu_total,
-            )
-        })
+        (frac(self.gpu_units_used, self.gpu_units_total) << 64)
+            | frac(self.cpu_total - self.cpu_free, self.cpu_total)
     }
 }
