@@ -9,7 +9,7 @@ use ember_runtime::security::SecurityError;
 pub enum Error {
     /// The cluster said no: the request was infeasible, unknown, failed in user code, or its
     /// worker died. [`Error::kind`] says which.
-    #[error("{0}")]
+    #[error(transparent)]
     Remote(#[from] RemoteError),
     /// The cluster could not be reached, or refused this client (wrong token or certificate).
     #[error("cannot connect to the cluster at {addr}: {reason}")]
