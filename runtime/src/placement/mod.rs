@@ -16,6 +16,8 @@ mod queue;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

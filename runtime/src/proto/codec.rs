@@ -64,3 +64,37 @@ mod tests {
         assert!(decode::<(u32, String, Vec<u8>)>(&[0xff; 7]).is_err());
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use crate::proto::{ActorCall, ClientRequest, Hello, WorkerCommand, WorkerEvent, WorkerReply};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever bytes arrive, decoding any message either succeeds or is an error: never a
+        /// panic, never undefined behaviour.
+        #[test]
+        fn arbitrary_bytes_never_panic_a_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Hello>(&bytes);
+            let _ = decode::<ClientRequest>(&bytes);
+            let _ = decode::<WorkerCommand>(&bytes);
+            let _ = decode::<WorkerReply>(&bytes);
+            let _ = decode::<WorkerEvent>(&bytes);
+            let _ = decode::<ActorCall>(&bytes);
+        }
+
+        /// A valid message with bytes flipped is rejected or read, never a panic.
+        #[test]
+        fn corrupted_messages_never_panic(flip in 0usize..4096, bit in 0u8..8) {
+            let msg = ClientRequest::Status;
+            let mut bytes = encode(&msg).unwrap().to_vec();
+            let hello = Hello::Client { token: "t".repeat(40) };
+            bytes.extend_from_slice(&encode(&hello).unwrap());
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << bit;
+            let _ = decode::<ClientRequest>(&bytes);
+            let _ = decode::<Hello>(&bytes);
+        }
+    }
+}
