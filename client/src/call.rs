@@ -9,23 +9,39 @@ use ember_runtime::proto::{encode, Wire};
 
 use crate::{Error, Options};
 
-/// One call of a task function, with its resource needs; `T` is what it returns.
+/// Marks a [`Remote`] as one call of a task function.
 #[derive(Debug)]
-pub struct TaskCall<T> {
+pub enum Task {}
+
+/// Marks a [`Remote`] as the creation of an actor.
+#[derive(Debug)]
+pub enum Actor {}
+
+/// Remote work described with its resource needs: what the generated `remote(..)` functions
+/// return. `K` says what kind of work ([`Task`] or [`Actor`]); `T` is what it yields, a task's
+/// result or an actor's typed handle.
+#[derive(Debug)]
+pub struct Remote<K, T> {
     pub(crate) name: &'static str,
     pub(crate) args: Result<Vec<u8>, String>,
     pub(crate) options: Options,
-    _out: PhantomData<fn() -> T>,
+    _kind: PhantomData<fn() -> (K, T)>,
 }
 
-impl<T> TaskCall<T> {
-    /// A call of the task registered as `name` with archived `args`.
+/// One call of a task function, with its resource needs; `T` is what it returns.
+pub type TaskCall<T> = Remote<Task, T>;
+
+/// The creation of one actor, with its resource needs; `H` is its typed handle.
+pub type ActorSpawn<H> = Remote<Actor, H>;
+
+impl<K, T> Remote<K, T> {
+    /// Work on the task function or actor type registered as `name`, with archived `args`.
     pub fn new<A: Wire>(name: &'static str, args: &A, options: Options) -> Self {
-        TaskCall {
+        Remote {
             name,
             args: encode(args).map(|a| a.to_vec()).map_err(|e| e.to_string()),
             options,
-            _out: PhantomData,
+            _kind: PhantomData,
         }
     }
 
@@ -36,39 +52,6 @@ impl<T> TaskCall<T> {
     }
 
     /// Replaces the declared needs for this call.
-    pub fn options(mut self, options: Options) -> Self {
-        self.options = options;
-        self
-    }
-}
-
-/// The creation of one actor, with its resource needs; `H` is its typed handle.
-#[derive(Debug)]
-pub struct ActorSpawn<H> {
-    pub(crate) type_name: &'static str,
-    pub(crate) args: Result<Vec<u8>, String>,
-    pub(crate) options: Options,
-    _handle: PhantomData<fn() -> H>,
-}
-
-impl<H> ActorSpawn<H> {
-    /// A spawn of the actor type registered as `type_name` with archived constructor `args`.
-    pub fn new<A: Wire>(type_name: &'static str, args: &A, options: Options) -> Self {
-        ActorSpawn {
-            type_name,
-            args: encode(args).map(|a| a.to_vec()).map_err(|e| e.to_string()),
-            options,
-            _handle: PhantomData,
-        }
-    }
-
-    /// Changes the declared needs for this actor, e.g. `.with(|o| o.gpus(1.0))`.
-    pub fn with(mut self, change: impl FnOnce(Options) -> Options) -> Self {
-        self.options = change(self.options);
-        self
-    }
-
-    /// Replaces the declared needs for this actor.
     pub fn options(mut self, options: Options) -> Self {
         self.options = options;
         self

@@ -166,7 +166,7 @@ impl Cluster {
     pub async fn spawn<H: RemoteActor>(&self, spawn: ActorSpawn<H>) -> Result<H, Error> {
         let args = spawn.args.map_err(bad_args)?;
         let spec = ActorSpec {
-            type_name: spawn.type_name.to_string(),
+            type_name: spawn.name.to_string(),
             args,
             placement: spawn.options.into_placement()?,
         };

@@ -25,7 +25,7 @@ pub mod local;
 mod options;
 
 pub use actor::{ActorRef, RemoteActor};
-pub use call::{ActorSpawn, TaskCall, TaskRef};
+pub use call::{Actor, ActorSpawn, Remote, Task, TaskCall, TaskRef};
 pub use cluster::{Cluster, Job, JobOutput};
 pub use ember_macros::{actor, main, task};
 pub use ember_runtime::head::ClusterStatus;
@@ -37,6 +37,9 @@ pub use ember_worker::context::TaskContext;
 pub use error::Error;
 pub use local::LocalOptions;
 pub use options::Options;
+/// The serialization crate for arguments and results: derive its `Archive`, `Serialize` and
+/// `Deserialize` on types that travel.
+pub use rkyv;
 
 /// What the running task or actor was given (its node, GPUs and shares); `None` outside one.
 pub fn context() -> Option<TaskContext> {
