@@ -9,7 +9,10 @@ async fn quickstart_runs_and_prints_what_it_promises() {
     cmd.env_remove("EMBER_ROLE").env("RUST_LOG", "warn");
     let (code, stdout, stderr) = run_cli(cmd).await;
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("local cluster up at 127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("local cluster up at 127.0.0.1:"),
+        "{stdout}"
+    );
 
     // Four quarter-GPU tasks on one GPU of one node.
     let quarters: Vec<&str> = (0..4)
@@ -24,7 +27,10 @@ async fn quickstart_runs_and_prints_what_it_promises() {
     for q in &quarters[1..] {
         assert_eq!(placement(q), placement(quarters[0]), "{stdout}");
     }
-    assert!(quarters[0].contains("x25") || quarters[0].contains("GPU"), "{stdout}");
+    assert!(
+        quarters[0].contains("x25") || quarters[0].contains("GPU"),
+        "{stdout}"
+    );
 
     assert!(
         stdout.contains("sum of squares 1..=1000 = 333833500"),

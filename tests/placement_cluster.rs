@@ -69,7 +69,10 @@ async fn tasks_land_where_their_needs_say() {
     let (node, gpus, _) = within("whole_gpu", cluster.run(tasks::whole_gpu::remote()))
         .await
         .expect("whole_gpu runs");
-    assert!(node == a || node == b, "a whole GPU runs on a GPU node, not {node}");
+    assert!(
+        node == a || node == b,
+        "a whole GPU runs on a GPU node, not {node}"
+    );
     assert_eq!(gpus.len(), 1);
 
     let (node, gpus, _) = within("big_memory", cluster.run(tasks::big_memory::remote()))
@@ -116,7 +119,8 @@ async fn tasks_land_where_their_needs_say() {
 
     // `ember status --json` prints the cluster.
     let mut cmd = tokio::process::Command::new(ember_exe());
-    cmd.args(["status", "--json", "--cluster"]).arg(tc.state_dir());
+    cmd.args(["status", "--json", "--cluster"])
+        .arg(tc.state_dir());
     let (code, stdout, stderr) = run_cli(cmd).await;
     assert_eq!(code, 0, "ember status failed: {stderr}");
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("status is JSON");
@@ -169,7 +173,10 @@ async fn queued_request_runs_once_capacity_frees() {
 
     let queued = spawn_run(&cluster, tasks::whole_gpu::remote());
     wait_for_queue(&cluster, 1).await;
-    assert!(!queued.is_finished(), "the task must wait while every GPU is held");
+    assert!(
+        !queued.is_finished(),
+        "the task must wait while every GPU is held"
+    );
 
     // Freeing B's GPU lets the queued task run there.
     within("kill", blockers[on_b].actor().kill())
@@ -188,7 +195,9 @@ async fn queued_request_runs_once_capacity_frees() {
     wait_for_queue(&cluster, 1).await;
     for (i, h) in blockers.iter().enumerate() {
         if i != on_b {
-            within("kill", h.actor().kill()).await.expect("kill a blocker");
+            within("kill", h.actor().kill())
+                .await
+                .expect("kill a blocker");
         }
     }
     let (_, gpus, _) = within("the queued sleeper", sleeper)

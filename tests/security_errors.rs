@@ -34,9 +34,12 @@ async fn wrong_token_or_fingerprint_is_refused() {
         token: "not-the-token".into(),
         ..tc.file.clone()
     };
-    let err = within("connecting with a wrong token", Cluster::connect(wrong_token))
-        .await
-        .expect_err("a wrong token is refused");
+    let err = within(
+        "connecting with a wrong token",
+        Cluster::connect(wrong_token),
+    )
+    .await
+    .expect_err("a wrong token is refused");
     assert!(err.to_string().contains("token"), "{err}");
 
     let wrong_fingerprint = ClusterFile {
@@ -88,9 +91,12 @@ async fn raw_request(conn: &quinn::Connection, bytes: &[u8]) -> Option<ClientRep
     // The head may stop reading once it has seen the length: ignore write errors.
     let _ = send.write_all(bytes).await;
     let _ = send.finish();
-    within("the head's reply", read_frame::<_, ClientReply>(&mut recv, MAX_FRAME))
-        .await
-        .expect("a well-formed reply")
+    within(
+        "the head's reply",
+        read_frame::<_, ClientReply>(&mut recv, MAX_FRAME),
+    )
+    .await
+    .expect("a well-formed reply")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +176,10 @@ async fn failing_and_panicking_tasks_report_to_the_caller() {
         .await
         .expect_err("the task fails");
     assert_eq!(err.kind(), Some(ErrorKind::User), "{err}");
-    assert!(err.to_string().contains("the task failed on purpose"), "{err}");
+    assert!(
+        err.to_string().contains("the task failed on purpose"),
+        "{err}"
+    );
     still_serving(&cluster).await;
 
     let err = within("panics", cluster.run(tasks::panics::remote()))

@@ -259,9 +259,12 @@ impl TestCluster {
 
     /// Connects a client with the head's cluster file.
     pub async fn connect(&self) -> Cluster {
-        within("connecting to the head", Cluster::connect(self.file.clone()))
-            .await
-            .expect("connect to the head")
+        within(
+            "connecting to the head",
+            Cluster::connect(self.file.clone()),
+        )
+        .await
+        .expect("connect to the head")
     }
 
     /// Waits until `count` workers have joined.
@@ -309,7 +312,11 @@ impl Drop for TestCluster {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        for p in self.workers.iter_mut().chain(std::iter::once(&mut self.head)) {
+        for p in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.head))
+        {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
