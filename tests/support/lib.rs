@@ -45,20 +45,38 @@ pub fn testbed_exe() -> PathBuf {
     bin_dir().join("ember-testbed")
 }
 
-static BUILD: Mutex<()> = Mutex::new(());
+static BUILT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// A built binary at `path`, built with `cargo build <args>` first if it is missing.
+/// A built binary at `path`: brought up to date with `cargo build <args>` once per test
+/// process (so that it never runs stale code), unless `EMBER_TESTS_NO_BUILD` is set, in which
+/// case it is only built when missing.
 fn built(path: PathBuf, args: &[&str]) -> PathBuf {
-    let _g = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let skip = std::env::var_os("EMBER_TESTS_NO_BUILD").is_some() && path.exists();
+    if !skip && !built.contains(&path) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        // Variables cargo set for this test (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...) would make
+        // the inner build see a changed environment and rebuild: leave them out.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
             .arg("build")
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
+            .stdin(Stdio::null())
+            .output()
             .expect("cannot run cargo");
-        assert!(status.success(), "cargo build {args:?} failed");
+        assert!(
+            out.status.success(),
+            "cargo build {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built.push(path.clone());
     }
     assert!(path.exists(), "{} was not built", path.display());
     path
