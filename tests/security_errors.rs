@@ -231,6 +231,19 @@ async fn worker_killed_mid_call_is_reported_and_others_keep_serving() {
         "the failure took {:?}",
         killed.elapsed()
     );
+    // The dead worker's executors do not outlive it (they would keep using its GPUs).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = tc.processes_of("w0");
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed worker's executors still run: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (node, _, _) = within("a task on B", cluster.run(tasks::needs_l4::remote()))
         .await
         .expect("the other worker keeps serving");

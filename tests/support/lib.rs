@@ -45,6 +45,9 @@ pub fn testbed_exe() -> PathBuf {
     bin_dir().join("ember-testbed")
 }
 
+/// Marks the processes of one test worker (inherited by its executors).
+const MARK_VAR: &str = "EMBER_TESTS_WORKER";
+
 static BUILT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// A built binary at `path`: brought up to date with `cargo build <args>` once per test
@@ -254,6 +257,7 @@ impl TestCluster {
         let config = self.worker_config(name, spec);
         let log = self.dir.path().join(format!("{name}.log"));
         let child = Self::worker_command(&config)
+            .env(MARK_VAR, self.mark(name))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("cannot start ember-testbed");
@@ -262,6 +266,31 @@ impl TestCluster {
             child,
             log,
         });
+    }
+
+    fn mark(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir.path().display())
+    }
+
+    /// The processes started for the worker named `name`: the worker and its executors
+    /// (which inherit its environment). Reads `/proc`.
+    pub fn processes_of(&self, name: &str) -> Vec<u32> {
+        let want = format!("{MARK_VAR}={}", self.mark(name));
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                    return false;
+                };
+                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z "))
+                    .unwrap_or(true);
+                !zombie && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+            })
+            .collect()
     }
 
     /// SIGKILLs the worker named `name`.
