@@ -232,3 +232,25 @@ async fn late_worker_receives_queued_work() {
     assert_eq!(gpus, vec![0]);
     drop(blockers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_clients_actors_free_their_gpus() {
+    let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "L4", "24GiB")]).await;
+    let owner = tc.connect().await;
+    let actor = whole_gpu_actor(&owner).await;
+    assert_eq!(within("add", actor.add(2)).await.expect("add"), 2);
+    let queued = spawn_run(&cluster, tasks::whole_gpu::remote());
+    wait_for_queue(&cluster, 1).await;
+    assert!(!queued.is_finished());
+
+    // The owner goes away: the head stops its actor and the queued task gets the GPU.
+    drop(actor);
+    drop(owner);
+    let (_, gpus, _) = within("the queued task", queued)
+        .await
+        .expect("join")
+        .expect("the queued task runs once the owner's actor is gone");
+    assert_eq!(gpus, vec![0]);
+    let status = within("status", cluster.status()).await.expect("status");
+    assert!(status.actors.is_empty(), "{:?}", status.actors);
+}
