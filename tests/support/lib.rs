@@ -1,1 +1,384 @@
-//! t
+//! Support for Ember's integration tests: the shared task and actor declarations
+//! ([`tasks`]) and a harness ([`TestCluster`]) that runs a real head (`ember head`) and real
+//! worker processes (`ember-testbed`) talking QUIC on 127.0.0.1, and kills them all on drop.
+
+pub mod tasks;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ember::Cluster;
+use ember_runtime::security::ClusterFile;
+use ember_worker::agent::WorkerConfig;
+
+/// The bound on every wait in the tests.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Awaits `fut`, panicking with `what` if it takes longer than [`TIMEOUT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    within_for(TIMEOUT, what, fut).await
+}
+
+/// Awaits `fut`, panicking with `what` if it takes longer than `limit`.
+pub async fn within_for<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The worker executable of the tests.
+pub fn testbed_exe() -> PathBuf {
+    bin_dir().join("ember-testbed")
+}
+
+/// Marks the processes of one test worker (inherited by its executors).
+const MARK_VAR: &str = "EMBER_TESTS_WORKER";
+
+static BUILT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A built binary at `path`: brought up to date with `cargo build <args>` once per test
+/// process (so that it never runs stale code), unless `EMBER_TESTS_NO_BUILD` is set, in which
+/// case it is only built when missing.
+fn built(path: PathBuf, args: &[&str]) -> PathBuf {
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let skip = std::env::var_os("EMBER_TESTS_NO_BUILD").is_some() && path.exists();
+    if !skip && !built.contains(&path) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        // Variables cargo set for this test (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...) would make
+        // the inner build see a changed environment and rebuild: leave them out.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .arg("build")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run cargo");
+        assert!(
+            out.status.success(),
+            "cargo build {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built.push(path.clone());
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The `ember` command-line tool (built with `cargo build -p ember-client` if missing).
+pub fn ember_exe() -> PathBuf {
+    built(
+        bin_dir().join("ember"),
+        &["-p", "ember-client", "--bin", "ember"],
+    )
+}
+
+/// The quickstart example (built with `cargo build -p ember-examples` if missing).
+pub fn quickstart_exe() -> PathBuf {
+    built(
+        bin_dir().join("examples").join("quickstart"),
+        &["-p", "ember-examples", "--example", "quickstart"],
+    )
+}
+
+/// What a worker offers.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSpec {
+    /// Logical GPUs.
+    pub gpus: u32,
+    /// Memory of each, e.g. `80GiB`.
+    pub gpu_memory: Option<String>,
+    /// Accelerator type, e.g. `H100`.
+    pub accelerator: Option<String>,
+}
+
+impl WorkerSpec {
+    /// No GPUs.
+    pub fn cpu() -> Self {
+        WorkerSpec::default()
+    }
+
+    /// `gpus` logical GPUs of type `accelerator` with `memory` each.
+    pub fn gpus(gpus: u32, accelerator: &str, memory: &str) -> Self {
+        WorkerSpec {
+            gpus,
+            gpu_memory: Some(memory.to_string()),
+            accelerator: Some(accelerator.to_string()),
+        }
+    }
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A head process and worker processes on 127.0.0.1, killed on drop (even on panic).
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    head: Proc,
+    workers: Vec<Proc>,
+    /// The cluster file the head wrote.
+    pub file: ClusterFile,
+}
+
+impl std::fmt::Debug for TestCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCluster")
+            .field("head", &self.file.address)
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl TestCluster {
+    /// Starts `ember head` on a free loopback port and waits for its cluster file.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state");
+        let log = dir.path().join("head.log");
+        let child = Command::new(ember_exe())
+            .args(["head", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state)
+            .env("RUST_LOG", "warn")
+            .env_remove("EMBER_ROLE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("cannot start `ember head`");
+        let mut head = Proc {
+            name: "head".into(),
+            child,
+            log,
+        };
+        // Process start-up: poll for the cluster file with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let file = loop {
+            if let Ok(f) = ClusterFile::load(&state) {
+                break f;
+            }
+            if let Ok(Some(status)) = head.child.try_wait() {
+                panic!(
+                    "`ember head` exited with {status}: {}",
+                    std::fs::read_to_string(&head.log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = head.child.kill();
+                panic!("`ember head` wrote no cluster file within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        TestCluster {
+            dir,
+            head,
+            workers: Vec::new(),
+            file,
+        }
+    }
+
+    /// Starts a head and one worker per spec, named `w0`, `w1`, ..., and waits until they
+    /// have all joined.
+    pub async fn with_workers(specs: &[WorkerSpec]) -> (Self, Cluster) {
+        let mut tc = TestCluster::start().await;
+        for (i, spec) in specs.iter().enumerate() {
+            tc.add_worker(&format!("w{i}"), spec);
+        }
+        let cluster = tc.connect().await;
+        tc.wait_for_nodes(&cluster, specs.len() as u32).await;
+        (tc, cluster)
+    }
+
+    /// The head's state directory (what `--cluster` takes).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A scratch directory removed with the cluster.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A worker configuration joining this cluster.
+    pub fn worker_config(&self, name: &str, spec: &WorkerSpec) -> WorkerConfig {
+        let mut wc = WorkerConfig::new(
+            self.file.address,
+            self.file.token.clone(),
+            self.file.fingerprint,
+        );
+        wc.name = Some(name.to_string());
+        wc.cpus = Some(4.0);
+        if spec.gpus > 0 {
+            wc.gpus = Some(spec.gpus);
+            wc.gpu_memory = spec.gpu_memory.clone();
+            wc.accelerator = spec.accelerator.clone();
+        }
+        wc
+    }
+
+    /// The command that runs `ember-testbed` as a worker with `config`.
+    pub fn worker_command(config: &WorkerConfig) -> Command {
+        let mut cmd = Command::new(testbed_exe());
+        cmd.env("EMBER_ROLE", "worker")
+            .env(
+                "EMBER_WORKER_CONFIG",
+                serde_json::to_string(config).expect("config json"),
+            )
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    /// Starts a worker process named `name` (without waiting for it to join).
+    pub fn add_worker(&mut self, name: &str, spec: &WorkerSpec) {
+        let config = self.worker_config(name, spec);
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = Self::worker_command(&config)
+            .env(MARK_VAR, self.mark(name))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("cannot start ember-testbed");
+        self.workers.push(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        });
+    }
+
+    fn mark(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir.path().display())
+    }
+
+    /// The processes started for the worker named `name`: the worker and its executors
+    /// (which inherit its environment). Reads `/proc`.
+    pub fn processes_of(&self, name: &str) -> Vec<u32> {
+        let want = format!("{MARK_VAR}={}", self.mark(name));
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                    return false;
+                };
+                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z "))
+                    .unwrap_or(true);
+                !zombie && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+            })
+            .collect()
+    }
+
+    /// SIGKILLs the worker named `name`.
+    pub fn kill_worker(&mut self, name: &str) {
+        let w = self
+            .workers
+            .iter_mut()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no worker {name}"));
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+    }
+
+    /// Connects a client with the head's cluster file.
+    pub async fn connect(&self) -> Cluster {
+        within(
+            "connecting to the head",
+            Cluster::connect(self.file.clone()),
+        )
+        .await
+        .expect("connect to the head")
+    }
+
+    /// Waits until `count` workers have joined.
+    pub async fn wait_for_nodes(&self, cluster: &Cluster, count: u32) {
+        let r = within(
+            "workers joining",
+            cluster.wait_for_nodes(count, Duration::from_secs(50)),
+        )
+        .await;
+        if let Err(e) = r {
+            panic!("{count} workers did not join: {e}\n{}", self.logs());
+        }
+    }
+
+    /// The node id (`node-N`) of the worker named `name`, from the head's status.
+    pub async fn node_id(&self, cluster: &Cluster, name: &str) -> String {
+        let status = within("status", cluster.status()).await.expect("status");
+        status
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node named {name} in {:?}", status.nodes))
+            .id
+            .clone()
+    }
+
+    /// Every process's log so far, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in std::iter::once(&self.head).chain(&self.workers) {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- {} ---\n", p.name));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for p in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.head))
+        {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// Runs a command to completion within [`TIMEOUT`], returning (exit code, stdout, stderr).
+pub async fn run_cli(mut cmd: tokio::process::Command) -> (i32, String, String) {
+    cmd.kill_on_drop(true).stdin(Stdio::null());
+    let out = within("a command", cmd.output())
+        .await
+        .expect("cannot run the command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -47,13 +47,16 @@ fn run_executor() -> i32 {
             return 1;
         }
     };
-    match rt.block_on(crate::executor::serve(&socket)) {
+    let code = match rt.block_on(crate::executor::serve(&socket)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("ember executor: {e}");
             1
         }
-    }
+    };
+    // User code still running on blocking threads dies with the process: its worker is gone.
+    rt.shutdown_background();
+    code
 }
 
 fn run_worker() -> i32 {

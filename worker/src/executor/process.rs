@@ -87,9 +87,11 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
             },
         }
     }
+    // The worker is gone: no reply can reach it any more, so do not wait for running user
+    // code (the caller exits the process without waiting for it either).
     drop(tx);
     drop(actor);
-    let _ = writer.await;
+    writer.abort();
     Ok(())
 }
 
