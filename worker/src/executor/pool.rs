@@ -72,15 +72,31 @@ impl Executor {
         let (kill_tx, kill_rx) = oneshot::channel::<()>();
         let reader_pending = pending.clone();
         tokio::spawn(async move {
-            while let Ok(Some(reply)) = read_frame::<_, ExecReply>(&mut rd, MAX_FRAME).await {
-                if let Some((_, tx)) = reader_pending.remove(&reply.id) {
-                    let _ = tx.send(reply.result);
+            let mut kill_rx = kill_rx;
+            // A kill must be heard while the process is alive and idle, not only once its
+            // socket has closed (else `Executor::kill` waits forever).
+            let killed = loop {
+                tokio::select! {
+                    r = read_frame::<_, ExecReply>(&mut rd, MAX_FRAME) => match r {
+                        Ok(Some(reply)) => {
+                            if let Some((_, tx)) = reader_pending.remove(&reply.id) {
+                                let _ = tx.send(reply.result);
+                            }
+                        }
+                        _ => break false,
+                    },
+                    _ = &mut kill_rx => break true,
                 }
-            }
+            };
             // The process is gone (or going): learn how, then fail what was in flight.
-            let status = tokio::select! {
-                s = child.wait() => s,
-                _ = kill_rx => { let _ = child.kill().await; child.wait().await }
+            let status = if killed {
+                let _ = child.kill().await;
+                child.wait().await
+            } else {
+                tokio::select! {
+                    s = child.wait() => s,
+                    _ = kill_rx => { let _ = child.kill().await; child.wait().await }
+                }
             };
             let reason = match status {
                 Ok(s) => describe_exit(s),
