@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ember's microbench beside Ray 2.60's `ray microbenchmark`, in one run on one machine, then a
-# markdown table of both. Usage: benches/compare_ray.sh [--duration-secs S]
+# markdown table of both. Usage: benches/compare_ray.sh [microbench flags, e.g. --duration-secs S]
+# A full run takes about 10 minutes on 2 cores (each Ray row starts Ray and sleeps 10 s first).
 #
 # Ray's venv is $RAY_VENV (default /tmp/ray-venv). The reference scripts live in ../shared
 # beside the repository (override with EMBER_SHARED). The Ember binary is built in release in
@@ -40,6 +41,10 @@ rows=(single_client_tasks_sync single_client_tasks_async 1_1_actor_calls_sync
       1_1_actor_calls_async n_n_actor_calls_async)
 ray_names=("single client tasks sync" "single client tasks async" "1:1 actor calls sync"
            "1:1 actor calls async" "n:n actor calls async")
+
+# Ray's microbenchmark also runs Ray Client variants ("client: 1:1 actor calls sync", ...) of
+# matching rows, each costing minutes; skip them unless asked otherwise.
+export TESTS_TO_SKIP=${TESTS_TO_SKIP-client:}
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
