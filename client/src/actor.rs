@@ -1,18 +1,29 @@
 //! Handles to remote actors. Calls go straight to the worker hosting the actor.
 
 use std::fmt;
+use std::sync::Arc;
 
-use ember_runtime::proto::{ActorLocation, Wire};
+use ember_runtime::proto::{ActorCall, ActorLocation, Wire};
 
 use crate::cluster::Cluster;
+use crate::unix_caller::UnixCaller;
 use crate::Error;
+
+/// How calls reach an actor's process.
+#[derive(Clone, Debug)]
+pub(crate) enum Caller {
+    /// Over QUIC, one stream per call: from anywhere.
+    Quic(quinn::Connection),
+    /// Over its Unix socket: from the same machine.
+    Unix(Arc<UnixCaller>),
+}
 
 /// An untyped reference to a live actor. Generated `<Type>Handle`s wrap one.
 #[derive(Clone)]
 pub struct ActorRef {
     pub(crate) cluster: Cluster,
     pub(crate) location: ActorLocation,
-    pub(crate) peer: quinn::Connection,
+    pub(crate) caller: Caller,
 }
 
 impl fmt::Debug for ActorRef {
@@ -20,6 +31,7 @@ impl fmt::Debug for ActorRef {
         f.debug_struct("ActorRef")
             .field("actor", &self.location.actor)
             .field("node", &self.location.node)
+            .field("same_host", &self.is_same_host())
             .finish()
     }
 }
@@ -35,18 +47,32 @@ impl ActorRef {
         self.location.node
     }
 
+    /// Where it runs and takes calls.
+    pub fn location(&self) -> &ActorLocation {
+        &self.location
+    }
+
     /// What placement gave it.
     pub fn allocation(&self) -> &ember_runtime::resources::Allocation {
         &self.location.allocation
     }
 
+    /// True when calls go through the actor's Unix socket (it runs on this machine).
+    pub fn is_same_host(&self) -> bool {
+        matches!(self.caller, Caller::Unix(_))
+    }
+
     /// Calls `method` with archived `args` and reads its result as `T`.
     pub async fn call<A: Wire, T: Wire>(&self, method: &str, args: &A) -> Result<T, Error> {
-        let args = ember_runtime::proto::encode(args)?.to_vec();
-        let bytes = self
-            .cluster
-            .call_actor(&self.peer, self.location.actor, method, args)
-            .await?;
+        let call = ActorCall {
+            actor: self.location.actor,
+            method: method.to_string(),
+            args: ember_runtime::proto::encode(args)?.to_vec(),
+        };
+        let bytes = match &self.caller {
+            Caller::Unix(unix) => unix.call(call).await?,
+            Caller::Quic(conn) => self.cluster.call_actor(conn, call).await?,
+        };
         Ok(ember_runtime::proto::decode(&bytes)?)
     }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +16,13 @@ use ember_runtime::proto::{
 use ember_runtime::resources::Allocation;
 use ember_runtime::security::{client_config, ClusterFile, Fingerprint, SERVER_NAME};
 
-use crate::actor::{ActorRef, RemoteActor};
+use crate::actor::{ActorRef, Caller, RemoteActor};
 use crate::call::{ActorSpawn, TaskCall, TaskRef};
 use crate::local::LocalCluster;
+use crate::unix_caller::UnixCaller;
 use crate::{Error, LocalOptions, Options};
+use ember_runtime::host::host_id;
+use ember_runtime::proto::ActorLocation;
 
 /// A connected cluster. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
@@ -32,6 +36,7 @@ struct Inner {
     file: ClusterFile,
     peers: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
     local: std::sync::Mutex<Option<LocalCluster>>,
+    same_host_calls: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -106,6 +111,7 @@ impl Cluster {
                 file,
                 peers: tokio::sync::Mutex::new(HashMap::new()),
                 local: std::sync::Mutex::new(None),
+                same_host_calls: AtomicBool::new(true),
             }),
         })
     }
@@ -175,13 +181,11 @@ impl Cluster {
             ClientReply::Error(e) => return Err(e.into()),
             other => return Err(unexpected(other)),
         };
-        let peer = self
-            .peer(&location.peer_addr, location.peer_fingerprint)
-            .await?;
+        let caller = self.caller(&location).await?;
         Ok(H::from_ref(ActorRef {
             cluster: self.clone(),
             location,
-            peer,
+            caller,
         }))
     }
 
@@ -268,15 +272,9 @@ impl Cluster {
     pub(crate) async fn call_actor(
         &self,
         peer: &quinn::Connection,
-        actor: ActorId,
-        method: &str,
-        args: Vec<u8>,
+        call: ActorCall,
     ) -> Result<Vec<u8>, Error> {
-        let call = ActorCall {
-            actor,
-            method: method.to_string(),
-            args,
-        };
+        let actor = call.actor;
         let (mut send, mut recv) = peer
             .open_bi()
             .await
@@ -312,7 +310,28 @@ impl Cluster {
             })
     }
 
-    /// The connection to a worker's peer endpoint, opened on first use.
+    /// Calls to actors on this machine go through their Unix sockets (the default) or, when
+    /// `false`, over QUIC like calls from any other machine.
+    pub fn set_same_host_calls(&self, enabled: bool) {
+        self.inner.same_host_calls.store(enabled, Ordering::Relaxed);
+    }
+
+    /// How to reach an actor: its Unix socket when it runs on this machine and the socket
+    /// answers, its QUIC endpoint otherwise.
+    async fn caller(&self, location: &ActorLocation) -> Result<Caller, Error> {
+        let ep = &location.endpoints;
+        if self.inner.same_host_calls.load(Ordering::Relaxed) && ep.host == host_id() {
+            match UnixCaller::connect(&ep.local_socket, &self.inner.file.token).await {
+                Ok(unix) => return Ok(Caller::Unix(Arc::new(unix))),
+                Err(e) => tracing::debug!("same-host socket unusable, using QUIC: {e}"),
+            }
+        }
+        Ok(Caller::Quic(
+            self.peer(&ep.peer_addr, ep.peer_fingerprint).await?,
+        ))
+    }
+
+    /// The QUIC connection to an actor's endpoint, opened on first use.
     async fn peer(&self, addr: &str, fingerprint: Fingerprint) -> Result<quinn::Connection, Error> {
         let mut peers = self.inner.peers.lock().await;
         if let Some(c) = peers.get(addr) {

@@ -23,6 +23,7 @@ mod cluster;
 mod error;
 pub mod local;
 mod options;
+mod unix_caller;
 
 pub use actor::{ActorRef, RemoteActor};
 pub use call::{Actor, ActorSpawn, Remote, Task, TaskCall, TaskRef};

@@ -5,6 +5,7 @@
 //! ([`security`]) and the head ([`head`]).
 
 pub mod head;
+pub mod host;
 pub mod ids;
 pub mod placement;
 pub mod proto;

@@ -88,6 +88,17 @@ impl Counter {
     pub fn placed(&self) -> Placed {
         here()
     }
+
+    /// The process id of the executor hosting this actor.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// Sleeps `ms` milliseconds, then adds `n`: a call long enough to be interrupted.
+    pub fn slow_add(&mut self, ms: u64, n: u64) -> u64 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        self.add(n)
+    }
 }
 
 /// Keeps the registrations of this module in any executable that calls it.

@@ -9,13 +9,11 @@ use std::time::Duration;
 
 use ember_runtime::ids::{ActorId, NodeId};
 use ember_runtime::proto::{
-    read_frame, write_frame, ActorCall, CallReply, ErrorKind, FrameError, Hello, RemoteError,
+    decode, read_frame, write_frame, ActorEndpoints, ErrorKind, FrameError, Hello, RemoteError,
     Welcome, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, MAX_FRAME,
 };
 use ember_runtime::resources::{to_millis, Allocation, NodeResources, ResourceError};
-use ember_runtime::security::{
-    client_config, server_config, token_matches, Fingerprint, Identity, SecurityError, SERVER_NAME,
-};
+use ember_runtime::security::{client_config, Fingerprint, SecurityError, SERVER_NAME};
 use tokio::sync::mpsc;
 
 use crate::executor::{ExecRequest, ExecutorPool};
@@ -127,6 +125,8 @@ pub async fn shutdown_signal() {
 struct WorkerState {
     node: NodeId,
     token: String,
+    /// The address actors listen on for direct calls (the port is chosen per actor).
+    listen: std::net::IpAddr,
     pool: ExecutorPool,
     events: mpsc::UnboundedSender<WorkerEvent>,
 }
@@ -160,10 +160,9 @@ pub async fn run(
         labels: Vec::new(),
     };
 
-    let identity = Identity::ephemeral()?;
-    let mut endpoint = quinn::Endpoint::server(server_config(&identity)?, config.listen)?;
+    let mut endpoint = quinn::Endpoint::client(config.listen)?;
     endpoint.set_default_client_config(client_config(config.fingerprint)?);
-    let peer_addr = endpoint.local_addr()?;
+    let address = endpoint.local_addr()?;
 
     let connect_err = |reason: String| WorkerError::Connect {
         addr: config.head,
@@ -182,8 +181,7 @@ pub async fn run(
         resources,
         task_types: registry::task_names(),
         actor_types: registry::actor_names(),
-        peer_addr: peer_addr.to_string(),
-        peer_fingerprint: identity.fingerprint,
+        address: address.to_string(),
     }));
     let (mut send, mut recv) = conn
         .open_bi()
@@ -203,7 +201,7 @@ pub async fn run(
         }
     };
     tracing::info!(
-        %node, head = %config.head, peer = %peer_addr, gpus = inventory.devices.len(),
+        %node, head = %config.head, %address, gpus = inventory.devices.len(),
         "worker {name} joined the cluster"
     );
 
@@ -244,6 +242,7 @@ pub async fn run(
     let state = Arc::new(WorkerState {
         node,
         token: config.token.clone(),
+        listen: config.listen.ip(),
         pool: ExecutorPool::new(socket_dir(node))?,
         events: events_tx,
     });
@@ -254,15 +253,6 @@ pub async fn run(
         tokio::spawn(async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 tokio::spawn(handle_command(state.clone(), send, recv));
-            }
-        })
-    };
-    let peers = {
-        let state = state.clone();
-        let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
-                tokio::spawn(serve_peer(state.clone(), incoming));
             }
         })
     };
@@ -282,7 +272,6 @@ pub async fn run(
     };
     heartbeat.abort();
     commands.abort();
-    peers.abort();
     state.pool.shutdown().await;
     endpoint.close(0u32.into(), b"worker stopped");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -329,7 +318,7 @@ async fn handle_command(
             args,
             allocation,
         } => match create_actor(&state, actor, type_name, args, allocation).await {
-            Ok(()) => WorkerReply::ActorReady,
+            Ok(endpoints) => WorkerReply::ActorReady(endpoints),
             Err(e) => WorkerReply::Error(e),
         },
         WorkerCommand::KillActor { actor } => {
@@ -383,7 +372,7 @@ async fn create_actor(
     type_name: String,
     args: Vec<u8>,
     allocation: Allocation,
-) -> Result<(), RemoteError> {
+) -> Result<ActorEndpoints, RemoteError> {
     let exec = state
         .pool
         .for_actor(actor, &allocation.cuda_visible_devices())
@@ -395,18 +384,29 @@ async fn create_actor(
     let created = exec
         .request(|id| ExecRequest::CreateActor {
             id,
+            actor,
             type_name,
             args,
             node,
             allocation,
+            token: state.token.clone(),
+            listen: state.listen.to_string(),
+            socket: state.pool.socket_path(&format!("{actor}")),
         })
-        .await;
-    if let Err(e) = created {
-        if let Some(exec) = state.pool.remove_actor(actor) {
-            exec.kill().await;
+        .await
+        .and_then(|bytes| {
+            decode::<ActorEndpoints>(&bytes)
+                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+        });
+    let endpoint = match created {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            if let Some(exec) = state.pool.remove_actor(actor) {
+                exec.kill().await;
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     // Report an actor whose process ends without being asked to.
     let watcher = state.clone();
     tokio::spawn(async move {
@@ -418,75 +418,7 @@ async fn create_actor(
                 .send(WorkerEvent::ActorExited { actor, reason });
         }
     });
-    Ok(())
-}
-
-/// Serves one client connected straight to this worker for actor calls.
-async fn serve_peer(state: Arc<WorkerState>, incoming: quinn::Incoming) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!("peer connection failed: {e}");
-            return;
-        }
-    };
-    // The first stream carries the client's hello with the cluster token.
-    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-        return;
-    };
-    let welcome = match read_frame::<_, Hello>(&mut recv, 64 << 10).await {
-        Ok(Some(Hello::Client { token })) if token_matches(&state.token, &token) => {
-            Welcome::Accepted { node: None }
-        }
-        Ok(Some(Hello::Client { .. })) => Welcome::Refused {
-            reason: "wrong cluster token".into(),
-        },
-        Ok(_) => Welcome::Refused {
-            reason: "expected a client hello".into(),
-        },
-        Err(e) => Welcome::Refused {
-            reason: format!("malformed hello: {e}"),
-        },
-    };
-    let accepted = matches!(welcome, Welcome::Accepted { .. });
-    let _ = write_frame(&mut send, &welcome).await;
-    let _ = send.finish();
-    if !accepted {
-        tracing::warn!(remote = %conn.remote_address(), "refused a peer: {welcome:?}");
-        let _ = send.stopped().await;
-        conn.close(1u32.into(), b"refused");
-        return;
-    }
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_call(state.clone(), send, recv));
-    }
-}
-
-async fn serve_call(
-    state: Arc<WorkerState>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let reply: CallReply = match read_frame::<_, ActorCall>(&mut recv, MAX_FRAME).await {
-        Ok(Some(call)) => match state.pool.actor(call.actor) {
-            Some(exec) => {
-                let ActorCall { method, args, .. } = call;
-                exec.request(|id| ExecRequest::CallActor { id, method, args })
-                    .await
-            }
-            None => Err(RemoteError::new(
-                ErrorKind::Unknown,
-                format!("no actor {} on node {}", call.actor, state.node),
-            )),
-        },
-        Ok(None) => return,
-        Err(e) => Err(RemoteError::new(
-            ErrorKind::BadRequest,
-            format!("bad call: {e}"),
-        )),
-    };
-    let _ = write_frame(&mut send, &reply).await;
-    let _ = send.finish();
+    Ok(endpoint)
 }
 
 /// The directory for this worker's executor sockets.

@@ -36,8 +36,7 @@ fn run_executor() -> i32 {
         eprintln!("ember executor: {SOCKET_VAR} is not set");
         return 2;
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -71,7 +70,10 @@ fn run_worker() -> i32 {
             return 2;
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ember worker: {e}");

@@ -64,6 +64,10 @@ struct Args {
     /// machine's core count when not given.
     #[arg(long)]
     workers: Option<u32>,
+    /// Call actors over QUIC, as a client on another machine would, instead of through their
+    /// same-machine Unix sockets.
+    #[arg(long)]
+    quic: bool,
 }
 
 const ROWS: [&str; 6] = [
@@ -143,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let cluster = Cluster::local(LocalOptions::new(workers)).await?;
+    cluster.set_same_host_calls(!args.quic);
     for row in selected {
         let result = match row {
             "single_client_tasks_sync" => {

@@ -58,7 +58,7 @@ pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
         #(#attrs)*
         #vis fn main() #ret {
             ::ember::__private::serve_role_if_asked();
-            ::ember::__private::tokio::runtime::Builder::new_multi_thread()
+            ::ember::__private::tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("cannot start the Tokio runtime")

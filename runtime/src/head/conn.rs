@@ -338,13 +338,6 @@ async fn create_actor(head: &Head, spec: ActorSpec, owner: usize) -> ClientReply
         Ok(l) => l,
         Err(e) => return ClientReply::Error(e),
     };
-    let Some(peer) = head
-        .nodes
-        .get(&lease.node)
-        .map(|n| (n.hello.peer_addr.clone(), n.hello.peer_fingerprint))
-    else {
-        return ClientReply::Error(died(lease.node));
-    };
     let cmd = WorkerCommand::CreateActor {
         actor,
         type_name: spec.type_name,
@@ -352,7 +345,7 @@ async fn create_actor(head: &Head, spec: ActorSpec, owner: usize) -> ClientReply
         allocation: lease.allocation.clone(),
     };
     match call_worker(head, lease.node, &cmd).await {
-        Ok(WorkerReply::ActorReady) => {
+        Ok(WorkerReply::ActorReady(endpoints)) => {
             guard.keep = true;
             head.actors.insert(
                 actor,
@@ -366,8 +359,7 @@ async fn create_actor(head: &Head, spec: ActorSpec, owner: usize) -> ClientReply
             ClientReply::ActorCreated(ActorLocation {
                 actor,
                 node: lease.node,
-                peer_addr: peer.0,
-                peer_fingerprint: peer.1,
+                endpoints,
                 allocation: lease.allocation,
             })
         }

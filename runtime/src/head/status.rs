@@ -27,7 +27,7 @@ pub struct NodeStatus {
     pub id: String,
     /// Its name.
     pub name: String,
-    /// Where its actors are reached.
+    /// The worker's address.
     pub address: String,
     /// Capacity and what is in use.
     pub usage: NodeUsage,
@@ -80,7 +80,7 @@ pub(crate) fn collect(head: &Head) -> ClusterStatus {
         status.nodes.push(NodeStatus {
             id: id.to_string(),
             name: n.hello.name.clone(),
-            address: n.hello.peer_addr.clone(),
+            address: n.hello.address.clone(),
             usage,
             gpu_stats: n.gpu_stats.clone(),
             heartbeat_age_ms: n.last_heartbeat.elapsed().as_millis() as u64,

@@ -33,10 +33,8 @@ pub struct WorkerHello {
     pub task_types: Vec<String>,
     /// Actor types this worker's executable can host, by registered name.
     pub actor_types: Vec<String>,
-    /// Where clients reach the worker's actors directly.
-    pub peer_addr: String,
-    /// The fingerprint of the certificate the worker's peer endpoint presents.
-    pub peer_fingerprint: Fingerprint,
+    /// The worker's own address, for humans and logs.
+    pub address: String,
 }
 
 /// The answer to a [`Hello`].
@@ -147,17 +145,29 @@ pub enum ClientReply {
     Error(RemoteError),
 }
 
-/// Where an actor lives, for direct calls.
+/// Where the process hosting an actor takes calls: a QUIC endpoint from anywhere, and a Unix
+/// socket from the same machine.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ActorEndpoints {
+    /// The address of the actor's QUIC endpoint.
+    pub peer_addr: String,
+    /// The certificate fingerprint that endpoint presents.
+    pub peer_fingerprint: Fingerprint,
+    /// The machine it runs on (see [`crate::host::host_id`]).
+    pub host: String,
+    /// The Unix socket that callers on the same machine may use instead.
+    pub local_socket: String,
+}
+
+/// Where an actor lives, for direct calls to the process hosting it.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct ActorLocation {
     /// The actor.
     pub actor: ActorId,
     /// Its node.
     pub node: NodeId,
-    /// The worker's peer address.
-    pub peer_addr: String,
-    /// The certificate fingerprint the worker's peer endpoint presents.
-    pub peer_fingerprint: Fingerprint,
+    /// Where it takes calls.
+    pub endpoints: ActorEndpoints,
     /// What it was given.
     pub allocation: Allocation,
 }
@@ -271,8 +281,8 @@ pub enum WorkerCommand {
 pub enum WorkerReply {
     /// The task's archived result.
     TaskDone(Vec<u8>),
-    /// The actor is constructed and takes calls.
-    ActorReady,
+    /// The actor is constructed and takes calls directly at its own endpoints.
+    ActorReady(ActorEndpoints),
     /// The actor is stopped.
     ActorKilled,
     /// One event of a job.
@@ -300,7 +310,7 @@ pub enum WorkerEvent {
     Leaving,
 }
 
-/// A call from a client straight to the worker hosting an actor.
+/// A call from a client straight to the process hosting an actor.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub struct ActorCall {
     /// The actor.
@@ -313,3 +323,22 @@ pub struct ActorCall {
 
 /// The answer to an [`ActorCall`]: the archived result or the failure.
 pub type CallReply = Result<Vec<u8>, RemoteError>;
+
+/// An [`ActorCall`] on a same-machine socket, where calls share one stream: `id` pairs it with
+/// its [`LocalReply`].
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct LocalCall {
+    /// Chosen by the caller, unique among its calls in flight.
+    pub id: u64,
+    /// The call.
+    pub call: ActorCall,
+}
+
+/// The answer to a [`LocalCall`].
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct LocalReply {
+    /// The id of the call answered.
+    pub id: u64,
+    /// Its result.
+    pub reply: CallReply,
+}

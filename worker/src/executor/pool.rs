@@ -194,7 +194,12 @@ pub(crate) struct ExecutorPool {
 impl ExecutorPool {
     /// A pool whose sockets live in `dir`.
     pub(crate) fn new(dir: PathBuf) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        // Only this user may reach the executors' sockets.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
         Ok(ExecutorPool {
             dir,
             tasks: Mutex::new(HashMap::new()),
@@ -226,9 +231,9 @@ impl ExecutorPool {
         Ok(e)
     }
 
-    /// The executor hosting `actor`.
-    pub(crate) fn actor(&self, actor: ActorId) -> Option<Arc<Executor>> {
-        self.actors.get(&actor).map(|e| e.clone())
+    /// A path for a Unix socket named `name` in this pool's private directory.
+    pub(crate) fn socket_path(&self, name: &str) -> String {
+        self.dir.join(format!("{name}.sock")).display().to_string()
     }
 
     /// Forgets an actor's executor, returning it.

@@ -1,6 +1,6 @@
 //! Messages between a worker and its executor processes, on a Unix socket.
 
-use ember_runtime::ids::NodeId;
+use ember_runtime::ids::{ActorId, NodeId};
 use ember_runtime::proto::RemoteError;
 use ember_runtime::resources::Allocation;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -16,28 +16,28 @@ pub(crate) enum ExecRequest {
         node: NodeId,
         allocation: Allocation,
     },
-    /// Construct this executor's actor.
+    /// Construct this executor's actor and open its endpoints for direct calls; the reply
+    /// carries an archived [`ActorEndpoints`](ember_runtime::proto::ActorEndpoints).
     CreateActor {
         id: u64,
+        actor: ActorId,
         type_name: String,
         args: Vec<u8>,
         node: NodeId,
         allocation: Allocation,
-    },
-    /// Call a method of this executor's actor.
-    CallActor {
-        id: u64,
-        method: String,
-        args: Vec<u8>,
+        /// The cluster token callers must present.
+        token: String,
+        /// The address to listen on for callers (its port is chosen by the system).
+        listen: String,
+        /// The Unix socket to listen on for callers on this machine.
+        socket: String,
     },
 }
 
 impl ExecRequest {
     pub(crate) fn id(&self) -> u64 {
         match self {
-            ExecRequest::RunTask { id, .. }
-            | ExecRequest::CreateActor { id, .. }
-            | ExecRequest::CallActor { id, .. } => *id,
+            ExecRequest::RunTask { id, .. } | ExecRequest::CreateActor { id, .. } => *id,
         }
     }
 }

@@ -1,0 +1,132 @@
+//! Direct calls to actors: through the actor's Unix socket from the same machine (the default)
+//! and over QUIC (as from another machine). Both give the same answers, both refuse a wrong
+//! token, and both report an actor whose process dies mid-call.
+
+use std::time::{Duration, Instant};
+
+use ember::ErrorKind;
+use ember_runtime::proto::LocalCall;
+use ember_tests::tasks::{Counter, CounterHandle};
+use ember_tests::{within, TestCluster, WorkerSpec};
+
+async fn counter(cluster: &ember::Cluster) -> CounterHandle {
+    within("spawn", cluster.spawn(Counter::remote(10)))
+        .await
+        .expect("a counter")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_host_and_quic_calls_agree() {
+    let (_tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
+
+    let local = counter(&cluster).await;
+    assert!(local.actor().is_same_host(), "same machine: Unix socket");
+
+    cluster.set_same_host_calls(false);
+    let remote = counter(&cluster).await;
+    assert!(!remote.actor().is_same_host(), "forced: QUIC");
+
+    for handle in [&local, &remote] {
+        assert_eq!(within("add", handle.add(5)).await.unwrap(), 15);
+        // Many calls in flight at once come back in order of the actor's execution.
+        let calls: Vec<_> = (0..200).map(|_| handle.add(1)).collect();
+        let mut results: Vec<u64> = futures_results(calls).await;
+        results.sort_unstable();
+        assert_eq!(results, (16..216).collect::<Vec<u64>>());
+        // An unknown method is an error for the caller; the actor keeps serving.
+        let err = within("bad", handle.actor().call::<_, u64>("no_such", &()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), Some(ErrorKind::BadRequest), "{err}");
+        assert_eq!(within("add", handle.add(0)).await.unwrap(), 215);
+    }
+}
+
+async fn futures_results<F, T>(calls: Vec<F>) -> Vec<T>
+where
+    F: std::future::Future<Output = Result<T, ember::Error>>,
+{
+    let mut out = Vec::new();
+    for r in within("batch", futures::future::join_all(calls)).await {
+        out.push(r.expect("a call"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_actor_socket_refuses_a_wrong_token() {
+    let (_tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
+    let handle = counter(&cluster).await;
+    let socket = handle.actor().location().endpoints.local_socket.clone();
+
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("connect");
+    let hello = ember_runtime::proto::Hello::Client {
+        token: "not-the-token".into(),
+    };
+    ember_runtime::proto::write_frame(&mut stream, &hello)
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let welcome: ember_runtime::proto::Welcome = within(
+        "welcome",
+        ember_runtime::proto::read_frame(&mut stream, 1 << 16),
+    )
+    .await
+    .unwrap()
+    .expect("an answer");
+    match welcome {
+        ember_runtime::proto::Welcome::Refused { reason } => assert!(reason.contains("token")),
+        other => panic!("a wrong token was accepted: {other:?}"),
+    }
+    // A call sent anyway is never run.
+    let call = LocalCall {
+        id: 1,
+        call: ember_runtime::proto::ActorCall {
+            actor: handle.actor().id(),
+            method: "add".into(),
+            args: ember_runtime::proto::encode(&(1000u64,)).unwrap().to_vec(),
+        },
+    };
+    let _ = ember_runtime::proto::write_frame(&mut stream, &call).await;
+    assert_eq!(within("add", handle.add(0)).await.unwrap(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_killed_mid_call_is_reported_on_both_paths() {
+    let (_tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
+    for same_host in [true, false] {
+        cluster.set_same_host_calls(same_host);
+        let handle = counter(&cluster).await;
+        assert_eq!(handle.actor().is_same_host(), same_host);
+        let pid = within("pid", handle.pid()).await.unwrap();
+        let slow = {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.slow_add(60_000, 1).await })
+        };
+        // The call is running once the actor's thread sleeps; then its process is killed.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the actor's process");
+        let err = within("the failed call", slow)
+            .await
+            .expect("joined")
+            .expect_err("the call cannot succeed");
+        assert_eq!(err.kind(), Some(ErrorKind::WorkerDied), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        // The head frees the dead actor's GPU share: a new counter fits on the one GPU again.
+        let again = counter(&cluster).await;
+        assert_eq!(within("add", again.add(1)).await.unwrap(), 11);
+        again.actor().kill().await.expect("kill");
+    }
+}
