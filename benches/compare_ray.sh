@@ -49,8 +49,10 @@ export TESTS_TO_SKIP=${TESTS_TO_SKIP-client:}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-echo "== Ember microbench" >&2
+echo "== Ember microbench (actor calls through same-machine Unix sockets, the default)" >&2
 "$target/release/microbench" "$@" | tee "$out/ember.txt"
+echo "== Ember microbench, actor rows over QUIC (as from another machine)" >&2
+"$target/release/microbench" --quic --rows actor "$@" | tee "$out/ember-quic.txt"
 
 echo "== Ray $("$RAY_VENV/bin/python" -c 'import ray; print(ray.__version__)') microbenchmark (same machine, now)" >&2
 : > "$out/ray.txt"
@@ -65,16 +67,18 @@ rate() { # file, exact row name -> the mean rate, or empty
     | awk '{ print $1 }' | head -1
 }
 
+ratio() { awk -v e="$1" -v r="$2" 'BEGIN { if (e != "" && r != "" && r > 0) printf "%.1fx", e / r; else print "-" }'; }
+
 echo
-echo "| row | Ember /s | Ray 2.60 /s | ratio |"
-echo "|---|---:|---:|---:|"
+echo "| row | Ray 2.60 /s | Ember /s | Ember ÷ Ray | Ember over QUIC /s | QUIC ÷ Ray |"
+echo "|---|---:|---:|---:|---:|---:|"
 for i in "${!rows[@]}"; do
   e=$(rate "$out/ember.txt" "${rows[$i]}")
+  q=$(rate "$out/ember-quic.txt" "${rows[$i]}")
   r=$(rate "$out/ray.txt" "${ray_names[$i]}")
-  ratio=$(awk -v e="$e" -v r="$r" 'BEGIN { if (e != "" && r != "" && r > 0) printf "%.2fx", e / r; else print "n/a" }')
-  printf '| %s | %s | %s | %s |\n' "${rows[$i]}" "${e:-n/a}" "${r:-n/a}" "$ratio"
+  printf '| %s | %s | %s | %s | %s | %s |\n' "${rows[$i]}" "${r:--}" "${e:--}" "$(ratio "$e" "$r")" \
+    "${q:-(same path)}" "$(ratio "${q:-$e}" "$r")"
 done
 e=$(rate "$out/ember.txt" actor_creations)
-if [ -n "$e" ]; then
-  printf '| actor_creations (Ember only) | %s | - | - |\n' "$e"
-fi
+q=$(rate "$out/ember-quic.txt" actor_creations)
+printf '| actor_creations | - | %s | - | %s | - |\n' "${e:--}" "${q:--}"
