@@ -319,6 +319,27 @@ pub struct NodeResources {
     pub labels: Vec<String>,
 }
 
+/// The label of nodes whose executable has the task function `name`.
+pub fn task_label(name: &str) -> String {
+    format!("task:{name}")
+}
+
+/// The label of nodes whose executable has the actor type `name`.
+pub fn actor_label(name: &str) -> String {
+    format!("actor:{name}")
+}
+
+/// Words for a label no node carries, naming the task or actor type it stands for.
+pub fn describe_missing_label(label: &str) -> String {
+    if let Some(task) = label.strip_prefix("task:") {
+        format!("no worker can run task `{task}`: no joined worker's executable registers it")
+    } else if let Some(actor) = label.strip_prefix("actor:") {
+        format!("no worker can host actor `{actor}`: no joined worker's executable registers it")
+    } else {
+        format!("no node has label `{label}`")
+    }
+}
+
 /// The part of one GPU given to a task or actor.
 #[derive(
     Debug,

@@ -36,15 +36,8 @@ fn run_executor() -> i32 {
         eprintln!("ember executor: {SOCKET_VAR} is not set");
         return 2;
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ember executor: {e}");
-            return 1;
-        }
+    let Some(rt) = runtime("executor") else {
+        return 1;
     };
     let code = match rt.block_on(crate::executor::serve(&socket)) {
         Ok(()) => 0,
@@ -70,21 +63,29 @@ fn run_worker() -> i32 {
             return 2;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ember worker: {e}");
-            return 1;
-        }
+    let Some(rt) = runtime("worker") else {
+        return 1;
     };
     match rt.block_on(agent::run(config, agent::shutdown_signal())) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("worker stopped: {e}");
             1
+        }
+    }
+}
+
+/// The single-threaded runtime every role runs on (cross-thread wake-ups cost more than they
+/// give on small machines); `None`, with the error printed, if it cannot be built.
+fn runtime(role: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("ember {role}: cannot start the runtime: {e}");
+            None
         }
     }
 }

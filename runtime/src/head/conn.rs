@@ -12,8 +12,9 @@ use crate::proto::{
 };
 use crate::security::token_matches;
 
-use super::registry::{actor_label, task_label, ActorEntry, Head, Work, WorkEntry};
+use super::registry::{ActorEntry, Head, Work, WorkEntry};
 use super::status;
+use crate::resources::{actor_label, task_label};
 
 /// The largest hello accepted: a worker's list of types fits easily.
 const MAX_HELLO: usize = 1 << 20;
@@ -285,15 +286,6 @@ async fn acquire<'a>(
 }
 
 async fn run_task(head: &Head, spec: TaskSpec) -> ClientReply {
-    if !head.knows_task(&spec.name) {
-        return ClientReply::Error(RemoteError::new(
-            ErrorKind::Unknown,
-            format!(
-                "no worker can run task `{}`: no joined worker's executable registers it",
-                spec.name
-            ),
-        ));
-    }
     let task = TaskId(head.next_id());
     let work = Work::Task {
         id: task,
@@ -319,15 +311,6 @@ async fn run_task(head: &Head, spec: TaskSpec) -> ClientReply {
 }
 
 async fn create_actor(head: &Head, spec: ActorSpec, owner: usize) -> ClientReply {
-    if !head.knows_actor(&spec.type_name) {
-        return ClientReply::Error(RemoteError::new(
-            ErrorKind::Unknown,
-            format!(
-                "no worker can host actor `{}`: no joined worker's executable registers it",
-                spec.type_name
-            ),
-        ));
-    }
     let actor = ActorId(head.next_id());
     let work = Work::Actor {
         id: actor,

@@ -1,7 +1,6 @@
 //! The head's record of the cluster: nodes and their connections, what runs where, and the
 //! requests waiting for capacity. Placement decisions come from the pure scheduler.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,16 +9,14 @@ use dashmap::DashMap;
 use tokio::sync::{oneshot, watch};
 
 use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
-use crate::placement::{Decision, Lease, PlacementRequest, Scheduler};
+use crate::placement::{Decision, Lease, PlacementError, PlacementRequest, Scheduler};
 use crate::proto::{ErrorKind, Placement, RemoteError, WorkerHello};
-use crate::resources::{Allocation, GpuStat};
+use crate::resources::{actor_label, task_label, Allocation, GpuStat};
 
 /// A worker that has joined.
 pub(crate) struct NodeEntry {
     pub(crate) conn: quinn::Connection,
     pub(crate) hello: WorkerHello,
-    pub(crate) task_types: BTreeSet<String>,
-    pub(crate) actor_types: BTreeSet<String>,
     pub(crate) last_heartbeat: Instant,
     pub(crate) gpu_stats: Vec<GpuStat>,
     pub(crate) leaving: bool,
@@ -101,8 +98,6 @@ impl Head {
             id,
             NodeEntry {
                 conn,
-                task_types: hello.task_types.iter().cloned().collect(),
-                actor_types: hello.actor_types.iter().cloned().collect(),
                 hello,
                 last_heartbeat: Instant::now(),
                 gpu_stats: Vec::new(),
@@ -153,7 +148,12 @@ impl Head {
             }
             Decision::Rejected(e) => {
                 self.waiting.remove(&lease);
-                Err(RemoteError::new(ErrorKind::Infeasible, e.to_string()))
+                // No node has the type at all: the request names something unknown.
+                let kind = match e {
+                    PlacementError::MissingLabel(_) => ErrorKind::Unknown,
+                    _ => ErrorKind::Infeasible,
+                };
+                Err(RemoteError::new(kind, e.to_string()))
             }
             Decision::Queued => {
                 tracing::debug!(%lease, "waiting for capacity");
@@ -206,28 +206,8 @@ impl Head {
         }
     }
 
-    /// Whether some node's executable has this task function.
-    pub(crate) fn knows_task(&self, name: &str) -> bool {
-        self.nodes.iter().any(|n| n.task_types.contains(name))
-    }
-
-    /// Whether some node's executable has this actor type.
-    pub(crate) fn knows_actor(&self, name: &str) -> bool {
-        self.nodes.iter().any(|n| n.actor_types.contains(name))
-    }
-
     /// A joined node's connection.
     pub(crate) fn node_conn(&self, id: NodeId) -> Option<quinn::Connection> {
         self.nodes.get(&id).map(|n| n.conn.clone())
     }
-}
-
-/// The placement label of nodes that can run task `name`.
-pub(crate) fn task_label(name: &str) -> String {
-    format!("task:{name}")
-}
-
-/// The placement label of nodes that can host actor type `name`.
-pub(crate) fn actor_label(name: &str) -> String {
-    format!("actor:{name}")
 }

@@ -84,7 +84,7 @@ pub(crate) fn collect(head: &Head) -> ClusterStatus {
             usage,
             gpu_stats: n.gpu_stats.clone(),
             heartbeat_age_ms: n.last_heartbeat.elapsed().as_millis() as u64,
-            types: n.task_types.len() + n.actor_types.len(),
+            types: n.hello.task_types.len() + n.hello.actor_types.len(),
         });
     }
     let queued: Vec<_> = head.with_scheduler(|s| s.queued().map(|r| r.lease).collect());

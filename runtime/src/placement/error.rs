@@ -1,7 +1,7 @@
 //! Why a request cannot be placed, in words that name the missing resource.
 
 use crate::ids::{LeaseId, NodeId};
-use crate::resources::{format_millis, ByteSize, GpuShare};
+use crate::resources::{describe_missing_label, format_millis, ByteSize, GpuShare};
 
 /// Why the scheduler refused a request outright. Each message names what is missing, so that
 /// a user reading it knows which part of the request to change (or which node to add).
@@ -9,7 +9,7 @@ use crate::resources::{format_millis, ByteSize, GpuShare};
 pub enum PlacementError {
     /// No schedulable node carries a label the request requires (e.g. no worker's executable
     /// has the task function).
-    #[error("no node has `{0}`")]
+    #[error("{}", describe_missing_label(.0))]
     MissingLabel(String),
     /// The cluster has no nodes at all.
     #[error("the cluster has no nodes")]
