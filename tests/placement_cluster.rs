@@ -254,3 +254,65 @@ async fn a_disconnected_clients_actors_free_their_gpus() {
     let status = within("status", cluster.status()).await.expect("status");
     assert!(status.actors.is_empty(), "{:?}", status.actors);
 }
+
+/// The GPU shares in use on the first node, from the head's status.
+async fn gpus_in_use(cluster: &Cluster) -> Vec<u32> {
+    let status = within("status", cluster.status()).await.expect("status");
+    status.nodes[0]
+        .usage
+        .gpus
+        .iter()
+        .map(|g| g.share_used.units())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_keeps_its_gpus_after_its_client_leaves() {
+    let (tc, observer) = TestCluster::with_workers(&[WorkerSpec::gpus(2, "H100", "80GiB")]).await;
+    let client = tc.connect().await;
+    // The client owns an actor (no resources), so the head's clean-up after the client's
+    // departure is visible: the actor disappears.
+    let marker = within(
+        "spawn the marker actor",
+        client.spawn(Counter::remote(0).with(|o| o.gpus(0.0))),
+    )
+    .await
+    .expect("marker actor");
+    let started = Instant::now();
+    let running = client.submit(tasks::sleep_ms::remote(6_000));
+    within("the task to start", async {
+        while gpus_in_use(&observer).await != vec![100, 100] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The client leaves while its task runs.
+    drop(running);
+    drop(marker);
+    client.shutdown().await;
+    within("the head to drop the client's actor", async {
+        while !within("status", observer.status())
+            .await
+            .expect("status")
+            .actors
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The task still runs on the worker (it sleeps 6 s): its GPUs stay reserved.
+    let in_use = gpus_in_use(&observer).await;
+    if started.elapsed() < Duration::from_secs(5) {
+        assert_eq!(in_use, vec![100, 100], "released while the task still runs");
+    }
+    // Once it ends, they return.
+    within("the task's GPUs to return", async {
+        while gpus_in_use(&observer).await != vec![0, 0] {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(6));
+}

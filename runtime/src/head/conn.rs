@@ -195,19 +195,11 @@ async fn serve_request(
             return;
         }
     };
-    let owner = conn.stable_id();
+    // A request whose client goes away is withdrawn while it waits for capacity; once placed,
+    // it runs to the end so that its resources are released only when the worker is done.
     let reply = match request {
-        ClientRequest::SubmitTask(spec) => {
-            // Give the capacity back if the client goes away while the task waits or runs.
-            tokio::select! {
-                r = run_task(&head, spec) => r,
-                _ = send.stopped() => return,
-            }
-        }
-        ClientRequest::CreateActor(spec) => tokio::select! {
-            r = create_actor(&head, spec, owner) => r,
-            _ = send.stopped() => return,
-        },
+        ClientRequest::SubmitTask(spec) => run_task(&head, spec, &conn).await,
+        ClientRequest::CreateActor(spec) => create_actor(&head, spec, &conn).await,
         ClientRequest::KillActor { actor } => {
             if kill_actor(&head, actor).await {
                 ClientReply::ActorKilled
@@ -219,7 +211,7 @@ async fn serve_request(
             }
         }
         ClientRequest::SubmitJob(spec) => {
-            run_job(&head, spec, &mut send).await;
+            run_job(&head, spec, &conn, &mut send).await;
             let _ = send.finish();
             return;
         }
@@ -258,11 +250,14 @@ impl Drop for LeaseGuard<'_> {
     }
 }
 
+/// Waits for a lease for `work`, or gives up if `client` goes away first; the guard releases
+/// the lease however the request ends.
 async fn acquire<'a>(
     head: &'a Head,
     work: Work,
     placement: &crate::proto::Placement,
     label: Option<String>,
+    client: &quinn::Connection,
 ) -> Result<(LeaseGuard<'a>, Lease), RemoteError> {
     let lease = LeaseId(head.next_id());
     head.work.insert(
@@ -278,24 +273,36 @@ async fn acquire<'a>(
         lease,
         keep: false,
     };
-    let granted = head.acquire(lease, placement, label).await?;
+    let granted = tokio::select! {
+        granted = head.acquire(lease, placement, label) => granted?,
+        _ = client.closed() => {
+            return Err(RemoteError::new(ErrorKind::Internal, "the client went away"));
+        }
+    };
     if let Some(mut w) = head.work.get_mut(&lease) {
         w.running = Some((granted.node, granted.allocation.clone()));
     }
     Ok((guard, granted))
 }
 
-async fn run_task(head: &Head, spec: TaskSpec) -> ClientReply {
+async fn run_task(head: &Head, spec: TaskSpec, client: &quinn::Connection) -> ClientReply {
     let task = TaskId(head.next_id());
     let work = Work::Task {
         id: task,
         name: spec.name.clone(),
     };
-    let (_guard, lease) =
-        match acquire(head, work, &spec.placement, Some(task_label(&spec.name))).await {
-            Ok(l) => l,
-            Err(e) => return ClientReply::Error(e),
-        };
+    let (_guard, lease) = match acquire(
+        head,
+        work,
+        &spec.placement,
+        Some(task_label(&spec.name)),
+        client,
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => return ClientReply::Error(e),
+    };
     let cmd = WorkerCommand::RunTask {
         task,
         name: spec.name,
@@ -310,14 +317,15 @@ async fn run_task(head: &Head, spec: TaskSpec) -> ClientReply {
     }
 }
 
-async fn create_actor(head: &Head, spec: ActorSpec, owner: usize) -> ClientReply {
+async fn create_actor(head: &Head, spec: ActorSpec, client: &quinn::Connection) -> ClientReply {
+    let owner = client.stable_id();
     let actor = ActorId(head.next_id());
     let work = Work::Actor {
         id: actor,
         type_name: spec.type_name.clone(),
     };
     let label = Some(actor_label(&spec.type_name));
-    let (mut guard, lease) = match acquire(head, work, &spec.placement, label).await {
+    let (mut guard, lease) = match acquire(head, work, &spec.placement, label, client).await {
         Ok(l) => l,
         Err(e) => return ClientReply::Error(e),
     };
@@ -339,6 +347,10 @@ async fn create_actor(head: &Head, spec: ActorSpec, owner: usize) -> ClientReply
                 },
             );
             tracing::info!(%actor, node = %lease.node, "actor created");
+            if client.close_reason().is_some() {
+                // Its owner left while it was being built: it dies with its owner.
+                kill_actor(head, actor).await;
+            }
             ClientReply::ActorCreated(ActorLocation {
                 actor,
                 node: lease.node,
@@ -363,13 +375,18 @@ async fn kill_actor(head: &Head, actor: ActorId) -> bool {
     true
 }
 
-async fn run_job(head: &Head, spec: JobSpec, out: &mut quinn::SendStream) {
+async fn run_job(
+    head: &Head,
+    spec: JobSpec,
+    client: &quinn::Connection,
+    out: &mut quinn::SendStream,
+) {
     let job = JobId(head.next_id());
     let work = Work::Job {
         id: job,
         command: spec.command.join(" "),
     };
-    let (_guard, lease) = match acquire(head, work, &spec.placement, None).await {
+    let (_guard, lease) = match acquire(head, work, &spec.placement, None, client).await {
         Ok(l) => l,
         Err(e) => {
             let _ = write_frame(out, &ClientReply::Error(e)).await;
