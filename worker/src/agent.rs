@@ -41,7 +41,9 @@ pub struct WorkerConfig {
     pub accelerator: Option<String>,
     /// Custom resources to offer, e.g. `("tpu", 4.0)`.
     pub resources: Vec<(String, f64)>,
-    /// Where to listen for direct calls from clients.
+    /// The address to bind: the worker's own endpoint uses it, and its actors listen on its IP
+    /// for direct calls. With an unspecified IP (the default `0.0.0.0:0`), actors listen on the
+    /// local IP through which the worker reaches the head.
     pub listen: SocketAddr,
     /// How often to send heartbeats.
     pub heartbeat_ms: u64,
@@ -60,7 +62,7 @@ impl WorkerConfig {
             gpu_memory: None,
             accelerator: None,
             resources: Vec::new(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             heartbeat_ms: 500,
         }
     }
@@ -242,7 +244,7 @@ pub async fn run(
     let state = Arc::new(WorkerState {
         node,
         token: config.token.clone(),
-        listen: config.listen.ip(),
+        listen: actor_ip(config.listen.ip(), config.head),
         pool: ExecutorPool::new(socket_dir(node))?,
         events: events_tx,
     });
@@ -276,6 +278,26 @@ pub async fn run(
     endpoint.close(0u32.into(), b"worker stopped");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     outcome
+}
+
+/// The IP actors listen on: the configured one, or, when that is unspecified, the local IP
+/// through which this machine routes to the head (so clients that reach the head reach them).
+/// Asks the kernel by connecting an unbound UDP socket, which sends nothing.
+fn actor_ip(configured: std::net::IpAddr, head: SocketAddr) -> std::net::IpAddr {
+    if !configured.is_unspecified() {
+        return configured;
+    }
+    let routed = std::net::UdpSocket::bind(SocketAddr::new(configured, 0))
+        .and_then(|s| s.connect(head).and_then(|()| s.local_addr()));
+    match routed {
+        Ok(local) => local.ip(),
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell which local address reaches the head ({e}): actors listen on loopback"
+            );
+            std::net::IpAddr::from([127, 0, 0, 1])
+        }
+    }
 }
 
 fn default_name() -> String {
@@ -424,4 +446,20 @@ async fn create_actor(
 /// The directory for this worker's executor sockets.
 fn socket_dir(node: NodeId) -> PathBuf {
     std::env::temp_dir().join(format!("ember-worker-{}-{}", std::process::id(), node.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actors_listen_where_the_head_is_reached() {
+        let head: SocketAddr = "127.0.0.1:7700".parse().unwrap();
+        let any = std::net::IpAddr::from([0, 0, 0, 0]);
+        // Unspecified: the local address that routes to the head.
+        assert_eq!(actor_ip(any, head), std::net::IpAddr::from([127, 0, 0, 1]));
+        // Configured: kept as given.
+        let given = std::net::IpAddr::from([127, 0, 0, 2]);
+        assert_eq!(actor_ip(given, head), given);
+    }
 }

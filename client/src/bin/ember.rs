@@ -136,8 +136,9 @@ struct WorkerArgs {
     /// Custom resources, NAME=AMOUNT, repeatable.
     #[arg(long = "resource", value_parser = parse_resource)]
     resources: Vec<(String, f64)>,
-    /// Where to listen for direct actor calls.
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// The address to bind; actors listen on its IP for direct calls (with 0.0.0.0: on the
+    /// local IP through which this worker reaches the head).
+    #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
     /// A name for this worker.
     #[arg(long)]
