@@ -155,11 +155,16 @@ impl std::fmt::Debug for TestCluster {
 impl TestCluster {
     /// Starts `ember head` on a free loopback port and waits for its cluster file.
     pub async fn start() -> Self {
+        TestCluster::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts `ember head` listening on `listen` and waits for its cluster file.
+    pub async fn start_on(listen: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("state");
         let log = dir.path().join("head.log");
         let child = Command::new(ember_exe())
-            .args(["head", "--listen", "127.0.0.1:0", "--state-dir"])
+            .args(["head", "--listen", listen, "--state-dir"])
             .arg(&state)
             .env("RUST_LOG", "warn")
             .env_remove("EMBER_ROLE")
@@ -240,7 +245,19 @@ impl TestCluster {
 
     /// The command that runs `ember-testbed` as a worker with `config`.
     pub fn worker_command(config: &WorkerConfig) -> Command {
-        let mut cmd = Command::new(testbed_exe());
+        TestCluster::worker_command_in(config, None)
+    }
+
+    /// [`TestCluster::worker_command`], inside network namespace `netns` when given.
+    pub fn worker_command_in(config: &WorkerConfig, netns: Option<&str>) -> Command {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(testbed_exe());
+                c
+            }
+            None => Command::new(testbed_exe()),
+        };
         cmd.env("EMBER_ROLE", "worker")
             .env(
                 "EMBER_WORKER_CONFIG",
@@ -254,9 +271,15 @@ impl TestCluster {
 
     /// Starts a worker process named `name` (without waiting for it to join).
     pub fn add_worker(&mut self, name: &str, spec: &WorkerSpec) {
+        self.add_worker_in(name, spec, None);
+    }
+
+    /// Starts a worker process named `name`, inside network namespace `netns` when given (a
+    /// host of its own), without waiting for it to join.
+    pub fn add_worker_in(&mut self, name: &str, spec: &WorkerSpec, netns: Option<&str>) {
         let config = self.worker_config(name, spec);
         let log = self.dir.path().join(format!("{name}.log"));
-        let child = Self::worker_command(&config)
+        let child = Self::worker_command_in(&config, netns)
             .env(MARK_VAR, self.mark(name))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -381,4 +404,71 @@ pub async fn run_cli(mut cmd: tokio::process::Command) -> (i32, String, String) 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A second host for tests: a network namespace joined to this one by a veth pair, with an
+/// address on each side. Removed on drop. Needs root and iproute2.
+#[derive(Debug)]
+pub struct TestHost {
+    /// The namespace's name, for `ip netns exec`.
+    pub ns: String,
+    veth: String,
+    /// This side's address (the head listens here).
+    pub local_ip: std::net::IpAddr,
+    /// The other host's address.
+    pub remote_ip: std::net::IpAddr,
+}
+
+impl TestHost {
+    /// Creates the namespace and the link, or says why it cannot.
+    pub fn create() -> Result<Self, String> {
+        let id = std::process::id();
+        let subnet = 16 + id % 200;
+        let host = TestHost {
+            ns: format!("ember-test-{id}"),
+            veth: format!("emb{id}"),
+            local_ip: std::net::IpAddr::from([10, 213, subnet as u8, 1]),
+            remote_ip: std::net::IpAddr::from([10, 213, subnet as u8, 2]),
+        };
+        let peer = format!("{}p", host.veth);
+        let local = format!("{}/24", host.local_ip);
+        let remote = format!("{}/24", host.remote_ip);
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &host.ns],
+            &[
+                "link", "add", &host.veth, "type", "veth", "peer", "name", &peer,
+            ],
+            &["link", "set", &peer, "netns", &host.ns],
+            &["addr", "add", &local, "dev", &host.veth],
+            &["link", "set", &host.veth, "up"],
+            &["-n", &host.ns, "addr", "add", &remote, "dev", &peer],
+            &["-n", &host.ns, "link", "set", &peer, "up"],
+            &["-n", &host.ns, "link", "set", "lo", "up"],
+        ];
+        for args in steps {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run `ip`: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`ip {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(host)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+    }
 }
