@@ -5,22 +5,52 @@
 
 use ember::{Cluster, LocalOptions};
 
+/// Where a task ran: any type that derives rkyv's traits travels as an argument or result.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Whereabouts {
+    /// The caller's label.
+    pub label: String,
+    /// The node it ran on.
+    pub node: String,
+    /// Each GPU it was given, with its share.
+    pub gpus: Vec<(u32, String)>,
+    /// What its process saw in `CUDA_VISIBLE_DEVICES`.
+    pub visible: String,
+}
+
+impl std::fmt::Display for Whereabouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gpus: Vec<String> = self
+            .gpus
+            .iter()
+            .map(|(index, share)| format!("GPU {index} x{share}"))
+            .collect();
+        write!(
+            f,
+            "{}: {} [{}] CUDA_VISIBLE_DEVICES={}",
+            self.label,
+            self.node,
+            gpus.join(", "),
+            self.visible
+        )
+    }
+}
+
 /// A task that needs a quarter of a GPU: reports where it ran and what it was given.
 #[ember::task(gpus = 0.25)]
-pub fn where_am_i(label: String) -> String {
+pub fn where_am_i(label: String) -> Whereabouts {
     let ctx = ember::context().expect("runs inside Ember");
-    let gpus: Vec<String> = ctx
-        .allocation
-        .gpus
-        .iter()
-        .map(|g| format!("GPU {} x{}", g.index, g.share))
-        .collect();
-    format!(
-        "{label}: {} [{}] CUDA_VISIBLE_DEVICES={}",
-        ctx.node,
-        gpus.join(", "),
-        std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
-    )
+    Whereabouts {
+        label,
+        node: ctx.node.to_string(),
+        gpus: ctx
+            .allocation
+            .gpus
+            .iter()
+            .map(|g| (g.index, g.share.to_string()))
+            .collect(),
+        visible: std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
+    }
 }
 
 /// A CPU task.
