@@ -249,3 +249,34 @@ async fn worker_killed_mid_call_is_reported_and_others_keep_serving() {
         .expect("the other worker keeps serving");
     assert_eq!(node, tc.node_id(&cluster, "w1").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_is_declared_dead_and_the_rest_keep_serving() {
+    let (tc, cluster) = TestCluster::with_workers(&[
+        WorkerSpec::gpus(1, "H100", "80GiB"),
+        WorkerSpec::gpus(1, "H100", "80GiB"),
+    ])
+    .await;
+    let frozen = tc.node_id(&cluster, "w0").await;
+    // Frozen, the worker sends no heartbeats; its QUIC connection stays open, so only the
+    // head's heartbeat watchdog (2 s) can notice.
+    tc.signal_worker("w0", nix::sys::signal::Signal::SIGSTOP);
+    let started = Instant::now();
+    within("the head to drop the silent worker", async {
+        loop {
+            let status = within("status", cluster.status()).await.expect("status");
+            if status.nodes.iter().all(|n| n.id != frozen) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "declared dead before the heartbeat window: {:?}",
+        started.elapsed()
+    );
+    still_serving(&cluster).await;
+    tc.signal_worker("w0", nix::sys::signal::Signal::SIGCONT);
+}

@@ -327,6 +327,17 @@ impl TestCluster {
         let _ = w.child.wait();
     }
 
+    /// Sends `signal` to the worker named `name` (e.g. SIGSTOP to make it fall silent).
+    pub fn signal_worker(&self, name: &str, signal: nix::sys::signal::Signal) {
+        let w = self
+            .workers
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no worker {name}"));
+        let pid = nix::unistd::Pid::from_raw(w.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the worker");
+    }
+
     /// Connects a client with the head's cluster file.
     pub async fn connect(&self) -> Cluster {
         within(
