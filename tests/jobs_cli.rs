@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ember_tests::{ember_exe, run_cli, TestCluster, WorkerSpec};
+use ember_tests::{ember_exe, gpus_in_use, run_cli, within, TestCluster, WorkerSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_submit_streams_output_and_exit_code() {
@@ -39,4 +39,55 @@ async fn job_submit_streams_output_and_exit_code() {
     assert_ne!(code, 0, "a job asking for 4 GPUs must fail");
     assert!(stderr.contains("GPU"), "stderr: {stderr}");
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_client_dies_is_stopped_before_its_gpus_are_freed() {
+    let (tc, observer) = TestCluster::with_workers(&[WorkerSpec::gpus(2, "H100", "80GiB")]).await;
+    let pid_file = tc.scratch().join("job.pid");
+    let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+    let mut submit = tokio::process::Command::new(ember_exe())
+        .args(["job", "submit", "--cluster"])
+        .arg(tc.state_dir())
+        .args(["--gpus", "2", "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ember job submit");
+    let job_pid = within("the job to start", async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                if let Ok(pid) = text.trim().parse::<i32>() {
+                    if gpus_in_use(&observer).await == vec![100, 100] {
+                        return pid;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The submitting client dies; the silent job must be stopped, and its GPUs freed only
+    // once its process is gone.
+    let started = Instant::now();
+    submit.kill().await.expect("kill ember job submit");
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    within("the job's GPUs to be freed", async {
+        loop {
+            let in_use = gpus_in_use(&observer).await;
+            if in_use == vec![0, 0] {
+                assert!(!alive(job_pid), "GPUs freed while the job still runs");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the job ran on after its client died"
+    );
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ember::{Cluster, Options};
 use ember_tests::tasks::{self, Counter, CounterHandle};
-use ember_tests::{ember_exe, run_cli, within, TestCluster, WorkerSpec};
+use ember_tests::{ember_exe, gpus_in_use, run_cli, within, TestCluster, WorkerSpec};
 
 fn abc() -> Vec<WorkerSpec> {
     vec![
@@ -253,17 +253,6 @@ async fn a_disconnected_clients_actors_free_their_gpus() {
     assert_eq!(gpus, vec![0]);
     let status = within("status", cluster.status()).await.expect("status");
     assert!(status.actors.is_empty(), "{:?}", status.actors);
-}
-
-/// The GPU shares in use on the first node, from the head's status.
-async fn gpus_in_use(cluster: &Cluster) -> Vec<u32> {
-    let status = within("status", cluster.status()).await.expect("status");
-    status.nodes[0]
-        .usage
-        .gpus
-        .iter()
-        .map(|g| g.share_used.units())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -483,3 +483,14 @@ impl Drop for TestHost {
             .output();
     }
 }
+
+/// The GPU shares (in hundredths) in use on the first node, from the head's status.
+pub async fn gpus_in_use(cluster: &Cluster) -> Vec<u32> {
+    let status = within("status", cluster.status()).await.expect("status");
+    status.nodes[0]
+        .usage
+        .gpus
+        .iter()
+        .map(|g| g.share_used.units())
+        .collect()
+}

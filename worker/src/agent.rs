@@ -355,7 +355,10 @@ async fn handle_command(
             env,
             allocation,
         } => {
-            job::run(state.node, job, command, env, allocation, &mut send).await;
+            job::run(
+                state.node, job, command, env, allocation, &mut send, &mut recv,
+            )
+            .await;
             let _ = send.finish();
             return;
         }

@@ -8,7 +8,9 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 /// Runs `command` with `CUDA_VISIBLE_DEVICES` and `EMBER_NODE_ID` set, writing its output and
-/// its exit code to `out` as job events. A command that cannot start exits with code 127.
+/// its exit code to `out` as job events. A command that cannot start exits with code 127. The
+/// head cancels the job by resetting `cancel` (the command's stream): the command is killed and
+/// its exit code still reported, so that the head frees its resources only once it is gone.
 pub(crate) async fn run(
     node: NodeId,
     job: JobId,
@@ -16,6 +18,7 @@ pub(crate) async fn run(
     env: Vec<(String, String)>,
     allocation: Allocation,
     out: &mut quinn::SendStream,
+    cancel: &mut quinn::RecvStream,
 ) {
     let started = JobEvent::Started {
         job,
@@ -90,13 +93,28 @@ pub(crate) async fn run(
         });
     }
     drop(tx);
-    let mut client_gone = false;
-    while let Some(ev) = rx.recv().await {
-        if write_frame(out, &WorkerReply::Job(ev)).await.is_err() {
-            // Nobody is listening any more: stop the job rather than run it unobserved.
-            client_gone = true;
-            let _ = child.kill().await;
-            break;
+    let mut watch_cancel = true;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    if write_frame(out, &WorkerReply::Job(ev)).await.is_err() {
+                        // The head is gone: stop the job rather than run it unobserved.
+                        let _ = child.kill().await;
+                        break;
+                    }
+                }
+                None => break,
+            },
+            reset = cancel.received_reset(), if watch_cancel => match reset {
+                Ok(Some(_)) | Err(_) => {
+                    tracing::info!(%job, "job cancelled: its client left");
+                    let _ = child.kill().await;
+                    break;
+                }
+                // The head finished its side: nothing more will come from it.
+                Ok(None) => watch_cancel = false,
+            },
         }
     }
     let code = match child.wait().await {
@@ -104,9 +122,7 @@ pub(crate) async fn run(
         Err(_) => 1,
     };
     tracing::info!(%job, code, "job exited");
-    if !client_gone {
-        let _ = write_frame(out, &WorkerReply::Job(JobEvent::Exited(code))).await;
-    }
+    let _ = write_frame(out, &WorkerReply::Job(JobEvent::Exited(code))).await;
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

@@ -404,31 +404,64 @@ async fn run_job(
         allocation: lease.allocation,
     };
     let relay = async {
+        // The command's stream stays open: resetting it cancels the job.
         let (mut wsend, mut wrecv) = conn.open_bi().await.map_err(|_| died(lease.node))?;
         write_frame(&mut wsend, &cmd)
             .await
             .map_err(|_| died(lease.node))?;
-        let _ = wsend.finish();
+        // Frames are read by a task of their own, so that waiting for them can be interrupted
+        // without losing half a frame.
+        let (frames_tx, mut frames) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let frame = read_frame::<_, WorkerReply>(&mut wrecv, MAX_FRAME).await;
+                let end = !matches!(frame, Ok(Some(_)));
+                if frames_tx.send(frame).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let _reader = AbortOnDrop(reader);
+        let mut client_here = true;
         loop {
-            match read_frame::<_, WorkerReply>(&mut wrecv, MAX_FRAME).await {
-                Ok(Some(WorkerReply::Job(ev))) => {
+            let frame = tokio::select! {
+                frame = frames.recv() => frame,
+                _ = client.closed(), if client_here => {
+                    // The client left: cancel the job, and keep its resources until the
+                    // worker reports it gone.
+                    client_here = false;
+                    let _ = wsend.reset(0u32.into());
+                    continue;
+                }
+            };
+            match frame {
+                Some(Ok(Some(WorkerReply::Job(ev)))) => {
                     let exited = matches!(ev, JobEvent::Exited(_));
-                    if write_frame(out, &ClientReply::Job(ev)).await.is_err() {
-                        // The client left: dropping the worker stream stops the job.
-                        return Ok(());
+                    if client_here && write_frame(out, &ClientReply::Job(ev)).await.is_err() {
+                        client_here = false;
+                        let _ = wsend.reset(0u32.into());
                     }
                     if exited {
                         return Ok(());
                     }
                 }
-                Ok(Some(WorkerReply::Error(e))) => return Err(e),
-                Ok(Some(other)) => return Err(unexpected(&other)),
-                Ok(None) | Err(_) => return Err(died(lease.node)),
+                Some(Ok(Some(WorkerReply::Error(e)))) => return Err(e),
+                Some(Ok(Some(other))) => return Err(unexpected(&other)),
+                Some(Ok(None)) | Some(Err(_)) | None => return Err(died(lease.node)),
             }
         }
     };
     if let Err(e) = relay.await {
         let _ = write_frame(out, &ClientReply::Error(e)).await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
