@@ -446,9 +446,15 @@ async fn create_actor(
     Ok(endpoint)
 }
 
-/// The directory for this worker's executor sockets.
+/// A name for this worker's directory of executor sockets: the pool creates it anew, so a
+/// name left behind by a killed worker (whose process id was reused) is never taken over.
 fn socket_dir(node: NodeId) -> PathBuf {
-    std::env::temp_dir().join(format!("ember-worker-{}-{}", std::process::id(), node.0))
+    std::env::temp_dir().join(format!(
+        "ember-worker-{}-{}-{:016x}",
+        std::process::id(),
+        node.0,
+        rand::random::<u64>()
+    ))
 }
 
 #[cfg(test)]

@@ -192,14 +192,12 @@ pub(crate) struct ExecutorPool {
 }
 
 impl ExecutorPool {
-    /// A pool whose sockets live in `dir`.
+    /// A pool whose sockets live in `dir`. Creates `dir`, which must not exist yet, readable
+    /// by this user only: a directory someone else made, or one left behind, is refused
+    /// rather than used.
     pub(crate) fn new(dir: PathBuf) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
-        // Only this user may reach the executors' sockets.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         Ok(ExecutorPool {
             dir,
             tasks: Mutex::new(HashMap::new()),
