@@ -3,26 +3,8 @@
 
 use std::process::Stdio;
 
-use ember_tests::{ember_exe, run_cli, within};
+use ember_tests::{ember_exe, processes_with_env, run_cli, until, within};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// The processes whose environment carries `var=value`: `ember up` and the workers it started.
-fn processes_with(var: &str, value: &str) -> Vec<u32> {
-    let want = format!("{var}={value}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| s.contains(") Z "))
-                .unwrap_or(true);
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            !zombie && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_starts_a_cluster_that_status_sees_and_ctrl_c_stops_it_all() {
@@ -74,7 +56,7 @@ async fn up_starts_a_cluster_that_status_sees_and_ctrl_c_stops_it_all() {
         assert_eq!(gpus[0]["accelerator"], "L4", "{n}");
     }
     // The head and two workers (and no executor yet) carry the mark.
-    assert_eq!(processes_with("EMBER_TEST_UP", &mark).len(), 3);
+    assert_eq!(processes_with_env("EMBER_TEST_UP", &mark).len(), 3);
 
     // Ctrl-C: the workers leave, the head stops, `ember up` exits 0 and leaves nothing behind.
     let pid = nix::unistd::Pid::from_raw(up.id().expect("running") as i32);
@@ -83,10 +65,8 @@ async fn up_starts_a_cluster_that_status_sees_and_ctrl_c_stops_it_all() {
         .await
         .expect("exit status");
     assert_eq!(status.code(), Some(0));
-    within("the workers to be gone", async {
-        while !processes_with("EMBER_TEST_UP", &mark).is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    until("the workers to be gone", || async {
+        processes_with_env("EMBER_TEST_UP", &mark).is_empty()
     })
     .await;
 }

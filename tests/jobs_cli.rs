@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ember_tests::{ember_exe, gpus_in_use, run_cli, within, TestCluster, WorkerSpec};
+use ember_tests::{ember_exe, gpus_in_use, run_cli, until, within, TestCluster, WorkerSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_submit_streams_output_and_exit_code() {
@@ -75,17 +75,13 @@ async fn a_job_whose_client_dies_is_stopped_before_its_gpus_are_freed() {
     let started = Instant::now();
     submit.kill().await.expect("kill ember job submit");
     let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    within("the job's GPUs to be freed", async {
-        loop {
-            let in_use = gpus_in_use(&observer).await;
-            if in_use == vec![0, 0] {
-                assert!(!alive(job_pid), "GPUs freed while the job still runs");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let observer = &observer;
+    until("the job's GPUs to be freed", || async move {
+        gpus_in_use(observer).await == vec![0, 0]
     })
     .await;
+    // A process once gone stays gone: it was gone when its GPUs were freed.
+    assert!(!alive(job_pid), "GPUs freed while the job still runs");
     assert!(
         started.elapsed() < Duration::from_secs(25),
         "the job ran on after its client died"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ember::{Cluster, Options};
 use ember_tests::tasks::{self, Counter, CounterHandle};
-use ember_tests::{ember_exe, gpus_in_use, run_cli, within, TestCluster, WorkerSpec};
+use ember_tests::{ember_exe, gpus_in_use, run_cli, until, within, TestCluster, WorkerSpec};
 
 fn abc() -> Vec<WorkerSpec> {
     vec![
@@ -269,10 +269,9 @@ async fn a_running_task_keeps_its_gpus_after_its_client_leaves() {
     .expect("marker actor");
     let started = Instant::now();
     let running = client.submit(tasks::sleep_ms::remote(6_000));
-    within("the task to start", async {
-        while gpus_in_use(&observer).await != vec![100, 100] {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let observer = &observer;
+    until("the task to start", || async move {
+        gpus_in_use(observer).await == vec![100, 100]
     })
     .await;
 
@@ -280,27 +279,19 @@ async fn a_running_task_keeps_its_gpus_after_its_client_leaves() {
     drop(running);
     drop(marker);
     client.shutdown().await;
-    within("the head to drop the client's actor", async {
-        while !within("status", observer.status())
-            .await
-            .expect("status")
-            .actors
-            .is_empty()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    until("the head to drop the client's actor", || async move {
+        let status = within("status", observer.status()).await.expect("status");
+        status.actors.is_empty()
     })
     .await;
     // The task still runs on the worker (it sleeps 6 s): its GPUs stay reserved.
-    let in_use = gpus_in_use(&observer).await;
+    let in_use = gpus_in_use(observer).await;
     if started.elapsed() < Duration::from_secs(5) {
         assert_eq!(in_use, vec![100, 100], "released while the task still runs");
     }
     // Once it ends, they return.
-    within("the task's GPUs to return", async {
-        while gpus_in_use(&observer).await != vec![0, 0] {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    until("the task's GPUs to return", || async move {
+        gpus_in_use(observer).await == vec![0, 0]
     })
     .await;
     assert!(started.elapsed() >= Duration::from_secs(6));

@@ -11,7 +11,7 @@ use ember_runtime::proto::{
 };
 use ember_runtime::security::{client_config, ClusterFile, Fingerprint, SERVER_NAME};
 use ember_tests::tasks;
-use ember_tests::{run_cli, within, TestCluster, WorkerSpec};
+use ember_tests::{run_cli, until, within, TestCluster, WorkerSpec};
 
 fn one_gpu_worker() -> Vec<WorkerSpec> {
     vec![WorkerSpec::gpus(1, "H100", "80GiB")]
@@ -262,14 +262,9 @@ async fn a_silent_worker_is_declared_dead_and_the_rest_keep_serving() {
     // head's heartbeat watchdog (2 s) can notice.
     tc.signal_worker("w0", nix::sys::signal::Signal::SIGSTOP);
     let started = Instant::now();
-    within("the head to drop the silent worker", async {
-        loop {
-            let status = within("status", cluster.status()).await.expect("status");
-            if status.nodes.iter().all(|n| n.id != frozen) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    until("the head to drop the silent worker", || async {
+        let status = within("status", cluster.status()).await.expect("status");
+        status.nodes.iter().all(|n| n.id != frozen)
     })
     .await;
     assert!(

@@ -30,6 +30,41 @@ pub async fn within_for<F: Future>(limit: Duration, what: &str, fut: F) -> F::Ou
     }
 }
 
+/// Asks `holds` again every 20 ms until it says yes, within [`TIMEOUT`]: for states that can
+/// only be observed by asking (the head's status, `/proc`), not awaited as events.
+pub async fn until<F, Fut>(what: &str, mut holds: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !holds().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// The live (not zombie) processes whose environment holds `var=value`. Reads `/proc`.
+pub fn processes_with_env(var: &str, value: &str) -> Vec<u32> {
+    let want = format!("{var}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true);
+            !zombie && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+        })
+        .collect()
+}
+
 /// The directory holding the workspace's built binaries (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -298,22 +333,7 @@ impl TestCluster {
     /// The processes started for the worker named `name`: the worker and its executors
     /// (which inherit its environment). Reads `/proc`.
     pub fn processes_of(&self, name: &str) -> Vec<u32> {
-        let want = format!("{MARK_VAR}={}", self.mark(name));
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-                    return false;
-                };
-                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map(|s| s.contains(") Z "))
-                    .unwrap_or(true);
-                !zombie && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
-            })
-            .collect()
+        processes_with_env(MARK_VAR, &self.mark(name))
     }
 
     /// SIGKILLs the worker named `name`.
