@@ -86,6 +86,8 @@ async fn the_actor_socket_refuses_a_wrong_token() {
         id: 1,
         call: ember_runtime::proto::ActorCall {
             actor: handle.actor().id(),
+            caller: 1,
+            seq: 1,
             method: "add".into(),
             args: ember_runtime::proto::encode(&(1000u64,)).unwrap().to_vec(),
         },

@@ -1,13 +1,24 @@
-//! Handles to remote actors. Calls go straight to the worker hosting the actor.
+//! Handles to remote actors. Calls go straight to the process hosting the actor; when that
+//! process is lost, the handle asks the head where the actor is now, waits while it restarts,
+//! and sends the call there.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use ember_runtime::proto::{ActorCall, ActorLocation, Wire};
+use ember_runtime::ids::{ActorId, NodeId};
+use ember_runtime::proto::{
+    ActorCall, ActorLocation, ErrorKind, RemoteError, Wire, CHECKPOINT_METHOD,
+};
+use ember_runtime::resources::Allocation;
 
 use crate::cluster::Cluster;
 use crate::unix_caller::UnixCaller;
 use crate::Error;
+
+/// How long a call waits for its actor to come back before it fails.
+pub const RESTART_WAIT: Duration = Duration::from_secs(30);
 
 /// How calls reach an actor's process.
 #[derive(Clone, Debug)]
@@ -18,67 +29,212 @@ pub(crate) enum Caller {
     Unix(Arc<UnixCaller>),
 }
 
-/// An untyped reference to a live actor. Generated `<Type>Handle`s wrap one.
+impl Caller {
+    /// True once the connection is known to be gone.
+    fn is_closed(&self) -> bool {
+        match self {
+            Caller::Quic(c) => c.close_reason().is_some(),
+            Caller::Unix(u) => u.is_closed(),
+        }
+    }
+}
+
+/// Where calls go now.
+#[derive(Debug)]
+struct Route {
+    location: ActorLocation,
+    caller: Caller,
+}
+
+/// What every clone of one handle shares.
+struct ActorLink {
+    actor: ActorId,
+    /// Names this handle's calls, with their sequence numbers, so that a call sent again after
+    /// a restart is recognised.
+    caller_id: u64,
+    next_seq: AtomicU64,
+    route: Mutex<Arc<Route>>,
+    /// One relocation at a time; the others find the new route when they get the lock.
+    relocating: tokio::sync::Mutex<()>,
+}
+
+/// An untyped reference to an actor. Generated `<Type>Handle`s wrap one.
 #[derive(Clone)]
 pub struct ActorRef {
-    pub(crate) cluster: Cluster,
-    pub(crate) location: ActorLocation,
-    pub(crate) caller: Caller,
+    cluster: Cluster,
+    link: Arc<ActorLink>,
 }
 
 impl fmt::Debug for ActorRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let route = self.route();
         f.debug_struct("ActorRef")
-            .field("actor", &self.location.actor)
-            .field("node", &self.location.node)
-            .field("same_host", &self.is_same_host())
+            .field("actor", &self.link.actor)
+            .field("incarnation", &route.location.incarnation)
+            .field("node", &route.location.node)
+            .field("same_host", &matches!(route.caller, Caller::Unix(_)))
             .finish()
     }
 }
 
 impl ActorRef {
+    pub(crate) fn new(cluster: Cluster, location: ActorLocation, caller: Caller) -> Self {
+        ActorRef {
+            cluster,
+            link: Arc::new(ActorLink {
+                actor: location.actor,
+                caller_id: rand::random(),
+                next_seq: AtomicU64::new(1),
+                route: Mutex::new(Arc::new(Route { location, caller })),
+                relocating: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn route(&self) -> Arc<Route> {
+        self.link
+            .route
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The actor's id.
-    pub fn id(&self) -> ember_runtime::ids::ActorId {
-        self.location.actor
+    pub fn id(&self) -> ActorId {
+        self.link.actor
     }
 
-    /// The node it runs on.
-    pub fn node(&self) -> ember_runtime::ids::NodeId {
-        self.location.node
+    /// The node it runs on (as last reached).
+    pub fn node(&self) -> NodeId {
+        self.route().location.node
     }
 
-    /// Where it runs and takes calls.
-    pub fn location(&self) -> &ActorLocation {
-        &self.location
+    /// Where it runs and takes calls (as last reached).
+    pub fn location(&self) -> ActorLocation {
+        self.route().location.clone()
+    }
+
+    /// Which life of the actor calls reach: 1 when created, one more at each restart or move.
+    pub fn incarnation(&self) -> u32 {
+        self.route().location.incarnation
     }
 
     /// What placement gave it.
-    pub fn allocation(&self) -> &ember_runtime::resources::Allocation {
-        &self.location.allocation
+    pub fn allocation(&self) -> Allocation {
+        self.route().location.allocation.clone()
     }
 
     /// True when calls go through the actor's Unix socket (it runs on this machine).
     pub fn is_same_host(&self) -> bool {
-        matches!(self.caller, Caller::Unix(_))
+        matches!(self.route().caller, Caller::Unix(_))
     }
 
     /// Calls `method` with archived `args` and reads its result as `T`.
+    ///
+    /// If the actor's process is gone, the call waits (up to [`RESTART_WAIT`]) for the actor
+    /// to restart and goes there. A call that was in flight when the process died is sent
+    /// again only as often as the actor's `max_task_retries` allows; otherwise it fails with
+    /// [`ErrorKind::WorkerDied`].
     pub async fn call<A: Wire, T: Wire>(&self, method: &str, args: &A) -> Result<T, Error> {
-        let call = ActorCall {
-            actor: self.location.actor,
-            method: method.to_string(),
-            args: ember_runtime::proto::encode(args)?.to_vec(),
-        };
-        let bytes = match &self.caller {
-            Caller::Unix(unix) => unix.call(call).await?,
-            Caller::Quic(conn) => self.cluster.call_actor(conn, call).await?,
-        };
-        Ok(ember_runtime::proto::decode(&bytes)?)
+        let args = ember_runtime::proto::encode(args)?.to_vec();
+        let seq = self.link.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut retries = 0u32;
+        loop {
+            let route = self.route();
+            if route.caller.is_closed() {
+                // Known to be gone before sending: wait for the next incarnation.
+                self.relocate(&route, true).await?;
+                continue;
+            }
+            let call = ActorCall {
+                actor: self.link.actor,
+                caller: self.link.caller_id,
+                seq,
+                method: method.to_string(),
+                args: args.clone(),
+            };
+            let outcome = match &route.caller {
+                Caller::Unix(unix) => unix.call(call).await.map_err(Error::from),
+                Caller::Quic(conn) => self.cluster.call_actor(conn, call).await,
+            };
+            let err = match outcome {
+                Ok(bytes) => return Ok(ember_runtime::proto::decode(&bytes)?),
+                Err(e) => e,
+            };
+            match lost(&err) {
+                Lost::No => return Err(err),
+                Lost::Moved => {
+                    // The call did not run there: it goes to the next incarnation as is.
+                    self.relocate(&route, false).await?;
+                }
+                Lost::Process => {
+                    let policy = route.location.restart;
+                    if policy.max_restarts == 0 {
+                        return Err(err);
+                    }
+                    self.relocate(&route, true).await?;
+                    if !policy.may_retry_call(retries) {
+                        return Err(Error::Remote(RemoteError::new(
+                            ErrorKind::WorkerDied,
+                            format!(
+                                "{}'s process died during the call to `{method}`; the actor \
+                                 restarted, but the call is not retried (max_task_retries = {})",
+                                self.link.actor, policy.max_task_retries
+                            ),
+                        )));
+                    }
+                    retries += 1;
+                }
+            }
+        }
     }
 
-    /// Stops the actor and frees its resources.
+    /// Finds the incarnation after the one `stale` reached, waiting while it restarts.
+    async fn relocate(&self, stale: &Arc<Route>, suspect: bool) -> Result<(), Error> {
+        let _one = self.link.relocating.lock().await;
+        if !Arc::ptr_eq(&self.route(), stale) {
+            return Ok(()); // Another call already moved on.
+        }
+        let known = stale.location.incarnation;
+        let location = self
+            .cluster
+            .locate_actor(self.link.actor, known, suspect, RESTART_WAIT)
+            .await?;
+        // A new incarnation, or the same one found alive by the head: connect afresh.
+        let caller = self.cluster.caller(&location).await?;
+        *self.link.route.lock().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Route { location, caller });
+        Ok(())
+    }
+
+    /// Saves a checkpoint now and returns its sequence number once the head has recorded it.
+    /// The actor's type must implement [`Checkpoint`](crate::Checkpoint).
+    pub async fn checkpoint(&self) -> Result<u64, Error> {
+        self.call(CHECKPOINT_METHOD, &()).await
+    }
+
+    /// Stops the actor for good and frees its resources.
     pub async fn kill(&self) -> Result<(), Error> {
-        self.cluster.kill_actor(self.location.actor).await
+        self.cluster.kill_actor(self.link.actor).await
+    }
+}
+
+/// Whether a failed call lost its actor's process.
+enum Lost {
+    /// No: the error is the call's own.
+    No,
+    /// The actor moved without running the call.
+    Moved,
+    /// The process (or its connection) went away; the call may or may not have run.
+    Process,
+}
+
+fn lost(e: &Error) -> Lost {
+    match e {
+        Error::Remote(r) if r.kind == ErrorKind::Moved => Lost::Moved,
+        Error::Remote(r) if r.kind == ErrorKind::WorkerDied => Lost::Process,
+        Error::ConnectionLost(_) | Error::Connect { .. } => Lost::Process,
+        _ => Lost::No,
     }
 }
 

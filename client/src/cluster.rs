@@ -11,10 +11,10 @@ use ember_runtime::head::ClusterStatus;
 use ember_runtime::ids::{ActorId, JobId, NodeId};
 use ember_runtime::proto::{
     decode, read_frame, write_frame, ActorCall, ActorSpec, CallReply, ClientReply, ClientRequest,
-    ErrorKind, Hello, JobEvent, JobSpec, RemoteError, TaskSpec, Welcome, Wire, MAX_FRAME,
+    ErrorKind, JobEvent, JobSpec, RemoteError, TaskSpec, Wire, MAX_FRAME,
 };
 use ember_runtime::resources::Allocation;
-use ember_runtime::security::{client_config, ClusterFile, Fingerprint, SERVER_NAME};
+use ember_runtime::security::{connect_client, ClusterFile, Fingerprint};
 
 use crate::actor::{ActorRef, Caller, RemoteActor};
 use crate::call::{ActorSpawn, TaskCall, TaskRef};
@@ -159,7 +159,8 @@ impl Cluster {
         let spec = TaskSpec {
             name: call.name.to_string(),
             args,
-            placement: call.options.into_placement()?,
+            placement: call.options.placement()?,
+            retry: call.options.retry,
         };
         match self.request(&ClientRequest::SubmitTask(spec)).await? {
             ClientReply::TaskDone(bytes) => Ok(decode(&bytes)?),
@@ -174,7 +175,9 @@ impl Cluster {
         let spec = ActorSpec {
             type_name: spawn.name.to_string(),
             args,
-            placement: spawn.options.into_placement()?,
+            placement: spawn.options.placement()?,
+            restart: spawn.options.restart,
+            checkpoint: spawn.options.checkpoint,
         };
         let location = match self.request(&ClientRequest::CreateActor(spec)).await? {
             ClientReply::ActorCreated(loc) => loc,
@@ -182,11 +185,7 @@ impl Cluster {
             other => return Err(unexpected(other)),
         };
         let caller = self.caller(&location).await?;
-        Ok(H::from_ref(ActorRef {
-            cluster: self.clone(),
-            location,
-            caller,
-        }))
+        Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
     }
 
     /// Runs a command as a batch job on a worker chosen by placement.
@@ -199,7 +198,7 @@ impl Cluster {
         let spec = JobSpec {
             command,
             env,
-            placement: options.into_placement()?,
+            placement: options.placement()?,
         };
         let (mut send, mut recv) = self.open_head_stream().await?;
         write_frame(&mut send, &ClientRequest::SubmitJob(spec)).await?;
@@ -269,6 +268,43 @@ impl Cluster {
         }
     }
 
+    /// Where an actor takes calls now: an incarnation newer than `known`, waiting up to
+    /// `timeout` while it restarts. `suspect`: the caller lost its connection to `known`.
+    pub(crate) async fn locate_actor(
+        &self,
+        actor: ActorId,
+        known: u32,
+        suspect: bool,
+        timeout: Duration,
+    ) -> Result<ActorLocation, Error> {
+        let req = ClientRequest::LocateActor {
+            actor,
+            known,
+            suspect,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.request(&req).await? {
+            ClientReply::ActorLocated(location) => Ok(location),
+            ClientReply::Error(e) => Err(e.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Drains a node: no new work goes there, its actors move to other nodes with their
+    /// state, and its tasks get `grace` to finish before the worker leaves. Returns how many
+    /// actors moved.
+    pub async fn drain(&self, node: NodeId, grace: Duration) -> Result<u32, Error> {
+        let req = ClientRequest::DrainNode {
+            node,
+            grace_ms: grace.as_millis() as u64,
+        };
+        match self.request(&req).await? {
+            ClientReply::Drained { moved } => Ok(moved),
+            ClientReply::Error(e) => Err(e.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub(crate) async fn call_actor(
         &self,
         peer: &quinn::Connection,
@@ -318,7 +354,7 @@ impl Cluster {
 
     /// How to reach an actor: its Unix socket when it runs on this machine and the socket
     /// answers, its QUIC endpoint otherwise.
-    async fn caller(&self, location: &ActorLocation) -> Result<Caller, Error> {
+    pub(crate) async fn caller(&self, location: &ActorLocation) -> Result<Caller, Error> {
         let ep = &location.endpoints;
         if self.inner.same_host_calls.load(Ordering::Relaxed) && ep.host == host_id() {
             match UnixCaller::connect(&ep.local_socket, &self.inner.file.token).await {
@@ -362,32 +398,12 @@ async fn open(
     fingerprint: Fingerprint,
     token: &str,
 ) -> Result<quinn::Connection, Error> {
-    let fail = |reason: String| Error::Connect {
-        addr: addr.to_string(),
-        reason,
-    };
-    let config = client_config(fingerprint)?;
-    let conn = endpoint
-        .connect_with(config, addr, SERVER_NAME)
-        .map_err(|e| fail(e.to_string()))?;
-    let conn = tokio::time::timeout(Duration::from_secs(10), conn)
+    connect_client(endpoint, addr, fingerprint, token)
         .await
-        .map_err(|_| fail("no answer within 10 s".into()))?
-        .map_err(|e| fail(e.to_string()))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
-    let hello = Hello::Client {
-        token: token.to_string(),
-    };
-    write_frame(&mut send, &hello).await?;
-    let _ = send.finish();
-    match read_frame::<_, Welcome>(&mut recv, 64 << 10).await {
-        Ok(Some(Welcome::Accepted { .. })) => Ok(conn),
-        Ok(Some(Welcome::Refused { reason })) => Err(fail(format!("refused: {reason}"))),
-        _ => Err(fail(match conn.close_reason() {
-            Some(r) => format!("refused: {r}"),
-            None => "no welcome from the cluster".into(),
-        })),
-    }
+        .map_err(|e| Error::Connect {
+            addr: e.addr,
+            reason: e.reason,
+        })
 }
 
 fn bad_args(reason: String) -> Error {

@@ -19,14 +19,16 @@
 
 mod actor;
 mod call;
+mod checkpoint;
 mod cluster;
 mod error;
 pub mod local;
 mod options;
 mod unix_caller;
 
-pub use actor::{ActorRef, RemoteActor};
+pub use actor::{ActorRef, RemoteActor, RESTART_WAIT};
 pub use call::{Actor, ActorSpawn, Remote, Task, TaskCall, TaskRef};
+pub use checkpoint::Checkpoint;
 pub use cluster::{Cluster, Job, JobOutput};
 pub use ember_macros::{actor, main, task};
 pub use ember_runtime::head::ClusterStatus;
@@ -55,6 +57,7 @@ pub fn init_logging() {
 /// What the macros' generated code uses. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::Checkpoint;
     pub use ember_runtime::proto::Wire;
     pub use ember_worker::registry::{ActorEntry, ActorInstance, CallError, TaskEntry};
     pub use ember_worker::role::serve_role_if_asked;

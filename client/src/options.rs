@@ -2,7 +2,9 @@
 
 use ember_runtime::ids::NodeId;
 use ember_runtime::placement::{NodeAffinity, Strategy};
-use ember_runtime::proto::Placement;
+use std::time::Duration;
+
+use ember_runtime::proto::{CheckpointPolicy, Placement, RestartPolicy, TaskRetry};
 use ember_runtime::resources::{to_millis, ByteSize, GpuShare, ResourceError};
 
 /// What a task or actor needs and how to place it. Declared in the attribute, overridable per
@@ -10,6 +12,9 @@ use ember_runtime::resources::{to_millis, ByteSize, GpuShare, ResourceError};
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     placement: Placement,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) checkpoint: CheckpointPolicy,
+    pub(crate) retry: TaskRetry,
     error: Option<ResourceError>,
 }
 
@@ -82,11 +87,61 @@ impl Options {
         self
     }
 
+    /// Actors: how many times it is restarted after losing its process (0, the default:
+    /// never; -1: without limit).
+    pub fn max_restarts(mut self, n: i32) -> Self {
+        self.restart.max_restarts = n;
+        self
+    }
+
+    /// Actors: how many times a call in flight when its process died is sent again to the
+    /// restarted actor (0, the default: never; -1: without limit). A call whose effect a
+    /// restored checkpoint already holds is answered from its recorded reply, not run twice.
+    pub fn max_task_retries(mut self, n: i32) -> Self {
+        self.restart.max_task_retries = n;
+        self
+    }
+
+    /// Actors: the type implements [`Checkpoint`](crate::Checkpoint), so it can be
+    /// checkpointed on demand and moved with its state by a drain. Set by the `checkpoint`
+    /// setting of `#[ember::actor]`, and by the two policies below.
+    pub fn checkpoint(mut self) -> Self {
+        self.checkpoint.enabled = true;
+        self
+    }
+
+    /// Actors: save a checkpoint after every `n` calls. With 1, a call is answered only once
+    /// the checkpoint holding its effect is recorded, so a restart never loses an answered call.
+    pub fn checkpoint_every(mut self, n: u32) -> Self {
+        self.checkpoint.enabled = true;
+        self.checkpoint.every_calls = n;
+        self
+    }
+
+    /// Actors: save a checkpoint every `period` when calls ran since the last one.
+    pub fn checkpoint_interval(mut self, period: Duration) -> Self {
+        self.checkpoint.enabled = true;
+        self.checkpoint.every_ms = period.as_millis().max(1) as u64;
+        self
+    }
+
+    /// Tasks: how many times it runs again when its worker dies (3 by default).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.retry.max_retries = n;
+        self
+    }
+
+    /// Tasks: retry errors from the task's own code too (not by default).
+    pub fn retry_user_errors(mut self, retry: bool) -> Self {
+        self.retry.retry_user_errors = retry;
+        self
+    }
+
     /// The placement to send, or the first invalid value given.
-    pub(crate) fn into_placement(self) -> Result<Placement, ResourceError> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Ok(self.placement),
+    pub(crate) fn placement(&self) -> Result<Placement, ResourceError> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.placement.clone()),
         }
     }
 }

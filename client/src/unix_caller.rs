@@ -21,6 +21,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<CallReply>>>>;
 #[derive(Debug)]
 pub(crate) struct UnixCaller {
     calls: mpsc::UnboundedSender<(ActorCall, oneshot::Sender<CallReply>)>,
+    closed: Arc<AtomicBool>,
 }
 
 impl UnixCaller {
@@ -52,6 +53,7 @@ impl UnixCaller {
         let (calls, mut rx) = mpsc::unbounded_channel::<(ActorCall, oneshot::Sender<CallReply>)>();
 
         let (w_pending, w_closed) = (pending.clone(), closed.clone());
+        let r_closed = closed.clone();
         tokio::spawn(async move {
             let mut next_id = 0u64;
             while let Some(first) = rx.recv().await {
@@ -84,10 +86,15 @@ impl UnixCaller {
                     let _ = tx.send(reply);
                 }
             }
-            closed.store(true, Ordering::Release);
+            r_closed.store(true, Ordering::Release);
             fail_all(&pending);
         });
-        Ok(UnixCaller { calls })
+        Ok(UnixCaller { calls, closed })
+    }
+
+    /// True once the actor's process closed the socket (it ended).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Makes one call and waits for its reply.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ember_runtime::ids::{ActorId, NodeId};
 use ember_runtime::proto::{
-    decode, read_frame, write_frame, ActorEndpoints, ErrorKind, FrameError, Hello, RemoteError,
-    Welcome, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, MAX_FRAME,
+    decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, ErrorKind, FrameError,
+    Hello, RemoteError, Welcome, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, MAX_FRAME,
 };
 use ember_runtime::resources::{to_millis, Allocation, NodeResources, ResourceError};
 use ember_runtime::security::{client_config, Fingerprint, SecurityError, SERVER_NAME};
@@ -47,6 +47,22 @@ pub struct WorkerConfig {
     pub listen: SocketAddr,
     /// How often to send heartbeats.
     pub heartbeat_ms: u64,
+    /// On SIGTERM or Ctrl-C, how long running tasks may take to finish while the head moves
+    /// this worker's actors away, in milliseconds.
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+    /// After losing the head (or being declared dead by it), how long to keep trying to join
+    /// again as a new node before giving up, in milliseconds.
+    #[serde(default = "default_rejoin_ms")]
+    pub rejoin_ms: u64,
+}
+
+fn default_grace_ms() -> u64 {
+    30_000
+}
+
+fn default_rejoin_ms() -> u64 {
+    60_000
 }
 
 impl WorkerConfig {
@@ -64,6 +80,8 @@ impl WorkerConfig {
             resources: Vec::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             heartbeat_ms: 500,
+            grace_ms: default_grace_ms(),
+            rejoin_ms: default_rejoin_ms(),
         }
     }
 }
@@ -127,16 +145,56 @@ pub async fn shutdown_signal() {
 struct WorkerState {
     node: NodeId,
     token: String,
+    /// Where the head is, for the checkpoints of this worker's actors.
+    head: SocketAddr,
+    fingerprint: Fingerprint,
     /// The address actors listen on for direct calls (the port is chosen per actor).
     listen: std::net::IpAddr,
     pool: ExecutorPool,
     events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
-/// Runs a worker until `shutdown` resolves (then it deregisters cleanly) or the head goes away.
+/// Runs a worker until `shutdown` resolves: then the head drains it (moves its actors away and
+/// gives its tasks `grace_ms` to finish) and it leaves. A worker that loses the head, or is
+/// declared dead by it, stops everything it ran and joins again as a new node, trying for up to
+/// `rejoin_ms` before it gives up.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    tokio::pin!(shutdown);
+    let mut lost_at: Option<tokio::time::Instant> = None;
+    loop {
+        let joined = std::cell::Cell::new(false);
+        let outcome = serve_once(&config, shutdown.as_mut(), &joined).await;
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) if joined.get() => {
+                tracing::warn!("{e}: joining again as a new node");
+                lost_at = Some(tokio::time::Instant::now());
+            }
+            Err(e) => {
+                let window = Duration::from_millis(config.rejoin_ms);
+                if lost_at.is_none_or(|t| t.elapsed() >= window) {
+                    return Err(e);
+                }
+                tracing::debug!("cannot join yet ({e}); trying again");
+                let retry = tokio::time::sleep(Duration::from_millis(250));
+                tokio::select! {
+                    _ = retry => {}
+                    _ = shutdown.as_mut() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Joins once and serves until shutdown (`Ok`) or until the head is lost. `joined` is set once
+/// the head accepted this worker.
+async fn serve_once(
+    config: &WorkerConfig,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    joined: &std::cell::Cell<bool>,
 ) -> Result<(), WorkerError> {
     let logical = gpu::parse_logical(
         config.gpus,
@@ -202,6 +260,7 @@ pub async fn run(
             })
         }
     };
+    joined.set(true);
     tracing::info!(
         %node, head = %config.head, %address, gpus = inventory.devices.len(),
         "worker {name} joined the cluster"
@@ -215,7 +274,7 @@ pub async fn run(
         .map_err(|e| WorkerError::HeadLost(e.to_string()))?;
     let events_task = tokio::spawn(async move {
         while let Some(ev) = events_rx.recv().await {
-            let leaving = matches!(ev, WorkerEvent::Leaving);
+            let leaving = matches!(ev, WorkerEvent::Leaving { .. });
             if write_frame(&mut events_stream, &ev).await.is_err() {
                 break;
             }
@@ -245,6 +304,8 @@ pub async fn run(
     let state = Arc::new(WorkerState {
         node,
         token: config.token.clone(),
+        head: config.head,
+        fingerprint: config.fingerprint,
         listen: actor_ip(config.listen.ip(), config.head),
         pool: ExecutorPool::new(socket_dir(node))?,
         events: events_tx,
@@ -262,9 +323,14 @@ pub async fn run(
 
     let outcome = tokio::select! {
         _ = shutdown => {
-            tracing::info!(%node, "worker leaving the cluster");
-            let _ = state.events.send(WorkerEvent::Leaving);
-            let _ = tokio::time::timeout(Duration::from_secs(2), events_task).await;
+            tracing::info!(%node, "worker leaving the cluster: the head drains it");
+            let grace_ms = config.grace_ms;
+            let _ = state.events.send(WorkerEvent::Leaving { grace_ms });
+            // The head closes the connection once the actors moved and the tasks ended (or the
+            // grace period did); moving actors may take a little longer than the grace.
+            let drained = Duration::from_millis(grace_ms) + Duration::from_secs(10);
+            let _ = tokio::time::timeout(drained, conn.closed()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), events_task).await;
             conn.close(0u32.into(), b"worker leaving");
             Ok(())
         }
@@ -340,8 +406,32 @@ async fn handle_command(
             type_name,
             args,
             allocation,
-        } => match create_actor(&state, actor, type_name, args, allocation).await {
-            Ok(endpoints) => WorkerReply::ActorReady(endpoints),
+            incarnation,
+            checkpoint,
+            restore,
+        } => {
+            let start = ActorStart {
+                actor,
+                incarnation,
+                type_name,
+                args,
+                allocation,
+                checkpoint,
+                restore,
+            };
+            match create_actor(&state, start).await {
+                Ok(endpoints) => WorkerReply::ActorReady(endpoints),
+                Err(e) => WorkerReply::Error(e),
+            }
+        }
+        WorkerCommand::Probe { actor, incarnation } => WorkerReply::Probed {
+            alive: state
+                .pool
+                .actor(actor)
+                .is_some_and(|(i, exec)| i == incarnation && exec.is_alive()),
+        },
+        WorkerCommand::SealActor { actor } => match seal_actor(&state, actor).await {
+            Ok(seq) => WorkerReply::Sealed { seq },
             Err(e) => WorkerReply::Error(e),
         },
         WorkerCommand::KillActor { actor } => {
@@ -392,16 +482,33 @@ async fn run_task(
     .await
 }
 
-async fn create_actor(
-    state: &Arc<WorkerState>,
+/// Everything about an actor to start, as the head sent it.
+struct ActorStart {
     actor: ActorId,
+    incarnation: u32,
     type_name: String,
     args: Vec<u8>,
     allocation: Allocation,
+    checkpoint: CheckpointPolicy,
+    restore: Option<Vec<u8>>,
+}
+
+async fn create_actor(
+    state: &Arc<WorkerState>,
+    start: ActorStart,
 ) -> Result<ActorEndpoints, RemoteError> {
+    let ActorStart {
+        actor,
+        incarnation,
+        type_name,
+        args,
+        allocation,
+        checkpoint,
+        restore,
+    } = start;
     let exec = state
         .pool
-        .for_actor(actor, &allocation.cuda_visible_devices())
+        .for_actor(actor, incarnation, &allocation.cuda_visible_devices())
         .await
         .map_err(|e| {
             RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}"))
@@ -417,7 +524,12 @@ async fn create_actor(
             allocation,
             token: state.token.clone(),
             listen: state.listen.to_string(),
-            socket: state.pool.socket_path(&format!("{actor}")),
+            socket: state.pool.socket_path(&format!("{actor}-{incarnation}")),
+            incarnation,
+            checkpoint,
+            restore,
+            head: state.head.to_string(),
+            head_fingerprint: state.fingerprint,
         })
         .await
         .and_then(|bytes| {
@@ -427,7 +539,7 @@ async fn create_actor(
     let endpoint = match created {
         Ok(endpoint) => endpoint,
         Err(e) => {
-            if let Some(exec) = state.pool.remove_actor(actor) {
+            if state.pool.remove_actor_if(actor, &exec) {
                 exec.kill().await;
             }
             return Err(e);
@@ -437,14 +549,28 @@ async fn create_actor(
     let watcher = state.clone();
     tokio::spawn(async move {
         let reason = exec.exited().await;
-        if watcher.pool.remove_actor(actor).is_some() {
-            tracing::warn!(%actor, "actor's process ended: {reason}");
-            let _ = watcher
-                .events
-                .send(WorkerEvent::ActorExited { actor, reason });
+        if watcher.pool.remove_actor_if(actor, &exec) {
+            tracing::warn!(%actor, incarnation, "actor's process ended: {reason}");
+            let _ = watcher.events.send(WorkerEvent::ActorExited {
+                actor,
+                incarnation,
+                reason,
+            });
         }
     });
     Ok(endpoint)
+}
+
+/// Seals an actor for a move: its final checkpoint's sequence number, if its type can make one.
+async fn seal_actor(state: &WorkerState, actor: ActorId) -> Result<Option<u64>, RemoteError> {
+    let Some((_, exec)) = state.pool.actor(actor) else {
+        return Err(RemoteError::new(
+            ErrorKind::Unknown,
+            format!("no actor {actor} on this worker"),
+        ));
+    };
+    let bytes = exec.request(|id| ExecRequest::Seal { id }).await?;
+    decode::<Option<u64>>(&bytes).map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
 }
 
 /// Removes the socket directories of workers that are gone (killed workers cannot remove

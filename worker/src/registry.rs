@@ -34,6 +34,11 @@ pub struct TaskEntry {
 pub trait ActorInstance: Send {
     /// Runs one method with archived arguments and returns the archived result.
     fn call(&mut self, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError>;
+
+    /// The archived state for a checkpoint; `None` when the type cannot checkpoint.
+    fn save(&self) -> Option<Result<Vec<u8>, CallError>> {
+        None
+    }
 }
 
 /// Builds an actor from its archived constructor arguments.
@@ -45,6 +50,9 @@ pub struct ActorEntry {
     pub name: &'static str,
     /// Decodes the constructor's arguments and builds the actor.
     pub construct: Constructor,
+    /// Rebuilds the actor from the archived state of a checkpoint; `None` when the type
+    /// cannot checkpoint.
+    pub restore: Option<Constructor>,
 }
 
 impl fmt::Debug for TaskEntry {

@@ -3,6 +3,10 @@
 //!
 //! Resource needs are declared in the attribute: `gpus = 0.5`, `gpu_memory = "8GiB"`,
 //! `accelerator = "H100"`, `cpus = 2`, `resources(tpu = 1)`, `priority = 5`, `strategy = "spread"`.
+//! Tasks also take `max_retries = 3` and `retry_user_errors = true`; actors take
+//! `max_restarts = -1`, `max_task_retries = 1`, and `checkpoint` or a checkpoint policy
+//! (`checkpoint_every = 1` call, `checkpoint_interval_ms = 5000`) when the type implements
+//! `ember::Checkpoint`.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -86,13 +90,20 @@ fn expand(
 /// Resource needs and actor settings read from the attribute.
 struct Options {
     builder: Vec<TokenStream2>,
+    /// The actor type implements `ember::Checkpoint`.
+    checkpoint: bool,
 }
 
 impl Options {
     fn parse(metas: Punctuated<Meta, Token![,]>) -> syn::Result<Self> {
         let mut builder = Vec::new();
+        let mut checkpoint = false;
         for meta in metas {
             match &meta {
+                Meta::Path(p) if p.is_ident("checkpoint") => {
+                    checkpoint = true;
+                    builder.push(quote!(.checkpoint()));
+                }
                 Meta::NameValue(nv) => {
                     let key = nv
                         .path
@@ -106,6 +117,18 @@ impl Options {
                         "gpu_memory" => quote!(.gpu_memory(#value)),
                         "accelerator" => quote!(.accelerator(#value)),
                         "priority" => quote!(.priority(#value)),
+                        "max_retries" => quote!(.max_retries(#value)),
+                        "retry_user_errors" => quote!(.retry_user_errors(#value)),
+                        "max_restarts" => quote!(.max_restarts(#value)),
+                        "max_task_retries" => quote!(.max_task_retries(#value)),
+                        "checkpoint_every" => {
+                            checkpoint = true;
+                            quote!(.checkpoint_every(#value))
+                        }
+                        "checkpoint_interval_ms" => {
+                            checkpoint = true;
+                            quote!(.checkpoint_interval(::std::time::Duration::from_millis(#value)))
+                        }
                         "strategy" => {
                             let s = lit_str(value)?;
                             match s.as_str() {
@@ -124,7 +147,9 @@ impl Options {
                                 nv.path.span(),
                                 format!(
                                     "unknown setting `{key}`: use gpus, gpu_memory, accelerator, \
-                                     cpus, resources(..), priority or strategy"
+                                     cpus, resources(..), priority, strategy, max_retries, \
+                                     retry_user_errors, max_restarts, max_task_retries, \
+                                     checkpoint, checkpoint_every or checkpoint_interval_ms"
                                 ),
                             ))
                         }
@@ -158,7 +183,10 @@ impl Options {
                 }
             }
         }
-        Ok(Options { builder })
+        Ok(Options {
+            builder,
+            checkpoint,
+        })
     }
 
     fn tokens(&self) -> TokenStream2 {
@@ -241,6 +269,12 @@ fn expand_task(opts: Options, item: TokenStream2) -> syn::Result<TokenStream2> {
         return Err(syn::Error::new(
             f.sig.span(),
             "#[ember::task] goes on a plain, non-generic, non-async fn",
+        ));
+    }
+    if opts.checkpoint {
+        return Err(syn::Error::new(
+            f.sig.span(),
+            "checkpoints are for actors: a task has no state to save",
         ));
     }
     let name = &f.sig.ident;
@@ -349,6 +383,42 @@ fn expand_actor(opts: Options, item: TokenStream2) -> syn::Result<TokenStream2> 
         ));
     };
     let handle_doc = format!("A handle to a remote [`{type_name}`] actor.");
+    let (save, restore) = if opts.checkpoint {
+        (
+            quote! {
+                fn save(
+                    &self,
+                ) -> ::std::option::Option<
+                    ::std::result::Result<::std::vec::Vec<u8>, ::ember::__private::CallError>,
+                > {
+                    let state = <#ty as ::ember::__private::Checkpoint>::save(&self.0);
+                    Some(::ember::__private::encode_result(&state))
+                }
+            },
+            quote!(Some(__restore)),
+        )
+    } else {
+        (quote!(), quote!(None))
+    };
+    let restore_fn = if opts.checkpoint {
+        quote! {
+            fn __restore(
+                __state: &[u8],
+            ) -> ::std::result::Result<
+                ::std::boxed::Box<dyn ::ember::__private::ActorInstance>,
+                ::ember::__private::CallError,
+            > {
+                let state = ::ember::__private::decode_args::<
+                    <#ty as ::ember::__private::Checkpoint>::State,
+                >(__state)?;
+                Ok(::std::boxed::Box::new(__Instance(
+                    <#ty as ::ember::__private::Checkpoint>::restore(state),
+                )))
+            }
+        }
+    } else {
+        quote!()
+    };
     Ok(quote! {
         #block
 
@@ -402,7 +472,11 @@ fn expand_actor(opts: Options, item: TokenStream2) -> syn::Result<TokenStream2> 
                         other => Err(::ember::__private::CallError::UnknownMethod(other.to_string())),
                     }
                 }
+
+                #save
             }
+
+            #restore_fn
 
             fn __construct(
                 __args: &[u8],
@@ -418,6 +492,7 @@ fn expand_actor(opts: Options, item: TokenStream2) -> syn::Result<TokenStream2> 
                 ::ember::__private::ActorEntry {
                     name: concat!(module_path!(), "::", #type_name),
                     construct: __construct,
+                    restore: #restore,
                 }
             }
         };

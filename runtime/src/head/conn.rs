@@ -3,18 +3,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
-use crate::placement::Lease;
+use crate::ids::{ActorId, NodeId};
 use crate::proto::{
-    read_frame, write_frame, ActorLocation, ActorSpec, ClientReply, ClientRequest, ErrorKind,
-    FrameError, Hello, JobEvent, JobSpec, RemoteError, TaskSpec, Welcome, WorkerCommand,
-    WorkerEvent, WorkerReply, MAX_FRAME,
+    read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, FrameError, Hello, RemoteError,
+    Welcome, WorkerEvent, MAX_FRAME,
 };
 use crate::security::token_matches;
 
-use super::registry::{ActorEntry, Head, Work, WorkEntry};
+use super::recovery::{self, actor_lost, node_lost};
+use super::registry::Head;
 use super::status;
-use crate::resources::{actor_label, task_label};
+use super::work::{create_actor, kill_actor, run_job, run_task};
 
 /// The largest hello accepted: a worker's list of types fits easily.
 const MAX_HELLO: usize = 1 << 20;
@@ -64,7 +63,7 @@ pub(crate) async fn serve(head: Arc<Head>, incoming: quinn::Incoming) {
             let name = hello.name.clone();
             head.add_node(node, conn.clone(), hello);
             if write_frame(&mut send, &welcome).await.is_err() {
-                head.remove_node(node);
+                node_lost(&head, node, "left during its welcome");
                 return;
             }
             let _ = send.finish();
@@ -128,15 +127,16 @@ async fn serve_worker(head: Arc<Head>, conn: quinn::Connection, node: NodeId) {
     events.abort();
     watchdog.abort();
     let leaving = head.nodes.get(&node).is_some_and(|n| n.leaving);
-    let lost = head.remove_node(node);
     if leaving {
+        node_lost(&head, node, "left");
         tracing::info!(%node, "worker left");
     } else {
-        tracing::warn!(%node, lost = lost.len(), "worker died: {reason}");
+        let lost = node_lost(&head, node, "died");
+        tracing::warn!(%node, lost, "worker died: {reason}");
     }
 }
 
-fn on_worker_event(head: &Head, node: NodeId, ev: WorkerEvent) {
+fn on_worker_event(head: &Arc<Head>, node: NodeId, ev: WorkerEvent) {
     match ev {
         WorkerEvent::Heartbeat { gpus } => {
             if let Some(mut n) = head.nodes.get_mut(&node) {
@@ -144,17 +144,19 @@ fn on_worker_event(head: &Head, node: NodeId, ev: WorkerEvent) {
                 n.gpu_stats = gpus;
             }
         }
-        WorkerEvent::ActorExited { actor, reason } => {
-            if let Some((_, a)) = head.actors.remove(&actor) {
-                tracing::warn!(%actor, %node, "actor exited: {reason}");
-                head.release(a.lease);
-            }
+        WorkerEvent::ActorExited {
+            actor,
+            incarnation,
+            reason,
+        } => {
+            tracing::warn!(%actor, %node, incarnation, "actor's process ended: {reason}");
+            actor_lost(head, actor, incarnation, &reason);
         }
-        WorkerEvent::Leaving => {
-            if let Some(mut n) = head.nodes.get_mut(&node) {
-                n.leaving = true;
-            }
-            head.with_scheduler(|s| s.set_schedulable(node, false));
+        WorkerEvent::Leaving { grace_ms } => {
+            let head = head.clone();
+            tokio::spawn(async move {
+                recovery::drain(&head, node, Duration::from_millis(grace_ms)).await;
+            });
         }
     }
 }
@@ -199,6 +201,19 @@ async fn serve_request(
     // it runs to the end so that its resources are released only when the worker is done.
     let reply = match request {
         ClientRequest::SubmitTask(spec) => run_task(&head, spec, &conn).await,
+        ClientRequest::LocateActor {
+            actor,
+            known,
+            suspect,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            recovery::locate(&head, actor, known, suspect, timeout).await
+        }
+        ClientRequest::SaveCheckpoint(save) => recovery::save_checkpoint(&head, save).await,
+        ClientRequest::DrainNode { node, grace_ms } => {
+            recovery::drain(&head, node, Duration::from_millis(grace_ms)).await
+        }
         ClientRequest::CreateActor(spec) => create_actor(&head, spec, &conn).await,
         ClientRequest::KillActor { actor } => {
             if kill_actor(&head, actor).await {
@@ -233,264 +248,4 @@ async fn serve_request(
     };
     let _ = write_frame(&mut send, &reply).await;
     let _ = send.finish();
-}
-
-/// Holds a lease until dropped, so that capacity returns however a request ends.
-struct LeaseGuard<'a> {
-    head: &'a Head,
-    lease: LeaseId,
-    keep: bool,
-}
-
-impl Drop for LeaseGuard<'_> {
-    fn drop(&mut self) {
-        if !self.keep {
-            self.head.abandon(self.lease);
-        }
-    }
-}
-
-/// Waits for a lease for `work`, or gives up if `client` goes away first; the guard releases
-/// the lease however the request ends.
-async fn acquire<'a>(
-    head: &'a Head,
-    work: Work,
-    placement: &crate::proto::Placement,
-    label: Option<String>,
-    client: &quinn::Connection,
-) -> Result<(LeaseGuard<'a>, Lease), RemoteError> {
-    let lease = LeaseId(head.next_id());
-    head.work.insert(
-        lease,
-        WorkEntry {
-            work,
-            placement: placement.clone(),
-            running: None,
-        },
-    );
-    let guard = LeaseGuard {
-        head,
-        lease,
-        keep: false,
-    };
-    let granted = tokio::select! {
-        granted = head.acquire(lease, placement, label) => granted?,
-        _ = client.closed() => {
-            return Err(RemoteError::new(ErrorKind::Internal, "the client went away"));
-        }
-    };
-    if let Some(mut w) = head.work.get_mut(&lease) {
-        w.running = Some((granted.node, granted.allocation.clone()));
-    }
-    Ok((guard, granted))
-}
-
-async fn run_task(head: &Head, spec: TaskSpec, client: &quinn::Connection) -> ClientReply {
-    let task = TaskId(head.next_id());
-    let work = Work::Task {
-        id: task,
-        name: spec.name.clone(),
-    };
-    let (_guard, lease) = match acquire(
-        head,
-        work,
-        &spec.placement,
-        Some(task_label(&spec.name)),
-        client,
-    )
-    .await
-    {
-        Ok(l) => l,
-        Err(e) => return ClientReply::Error(e),
-    };
-    let cmd = WorkerCommand::RunTask {
-        task,
-        name: spec.name,
-        args: spec.args,
-        allocation: lease.allocation,
-    };
-    match call_worker(head, lease.node, &cmd).await {
-        Ok(WorkerReply::TaskDone(bytes)) => ClientReply::TaskDone(bytes),
-        Ok(WorkerReply::Error(e)) => ClientReply::Error(e),
-        Ok(other) => ClientReply::Error(unexpected(&other)),
-        Err(e) => ClientReply::Error(e),
-    }
-}
-
-async fn create_actor(head: &Head, spec: ActorSpec, client: &quinn::Connection) -> ClientReply {
-    let owner = client.stable_id();
-    let actor = ActorId(head.next_id());
-    let work = Work::Actor {
-        id: actor,
-        type_name: spec.type_name.clone(),
-    };
-    let label = Some(actor_label(&spec.type_name));
-    let (mut guard, lease) = match acquire(head, work, &spec.placement, label, client).await {
-        Ok(l) => l,
-        Err(e) => return ClientReply::Error(e),
-    };
-    let cmd = WorkerCommand::CreateActor {
-        actor,
-        type_name: spec.type_name,
-        args: spec.args,
-        allocation: lease.allocation.clone(),
-    };
-    match call_worker(head, lease.node, &cmd).await {
-        Ok(WorkerReply::ActorReady(endpoints)) => {
-            guard.keep = true;
-            head.actors.insert(
-                actor,
-                ActorEntry {
-                    lease: lease.id,
-                    node: lease.node,
-                    owner,
-                },
-            );
-            tracing::info!(%actor, node = %lease.node, "actor created");
-            if client.close_reason().is_some() {
-                // Its owner left while it was being built: it dies with its owner.
-                kill_actor(head, actor).await;
-            }
-            ClientReply::ActorCreated(ActorLocation {
-                actor,
-                node: lease.node,
-                endpoints,
-                allocation: lease.allocation,
-            })
-        }
-        Ok(WorkerReply::Error(e)) => ClientReply::Error(e),
-        Ok(other) => ClientReply::Error(unexpected(&other)),
-        Err(e) => ClientReply::Error(e),
-    }
-}
-
-/// Stops an actor and frees its resources. False if no such actor is alive.
-async fn kill_actor(head: &Head, actor: ActorId) -> bool {
-    let Some((_, entry)) = head.actors.remove(&actor) else {
-        return false;
-    };
-    let _ = call_worker(head, entry.node, &WorkerCommand::KillActor { actor }).await;
-    head.release(entry.lease);
-    tracing::info!(%actor, "actor stopped");
-    true
-}
-
-async fn run_job(
-    head: &Head,
-    spec: JobSpec,
-    client: &quinn::Connection,
-    out: &mut quinn::SendStream,
-) {
-    let job = JobId(head.next_id());
-    let work = Work::Job {
-        id: job,
-        command: spec.command.join(" "),
-    };
-    let (_guard, lease) = match acquire(head, work, &spec.placement, None, client).await {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = write_frame(out, &ClientReply::Error(e)).await;
-            return;
-        }
-    };
-    let Some(conn) = head.node_conn(lease.node) else {
-        let _ = write_frame(out, &ClientReply::Error(died(lease.node))).await;
-        return;
-    };
-    let cmd = WorkerCommand::RunJob {
-        job,
-        command: spec.command,
-        env: spec.env,
-        allocation: lease.allocation,
-    };
-    let relay = async {
-        // The command's stream stays open: resetting it cancels the job.
-        let (mut wsend, mut wrecv) = conn.open_bi().await.map_err(|_| died(lease.node))?;
-        write_frame(&mut wsend, &cmd)
-            .await
-            .map_err(|_| died(lease.node))?;
-        // Frames are read by a task of their own, so that waiting for them can be interrupted
-        // without losing half a frame.
-        let (frames_tx, mut frames) = tokio::sync::mpsc::channel(16);
-        let reader = tokio::spawn(async move {
-            loop {
-                let frame = read_frame::<_, WorkerReply>(&mut wrecv, MAX_FRAME).await;
-                let end = !matches!(frame, Ok(Some(_)));
-                if frames_tx.send(frame).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        let _reader = AbortOnDrop(reader);
-        let mut client_here = true;
-        loop {
-            let frame = tokio::select! {
-                frame = frames.recv() => frame,
-                _ = client.closed(), if client_here => {
-                    // The client left: cancel the job, and keep its resources until the
-                    // worker reports it gone.
-                    client_here = false;
-                    let _ = wsend.reset(0u32.into());
-                    continue;
-                }
-            };
-            match frame {
-                Some(Ok(Some(WorkerReply::Job(ev)))) => {
-                    let exited = matches!(ev, JobEvent::Exited(_));
-                    if client_here && write_frame(out, &ClientReply::Job(ev)).await.is_err() {
-                        client_here = false;
-                        let _ = wsend.reset(0u32.into());
-                    }
-                    if exited {
-                        return Ok(());
-                    }
-                }
-                Some(Ok(Some(WorkerReply::Error(e)))) => return Err(e),
-                Some(Ok(Some(other))) => return Err(unexpected(&other)),
-                Some(Ok(None)) | Some(Err(_)) | None => return Err(died(lease.node)),
-            }
-        }
-    };
-    if let Err(e) = relay.await {
-        let _ = write_frame(out, &ClientReply::Error(e)).await;
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Sends one command to a worker and reads its one reply.
-async fn call_worker(
-    head: &Head,
-    node: NodeId,
-    cmd: &WorkerCommand,
-) -> Result<WorkerReply, RemoteError> {
-    let conn = head.node_conn(node).ok_or_else(|| died(node))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|_| died(node))?;
-    write_frame(&mut send, cmd).await.map_err(|_| died(node))?;
-    let _ = send.finish();
-    match read_frame::<_, WorkerReply>(&mut recv, MAX_FRAME).await {
-        Ok(Some(reply)) => Ok(reply),
-        _ => Err(died(node)),
-    }
-}
-
-fn died(node: NodeId) -> RemoteError {
-    RemoteError::new(
-        ErrorKind::WorkerDied,
-        format!("worker {node} died or left before answering"),
-    )
-}
-
-fn unexpected(reply: &WorkerReply) -> RemoteError {
-    RemoteError::new(
-        ErrorKind::Internal,
-        format!("worker sent an unexpected reply: {reply:?}"),
-    )
 }

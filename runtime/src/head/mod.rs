@@ -4,9 +4,13 @@
 //! Everything here is the thin async shell: state transitions of placement live in
 //! [`crate::placement`], bookkeeping of what runs where in [`registry`].
 
+mod actor_life;
+mod checkpoints;
 mod conn;
+mod recovery;
 mod registry;
 mod status;
+mod work;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::security::{server_config, ClusterFile, ClusterSecrets, SecurityError};
 
-pub use status::ClusterStatus;
+pub use status::{ActorLifeStatus, ClusterStatus, NodeStatus, WorkStatus};
 
 /// How a head is started.
 #[derive(Debug, Clone)]
@@ -28,15 +32,19 @@ pub struct HeadConfig {
     pub state_dir: PathBuf,
     /// A worker silent for this long is declared dead.
     pub heartbeat_timeout: Duration,
+    /// How many checkpoints of each actor are kept (the newest ones).
+    pub keep_checkpoints: usize,
 }
 
 impl HeadConfig {
-    /// The defaults: `127.0.0.1:7700`, the default state directory, 2 s heartbeat timeout.
+    /// The defaults: `127.0.0.1:7700`, the default state directory, 2 s heartbeat timeout,
+    /// three checkpoints kept per actor.
     pub fn new(state_dir: PathBuf) -> Self {
         HeadConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             state_dir,
             heartbeat_timeout: Duration::from_secs(2),
+            keep_checkpoints: 3,
         }
     }
 }
@@ -47,6 +55,14 @@ pub enum HeadError {
     /// The state directory, certificate or cluster file could not be made or read.
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// The checkpoint directory could not be made.
+    #[error("cannot prepare the checkpoint directory {path}: {source}")]
+    Checkpoints {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The address could not be bound (in use, not local).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -100,7 +116,18 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
     cluster.write(&config.state_dir)?;
     tracing::info!(%addr, state_dir = %config.state_dir.display(), "head listening");
 
-    let head = Arc::new(registry::Head::new(secrets.token, config.heartbeat_timeout));
+    let checkpoint_dir = config.state_dir.join("checkpoints");
+    let checkpoints =
+        checkpoints::CheckpointStore::open(checkpoint_dir.clone(), config.keep_checkpoints)
+            .map_err(|source| HeadError::Checkpoints {
+                path: checkpoint_dir,
+                source,
+            })?;
+    let head = Arc::new(registry::Head::new(
+        secrets.token,
+        config.heartbeat_timeout,
+        checkpoints,
+    ));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         loop {

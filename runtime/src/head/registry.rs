@@ -2,7 +2,7 @@
 //! requests waiting for capacity. Placement decisions come from the pure scheduler.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -10,8 +10,11 @@ use tokio::sync::{oneshot, watch};
 
 use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
 use crate::placement::{Decision, Lease, PlacementError, PlacementRequest, Scheduler};
-use crate::proto::{ErrorKind, Placement, RemoteError, WorkerHello};
+use crate::proto::{ActorSpec, ErrorKind, Placement, RemoteError, WorkerHello};
 use crate::resources::{actor_label, task_label, Allocation, GpuStat};
+
+use super::actor_life::{ActorLife, Phase};
+use super::checkpoints::CheckpointStore;
 
 /// A worker that has joined.
 pub(crate) struct NodeEntry {
@@ -38,18 +41,37 @@ pub(crate) struct WorkEntry {
     pub(crate) running: Option<(NodeId, Allocation)>,
 }
 
-/// A live actor, for routing kills and status.
-#[derive(Debug, Clone)]
+/// An actor, from its creation until it is stopped: its spec (to start it again), its life
+/// (alive, restarting or dead), and the lease of its live incarnation.
 pub(crate) struct ActorEntry {
-    pub(crate) lease: LeaseId,
-    pub(crate) node: NodeId,
+    pub(crate) spec: ActorSpec,
+    /// The client connection that created it (its `stable_id`): the actor dies with it.
     pub(crate) owner: usize,
+    pub(crate) owner_conn: quinn::Connection,
+    /// The lease of the live incarnation; `None` while it restarts or once it is dead.
+    pub(crate) lease: Option<LeaseId>,
+    pub(crate) life: ActorLife,
+    /// The newest recorded checkpoint: its sequence number and when it was recorded.
+    pub(crate) last_checkpoint: Option<(u64, Instant)>,
+    /// The phase as callers waiting for a restart see it.
+    pub(crate) phase: watch::Sender<Phase>,
+    /// Orders checkpoint writes against restores: a restore reads what every accepted save
+    /// wrote, and a save checked against an incarnation is written before a restart reads.
+    pub(crate) checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ActorEntry {
+    /// The node its live incarnation runs on.
+    pub(crate) fn node(&self) -> Option<NodeId> {
+        self.life.location().map(|l| l.node)
+    }
 }
 
 /// The head's shared state.
 pub(crate) struct Head {
     pub(crate) token: String,
     pub(crate) heartbeat_timeout: Duration,
+    pub(crate) checkpoints: CheckpointStore,
     sched: Mutex<Scheduler>,
     pub(crate) nodes: DashMap<NodeId, NodeEntry>,
     pub(crate) work: DashMap<LeaseId, WorkEntry>,
@@ -60,10 +82,15 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    pub(crate) fn new(token: String, heartbeat_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        token: String,
+        heartbeat_timeout: Duration,
+        checkpoints: CheckpointStore,
+    ) -> Self {
         Head {
             token,
             heartbeat_timeout,
+            checkpoints,
             sched: Mutex::new(Scheduler::new()),
             nodes: DashMap::new(),
             work: DashMap::new(),
@@ -109,17 +136,44 @@ impl Head {
         self.place_waiting();
     }
 
-    /// Forgets a node that left or died; what ran there is lost with it.
-    pub(crate) fn remove_node(&self, id: NodeId) -> Vec<LeaseId> {
+    /// Forgets a node that left or died; what ran there is lost with it. Returns the leases
+    /// lost and the actors (with their incarnations) that ran there.
+    pub(crate) fn remove_node(&self, id: NodeId) -> (Vec<LeaseId>, Vec<(ActorId, u32)>) {
         let lost = self.with_scheduler(|s| s.remove_node(id));
         self.nodes.remove(&id);
         self.node_count.send_replace(self.nodes.len() as u32);
         let lost: Vec<LeaseId> = lost.into_iter().map(|l| l.id).collect();
-        self.actors.retain(|_, a| a.node != id);
         for lease in &lost {
             self.work.remove(lease);
         }
-        lost
+        let actors = self
+            .actors
+            .iter()
+            .filter(|a| a.node() == Some(id))
+            .map(|a| (*a.key(), a.life.incarnation()))
+            .collect();
+        (lost, actors)
+    }
+
+    /// True while a task or job holds a lease on `node`.
+    pub(crate) fn running_on(&self, node: NodeId) -> bool {
+        self.work.iter().any(|w| {
+            !matches!(w.work, Work::Actor { .. })
+                && w.running.as_ref().is_some_and(|(n, _)| *n == node)
+        })
+    }
+
+    /// Tells callers waiting on an actor about its current phase.
+    pub(crate) fn publish(&self, actor: ActorId) {
+        if let Some(a) = self.actors.get(&actor) {
+            a.phase.send_replace(a.life.phase().clone());
+        }
+    }
+
+    /// How long a worker suspected by a caller has to answer a probe before it is declared
+    /// dead: a quarter of the heartbeat window, at least 200 ms.
+    pub(crate) fn probe_timeout(&self) -> Duration {
+        (self.heartbeat_timeout / 4).max(Duration::from_millis(200))
     }
 
     /// Asks for capacity and waits for it. Fails at once if no node could ever satisfy it.

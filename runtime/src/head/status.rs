@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::placement::NodeUsage;
 use crate::resources::{GpuGrant, GpuStat};
 
+use super::actor_life::Phase;
 use super::registry::{Head, Work};
 
 /// The whole cluster at one moment: the JSON object of `ember status --json`.
@@ -12,7 +13,7 @@ use super::registry::{Head, Work};
 pub struct ClusterStatus {
     /// Every joined node with its capacity and what is free.
     pub nodes: Vec<NodeStatus>,
-    /// Every live actor.
+    /// Every actor: alive, restarting, or dead with its reason.
     pub actors: Vec<WorkStatus>,
     /// Every running task and job.
     pub tasks: Vec<WorkStatus>,
@@ -56,6 +57,26 @@ pub struct WorkStatus {
     pub gpus: Vec<GpuGrant>,
     /// Its priority while waiting.
     pub priority: i32,
+    /// For an actor: its life and checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ActorLifeStatus>,
+}
+
+/// Where an actor is in its life.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorLifeStatus {
+    /// `alive`, `restarting` or `dead`.
+    pub state: String,
+    /// Which life this is: 1 when created, one more at each restart or move.
+    pub incarnation: u32,
+    /// How many times it was restarted after losing its process.
+    pub restarts: u32,
+    /// The sequence number of its newest recorded checkpoint.
+    pub checkpoint_seq: Option<u64>,
+    /// Milliseconds since that checkpoint was recorded.
+    pub checkpoint_age_ms: Option<u64>,
+    /// Why it is dead.
+    pub reason: Option<String>,
 }
 
 impl ClusterStatus {
@@ -103,18 +124,47 @@ pub(crate) fn collect(head: &Head) -> ClusterStatus {
                 .map(|(_, a)| a.gpus.clone())
                 .unwrap_or_default(),
             priority: w.placement.priority,
+            actor: None,
         };
-        if w.running.is_some() {
-            running.push((*w.key(), kind == "actor", entry));
+        if w.running.is_some() && kind != "actor" {
+            running.push((*w.key(), entry));
         }
     }
-    running.sort_by_key(|(lease, _, _)| *lease);
-    for (_, is_actor, entry) in running {
-        if is_actor {
-            status.actors.push(entry);
-        } else {
-            status.tasks.push(entry);
-        }
+    running.sort_by_key(|(lease, _)| *lease);
+    status.tasks = running.into_iter().map(|(_, e)| e).collect();
+    let mut actors: Vec<_> = head.actors.iter().map(|a| *a.key()).collect();
+    actors.sort();
+    for id in actors {
+        let Some(a) = head.actors.get(&id) else {
+            continue;
+        };
+        let (state, reason) = match a.life.phase() {
+            Phase::Alive(_) => ("alive", None),
+            Phase::Restarting => ("restarting", None),
+            Phase::Dead(why) => ("dead", Some(why.clone())),
+        };
+        let location = a.life.location();
+        status.actors.push(WorkStatus {
+            id: id.to_string(),
+            kind: "actor".to_string(),
+            name: a.spec.type_name.clone(),
+            demand: a.spec.placement.demand.to_string(),
+            node: location.map(|l| l.node.to_string()),
+            gpus: location
+                .map(|l| l.allocation.gpus.clone())
+                .unwrap_or_default(),
+            priority: a.spec.placement.priority,
+            actor: Some(ActorLifeStatus {
+                state: state.to_string(),
+                incarnation: a.life.incarnation(),
+                restarts: a.life.restarts(),
+                checkpoint_seq: a.last_checkpoint.map(|(seq, _)| seq),
+                checkpoint_age_ms: a
+                    .last_checkpoint
+                    .map(|(_, at)| at.elapsed().as_millis() as u64),
+                reason,
+            }),
+        });
     }
     for lease in queued {
         if let Some(w) = head.work.get(&lease) {
@@ -127,6 +177,7 @@ pub(crate) fn collect(head: &Head) -> ClusterStatus {
                 node: None,
                 gpus: Vec::new(),
                 priority: w.placement.priority,
+                actor: None,
             });
         }
     }

@@ -8,6 +8,8 @@ use crate::placement::{NodeAffinity, Strategy};
 use crate::resources::{Allocation, GpuStat, NodeResources, ResourceDemand};
 use crate::security::Fingerprint;
 
+use super::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry};
+
 /// The first message on a connection, on its first stream: who is connecting, with the token.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub enum Hello {
@@ -74,6 +76,8 @@ pub struct TaskSpec {
     pub args: Vec<u8>,
     /// Its needs.
     pub placement: Placement,
+    /// How it is retried when it fails.
+    pub retry: TaskRetry,
 }
 
 /// An actor to create.
@@ -85,6 +89,10 @@ pub struct ActorSpec {
     pub args: Vec<u8>,
     /// Its needs, held for the actor's life.
     pub placement: Placement,
+    /// Whether and how often it comes back when its process dies.
+    pub restart: RestartPolicy,
+    /// When it saves its state.
+    pub checkpoint: CheckpointPolicy,
 }
 
 /// A command to run as a batch job.
@@ -114,6 +122,32 @@ pub enum ClientRequest {
     SubmitJob(JobSpec),
     /// The cluster's state as JSON.
     Status,
+    /// Where an actor takes calls now: answered with [`ClientReply::ActorLocated`] once an
+    /// incarnation newer than `known` is up (at once if one is), or with an error if the actor
+    /// is dead or `timeout_ms` passes while it restarts.
+    LocateActor {
+        /// Which.
+        actor: ActorId,
+        /// The incarnation the caller last reached (0 for none).
+        known: u32,
+        /// The caller lost its connection to incarnation `known`: the head checks that
+        /// incarnation's worker at once rather than waiting for missed heartbeats.
+        suspect: bool,
+        /// How long to wait for a restart, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// Record a checkpoint (sent by the process hosting the actor); answered with
+    /// [`ClientReply::CheckpointSaved`] once it is durable.
+    SaveCheckpoint(CheckpointSave),
+    /// Stop placing work on a node, move its actors elsewhere from fresh checkpoints, and let
+    /// it leave once its tasks end (or the grace period does); answered with
+    /// [`ClientReply::Drained`].
+    DrainNode {
+        /// Which.
+        node: NodeId,
+        /// How long its running tasks may take to finish, in milliseconds.
+        grace_ms: u64,
+    },
     /// Answered once at least `count` workers have joined, or with an error after the timeout.
     WaitForNodes {
         /// How many workers.
@@ -132,6 +166,18 @@ pub enum ClientReply {
     ActorCreated(ActorLocation),
     /// The actor is gone and its resources are free.
     ActorKilled,
+    /// Where an actor takes calls now.
+    ActorLocated(ActorLocation),
+    /// The checkpoint is recorded durably.
+    CheckpointSaved {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// The node drained: how many actors moved off it.
+    Drained {
+        /// Actors moved to other nodes.
+        moved: u32,
+    },
     /// One event of a job.
     Job(JobEvent),
     /// The cluster's state, as the JSON object `ember status --json` prints.
@@ -164,12 +210,16 @@ pub struct ActorEndpoints {
 pub struct ActorLocation {
     /// The actor.
     pub actor: ActorId,
+    /// Which life of the actor this is: 1 when created, one more at each restart or move.
+    pub incarnation: u32,
     /// Its node.
     pub node: NodeId,
     /// Where it takes calls.
     pub endpoints: ActorEndpoints,
     /// What it was given.
     pub allocation: Allocation,
+    /// Its restart policy, which tells callers whether to retry a call lost with its process.
+    pub restart: RestartPolicy,
 }
 
 /// One event in a job's life.
@@ -203,6 +253,9 @@ pub enum ErrorKind {
     User,
     /// The worker running it died or left.
     WorkerDied,
+    /// The actor moved (a drain, or a newer incarnation took over) and did not run the call:
+    /// ask the head where it is and send the call there.
+    Moved,
     /// The request was malformed or not allowed.
     BadRequest,
     /// The token was wrong.
@@ -257,9 +310,29 @@ pub enum WorkerCommand {
         args: Vec<u8>,
         /// What it was given.
         allocation: Allocation,
+        /// Which life of the actor this is.
+        incarnation: u32,
+        /// When it saves its state.
+        checkpoint: CheckpointPolicy,
+        /// The checkpoint image to resume from instead of constructing it anew.
+        restore: Option<Vec<u8>>,
     },
     /// Stop an actor; answered with [`WorkerReply::ActorKilled`].
     KillActor {
+        /// Which.
+        actor: ActorId,
+    },
+    /// Is this incarnation of the actor still running here? Answered with
+    /// [`WorkerReply::Probed`]; the head asks when a caller lost its connection.
+    Probe {
+        /// Which actor.
+        actor: ActorId,
+        /// Which incarnation.
+        incarnation: u32,
+    },
+    /// Stop taking calls, save a final checkpoint, then exit; answered with
+    /// [`WorkerReply::Sealed`]. Calls that arrive later are told the actor moved.
+    SealActor {
         /// Which.
         actor: ActorId,
     },
@@ -285,6 +358,16 @@ pub enum WorkerReply {
     ActorReady(ActorEndpoints),
     /// The actor is stopped.
     ActorKilled,
+    /// Whether the probed incarnation runs here.
+    Probed {
+        /// True when it does.
+        alive: bool,
+    },
+    /// The actor took its final checkpoint and stopped taking calls.
+    Sealed {
+        /// The checkpoint's sequence number, `None` when its type cannot checkpoint.
+        seq: Option<u64>,
+    },
     /// One event of a job.
     Job(JobEvent),
     /// It failed.
@@ -303,11 +386,17 @@ pub enum WorkerEvent {
     ActorExited {
         /// Which.
         actor: ActorId,
+        /// Which incarnation.
+        incarnation: u32,
         /// Why, for the log and the actor's callers.
         reason: String,
     },
-    /// The worker is leaving on purpose (Ctrl-C, SIGTERM).
-    Leaving,
+    /// The worker is leaving on purpose (Ctrl-C, SIGTERM): the head drains it (its actors
+    /// move, its tasks get `grace_ms` to finish) and then closes its connection.
+    Leaving {
+        /// How long its running tasks may take to finish, in milliseconds.
+        grace_ms: u64,
+    },
 }
 
 /// A call from a client straight to the process hosting an actor.
@@ -315,6 +404,12 @@ pub enum WorkerEvent {
 pub struct ActorCall {
     /// The actor.
     pub actor: ActorId,
+    /// Who calls: chosen at random by each handle, so that with `seq` it names the call.
+    pub caller: u64,
+    /// The caller's number for this call. A call sent again after its actor restarted carries
+    /// the same pair, and an actor whose checkpoint already holds its effect answers it from
+    /// the recorded reply instead of running it twice.
+    pub seq: u64,
     /// The method's name.
     pub method: String,
     /// Archived arguments.

@@ -9,7 +9,10 @@ mod frame;
 // here is documented.
 #[allow(missing_docs)]
 mod messages;
+#[allow(missing_docs)]
+mod recovery;
 
 pub use codec::{decode, encode, Wire};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use messages::*;
+pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};

@@ -8,6 +8,7 @@
 //! [`token_matches`]. Nothing joins or submits without both.
 
 mod cluster_file;
+mod connect;
 mod error;
 mod fsutil;
 mod identity;
@@ -17,6 +18,7 @@ mod tls;
 mod tests;
 
 pub use cluster_file::{default_state_dir, ClusterFile, CLUSTER_ENV};
+pub use connect::{connect_client, ConnectError};
 pub use error::SecurityError;
 pub use identity::{token_matches, ClusterSecrets, Fingerprint, Identity};
 pub use tls::{client_config, server_config, ALPN, SERVER_NAME};

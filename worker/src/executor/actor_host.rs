@@ -3,46 +3,81 @@
 //! thread and run inline, with no hand-off; calls from elsewhere arrive on a QUIC endpoint
 //! (served by the process's main thread, so its connections stay alive during long calls) and
 //! are passed to the actor's thread. Both paths check the cluster token first.
+//!
+//! An actor that checkpoints saves its state through the head after every N calls, every T
+//! milliseconds, on demand ([`CHECKPOINT_METHOD`]) and when sealed for a move. A call that
+//! triggers a checkpoint is answered only once the head has recorded it, so with a checkpoint
+//! after every call no acknowledged call is ever lost. Calls run one at a time, each with its
+//! checkpoint.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
+use std::time::Duration;
 
 use ember_runtime::host::host_id;
 use ember_runtime::ids::ActorId;
 use ember_runtime::proto::{
-    read_frame, write_frame, ActorCall, ActorEndpoints, CallReply, ErrorKind, Hello, LocalCall,
-    LocalReply, RemoteError, Welcome, MAX_FRAME,
+    decode, encode, read_frame, write_frame, ActorCall, ActorEndpoints, CallReply,
+    CheckpointPolicy, CheckpointSave, ErrorKind, Hello, LocalCall, LocalReply, RemoteError,
+    Welcome, CHECKPOINT_METHOD, MAX_FRAME,
 };
 use ember_runtime::security::{server_config, token_matches, Identity};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{serve_saves, CheckpointImage, HeadAddress, ReplyLog, SaveJob};
 use super::guarded::{call_error, guarded, panic_message};
 use crate::registry::{self, ActorInstance, CallError};
 
-/// A call from the QUIC endpoint waiting for the actor's thread.
-struct Job {
-    call: ActorCall,
-    reply: oneshot::Sender<CallReply>,
+/// Work passed to the actor's thread from the process's main thread.
+enum Job {
+    /// A call that arrived over QUIC.
+    Call {
+        call: ActorCall,
+        reply: oneshot::Sender<CallReply>,
+    },
+    /// Stop taking calls and save a final checkpoint.
+    Seal {
+        reply: oneshot::Sender<Result<Option<u64>, RemoteError>>,
+    },
 }
-
-type Instance = Rc<RefCell<Box<dyn ActorInstance>>>;
 
 /// What the actor is and where to serve it.
 pub(crate) struct ActorSpec {
     pub(crate) actor: ActorId,
+    pub(crate) incarnation: u32,
     pub(crate) type_name: String,
     pub(crate) args: Vec<u8>,
-    pub(crate) token: String,
+    pub(crate) restore: Option<Vec<u8>>,
+    pub(crate) checkpoint: CheckpointPolicy,
+    pub(crate) head: HeadAddress,
     pub(crate) listen: String,
     pub(crate) socket: String,
 }
 
+/// The running actor, as the executor's main thread holds it.
+pub(crate) struct ActorHandle {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl ActorHandle {
+    /// Seals the actor: it finishes the call it runs, saves a final checkpoint (when its type
+    /// can) and answers every later call with [`ErrorKind::Moved`].
+    pub(crate) async fn seal(&self) -> Result<Option<u64>, RemoteError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || RemoteError::new(ErrorKind::WorkerDied, "the actor's thread is gone");
+        self.jobs
+            .send(Job::Seal { reply: tx })
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
 /// Builds the actor on its own thread and, once it is constructed, opens its endpoints.
-pub(crate) async fn start(spec: ActorSpec) -> Result<ActorEndpoints, RemoteError> {
+pub(crate) async fn start(spec: ActorSpec) -> Result<(ActorEndpoints, ActorHandle), RemoteError> {
     let internal = |e: String| RemoteError::new(ErrorKind::Internal, e);
     let ip: std::net::IpAddr = spec
         .listen
@@ -50,29 +85,17 @@ pub(crate) async fn start(spec: ActorSpec) -> Result<ActorEndpoints, RemoteError
         .map_err(|e| internal(format!("bad listen address {}: {e}", spec.listen)))?;
     let (built_tx, built_rx) = oneshot::channel();
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
-    let ActorSpec {
-        actor,
-        type_name,
-        args,
-        token,
-        socket,
-        ..
-    } = spec;
-    let thread_token = token.clone();
-    let thread_socket = socket.clone();
+    let saves = spec.checkpoint.enabled.then(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(serve_saves(spec.head.clone(), rx));
+        tx
+    });
+    let token = spec.head.token.clone();
+    let socket = spec.socket.clone();
+    let actor = spec.actor;
     std::thread::Builder::new()
         .name(format!("actor-{actor}"))
-        .spawn(move || {
-            run_actor(
-                actor,
-                &type_name,
-                &args,
-                thread_token,
-                &thread_socket,
-                built_tx,
-                jobs_rx,
-            )
-        })
+        .spawn(move || run_actor(spec, saves, built_tx, jobs_rx))
         .map_err(|e| internal(format!("cannot start the actor's thread: {e}")))?;
     built_rx
         .await
@@ -83,31 +106,186 @@ pub(crate) async fn start(spec: ActorSpec) -> Result<ActorEndpoints, RemoteError
     let endpoint = quinn::Endpoint::server(config, SocketAddr::new(ip, 0))
         .map_err(|e| internal(format!("cannot listen on {ip}: {e}")))?;
     let addr = endpoint.local_addr().map_err(|e| internal(e.to_string()))?;
+    let quic_jobs = jobs_tx.clone();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             tokio::spawn(serve_quic_caller(
                 actor,
                 token.clone(),
-                jobs_tx.clone(),
+                quic_jobs.clone(),
                 incoming,
             ));
         }
     });
-    Ok(ActorEndpoints {
+    let endpoints = ActorEndpoints {
         peer_addr: addr.to_string(),
         peer_fingerprint: identity.fingerprint,
         host: host_id().to_string(),
         local_socket: socket,
-    })
+    };
+    Ok((endpoints, ActorHandle { jobs: jobs_tx }))
 }
 
-/// The actor's thread: constructs the instance, reports how that went, then serves it.
-fn run_actor(
+/// The actor and everything about it that its thread keeps.
+struct ActorCore {
     actor: ActorId,
-    type_name: &str,
-    args: &[u8],
-    token: String,
-    socket: &str,
+    incarnation: u32,
+    instance: RefCell<Box<dyn ActorInstance>>,
+    policy: CheckpointPolicy,
+    /// Calls since the last checkpoint.
+    calls_since: Cell<u32>,
+    /// The sequence number of the last checkpoint (restored or saved).
+    seq: Cell<u64>,
+    replies: RefCell<ReplyLog>,
+    /// Set by a seal, or when the head refused a checkpoint because a newer incarnation
+    /// exists: every call is then answered with [`ErrorKind::Moved`].
+    sealed: Cell<bool>,
+    /// One call (with its checkpoint) at a time.
+    turn: tokio::sync::Mutex<()>,
+    saves: Option<mpsc::UnboundedSender<SaveJob>>,
+}
+
+impl ActorCore {
+    /// Runs one call, with the checkpoint it triggers, and answers it.
+    async fn handle(&self, call: ActorCall) -> CallReply {
+        let _turn = self.turn.lock().await;
+        if call.actor != self.actor {
+            return Err(RemoteError::new(
+                ErrorKind::Unknown,
+                format!("this endpoint hosts {}, not {}", self.actor, call.actor),
+            ));
+        }
+        if self.sealed.get() {
+            return Err(self.moved());
+        }
+        if call.method == CHECKPOINT_METHOD {
+            return self
+                .checkpoint()
+                .await
+                .and_then(|seq| encode(&seq).map(|b| b.to_vec()).map_err(internal));
+        }
+        if let Some(reply) = self.replies.borrow().get(call.caller, call.seq) {
+            // Sent again after a restart, and its effect is in the restored state.
+            return reply.clone();
+        }
+        let reply = {
+            let mut instance = self.instance.borrow_mut();
+            guarded(|| instance.call(&call.method, &call.args))
+        };
+        if !self.policy.enabled {
+            return reply;
+        }
+        self.replies
+            .borrow_mut()
+            .record(call.caller, call.seq, reply.clone());
+        self.calls_since.set(self.calls_since.get() + 1);
+        let every = self.policy.every_calls;
+        if every > 0 && self.calls_since.get() >= every {
+            if let Err(e) = self.checkpoint().await {
+                return Err(RemoteError::new(
+                    e.kind,
+                    format!("the call ran but its checkpoint was not recorded: {e}"),
+                ));
+            }
+        }
+        reply
+    }
+
+    /// Saves a checkpoint through the head and waits until it is recorded. The caller holds
+    /// the turn.
+    async fn checkpoint(&self) -> Result<u64, RemoteError> {
+        let Some(saves) = &self.saves else {
+            return Err(RemoteError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{} cannot checkpoint: its type does not implement ember::Checkpoint \
+                     (declare it with #[ember::actor(checkpoint, ..)])",
+                    self.actor
+                ),
+            ));
+        };
+        let state = match self.instance.borrow().save() {
+            Some(Ok(state)) => state,
+            Some(Err(e)) => return Err(call_error(e)),
+            None => return Err(internal("the actor type has no checkpoint support")),
+        };
+        let seq = self.seq.get() + 1;
+        let image = CheckpointImage {
+            seq,
+            state,
+            replies: self.replies.borrow().to_image(),
+        };
+        let image = encode(&image).map_err(internal)?.to_vec();
+        let (tx, rx) = oneshot::channel();
+        let save = CheckpointSave {
+            actor: self.actor,
+            incarnation: self.incarnation,
+            seq,
+            image,
+        };
+        saves
+            .send(SaveJob { save, done: tx })
+            .map_err(|_| internal("the checkpoint link is gone"))?;
+        match rx.await {
+            Ok(Ok(seq)) => {
+                self.seq.set(seq);
+                self.calls_since.set(0);
+                Ok(seq)
+            }
+            Ok(Err(e)) => {
+                if e.kind == ErrorKind::Moved {
+                    // A newer incarnation runs elsewhere: this one must not answer again.
+                    tracing::warn!(actor = %self.actor, "replaced by a newer incarnation: {e}");
+                    self.sealed.set(true);
+                }
+                Err(e)
+            }
+            Err(_) => Err(internal("the checkpoint link is gone")),
+        }
+    }
+
+    /// Stops taking calls, after a final checkpoint when the type can make one.
+    async fn seal(&self) -> Result<Option<u64>, RemoteError> {
+        let _turn = self.turn.lock().await;
+        let seq = if self.saves.is_some() {
+            Some(self.checkpoint().await?)
+        } else {
+            None
+        };
+        self.sealed.set(true);
+        Ok(seq)
+    }
+
+    /// A checkpoint when calls ran since the last one (the timed policy).
+    async fn checkpoint_if_changed(&self) {
+        let _turn = self.turn.lock().await;
+        if self.calls_since.get() > 0 && !self.sealed.get() {
+            if let Err(e) = self.checkpoint().await {
+                tracing::warn!(actor = %self.actor, "timed checkpoint failed: {e}");
+            }
+        }
+    }
+
+    fn moved(&self) -> RemoteError {
+        RemoteError::new(
+            ErrorKind::Moved,
+            format!(
+                "{} incarnation {} no longer takes calls: it moved",
+                self.actor, self.incarnation
+            ),
+        )
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, e.to_string())
+}
+
+/// The actor's thread: constructs (or restores) the instance, reports how that went, then
+/// serves it.
+fn run_actor(
+    spec: ActorSpec,
+    saves: Option<mpsc::UnboundedSender<SaveJob>>,
     built: oneshot::Sender<Result<(), RemoteError>>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
@@ -117,34 +295,68 @@ fn run_actor(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = built.send(Err(RemoteError::new(ErrorKind::Internal, e.to_string())));
+            let _ = built.send(Err(internal(e)));
             return;
         }
     };
-    let instance: Instance = match construct(type_name, args) {
-        Ok(a) => Rc::new(RefCell::new(a)),
+    let (instance, seq, replies) = match construct(&spec) {
+        Ok(c) => c,
         Err(e) => {
             let _ = built.send(Err(e));
             return;
         }
     };
+    let core = Rc::new(ActorCore {
+        actor: spec.actor,
+        incarnation: spec.incarnation,
+        instance: RefCell::new(instance),
+        policy: spec.checkpoint,
+        calls_since: Cell::new(0),
+        seq: Cell::new(seq),
+        replies: RefCell::new(replies),
+        sealed: Cell::new(false),
+        turn: tokio::sync::Mutex::new(()),
+        saves,
+    });
+    let token = spec.head.token.clone();
+    let socket = spec.socket.clone();
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let listener = match UnixListener::bind(socket) {
+        let listener = match UnixListener::bind(&socket) {
             Ok(l) => l,
             Err(e) => {
                 let msg = format!("cannot listen on {socket}: {e}");
-                let _ = built.send(Err(RemoteError::new(ErrorKind::Internal, msg)));
+                let _ = built.send(Err(internal(msg)));
                 return;
             }
         };
         let _ = built.send(Ok(()));
+        if core.policy.enabled && core.policy.every_ms > 0 {
+            let timed = core.clone();
+            tokio::task::spawn_local(async move {
+                let period = Duration::from_millis(timed.policy.every_ms);
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                loop {
+                    tick.tick().await;
+                    timed.checkpoint_if_changed().await;
+                }
+            });
+        }
         loop {
             tokio::select! {
                 job = jobs.recv() => match job {
-                    Some(job) => {
-                        let reply = call(&instance, actor, job.call);
-                        let _ = job.reply.send(reply);
+                    Some(Job::Call { call, reply }) => {
+                        let core = core.clone();
+                        tokio::task::spawn_local(async move {
+                            let _ = reply.send(core.handle(call).await);
+                        });
+                    }
+                    Some(Job::Seal { reply }) => {
+                        let core = core.clone();
+                        tokio::task::spawn_local(async move {
+                            let _ = reply.send(core.seal().await);
+                        });
                     }
                     None => return,
                 },
@@ -152,7 +364,7 @@ fn run_actor(
                     if let Ok((stream, _)) = accepted {
                         let (rd, wr) = stream.into_split();
                         tokio::task::spawn_local(serve_local_caller(
-                            actor, token.clone(), instance.clone(), rd, wr,
+                            token.clone(), core.clone(), rd, wr,
                         ));
                     }
                 }
@@ -161,30 +373,45 @@ fn run_actor(
     });
 }
 
-fn construct(type_name: &str, args: &[u8]) -> Result<Box<dyn ActorInstance>, RemoteError> {
-    match registry::actor(type_name) {
-        None => Err(RemoteError::new(
-            ErrorKind::Unknown,
-            format!("no actor type `{type_name}` in this executable"),
-        )),
-        Some(entry) => match catch_unwind(AssertUnwindSafe(|| (entry.construct)(args))) {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(call_error(e)),
-            Err(p) => Err(call_error(CallError::Panicked(panic_message(&p)))),
-        },
-    }
-}
-
-/// Runs one call on the instance, on this (the actor's) thread.
-fn call(instance: &Instance, actor: ActorId, call: ActorCall) -> CallReply {
-    if call.actor != actor {
+/// Builds the instance anew, or from a checkpoint image; with the image's sequence number and
+/// recorded replies.
+fn construct(spec: &ActorSpec) -> Result<(Box<dyn ActorInstance>, u64, ReplyLog), RemoteError> {
+    let type_name = &spec.type_name;
+    let Some(entry) = registry::actor(type_name) else {
         return Err(RemoteError::new(
             ErrorKind::Unknown,
-            format!("this endpoint hosts {actor}, not {}", call.actor),
+            format!("no actor type `{type_name}` in this executable"),
+        ));
+    };
+    if spec.checkpoint.enabled && entry.restore.is_none() {
+        return Err(RemoteError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "actor type `{type_name}` cannot checkpoint: implement ember::Checkpoint for it \
+                 and declare it with #[ember::actor(checkpoint, ..)]"
+            ),
         ));
     }
-    let mut instance = instance.borrow_mut();
-    guarded(|| instance.call(&call.method, &call.args))
+    let run = |f: &dyn Fn() -> Result<Box<dyn ActorInstance>, CallError>| match catch_unwind(
+        AssertUnwindSafe(f),
+    ) {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(e)) => Err(call_error(e)),
+        Err(p) => Err(call_error(CallError::Panicked(panic_message(&p)))),
+    };
+    match (&spec.restore, entry.restore) {
+        (Some(bytes), Some(restore)) => {
+            let image: CheckpointImage = decode(bytes).map_err(|e| {
+                RemoteError::new(ErrorKind::Internal, format!("unreadable checkpoint: {e}"))
+            })?;
+            let instance = run(&|| restore(&image.state))?;
+            Ok((instance, image.seq, ReplyLog::from_image(image.replies)))
+        }
+        _ => {
+            let instance = run(&|| (entry.construct)(&spec.args))?;
+            Ok((instance, 0, ReplyLog::default()))
+        }
+    }
 }
 
 /// Reads a caller's hello and answers it; true when the token is right.
@@ -220,9 +447,8 @@ where
 /// Replies are flushed when no further call is already buffered, so a pipelined batch is
 /// answered with few writes.
 async fn serve_local_caller(
-    actor: ActorId,
     token: String,
-    instance: Instance,
+    core: Rc<ActorCore>,
     rd: tokio::net::unix::OwnedReadHalf,
     wr: tokio::net::unix::OwnedWriteHalf,
 ) {
@@ -233,9 +459,9 @@ async fn serve_local_caller(
     }
     loop {
         let reply = match read_frame::<_, LocalCall>(&mut rd, MAX_FRAME).await {
-            Ok(Some(LocalCall { id, call: c })) => LocalReply {
+            Ok(Some(LocalCall { id, call })) => LocalReply {
                 id,
-                reply: call(&instance, actor, c),
+                reply: core.handle(call).await,
             },
             Ok(None) => return,
             Err(e) => {
@@ -285,7 +511,7 @@ async fn serve_quic_call(
     let reply: CallReply = match read_frame::<_, ActorCall>(&mut recv, MAX_FRAME).await {
         Ok(Some(call)) => {
             let (tx, rx) = oneshot::channel();
-            match jobs.send(Job { call, reply: tx }) {
+            match jobs.send(Job::Call { call, reply: tx }) {
                 Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(actor))),
                 Err(_) => Err(gone(actor)),
             }

@@ -1,11 +1,12 @@
 //! Executor processes: where user tasks and actors run, apart from the worker agent.
 //!
 //! Each actor gets a process of its own, which takes calls from clients directly: on a QUIC
-//! endpoint of its own, and on a Unix socket from the same machine; tasks share one process per distinct GPU set. Each process sees only
-//! its GPUs (`CUDA_VISIBLE_DEVICES`), and a crash in user code takes down only that process:
-//! the worker reports the failure and goes on serving.
+//! endpoint of its own, and on a Unix socket from the same machine; tasks share one process per
+//! distinct GPU set. Each process sees only its GPUs (`CUDA_VISIBLE_DEVICES`), and a crash in
+//! user code takes down only that process: the worker reports the failure and goes on serving.
 
 mod actor_host;
+mod checkpoint;
 mod guarded;
 mod pool;
 mod process;

@@ -188,7 +188,8 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 pub(crate) struct ExecutorPool {
     dir: PathBuf,
     tasks: Mutex<HashMap<String, Arc<Executor>>>,
-    actors: DashMap<ActorId, Arc<Executor>>,
+    /// Each actor's executor, with the incarnation it hosts.
+    actors: DashMap<ActorId, (u32, Arc<Executor>)>,
 }
 
 impl ExecutorPool {
@@ -218,15 +219,24 @@ impl ExecutorPool {
         Ok(e)
     }
 
-    /// Starts the dedicated executor of a new actor.
+    /// Starts the dedicated executor of incarnation `incarnation` of an actor.
     pub(crate) async fn for_actor(
         &self,
         actor: ActorId,
+        incarnation: u32,
         cuda_visible: &str,
     ) -> std::io::Result<Arc<Executor>> {
         let e = Executor::spawn(&self.dir, cuda_visible).await?;
-        self.actors.insert(actor, e.clone());
+        if let Some((_, old)) = self.actors.insert(actor, (incarnation, e.clone())) {
+            // An older incarnation the head gave up on: it must not take calls any more.
+            old.kill().await;
+        }
         Ok(e)
+    }
+
+    /// The executor of an actor, with the incarnation it hosts.
+    pub(crate) fn actor(&self, actor: ActorId) -> Option<(u32, Arc<Executor>)> {
+        self.actors.get(&actor).map(|e| e.value().clone())
     }
 
     /// A path for a Unix socket named `name` in this pool's private directory.
@@ -236,12 +246,19 @@ impl ExecutorPool {
 
     /// Forgets an actor's executor, returning it.
     pub(crate) fn remove_actor(&self, actor: ActorId) -> Option<Arc<Executor>> {
-        self.actors.remove(&actor).map(|(_, e)| e)
+        self.actors.remove(&actor).map(|(_, (_, e))| e)
+    }
+
+    /// Forgets an actor's executor if it is still `exec` (not a newer incarnation's).
+    pub(crate) fn remove_actor_if(&self, actor: ActorId, exec: &Arc<Executor>) -> bool {
+        self.actors
+            .remove_if(&actor, |_, (_, e)| Arc::ptr_eq(e, exec))
+            .is_some()
     }
 
     /// Kills every executor.
     pub(crate) async fn shutdown(&self) {
-        let actors: Vec<Arc<Executor>> = self.actors.iter().map(|e| e.value().clone()).collect();
+        let actors: Vec<Arc<Executor>> = self.actors.iter().map(|e| e.value().1.clone()).collect();
         self.actors.clear();
         for e in actors {
             e.kill().await;

@@ -6,6 +6,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::actor_host;
+use super::checkpoint::HeadAddress;
 use super::guarded::guarded;
 use super::protocol::{ExecReply, ExecRequest};
 use crate::context::{self, TaskContext};
@@ -23,7 +24,7 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
             }
         }
     });
-    let mut hosts_actor = false;
+    let mut hosted: Option<std::sync::Arc<actor_host::ActorHandle>> = None;
     loop {
         let req: ExecRequest = match read_frame(&mut rd, MAX_FRAME).await {
             Ok(Some(r)) => r,
@@ -58,30 +59,62 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
                 token,
                 listen,
                 socket,
+                incarnation,
+                checkpoint,
+                restore,
+                head,
+                head_fingerprint,
             } => {
-                let result = if hosts_actor {
+                let result = if hosted.is_some() {
                     Err(RemoteError::new(
                         ErrorKind::Internal,
                         "this executor already hosts an actor",
                     ))
                 } else {
-                    hosts_actor = true;
                     context::set_actor(TaskContext { node, allocation });
                     let spec = actor_host::ActorSpec {
                         actor,
+                        incarnation,
                         type_name,
                         args,
-                        token,
+                        restore,
+                        checkpoint,
+                        head: HeadAddress {
+                            addr: head,
+                            fingerprint: head_fingerprint,
+                            token,
+                        },
                         listen,
                         socket,
                     };
-                    actor_host::start(spec).await.and_then(|endpoint| {
-                        encode(&endpoint)
-                            .map(|a| a.to_vec())
-                            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
-                    })
+                    actor_host::start(spec)
+                        .await
+                        .and_then(|(endpoint, handle)| {
+                            hosted = Some(std::sync::Arc::new(handle));
+                            encode(&endpoint)
+                                .map(|a| a.to_vec())
+                                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+                        })
                 };
                 let _ = tx.send(ExecReply { id, result });
+            }
+            ExecRequest::Seal { id } => {
+                let tx = tx.clone();
+                let handle = hosted.clone();
+                tokio::spawn(async move {
+                    let result = match handle {
+                        Some(h) => h.seal().await.and_then(|seq| {
+                            encode(&seq)
+                                .map(|a| a.to_vec())
+                                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+                        }),
+                        None => Err(RemoteError::new(
+                            ErrorKind::Unknown,
+                            "this executor hosts no actor",
+                        )),
+                    };
+                    let _ = tx.send(ExecReply { id, result });
+                });
             }
         }
     }

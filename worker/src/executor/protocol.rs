@@ -1,8 +1,9 @@
 //! Messages between a worker and its executor processes, on a Unix socket.
 
 use ember_runtime::ids::{ActorId, NodeId};
-use ember_runtime::proto::RemoteError;
+use ember_runtime::proto::{CheckpointPolicy, RemoteError};
 use ember_runtime::resources::Allocation;
+use ember_runtime::security::Fingerprint;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// What the worker asks an executor to do; `id` pairs the reply with it.
@@ -31,13 +32,28 @@ pub(crate) enum ExecRequest {
         listen: String,
         /// The Unix socket to listen on for callers on this machine.
         socket: String,
+        /// Which life of the actor this is.
+        incarnation: u32,
+        /// When it saves its state.
+        checkpoint: CheckpointPolicy,
+        /// The checkpoint image to resume from.
+        restore: Option<Vec<u8>>,
+        /// Where checkpoints go: the head's address and certificate.
+        head: String,
+        /// The fingerprint of the head's certificate.
+        head_fingerprint: Fingerprint,
     },
+    /// Stop the actor taking calls and save a final checkpoint; the reply carries the
+    /// archived `Option<u64>` sequence number of that checkpoint.
+    Seal { id: u64 },
 }
 
 impl ExecRequest {
     pub(crate) fn id(&self) -> u64 {
         match self {
-            ExecRequest::RunTask { id, .. } | ExecRequest::CreateActor { id, .. } => *id,
+            ExecRequest::RunTask { id, .. }
+            | ExecRequest::CreateActor { id, .. }
+            | ExecRequest::Seal { id } => *id,
         }
     }
 }
