@@ -101,6 +101,108 @@ impl Counter {
     }
 }
 
+/// Sleeps `ms` milliseconds on one CPU and says which node ran it: a task long enough to lose
+/// its worker.
+#[ember::task(cpus = 1)]
+pub fn nap(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    ember::context()
+        .expect("runs inside Ember")
+        .node
+        .to_string()
+}
+
+/// Fails the first time it runs with `marker` (a file it creates), succeeds after.
+#[ember::task]
+pub fn fails_once(marker: String) -> Result<String, String> {
+    if std::fs::metadata(&marker).is_ok() {
+        Ok("succeeded on a retry".to_string())
+    } else {
+        std::fs::write(&marker, b"ran").map_err(|e| e.to_string())?;
+        Err("the first run fails on purpose".to_string())
+    }
+}
+
+/// A running total that saves a checkpoint after every call and always comes back: every
+/// answered `add` survives the loss of its worker.
+pub struct Ledger {
+    total: u64,
+    adds: u64,
+}
+
+impl ember::Checkpoint for Ledger {
+    type State = (u64, u64);
+
+    fn save(&self) -> (u64, u64) {
+        (self.total, self.adds)
+    }
+
+    fn restore((total, adds): (u64, u64)) -> Self {
+        Ledger { total, adds }
+    }
+}
+
+#[ember::actor(gpus = 0.5, checkpoint_every = 1, max_restarts = -1, max_task_retries = -1)]
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Ledger { total: 0, adds: 0 }
+    }
+
+    /// Adds `n`; returns the new total.
+    pub fn add(&mut self, n: u64) -> u64 {
+        self.total += n;
+        self.adds += 1;
+        self.total
+    }
+
+    /// The total and how many adds made it.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.total, self.adds)
+    }
+
+    /// The process id of the executor hosting it.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+/// A running total saved only on demand and when a drain moves it.
+pub struct Tally {
+    total: u64,
+}
+
+impl ember::Checkpoint for Tally {
+    type State = u64;
+
+    fn save(&self) -> u64 {
+        self.total
+    }
+
+    fn restore(total: u64) -> Self {
+        Tally { total }
+    }
+}
+
+#[ember::actor(gpus = 0.5, checkpoint)]
+impl Tally {
+    /// Zero.
+    pub fn new() -> Self {
+        Tally { total: 0 }
+    }
+
+    /// Adds `n`; returns the new total.
+    pub fn add(&mut self, n: u64) -> u64 {
+        self.total += n;
+        self.total
+    }
+
+    /// Where it runs.
+    pub fn placed(&self) -> Placed {
+        here()
+    }
+}
+
 /// Keeps the registrations of this module in any executable that calls it.
 pub fn link() {
     std::hint::black_box((
@@ -113,5 +215,9 @@ pub fn link() {
         fails::remote as fn() -> ember::TaskCall<String>,
         panics::remote as fn() -> ember::TaskCall<String>,
         Counter::remote as fn(u64) -> ember::ActorSpawn<CounterHandle>,
+        nap::remote as fn(u64) -> ember::TaskCall<String>,
+        fails_once::remote as fn(String) -> ember::TaskCall<String>,
+        Ledger::remote as fn() -> ember::ActorSpawn<LedgerHandle>,
+        Tally::remote as fn() -> ember::ActorSpawn<TallyHandle>,
     ));
 }

@@ -321,7 +321,14 @@ pub(crate) async fn call_worker(
     let _ = send.finish();
     match read_frame::<_, WorkerReply>(&mut recv, MAX_FRAME).await {
         Ok(Some(reply)) => Ok(reply),
-        _ => Err(died(node)),
+        _ => {
+            if conn.close_reason().is_some() {
+                // The worker is gone for good: nothing more goes there while the connection's
+                // own task forgets the node.
+                head.with_scheduler(|s| s.set_schedulable(node, false));
+            }
+            Err(died(node))
+        }
     }
 }
 

@@ -39,13 +39,23 @@ impl Executor {
         ));
         let listener = UnixListener::bind(&path)?;
         let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .env(ROLE_VAR, ROLE_EXECUTOR)
+        let mut cmd = Command::new(exe);
+        cmd.env(ROLE_VAR, ROLE_EXECUTOR)
             .env(SOCKET_VAR, &path)
             .env("CUDA_VISIBLE_DEVICES", cuda_visible)
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // async-signal-safe system call. The kernel then kills the executor the moment the
+        // worker (the thread that forked it: the worker's only runtime thread) dies, so no
+        // actor outlives its worker to answer calls the head no longer routes to it.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn()?;
         let accepted = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(20), listener.accept()) => r,
             status = child.wait() => {

@@ -1,0 +1,249 @@
+//! Fault recovery across real processes: actors restart from checkpoints recorded by the head
+//! when their worker is SIGKILLed, calls made meanwhile wait and succeed, restarts run out with
+//! a clear error, a corrupted checkpoint falls back to the previous one, tasks run again when
+//! their worker dies, and a drain moves actors with their state.
+
+use std::time::Duration;
+
+use ember::{Cluster, ErrorKind, NodeId};
+use ember_tests::tasks::{fails_once, nap, Counter, Ledger, LedgerHandle, Tally};
+use ember_tests::{until, within, TestCluster, WorkerSpec};
+
+fn gpu() -> WorkerSpec {
+    WorkerSpec::gpus(1, "H100", "80GiB")
+}
+
+/// The name of the worker that joined as `node`.
+async fn worker_of(cluster: &Cluster, node: NodeId) -> String {
+    let status = within("status", cluster.status()).await.expect("status");
+    status
+        .nodes
+        .iter()
+        .find(|n| n.id == node.to_string())
+        .unwrap_or_else(|| panic!("no {node} in {:?}", status.nodes))
+        .name
+        .clone()
+}
+
+async fn ledger(cluster: &Cluster) -> LedgerHandle {
+    within("spawn", cluster.spawn(Ledger::remote()))
+        .await
+        .expect("a ledger")
+}
+
+/// The actor's line in the head's status.
+async fn actor_status(cluster: &Cluster, id: ember::ActorId) -> ember::ClusterStatus {
+    let status = within("status", cluster.status()).await.expect("status");
+    assert!(
+        status.actors.iter().any(|a| a.id == id.to_string()),
+        "{status:?}"
+    );
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_actor_resumes_elsewhere_from_its_checkpoint() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
+    let ledger = ledger(&cluster).await;
+    for n in 1..=5 {
+        within("add", ledger.add(n)).await.expect("add");
+    }
+    let first = ledger.actor().node();
+    let old_pid = within("pid", ledger.pid()).await.expect("pid");
+    tc.kill_worker(&worker_of(&cluster, first).await);
+
+    // Calls made while it restarts wait for it, and each lands exactly once.
+    let calls: Vec<_> = (0..10).map(|_| ledger.add(1)).collect();
+    let results = within("calls during the restart", futures::future::join_all(calls)).await;
+    let mut totals: Vec<u64> = results
+        .into_iter()
+        .map(|r| r.expect("a call made during the restart"))
+        .collect();
+    totals.sort_unstable();
+    assert_eq!(
+        totals,
+        (16..=25).collect::<Vec<u64>>(),
+        "each call once, on the restored 15"
+    );
+    assert_eq!(within("totals", ledger.totals()).await.unwrap(), (25, 15));
+
+    assert_ne!(
+        ledger.actor().node(),
+        first,
+        "restarted on the surviving worker"
+    );
+    assert_eq!(ledger.actor().incarnation(), 2);
+    assert_ne!(within("pid", ledger.pid()).await.unwrap(), old_pid);
+    let status = actor_status(&cluster, ledger.actor().id()).await;
+    let life = status.actors[0].actor.clone().expect("an actor's life");
+    assert_eq!(
+        (life.state.as_str(), life.restarts),
+        ("alive", 1),
+        "{life:?}"
+    );
+    assert!(life.checkpoint_seq >= Some(16), "{life:?}");
+    assert!(tc.logs().contains("restarting it"), "{}", tc.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_run_out_with_a_clear_error() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu(), gpu()]).await;
+    let ledger = within(
+        "spawn",
+        cluster.spawn(Ledger::remote().with(|o| o.max_restarts(1))),
+    )
+    .await
+    .expect("a ledger");
+    within("add", ledger.add(7)).await.unwrap();
+    tc.kill_worker(&worker_of(&cluster, ledger.actor().node()).await);
+    assert_eq!(within("after one loss", ledger.add(1)).await.unwrap(), 8);
+    tc.kill_worker(&worker_of(&cluster, ledger.actor().node()).await);
+    let err = within("after two losses", ledger.add(1))
+        .await
+        .expect_err("no restarts left");
+    assert_eq!(err.kind(), Some(ErrorKind::WorkerDied), "{err}");
+    assert!(err.to_string().contains("all 1 of its restarts"), "{err}");
+    let status = actor_status(&cluster, ledger.actor().id()).await;
+    let life = status.actors[0].actor.clone().unwrap();
+    assert_eq!(life.state, "dead", "{life:?}");
+    assert!(life.reason.unwrap().contains("died"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_without_restarts_fails_its_callers_with_the_reason() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
+    let counter = within("spawn", cluster.spawn(Counter::remote(1)))
+        .await
+        .unwrap();
+    let host = worker_of(&cluster, counter.actor().node()).await;
+    tc.kill_worker(&host);
+    until("the actor's process ends with its worker", || {
+        let gone = tc.processes_of(&host).is_empty();
+        async move { gone }
+    })
+    .await;
+    let err = within("call", counter.add(1))
+        .await
+        .expect_err("it is gone");
+    assert_eq!(err.kind(), Some(ErrorKind::WorkerDied), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_checkpoint_falls_back_to_the_previous_one() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
+    let ledger = ledger(&cluster).await;
+    for n in [1, 2, 3] {
+        within("add", ledger.add(n)).await.unwrap();
+    }
+    // The newest of the kept checkpoints (seq 3, total 6) is damaged on the head's disk.
+    let dir = tc
+        .state_dir()
+        .join("checkpoints")
+        .join(ledger.actor().id().to_string());
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the actor's checkpoints")
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let newest = files.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(newest, bytes).unwrap();
+
+    tc.kill_worker(&worker_of(&cluster, ledger.actor().node()).await);
+    assert_eq!(
+        within("totals", ledger.totals()).await.unwrap(),
+        (3, 2),
+        "restored from the previous checkpoint"
+    );
+    assert!(
+        tc.logs().contains("does not match its hash"),
+        "{}",
+        tc.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_again_when_its_worker_dies() {
+    let (mut tc, cluster) =
+        TestCluster::with_workers(&[WorkerSpec::cpu(), WorkerSpec::cpu()]).await;
+    let task = cluster.submit(nap::remote(3_000));
+    let running_on = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    until("the task runs", || {
+        let cluster = cluster.clone();
+        let found = running_on.clone();
+        async move {
+            let status = cluster.status().await.expect("status");
+            let node = status.tasks.first().and_then(|t| t.node.clone());
+            let running = node.is_some();
+            *found.lock().unwrap() = node;
+            running
+        }
+    })
+    .await;
+    let running_on = running_on.lock().unwrap().clone().expect("a node");
+    let node: NodeId = running_on.parse().expect("a node id");
+    tc.kill_worker(&worker_of(&cluster, node).await);
+    let ran_on = within("the retried task", task).await.expect("retried");
+    assert_ne!(ran_on, running_on, "it ran again on the other worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_errors_are_retried_only_when_asked() {
+    let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::cpu()]).await;
+    let marker = |name: &str| tc.scratch().join(name).display().to_string();
+    let err = within("no retry", cluster.run(fails_once::remote(marker("a"))))
+        .await
+        .expect_err("fails once, not retried");
+    assert_eq!(err.kind(), Some(ErrorKind::User));
+    let call = fails_once::remote(marker("b")).with(|o| o.retry_user_errors(true));
+    assert_eq!(
+        within("retry", cluster.run(call)).await.unwrap(),
+        "succeeded on a retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_actors_with_no_lost_update() {
+    let (tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
+    // Checkpointed only when sealed for the move: the seal must carry every answered add.
+    let tally = within("spawn", cluster.spawn(Tally::remote()))
+        .await
+        .unwrap();
+    let from = tally.actor().node();
+    let adder = {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let mut answered = 0u64;
+            for _ in 0..300 {
+                tally.add(1).await.expect("an add during the drain");
+                answered += 1;
+            }
+            answered
+        })
+    };
+    within("first adds", async {
+        while tally.add(0).await.unwrap() < 20 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let moved = within("drain", cluster.drain(from, Duration::from_secs(5)))
+        .await
+        .expect("drain");
+    assert_eq!(moved, 1);
+    let answered = within("adder", adder).await.unwrap();
+    assert_eq!(within("total", tally.add(0)).await.unwrap(), answered);
+    assert_ne!(tally.actor().node(), from);
+    let status = within("status", cluster.status()).await.unwrap();
+    assert!(
+        status.nodes.iter().all(|n| n.id != from.to_string()),
+        "the drained worker left: {:?}",
+        status.nodes
+    );
+    let life = status.actors[0].actor.clone().unwrap();
+    assert_eq!((life.incarnation, life.restarts), (2, 0), "{life:?}");
+    drop(tc);
+}
