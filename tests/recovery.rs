@@ -26,7 +26,7 @@ async fn worker_of(cluster: &Cluster, node: NodeId) -> String {
 }
 
 async fn ledger(cluster: &Cluster) -> LedgerHandle {
-    within("spawn", cluster.spawn(Ledger::remote()))
+    within("spawn", cluster.spawn(Ledger::remote(0)))
         .await
         .expect("a ledger")
 }
@@ -90,7 +90,7 @@ async fn restarts_run_out_with_a_clear_error() {
     let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu(), gpu()]).await;
     let ledger = within(
         "spawn",
-        cluster.spawn(Ledger::remote().with(|o| o.max_restarts(1))),
+        cluster.spawn(Ledger::remote(0).with(|o| o.max_restarts(1))),
     )
     .await
     .expect("a ledger");
@@ -209,7 +209,7 @@ async fn user_errors_are_retried_only_when_asked() {
 async fn a_drain_moves_actors_with_no_lost_update() {
     let (tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
     // Checkpointed only when sealed for the move: the seal must carry every answered add.
-    let tally = within("spawn", cluster.spawn(Tally::remote()))
+    let tally = within("spawn", cluster.spawn(Tally::remote(0)))
         .await
         .unwrap();
     let from = tally.actor().node();

@@ -144,9 +144,9 @@ impl ember::Checkpoint for Ledger {
 
 #[ember::actor(gpus = 0.5, checkpoint_every = 1, max_restarts = -1, max_task_retries = -1)]
 impl Ledger {
-    /// An empty ledger.
-    pub fn new() -> Self {
-        Ledger { total: 0, adds: 0 }
+    /// A ledger opening with `total`.
+    pub fn new(total: u64) -> Self {
+        Ledger { total, adds: 0 }
     }
 
     /// Adds `n`; returns the new total.
@@ -186,9 +186,9 @@ impl ember::Checkpoint for Tally {
 
 #[ember::actor(gpus = 0.5, checkpoint)]
 impl Tally {
-    /// Zero.
-    pub fn new() -> Self {
-        Tally { total: 0 }
+    /// A tally starting at `total`.
+    pub fn new(total: u64) -> Self {
+        Tally { total }
     }
 
     /// Adds `n`; returns the new total.
@@ -217,7 +217,7 @@ pub fn link() {
         Counter::remote as fn(u64) -> ember::ActorSpawn<CounterHandle>,
         nap::remote as fn(u64) -> ember::TaskCall<String>,
         fails_once::remote as fn(String) -> ember::TaskCall<String>,
-        Ledger::remote as fn() -> ember::ActorSpawn<LedgerHandle>,
-        Tally::remote as fn() -> ember::ActorSpawn<TallyHandle>,
+        Ledger::remote as fn(u64) -> ember::ActorSpawn<LedgerHandle>,
+        Tally::remote as fn(u64) -> ember::ActorSpawn<TallyHandle>,
     ));
 }
