@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ember::{Cluster, ErrorKind, NodeId};
-use ember_tests::tasks::{fails_once, nap, Counter, Ledger, LedgerHandle, Tally};
+use ember_tests::tasks::{fails_once, nap, spin, Counter, Ledger, LedgerHandle, Tally};
 use ember_tests::{until, within, TestCluster, WorkerSpec};
 
 fn gpu() -> WorkerSpec {
@@ -82,7 +82,7 @@ async fn a_killed_workers_actor_resumes_elsewhere_from_its_checkpoint() {
         "{life:?}"
     );
     assert!(life.checkpoint_seq >= Some(16), "{life:?}");
-    assert!(tc.logs().contains("restarting it"), "{}", tc.logs());
+    assert!(tc.head_log().contains("restarting it"), "{}", tc.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +159,7 @@ async fn a_corrupted_checkpoint_falls_back_to_the_previous_one() {
         "restored from the previous checkpoint"
     );
     assert!(
-        tc.logs().contains("does not match its hash"),
+        tc.head_log().contains("does not match its hash"),
         "{}",
         tc.logs()
     );
@@ -246,4 +246,88 @@ async fn a_drain_moves_actors_with_no_lost_update() {
     let life = status.actors[0].actor.clone().unwrap();
     assert_eq!((life.incarnation, life.restarts), (2, 0), "{life:?}");
     drop(tc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_declared_dead_rejoins_as_a_new_node_without_its_old_work() {
+    let (tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
+    let ledger = ledger(&cluster).await;
+    within("add", ledger.add(5)).await.unwrap();
+    let first = ledger.actor().node();
+    let host = worker_of(&cluster, first).await;
+    let old_pid = within("pid", ledger.pid()).await.unwrap();
+    // Frozen: no heartbeats, so the head declares it dead and restarts the actor elsewhere.
+    tc.signal_worker(&host, nix::sys::signal::Signal::SIGSTOP);
+    until("the head to drop the frozen worker", || async {
+        let status = within("status", cluster.status()).await.expect("status");
+        status.nodes.iter().all(|n| n.id != first.to_string())
+    })
+    .await;
+    assert_eq!(within("add", ledger.add(1)).await.unwrap(), 6);
+    assert_ne!(ledger.actor().node(), first);
+    // Thawed, it finds its connection gone, stops what it ran, and joins again as a new node.
+    tc.signal_worker(&host, nix::sys::signal::Signal::SIGCONT);
+    until("the worker to rejoin", || async {
+        let status = within("status", cluster.status()).await.expect("status");
+        status
+            .nodes
+            .iter()
+            .any(|n| n.name == host && n.id != first.to_string())
+    })
+    .await;
+    until("its old actor process to be gone", || async {
+        !std::path::Path::new(&format!("/proc/{old_pid}")).exists()
+    })
+    .await;
+    assert_eq!(within("totals", ledger.totals()).await.unwrap(), (6, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_moves_a_workers_actors_before_it_leaves() {
+    let (tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
+    let tally = within("spawn", cluster.spawn(Tally::remote(0)))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        within("add", tally.add(1)).await.unwrap();
+    }
+    let from = tally.actor().node();
+    tc.signal_worker(
+        &worker_of(&cluster, from).await,
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    until("the worker to leave", || async {
+        let status = within("status", cluster.status()).await.expect("status");
+        status.nodes.len() == 1
+    })
+    .await;
+    // Its state moved with it (saved when it was sealed), though it never checkpointed before.
+    assert_eq!(within("add", tally.add(1)).await.unwrap(), 11);
+    assert_ne!(tally.actor().node(), from);
+    assert!(!tc.head_log().contains("worker died"), "{}", tc.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_is_not_mistaken_for_a_dead_one() {
+    let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::cpu()]).await;
+    let node = tc.node_id(&cluster, "w0").await;
+    // Four CPU-bound tasks on a 2-core machine, each bringing 16 MiB over the worker's
+    // connection, for longer than the heartbeat window: heartbeats travel on their own stream.
+    let payload = vec![7u8; 16 << 20];
+    let load: Vec<_> = (0..8)
+        .map(|_| cluster.submit(spin::remote(1_500, payload.clone())))
+        .collect();
+    for task in load {
+        assert_eq!(within("spin", task).await.unwrap(), 16 << 20);
+    }
+    assert_eq!(
+        tc.node_id(&cluster, "w0").await,
+        node,
+        "still the same node"
+    );
+    assert!(
+        !tc.head_log().contains("declaring the worker dead"),
+        "{}",
+        tc.logs()
+    );
 }

@@ -138,12 +138,13 @@ impl ActorRef {
     pub async fn call<A: Wire, T: Wire>(&self, method: &str, args: &A) -> Result<T, Error> {
         let args = ember_runtime::proto::encode(args)?.to_vec();
         let seq = self.link.next_seq.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + RESTART_WAIT;
         let mut retries = 0u32;
         loop {
             let route = self.route();
             if route.caller.is_closed() {
                 // Known to be gone before sending: wait for the next incarnation.
-                self.relocate(&route, true).await?;
+                self.relocate(&route, true, deadline).await?;
                 continue;
             }
             let call = ActorCall {
@@ -165,14 +166,14 @@ impl ActorRef {
                 Lost::No => return Err(err),
                 Lost::Moved => {
                     // The call did not run there: it goes to the next incarnation as is.
-                    self.relocate(&route, false).await?;
+                    self.relocate(&route, false, deadline).await?;
                 }
                 Lost::Process => {
                     let policy = route.location.restart;
                     if policy.max_restarts == 0 {
                         return Err(err);
                     }
-                    self.relocate(&route, true).await?;
+                    self.relocate(&route, true, deadline).await?;
                     if !policy.may_retry_call(retries) {
                         return Err(Error::Remote(RemoteError::new(
                             ErrorKind::WorkerDied,
@@ -189,22 +190,56 @@ impl ActorRef {
         }
     }
 
-    /// Finds the incarnation after the one `stale` reached, waiting while it restarts.
-    async fn relocate(&self, stale: &Arc<Route>, suspect: bool) -> Result<(), Error> {
+    /// Finds the incarnation after the one `stale` reached and connects to it, waiting while
+    /// it restarts, until `deadline`. An incarnation that cannot be reached is reported to the
+    /// head as suspect in turn.
+    async fn relocate(
+        &self,
+        stale: &Arc<Route>,
+        mut suspect: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Error> {
         let _one = self.link.relocating.lock().await;
         if !Arc::ptr_eq(&self.route(), stale) {
             return Ok(()); // Another call already moved on.
         }
-        let known = stale.location.incarnation;
-        let location = self
-            .cluster
-            .locate_actor(self.link.actor, known, suspect, RESTART_WAIT)
-            .await?;
-        // A new incarnation, or the same one found alive by the head: connect afresh.
-        let caller = self.cluster.caller(&location).await?;
-        *self.link.route.lock().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Route { location, caller });
-        Ok(())
+        let mut known = stale.location.incarnation;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Remote(RemoteError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} did not come back within {} s",
+                        self.link.actor,
+                        RESTART_WAIT.as_secs()
+                    ),
+                )));
+            }
+            let location = self
+                .cluster
+                .locate_actor(self.link.actor, known, suspect, left)
+                .await?;
+            let same = location.incarnation == known;
+            // A new incarnation, or the same one found alive by the head: connect afresh.
+            match self.cluster.caller(&location).await {
+                Ok(caller) => {
+                    *self.link.route.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Arc::new(Route { location, caller });
+                    return Ok(());
+                }
+                Err(e) if matches!(lost(&e), Lost::Process) => {
+                    tracing::debug!(actor = %self.link.actor, "cannot reach it yet: {e}");
+                    known = location.incarnation;
+                    suspect = true;
+                    if same {
+                        // Its worker has not noticed the loss yet: give it a moment.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Saves a checkpoint now and returns its sequence number once the head has recorded it.

@@ -352,15 +352,13 @@ impl Cluster {
         self.inner.same_host_calls.store(enabled, Ordering::Relaxed);
     }
 
-    /// How to reach an actor: its Unix socket when it runs on this machine and the socket
-    /// answers, its QUIC endpoint otherwise.
+    /// How to reach an actor: its Unix socket when it runs on this machine, its QUIC
+    /// endpoint otherwise. A socket that does not answer means the actor's process is gone.
     pub(crate) async fn caller(&self, location: &ActorLocation) -> Result<Caller, Error> {
         let ep = &location.endpoints;
         if self.inner.same_host_calls.load(Ordering::Relaxed) && ep.host == host_id() {
-            match UnixCaller::connect(&ep.local_socket, &self.inner.file.token).await {
-                Ok(unix) => return Ok(Caller::Unix(Arc::new(unix))),
-                Err(e) => tracing::debug!("same-host socket unusable, using QUIC: {e}"),
-            }
+            let unix = UnixCaller::connect(&ep.local_socket, &self.inner.file.token).await?;
+            return Ok(Caller::Unix(Arc::new(unix)));
         }
         Ok(Caller::Quic(
             self.peer(&ep.peer_addr, ep.peer_fingerprint).await?,

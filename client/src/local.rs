@@ -121,6 +121,8 @@ impl LocalCluster {
         for i in 0..options.workers {
             let mut wc = WorkerConfig::new(file.address, file.token.clone(), file.fingerprint);
             wc.name = Some(format!("local-{i}"));
+            // The whole cluster stops together: nothing to wait for while actors move.
+            wc.grace_ms = 0;
             wc.cpus = options.cpus_per_worker;
             if options.gpus_per_worker > 0 {
                 wc.gpus = Some(options.gpus_per_worker);

@@ -40,9 +40,14 @@ impl UnixCaller {
         let hello = Hello::Client {
             token: token.to_string(),
         };
-        write_frame(&mut wr, &hello).await?;
+        write_frame(&mut wr, &hello)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         wr.flush().await.map_err(|e| fail(e.to_string()))?;
-        match read_frame::<_, Welcome>(&mut rd, 64 << 10).await? {
+        let welcome = read_frame::<_, Welcome>(&mut rd, 64 << 10)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match welcome {
             Some(Welcome::Accepted { .. }) => {}
             Some(Welcome::Refused { reason }) => return Err(fail(format!("refused: {reason}"))),
             None => return Err(fail("closed before its welcome".into())),

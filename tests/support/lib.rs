@@ -392,6 +392,11 @@ impl TestCluster {
             .clone()
     }
 
+    /// The head's whole log so far.
+    pub fn head_log(&self) -> String {
+        std::fs::read_to_string(&self.head.log).unwrap_or_default()
+    }
+
     /// Every process's log so far, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

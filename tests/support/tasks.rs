@@ -123,6 +123,25 @@ pub fn fails_once(marker: String) -> Result<String, String> {
     }
 }
 
+/// Keeps one CPU busy for `ms` milliseconds; returns the payload's length (bulk data on the
+/// way in).
+#[ember::task(cpus = 1)]
+pub fn spin(ms: u64, payload: Vec<u8>) -> u64 {
+    let until = std::time::Instant::now() + Duration::from_millis(ms);
+    let mut x = 0u64;
+    while std::time::Instant::now() < until {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    payload.len() as u64
+}
+
+/// Squares `n` on one CPU after `ms` milliseconds: a task with a checkable result.
+#[ember::task(cpus = 1)]
+pub fn slow_square(n: u64, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    n * n
+}
+
 /// A running total that saves a checkpoint after every call and always comes back: every
 /// answered `add` survives the loss of its worker.
 pub struct Ledger {
@@ -216,6 +235,8 @@ pub fn link() {
         panics::remote as fn() -> ember::TaskCall<String>,
         Counter::remote as fn(u64) -> ember::ActorSpawn<CounterHandle>,
         nap::remote as fn(u64) -> ember::TaskCall<String>,
+        spin::remote as fn(u64, Vec<u8>) -> ember::TaskCall<u64>,
+        slow_square::remote as fn(u64, u64) -> ember::TaskCall<u64>,
         fails_once::remote as fn(String) -> ember::TaskCall<String>,
         Ledger::remote as fn(u64) -> ember::ActorSpawn<LedgerHandle>,
         Tally::remote as fn(u64) -> ember::ActorSpawn<TallyHandle>,

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +34,12 @@ enum Command {
         /// State directory (certificate, key, token, cluster file). Default: ~/.ember
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// A worker silent this long is declared dead, e.g. 2s, 500ms.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        heartbeat_timeout: Duration,
+        /// How many checkpoints of each actor the head keeps.
+        #[arg(long, default_value_t = 3)]
+        keep_checkpoints: usize,
     },
     /// Join a cluster as a worker.
     Worker(WorkerArgs),
@@ -72,6 +79,17 @@ enum Command {
     Job {
         #[command(subcommand)]
         command: JobCommand,
+    },
+    /// Move everything off a node and let it leave: no new work goes there, its actors move
+    /// to other nodes with a final checkpoint, and its tasks get the grace period to finish.
+    Drain {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The node, as `ember status` names it (e.g. node-3).
+        node: ember::NodeId,
+        /// How long its running tasks may take to finish, e.g. 30s, 2m, 500ms.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: Duration,
     },
 }
 
@@ -143,6 +161,29 @@ struct WorkerArgs {
     /// A name for this worker.
     #[arg(long)]
     name: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long running tasks may take to finish while the head moves
+    /// this worker's actors away, e.g. 30s, 2m (a spot interruption notice).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    grace: Duration,
+}
+
+/// Reads `500ms`, `30s`, `2m`, or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: write e.g. 500ms, 30s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        other => return Err(format!("unknown unit `{other}`: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
 
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
@@ -168,9 +209,16 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Head { listen, state_dir } => {
+        Command::Head {
+            listen,
+            state_dir,
+            heartbeat_timeout,
+            keep_checkpoints,
+        } => {
             let mut config = HeadConfig::new(state_dir.unwrap_or_else(default_state_dir));
             config.listen = listen;
+            config.heartbeat_timeout = heartbeat_timeout;
+            config.keep_checkpoints = keep_checkpoints;
             let state_dir = config.state_dir.clone();
             let head = head::start(config).await?;
             println!("Ember head listening on {}", head.addr);
@@ -197,6 +245,7 @@ async fn run(cli: Cli) -> Result<i32> {
             config.accelerator = args.accelerator;
             config.resources = args.resources;
             config.listen = args.listen;
+            config.grace_ms = args.grace.as_millis() as u64;
             agent::run(config, agent::shutdown_signal()).await?;
             Ok(0)
         }
@@ -229,6 +278,16 @@ async fn run(cli: Cli) -> Result<i32> {
             agent::shutdown_signal().await;
             println!("Stopping...");
             cluster.shutdown().await;
+            Ok(0)
+        }
+        Command::Drain {
+            cluster,
+            node,
+            grace,
+        } => {
+            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
+            let moved = c.drain(node, grace).await?;
+            println!("{node} drained: {moved} actor(s) moved to other nodes");
             Ok(0)
         }
         Command::Status { cluster, json } => {
@@ -344,8 +403,26 @@ fn print_status(s: &ClusterStatus) {
                 .iter()
                 .map(|g| format!("{}({})", g.index, g.share))
                 .collect();
+            let life = match &w.actor {
+                Some(a) => {
+                    let checkpoint = match (a.checkpoint_seq, a.checkpoint_age_ms) {
+                        (Some(seq), Some(age)) => format!(", checkpoint {seq} {age} ms ago"),
+                        _ => String::new(),
+                    };
+                    let why = a
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    format!(
+                        "  [{} #{}, {} restarts{checkpoint}{why}]",
+                        a.state, a.incarnation, a.restarts
+                    )
+                }
+                None => String::new(),
+            };
             println!(
-                "  {} {} {}  needs [{}]  on {}  gpus [{}]",
+                "  {} {} {}  needs [{}]  on {}  gpus [{}]{life}",
                 w.id,
                 w.kind,
                 w.name,
