@@ -6,6 +6,8 @@
 //!   `add`, `mul`, `scale`; fixed-order `sum`/`mean`/`max`; row-wise `softmax`; row-major
 //!   `matmul` in f32, f16 and bf16). The reductions run in the GPU's order, so they give the
 //!   very same bits as the kernel.
+//! - [`sources`]: the CUDA C sources, from the `.cu` files under `kernels/cuda/`.
+//! - [`registry`]: every kernel by name, with its argument kinds and the source it lives in.
 //! - [`KernelError`]: the one error type; nothing in this crate panics when CUDA is missing.
 
 #![warn(missing_docs)]
@@ -13,6 +15,8 @@
 mod arg_kind;
 mod error;
 pub mod reference;
+pub mod registry;
+pub mod sources;
 
 pub use arg_kind::ArgKind;
 pub use error::KernelError;
