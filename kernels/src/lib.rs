@@ -8,11 +8,13 @@
 //!   very same bits as the kernel.
 //! - [`sources`]: the CUDA C sources, from the `.cu` files under `kernels/cuda/`.
 //! - [`registry`]: every kernel by name, with its argument kinds and the source it lives in.
+//! - [`cache`]: the on-disk PTX cache keyed by sha256 of source, options and architecture.
 //! - [`KernelError`]: the one error type; nothing in this crate panics when CUDA is missing.
 
 #![warn(missing_docs)]
 
 mod arg_kind;
+pub mod cache;
 mod error;
 pub mod reference;
 pub mod registry;
