@@ -15,6 +15,7 @@
 
 mod arg_kind;
 pub mod cache;
+mod cuda;
 mod error;
 pub mod reference;
 pub mod registry;

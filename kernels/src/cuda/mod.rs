@@ -1,0 +1,4 @@
+//! The CUDA side: library presence checks, NVRTC, and the CUDA backend of [`crate::Device`].
+
+pub(crate) mod nvrtc;
+pub(crate) mod presence;
