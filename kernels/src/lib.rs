@@ -16,10 +16,15 @@
 mod arg_kind;
 pub mod cache;
 mod cuda;
+mod device;
 mod error;
 pub mod reference;
 pub mod registry;
 pub mod sources;
 
 pub use arg_kind::ArgKind;
+pub use device::{
+    Backend, Buffer, BufferId, Device, Element, ElementSlice, ElementType, ElementVec, KernelArg,
+    LaunchGeometry, UserKernel,
+};
 pub use error::KernelError;

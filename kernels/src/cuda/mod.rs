@@ -1,4 +1,6 @@
 //! The CUDA side: library presence checks, NVRTC, and the CUDA backend of [`crate::Device`].
 
+pub(crate) mod backend;
+mod device_buffers;
 pub(crate) mod nvrtc;
 pub(crate) mod presence;
