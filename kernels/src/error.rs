@@ -142,6 +142,12 @@ pub enum KernelError {
         /// Bytes the device reports free.
         free: u64,
     },
+    /// The CPU backend could not get this much host memory.
+    #[error("allocation of {requested} bytes refused: the host could not provide it")]
+    HostMemory {
+        /// Bytes asked for.
+        requested: u64,
+    },
     /// Reading or writing the compile cache failed.
     #[error("kernel cache {path}: {message}")]
     Cache {

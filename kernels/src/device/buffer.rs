@@ -2,6 +2,7 @@
 
 use super::element::ElementType;
 use super::DeviceShared;
+use crate::KernelError;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,9 +61,22 @@ impl Buffer {
     }
 }
 
-/// Bytes `len` elements of `element` take (saturating: too large is refused by the ledger).
+/// Bytes `len` elements of `element` take (saturating; see [`checked_byte_size`]).
 pub(crate) fn byte_size(element: ElementType, len: usize) -> u64 {
     (len as u64).saturating_mul(element.size_bytes() as u64)
+}
+
+/// Bytes `len` elements of `element` take, or [`KernelError::TooLarge`] past `isize::MAX`
+/// (the most any allocation can be).
+pub(crate) fn checked_byte_size(element: ElementType, len: usize) -> Result<u64, KernelError> {
+    len.checked_mul(element.size_bytes())
+        .filter(|bytes| *bytes <= isize::MAX as usize)
+        .map(|bytes| bytes as u64)
+        .ok_or(KernelError::TooLarge {
+            what: "buffer length",
+            value: len,
+            limit: isize::MAX as usize / element.size_bytes(),
+        })
 }
 
 impl fmt::Debug for Buffer {

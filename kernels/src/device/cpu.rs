@@ -22,8 +22,15 @@ impl CpuBackend {
         self.buffers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn alloc_zeroed(&self, id: BufferId, element: ElementType, len: usize) {
-        self.buffers().insert(id, ElementVec::zeros(element, len));
+    pub(crate) fn alloc_zeroed(
+        &self,
+        id: BufferId,
+        element: ElementType,
+        len: usize,
+    ) -> Result<(), KernelError> {
+        let data = ElementVec::try_zeros(element, len)?;
+        self.buffers().insert(id, data);
+        Ok(())
     }
 
     pub(crate) fn upload(&self, id: BufferId, data: ElementSlice<'_>) {

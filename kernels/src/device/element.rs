@@ -1,6 +1,6 @@
 //! The element types a device buffer can hold: f32, f16 and bf16.
 
-use crate::ArgKind;
+use crate::{ArgKind, KernelError};
 use half::{bf16, f16};
 
 /// The element type of a buffer.
@@ -65,13 +65,23 @@ pub enum ElementVec {
 }
 
 impl ElementVec {
-    /// `len` zeros of `element`.
-    pub fn zeros(element: ElementType, len: usize) -> ElementVec {
-        match element {
-            ElementType::F32 => ElementVec::F32(vec![0.0; len]),
-            ElementType::F16 => ElementVec::F16(vec![f16::ZERO; len]),
-            ElementType::Bf16 => ElementVec::Bf16(vec![bf16::ZERO; len]),
+    /// `len` zeros of `element`, or [`KernelError::HostMemory`] when the host cannot give
+    /// the memory.
+    pub fn try_zeros(element: ElementType, len: usize) -> Result<ElementVec, KernelError> {
+        fn zeros<T: Clone>(zero: T, len: usize) -> Result<Vec<T>, KernelError> {
+            let mut data = Vec::new();
+            data.try_reserve_exact(len)
+                .map_err(|_| KernelError::HostMemory {
+                    requested: (len as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+                })?;
+            data.resize(len, zero);
+            Ok(data)
         }
+        Ok(match element {
+            ElementType::F32 => ElementVec::F32(zeros(0.0, len)?),
+            ElementType::F16 => ElementVec::F16(zeros(f16::ZERO, len)?),
+            ElementType::Bf16 => ElementVec::Bf16(zeros(bf16::ZERO, len)?),
+        })
     }
 
     /// A copy of `slice`.

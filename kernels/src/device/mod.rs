@@ -23,7 +23,7 @@ use crate::cache::KernelCache;
 use crate::cuda::backend::CudaBackend;
 use crate::registry;
 use crate::KernelError;
-use buffer::byte_size;
+use buffer::checked_byte_size;
 use cpu::CpuBackend;
 use memory::MemoryLedger;
 use std::fmt;
@@ -219,7 +219,7 @@ impl Device {
 
     fn new_buffer(&self, element: ElementType, len: usize) -> Result<Buffer, KernelError> {
         let id = BufferId::next();
-        let bytes = byte_size(element, len);
+        let bytes = checked_byte_size(element, len)?;
         self.shared.reserve(bytes)?;
         Ok(Buffer {
             id,
@@ -233,7 +233,7 @@ impl Device {
     pub fn alloc<T: Element>(&self, len: usize) -> Result<Buffer, KernelError> {
         let buffer = self.new_buffer(T::TYPE, len)?;
         match &self.shared.backend {
-            BackendImpl::Cpu(cpu) => cpu.alloc_zeroed(buffer.id, T::TYPE, len),
+            BackendImpl::Cpu(cpu) => cpu.alloc_zeroed(buffer.id, T::TYPE, len)?,
             BackendImpl::Cuda(cuda) => cuda.alloc_zeroed(buffer.id, T::TYPE, len)?,
         }
         Ok(buffer)
