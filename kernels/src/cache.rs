@@ -117,7 +117,7 @@ impl KernelCache {
         let path = self.path_of(key);
         match fs::read(&path) {
             Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(ptx) if !ptx.is_empty() => Ok(Some(ptx)),
+                Ok(ptx) if !ptx.is_empty() && !ptx.contains('\0') => Ok(Some(ptx)),
                 // Not something this crate wrote: treat as absent, a store replaces it.
                 _ => Ok(None),
             },

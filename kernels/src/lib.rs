@@ -1,15 +1,28 @@
-//! `ember-kernels`: Ember's GPU kernels and the CPU reference of each.
+//! `ember-kernels`: Ember's GPU kernels, the CPU reference of each, and a device handle that
+//! runs them on a CUDA GPU or, without one, on the CPU.
 //!
 //! What is here:
 //!
-//! - [`reference`]: the CPU reference of every kernel, in plain Rust (element-wise `axpy`,
+//! - [`reference`](mod@reference): the CPU reference of every kernel, in plain Rust: element-wise `axpy`,
 //!   `add`, `mul`, `scale`; fixed-order `sum`/`mean`/`max`; row-wise `softmax`; row-major
-//!   `matmul` in f32, f16 and bf16). The reductions run in the GPU's order, so they give the
-//!   very same bits as the kernel.
+//!   `matmul` in f32, f16 and bf16. The reductions run in the GPU's order (documented in
+//!   `reference/reduce.rs`), so the CPU and the GPU give the very same bits.
 //! - [`sources`]: the CUDA C sources, from the `.cu` files under `kernels/cuda/`.
-//! - [`registry`]: every kernel by name, with its argument kinds and the source it lives in.
-//! - [`cache`]: the on-disk PTX cache keyed by sha256 of source, options and architecture.
-//! - [`KernelError`]: the one error type; nothing in this crate panics when CUDA is missing.
+//! - [`registry`]: every kernel by name ([`registry::KERNELS`]), with its argument kinds
+//!   ([`ArgKind`]) and the source it lives in (or cuBLAS for `matmul_f32/f16/bf16`).
+//! - [`cache`]: the on-disk PTX cache keyed by sha256 of source, NVRTC options and target
+//!   architecture (`sm_XY`), written atomically, so a second start does not compile again.
+//! - [`Device`]: [`Device::open`] gives the CUDA backend when a GPU is usable, else the CPU
+//!   backend ([`Device::backend`] says which); `alloc`, `upload`, `download`, `launch` (by
+//!   registered name, arguments checked against the registry and the buffers' lengths),
+//!   `synchronize`, a per-handle memory limit ([`Device::with_memory_limit`]), and user
+//!   kernels compiled from CUDA C ([`Device::compile_user`], [`Device::launch_user`]).
+//! - [`KernelError`]: the one error type.
+//!
+//! CUDA is reached through `cudarc` with dynamic loading: building needs no CUDA toolkit, and
+//! a machine without `libcuda`/`libnvrtc`/`libcublas` gets [`KernelError::NoCuda`], never a
+//! panic (the libraries are probed before cudarc touches them, and cudarc calls run under
+//! `catch_unwind` as a second line of defence).
 
 #![warn(missing_docs)]
 

@@ -3,8 +3,8 @@
 //! They need a CUDA GPU (driver, NVRTC 12 and cuBLAS on the library path), so a normal run
 //! lists them as ignored; run them with `cargo test -p ember-kernels --test gpu -- --ignored`.
 //! Tolerances: element-wise kernels, the reductions (`sum`, `mean`, `max`) and the tiled
-//! matmul give the reference's bits; softmax is within 1e-6 relative (CUDA's `expf` against
-//! Rust's `exp`); cuBLAS matmul is within twice the f32 accumulation bound
+//! matmul give the reference's bits; softmax is within 4e-6 relative (CUDA's `expf`, at most
+//! 2 ulp off, against Rust's `exp`, through the sum and the division); cuBLAS matmul is within twice the f32 accumulation bound
 //! `(k + 2) * eps * sum |a||b|`, plus one output rounding for f16/bf16.
 
 mod common;
@@ -79,11 +79,11 @@ fn gpu_reductions_are_bit_exact_with_the_fixed_order() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn gpu_softmax_matches_within_1e6_relative() {
+fn gpu_softmax_matches_within_4e6_relative() {
     let cache = tempfile::tempdir().unwrap();
     let device = gpu(&cache);
     let tolerance = Tolerance::Close {
-        relative: 1e-6,
+        relative: 4e-6,
         absolute: 1e-37,
     };
     for (rows, cols) in [(0, 4), (1, 1), (3, 7), (64, 256), (17, 1000), (2, 70_000)] {

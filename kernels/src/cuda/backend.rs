@@ -520,6 +520,10 @@ impl CudaBackend {
             dimension(shape.n)?,
         );
         let blas = self.blas()?;
+        // cuBLAS uses the calling thread's current context, which may not be ours yet.
+        self.context
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
         self.buffers.with_output_data(c, |buffers, c| {
             if k == 0 {
                 // C = A . B with no terms is zero; cuBLAS's ld checks reject k = 0.
