@@ -121,4 +121,22 @@ mod tests {
             other => panic!("expected a compile error, got {other:?}"),
         }
     }
+
+    #[test]
+    #[ignore = "needs libnvrtc (CUDA 12) on the library path; no GPU needed"]
+    fn nvrtc_through_the_cache_compiles_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = registered_kernel_options();
+        let source = CudaSource::Elementwise;
+        let req = request(source.file_name(), source.text(), &options);
+        let first = crate::cache::KernelCache::new(dir.path())
+            .get_or_compile(&Nvrtc, &req)
+            .unwrap();
+        assert!(!first.from_cache);
+        let second = crate::cache::KernelCache::new(dir.path())
+            .get_or_compile(&Nvrtc, &req)
+            .unwrap();
+        assert!(second.from_cache);
+        assert_eq!(first.ptx, second.ptx);
+    }
 }
