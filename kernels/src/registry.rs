@@ -8,6 +8,8 @@
 use crate::sources::CudaSource;
 use crate::{ArgKind, KernelError};
 use std::fmt::Write as _;
+use ArgKind::{Bf16Buf, F16Buf, F32Buf, F32, U32};
+use CudaSource::{Elementwise, MatmulTiled, Reduce, Softmax};
 
 /// Whether a kernel reads or writes a buffer argument (scalars are always read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +120,6 @@ const fn write(name: &'static str, kind: ArgKind) -> ArgSpec {
 const fn nvrtc(source: CudaSource, entry: &'static str) -> Implementation {
     Implementation::Nvrtc { source, entry }
 }
-
-use ArgKind::{Bf16Buf, F16Buf, F32Buf, F32, U32};
-use CudaSource::{Elementwise, MatmulTiled, Reduce, Softmax};
 
 const MATMUL_F32_ARGS: &[ArgSpec] = &[
     read("a", F32Buf),
