@@ -1,57 +1,43 @@
-//! `ember-kernels`: Ember's GPU kernels and the CPU reference of each.
+//! `ember-kernels`: Ember's GPU kernels, the CPU reference of each, and a device handle that
+//! runs them on a CUDA GPU or, without one, on the CPU.
 //!
-//! For now it holds the CPU reference of `axpy`. The CUDA sources compiled with NVRTC
-//! through `cudarc` come with the kernels issue; every kernel keeps a reference here.
+//! What is here:
+//!
+//! - [`reference`](mod@reference): the CPU reference of every kernel, in plain Rust: element-wise `axpy`,
+//!   `add`, `mul`, `scale`; fixed-order `sum`/`mean`/`max`; row-wise `softmax`; row-major
+//!   `matmul` in f32, f16 and bf16. The reductions run in the GPU's order (documented in
+//!   `reference/reduce.rs`), so the CPU and the GPU give the very same bits.
+//! - [`sources`]: the CUDA C sources, from the `.cu` files under `kernels/cuda/`.
+//! - [`registry`]: every kernel by name ([`registry::KERNELS`]), with its argument kinds
+//!   ([`ArgKind`]) and the source it lives in (or cuBLAS for `matmul_f32/f16/bf16`).
+//! - [`cache`]: the on-disk PTX cache keyed by sha256 of source, NVRTC options and target
+//!   architecture (`sm_XY`), written atomically, so a second start does not compile again.
+//! - [`Device`]: [`Device::open`] gives the CUDA backend when a GPU is usable, else the CPU
+//!   backend ([`Device::backend`] says which); `alloc`, `upload`, `download`, `launch` (by
+//!   registered name, arguments checked against the registry and the buffers' lengths),
+//!   `synchronize`, a per-handle memory limit ([`Device::with_memory_limit`]), and user
+//!   kernels compiled from CUDA C ([`Device::compile_user`], [`Device::launch_user`]).
+//! - [`KernelError`]: the one error type.
+//!
+//! CUDA is reached through `cudarc` with dynamic loading: building needs no CUDA toolkit, and
+//! a machine without `libcuda`/`libnvrtc`/`libcublas` gets [`KernelError::NoCuda`], never a
+//! panic (the libraries are probed before cudarc touches them, and cudarc calls run under
+//! `catch_unwind` as a second line of defence).
 
-/// Why a kernel call was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KernelError {
-    /// Two buffers that must be the same length were not.
-    #[error("length mismatch: x has {x} elements, y has {y}")]
-    LengthMismatch {
-        /// Length of `x`.
-        x: usize,
-        /// Length of `y`.
-        y: usize,
-    },
-}
+#![warn(missing_docs)]
 
-/// `y <- a * x + y`, element by element, on the CPU: the reference the GPU kernel must match.
-pub fn axpy_reference(a: f32, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
-    if x.len() != y.len() {
-        return Err(KernelError::LengthMismatch {
-            x: x.len(),
-            y: y.len(),
-        });
-    }
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi = a.mul_add(*xi, *yi);
-    }
-    Ok(())
-}
+mod arg_kind;
+pub mod cache;
+mod cuda;
+mod device;
+mod error;
+pub mod reference;
+pub mod registry;
+pub mod sources;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn axpy_matches_its_definition() {
-        let mut y = vec![1.0, 2.0, 3.0];
-        axpy_reference(2.0, &[1.0, 1.0, 1.0], &mut y).unwrap();
-        assert_eq!(y, vec![3.0, 4.0, 5.0]);
-        let mut empty: Vec<f32> = Vec::new();
-        axpy_reference(2.0, &[], &mut empty).unwrap();
-        assert!(axpy_reference(1.0, &[1.0], &mut [1.0, 2.0]).is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn axpy_is_fused_multiply_add(a in -1e3f32..1e3, xs in prop::collection::vec(-1e3f32..1e3, 0..257)) {
-            let mut y: Vec<f32> = xs.iter().map(|v| v * 0.5).collect();
-            let expect: Vec<f32> = xs.iter().zip(&y).map(|(x, y)| a.mul_add(*x, *y)).collect();
-            axpy_reference(a, &xs, &mut y).unwrap();
-            prop_assert_eq!(y, expect);
-        }
-    }
-}
+pub use arg_kind::ArgKind;
+pub use device::{
+    Backend, Buffer, BufferId, Device, Element, ElementSlice, ElementType, ElementVec, KernelArg,
+    LaunchGeometry, UserKernel,
+};
+pub use error::KernelError;

@@ -1,0 +1,30 @@
+// Element-wise kernels over f32: axpy, add, mul, scale.
+//
+// Each element is one IEEE operation with round-to-nearest (`fmaf`, `__fadd_rn`,
+// `__fmul_rn`: the compiler may not contract or reorder them), so the results equal the CPU
+// references in `src/reference/` bit for bit. Grid-stride loops: any grid covers any `n`.
+
+#define EMBER_GRID_STRIDE_LOOP(i, n)                                              \
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; \
+         i < (unsigned long long)(n);                                             \
+         i += (unsigned long long)blockDim.x * gridDim.x)
+
+// y <- a * x + y
+extern "C" __global__ void axpy_f32(float a, const float *x, float *y, unsigned int n) {
+    EMBER_GRID_STRIDE_LOOP(i, n) { y[i] = fmaf(a, x[i], y[i]); }
+}
+
+// out <- x + y
+extern "C" __global__ void add_f32(const float *x, const float *y, float *out, unsigned int n) {
+    EMBER_GRID_STRIDE_LOOP(i, n) { out[i] = __fadd_rn(x[i], y[i]); }
+}
+
+// out <- x * y
+extern "C" __global__ void mul_f32(const float *x, const float *y, float *out, unsigned int n) {
+    EMBER_GRID_STRIDE_LOOP(i, n) { out[i] = __fmul_rn(x[i], y[i]); }
+}
+
+// out <- a * x
+extern "C" __global__ void scale_f32(float a, const float *x, float *out, unsigned int n) {
+    EMBER_GRID_STRIDE_LOOP(i, n) { out[i] = __fmul_rn(a, x[i]); }
+}

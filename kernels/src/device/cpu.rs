@@ -1,0 +1,136 @@
+//! The CPU backend: buffers in host memory, every kernel run by its CPU reference.
+
+use super::buffer::BufferId;
+use super::element::{Element, ElementSlice, ElementType, ElementVec};
+use super::operation::{Elementwise, MatmulEngine, Operation, Reduction};
+use crate::reference;
+use crate::KernelError;
+use half::{bf16, f16};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Host buffers by id.
+#[derive(Debug, Default)]
+pub(crate) struct CpuBackend {
+    buffers: Mutex<HashMap<BufferId, ElementVec>>,
+}
+
+type Buffers = HashMap<BufferId, ElementVec>;
+
+impl CpuBackend {
+    fn buffers(&self) -> MutexGuard<'_, Buffers> {
+        self.buffers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn alloc_zeroed(
+        &self,
+        id: BufferId,
+        element: ElementType,
+        len: usize,
+    ) -> Result<(), KernelError> {
+        let data = ElementVec::try_zeros(element, len)?;
+        self.buffers().insert(id, data);
+        Ok(())
+    }
+
+    pub(crate) fn upload(&self, id: BufferId, data: ElementSlice<'_>) {
+        self.buffers().insert(id, ElementVec::copy_of(data));
+    }
+
+    pub(crate) fn download(&self, id: BufferId) -> Result<ElementVec, KernelError> {
+        self.buffers()
+            .get(&id)
+            .cloned()
+            .ok_or(KernelError::ForeignBuffer { id: id.0 })
+    }
+
+    pub(crate) fn free(&self, id: BufferId) {
+        self.buffers().remove(&id);
+    }
+
+    pub(crate) fn run(&self, operation: &Operation) -> Result<(), KernelError> {
+        let mut buffers = self.buffers();
+        match *operation {
+            Operation::Elementwise { kind, x, out, .. } => {
+                with_output::<f32>(&mut buffers, out, |buffers, out| {
+                    let x = input::<f32>(buffers, x)?;
+                    match kind {
+                        Elementwise::Axpy { a } => reference::axpy(a, x, out),
+                        Elementwise::Scale { a } => reference::scale(a, x, out),
+                        Elementwise::Add { y } => reference::add(x, input(buffers, y)?, out),
+                        Elementwise::Mul { y } => reference::mul(x, input(buffers, y)?, out),
+                    }
+                })
+            }
+            Operation::Reduce {
+                reduction, x, out, ..
+            } => with_output::<f32>(&mut buffers, out, |buffers, out| {
+                let x = input::<f32>(buffers, x)?;
+                let value = match reduction {
+                    Reduction::Sum => reference::sum(x),
+                    Reduction::Mean => reference::mean(x)?,
+                    Reduction::Max => reference::max(x)?,
+                };
+                out.copy_from_slice(&[value]);
+                Ok(())
+            }),
+            Operation::Softmax { x, y, rows, cols } => {
+                with_output::<f32>(&mut buffers, y, |buffers, y| {
+                    reference::softmax(input(buffers, x)?, rows, cols, y)
+                })
+            }
+            Operation::Matmul {
+                engine,
+                element,
+                a,
+                b,
+                c,
+                shape,
+            } => match (engine, element) {
+                (MatmulEngine::Cublas | MatmulEngine::Tiled, ElementType::F32) => {
+                    with_output::<f32>(&mut buffers, c, |buffers, c| {
+                        reference::matmul_f32(input(buffers, a)?, input(buffers, b)?, c, shape)
+                    })
+                }
+                (_, ElementType::F16) => with_output::<f16>(&mut buffers, c, |buffers, c| {
+                    reference::matmul_f16(input(buffers, a)?, input(buffers, b)?, c, shape)
+                }),
+                (_, ElementType::Bf16) => with_output::<bf16>(&mut buffers, c, |buffers, c| {
+                    reference::matmul_bf16(input(buffers, a)?, input(buffers, b)?, c, shape)
+                }),
+            },
+        }
+    }
+}
+
+/// The elements of input buffer `id`.
+fn input<T: Element>(buffers: &Buffers, id: BufferId) -> Result<&[T], KernelError> {
+    let data = buffers
+        .get(&id)
+        .ok_or(KernelError::ForeignBuffer { id: id.0 })?;
+    T::as_slice(data).ok_or(KernelError::ElementType {
+        requested: T::TYPE.name(),
+        actual: data.element().name(),
+    })
+}
+
+/// Takes output buffer `id` out of the map while `write` fills it from the inputs left in
+/// the map, then puts it back (also when `write` fails).
+fn with_output<T: Element>(
+    buffers: &mut Buffers,
+    id: BufferId,
+    write: impl FnOnce(&Buffers, &mut [T]) -> Result<(), KernelError>,
+) -> Result<(), KernelError> {
+    let mut output = buffers
+        .remove(&id)
+        .ok_or(KernelError::ForeignBuffer { id: id.0 })?;
+    let result = match T::as_mut_slice(&mut output) {
+        Some(out) => write(buffers, out),
+        None => Err(KernelError::ElementType {
+            requested: T::TYPE.name(),
+            actual: output.element().name(),
+        }),
+    };
+    buffers.insert(id, output);
+    result
+}
