@@ -76,8 +76,22 @@ pub(crate) async fn run_task(
 ) -> ClientReply {
     let task = TaskId(head.next_id());
     let mut retries = 0u32;
+    let mut lost: Option<RemoteError> = None;
     loop {
         let reply = run_task_once(head, task, &spec, client).await;
+        let reply = match (reply, &lost) {
+            // A retry no node can take now (the only one that could died): the caller hears
+            // of the death, and why the task cannot run again.
+            (ClientReply::Error(e), Some(died))
+                if matches!(e.kind, ErrorKind::Infeasible | ErrorKind::Unknown) =>
+            {
+                ClientReply::Error(RemoteError::new(
+                    ErrorKind::WorkerDied,
+                    format!("{died}; it cannot run again: {e}"),
+                ))
+            }
+            (reply, _) => reply,
+        };
         let retry = match &reply {
             ClientReply::Error(e) => match e.kind {
                 ErrorKind::WorkerDied => true,
@@ -90,8 +104,11 @@ pub(crate) async fn run_task(
             return reply;
         }
         retries += 1;
-        if let ClientReply::Error(e) = &reply {
+        if let ClientReply::Error(e) = reply {
             tracing::warn!(%task, retries, "retrying the task: {e}");
+            if e.kind == ErrorKind::WorkerDied {
+                lost = Some(e);
+            }
         }
     }
 }
