@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ember::{Cluster, ErrorKind, NodeId};
 use ember_tests::tasks::{fails_once, nap, spin, Counter, Ledger, LedgerHandle, Tally};
-use ember_tests::{until, within, TestCluster, WorkerSpec};
+use ember_tests::{until, within, S3Server, TestCluster, WorkerSpec};
 
 fn gpu() -> WorkerSpec {
     WorkerSpec::gpus(1, "H100", "80GiB")
@@ -330,4 +330,45 @@ async fn a_busy_worker_is_not_mistaken_for_a_dead_one() {
         "{}",
         tc.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto's S3 server: pip install 'moto[server]' (.ci/run installs it and runs this)"]
+async fn checkpoints_in_s3_outlive_the_worker() {
+    let s3 = S3Server::start()
+        .await
+        .expect("moto_server is not installed: pip install 'moto[server]'");
+    let (status, body) = s3.request("PUT", "/ember");
+    assert_eq!(status, 200, "cannot create the bucket: {body}");
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut tc = TestCluster::start_head(
+        "127.0.0.1:0",
+        &["--checkpoint-store", "s3://ember/run"],
+        &env,
+    )
+    .await;
+    tc.add_worker("w0", &gpu());
+    tc.add_worker("w1", &gpu());
+    let cluster = tc.connect().await;
+    tc.wait_for_nodes(&cluster, 2).await;
+
+    let ledger = ledger(&cluster).await;
+    for n in 1..=5 {
+        within("add", ledger.add(n)).await.expect("add");
+    }
+    // The checkpoints are objects in the bucket (the newest three), not files on the head.
+    let actor = ledger.actor().id();
+    let (status, listing) = s3.request("GET", &format!("/ember?list-type=2&prefix=run/{actor}/"));
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(listing.matches("<Key>").count(), 3, "{listing}");
+    assert!(
+        listing.contains(&format!("run/{actor}/00000000000000000005-")),
+        "{listing}"
+    );
+    assert!(!tc.state_dir().join("checkpoints").exists());
+
+    tc.kill_worker(&worker_of(&cluster, ledger.actor().node()).await);
+    assert_eq!(within("totals", ledger.totals()).await.unwrap(), (15, 5));
+    assert_eq!(ledger.actor().incarnation(), 2);
 }

@@ -195,12 +195,20 @@ impl TestCluster {
 
     /// Starts `ember head` listening on `listen` and waits for its cluster file.
     pub async fn start_on(listen: &str) -> Self {
+        TestCluster::start_head(listen, &[], &[]).await
+    }
+
+    /// Starts `ember head` on a free loopback port with extra arguments and environment, and
+    /// waits for its cluster file.
+    pub async fn start_head(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("state");
         let log = dir.path().join("head.log");
         let child = Command::new(ember_exe())
             .args(["head", "--listen", listen, "--state-dir"])
             .arg(&state)
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .env_remove("EMBER_ROLE")
             .stdin(Stdio::null())
@@ -518,4 +526,87 @@ pub async fn gpus_in_use(cluster: &Cluster) -> Vec<u32> {
         .iter()
         .map(|g| g.share_used.units())
         .collect()
+}
+
+/// A local S3 server (moto's, from PyPI: `pip install 'moto[server]'`) on a free loopback
+/// port, killed on drop.
+pub struct S3Server {
+    child: Child,
+    /// Its address, e.g. `http://127.0.0.1:40123`.
+    pub endpoint: String,
+    port: u16,
+}
+
+impl S3Server {
+    /// Starts `moto_server` and waits until it answers; `None` if moto is not installed.
+    pub async fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+        };
+        // Process start-up: poll for its port with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(server)
+    }
+
+    /// One plain HTTP request (moto does not check signatures); the status and body.
+    pub fn request(&self, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or("");
+        (status, body.to_string())
+    }
+
+    /// The environment that points a head at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

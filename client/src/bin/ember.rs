@@ -40,6 +40,10 @@ enum Command {
         /// How many checkpoints of each actor the head keeps.
         #[arg(long, default_value_t = 3)]
         keep_checkpoints: usize,
+        /// Keep checkpoints in S3-compatible object storage, `s3://bucket/prefix`, instead of
+        /// the state directory (credentials and endpoint from the AWS_* variables).
+        #[arg(long)]
+        checkpoint_store: Option<String>,
     },
     /// Join a cluster as a worker.
     Worker(WorkerArgs),
@@ -214,11 +218,13 @@ async fn run(cli: Cli) -> Result<i32> {
             state_dir,
             heartbeat_timeout,
             keep_checkpoints,
+            checkpoint_store,
         } => {
             let mut config = HeadConfig::new(state_dir.unwrap_or_else(default_state_dir));
             config.listen = listen;
             config.heartbeat_timeout = heartbeat_timeout;
             config.keep_checkpoints = keep_checkpoints;
+            config.checkpoint_store = checkpoint_store;
             let state_dir = config.state_dir.clone();
             let head = head::start(config).await?;
             println!("Ember head listening on {}", head.addr);

@@ -1,12 +1,16 @@
-//! Checkpoints on the head's disk: one directory per actor, one file per checkpoint, named by
-//! its sequence number and the SHA-256 of its contents. A file is written whole or not at all
-//! (temporary file, fsync, rename, fsync of the directory) and checked against its hash when
-//! read back; the newest `keep` of each actor are kept.
+//! Where the head keeps checkpoints: on its own disk (the default) or in S3-compatible object
+//! storage. Each checkpoint is one file or object, `<actor>/<seq>-<sha256>.ckpt`, named by its
+//! sequence number and the SHA-256 of its contents, and checked against that hash when read
+//! back. A file is written whole or not at all (temporary file, fsync, rename, fsync of the
+//! directory); an object store makes an object visible whole by itself. The newest `keep` of
+//! each actor are kept.
 
-use std::fs;
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
 use crate::ids::ActorId;
@@ -20,102 +24,271 @@ pub(crate) struct Restored {
     pub(crate) image: Vec<u8>,
 }
 
-/// The checkpoints of every actor, under one directory.
-#[derive(Debug)]
+/// Why a checkpoint could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The head's disk.
+    #[error("checkpoint file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The object store.
+    #[error("checkpoint object store: {0}")]
+    Object(#[from] object_store::Error),
+    /// The store's address.
+    #[error("checkpoint store `{url}`: {reason}")]
+    Address {
+        /// What was given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+enum Backend {
+    Disk(PathBuf),
+    Object {
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+    },
+}
+
+/// The checkpoints of every actor.
 pub(crate) struct CheckpointStore {
-    dir: PathBuf,
+    backend: Backend,
     keep: usize,
 }
 
-impl CheckpointStore {
-    /// A store in `dir`, keeping the newest `keep` (at least 1) checkpoints of each actor.
-    /// Checkpoints left by an earlier head are removed: actor ids start again with each head.
-    pub(crate) fn open(dir: PathBuf, keep: usize) -> io::Result<Self> {
-        if dir.exists() {
-            fs::remove_dir_all(&dir)?;
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            Backend::Disk(d) => write!(f, "CheckpointStore(disk {})", d.display()),
+            Backend::Object { prefix, .. } => write!(f, "CheckpointStore(object store {prefix})"),
         }
-        fs::create_dir_all(&dir)?;
+    }
+}
+
+impl CheckpointStore {
+    /// A store in directory `dir`, keeping the newest `keep` (at least 1) checkpoints of each
+    /// actor. Checkpoints left by an earlier head are removed: actor ids start again with each
+    /// head.
+    pub(crate) fn on_disk(dir: PathBuf, keep: usize) -> Result<Self, CheckpointError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
         Ok(CheckpointStore {
-            dir,
+            backend: Backend::Disk(dir),
             keep: keep.max(1),
         })
     }
 
-    /// The directory holding `actor`'s checkpoints.
-    pub(crate) fn actor_dir(&self, actor: ActorId) -> PathBuf {
-        self.dir.join(actor.to_string())
+    /// A store under `prefix` of an object store; what an earlier head left there is removed.
+    pub(crate) async fn in_objects(
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+        keep: usize,
+    ) -> Result<Self, CheckpointError> {
+        let old: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+        for meta in old {
+            store.delete(&meta.location).await?;
+        }
+        Ok(CheckpointStore {
+            backend: Backend::Object { store, prefix },
+            keep: keep.max(1),
+        })
+    }
+
+    /// A store in S3-compatible object storage at `url` (`s3://bucket/prefix`), configured
+    /// from the usual `AWS_*` variables (`AWS_ENDPOINT` for a server other than AWS's,
+    /// `AWS_ALLOW_HTTP=true` for one without TLS).
+    pub(crate) async fn in_s3(url: &str, keep: usize) -> Result<Self, CheckpointError> {
+        let bad = |reason: String| CheckpointError::Address {
+            url: url.to_string(),
+            reason,
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("only s3://bucket/prefix is supported".into()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket named".into()));
+        }
+        // reqwest's TLS uses the process's rustls provider: the same ring as everything else.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()?;
+        let prefix = ObjectPath::parse(prefix).map_err(|e| bad(e.to_string()))?;
+        CheckpointStore::in_objects(Arc::new(store), prefix, keep).await
     }
 
     /// Writes a checkpoint durably, then drops the oldest beyond `keep`.
-    pub(crate) fn save(&self, actor: ActorId, seq: u64, image: &[u8]) -> io::Result<()> {
-        let dir = self.actor_dir(actor);
-        fs::create_dir_all(&dir)?;
-        let hash = hex::encode(Sha256::digest(image));
-        let name = format!("{seq:020}-{hash}.ckpt");
-        let tmp = dir.join(format!(".{name}.tmp"));
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(image)?;
-            f.sync_all()?;
+    pub(crate) async fn save(
+        &self,
+        actor: ActorId,
+        seq: u64,
+        image: Vec<u8>,
+    ) -> Result<(), CheckpointError> {
+        let name = file_name(seq, &image);
+        match &self.backend {
+            Backend::Disk(dir) => {
+                let dir = dir.join(actor.to_string());
+                let keep = self.keep;
+                blocking(move || save_file(&dir, &name, &image, keep)).await
+            }
+            Backend::Object { store, prefix } => {
+                let dir = actor_prefix(prefix, actor);
+                store.put(&dir.clone().join(name), image.into()).await?;
+                let files = list_objects(store.as_ref(), &dir).await?;
+                let excess = files.len().saturating_sub(self.keep);
+                for (_, location) in files.into_iter().take(excess) {
+                    store.delete(&location).await?;
+                }
+                Ok(())
+            }
         }
-        fs::rename(&tmp, dir.join(&name))?;
-        fs::File::open(&dir)?.sync_all()?;
-        let files = list(&dir)?;
-        let excess = files.len().saturating_sub(self.keep);
-        for (_, path) in files.into_iter().take(excess) {
-            fs::remove_file(path)?;
-        }
-        Ok(())
     }
 
     /// The newest checkpoint of `actor` whose contents match their hash. A newer one that does
     /// not is skipped with a warning and deleted, so that the actor's next checkpoints (which
     /// continue from the one returned) are not shadowed by it.
-    pub(crate) fn latest(&self, actor: ActorId) -> io::Result<Option<Restored>> {
-        let dir = self.actor_dir(actor);
-        if !dir.exists() {
-            return Ok(None);
-        }
-        for (seq, path) in list(&dir)?.into_iter().rev() {
-            let image = fs::read(&path)?;
-            let expected = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.split_once('-'))
-                .map(|(_, h)| h.to_string())
-                .unwrap_or_default();
-            if hex::encode(Sha256::digest(&image)) == expected {
-                return Ok(Some(Restored { seq, image }));
+    pub(crate) async fn latest(&self, actor: ActorId) -> Result<Option<Restored>, CheckpointError> {
+        match &self.backend {
+            Backend::Disk(dir) => {
+                let dir = dir.join(actor.to_string());
+                blocking(move || latest_file(actor, &dir)).await
             }
-            tracing::warn!(
-                %actor, seq, path = %path.display(),
-                "checkpoint does not match its hash: skipping it for the previous one"
-            );
-            fs::remove_file(&path)?;
+            Backend::Object { store, prefix } => {
+                let dir = actor_prefix(prefix, actor);
+                for (seq, location) in list_objects(store.as_ref(), &dir).await?.into_iter().rev() {
+                    let image = store.get(&location).await?.bytes().await?.to_vec();
+                    if matches_its_hash(location.filename().unwrap_or_default(), &image) {
+                        return Ok(Some(Restored { seq, image }));
+                    }
+                    warn_corrupt(actor, seq, &location.to_string());
+                    store.delete(&location).await?;
+                }
+                Ok(None)
+            }
         }
-        Ok(None)
     }
 
     /// Forgets every checkpoint of an actor that is gone for good.
-    pub(crate) fn remove(&self, actor: ActorId) {
-        let _ = fs::remove_dir_all(self.actor_dir(actor));
+    pub(crate) async fn remove(&self, actor: ActorId) {
+        match &self.backend {
+            Backend::Disk(dir) => {
+                let _ = std::fs::remove_dir_all(dir.join(actor.to_string()));
+            }
+            Backend::Object { store, prefix } => {
+                let dir = actor_prefix(prefix, actor);
+                if let Ok(files) = list_objects(store.as_ref(), &dir).await {
+                    for (_, location) in files {
+                        let _ = store.delete(&location).await;
+                    }
+                }
+            }
+        }
     }
 }
 
+/// `<seq>-<sha256>.ckpt`, with the sequence number padded so names sort by it.
+fn file_name(seq: u64, image: &[u8]) -> String {
+    format!("{seq:020}-{}.ckpt", hex::encode(Sha256::digest(image)))
+}
+
+/// The sequence number in a checkpoint's name.
+fn seq_of(name: &str) -> Option<u64> {
+    name.strip_suffix(".ckpt")?.split('-').next()?.parse().ok()
+}
+
+/// True when `image` hashes to the hash in its name.
+fn matches_its_hash(name: &str, image: &[u8]) -> bool {
+    let expected = name
+        .strip_suffix(".ckpt")
+        .and_then(|s| s.split_once('-'))
+        .map(|(_, h)| h);
+    expected == Some(hex::encode(Sha256::digest(image)).as_str())
+}
+
+fn warn_corrupt(actor: ActorId, seq: u64, at: &str) {
+    tracing::warn!(
+        %actor, seq, at,
+        "checkpoint does not match its hash: skipping it for the previous one"
+    );
+}
+
+fn actor_prefix(prefix: &ObjectPath, actor: ActorId) -> ObjectPath {
+    prefix.clone().join(actor.to_string())
+}
+
+/// The checkpoint objects under `dir`, oldest first.
+async fn list_objects(
+    store: &dyn ObjectStore,
+    dir: &ObjectPath,
+) -> Result<Vec<(u64, ObjectPath)>, CheckpointError> {
+    let metas: Vec<_> = store.list(Some(dir)).try_collect().await?;
+    let mut files: Vec<(u64, ObjectPath)> = metas
+        .into_iter()
+        .filter_map(|m| Some((seq_of(m.location.filename()?)?, m.location)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, CheckpointError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CheckpointError::Io(std::io::Error::other(e.to_string())))?
+        .map_err(CheckpointError::Io)
+}
+
+fn save_file(dir: &Path, name: &str, image: &[u8], keep: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(image)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    let files = list_files(dir)?;
+    let excess = files.len().saturating_sub(keep);
+    for (_, path) in files.into_iter().take(excess) {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
+fn latest_file(actor: ActorId, dir: &Path) -> std::io::Result<Option<Restored>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    for (seq, path) in list_files(dir)?.into_iter().rev() {
+        let image = std::fs::read(&path)?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if matches_its_hash(name, &image) {
+            return Ok(Some(Restored { seq, image }));
+        }
+        warn_corrupt(actor, seq, &path.display().to_string());
+        std::fs::remove_file(&path)?;
+    }
+    Ok(None)
+}
+
 /// The checkpoint files in `dir`, oldest first.
-fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+fn list_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut files = Vec::new();
-    for entry in fs::read_dir(dir)? {
+    for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "ckpt") {
-            let seq = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split('-').next())
-                .and_then(|s| s.parse::<u64>().ok());
-            if let Some(seq) = seq {
-                files.push((seq, path));
-            }
+        let seq = path.file_name().and_then(|n| n.to_str()).and_then(seq_of);
+        if let Some(seq) = seq {
+            files.push((seq, path));
         }
     }
     files.sort();
@@ -126,69 +299,150 @@ fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 mod tests {
     use super::*;
 
-    fn store(keep: usize) -> (tempfile::TempDir, CheckpointStore) {
+    /// Both backends: the disk, and an object store (in memory here; S3 in `tests/`).
+    async fn stores(keep: usize) -> (tempfile::TempDir, Vec<CheckpointStore>) {
         let tmp = tempfile::tempdir().expect("a temporary directory");
-        let store = CheckpointStore::open(tmp.path().join("checkpoints"), keep).expect("open");
-        (tmp, store)
+        let disk = CheckpointStore::on_disk(tmp.path().join("checkpoints"), keep).expect("disk");
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        let objects = CheckpointStore::in_objects(memory, ObjectPath::from("run"), keep)
+            .await
+            .expect("objects");
+        (tmp, vec![disk, objects])
     }
 
-    #[test]
-    fn the_newest_checkpoint_comes_back_and_only_keep_remain() {
-        let (_tmp, store) = store(2);
-        let a = ActorId(7);
-        assert_eq!(store.latest(a).unwrap(), None);
-        for seq in 1..=4u64 {
-            store.save(a, seq, &seq.to_le_bytes()).unwrap();
+    /// Overwrites the newest checkpoint of `actor` with `bytes`, as a damaged disk would.
+    async fn damage_newest(store: &CheckpointStore, actor: ActorId, bytes: &'static [u8]) {
+        match &store.backend {
+            Backend::Disk(dir) => {
+                let (_, path) = list_files(&dir.join(actor.to_string()))
+                    .unwrap()
+                    .pop()
+                    .unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            Backend::Object { store, prefix } => {
+                let dir = actor_prefix(prefix, actor);
+                let (_, location) = list_objects(store.as_ref(), &dir)
+                    .await
+                    .unwrap()
+                    .pop()
+                    .unwrap();
+                store.put(&location, bytes.into()).await.unwrap();
+            }
         }
-        let got = store.latest(a).unwrap().expect("a checkpoint");
-        assert_eq!((got.seq, got.image), (4, 4u64.to_le_bytes().to_vec()));
-        let seqs: Vec<u64> = list(&store.actor_dir(a))
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(seqs, vec![3, 4]);
-        // No temporary file is left behind.
-        let names: Vec<_> = fs::read_dir(store.actor_dir(a)).unwrap().collect();
-        assert_eq!(names.len(), 2);
     }
 
-    #[test]
-    fn a_corrupted_checkpoint_falls_back_to_the_previous_one() {
-        let (_tmp, store) = store(3);
-        let a = ActorId(1);
-        store.save(a, 1, b"one").unwrap();
-        store.save(a, 2, b"two").unwrap();
-        let (_, newest) = list(&store.actor_dir(a)).unwrap().pop().unwrap();
-        fs::write(&newest, b"tw0").unwrap();
-        let got = store.latest(a).unwrap().expect("the previous checkpoint");
-        assert_eq!((got.seq, got.image.as_slice()), (1, &b"one"[..]));
-        assert!(!newest.exists(), "the corrupted file is removed");
-        // The next checkpoint continues from the one restored.
-        store.save(a, 2, b"two again").unwrap();
-        assert_eq!(store.latest(a).unwrap().unwrap().image, b"two again");
-    }
-
-    #[test]
-    fn every_checkpoint_corrupted_means_none() {
-        let (_tmp, store) = store(3);
-        let a = ActorId(2);
-        store.save(a, 1, b"one").unwrap();
-        for (_, path) in list(&store.actor_dir(a)).unwrap() {
-            fs::write(path, b"garbage").unwrap();
+    async fn seqs(store: &CheckpointStore, actor: ActorId) -> Vec<u64> {
+        match &store.backend {
+            Backend::Disk(dir) => list_files(&dir.join(actor.to_string()))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect(),
+            Backend::Object { store, prefix } => {
+                list_objects(store.as_ref(), &actor_prefix(prefix, actor))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect()
+            }
         }
-        assert_eq!(store.latest(a).unwrap(), None);
-        store.remove(a);
-        assert!(!store.actor_dir(a).exists());
+    }
+
+    #[tokio::test]
+    async fn the_newest_checkpoint_comes_back_and_only_keep_remain() {
+        let (_tmp, stores) = stores(2).await;
+        for store in &stores {
+            let a = ActorId(7);
+            assert_eq!(store.latest(a).await.unwrap(), None, "{store:?}");
+            for seq in 1..=4u64 {
+                store
+                    .save(a, seq, seq.to_le_bytes().to_vec())
+                    .await
+                    .unwrap();
+            }
+            let got = store.latest(a).await.unwrap().expect("a checkpoint");
+            assert_eq!(
+                (got.seq, got.image),
+                (4, 4u64.to_le_bytes().to_vec()),
+                "{store:?}"
+            );
+            assert_eq!(seqs(store, a).await, vec![3, 4], "{store:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_checkpoint_falls_back_to_the_previous_one() {
+        let (_tmp, stores) = stores(3).await;
+        for store in &stores {
+            let a = ActorId(1);
+            store.save(a, 1, b"one".to_vec()).await.unwrap();
+            store.save(a, 2, b"two".to_vec()).await.unwrap();
+            damage_newest(store, a, b"tw0").await;
+            let got = store
+                .latest(a)
+                .await
+                .unwrap()
+                .expect("the previous checkpoint");
+            assert_eq!(
+                (got.seq, got.image.as_slice()),
+                (1, &b"one"[..]),
+                "{store:?}"
+            );
+            assert_eq!(
+                seqs(store, a).await,
+                vec![1],
+                "the corrupted one is removed"
+            );
+            // The next checkpoint continues from the one restored.
+            store.save(a, 2, b"two again".to_vec()).await.unwrap();
+            assert_eq!(store.latest(a).await.unwrap().unwrap().image, b"two again");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_checkpoint_corrupted_means_none_and_remove_forgets() {
+        let (_tmp, stores) = stores(3).await;
+        for store in &stores {
+            let a = ActorId(2);
+            store.save(a, 1, b"one".to_vec()).await.unwrap();
+            damage_newest(store, a, b"garbage").await;
+            assert_eq!(store.latest(a).await.unwrap(), None, "{store:?}");
+            store.save(a, 1, b"one".to_vec()).await.unwrap();
+            store.remove(a).await;
+            assert!(seqs(store, a).await.is_empty(), "{store:?}");
+        }
     }
 
     #[test]
-    fn opening_clears_an_earlier_heads_checkpoints() {
+    fn a_bad_s3_address_is_a_clear_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for url in ["file:///tmp/x", "s3://"] {
+            let err = rt.block_on(CheckpointStore::in_s3(url, 1)).unwrap_err();
+            assert!(err.to_string().contains(url), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn opening_clears_an_earlier_heads_checkpoints() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("checkpoints");
-        let first = CheckpointStore::open(dir.clone(), 1).unwrap();
-        first.save(ActorId(1), 1, b"old").unwrap();
-        let second = CheckpointStore::open(dir, 1).unwrap();
-        assert_eq!(second.latest(ActorId(1)).unwrap(), None);
+        let first = CheckpointStore::on_disk(dir.clone(), 1).unwrap();
+        first.save(ActorId(1), 1, b"old".to_vec()).await.unwrap();
+        let second = CheckpointStore::on_disk(dir, 1).unwrap();
+        assert_eq!(second.latest(ActorId(1)).await.unwrap(), None);
+
+        let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let first = CheckpointStore::in_objects(memory.clone(), ObjectPath::from("p"), 1)
+            .await
+            .unwrap();
+        first.save(ActorId(1), 1, b"old".to_vec()).await.unwrap();
+        let second = CheckpointStore::in_objects(memory, ObjectPath::from("p"), 1)
+            .await
+            .unwrap();
+        assert_eq!(second.latest(ActorId(1)).await.unwrap(), None);
     }
 }

@@ -108,12 +108,22 @@ async fn serve_worker(head: Arc<Head>, conn: quinn::Connection, node: NodeId) {
         tokio::spawn(async move {
             let timeout = head.heartbeat_timeout;
             let mut tick = tokio::time::interval(timeout / 8);
+            // Any datagram from the worker (its QUIC stack acknowledging bulk data, or its
+            // keep-alives) proves it alive too: a worker so busy that a heartbeat waits in
+            // line is not dead. A frozen or killed one sends nothing at all.
+            let mut received = conn.stats().udp_rx.datagrams;
+            let mut heard = Instant::now();
             loop {
                 tick.tick().await;
+                let now_received = conn.stats().udp_rx.datagrams;
+                if now_received != received {
+                    received = now_received;
+                    heard = Instant::now();
+                }
                 let silent = head
                     .nodes
                     .get(&node)
-                    .map(|n| n.last_heartbeat.elapsed())
+                    .map(|n| n.last_heartbeat.elapsed().min(heard.elapsed()))
                     .unwrap_or_default();
                 if silent > timeout {
                     tracing::warn!(%node, "no heartbeat for {silent:?}: declaring the worker dead");

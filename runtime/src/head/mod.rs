@@ -21,6 +21,9 @@ use tokio::sync::watch;
 
 use crate::security::{server_config, ClusterFile, ClusterSecrets, SecurityError};
 
+use checkpoints::CheckpointStore;
+
+pub use checkpoints::CheckpointError;
 pub use status::{ActorLifeStatus, ClusterStatus, NodeStatus, WorkStatus};
 
 /// How a head is started.
@@ -34,6 +37,9 @@ pub struct HeadConfig {
     pub heartbeat_timeout: Duration,
     /// How many checkpoints of each actor are kept (the newest ones).
     pub keep_checkpoints: usize,
+    /// Where checkpoints go: `None` for `<state_dir>/checkpoints`, or an S3-compatible store
+    /// as `s3://bucket/prefix` (configured from the `AWS_*` variables).
+    pub checkpoint_store: Option<String>,
 }
 
 impl HeadConfig {
@@ -45,6 +51,7 @@ impl HeadConfig {
             state_dir,
             heartbeat_timeout: Duration::from_secs(2),
             keep_checkpoints: 3,
+            checkpoint_store: None,
         }
     }
 }
@@ -55,14 +62,9 @@ pub enum HeadError {
     /// The state directory, certificate or cluster file could not be made or read.
     #[error(transparent)]
     Security(#[from] SecurityError),
-    /// The checkpoint directory could not be made.
-    #[error("cannot prepare the checkpoint directory {path}: {source}")]
-    Checkpoints {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The checkpoint store could not be prepared.
+    #[error("cannot prepare the checkpoint store: {0}")]
+    Checkpoints(#[from] CheckpointError),
     /// The address could not be bound (in use, not local).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -116,13 +118,11 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
     cluster.write(&config.state_dir)?;
     tracing::info!(%addr, state_dir = %config.state_dir.display(), "head listening");
 
-    let checkpoint_dir = config.state_dir.join("checkpoints");
-    let checkpoints =
-        checkpoints::CheckpointStore::open(checkpoint_dir.clone(), config.keep_checkpoints)
-            .map_err(|source| HeadError::Checkpoints {
-                path: checkpoint_dir,
-                source,
-            })?;
+    let keep = config.keep_checkpoints;
+    let checkpoints = match &config.checkpoint_store {
+        None => CheckpointStore::on_disk(config.state_dir.join("checkpoints"), keep)?,
+        Some(url) => CheckpointStore::in_s3(url, keep).await?,
+    };
     let head = Arc::new(registry::Head::new(
         secrets.token,
         config.heartbeat_timeout,

@@ -72,17 +72,9 @@ async fn restart(head: Arc<Head>, actor: ActorId, incarnation: u32) {
     let restore = if spec.checkpoint.enabled {
         // Every save accepted before this incarnation began is on disk once the lock is held.
         let _held = lock.lock().await;
-        let read = tokio::task::spawn_blocking({
-            let head = head.clone();
-            move || head.checkpoints.latest(actor)
-        })
-        .await;
-        match read {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                return give_up(&head, actor, incarnation, format!("its checkpoints: {e}"))
-            }
-            Err(e) => return give_up(&head, actor, incarnation, e.to_string()),
+        match head.checkpoints.latest(actor).await {
+            Ok(found) => found,
+            Err(e) => return give_up(&head, actor, incarnation, format!("its checkpoints: {e}")),
         }
     } else {
         None
@@ -235,10 +227,18 @@ async fn probe(head: &Arc<Head>, actor: ActorId, location: &ActorLocation) -> bo
         incarnation: location.incarnation,
     };
     let window = head.probe_timeout();
+    let received = |h: &Head| h.node_conn(node).map(|c| c.stats().udp_rx.datagrams);
+    let before = received(head);
     match tokio::time::timeout(window, call_worker(head, node, &cmd)).await {
         Ok(Ok(WorkerReply::Probed { alive: true })) => true,
         Ok(Ok(WorkerReply::Probed { alive: false })) => {
             actor_lost(head, actor, location.incarnation, "its process ended");
+            false
+        }
+        Err(_) if before.is_some() && received(head) != before => {
+            // Slow to answer but not silent: a busy worker, which reports a lost actor
+            // process itself.
+            tracing::info!(%node, "slow to answer a probe, but alive");
             false
         }
         Ok(_) | Err(_) => {
@@ -284,21 +284,15 @@ pub(crate) async fn save_checkpoint(head: &Arc<Head>, save: CheckpointSave) -> C
         }
     }
     let seq = save.seq;
-    let written = tokio::task::spawn_blocking({
-        let head = head.clone();
-        move || head.checkpoints.save(actor, seq, &save.image)
-    })
-    .await;
-    match written {
-        Ok(Ok(())) => {
+    match head.checkpoints.save(actor, seq, save.image).await {
+        Ok(()) => {
             checkpoint_recorded(head, actor, seq);
             ClientReply::CheckpointSaved { seq }
         }
-        Ok(Err(e)) => ClientReply::Error(RemoteError::new(
+        Err(e) => ClientReply::Error(RemoteError::new(
             ErrorKind::Internal,
-            format!("cannot write the checkpoint of {actor}: {e}"),
+            format!("cannot record the checkpoint of {actor}: {e}"),
         )),
-        Err(e) => ClientReply::Error(RemoteError::new(ErrorKind::Internal, e.to_string())),
     }
 }
 

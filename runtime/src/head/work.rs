@@ -85,10 +85,10 @@ pub(crate) async fn run_task(
             (ClientReply::Error(e), Some(died))
                 if matches!(e.kind, ErrorKind::Infeasible | ErrorKind::Unknown) =>
             {
-                ClientReply::Error(RemoteError::new(
+                return ClientReply::Error(RemoteError::new(
                     ErrorKind::WorkerDied,
                     format!("{died}; it cannot run again: {e}"),
-                ))
+                ));
             }
             (reply, _) => reply,
         };
@@ -224,7 +224,7 @@ pub(crate) async fn kill_actor(head: &Head, actor: ActorId) -> bool {
         head.release(lease);
     }
     let _lock = entry.checkpoint_lock.lock().await;
-    head.checkpoints.remove(actor);
+    head.checkpoints.remove(actor).await;
     tracing::info!(%actor, "actor stopped");
     true
 }
