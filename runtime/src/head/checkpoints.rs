@@ -164,7 +164,7 @@ impl CheckpointStore {
                     if matches_its_hash(location.filename().unwrap_or_default(), &image) {
                         return Ok(Some(Restored { seq, image }));
                     }
-                    warn_corrupt(actor, seq, &location.to_string());
+                    warn_corrupt(actor, seq, location.as_ref());
                     store.delete(&location).await?;
                 }
                 Ok(None)
