@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ember::{Cluster, ErrorKind, NodeId};
-use ember_tests::tasks::{fails_once, nap, spin, Counter, Ledger, LedgerHandle, Tally};
+use ember_tests::tasks::{fails_once, nap, spin, Counter, Ledger, LedgerHandle, Meter, Tally};
 use ember_tests::{until, within, S3Server, TestCluster, WorkerSpec};
 
 fn gpu() -> WorkerSpec {
@@ -371,4 +371,101 @@ async fn checkpoints_in_s3_outlive_the_worker() {
     tc.kill_worker(&worker_of(&cluster, ledger.actor().node()).await);
     assert_eq!(within("totals", ledger.totals()).await.unwrap(), (15, 5));
     assert_eq!(ledger.actor().incarnation(), 2);
+}
+
+/// The sequence number of an actor's newest recorded checkpoint, from the head's status.
+async fn checkpoint_seq(cluster: &Cluster, actor: ember::ActorId) -> Option<u64> {
+    let status = within("status", cluster.status()).await.expect("status");
+    status
+        .actors
+        .iter()
+        .find(|a| a.id == actor.to_string())
+        .and_then(|a| a.actor.as_ref())
+        .and_then(|life| life.checkpoint_seq)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_and_on_demand_checkpoints_bring_the_state_back() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu(), gpu()]).await;
+
+    // Every 100 ms while it changes: once recorded, the state survives the worker.
+    let meter = within("spawn", cluster.spawn(Meter::remote(0)))
+        .await
+        .unwrap();
+    for n in 1..=4 {
+        within("add", meter.add(n)).await.unwrap();
+    }
+    let id = meter.actor().id();
+    until("a timed checkpoint", || async {
+        checkpoint_seq(&cluster, id).await.is_some()
+    })
+    .await;
+    tc.kill_worker(&worker_of(&cluster, meter.actor().node()).await);
+    assert_eq!(within("add", meter.add(0)).await.unwrap(), 10);
+
+    // On demand only: the handle asks, and gets the checkpoint's number once recorded.
+    let tally = within(
+        "spawn",
+        cluster.spawn(Tally::remote(0).with(|o| o.max_restarts(1).max_task_retries(1))),
+    )
+    .await
+    .unwrap();
+    within("add", tally.add(5)).await.unwrap();
+    assert_eq!(
+        within("checkpoint", tally.actor().checkpoint())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(checkpoint_seq(&cluster, tally.actor().id()).await, Some(1));
+    within("add", tally.add(1)).await.unwrap();
+    tc.kill_worker(&worker_of(&cluster, tally.actor().node()).await);
+    assert_eq!(
+        within("add", tally.add(0)).await.unwrap(),
+        5,
+        "back to the checkpoint: the add after it was never saved"
+    );
+
+    // A type that cannot checkpoint says so.
+    let counter = within("spawn", cluster.spawn(Counter::remote(0)))
+        .await
+        .unwrap();
+    let err = within("checkpoint", counter.actor().checkpoint())
+        .await
+        .expect_err("Counter does not implement Checkpoint");
+    assert_eq!(err.kind(), Some(ErrorKind::BadRequest), "{err}");
+    assert!(err.to_string().contains("ember::Checkpoint"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_short_is_not_retried_without_max_task_retries() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
+    let ledger = within(
+        "spawn",
+        cluster.spawn(Ledger::remote(0).with(|o| o.max_task_retries(0))),
+    )
+    .await
+    .unwrap();
+    within("add", ledger.add(1)).await.unwrap();
+    let host = worker_of(&cluster, ledger.actor().node()).await;
+    let started = tc.scratch().join("slow-add-started");
+    let slow = {
+        let ledger = ledger.clone();
+        let started = started.display().to_string();
+        tokio::spawn(async move { ledger.slow_add(started, 5_000, 100).await })
+    };
+    until("the slow call to run", || {
+        let running = started.exists();
+        async move { running }
+    })
+    .await;
+    tc.kill_worker(&host);
+    let err = within("the cut call", slow)
+        .await
+        .unwrap()
+        .expect_err("not retried");
+    assert_eq!(err.kind(), Some(ErrorKind::WorkerDied), "{err}");
+    assert!(err.to_string().contains("max_task_retries = 0"), "{err}");
+    // The actor itself came back, without the cut call's effect.
+    assert_eq!(within("totals", ledger.totals()).await.unwrap(), (1, 1));
 }

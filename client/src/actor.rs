@@ -165,8 +165,10 @@ impl ActorRef {
             match lost(&err) {
                 Lost::No => return Err(err),
                 Lost::Moved => {
-                    // The call did not run there: it goes to the next incarnation as is.
-                    self.relocate(&route, false, deadline).await?;
+                    // The call did not run there: it goes to the next incarnation as is. A
+                    // closed connection means the process is gone, not sealed: suspect it.
+                    let suspect = route.caller.is_closed();
+                    self.relocate(&route, suspect, deadline).await?;
                 }
                 Lost::Process => {
                     let policy = route.location.restart;
@@ -258,7 +260,8 @@ impl ActorRef {
 enum Lost {
     /// No: the error is the call's own.
     No,
-    /// The actor moved without running the call.
+    /// The call did not run: the actor moved, or its process was gone before the call was
+    /// written.
     Moved,
     /// The process (or its connection) went away; the call may or may not have run.
     Process,

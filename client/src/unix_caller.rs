@@ -67,12 +67,13 @@ impl UnixCaller {
                     batch.push(more);
                 }
                 for (call, reply) in batch {
+                    if w_closed.load(Ordering::Acquire) {
+                        // Known gone before this call was written: it never ran.
+                        let _ = reply.send(Err(not_delivered(call.actor)));
+                        continue;
+                    }
                     next_id += 1;
                     lock(&w_pending).insert(next_id, reply);
-                    if w_closed.load(Ordering::Acquire) {
-                        fail_all(&w_pending);
-                        return;
-                    }
                     let msg = LocalCall { id: next_id, call };
                     if write_frame(&mut wr, &msg).await.is_err() {
                         return;
@@ -107,7 +108,7 @@ impl UnixCaller {
         let actor = call.actor;
         let (tx, rx) = oneshot::channel();
         if self.calls.send((call, tx)).is_err() {
-            return Err(gone(actor));
+            return Err(not_delivered(actor));
         }
         rx.await.unwrap_or_else(|_| Err(gone(actor)))
     }
@@ -124,6 +125,14 @@ fn fail_all(pending: &Pending) {
             "the actor's process went away during the call",
         )));
     }
+}
+
+/// A call that never reached the actor's process (it had ended): safe to send elsewhere.
+fn not_delivered(actor: ember_runtime::ids::ActorId) -> RemoteError {
+    RemoteError::new(
+        ErrorKind::Moved,
+        format!("actor {actor}'s process is gone; the call was not delivered"),
+    )
 }
 
 fn gone(actor: ember_runtime::ids::ActorId) -> RemoteError {

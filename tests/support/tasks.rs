@@ -184,6 +184,50 @@ impl Ledger {
     pub fn pid(&self) -> u32 {
         std::process::id()
     }
+
+    /// Creates the file `started`, sleeps `ms` milliseconds, then adds `n`: a call long
+    /// enough to be cut short, which says when it runs.
+    pub fn slow_add(&mut self, started: String, ms: u64, n: u64) -> u64 {
+        let _ = std::fs::write(&started, b"running");
+        std::thread::sleep(Duration::from_millis(ms));
+        self.add(n)
+    }
+}
+
+/// A running total saved every 100 ms while it changes.
+pub struct Meter {
+    total: u64,
+}
+
+impl ember::Checkpoint for Meter {
+    type State = u64;
+
+    fn save(&self) -> u64 {
+        self.total
+    }
+
+    fn restore(total: u64) -> Self {
+        Meter { total }
+    }
+}
+
+#[ember::actor(
+    gpus = 0.5,
+    checkpoint_interval_ms = 100,
+    max_restarts = 1,
+    max_task_retries = 1
+)]
+impl Meter {
+    /// A meter reading `total`.
+    pub fn new(total: u64) -> Self {
+        Meter { total }
+    }
+
+    /// Adds `n`; returns the new total.
+    pub fn add(&mut self, n: u64) -> u64 {
+        self.total += n;
+        self.total
+    }
 }
 
 /// A running total saved only on demand and when a drain moves it.
@@ -240,5 +284,6 @@ pub fn link() {
         fails_once::remote as fn(String) -> ember::TaskCall<String>,
         Ledger::remote as fn(u64) -> ember::ActorSpawn<LedgerHandle>,
         Tally::remote as fn(u64) -> ember::ActorSpawn<TallyHandle>,
+        Meter::remote as fn(u64) -> ember::ActorSpawn<MeterHandle>,
     ));
 }
