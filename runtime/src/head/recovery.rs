@@ -242,8 +242,8 @@ async fn probe(head: &Arc<Head>, actor: ActorId, location: &ActorLocation) -> bo
             false
         }
         Ok(_) | Err(_) => {
-            tracing::warn!(%node, "no answer to a probe within {window:?}: declaring the worker dead");
-            if let Some(conn) = head.node_conn(node) {
+            if let Some(conn) = head.node_conn(node).filter(|c| c.close_reason().is_none()) {
+                tracing::warn!(%node, "no answer to a probe within {window:?}: declaring the worker dead");
                 conn.close(5u32.into(), b"no answer to a probe");
             }
             false

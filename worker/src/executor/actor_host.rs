@@ -225,7 +225,7 @@ impl ActorCore {
         };
         saves
             .send(SaveJob { save, done: tx })
-            .map_err(|_| internal("the checkpoint link is gone"))?;
+            .map_err(|_| process_ending())?;
         match rx.await {
             Ok(Ok(seq)) => {
                 self.seq.set(seq);
@@ -240,7 +240,7 @@ impl ActorCore {
                 }
                 Err(e)
             }
-            Err(_) => Err(internal("the checkpoint link is gone")),
+            Err(_) => Err(process_ending()),
         }
     }
 
@@ -275,6 +275,15 @@ impl ActorCore {
             ),
         )
     }
+}
+
+/// The executor's main thread stopped (its worker is gone) while a checkpoint was on its way:
+/// the process is ending, and whether the head recorded the checkpoint is unknown.
+fn process_ending() -> RemoteError {
+    RemoteError::new(
+        ErrorKind::WorkerDied,
+        "the actor's process is ending (its worker is gone)",
+    )
 }
 
 fn internal(e: impl std::fmt::Display) -> RemoteError {
