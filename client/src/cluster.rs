@@ -305,6 +305,22 @@ impl Cluster {
         }
     }
 
+    /// Forms a new generation of collective group `name` from `members`, in rank order, and
+    /// returns its generation number. The members then find it with
+    /// [`crate::collective::group`]. Forming it again (after a member failed, or to add
+    /// members) starts a new generation; operations of the old one fail.
+    pub async fn form_group(&self, name: &str, members: &[&ActorRef]) -> Result<u64, Error> {
+        let req = ClientRequest::FormGroup {
+            name: name.to_string(),
+            members: members.iter().map(|m| m.id()).collect(),
+        };
+        match self.request(&req).await? {
+            ClientReply::Group(view) => Ok(view.generation),
+            ClientReply::Error(e) => Err(e.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub(crate) async fn call_actor(
         &self,
         peer: &quinn::Connection,

@@ -36,6 +36,7 @@ pub use ember_runtime::ids::{ActorId, JobId, NodeId, TaskId};
 pub use ember_runtime::placement::Strategy;
 pub use ember_runtime::proto::ErrorKind;
 pub use ember_runtime::resources::{Allocation, GpuGrant, GpuShare};
+pub use ember_worker::collective;
 pub use ember_worker::context::TaskContext;
 pub use error::Error;
 pub use local::LocalOptions;

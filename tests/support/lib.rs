@@ -2,6 +2,7 @@
 //! ([`tasks`]) and a harness ([`TestCluster`]) that runs a real head (`ember head`) and real
 //! worker processes (`ember-testbed`) talking QUIC on 127.0.0.1, and kills them all on drop.
 
+pub mod ranks;
 pub mod tasks;
 
 use std::future::Future;
@@ -145,6 +146,8 @@ pub struct WorkerSpec {
     pub gpu_memory: Option<String>,
     /// Accelerator type, e.g. `H100`.
     pub accelerator: Option<String>,
+    /// Extra environment for the worker and its executors.
+    pub env: Vec<(String, String)>,
 }
 
 impl WorkerSpec {
@@ -159,7 +162,14 @@ impl WorkerSpec {
             gpus,
             gpu_memory: Some(memory.to_string()),
             accelerator: Some(accelerator.to_string()),
+            env: Vec::new(),
         }
+    }
+
+    /// The same, with `var=value` in the worker's environment.
+    pub fn with_env(mut self, var: &str, value: &str) -> Self {
+        self.env.push((var.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -323,6 +333,7 @@ impl TestCluster {
         let config = self.worker_config(name, spec);
         let log = self.dir.path().join(format!("{name}.log"));
         let child = Self::worker_command_in(&config, netns)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env(MARK_VAR, self.mark(name))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -285,5 +285,6 @@ pub fn link() {
         Ledger::remote as fn(u64) -> ember::ActorSpawn<LedgerHandle>,
         Tally::remote as fn(u64) -> ember::ActorSpawn<TallyHandle>,
         Meter::remote as fn(u64) -> ember::ActorSpawn<MeterHandle>,
+        crate::ranks::Member::remote as fn() -> ember::ActorSpawn<crate::ranks::MemberHandle>,
     ));
 }

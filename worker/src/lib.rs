@@ -3,6 +3,7 @@
 //! executor processes that see only the GPUs they were given.
 
 pub mod agent;
+pub mod collective;
 pub mod context;
 mod executor;
 pub mod gpu;

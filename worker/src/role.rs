@@ -32,6 +32,7 @@ pub fn serve_role_if_asked() {
 }
 
 fn run_executor() -> i32 {
+    init_logging();
     let Ok(socket) = std::env::var(SOCKET_VAR) else {
         eprintln!("ember executor: {SOCKET_VAR} is not set");
         return 2;

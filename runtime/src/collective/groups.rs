@@ -66,6 +66,8 @@ pub enum Joined {
 #[derive(Debug, Default)]
 struct Group {
     current: Option<Membership>,
+    /// Why the current generation can no longer complete an operation, once a member said.
+    broken: Option<String>,
     generations: u64,
     /// Actors waiting to join the next generation, with its world size.
     rendezvous: Option<(u32, BTreeSet<ActorId>)>,
@@ -75,6 +77,7 @@ impl Group {
     fn form(&mut self, members: Vec<ActorId>) -> Membership {
         self.generations += 1;
         self.rendezvous = None;
+        self.broken = None;
         let m = Membership {
             generation: self.generations,
             members,
@@ -160,6 +163,29 @@ impl Groups {
     /// The newest generation of `name`, if it was ever formed.
     pub fn current(&self, name: &str) -> Option<&Membership> {
         self.groups.get(name).and_then(|g| g.current.as_ref())
+    }
+
+    /// A member's operation in `generation` of `name` failed: the generation is broken for
+    /// every member. Reports about older generations change nothing. Returns whether this
+    /// report broke it.
+    pub fn fail(&mut self, name: &str, generation: u64, reason: &str) -> bool {
+        match self.groups.get_mut(name) {
+            Some(g)
+                if g.broken.is_none()
+                    && g.current
+                        .as_ref()
+                        .is_some_and(|m| m.generation == generation) =>
+            {
+                g.broken = Some(reason.to_string());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Why the newest generation of `name` is broken, if a member said it is.
+    pub fn broken(&self, name: &str) -> Option<&str> {
+        self.groups.get(name).and_then(|g| g.broken.as_deref())
     }
 
     /// Forgets `name`.
@@ -249,6 +275,21 @@ mod tests {
             g.join("dp", ActorId(0), 0),
             Err(GroupError::ZeroWorld("dp".into()))
         );
+    }
+
+    #[test]
+    fn a_failure_breaks_only_the_current_generation_until_it_is_formed_again() {
+        let mut g = Groups::new();
+        g.form("dp", ids(&[1, 2])).unwrap();
+        g.form("dp", ids(&[1, 2])).unwrap();
+        assert!(!g.fail("dp", 1, "old news"), "an older generation");
+        assert_eq!(g.broken("dp"), None);
+        assert!(g.fail("dp", 2, "rank 1 left"));
+        assert!(!g.fail("dp", 2, "again"), "the first reason stays");
+        assert_eq!(g.broken("dp"), Some("rank 1 left"));
+        g.form("dp", ids(&[1])).unwrap();
+        assert_eq!(g.broken("dp"), None);
+        assert!(!g.fail("nobody", 1, "x"));
     }
 
     #[test]

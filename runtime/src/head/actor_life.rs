@@ -140,6 +140,7 @@ mod tests {
                 peer_fingerprint: Fingerprint([0; 32]),
                 host: "h".into(),
                 local_socket: "/s".into(),
+                mesh_socket: "/m".into(),
             },
             allocation: Allocation::default(),
             restart: policy,

@@ -10,6 +10,7 @@ use crate::proto::{
 };
 use crate::security::token_matches;
 
+use super::groups;
 use super::recovery::{self, actor_lost, node_lost};
 use super::registry::Head;
 use super::status;
@@ -241,6 +242,27 @@ async fn serve_request(
             return;
         }
         ClientRequest::Status => ClientReply::Status(status::collect(&head).to_json()),
+        ClientRequest::FormGroup { name, members } => groups::form(&head, name, members).await,
+        ClientRequest::JoinGroup {
+            name,
+            actor,
+            world,
+            timeout_ms,
+        } => groups::join(&head, name, actor, world, Duration::from_millis(timeout_ms)).await,
+        ClientRequest::GetGroup { name, timeout_ms } => {
+            groups::get(&head, &name, Duration::from_millis(timeout_ms)).await
+        }
+        ClientRequest::GroupHealth {
+            name,
+            generation,
+            incarnations,
+        } => groups::health(&head, &name, generation, &incarnations),
+        ClientRequest::GroupFailed {
+            name,
+            generation,
+            reason,
+            suspect,
+        } => groups::failed(&head, &name, generation, &reason, suspect).await,
         ClientRequest::WaitForNodes { count, timeout_ms } => {
             let mut rx = head.node_count.subscribe();
             let wait = async { rx.wait_for(|n| *n >= count).await.map(|n| *n) };

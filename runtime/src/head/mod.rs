@@ -7,6 +7,7 @@
 mod actor_life;
 mod checkpoints;
 mod conn;
+mod groups;
 mod recovery;
 mod registry;
 mod status;

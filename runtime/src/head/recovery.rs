@@ -220,7 +220,7 @@ fn unreachable_phase() -> ClientReply {
 /// Asks the worker of `location` whether that incarnation still runs. No answer within the
 /// probe window means the worker is dead: its connection is closed, which loses (and restarts)
 /// everything on it. True only when the incarnation is confirmed alive.
-async fn probe(head: &Arc<Head>, actor: ActorId, location: &ActorLocation) -> bool {
+pub(crate) async fn probe(head: &Arc<Head>, actor: ActorId, location: &ActorLocation) -> bool {
     let node = location.node;
     let cmd = WorkerCommand::Probe {
         actor,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::{oneshot, watch};
 
+use crate::collective::groups::Groups;
 use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
 use crate::placement::{Decision, Lease, PlacementError, PlacementRequest, Scheduler};
 use crate::proto::{ActorSpec, ErrorKind, Placement, RemoteError, WorkerHello};
@@ -79,6 +80,9 @@ pub(crate) struct Head {
     waiting: DashMap<LeaseId, oneshot::Sender<Lease>>,
     next_id: AtomicU64,
     pub(crate) node_count: watch::Sender<u32>,
+    groups: Mutex<Groups>,
+    /// Woken whenever a group forms, for actors waiting in a rendezvous.
+    pub(crate) groups_changed: tokio::sync::Notify,
 }
 
 impl Head {
@@ -98,6 +102,8 @@ impl Head {
             waiting: DashMap::new(),
             next_id: AtomicU64::new(1),
             node_count: watch::channel(0).0,
+            groups: Mutex::new(Groups::new()),
+            groups_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -109,6 +115,11 @@ impl Head {
     pub(crate) fn with_scheduler<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
         let mut s = self.sched.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s)
+    }
+
+    pub(crate) fn with_groups<R>(&self, f: impl FnOnce(&mut Groups) -> R) -> R {
+        let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
     }
 
     /// Registers a joined worker.

@@ -8,7 +8,7 @@ use crate::placement::{NodeAffinity, Strategy};
 use crate::resources::{Allocation, GpuStat, NodeResources, ResourceDemand};
 use crate::security::Fingerprint;
 
-use super::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry};
+use super::{CheckpointPolicy, CheckpointSave, GroupView, PeerHello, RestartPolicy, TaskRetry};
 
 /// The first message on a connection, on its first stream: who is connecting, with the token.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
@@ -20,6 +20,8 @@ pub enum Hello {
         /// The cluster's join token.
         token: String,
     },
+    /// A member of a collective group opening a link to another member.
+    Peer(PeerHello),
 }
 
 /// What a worker tells the head about itself when it joins.
@@ -148,6 +150,60 @@ pub enum ClientRequest {
         /// How long its running tasks may take to finish, in milliseconds.
         grace_ms: u64,
     },
+    /// Form a new generation of a collective group from these actors, in rank order; answered
+    /// with [`ClientReply::Group`].
+    FormGroup {
+        /// The group's name.
+        name: String,
+        /// Its members, in rank order.
+        members: Vec<ActorId>,
+    },
+    /// An actor joins the next generation of a group, which forms once `world` actors have
+    /// joined (ranks follow actor ids); answered with [`ClientReply::Group`] then, or with an
+    /// error after `timeout_ms`.
+    JoinGroup {
+        /// The group's name.
+        name: String,
+        /// The joining actor.
+        actor: ActorId,
+        /// How many members the generation has.
+        world: u32,
+        /// How long to wait for the others, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The newest generation of a group, answered with [`ClientReply::Group`] once every
+    /// member is alive (waiting up to `timeout_ms` for members that restart).
+    GetGroup {
+        /// The group's name.
+        name: String,
+        /// How long to wait for restarting members, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// Is this generation of the group still whole (every member alive in the incarnation it
+    /// had, and no newer generation)? Answered with [`ClientReply::GroupHealth`]. Members ask
+    /// while an operation waits on a peer, so a dead peer is an error within a bounded time.
+    GroupHealth {
+        /// The group's name.
+        name: String,
+        /// The generation in use.
+        generation: u64,
+        /// The incarnation of each member in rank order, as the generation was looked up.
+        incarnations: Vec<u32>,
+    },
+    /// A member's operation in this generation of the group failed (sent by the member):
+    /// the head marks the generation broken, so members still waiting fail too, and probes
+    /// the worker of the `suspect` rank whose link broke. Answered with
+    /// [`ClientReply::GroupHealth`].
+    GroupFailed {
+        /// The group's name.
+        name: String,
+        /// The generation in use.
+        generation: u64,
+        /// What happened, as the member saw it.
+        reason: String,
+        /// The rank whose link broke, if that was the failure.
+        suspect: Option<u32>,
+    },
     /// Answered once at least `count` workers have joined, or with an error after the timeout.
     WaitForNodes {
         /// How many workers.
@@ -182,6 +238,13 @@ pub enum ClientReply {
     Job(JobEvent),
     /// The cluster's state, as the JSON object `ember status --json` prints.
     Status(String),
+    /// A generation of a collective group.
+    Group(GroupView),
+    /// Whether a generation of a group is whole: `None` when it is, or why it is not.
+    GroupHealth {
+        /// Why the generation can no longer complete an operation.
+        broken: Option<String>,
+    },
     /// Enough workers have joined.
     NodesReady {
         /// How many are in the cluster now.
@@ -203,6 +266,8 @@ pub struct ActorEndpoints {
     pub host: String,
     /// The Unix socket that callers on the same machine may use instead.
     pub local_socket: String,
+    /// The Unix socket where members of its collective groups on the same machine link to it.
+    pub mesh_socket: String,
 }
 
 /// Where an actor lives, for direct calls to the process hosting it.

@@ -4,6 +4,8 @@
 //! The same frames travel on Unix sockets between a worker and its executor processes.
 
 mod codec;
+#[allow(missing_docs)]
+mod collective;
 mod frame;
 // rkyv's derive makes undocumented helper types for enum variants; every item written
 // here is documented.
@@ -13,6 +15,7 @@ mod messages;
 mod recovery;
 
 pub use codec::{decode, encode, Wire};
+pub use collective::{GroupMember, GroupView, PeerHello};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use messages::*;
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};

@@ -20,16 +20,18 @@ use ember_runtime::host::host_id;
 use ember_runtime::ids::ActorId;
 use ember_runtime::proto::{
     decode, encode, read_frame, write_frame, ActorCall, ActorEndpoints, CallReply,
-    CheckpointPolicy, CheckpointSave, ErrorKind, Hello, LocalCall, LocalReply, RemoteError,
-    Welcome, CHECKPOINT_METHOD, MAX_FRAME,
+    CheckpointPolicy, CheckpointSave, ErrorKind, Hello, LocalCall, LocalReply, PeerHello,
+    RemoteError, Welcome, CHECKPOINT_METHOD, MAX_FRAME,
 };
 use ember_runtime::security::{server_config, token_matches, Identity};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
-use super::checkpoint::{serve_saves, CheckpointImage, HeadAddress, ReplyLog, SaveJob};
+use super::checkpoint::{serve_saves, CheckpointImage, ReplyLog, SaveJob};
 use super::guarded::{call_error, guarded, panic_message};
+use super::head_link::{HeadAddress, HeadLink};
+use crate::collective::mesh;
 use crate::registry::{self, ActorInstance, CallError};
 
 /// Work passed to the actor's thread from the process's main thread.
@@ -85,9 +87,10 @@ pub(crate) async fn start(spec: ActorSpec) -> Result<(ActorEndpoints, ActorHandl
         .map_err(|e| internal(format!("bad listen address {}: {e}", spec.listen)))?;
     let (built_tx, built_rx) = oneshot::channel();
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
+    let head = HeadLink::new(spec.head.clone());
     let saves = spec.checkpoint.enabled.then(|| {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(serve_saves(spec.head.clone(), rx));
+        tokio::spawn(serve_saves(head.clone(), rx));
         tx
     });
     let token = spec.head.token.clone();
@@ -106,6 +109,12 @@ pub(crate) async fn start(spec: ActorSpec) -> Result<(ActorEndpoints, ActorHandl
     let endpoint = quinn::Endpoint::server(config, SocketAddr::new(ip, 0))
         .map_err(|e| internal(format!("cannot listen on {ip}: {e}")))?;
     let addr = endpoint.local_addr().map_err(|e| internal(e.to_string()))?;
+    let mesh_socket = mesh::socket_path(&socket);
+    mesh::install(actor, token.clone(), endpoint.clone(), head, &mesh_socket).map_err(|e| {
+        internal(format!(
+            "cannot listen for group peers on {mesh_socket}: {e}"
+        ))
+    })?;
     let quic_jobs = jobs_tx.clone();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
@@ -122,6 +131,7 @@ pub(crate) async fn start(spec: ActorSpec) -> Result<(ActorEndpoints, ActorHandl
         peer_fingerprint: identity.fingerprint,
         host: host_id().to_string(),
         local_socket: socket,
+        mesh_socket,
     };
     Ok((endpoints, ActorHandle { jobs: jobs_tx }))
 }
@@ -423,8 +433,28 @@ fn construct(spec: &ActorSpec) -> Result<(Box<dyn ActorInstance>, u64, ReplyLog)
     }
 }
 
+/// Who connected, once greeted.
+enum Greeted {
+    /// A caller with the right token.
+    Caller,
+    /// A member of one of the actor's groups (not yet welcomed: the mesh checks it).
+    Peer(PeerHello),
+    /// Refused.
+    Refused,
+}
+
 /// Reads a caller's hello and answers it; true when the token is right.
 async fn greet<R, W>(token: &str, rd: &mut R, wr: &mut W) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    matches!(greet_any(token, rd, wr, false).await, Greeted::Caller)
+}
+
+/// Reads a hello and answers a caller's; a peer's hello is returned unanswered when
+/// `peers` is set.
+async fn greet_any<R, W>(token: &str, rd: &mut R, wr: &mut W, peers: bool) -> Greeted
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -433,6 +463,7 @@ where
         Ok(Some(Hello::Client { token: t })) if token_matches(token, &t) => {
             Welcome::Accepted { node: None }
         }
+        Ok(Some(Hello::Peer(hello))) if peers => return Greeted::Peer(hello),
         Ok(Some(Hello::Client { .. })) => Welcome::Refused {
             reason: "wrong cluster token".into(),
         },
@@ -449,7 +480,11 @@ where
     }
     let _ = write_frame(wr, &welcome).await;
     let _ = wr.flush().await;
-    accepted
+    if accepted {
+        Greeted::Caller
+    } else {
+        Greeted::Refused
+    }
 }
 
 /// Serves a caller on this machine: calls share the socket, each answered in order, inline.
@@ -499,7 +534,17 @@ async fn serve_quic_caller(
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
     };
-    let accepted = greet(&token, &mut recv, &mut send).await;
+    let accepted = match greet_any(&token, &mut recv, &mut send, true).await {
+        Greeted::Caller => true,
+        Greeted::Refused => false,
+        Greeted::Peer(hello) => {
+            if let Some(mesh) = mesh::current() {
+                mesh.accept(hello, Box::pin(recv), Box::pin(send), Some(conn))
+                    .await;
+            }
+            return;
+        }
+    };
     let _ = send.finish();
     if !accepted {
         let _ = send.stopped().await;

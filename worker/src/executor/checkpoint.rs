@@ -1,20 +1,23 @@
 //! An actor's checkpoints from the executor's side: the image saved (the user's state, its
-//! sequence number and the replies of recent calls), and the link that records it at the head.
+//! sequence number and the replies of recent calls), and the task that records it at the head.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 
 use ember_runtime::proto::{
-    read_frame, write_frame, CallReply, CheckpointSave, ClientReply, ClientRequest, ErrorKind,
-    RemoteError, MAX_FRAME,
+    CallReply, CheckpointSave, ClientReply, ClientRequest, ErrorKind, RemoteError,
 };
-use ember_runtime::security::{connect_client, Fingerprint};
 use rkyv::{Archive, Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+
+use super::head_link::HeadLink;
 
 /// How many recent replies a checkpoint carries, so that a call retried after a restart is
 /// answered from its recorded reply instead of running twice.
 pub(crate) const REPLIES_KEPT: usize = 4096;
+
+/// The most bytes of replies a checkpoint carries: the oldest go first beyond it (the newest
+/// reply is always kept), so that actors returning large results keep small checkpoints.
+pub(crate) const REPLY_BYTES_KEPT: usize = 4 << 20;
 
 /// What one checkpoint holds.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
@@ -32,6 +35,15 @@ pub(crate) struct CheckpointImage {
 pub(crate) struct ReplyLog {
     order: VecDeque<(u64, u64)>,
     replies: HashMap<(u64, u64), CallReply>,
+    /// The bytes of the replies held.
+    bytes: usize,
+}
+
+fn reply_bytes(reply: &CallReply) -> usize {
+    match reply {
+        Ok(bytes) => bytes.len(),
+        Err(e) => e.message.len(),
+    }
 }
 
 impl ReplyLog {
@@ -49,14 +61,21 @@ impl ReplyLog {
         self.replies.get(&(caller, seq))
     }
 
-    /// Records a reply, forgetting the oldest beyond [`REPLIES_KEPT`].
+    /// Records a reply, forgetting the oldest beyond [`REPLIES_KEPT`] replies or
+    /// [`REPLY_BYTES_KEPT`] bytes.
     pub(crate) fn record(&mut self, caller: u64, seq: u64, reply: CallReply) {
-        if self.replies.insert((caller, seq), reply).is_none() {
-            self.order.push_back((caller, seq));
+        self.bytes += reply_bytes(&reply);
+        match self.replies.insert((caller, seq), reply) {
+            Some(old) => self.bytes -= reply_bytes(&old),
+            None => self.order.push_back((caller, seq)),
         }
-        while self.order.len() > REPLIES_KEPT {
+        while self.order.len() > REPLIES_KEPT
+            || (self.bytes > REPLY_BYTES_KEPT && self.order.len() > 1)
+        {
             if let Some(old) = self.order.pop_front() {
-                self.replies.remove(&old);
+                if let Some(r) = self.replies.remove(&old) {
+                    self.bytes -= reply_bytes(&r);
+                }
             }
         }
     }
@@ -76,78 +95,22 @@ pub(crate) struct SaveJob {
     pub(crate) done: oneshot::Sender<Result<u64, RemoteError>>,
 }
 
-/// Where the head is and how to prove membership to it.
-#[derive(Debug, Clone)]
-pub(crate) struct HeadAddress {
-    pub(crate) addr: String,
-    pub(crate) fingerprint: Fingerprint,
-    pub(crate) token: String,
-}
-
-/// Records checkpoints at the head, one at a time, over one connection opened on first use
-/// (and again if it breaks). Runs on the executor's main runtime.
-pub(crate) async fn serve_saves(head: HeadAddress, mut jobs: mpsc::UnboundedReceiver<SaveJob>) {
-    let mut link: Option<(quinn::Endpoint, quinn::Connection)> = None;
+/// Records checkpoints at the head, one at a time, in the order the actor took them. Runs on
+/// the executor's main runtime.
+pub(crate) async fn serve_saves(head: HeadLink, mut jobs: mpsc::UnboundedReceiver<SaveJob>) {
     while let Some(job) = jobs.recv().await {
-        let mut result = save(&head, &mut link, &job.save).await;
-        if matches!(&result, Err(e) if e.kind == ErrorKind::WorkerDied) {
-            // The connection broke: open a new one and try once more.
-            link = None;
-            result = save(&head, &mut link, &job.save).await;
-        }
-        let _ = job.done.send(result);
-    }
-}
-
-async fn save(
-    head: &HeadAddress,
-    link: &mut Option<(quinn::Endpoint, quinn::Connection)>,
-    save: &CheckpointSave,
-) -> Result<u64, RemoteError> {
-    let lost = |e: String| {
-        RemoteError::new(
-            ErrorKind::WorkerDied,
-            format!("cannot reach the head to record a checkpoint: {e}"),
-        )
-    };
-    if link
-        .as_ref()
-        .is_none_or(|(_, c)| c.close_reason().is_some())
-    {
-        let addr: SocketAddr = head
-            .addr
-            .parse()
-            .map_err(|e| lost(format!("bad head address {}: {e}", head.addr)))?;
-        let bind = SocketAddr::new(
-            if addr.is_ipv6() {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            },
-            0,
-        );
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| lost(e.to_string()))?;
-        let conn = connect_client(&endpoint, addr, head.fingerprint, &head.token)
+        let result = match head
+            .request(&ClientRequest::SaveCheckpoint(job.save.clone()))
             .await
-            .map_err(|e| lost(e.to_string()))?;
-        *link = Some((endpoint, conn));
-    }
-    let Some((_, conn)) = link.as_ref() else {
-        return Err(lost("no connection".into()));
-    };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-    write_frame(&mut send, &ClientRequest::SaveCheckpoint(save.clone()))
-        .await
-        .map_err(|e| lost(e.to_string()))?;
-    let _ = send.finish();
-    match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await {
-        Ok(Some(ClientReply::CheckpointSaved { seq })) => Ok(seq),
-        Ok(Some(ClientReply::Error(e))) => Err(e),
-        Ok(Some(other)) => Err(RemoteError::new(
-            ErrorKind::Internal,
-            format!("unexpected answer to a checkpoint: {other:?}"),
-        )),
-        Ok(None) | Err(_) => Err(lost("the head did not answer".into())),
+        {
+            Ok(ClientReply::CheckpointSaved { seq }) => Ok(seq),
+            Ok(other) => Err(RemoteError::new(
+                ErrorKind::Internal,
+                format!("unexpected answer to a checkpoint: {other:?}"),
+            )),
+            Err(e) => Err(e),
+        };
+        let _ = job.done.send(result);
     }
 }
 
@@ -166,5 +129,19 @@ mod tests {
         let again = ReplyLog::from_image(log.to_image());
         assert_eq!(again.to_image(), log.to_image());
         assert!(again.get(8, 10).is_none(), "callers are told apart");
+    }
+
+    #[test]
+    fn large_replies_push_out_the_oldest_but_the_newest_stays() {
+        let mut log = ReplyLog::default();
+        let big = REPLY_BYTES_KEPT / 3;
+        for seq in 0..5 {
+            log.record(1, seq, Ok(vec![seq as u8; big]));
+        }
+        assert!(log.get(1, 1).is_none());
+        assert!(log.get(1, 2).is_some() && log.get(1, 4).is_some());
+        log.record(1, 5, Ok(vec![0; REPLY_BYTES_KEPT * 2]));
+        assert_eq!(log.to_image().len(), 1, "only the newest, oversized reply");
+        assert!(log.get(1, 5).is_some());
     }
 }

@@ -8,10 +8,12 @@
 mod actor_host;
 mod checkpoint;
 mod guarded;
+mod head_link;
 mod pool;
 mod process;
 mod protocol;
 
+pub(crate) use head_link::HeadLink;
 pub(crate) use pool::ExecutorPool;
 pub(crate) use process::serve;
 pub(crate) use protocol::ExecRequest;

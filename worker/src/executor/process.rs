@@ -6,8 +6,8 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::actor_host;
-use super::checkpoint::HeadAddress;
 use super::guarded::guarded;
+use super::head_link::HeadAddress;
 use super::protocol::{ExecReply, ExecRequest};
 use crate::context::{self, TaskContext};
 use crate::registry;

@@ -347,7 +347,10 @@ fn a_thousand_ranks_agree() {
     // The ring (forced by a large element size), with chunks of one or two elements: 2(n-1)
     // steps for each of n ranks.
     let n = 512;
-    assert_eq!(allreduce(n, 0, n + n / 2, 1 << 10, true).algorithm, Algorithm::Ring);
+    assert_eq!(
+        allreduce(n, 0, n + n / 2, 1 << 10, true).algorithm,
+        Algorithm::Ring
+    );
     let ring = run_allreduce(n, n + n / 2, 1 << 10, true, 12);
     assert!(ring.iter().all(|b| b == &ring[0]));
     for v in &ring[0] {

@@ -1,0 +1,346 @@
+//! The links of this process's actor to the other members of its groups: opened on first use
+//! in each group generation (the lower rank dials, the higher one accepts), authenticated with
+//! the cluster token, and dropped together when an operation of that generation fails.
+//!
+//! Everything that opens a socket or a timer runs on the executor's main runtime, which is
+//! always running; the actor's thread only polls the links while an operation runs.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ember_runtime::host::host_id;
+use ember_runtime::ids::ActorId;
+use ember_runtime::proto::{
+    read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, GroupView, Hello, PeerHello,
+    RemoteError, Welcome,
+};
+use ember_runtime::security::{client_config, token_matches, SERVER_NAME};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use super::link::Link;
+use crate::executor::HeadLink;
+
+/// How long opening a link to a peer may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest hello accepted from a peer.
+const HELLO_LIMIT: usize = 64 << 10;
+
+/// Links are kept per group, generation and peer rank.
+pub(crate) type LinkKey = (String, u64, u32);
+
+/// This process's side of every group its actor is in.
+pub(crate) struct Mesh {
+    /// The executor's main runtime, which drives every link.
+    pub(crate) main: Handle,
+    /// The actor hosted here.
+    pub(crate) actor: ActorId,
+    token: String,
+    /// The actor's QUIC endpoint, which dials peers too.
+    endpoint: quinn::Endpoint,
+    head: HeadLink,
+    /// Use QUIC even to peers on this machine (`EMBER_COLLECTIVE_TRANSPORT=quic`).
+    force_quic: bool,
+    /// Links peers opened to this process, not yet taken by an operation.
+    parked: Mutex<HashMap<LinkKey, Link>>,
+    arrived: Notify,
+    /// Links between operations.
+    idle: Mutex<HashMap<LinkKey, Link>>,
+    /// Generations in which an operation failed here, and why: later operations in them fail
+    /// at once, until the group is formed again.
+    failed: Mutex<HashMap<(String, u64), String>>,
+    /// Operations begun in each generation.
+    ops: Mutex<HashMap<(String, u64), u64>>,
+}
+
+static MESH: OnceLock<Arc<Mesh>> = OnceLock::new();
+
+/// The mesh of this executor's actor; `None` outside an actor's process.
+pub(crate) fn current() -> Option<Arc<Mesh>> {
+    MESH.get().cloned()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The Unix socket where peers on this machine reach the actor served at `actor_socket`.
+pub(crate) fn socket_path(actor_socket: &str) -> String {
+    Path::new(actor_socket)
+        .with_extension("mesh")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Sets up this process's mesh and starts accepting peers on `socket`. Called once, on the
+/// main runtime, when the actor starts.
+pub(crate) fn install(
+    actor: ActorId,
+    token: String,
+    endpoint: quinn::Endpoint,
+    head: HeadLink,
+    socket: &str,
+) -> std::io::Result<()> {
+    let listener = UnixListener::bind(socket)?;
+    let mesh = Arc::new(Mesh {
+        main: Handle::current(),
+        actor,
+        token,
+        endpoint,
+        head,
+        force_quic: std::env::var("EMBER_COLLECTIVE_TRANSPORT").is_ok_and(|v| v == "quic"),
+        parked: Mutex::default(),
+        arrived: Notify::new(),
+        idle: Mutex::default(),
+        failed: Mutex::default(),
+        ops: Mutex::default(),
+    });
+    if MESH.set(mesh.clone()).is_err() {
+        return Err(std::io::Error::other("this process already hosts an actor"));
+    }
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let mesh = mesh.clone();
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = stream.into_split();
+                let hello = match read_frame::<_, Hello>(&mut rd, HELLO_LIMIT).await {
+                    Ok(Some(Hello::Peer(h))) => h,
+                    _ => {
+                        let _ = refuse(&mut wr, "expected a peer hello").await;
+                        return;
+                    }
+                };
+                mesh.accept(hello, Box::pin(rd), Box::pin(wr), None).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, reason: &str) -> std::io::Result<()> {
+    tracing::warn!("refused a group peer: {reason}");
+    write_frame(
+        wr,
+        &Welcome::Refused {
+            reason: reason.into(),
+        },
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    wr.flush().await
+}
+
+impl Mesh {
+    /// A peer's hello arrived (on the Unix socket, or on the actor's QUIC endpoint): check its
+    /// token, welcome it and park the link until an operation takes it.
+    pub(crate) async fn accept(
+        &self,
+        hello: PeerHello,
+        rd: super::link::Rx,
+        mut wr: super::link::Tx,
+        quic: Option<quinn::Connection>,
+    ) {
+        if !token_matches(&self.token, &hello.token) {
+            let _ = refuse(&mut wr, "wrong cluster token").await;
+            return;
+        }
+        let welcome = Welcome::Accepted { node: None };
+        if write_frame(&mut wr, &welcome).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+        let key = (hello.group, hello.generation, hello.from);
+        let link = Link {
+            peer: hello.from,
+            tx: wr,
+            rx: rd,
+            quic,
+        };
+        lock(&self.parked).insert(key, link);
+        self.arrived.notify_waiters();
+    }
+
+    /// Asks the head, from any thread.
+    pub(crate) async fn ask_head(
+        &self,
+        request: ClientRequest,
+    ) -> Result<ClientReply, RemoteError> {
+        let head = self.head.clone();
+        self.main
+            .spawn(async move { head.request(&request).await })
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
+    }
+
+    /// A timer on the main runtime, usable from any thread.
+    pub(crate) fn sleep(&self, d: Duration) -> tokio::time::Sleep {
+        let _main = self.main.enter();
+        tokio::time::sleep(d)
+    }
+
+    /// Why `generation` of `group` failed here, if it did.
+    pub(crate) fn failure(&self, group: &str, generation: u64) -> Option<String> {
+        lock(&self.failed)
+            .get(&(group.to_string(), generation))
+            .cloned()
+    }
+
+    /// Marks `generation` of `group` failed and drops its links, which closes them: peers
+    /// still waiting on this rank fail at once instead of at their timeout.
+    pub(crate) fn fail(&self, group: &str, generation: u64, reason: &str) {
+        lock(&self.failed).insert((group.to_string(), generation), reason.to_string());
+        let drop_gen = |m: &mut HashMap<LinkKey, Link>| {
+            m.retain(|(g, n, _), _| !(g == group && *n == generation))
+        };
+        drop_gen(&mut lock(&self.idle));
+        drop_gen(&mut lock(&self.parked));
+    }
+
+    /// The next operation's number in `generation` of `group`. Links and failures of older
+    /// generations are forgotten once a newer one is used.
+    pub(crate) fn next_op(&self, group: &str, generation: u64) -> u64 {
+        let older = |g: &String, n: u64| g == group && n < generation;
+        lock(&self.idle).retain(|(g, n, _), _| !older(g, *n));
+        lock(&self.parked).retain(|(g, n, _), _| !older(g, *n));
+        lock(&self.failed).retain(|(g, n), _| !older(g, *n));
+        let mut ops = lock(&self.ops);
+        ops.retain(|(g, n), _| !older(g, *n));
+        let next = ops.entry((group.to_string(), generation)).or_insert(0);
+        *next += 1;
+        *next
+    }
+
+    /// The links to `peers` in this generation: kept from earlier operations, or opened now.
+    pub(crate) async fn links(
+        &self,
+        view: &GroupView,
+        rank: u32,
+        peers: &HashSet<u32>,
+    ) -> Result<HashMap<u32, Link>, (u32, String)> {
+        let mut links = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let mut idle = lock(&self.idle);
+            for &peer in peers {
+                match idle.remove(&(view.name.clone(), view.generation, peer)) {
+                    Some(link) => {
+                        links.insert(peer, link);
+                    }
+                    None => missing.push(peer),
+                }
+            }
+        }
+        let opened = futures::future::join_all(missing.into_iter().map(|peer| async move {
+            let link = if rank < peer {
+                self.dial(view, rank, peer).await
+            } else {
+                Ok(self.parked_link(view, peer).await)
+            };
+            link.map_err(|e| (peer, e))
+        }))
+        .await;
+        for link in opened {
+            let link = link?;
+            links.insert(link.peer, link);
+        }
+        Ok(links)
+    }
+
+    /// Puts links back for the next operation of their generation.
+    pub(crate) fn keep(&self, view: &GroupView, links: HashMap<u32, Link>) {
+        let mut idle = lock(&self.idle);
+        for (peer, link) in links {
+            idle.insert((view.name.clone(), view.generation, peer), link);
+        }
+    }
+
+    /// Waits for `peer` to open its link to this rank.
+    async fn parked_link(&self, view: &GroupView, peer: u32) -> Link {
+        let key = (view.name.clone(), view.generation, peer);
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(link) = lock(&self.parked).remove(&key) {
+                return link;
+            }
+            arrived.await;
+        }
+    }
+
+    /// Opens a link to `peer`: its Unix socket on this machine, its QUIC endpoint elsewhere.
+    async fn dial(&self, view: &GroupView, rank: u32, peer: u32) -> Result<Link, String> {
+        let member = &view.members[peer as usize];
+        let hello = Hello::Peer(PeerHello {
+            token: self.token.clone(),
+            group: view.name.clone(),
+            generation: view.generation,
+            from: rank,
+            to: peer,
+        });
+        let endpoints = member.endpoints.clone();
+        let same_host = !self.force_quic && endpoints.host == host_id();
+        let endpoint = self.endpoint.clone();
+        let opening = self.main.spawn(async move {
+            tokio::time::timeout(DIAL_TIMEOUT, async move {
+                if same_host {
+                    let stream = UnixStream::connect(&endpoints.mesh_socket)
+                        .await
+                        .map_err(|e| format!("cannot reach {}: {e}", endpoints.mesh_socket))?;
+                    let (mut rd, mut wr) = stream.into_split();
+                    greet(&hello, &mut rd, &mut wr).await?;
+                    Ok(Link {
+                        peer,
+                        tx: Box::pin(wr),
+                        rx: Box::pin(rd),
+                        quic: None,
+                    })
+                } else {
+                    let addr: SocketAddr = endpoints
+                        .peer_addr
+                        .parse()
+                        .map_err(|e| format!("bad address {}: {e}", endpoints.peer_addr))?;
+                    let config =
+                        client_config(endpoints.peer_fingerprint).map_err(|e| e.to_string())?;
+                    let conn = endpoint
+                        .connect_with(config, addr, SERVER_NAME)
+                        .map_err(|e| e.to_string())?
+                        .await
+                        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+                    let (mut wr, mut rd) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                    greet(&hello, &mut rd, &mut wr).await?;
+                    Ok(Link {
+                        peer,
+                        tx: Box::pin(wr),
+                        rx: Box::pin(rd),
+                        quic: Some(conn),
+                    })
+                }
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {DIAL_TIMEOUT:?}")))
+        });
+        opening.await.map_err(|e| e.to_string())?
+    }
+}
+
+/// Says hello to a peer and reads its welcome.
+async fn greet<R, W>(hello: &Hello, rd: &mut R, wr: &mut W) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    write_frame(wr, hello).await.map_err(|e| e.to_string())?;
+    wr.flush().await.map_err(|e| e.to_string())?;
+    match read_frame::<_, Welcome>(rd, HELLO_LIMIT).await {
+        Ok(Some(Welcome::Accepted { .. })) => Ok(()),
+        Ok(Some(Welcome::Refused { reason })) => Err(format!("refused: {reason}")),
+        Ok(None) => Err("it closed the link before welcoming".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
