@@ -121,7 +121,7 @@ fn print_report(report: &KernelCheckReport, node: &str) {
         .memory_limit
         .map_or("no limit".to_owned(), |l| format!("limit {}", ByteSize(l)));
     println!(
-        "  upload {:.1} ms, launch {:.1} ms, download {:.1} ms; memory {} ({limit})",
+        "  upload {:.1} ms, launch {:.1} ms, download {:.1} ms; memory in use {} ({limit})",
         report.upload.as_secs_f64() * 1e3,
         report.launch.as_secs_f64() * 1e3,
         report.download.as_secs_f64() * 1e3,
