@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use ember_runtime::ids::{ActorId, NodeId};
 use ember_runtime::proto::{
-    ActorCall, ActorLocation, ErrorKind, RemoteError, Wire, CHECKPOINT_METHOD,
+    ActorCall, ActorLocation, ErrorKind, FrameError, RemoteError, Wire, CHECKPOINT_METHOD,
+    MAX_FRAME,
 };
 use ember_runtime::resources::Allocation;
 
@@ -57,6 +58,10 @@ struct ActorLink {
     /// One relocation at a time; the others find the new route when they get the lock.
     relocating: tokio::sync::Mutex<()>,
 }
+
+/// The largest archived arguments of one actor call: a frame, less room for the call's
+/// envelope (method name, ids).
+const MAX_CALL_ARGS: usize = MAX_FRAME - 4096;
 
 /// An untyped reference to an actor. Generated `<Type>Handle`s wrap one.
 #[derive(Clone)]
@@ -135,8 +140,17 @@ impl ActorRef {
     /// to restart and goes there. A call that was in flight when the process died is sent
     /// again only as often as the actor's `max_task_retries` allows; otherwise it fails with
     /// [`ErrorKind::WorkerDied`].
+    ///
+    /// Arguments too large to travel in one frame (with the call around them, within
+    /// [`MAX_FRAME`]) fail at once with [`FrameError::TooLarge`], before anything is sent.
     pub async fn call<A: Wire, T: Wire>(&self, method: &str, args: &A) -> Result<T, Error> {
         let args = ember_runtime::proto::encode(args)?.to_vec();
+        if args.len() > MAX_CALL_ARGS {
+            return Err(Error::Protocol(FrameError::TooLarge {
+                len: args.len(),
+                max: MAX_CALL_ARGS,
+            }));
+        }
         let seq = self.link.next_seq.fetch_add(1, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + RESTART_WAIT;
         let mut retries = 0u32;

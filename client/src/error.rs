@@ -3,6 +3,7 @@
 use ember_runtime::proto::{ErrorKind, FrameError, RemoteError};
 use ember_runtime::resources::ResourceError;
 use ember_runtime::security::SecurityError;
+use ember_worker::gpu_actor::GpuActorError;
 
 /// Why a call, a spawn or a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,10 @@ pub enum Error {
     /// The local cluster could not start.
     #[error("cannot start the local cluster: {0}")]
     Local(String),
+    /// A GPU actor refused the call (its memory share is full, a kernel's arguments do not
+    /// fit, a user kernel does not compile, ...); the actor goes on serving.
+    #[error(transparent)]
+    Gpu(#[from] GpuActorError),
 }
 
 impl Error {

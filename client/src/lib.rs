@@ -22,6 +22,8 @@ mod call;
 mod checkpoint;
 mod cluster;
 mod error;
+mod gpu_actor;
+pub mod kernel_check;
 pub mod local;
 mod options;
 mod unix_caller;
@@ -30,6 +32,12 @@ pub use actor::{ActorRef, RemoteActor, RESTART_WAIT};
 pub use call::{Actor, ActorSpawn, Remote, Task, TaskCall, TaskRef};
 pub use checkpoint::Checkpoint;
 pub use cluster::{Cluster, Job, JobOutput};
+/// Ember's GPU kernels: the registry of kernels by name, their CPU references, the PTX cache.
+pub use ember_kernels as kernels;
+pub use ember_kernels::{
+    Backend, Buffer, Device, Element, ElementType, KernelArg, KernelError, LaunchGeometry,
+    UserKernel,
+};
 pub use ember_macros::{actor, main, task};
 pub use ember_runtime::head::ClusterStatus;
 pub use ember_runtime::ids::{ActorId, JobId, NodeId, TaskId};
@@ -37,8 +45,12 @@ pub use ember_runtime::placement::Strategy;
 pub use ember_runtime::proto::ErrorKind;
 pub use ember_runtime::resources::{Allocation, GpuGrant, GpuShare};
 pub use ember_worker::collective;
-pub use ember_worker::context::TaskContext;
+pub use ember_worker::context::{GpuKind, TaskContext};
+pub use ember_worker::gpu_actor::{
+    BufferElement, BufferInfo, GpuActorError, GpuInfo, HostData, LaunchArg, UserKernelInfo,
+};
 pub use error::Error;
+pub use gpu_actor::{GpuActor, GpuActorHandle};
 pub use local::LocalOptions;
 pub use options::Options;
 /// The serialization crate for arguments and results: derive its `Archive`, `Serialize` and
@@ -48,6 +60,22 @@ pub use rkyv;
 /// What the running task or actor was given (its node, GPUs and shares); `None` outside one.
 pub fn context() -> Option<TaskContext> {
     ember_worker::context::current()
+}
+
+/// The device handle of the running task's or actor's first GPU (CUDA on a real GPU, the
+/// kernels' CPU references on a logical one; a CPU handle when it was given no GPU), limited
+/// to its `gpu_memory` share; `None` outside a task or actor. [`Device::backend`] says which
+/// backend runs. The handle is shared by the whole task or actor: its buffers count against
+/// one limit, and an allocation past it is a [`KernelError::MemoryLimit`], never a crash.
+pub fn device() -> Option<Device> {
+    ember_worker::context::device()
+}
+
+/// One device handle per GPU the running task or actor was given, in the order of its
+/// allocation (CUDA ordinals `0..`), or one CPU handle when it was given none; `None`
+/// outside a task or actor. See [`device`].
+pub fn devices() -> Option<Vec<Device>> {
+    ember_worker::context::devices()
 }
 
 /// Sends logs to standard error, filtered by `RUST_LOG` (default `info`).

@@ -9,7 +9,7 @@ use common::{
 };
 use ember_kernels::reference::MatmulShape;
 use ember_kernels::registry::KERNELS;
-use ember_kernels::{ArgKind, Backend, Device, KernelArg, KernelError};
+use ember_kernels::{ArgKind, Backend, Device, ElementType, ElementVec, KernelArg, KernelError};
 use half::{bf16, f16};
 
 #[test]
@@ -237,8 +237,55 @@ fn an_allocation_beyond_the_limit_is_refused_and_memory_comes_back_on_drop() {
         unlimited.alloc::<f32>(isize::MAX as usize / 4),
         Err(KernelError::HostMemory { .. })
     ));
+    // Nor does one the address space could hold but the host has no memory for (it would
+    // end in the out-of-memory killer, not in an error).
+    let beyond_the_host = usize::try_from(host_memory_total()).unwrap();
+    assert!(matches!(
+        unlimited.alloc::<f32>(beyond_the_host),
+        Err(KernelError::HostMemory { requested }) if requested == 4 * host_memory_total()
+    ));
     assert_eq!(unlimited.memory_in_use(), 0);
     assert_eq!(device.memory_in_use(), 0);
+}
+
+/// The host's total memory in bytes (`MemTotal` in `/proc/meminfo`).
+fn host_memory_total() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .unwrap();
+    line.trim()
+        .strip_suffix("kB")
+        .unwrap()
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn buffers_of_a_type_chosen_at_run_time_round_trip() {
+    let device = Device::cpu().with_memory_limit(64);
+    let halves = ElementVec::Bf16(vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)]);
+    let buffer = device.upload_elements(halves.as_slice()).unwrap();
+    assert_eq!(buffer.element(), ElementType::Bf16);
+    assert_eq!(device.memory_in_use(), 4);
+    assert_eq!(device.download_elements(&buffer).unwrap(), halves);
+    let zeros = device.alloc_elements(ElementType::F16, 3).unwrap();
+    assert_eq!(
+        device.download_elements(&zeros).unwrap(),
+        ElementVec::F16(vec![f16::ZERO; 3])
+    );
+    assert!(matches!(
+        device.alloc_elements(ElementType::F32, 16),
+        Err(KernelError::MemoryLimit { requested: 64, .. })
+    ));
+    let other = Device::cpu();
+    assert!(matches!(
+        other.download_elements(&buffer),
+        Err(KernelError::ForeignBuffer { .. })
+    ));
 }
 
 #[test]

@@ -131,9 +131,15 @@ pub fn ember_exe() -> PathBuf {
 
 /// The quickstart example (built with `cargo build -p ember-examples` if missing).
 pub fn quickstart_exe() -> PathBuf {
+    example_exe("quickstart")
+}
+
+/// The example `name` of `examples/examples/` (built with `cargo build -p ember-examples` if
+/// missing).
+pub fn example_exe(name: &str) -> PathBuf {
     built(
-        bin_dir().join("examples").join("quickstart"),
-        &["-p", "ember-examples", "--example", "quickstart"],
+        bin_dir().join("examples").join(name),
+        &["-p", "ember-examples", "--example", name],
     )
 }
 

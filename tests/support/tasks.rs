@@ -266,6 +266,84 @@ impl Tally {
     }
 }
 
+/// What the device handles of a task or actor are: one handle's backend and memory limit,
+/// and how many handles there are.
+pub type DeviceReport = (String, Option<u64>, u32);
+
+fn device_report(device: &ember::Device) -> DeviceReport {
+    let devices = ember::devices().expect("runs inside Ember");
+    (
+        device.backend().to_string(),
+        device.memory_limit(),
+        devices.len() as u32,
+    )
+}
+
+/// `a * x + y` by the `axpy` kernel on `device`, or the kernel layer's refusal.
+fn axpy_on(device: &ember::Device, a: f32, x: &[f32], y: &[f32]) -> Result<Vec<f32>, String> {
+    let run = || -> Result<Vec<f32>, ember::KernelError> {
+        let x = device.upload(x)?;
+        let y = device.upload(y)?;
+        device.launch("axpy", &[a.into(), (&x).into(), (&y).into()])?;
+        device.download(&y)
+    };
+    run().map_err(|e| e.to_string())
+}
+
+/// Half a GPU with 1 MiB of its memory: runs `axpy` through its device handle and says what
+/// that handle is.
+#[ember::task(gpus = 0.5, gpu_memory = "1MiB")]
+pub fn axpy_task(a: f32, x: Vec<f32>, y: Vec<f32>) -> Result<(DeviceReport, Vec<f32>), String> {
+    let device = ember::device().expect("runs inside Ember");
+    let out = axpy_on(&device, a, &x, &y)?;
+    Ok((device_report(&device), out))
+}
+
+/// Runs kernels through its device handle (one GPU, 1 MiB of its memory) and keeps buffers
+/// between calls.
+pub struct Kernels {
+    device: ember::Device,
+    held: Vec<ember::Buffer>,
+}
+
+#[ember::actor(gpus = 1, gpu_memory = "1MiB")]
+impl Kernels {
+    /// An actor holding no buffer, using the handle of its GPU number `gpu` (from 0).
+    pub fn new(gpu: u32) -> Self {
+        let devices = ember::devices().expect("runs inside Ember");
+        Kernels {
+            device: devices[gpu as usize].clone(),
+            held: Vec::new(),
+        }
+    }
+
+    /// The handle it uses, and how many it has.
+    pub fn report(&self) -> DeviceReport {
+        device_report(&self.device)
+    }
+
+    /// Allocates `len` f32s and keeps them; returns the bytes now in use, or the refusal.
+    pub fn hold(&mut self, len: u64) -> Result<u64, String> {
+        let buffer = self
+            .device
+            .alloc::<f32>(len as usize)
+            .map_err(|e| e.to_string())?;
+        self.held.push(buffer);
+        Ok(self.device.memory_in_use())
+    }
+
+    /// Frees what it holds; returns the bytes still in use.
+    pub fn release(&mut self) -> u64 {
+        self.held.clear();
+        self.device.memory_in_use()
+    }
+
+    /// `a * x + y` by the `axpy` kernel.
+    pub fn axpy(&self, a: f32, x: Vec<f32>, y: Vec<f32>) -> Result<Vec<f32>, String> {
+        axpy_on(&self.device, a, &x, &y)
+    }
+}
+
 /// Keeps the registrations of this module in any executable that calls it.
 pub fn link() {
     std::hint::black_box((
@@ -286,5 +364,8 @@ pub fn link() {
         Tally::remote as fn(u64) -> ember::ActorSpawn<TallyHandle>,
         Meter::remote as fn(u64) -> ember::ActorSpawn<MeterHandle>,
         crate::ranks::Member::remote as fn() -> ember::ActorSpawn<crate::ranks::MemberHandle>,
+        axpy_task::remote
+            as fn(f32, Vec<f32>, Vec<f32>) -> ember::TaskCall<(DeviceReport, Vec<f32>)>,
+        Kernels::remote as fn(u32) -> ember::ActorSpawn<KernelsHandle>,
     ));
 }

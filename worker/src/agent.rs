@@ -307,7 +307,7 @@ async fn serve_once(
         head: config.head,
         fingerprint: config.fingerprint,
         listen: actor_ip(config.listen.ip(), config.head),
-        pool: ExecutorPool::new(socket_dir(node))?,
+        pool: ExecutorPool::new(socket_dir(node), inventory.gpu_kind())?,
         events: events_tx,
     });
 

@@ -6,6 +6,7 @@
 //! panics for want of a driver. [`GpuMonitor`] then samples free memory and utilisation for each
 //! heartbeat.
 
+use crate::context::GpuKind;
 use ember_runtime::resources::{
     accelerator_from_name, ByteSize, GpuDevice, GpuStat, ResourceError,
 };
@@ -129,6 +130,17 @@ pub struct GpuInventory {
     pub devices: Vec<GpuDevice>,
     /// Where they came from.
     pub source: GpuSource,
+}
+
+impl GpuInventory {
+    /// Whether these GPUs are real devices (kernels may use CUDA on them) or logical ones.
+    /// A worker without GPUs counts as logical: its tasks and actors get CPU device handles.
+    pub fn gpu_kind(&self) -> GpuKind {
+        match self.source {
+            GpuSource::Nvml { .. } => GpuKind::Physical,
+            GpuSource::Logical | GpuSource::None { .. } => GpuKind::Logical,
+        }
+    }
 }
 
 /// Finds the GPUs.

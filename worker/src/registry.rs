@@ -1,7 +1,9 @@
 //! The task functions and actor types compiled into this executable, collected at link time.
 //!
 //! `#[ember::task]` and `#[ember::actor]` submit one entry each; a worker advertises the names it
-//! finds here, and its executors look them up to run them.
+//! finds here, and its executors look them up to run them. The built-in actor types of every
+//! worker (the GPU actor, [`crate::gpu_actor`]) are listed here directly rather than through
+//! `inventory`, so no linker can leave them out.
 
 use std::fmt;
 
@@ -81,11 +83,19 @@ pub fn task(name: &str) -> Option<&'static TaskEntry> {
         .find(|e| e.name == name)
 }
 
+/// The actor types every worker has, whatever its executable.
+fn builtin_actors() -> impl Iterator<Item = &'static ActorEntry> {
+    [&crate::gpu_actor::ENTRY].into_iter()
+}
+
+/// Every actor type: the built-in ones, then those registered by `#[ember::actor]`.
+fn actors() -> impl Iterator<Item = &'static ActorEntry> {
+    builtin_actors().chain(inventory::iter::<ActorEntry>)
+}
+
 /// The actor type registered under `name`.
 pub fn actor(name: &str) -> Option<&'static ActorEntry> {
-    inventory::iter::<ActorEntry>
-        .into_iter()
-        .find(|e| e.name == name)
+    actors().find(|e| e.name == name)
 }
 
 /// Every registered task name, sorted.
@@ -100,10 +110,21 @@ pub fn task_names() -> Vec<String> {
 
 /// Every registered actor type name, sorted.
 pub fn actor_names() -> Vec<String> {
-    let mut v: Vec<String> = inventory::iter::<ActorEntry>
-        .into_iter()
-        .map(|e| e.name.to_string())
-        .collect();
+    let mut v: Vec<String> = actors().map(|e| e.name.to_string()).collect();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu_actor::GPU_ACTOR;
+
+    #[test]
+    fn every_worker_has_the_gpu_actor() {
+        assert!(actor_names().contains(&GPU_ACTOR.to_string()));
+        let entry = actor(GPU_ACTOR).expect("the GPU actor is registered");
+        assert!(entry.restore.is_none());
+        assert!(actor("ember::NoSuchActor").is_none());
+    }
 }

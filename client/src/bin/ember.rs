@@ -1,4 +1,8 @@
-//! `ember`: start a head, workers or a local cluster; inspect it; submit jobs.
+//! `ember`: start a head, workers or a local cluster; inspect it; submit jobs; run a kernel
+//! on a cluster GPU.
+
+#[path = "ember/kernel.rs"]
+mod kernel;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -94,6 +98,11 @@ enum Command {
         /// How long its running tasks may take to finish, e.g. 30s, 2m, 500ms.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace: Duration,
+    },
+    /// GPU kernels: list the registered ones, or run one on a cluster GPU as a smoke test.
+    Kernel {
+        #[command(subcommand)]
+        command: kernel::KernelCommand,
     },
 }
 
@@ -296,6 +305,7 @@ async fn run(cli: Cli) -> Result<i32> {
             println!("{node} drained: {moved} actor(s) moved to other nodes");
             Ok(0)
         }
+        Command::Kernel { command } => kernel::run(command).await,
         Command::Status { cluster, json } => {
             let c = Cluster::discover(cluster.cluster.as_deref()).await?;
             let status = c.status().await?;

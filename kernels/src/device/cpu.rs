@@ -134,3 +134,39 @@ fn with_output<T: Element>(
     buffers.insert(id, output);
     result
 }
+
+/// The host memory the kernel says is available for new allocations (`MemAvailable` in
+/// `/proc/meminfo`), in bytes; `None` where that file does not say.
+pub(crate) fn host_available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&meminfo)
+}
+
+/// The `MemAvailable:` line of a `/proc/meminfo` text, in bytes.
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let meminfo = "MemTotal:       16314320 kB\nMemFree:         1200000 kB\n\
+                       MemAvailable:    8000000 kB\nBuffers:          100 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(8_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: lots\n"), None);
+    }
+
+    #[test]
+    fn this_host_says_how_much_memory_is_available() {
+        let available = host_available_memory().expect("/proc/meminfo has MemAvailable");
+        assert!(available > 0);
+    }
+}

@@ -53,6 +53,31 @@ pub enum ElementSlice<'a> {
     Bf16(&'a [bf16]),
 }
 
+impl ElementSlice<'_> {
+    /// Its element type.
+    pub fn element(&self) -> ElementType {
+        match self {
+            ElementSlice::F32(_) => ElementType::F32,
+            ElementSlice::F16(_) => ElementType::F16,
+            ElementSlice::Bf16(_) => ElementType::Bf16,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            ElementSlice::F32(v) => v.len(),
+            ElementSlice::F16(v) => v.len(),
+            ElementSlice::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Owned host data of one element type: what a CPU buffer holds and a download returns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ElementVec {
@@ -91,6 +116,25 @@ impl ElementVec {
             ElementSlice::F16(v) => ElementVec::F16(v.to_vec()),
             ElementSlice::Bf16(v) => ElementVec::Bf16(v.to_vec()),
         }
+    }
+
+    /// The elements, borrowed.
+    pub fn as_slice(&self) -> ElementSlice<'_> {
+        match self {
+            ElementVec::F32(v) => ElementSlice::F32(v),
+            ElementVec::F16(v) => ElementSlice::F16(v),
+            ElementVec::Bf16(v) => ElementSlice::Bf16(v),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Its element type.

@@ -24,7 +24,7 @@ use crate::cuda::backend::CudaBackend;
 use crate::registry;
 use crate::KernelError;
 use buffer::checked_byte_size;
-use cpu::CpuBackend;
+use cpu::{host_available_memory, CpuBackend};
 use memory::MemoryLedger;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,22 +81,32 @@ impl DeviceShared {
         self.ledger().release(bytes);
     }
 
-    /// Reserves `bytes` against the handle's limit and the device's free memory.
+    /// Reserves `bytes` against the handle's limit and the device's free memory (on the CPU
+    /// backend, the host's available memory: a request past it would end in the kernel's
+    /// out-of-memory killer rather than an error).
     pub(crate) fn reserve(&self, bytes: u64) -> Result<(), KernelError> {
         self.ledger().reserve(bytes)?;
-        if let BackendImpl::Cuda(cuda) = &self.backend {
-            let free = cuda
-                .free_memory()
-                .inspect_err(|_| self.ledger().release(bytes))?;
-            if bytes > free {
-                self.ledger().release(bytes);
-                return Err(KernelError::DeviceMemory {
+        let refused = match &self.backend {
+            BackendImpl::Cuda(cuda) => {
+                let free = cuda
+                    .free_memory()
+                    .inspect_err(|_| self.ledger().release(bytes))?;
+                (bytes > free).then_some(KernelError::DeviceMemory {
                     requested: bytes,
                     free,
-                });
+                })
             }
+            BackendImpl::Cpu(_) => host_available_memory()
+                .is_some_and(|available| bytes > available)
+                .then_some(KernelError::HostMemory { requested: bytes }),
+        };
+        match refused {
+            Some(error) => {
+                self.ledger().release(bytes);
+                Err(error)
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Returns `bytes` reserved by [`DeviceShared::reserve`] for memory never handed out.
@@ -231,36 +241,53 @@ impl Device {
 
     /// A buffer of `len` zeros.
     pub fn alloc<T: Element>(&self, len: usize) -> Result<Buffer, KernelError> {
-        let buffer = self.new_buffer(T::TYPE, len)?;
+        self.alloc_elements(T::TYPE, len)
+    }
+
+    /// A buffer of `len` zeros of `element`: [`Device::alloc`] with the type chosen at run
+    /// time.
+    pub fn alloc_elements(&self, element: ElementType, len: usize) -> Result<Buffer, KernelError> {
+        let buffer = self.new_buffer(element, len)?;
         match &self.shared.backend {
-            BackendImpl::Cpu(cpu) => cpu.alloc_zeroed(buffer.id, T::TYPE, len)?,
-            BackendImpl::Cuda(cuda) => cuda.alloc_zeroed(buffer.id, T::TYPE, len)?,
+            BackendImpl::Cpu(cpu) => cpu.alloc_zeroed(buffer.id, element, len)?,
+            BackendImpl::Cuda(cuda) => cuda.alloc_zeroed(buffer.id, element, len)?,
         }
         Ok(buffer)
     }
 
     /// A buffer holding a copy of `data`.
     pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer, KernelError> {
-        let buffer = self.new_buffer(T::TYPE, data.len())?;
+        self.upload_elements(T::slice(data))
+    }
+
+    /// A buffer holding a copy of `data`: [`Device::upload`] with the type chosen at run time.
+    pub fn upload_elements(&self, data: ElementSlice<'_>) -> Result<Buffer, KernelError> {
+        let buffer = self.new_buffer(data.element(), data.len())?;
         match &self.shared.backend {
-            BackendImpl::Cpu(cpu) => cpu.upload(buffer.id, T::slice(data)),
-            BackendImpl::Cuda(cuda) => cuda.upload(buffer.id, T::slice(data))?,
+            BackendImpl::Cpu(cpu) => cpu.upload(buffer.id, data),
+            BackendImpl::Cuda(cuda) => cuda.upload(buffer.id, data)?,
         }
         Ok(buffer)
     }
 
     /// A copy of `buffer`'s elements (waits for the kernels that write it).
     pub fn download<T: Element>(&self, buffer: &Buffer) -> Result<Vec<T>, KernelError> {
-        self.check_owner(buffer)?;
-        let data = match &self.shared.backend {
-            BackendImpl::Cpu(cpu) => cpu.download(buffer.id)?,
-            BackendImpl::Cuda(cuda) => cuda.download(buffer.id)?,
-        };
+        let data = self.download_elements(buffer)?;
         let actual = data.element();
         T::from_vec(data).ok_or(KernelError::ElementType {
             requested: T::TYPE.name(),
             actual: actual.name(),
         })
+    }
+
+    /// A copy of `buffer`'s elements in the type it holds (waits for the kernels that write
+    /// it): [`Device::download`] with the type chosen at run time.
+    pub fn download_elements(&self, buffer: &Buffer) -> Result<ElementVec, KernelError> {
+        self.check_owner(buffer)?;
+        match &self.shared.backend {
+            BackendImpl::Cpu(cpu) => cpu.download(buffer.id),
+            BackendImpl::Cuda(cuda) => cuda.download(buffer.id),
+        }
     }
 
     /// Runs registered kernel `kernel` (see [`crate::registry::KERNELS`]) on `args`. On CUDA

@@ -15,6 +15,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use super::protocol::{ExecReply, ExecRequest};
+use crate::context::GpuKind;
 use crate::role::{ROLE_EXECUTOR, ROLE_VAR, SOCKET_VAR};
 
 type Pending = Arc<DashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteError>>>>;
@@ -31,8 +32,13 @@ pub(crate) struct Executor {
 static SOCKETS: AtomicU64 = AtomicU64::new(0);
 
 impl Executor {
-    /// Starts an executor process of this executable seeing only `cuda_visible` GPUs.
-    pub(crate) async fn spawn(dir: &Path, cuda_visible: &str) -> std::io::Result<Arc<Executor>> {
+    /// Starts an executor process of this executable seeing only `cuda_visible` GPUs, which
+    /// are of kind `gpu_kind`.
+    pub(crate) async fn spawn(
+        dir: &Path,
+        cuda_visible: &str,
+        gpu_kind: GpuKind,
+    ) -> std::io::Result<Arc<Executor>> {
         let path = dir.join(format!(
             "exec-{}.sock",
             SOCKETS.fetch_add(1, Ordering::Relaxed)
@@ -43,6 +49,7 @@ impl Executor {
         cmd.env(ROLE_VAR, ROLE_EXECUTOR)
             .env(SOCKET_VAR, &path)
             .env("CUDA_VISIBLE_DEVICES", cuda_visible)
+            .env(GpuKind::VAR, gpu_kind.as_env())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         // SAFETY: the closure runs in the child between fork and exec and only makes one
@@ -197,20 +204,23 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 /// The executors of one worker: a shared one per GPU set for tasks, one per actor.
 pub(crate) struct ExecutorPool {
     dir: PathBuf,
+    /// The kind of the worker's GPUs, passed on to every executor.
+    gpu_kind: GpuKind,
     tasks: Mutex<HashMap<String, Arc<Executor>>>,
     /// Each actor's executor, with the incarnation it hosts.
     actors: DashMap<ActorId, (u32, Arc<Executor>)>,
 }
 
 impl ExecutorPool {
-    /// A pool whose sockets live in `dir`. Creates `dir`, which must not exist yet, readable
-    /// by this user only: a directory someone else made, or one left behind, is refused
-    /// rather than used.
-    pub(crate) fn new(dir: PathBuf) -> std::io::Result<Self> {
+    /// A pool whose sockets live in `dir`, for a worker whose GPUs are of kind `gpu_kind`.
+    /// Creates `dir`, which must not exist yet, readable by this user only: a directory
+    /// someone else made, or one left behind, is refused rather than used.
+    pub(crate) fn new(dir: PathBuf, gpu_kind: GpuKind) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         Ok(ExecutorPool {
             dir,
+            gpu_kind,
             tasks: Mutex::new(HashMap::new()),
             actors: DashMap::new(),
         })
@@ -224,7 +234,7 @@ impl ExecutorPool {
                 return Ok(e.clone());
             }
         }
-        let e = Executor::spawn(&self.dir, cuda_visible).await?;
+        let e = Executor::spawn(&self.dir, cuda_visible, self.gpu_kind).await?;
         tasks.insert(cuda_visible.to_string(), e.clone());
         Ok(e)
     }
@@ -236,7 +246,7 @@ impl ExecutorPool {
         incarnation: u32,
         cuda_visible: &str,
     ) -> std::io::Result<Arc<Executor>> {
-        let e = Executor::spawn(&self.dir, cuda_visible).await?;
+        let e = Executor::spawn(&self.dir, cuda_visible, self.gpu_kind).await?;
         if let Some((_, old)) = self.actors.insert(actor, (incarnation, e.clone())) {
             // An older incarnation the head gave up on: it must not take calls any more.
             old.kill().await;

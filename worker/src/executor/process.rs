@@ -9,11 +9,12 @@ use super::actor_host;
 use super::guarded::guarded;
 use super::head_link::HeadAddress;
 use super::protocol::{ExecReply, ExecRequest};
-use crate::context::{self, TaskContext};
+use crate::context::{self, GpuKind, TaskContext};
 use crate::registry;
 
 /// Serves the worker on the Unix socket at `socket` until the worker closes it.
 pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
+    let gpu_kind = GpuKind::from_env();
     let stream = UnixStream::connect(socket).await?;
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ExecReply>();
@@ -44,7 +45,11 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
             } => {
                 let tx = tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    let ctx = TaskContext { node, allocation };
+                    let ctx = TaskContext {
+                        node,
+                        allocation,
+                        gpu_kind,
+                    };
                     let result = context::with_task(ctx, || run_task(&name, &args));
                     let _ = tx.send(ExecReply { id, result });
                 });
@@ -71,7 +76,11 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
                         "this executor already hosts an actor",
                     ))
                 } else {
-                    context::set_actor(TaskContext { node, allocation });
+                    context::set_actor(TaskContext {
+                        node,
+                        allocation,
+                        gpu_kind,
+                    });
                     let spec = actor_host::ActorSpec {
                         actor,
                         incarnation,
