@@ -34,6 +34,9 @@ pub(crate) enum Failure {
         /// What differed.
         reason: String,
     },
+    /// Shared memory could not be set up.
+    #[error("shared memory between the ranks on this machine failed: {0}")]
+    SharedMemory(String),
     /// The other ranks did not come within the operation's timeout.
     #[error("timed out after {0:?} waiting for the other ranks")]
     Timeout(Duration),

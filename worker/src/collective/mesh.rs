@@ -24,6 +24,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 use super::link::Link;
+use super::shm::{fnv, Segments};
 use crate::executor::HeadLink;
 
 /// How long opening a link to a peer may take.
@@ -57,6 +58,8 @@ pub(crate) struct Mesh {
     failed: Mutex<HashMap<(String, u64), String>>,
     /// Operations begun in each generation.
     ops: Mutex<HashMap<(String, u64), u64>>,
+    /// Shared-memory segments between operations, per generation.
+    segments: Mutex<HashMap<(String, u64), Segments>>,
 }
 
 static MESH: OnceLock<Arc<Mesh>> = OnceLock::new();
@@ -100,6 +103,7 @@ pub(crate) fn install(
         idle: Mutex::default(),
         failed: Mutex::default(),
         ops: Mutex::default(),
+        segments: Mutex::default(),
     });
     if MESH.set(mesh.clone()).is_err() {
         return Err(std::io::Error::other("this process already hosts an actor"));
@@ -199,6 +203,28 @@ impl Mesh {
         };
         drop_gen(&mut lock(&self.idle));
         drop_gen(&mut lock(&self.parked));
+        lock(&self.segments).retain(|(g, n), _| !(g == group && *n == generation));
+    }
+
+    /// Whether every member of `view` runs on this machine and may use shared memory.
+    pub(crate) fn all_local(&self, view: &GroupView) -> bool {
+        let here = host_id();
+        !self.force_quic && view.members.iter().all(|m| m.endpoints.host == here)
+    }
+
+    /// A tag of this cluster, for names in shared memory.
+    pub(crate) fn cluster_tag(&self) -> u64 {
+        fnv(self.token.as_bytes())
+    }
+
+    /// The shared-memory segments of `generation` of `group`, if made.
+    pub(crate) fn take_segments(&self, group: &str, generation: u64) -> Option<Segments> {
+        lock(&self.segments).remove(&(group.to_string(), generation))
+    }
+
+    /// Keeps segments for the next operation of their generation.
+    pub(crate) fn keep_segments(&self, group: &str, generation: u64, segments: Segments) {
+        lock(&self.segments).insert((group.to_string(), generation), segments);
     }
 
     /// The next operation's number in `generation` of `group`. Links and failures of older
@@ -208,6 +234,7 @@ impl Mesh {
         lock(&self.idle).retain(|(g, n, _), _| !older(g, *n));
         lock(&self.parked).retain(|(g, n, _), _| !older(g, *n));
         lock(&self.failed).retain(|(g, n), _| !older(g, *n));
+        lock(&self.segments).retain(|(g, n), _| !older(g, *n));
         let mut ops = lock(&self.ops);
         ops.retain(|(g, n), _| !older(g, *n));
         let next = ops.entry((group.to_string(), generation)).or_insert(0);

@@ -25,13 +25,14 @@ mod element;
 mod engine;
 mod link;
 pub(crate) mod mesh;
+mod shm;
 
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_runtime::collective::schedule::{self, Action, Plan};
+use ember_runtime::collective::schedule::{self, Action, Algorithm, Plan};
 use ember_runtime::proto::{ClientReply, ClientRequest, GroupView, RemoteError};
 
 pub use element::Element;
@@ -220,7 +221,10 @@ impl Group {
             op == ReduceOp::Mean,
         );
         let sig = [1, dtype_code(T::DTYPE), op_code(op), buf.len() as u64];
-        self.run(&plan, buf, op, &sig)
+        if plan.algorithm == Algorithm::Ring && self.mesh.all_local(&self.view) {
+            return self.run(Body::SharedMemory, buf, op, &sig);
+        }
+        self.run(Body::Plan(&plan), buf, op, &sig)
     }
 
     /// Combines `buf` across every rank with `op`, leaving each rank only its share of the
@@ -234,7 +238,7 @@ impl Group {
         let n = self.size();
         let plan = schedule::reduce_scatter(n, self.rank, buf.len(), op == ReduceOp::Mean);
         let sig = [2, dtype_code(T::DTYPE), op_code(op), buf.len() as u64];
-        self.run(&plan, buf, op, &sig)?;
+        self.run(Body::Plan(&plan), buf, op, &sig)?;
         Ok(schedule::chunk(buf.len(), n, self.rank))
     }
 
@@ -245,7 +249,7 @@ impl Group {
         out[self.rank * block..(self.rank + 1) * block].copy_from_slice(input);
         let plan = schedule::allgather(self.size(), self.rank, block);
         let sig = [3, dtype_code(T::DTYPE), block as u64];
-        self.run(&plan, &mut out, ReduceOp::Sum, &sig)?;
+        self.run(Body::Plan(&plan), &mut out, ReduceOp::Sum, &sig)?;
         Ok(out)
     }
 
@@ -265,13 +269,13 @@ impl Group {
             std::mem::size_of::<T>(),
         );
         let sig = [4, dtype_code(T::DTYPE), root as u64, buf.len() as u64];
-        self.run(&plan, buf, ReduceOp::Sum, &sig)
+        self.run(Body::Plan(&plan), buf, ReduceOp::Sum, &sig)
     }
 
     /// Returns once every rank has called it.
     pub fn barrier(&self) -> Result<(), CollectiveError> {
         let plan = schedule::barrier(self.size(), self.rank);
-        self.run::<i32>(&plan, &mut [], ReduceOp::Sum, &[5])
+        self.run::<i32>(Body::Plan(&plan), &mut [], ReduceOp::Sum, &[5])
     }
 
     fn broken(&self, reason: String) -> CollectiveError {
@@ -287,7 +291,7 @@ impl Group {
     /// operation fail at once.
     fn run<T: Element>(
         &self,
-        plan: &Plan,
+        body: Body<'_>,
         buf: &mut [T],
         reduce: ReduceOp,
         signature_parts: &[u64],
@@ -298,7 +302,11 @@ impl Group {
             return Err(self.broken(format!("an earlier operation failed: {reason}")));
         }
         let op = mesh.next_op(name, generation);
-        let peers = peers(plan);
+        let barrier = schedule::barrier(self.size(), self.rank);
+        let peers = match body {
+            Body::Plan(plan) => peers(plan),
+            Body::SharedMemory => peers(&barrier),
+        };
         let sleep = |d: Duration| mesh.sleep(d);
         let run = Run {
             op,
@@ -313,7 +321,13 @@ impl Group {
                 .links(&self.view, self.rank as u32, &peers)
                 .await
                 .map_err(|(peer, reason)| Failure::Link { peer, reason })?;
-            engine::execute(plan, buf, &mut links, &run).await?;
+            match body {
+                Body::Plan(plan) => engine::execute(plan, buf, &mut links, &run).await?,
+                Body::SharedMemory => {
+                    self.shared_memory_allreduce(buf, &barrier, &mut links, &run)
+                        .await?
+                }
+            }
             Ok::<_, Failure>(links)
         };
         let outcome = block_on(async {
@@ -348,6 +362,46 @@ impl Group {
                 Err(self.broken(reason))
             }
         }
+    }
+
+    /// An allreduce through shared memory ([`shm`]): copy in, barrier, reduce this rank's
+    /// chunk from every segment, barrier, copy the others' chunks out. Segments are made (or
+    /// grown) first, with two barriers: all made, then all mapped.
+    async fn shared_memory_allreduce<T: Element>(
+        &self,
+        buf: &mut [T],
+        barrier: &Plan,
+        links: &mut std::collections::HashMap<u32, link::Link>,
+        run: &Run<'_>,
+    ) -> Result<(), Failure> {
+        let (name, generation) = (self.view.name.as_str(), self.view.generation);
+        let mesh = &self.mesh;
+        let bytes = std::mem::size_of_val(buf);
+        let shm_failed = |e: std::io::Error| Failure::SharedMemory(e.to_string());
+        let mut segments = match mesh.take_segments(name, generation) {
+            Some(s) if s.fits(bytes) => s,
+            old => {
+                let epoch = old.map_or(1, |s| s.epoch() + 1);
+                let capacity = shm::capacity_for(bytes);
+                let cluster = mesh.cluster_tag();
+                let own = shm::create(cluster, &self.view, self.rank, epoch, capacity)
+                    .map_err(shm_failed)?;
+                meet(barrier, links, run).await?;
+                let segments =
+                    shm::map_all(cluster, &self.view, epoch, capacity, own).map_err(shm_failed)?;
+                meet(barrier, links, run).await?;
+                segments.unlink();
+                segments
+            }
+        };
+        let offset = segments.begin();
+        segments.put(offset, buf);
+        meet(barrier, links, run).await?;
+        segments.reduce_own_chunk(offset, buf, self.rank, run.reduce);
+        meet(barrier, links, run).await?;
+        segments.gather(offset, buf, self.rank);
+        mesh.keep_segments(name, generation, segments);
+        Ok(())
     }
 
     /// Tells the head this generation failed here, so that members still waiting fail too
@@ -389,6 +443,22 @@ impl Group {
             }
         }
     }
+}
+
+/// A barrier within an operation, over its links.
+async fn meet(
+    barrier: &Plan,
+    links: &mut std::collections::HashMap<u32, link::Link>,
+    run: &Run<'_>,
+) -> Result<(), Failure> {
+    engine::execute::<i32>(barrier, &mut [], links, run).await
+}
+
+/// What an operation runs: a plan over the links, or the shared-memory allreduce.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    Plan(&'a Plan),
+    SharedMemory,
 }
 
 /// The peers a plan exchanges with.
