@@ -218,6 +218,19 @@ impl Member {
         Ok(out)
     }
 
+    /// All-reduces this rank's f32 inputs from a buffer on its device (staged through host
+    /// memory); the result's bytes.
+    pub fn allreduce_on_device(&mut self, name: String, len: u64) -> Result<Vec<u8>, String> {
+        let g = group(&name)?;
+        let device = ember::device().ok_or("no device handle")?;
+        let input = inputs::<f32>(g.rank(), len as usize, ReduceOp::Sum);
+        let mut buffer = device.upload(&input).map_err(|e| e.to_string())?;
+        g.allreduce_device::<f32>(&device, &mut buffer, ReduceOp::Sum)
+            .map_err(|e| e.to_string())?;
+        let out = device.download::<f32>(&buffer).map_err(|e| e.to_string())?;
+        Ok(bytes(&out))
+    }
+
     /// Sleeps `ms` milliseconds, then all-reduces like [`Member::allreduce`] (f32 sum): a
     /// member late to an operation its peers already wait in.
     pub fn late_allreduce(&mut self, name: String, ms: u64, len: u64) -> Result<Vec<u8>, String> {

@@ -86,6 +86,9 @@ pub enum CollectiveError {
     /// An argument no rank could accept (a root outside the group).
     #[error("{0}")]
     InvalidArgument(String),
+    /// Moving a device buffer to or from host memory failed.
+    #[error("device buffer: {0}")]
+    Device(String),
 }
 
 /// One generation of a collective group, as one of its members holds it.
@@ -225,6 +228,26 @@ impl Group {
             return self.run(Body::SharedMemory, buf, op, &sig);
         }
         self.run(Body::Plan(&plan), buf, op, &sig)
+    }
+
+    /// [`Group::allreduce`] of a buffer on `device`, staged through host memory: downloaded,
+    /// combined on the host with the same plan (so the same bits as a host buffer), and
+    /// uploaded into a new buffer that replaces `buffer`. The reduction itself runs on the
+    /// host, not on the GPU.
+    pub fn allreduce_device<T>(
+        &self,
+        device: &ember_kernels::Device,
+        buffer: &mut ember_kernels::Buffer,
+        op: ReduceOp,
+    ) -> Result<(), CollectiveError>
+    where
+        T: Element + ember_kernels::Element,
+    {
+        let device_error = |e: ember_kernels::KernelError| CollectiveError::Device(e.to_string());
+        let mut host = device.download::<T>(buffer).map_err(device_error)?;
+        self.allreduce(&mut host, op)?;
+        *buffer = device.upload(&host).map_err(device_error)?;
+        Ok(())
     }
 
     /// Combines `buf` across every rank with `op`, leaving each rank only its share of the
