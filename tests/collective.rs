@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ember::collective::ReduceOp;
 use ember::Cluster;
 use ember_tests::ranks::{inputs, reduce_op, Member, MemberHandle, Sample};
-use ember_tests::{within, within_for, TestCluster, WorkerSpec};
+use ember_tests::{within, within_for, worker_of, TestCluster, WorkerSpec};
 use half::{bf16, f16};
 
 const DTYPES: [&str; 6] = ["f16", "bf16", "f32", "f64", "i32", "i64"];
@@ -24,18 +24,6 @@ fn worker() -> WorkerSpec {
 
 async fn cluster_of(n: usize, spec: WorkerSpec) -> (TestCluster, Cluster) {
     TestCluster::with_workers(&vec![spec; n]).await
-}
-
-/// The name of the worker that joined as `node`.
-async fn worker_of(cluster: &Cluster, node: ember::NodeId) -> String {
-    let status = within("status", cluster.status()).await.expect("status");
-    status
-        .nodes
-        .iter()
-        .find(|n| n.id == node.to_string())
-        .unwrap_or_else(|| panic!("no {node} in {:?}", status.nodes))
-        .name
-        .clone()
 }
 
 async fn members(cluster: &Cluster, n: usize) -> Vec<MemberHandle> {

@@ -7,22 +7,10 @@ use std::time::Duration;
 
 use ember::{Cluster, ErrorKind, NodeId};
 use ember_tests::tasks::{fails_once, nap, spin, Counter, Ledger, LedgerHandle, Meter, Tally};
-use ember_tests::{until, within, S3Server, TestCluster, WorkerSpec};
+use ember_tests::{until, within, worker_of, S3Server, TestCluster, WorkerSpec};
 
 fn gpu() -> WorkerSpec {
     WorkerSpec::gpus(1, "H100", "80GiB")
-}
-
-/// The name of the worker that joined as `node`.
-async fn worker_of(cluster: &Cluster, node: NodeId) -> String {
-    let status = within("status", cluster.status()).await.expect("status");
-    status
-        .nodes
-        .iter()
-        .find(|n| n.id == node.to_string())
-        .unwrap_or_else(|| panic!("no {node} in {:?}", status.nodes))
-        .name
-        .clone()
 }
 
 async fn ledger(cluster: &Cluster) -> LedgerHandle {

@@ -534,6 +534,18 @@ impl Drop for TestHost {
     }
 }
 
+/// The name of the worker that joined as `node`, from the head's status.
+pub async fn worker_of(cluster: &Cluster, node: ember::NodeId) -> String {
+    let status = within("status", cluster.status()).await.expect("status");
+    status
+        .nodes
+        .iter()
+        .find(|n| n.id == node.to_string())
+        .unwrap_or_else(|| panic!("no {node} in {:?}", status.nodes))
+        .name
+        .clone()
+}
+
 /// The GPU shares (in hundredths) in use on the first node, from the head's status.
 pub async fn gpus_in_use(cluster: &Cluster) -> Vec<u32> {
     let status = within("status", cluster.status()).await.expect("status");
