@@ -144,12 +144,7 @@ fn block_on<F: std::future::Future>(work: F) -> F::Output {
 
 /// A short digest of what an operation is, compared between ranks.
 fn signature(parts: &[u64]) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.to_le_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
+    let h = shm::fnv(bytemuck::cast_slice(parts));
     (h ^ (h >> 32)) as u32
 }
 
