@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use ember_runtime::proto::{
     read_frame, write_frame, ActorCall, CallReply, ErrorKind, Hello, LocalCall, LocalReply,
-    RemoteError, Welcome, MAX_FRAME,
+    RemoteError, MAX_FRAME,
 };
+use ember_runtime::security::say_hello;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -40,18 +41,9 @@ impl UnixCaller {
         let hello = Hello::Client {
             token: token.to_string(),
         };
-        write_frame(&mut wr, &hello)
+        say_hello(&hello, &mut rd, &mut wr)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        wr.flush().await.map_err(|e| fail(e.to_string()))?;
-        let welcome = read_frame::<_, Welcome>(&mut rd, 64 << 10)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        match welcome {
-            Some(Welcome::Accepted { .. }) => {}
-            Some(Welcome::Refused { reason }) => return Err(fail(format!("refused: {reason}"))),
-            None => return Err(fail("closed before its welcome".into())),
-        }
 
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(AtomicBool::new(false));

@@ -18,7 +18,9 @@ mod tls;
 mod tests;
 
 pub use cluster_file::{default_state_dir, ClusterFile, CLUSTER_ENV};
-pub use connect::{connect_client, ConnectError};
+pub use connect::{
+    connect_client, connect_with_hello, say_hello, ConnectError, HelloError, HELLO_LIMIT,
+};
 pub use error::SecurityError;
 pub use identity::{token_matches, ClusterSecrets, Fingerprint, Identity};
 pub use tls::{client_config, server_config, ALPN, SERVER_NAME};

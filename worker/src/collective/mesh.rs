@@ -17,8 +17,8 @@ use ember_runtime::proto::{
     read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, GroupView, Hello, PeerHello,
     RemoteError, Welcome,
 };
-use ember_runtime::security::{client_config, token_matches, SERVER_NAME};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use ember_runtime::security::{connect_with_hello, say_hello, token_matches, HELLO_LIMIT};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -29,9 +29,6 @@ use crate::executor::HeadLink;
 
 /// How long opening a link to a peer may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest hello accepted from a peer.
-const HELLO_LIMIT: usize = 64 << 10;
 
 /// Links are kept per group, generation and peer rank.
 pub(crate) type LinkKey = (String, u64, u32);
@@ -198,12 +195,16 @@ impl Mesh {
     /// still waiting on this rank fail at once instead of at their timeout.
     pub(crate) fn fail(&self, group: &str, generation: u64, reason: &str) {
         lock(&self.failed).insert((group.to_string(), generation), reason.to_string());
-        let drop_gen = |m: &mut HashMap<LinkKey, Link>| {
-            m.retain(|(g, n, _), _| !(g == group && *n == generation))
-        };
-        drop_gen(&mut lock(&self.idle));
-        drop_gen(&mut lock(&self.parked));
-        lock(&self.segments).retain(|(g, n), _| !(g == group && *n == generation));
+        self.drop_links(group, |n| n == generation);
+    }
+
+    /// Drops the links and shared-memory segments of the generations of `group` that
+    /// `dropped` picks.
+    fn drop_links(&self, group: &str, dropped: impl Fn(u64) -> bool) {
+        let keep = |g: &String, n: u64| !(g == group && dropped(n));
+        lock(&self.idle).retain(|(g, n, _), _| keep(g, *n));
+        lock(&self.parked).retain(|(g, n, _), _| keep(g, *n));
+        lock(&self.segments).retain(|(g, n), _| keep(g, *n));
     }
 
     /// Whether every member of `view` runs on this machine and may use shared memory.
@@ -230,11 +231,9 @@ impl Mesh {
     /// The next operation's number in `generation` of `group`. Links and failures of older
     /// generations are forgotten once a newer one is used.
     pub(crate) fn next_op(&self, group: &str, generation: u64) -> u64 {
+        self.drop_links(group, |n| n < generation);
         let older = |g: &String, n: u64| g == group && n < generation;
-        lock(&self.idle).retain(|(g, n, _), _| !older(g, *n));
-        lock(&self.parked).retain(|(g, n, _), _| !older(g, *n));
         lock(&self.failed).retain(|(g, n), _| !older(g, *n));
-        lock(&self.segments).retain(|(g, n), _| !older(g, *n));
         let mut ops = lock(&self.ops);
         ops.retain(|(g, n), _| !older(g, *n));
         let next = ops.entry((group.to_string(), generation)).or_insert(0);
@@ -320,7 +319,9 @@ impl Mesh {
                         .await
                         .map_err(|e| format!("cannot reach {}: {e}", endpoints.mesh_socket))?;
                     let (mut rd, mut wr) = stream.into_split();
-                    greet(&hello, &mut rd, &mut wr).await?;
+                    say_hello(&hello, &mut rd, &mut wr)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     Ok(Link {
                         peer,
                         tx: Box::pin(wr),
@@ -332,15 +333,10 @@ impl Mesh {
                         .peer_addr
                         .parse()
                         .map_err(|e| format!("bad address {}: {e}", endpoints.peer_addr))?;
-                    let config =
-                        client_config(endpoints.peer_fingerprint).map_err(|e| e.to_string())?;
-                    let conn = endpoint
-                        .connect_with(config, addr, SERVER_NAME)
-                        .map_err(|e| e.to_string())?
-                        .await
-                        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
-                    let (mut wr, mut rd) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                    greet(&hello, &mut rd, &mut wr).await?;
+                    let (conn, wr, rd) =
+                        connect_with_hello(&endpoint, addr, endpoints.peer_fingerprint, &hello)
+                            .await
+                            .map_err(|e| e.to_string())?;
                     Ok(Link {
                         peer,
                         tx: Box::pin(wr),
@@ -353,21 +349,5 @@ impl Mesh {
             .unwrap_or_else(|_| Err(format!("no answer within {DIAL_TIMEOUT:?}")))
         });
         opening.await.map_err(|e| e.to_string())?
-    }
-}
-
-/// Says hello to a peer and reads its welcome.
-async fn greet<R, W>(hello: &Hello, rd: &mut R, wr: &mut W) -> Result<(), String>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    write_frame(wr, hello).await.map_err(|e| e.to_string())?;
-    wr.flush().await.map_err(|e| e.to_string())?;
-    match read_frame::<_, Welcome>(rd, HELLO_LIMIT).await {
-        Ok(Some(Welcome::Accepted { .. })) => Ok(()),
-        Ok(Some(Welcome::Refused { reason })) => Err(format!("refused: {reason}")),
-        Ok(None) => Err("it closed the link before welcoming".into()),
-        Err(e) => Err(e.to_string()),
     }
 }

@@ -148,14 +148,6 @@ fn signature(parts: &[u64]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
-fn dtype_code(d: DType) -> u64 {
-    d as u64
-}
-
-fn op_code(op: ReduceOp) -> u64 {
-    op as u64
-}
-
 impl Group {
     fn from_head(mesh: Arc<Mesh>, request: ClientRequest) -> Result<Group, CollectiveError> {
         let reply = block_on(mesh.ask_head(request)).map_err(CollectiveError::Head)?;
@@ -218,9 +210,10 @@ impl Group {
             std::mem::size_of::<T>(),
             op == ReduceOp::Mean,
         );
-        let sig = [1, dtype_code(T::DTYPE), op_code(op), buf.len() as u64];
+        let sig = [1, T::DTYPE as u64, op as u64, buf.len() as u64];
         if plan.algorithm == Algorithm::Ring && self.mesh.all_local(&self.view) {
-            return self.run(Body::SharedMemory, buf, op, &sig);
+            let barrier = schedule::barrier(self.size(), self.rank);
+            return self.run(Body::SharedMemory { barrier: &barrier }, buf, op, &sig);
         }
         self.run(Body::Plan(&plan), buf, op, &sig)
     }
@@ -255,7 +248,7 @@ impl Group {
     ) -> Result<Range<usize>, CollectiveError> {
         let n = self.size();
         let plan = schedule::reduce_scatter(n, self.rank, buf.len(), op == ReduceOp::Mean);
-        let sig = [2, dtype_code(T::DTYPE), op_code(op), buf.len() as u64];
+        let sig = [2, T::DTYPE as u64, op as u64, buf.len() as u64];
         self.run(Body::Plan(&plan), buf, op, &sig)?;
         Ok(schedule::chunk(buf.len(), n, self.rank))
     }
@@ -266,7 +259,7 @@ impl Group {
         let mut out = vec![T::zeroed(); block * self.size()];
         out[self.rank * block..(self.rank + 1) * block].copy_from_slice(input);
         let plan = schedule::allgather(self.size(), self.rank, block);
-        let sig = [3, dtype_code(T::DTYPE), block as u64];
+        let sig = [3, T::DTYPE as u64, block as u64];
         self.run(Body::Plan(&plan), &mut out, ReduceOp::Sum, &sig)?;
         Ok(out)
     }
@@ -286,7 +279,7 @@ impl Group {
             buf.len(),
             std::mem::size_of::<T>(),
         );
-        let sig = [4, dtype_code(T::DTYPE), root as u64, buf.len() as u64];
+        let sig = [4, T::DTYPE as u64, root as u64, buf.len() as u64];
         self.run(Body::Plan(&plan), buf, ReduceOp::Sum, &sig)
     }
 
@@ -320,10 +313,8 @@ impl Group {
             return Err(self.broken(format!("an earlier operation failed: {reason}")));
         }
         let op = mesh.next_op(name, generation);
-        let barrier = schedule::barrier(self.size(), self.rank);
         let peers = match body {
-            Body::Plan(plan) => peers(plan),
-            Body::SharedMemory => peers(&barrier),
+            Body::Plan(plan) | Body::SharedMemory { barrier: plan } => peers(plan),
         };
         let sleep = |d: Duration| mesh.sleep(d);
         let run = Run {
@@ -341,8 +332,8 @@ impl Group {
                 .map_err(|(peer, reason)| Failure::Link { peer, reason })?;
             match body {
                 Body::Plan(plan) => engine::execute(plan, buf, &mut links, &run).await?,
-                Body::SharedMemory => {
-                    self.shared_memory_allreduce(buf, &barrier, &mut links, &run)
+                Body::SharedMemory { barrier } => {
+                    self.shared_memory_allreduce(buf, barrier, &mut links, &run)
                         .await?
                 }
             }
@@ -476,7 +467,10 @@ async fn meet(
 #[derive(Clone, Copy)]
 enum Body<'a> {
     Plan(&'a Plan),
-    SharedMemory,
+    /// The shared-memory allreduce, whose steps meet at this barrier.
+    SharedMemory {
+        barrier: &'a Plan,
+    },
 }
 
 /// The peers a plan exchanges with.

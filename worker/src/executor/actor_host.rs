@@ -23,7 +23,7 @@ use ember_runtime::proto::{
     CheckpointPolicy, CheckpointSave, ErrorKind, Hello, LocalCall, LocalReply, PeerHello,
     RemoteError, Welcome, CHECKPOINT_METHOD, MAX_FRAME,
 };
-use ember_runtime::security::{server_config, token_matches, Identity};
+use ember_runtime::security::{server_config, token_matches, Identity, HELLO_LIMIT};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
@@ -459,7 +459,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let welcome = match read_frame::<_, Hello>(rd, 64 << 10).await {
+    let welcome = match read_frame::<_, Hello>(rd, HELLO_LIMIT).await {
         Ok(Some(Hello::Client { token: t })) if token_matches(token, &t) => {
             Welcome::Accepted { node: None }
         }
