@@ -83,15 +83,15 @@ async fn reform_until_it_works(
 }
 
 /// Every member's allreduce result, in rank order.
-async fn allreduce_all(
-    ms: &[MemberHandle],
+async fn allreduce_all<'a>(
+    ms: impl IntoIterator<Item = &'a MemberHandle>,
     name: &str,
     dtype: &str,
     op: &str,
     len: usize,
 ) -> Vec<Vec<u8>> {
     let calls = ms
-        .iter()
+        .into_iter()
         .map(|m| m.allreduce(name.into(), dtype.into(), op.into(), len as u64));
     within("allreduce", futures::future::join_all(calls))
         .await
@@ -299,7 +299,7 @@ async fn quic_between_ranks_gives_the_same_bits_as_the_local_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn joining_by_name_ranks_members_by_creation_order() {
+async fn joining_by_name_ranks_by_creation_order_and_groups_grow_and_shrink_between_steps() {
     let (_tc, cluster) = cluster_of(3, worker()).await;
     let ms = members(&cluster, 3).await;
     // Joins arrive in reverse order of creation; ranks still follow creation.
@@ -325,6 +325,29 @@ async fn joining_by_name_ranks_members_by_creation_order() {
     assert!(refused.contains("world size 2, not 3"), "{refused}");
     let lonely = a.unwrap_err().to_string();
     assert!(lonely.contains("too few joined"), "{lonely}");
+
+    // Between steps, the group grows and shrinks: its members join again with another world
+    // size, and each step reduces over exactly the members of its generation (through shared
+    // memory: the buffers are large).
+    let len = 100_000;
+    let mut generation = 0;
+    for who in [vec![0usize, 1], vec![0, 1, 2], vec![0, 2]] {
+        let world = who.len() as u32;
+        let joins = who
+            .iter()
+            .map(|&i| ms[i].join("elastic".into(), world, 30_000));
+        let got: Vec<(u64, u64)> = within("elastic join", futures::future::join_all(joins))
+            .await
+            .into_iter()
+            .map(|r| r.expect("join"))
+            .collect();
+        generation += 1;
+        let expected: Vec<(u64, u64)> = (0..who.len() as u64).map(|r| (r, generation)).collect();
+        assert_eq!(got, expected, "members {who:?}");
+        let out = allreduce_all(who.iter().map(|&i| &ms[i]), "elastic", "f32", "sum", len).await;
+        assert!(out.iter().all(|o| o == &out[0]), "members {who:?}");
+        check_reference::<f32>(&out[0], who.len(), ReduceOp::Sum, "elastic");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,6 +412,36 @@ async fn bad_calls_get_clear_errors_and_break_only_their_generation() {
     );
     assert_eq!(form(&cluster, "pair", &refs).await, 2);
     let out = allreduce_all(&ms, "pair", "f32", "sum", 100).await;
+    assert_eq!(out[0], out[1]);
+
+    // The same through shared memory (large buffers between ranks on one machine): different
+    // lengths, then, once its segments exist, different operations.
+    let big = 100_000;
+    let (a, b) = within("mismatched through shared memory", async {
+        futures::join!(
+            ms[0].allreduce("pair".into(), "f32".into(), "sum".into(), big),
+            ms[1].allreduce("pair".into(), "f32".into(), "sum".into(), big + 1),
+        )
+    })
+    .await;
+    for e in [a.unwrap_err(), b.unwrap_err()] {
+        assert!(e.to_string().contains("generation 2"), "{e}");
+    }
+    assert_eq!(form(&cluster, "pair", &refs).await, 3);
+    let out = allreduce_all(&ms, "pair", "f32", "sum", big as usize).await;
+    assert_eq!(out[0], out[1]);
+    let (a, b) = within("different operations", async {
+        futures::join!(
+            ms[0].allreduce("pair".into(), "f32".into(), "sum".into(), big),
+            ms[1].broadcast("pair".into(), "f32".into(), 0, big),
+        )
+    })
+    .await;
+    let (a, b) = (a.unwrap_err().to_string(), b.unwrap_err().to_string());
+    assert!(a.contains("generation 3") && a.contains("disagrees"), "{a}");
+    assert!(b.contains("generation 3"), "{b}");
+    assert_eq!(form(&cluster, "pair", &refs).await, 4);
+    let out = allreduce_all(&ms, "pair", "f32", "sum", big as usize).await;
     assert_eq!(out[0], out[1]);
 }
 

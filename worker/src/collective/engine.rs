@@ -34,6 +34,15 @@ pub(crate) enum Failure {
         /// What differed.
         reason: String,
     },
+    /// The peer's part of a shared-memory operation failed.
+    #[error("rank {peer} failed its part of the operation")]
+    PeerFailed {
+        /// The peer.
+        peer: u32,
+    },
+    /// The head says the generation is broken (it already knows why).
+    #[error("{0}")]
+    Head(String),
     /// Shared memory could not be set up.
     #[error("shared memory between the ranks on this machine failed: {0}")]
     SharedMemory(String),
@@ -65,6 +74,13 @@ pub(crate) struct Run<'a> {
     pub(crate) jitter: Option<Duration>,
     /// Makes timers on the runtime that drives the links.
     pub(crate) sleep: &'a (dyn Fn(Duration) -> tokio::time::Sleep + Sync),
+}
+
+impl Run<'_> {
+    /// The operation's number and signature in one word (as shared memory holds them).
+    pub(crate) fn tag(&self) -> u64 {
+        (self.op << 32) | u64::from(self.signature)
+    }
 }
 
 /// Elements per segment.

@@ -4,6 +4,7 @@
 //! ranks that disagree are caught, not mixed up.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,14 +26,22 @@ pub(crate) struct Link {
     pub(crate) peer: u32,
     pub(crate) tx: Tx,
     pub(crate) rx: Rx,
-    /// For a QUIC link, its connection: closed when the link is dropped, so that the peer's
-    /// reads fail at once.
-    pub(crate) quic: Option<quinn::Connection>,
+    pub(crate) via: Via,
+}
+
+/// What a link runs over.
+pub(crate) enum Via {
+    /// A Unix socket on this machine; its descriptor (open as long as the link's `rx`), to
+    /// look at without reading.
+    Unix(RawFd),
+    /// A QUIC connection, closed when the link is dropped so that the peer's reads fail at
+    /// once.
+    Quic(quinn::Connection),
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
-        if let Some(conn) = &self.quic {
+        if let Via::Quic(conn) = &self.via {
             conn.close(0u32.into(), b"collective link closed");
         }
     }
@@ -60,6 +69,40 @@ pub(crate) enum RecvError {
 impl From<io::Error> for RecvError {
     fn from(e: io::Error) -> Self {
         RecvError::Io(e)
+    }
+}
+
+impl Link {
+    /// Why this link is closed, if it is, without reading from it or waiting: for an
+    /// operation that does not use its links (the shared-memory allreduce), so that a peer's
+    /// death shows at once. Only Unix links are looked at (shared memory is used only
+    /// between ranks on one machine); data waiting to be read means the link is open.
+    pub(crate) fn closed(&self) -> Option<String> {
+        let Via::Unix(fd) = self.via else {
+            return None;
+        };
+        let mut byte = 0u8;
+        // SAFETY: `fd` is open while `rx` lives (it is its socket); MSG_PEEK leaves the byte
+        // in the socket and MSG_DONTWAIT never blocks.
+        let got = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match got {
+            0 => Some("the peer closed it".into()),
+            n if n > 0 => None,
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                    _ => Some(e.to_string()),
+                }
+            }
+        }
     }
 }
 

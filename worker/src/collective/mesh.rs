@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use super::link::Link;
+use super::link::{Link, Via};
 use super::shm::{fnv, Segments};
 use crate::executor::HeadLink;
 
@@ -117,7 +118,9 @@ pub(crate) fn install(
                         return;
                     }
                 };
-                mesh.accept(hello, Box::pin(rd), Box::pin(wr), None).await;
+                let fd = rd.as_ref().as_raw_fd();
+                mesh.accept(hello, Box::pin(rd), Box::pin(wr), Via::Unix(fd))
+                    .await;
             });
         }
     });
@@ -145,7 +148,7 @@ impl Mesh {
         hello: PeerHello,
         rd: super::link::Rx,
         mut wr: super::link::Tx,
-        quic: Option<quinn::Connection>,
+        via: Via,
     ) {
         if !token_matches(&self.token, &hello.token) {
             let _ = refuse(&mut wr, "wrong cluster token").await;
@@ -160,7 +163,7 @@ impl Mesh {
             peer: hello.from,
             tx: wr,
             rx: rd,
-            quic,
+            via,
         };
         lock(&self.parked).insert(key, link);
         self.arrived.notify_waiters();
@@ -221,6 +224,14 @@ impl Mesh {
     /// The shared-memory segments of `generation` of `group`, if made.
     pub(crate) fn take_segments(&self, group: &str, generation: u64) -> Option<Segments> {
         lock(&self.segments).remove(&(group.to_string(), generation))
+    }
+
+    /// Tells the peers, through this generation's shared memory if it has any, which
+    /// operation this rank is in.
+    pub(crate) fn announce(&self, group: &str, generation: u64, tag: u64) {
+        if let Some(segments) = lock(&self.segments).get(&(group.to_string(), generation)) {
+            segments.announce(tag);
+        }
     }
 
     /// Keeps segments for the next operation of their generation.
@@ -322,11 +333,12 @@ impl Mesh {
                     say_hello(&hello, &mut rd, &mut wr)
                         .await
                         .map_err(|e| e.to_string())?;
+                    let fd = rd.as_ref().as_raw_fd();
                     Ok(Link {
                         peer,
                         tx: Box::pin(wr),
                         rx: Box::pin(rd),
-                        quic: None,
+                        via: Via::Unix(fd),
                     })
                 } else {
                     let addr: SocketAddr = endpoints
@@ -341,7 +353,7 @@ impl Mesh {
                         peer,
                         tx: Box::pin(wr),
                         rx: Box::pin(rd),
-                        quic: Some(conn),
+                        via: Via::Quic(conn),
                     })
                 }
             })

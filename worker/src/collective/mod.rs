@@ -23,14 +23,14 @@
 
 mod element;
 mod engine;
-mod link;
+pub(crate) mod link;
 pub(crate) mod mesh;
 mod shm;
 
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ember_runtime::collective::schedule::{self, Action, Algorithm, Plan};
 use ember_runtime::proto::{ClientReply, ClientRequest, GroupView, RemoteError};
@@ -313,6 +313,7 @@ impl Group {
             return Err(self.broken(format!("an earlier operation failed: {reason}")));
         }
         let op = mesh.next_op(name, generation);
+        let deadline = Instant::now() + self.timeout;
         let peers = match body {
             Body::Plan(plan) | Body::SharedMemory { barrier: plan } => peers(plan),
         };
@@ -325,6 +326,9 @@ impl Group {
             jitter: jitter(),
             sleep: &sleep,
         };
+        if let Body::Plan(_) = body {
+            mesh.announce(name, generation, run.tag());
+        }
         let work = async {
             let mut links = mesh
                 .links(&self.view, self.rank as u32, &peers)
@@ -333,7 +337,7 @@ impl Group {
             match body {
                 Body::Plan(plan) => engine::execute(plan, buf, &mut links, &run).await?,
                 Body::SharedMemory { barrier } => {
-                    self.shared_memory_allreduce(buf, barrier, &mut links, &run)
+                    self.shared_memory_allreduce(buf, barrier, &mut links, &run, deadline)
                         .await?
                 }
             }
@@ -348,6 +352,7 @@ impl Group {
             };
             match done {
                 Ok(links) => Ok(links),
+                Err(Failure::Head(reason)) => Err(reason),
                 Err(failure) => {
                     let reason = failure.to_string();
                     self.report(&reason, failure.suspect()).await;
@@ -373,42 +378,43 @@ impl Group {
         }
     }
 
-    /// An allreduce through shared memory ([`shm`]): copy in, barrier, reduce this rank's
-    /// chunk from every segment, barrier, copy the others' chunks out. Segments are made (or
-    /// grown) first, with two barriers: all made, then all mapped.
+    /// An allreduce through shared memory ([`shm`]). The segments of this generation are
+    /// made on its first such operation, with two barriers over the links (all made, then all
+    /// mapped); the operation itself passes no message and blocks this thread, watching the
+    /// deadline, the links and the head as it waits ([`Watch`]).
     async fn shared_memory_allreduce<T: Element>(
         &self,
         buf: &mut [T],
         barrier: &Plan,
         links: &mut std::collections::HashMap<u32, link::Link>,
         run: &Run<'_>,
+        deadline: Instant,
     ) -> Result<(), Failure> {
         let (name, generation) = (self.view.name.as_str(), self.view.generation);
         let mesh = &self.mesh;
-        let bytes = std::mem::size_of_val(buf);
-        let shm_failed = |e: std::io::Error| Failure::SharedMemory(e.to_string());
         let mut segments = match mesh.take_segments(name, generation) {
-            Some(s) if s.fits(bytes) => s,
-            old => {
-                let epoch = old.map_or(1, |s| s.epoch() + 1);
-                let capacity = shm::capacity_for(bytes);
+            Some(segments) => segments,
+            None => {
+                let shm_failed = |e: std::io::Error| Failure::SharedMemory(e.to_string());
                 let cluster = mesh.cluster_tag();
-                let own = shm::create(cluster, &self.view, self.rank, epoch, capacity)
-                    .map_err(shm_failed)?;
+                let own = shm::create(cluster, &self.view, self.rank).map_err(shm_failed)?;
                 meet(barrier, links, run).await?;
                 let segments =
-                    shm::map_all(cluster, &self.view, epoch, capacity, own).map_err(shm_failed)?;
+                    shm::map_all(cluster, &self.view, self.rank, own).map_err(shm_failed)?;
                 meet(barrier, links, run).await?;
                 segments.unlink();
                 segments
             }
         };
-        let offset = segments.begin();
-        segments.put(offset, buf);
-        meet(barrier, links, run).await?;
-        segments.reduce_own_chunk(offset, buf, self.rank, run.reduce);
-        meet(barrier, links, run).await?;
-        segments.gather(offset, buf, self.rank);
+        let mut watch = Watch {
+            group: self,
+            links,
+            deadline,
+            next_health: Instant::now() + HEALTH_EVERY,
+            asking: None,
+        };
+        let tag = run.tag();
+        segments.allreduce(buf, run.reduce, tag, run.jitter, &mut || watch.check())?;
         mesh.keep_segments(name, generation, segments);
         Ok(())
     }
@@ -430,16 +436,12 @@ impl Group {
         }
     }
 
-    /// Why this generation can no longer complete an operation, as the head sees it.
-    async fn health(&self) -> Result<Option<String>, RemoteError> {
-        let request = ClientRequest::GroupHealth {
+    /// The question whose answer says whether this generation is still whole.
+    fn health_request(&self) -> ClientRequest {
+        ClientRequest::GroupHealth {
             name: self.view.name.clone(),
             generation: self.view.generation,
             incarnations: self.view.members.iter().map(|m| m.incarnation).collect(),
-        };
-        match self.mesh.ask_head(request).await? {
-            ClientReply::GroupHealth { broken } => Ok(broken),
-            _ => Ok(None),
         }
     }
 
@@ -447,10 +449,62 @@ impl Group {
     async fn watch_health(&self) -> String {
         loop {
             self.mesh.sleep(HEALTH_EVERY).await;
-            if let Ok(Some(reason)) = self.health().await {
+            if let Some(reason) = broken(&self.mesh, self.health_request()).await {
                 return reason;
             }
         }
+    }
+}
+
+/// Why the generation `request` asks about can no longer complete an operation, as the head
+/// sees it (`None` if whole, or if the head could not be asked).
+async fn broken(mesh: &Mesh, request: ClientRequest) -> Option<String> {
+    match mesh.ask_head(request).await {
+        Ok(ClientReply::GroupHealth { broken }) => broken,
+        _ => None,
+    }
+}
+
+/// What a rank blocked in a shared-memory operation checks while it waits for its peers:
+/// its deadline, its links (a peer that died closed them) and, every [`HEALTH_EVERY`], the
+/// head.
+struct Watch<'a> {
+    group: &'a Group,
+    links: &'a std::collections::HashMap<u32, link::Link>,
+    deadline: Instant,
+    next_health: Instant,
+    /// The head's answer to the question in flight.
+    asking: Option<tokio::sync::oneshot::Receiver<Option<String>>>,
+}
+
+impl Watch<'_> {
+    fn check(&mut self) -> Result<(), Failure> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return Err(Failure::Timeout(self.group.timeout));
+        }
+        for (&peer, link) in self.links.iter() {
+            if let Some(reason) = link.closed() {
+                return Err(Failure::Link { peer, reason });
+            }
+        }
+        if let Some(answer) = &mut self.asking {
+            match answer.try_recv() {
+                Ok(Some(reason)) => return Err(Failure::Head(reason)),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return Ok(()),
+                Ok(None) | Err(_) => self.asking = None,
+            }
+        }
+        if now >= self.next_health {
+            self.next_health = now + HEALTH_EVERY;
+            let (tell, answer) = tokio::sync::oneshot::channel();
+            let (mesh, request) = (self.group.mesh.clone(), self.group.health_request());
+            self.group.mesh.main.spawn(async move {
+                let _ = tell.send(broken(&mesh, request).await);
+            });
+            self.asking = Some(answer);
+        }
+        Ok(())
     }
 }
 

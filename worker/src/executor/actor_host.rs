@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::checkpoint::{serve_saves, CheckpointImage, ReplyLog, SaveJob};
 use super::guarded::{call_error, guarded, panic_message};
 use super::head_link::{HeadAddress, HeadLink};
+use crate::collective::link::Via;
 use crate::collective::mesh;
 use crate::registry::{self, ActorInstance, CallError};
 
@@ -539,7 +540,7 @@ async fn serve_quic_caller(
         Greeted::Refused => false,
         Greeted::Peer(hello) => {
             if let Some(mesh) = mesh::current() {
-                mesh.accept(hello, Box::pin(recv), Box::pin(send), Some(conn))
+                mesh.accept(hello, Box::pin(recv), Box::pin(send), Via::Quic(conn))
                     .await;
             }
             return;
