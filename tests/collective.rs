@@ -330,8 +330,7 @@ async fn joining_by_name_ranks_by_creation_order_and_groups_grow_and_shrink_betw
     // size, and each step reduces over exactly the members of its generation (through shared
     // memory: the buffers are large).
     let len = 100_000;
-    let mut generation = 0;
-    for who in [vec![0usize, 1], vec![0, 1, 2], vec![0, 2]] {
+    for (generation, who) in (1u64..).zip([vec![0usize, 1], vec![0, 1, 2], vec![0, 2]]) {
         let world = who.len() as u32;
         let joins = who
             .iter()
@@ -341,7 +340,6 @@ async fn joining_by_name_ranks_by_creation_order_and_groups_grow_and_shrink_betw
             .into_iter()
             .map(|r| r.expect("join"))
             .collect();
-        generation += 1;
         let expected: Vec<(u64, u64)> = (0..who.len() as u64).map(|r| (r, generation)).collect();
         assert_eq!(got, expected, "members {who:?}");
         let out = allreduce_all(who.iter().map(|&i| &ms[i]), "elastic", "f32", "sum", len).await;
