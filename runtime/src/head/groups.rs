@@ -198,7 +198,10 @@ pub(crate) async fn failed(
             .get(&actor)
             .and_then(|a| a.life.location().cloned());
         if let Some(location) = location {
-            recovery::probe(head, actor, &location).await;
+            // In the background: the reporter learns at once that the generation is broken,
+            // while the probe (up to its window) finds out whether the suspect is dead.
+            let head = head.clone();
+            tokio::spawn(async move { recovery::probe(&head, actor, &location).await });
         }
     }
     ClientReply::GroupHealth {
