@@ -360,7 +360,11 @@ fn failure(peer: u32, e: RecvError) -> Failure {
 /// The injected pause before a segment, when testing with jitter.
 async fn pause(run: &Run<'_>) {
     if let Some(max) = run.jitter {
-        let micros = rand::thread_rng().gen_range(0..=max.as_micros() as u64);
-        (run.sleep)(Duration::from_micros(micros)).await;
+        (run.sleep)(jitter_pause(max)).await;
     }
+}
+
+/// A random pause of up to `max` (whole microseconds), for tests that inject jitter.
+pub(crate) fn jitter_pause(max: Duration) -> Duration {
+    Duration::from_micros(rand::thread_rng().gen_range(0..=max.as_micros() as u64))
 }

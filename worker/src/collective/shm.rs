@@ -37,7 +37,7 @@ use ember_runtime::proto::GroupView;
 use memmap2::{MmapMut, MmapOptions};
 
 use super::element::{divide, reduce, Element};
-use super::engine::Failure;
+use super::engine::{jitter_pause, Failure};
 
 /// Bytes of one slot, the most of a buffer that is in flight at once per rank. With two
 /// slots per rank, 4 ranks keep 4 MiB in flight: well inside a last-level cache. (From
@@ -102,6 +102,11 @@ impl Control {
             Stage::Consumed => &self.consumed.0,
         }
     }
+}
+
+/// Elements of `T` in one block (one slot's worth).
+fn block_len<T>() -> usize {
+    (SLOT_BYTES / std::mem::size_of::<T>()).max(1)
 }
 
 /// Whether a counter at `value` has reached `target`, counting modulo 2³² (blocks are
@@ -239,12 +244,10 @@ impl Segments {
         jitter: Option<Duration>,
         check: &mut Check<'_>,
     ) -> Result<(), Failure> {
-        let per_block = (SLOT_BYTES / std::mem::size_of::<T>()).max(1);
+        let blocks = buf.len().div_ceil(block_len::<T>());
         self.op = Op {
             tag,
-            end: self
-                .blocks
-                .wrapping_add(buf.len().div_ceil(per_block) as u32),
+            end: self.blocks.wrapping_add(blocks as u32),
         };
         self.announce(tag);
         let result = self.blocks_of(buf, op, jitter, check);
@@ -269,7 +272,7 @@ impl Segments {
         let n = self.maps.len();
         let me = self.rank;
         let size = std::mem::size_of::<T>();
-        let per_block = (SLOT_BYTES / size).max(1);
+        let per_block = block_len::<T>();
         let len = buf.len();
         let ring: Vec<Range<usize>> = (0..n).map(|c| schedule::chunk(len, n, c)).collect();
         let mut start = 0;
@@ -290,7 +293,7 @@ impl Segments {
             let before = block.wrapping_add(1).wrapping_sub(SLOTS as u32);
             self.wait_all(Stage::Consumed, before, check)?;
             if let Some(max) = jitter {
-                std::thread::sleep(max.mul_f64(rand::random::<f64>()));
+                std::thread::sleep(jitter_pause(max));
             }
             let input = bytemuck::cast_slice(&buf[start..end]);
             self.own_mut(bytes(start..end)).copy_from_slice(input);
