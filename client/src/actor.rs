@@ -27,7 +27,7 @@ pub(crate) enum Caller {
     /// Over QUIC, one stream per call: from anywhere.
     Quic(quinn::Connection),
     /// Over its Unix socket: from the same machine.
-    Unix(Arc<UnixCaller>),
+    Unix(Arc<UnixCaller<ActorCall>>),
 }
 
 impl Caller {
@@ -61,7 +61,7 @@ struct ActorLink {
 
 /// The largest archived arguments of one actor call: a frame, less room for the call's
 /// envelope (method name, ids).
-const MAX_CALL_ARGS: usize = MAX_FRAME - 4096;
+pub(crate) const MAX_CALL_ARGS: usize = MAX_FRAME - 4096;
 
 /// An untyped reference to an actor. Generated `<Type>Handle`s wrap one.
 #[derive(Clone)]
@@ -170,7 +170,10 @@ impl ActorRef {
             };
             let outcome = match &route.caller {
                 Caller::Unix(unix) => unix.call(call).await.map_err(Error::from),
-                Caller::Quic(conn) => self.cluster.call_actor(conn, call).await,
+                Caller::Quic(conn) => {
+                    let what = format!("actor {actor}'s worker", actor = self.link.actor);
+                    self.cluster.call_direct(conn, &call, &what).await
+                }
             };
             let err = match outcome {
                 Ok(bytes) => return Ok(ember_runtime::proto::decode(&bytes)?),

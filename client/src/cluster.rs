@@ -10,14 +10,16 @@ use std::time::Duration;
 use ember_runtime::head::ClusterStatus;
 use ember_runtime::ids::{ActorId, JobId, NodeId};
 use ember_runtime::proto::{
-    decode, read_frame, write_frame, ActorCall, ActorSpec, CallReply, ClientReply, ClientRequest,
-    ErrorKind, JobEvent, JobSpec, RemoteError, TaskSpec, Wire, MAX_FRAME,
+    decode, read_frame, write_frame, ActorSpec, CallReply, ClientReply, ClientRequest, ErrorKind,
+    FrameError, JobEvent, JobSpec, RemoteError, Wire, MAX_FRAME,
 };
 use ember_runtime::resources::Allocation;
 use ember_runtime::security::{connect_client, ClusterFile, Fingerprint};
 
 use crate::actor::{ActorRef, Caller, RemoteActor};
+use crate::actor::MAX_CALL_ARGS;
 use crate::call::{ActorSpawn, TaskCall, TaskRef};
+use crate::leases::{TaskLeases, TaskRun};
 use crate::local::LocalCluster;
 use crate::unix_caller::UnixCaller;
 use crate::{Error, LocalOptions, Options};
@@ -37,6 +39,7 @@ struct Inner {
     peers: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
     local: std::sync::Mutex<Option<LocalCluster>>,
     same_host_calls: AtomicBool,
+    leases: Arc<TaskLeases>,
 }
 
 impl Drop for Inner {
@@ -112,6 +115,7 @@ impl Cluster {
                 peers: tokio::sync::Mutex::new(HashMap::new()),
                 local: std::sync::Mutex::new(None),
                 same_host_calls: AtomicBool::new(true),
+                leases: Arc::default(),
             }),
         })
     }
@@ -153,20 +157,28 @@ impl Cluster {
         }
     }
 
-    /// Runs a task and waits for its result.
+    /// Runs a task and waits for its result. The task runs on a lease this client holds on
+    /// a worker (granted by the head on first use, then reused by the next task of the same
+    /// kind until it sits idle), sent straight to the executor holding it.
+    ///
+    /// Arguments too large to travel in one frame fail at once with
+    /// [`FrameError::TooLarge`](ember_runtime::proto::FrameError), before anything is sent.
     pub async fn run<T: Wire>(&self, call: TaskCall<T>) -> Result<T, Error> {
         let args = call.args.map_err(bad_args)?;
-        let spec = TaskSpec {
+        if args.len() > MAX_CALL_ARGS {
+            return Err(Error::Protocol(FrameError::TooLarge {
+                len: args.len(),
+                max: MAX_CALL_ARGS,
+            }));
+        }
+        let task = TaskRun {
             name: call.name.to_string(),
             args,
             placement: call.options.placement()?,
             retry: call.options.retry,
         };
-        match self.request(&ClientRequest::SubmitTask(spec)).await? {
-            ClientReply::TaskDone(bytes) => Ok(decode(&bytes)?),
-            ClientReply::Error(e) => Err(e.into()),
-            other => Err(unexpected(other)),
-        }
+        let bytes = self.inner.leases.run(self, task).await?;
+        Ok(decode(&bytes)?)
     }
 
     /// Creates an actor and returns its typed handle once it is constructed.
@@ -321,28 +333,31 @@ impl Cluster {
         }
     }
 
-    pub(crate) async fn call_actor(
+    /// Sends one message to an actor's or a lease's QUIC endpoint, on a stream of its own, and
+    /// reads its reply. `what` names who answers, in errors. A stream that cannot be opened
+    /// (the message was not sent) is [`Error::ConnectionLost`].
+    pub(crate) async fn call_direct<M: Wire>(
         &self,
         peer: &quinn::Connection,
-        call: ActorCall,
+        msg: &M,
+        what: &str,
     ) -> Result<Vec<u8>, Error> {
-        let actor = call.actor;
         let (mut send, mut recv) = peer
             .open_bi()
             .await
-            .map_err(|e| Error::ConnectionLost(format!("actor {actor}'s worker: {e}")))?;
-        write_frame(&mut send, &call).await?;
+            .map_err(|e| Error::ConnectionLost(format!("{what}: {e}")))?;
+        write_frame(&mut send, msg).await?;
         let _ = send.finish();
         match read_frame::<_, CallReply>(&mut recv, MAX_FRAME).await {
             Ok(Some(reply)) => reply.map_err(Error::from),
             Ok(None) | Err(_) => Err(Error::Remote(RemoteError::new(
                 ErrorKind::WorkerDied,
-                format!("actor {actor}'s worker went away during the call"),
+                format!("{what} went away during the call"),
             ))),
         }
     }
 
-    async fn open_head_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+    pub(crate) async fn open_head_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
         self.inner
             .head
             .open_bi()
@@ -373,7 +388,8 @@ impl Cluster {
     pub(crate) async fn caller(&self, location: &ActorLocation) -> Result<Caller, Error> {
         let ep = &location.endpoints;
         if self.inner.same_host_calls.load(Ordering::Relaxed) && ep.host == host_id() {
-            let unix = UnixCaller::connect(&ep.local_socket, &self.inner.file.token).await?;
+            let what = format!("{}'s process", location.actor);
+            let unix = UnixCaller::connect(&ep.local_socket, &self.inner.file.token, what).await?;
             return Ok(Caller::Unix(Arc::new(unix)));
         }
         Ok(Caller::Quic(
@@ -381,8 +397,18 @@ impl Cluster {
         ))
     }
 
-    /// The QUIC connection to an actor's endpoint, opened on first use.
-    async fn peer(&self, addr: &str, fingerprint: Fingerprint) -> Result<quinn::Connection, Error> {
+    /// True when calls to a process on machine `host` go through its Unix sockets.
+    pub(crate) fn same_host(&self, host: &str) -> bool {
+        self.inner.same_host_calls.load(Ordering::Relaxed) && host == host_id()
+    }
+
+    /// The cluster's token, which every endpoint asks for.
+    pub(crate) fn token(&self) -> &str {
+        &self.inner.file.token
+    }
+
+    /// The QUIC connection to an actor's or an executor's endpoint, opened on first use.
+    pub(crate) async fn peer(&self, addr: &str, fingerprint: Fingerprint) -> Result<quinn::Connection, Error> {
         let mut peers = self.inner.peers.lock().await;
         if let Some(c) = peers.get(addr) {
             if c.close_reason().is_none() {
@@ -427,7 +453,7 @@ fn bad_args(reason: String) -> Error {
     ))
 }
 
-fn unexpected(reply: ClientReply) -> Error {
+pub(crate) fn unexpected(reply: ClientReply) -> Error {
     Error::Remote(RemoteError::new(
         ErrorKind::Internal,
         format!("unexpected reply from the cluster: {reply:?}"),

@@ -24,6 +24,8 @@ mod cluster;
 mod error;
 mod gpu_actor;
 pub mod kernel_check;
+mod lease_pool;
+mod leases;
 pub mod local;
 mod options;
 mod unix_caller;

@@ -369,3 +369,21 @@ pub fn link() {
         Kernels::remote as fn(u32) -> ember::ActorSpawn<KernelsHandle>,
     ));
 }
+
+/// Where this task ran: the node, the name of the thread that ran it (each task lease runs
+/// its tasks on a thread named after it) and the executor's process id.
+#[ember::task]
+pub fn runner() -> (String, String, u32) {
+    let node = ember::context()
+        .expect("runs inside Ember")
+        .node
+        .to_string();
+    let thread = std::thread::current().name().unwrap_or("").to_string();
+    (node, thread, std::process::id())
+}
+
+/// [`runner`], spread: each runs on a lease of its own.
+#[ember::task(strategy = "spread")]
+pub fn spread_runner() -> (String, String, u32) {
+    runner()
+}

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_runtime::ids::{ActorId, NodeId};
+use ember_runtime::ids::{ActorId, LeaseId, NodeId};
 use ember_runtime::proto::{
     decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, ErrorKind, FrameError,
-    Hello, RemoteError, Welcome, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, MAX_FRAME,
+    Hello, LeaseEndpoints, RemoteError, Welcome, WorkerCommand, WorkerEvent, WorkerHello,
+    WorkerReply, MAX_FRAME,
 };
 use ember_runtime::resources::{to_millis, Allocation, NodeResources, ResourceError};
 use ember_runtime::security::{client_config, Fingerprint, SecurityError, SERVER_NAME};
@@ -389,17 +390,18 @@ async fn handle_command(
         }
     };
     let reply = match cmd {
-        WorkerCommand::RunTask {
-            task,
-            name,
-            args,
-            allocation,
-        } => {
-            tracing::debug!(%task, %name, "running task");
-            match run_task(&state, name, args, allocation).await {
-                Ok(bytes) => WorkerReply::TaskDone(bytes),
+        WorkerCommand::OpenLease { lease, allocation } => {
+            tracing::debug!(%lease, "opening a task lease");
+            match open_lease(&state, lease, allocation).await {
+                Ok(endpoints) => WorkerReply::LeaseOpened(endpoints),
                 Err(e) => WorkerReply::Error(e),
             }
+        }
+        WorkerCommand::CloseLease { lease } => {
+            if let Some(exec) = state.pool.remove_lease(lease) {
+                let _ = exec.request(|id| ExecRequest::CloseLease { id, lease }).await;
+            }
+            WorkerReply::LeaseClosed
         }
         WorkerCommand::CreateActor {
             actor,
@@ -458,12 +460,12 @@ async fn handle_command(
     let _ = send.finish();
 }
 
-async fn run_task(
+/// Opens a task lease on the executor for the allocation's GPUs (started on first use).
+async fn open_lease(
     state: &WorkerState,
-    name: String,
-    args: Vec<u8>,
+    lease: LeaseId,
     allocation: Allocation,
-) -> Result<Vec<u8>, RemoteError> {
+) -> Result<LeaseEndpoints, RemoteError> {
     let exec = state
         .pool
         .for_tasks(&allocation.cuda_visible_devices())
@@ -472,14 +474,23 @@ async fn run_task(
             RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}"))
         })?;
     let node = state.node;
-    exec.request(|id| ExecRequest::RunTask {
-        id,
-        name,
-        args,
-        node,
-        allocation,
-    })
-    .await
+    let endpoints = exec
+        .request(|id| ExecRequest::OpenLease {
+            id,
+            lease,
+            node,
+            allocation,
+            token: state.token.clone(),
+            listen: state.listen.to_string(),
+            socket: state.pool.socket_path(&lease.to_string()),
+        })
+        .await
+        .and_then(|bytes| {
+            decode::<LeaseEndpoints>(&bytes)
+                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+        })?;
+    state.pool.add_lease(lease, exec);
+    Ok(endpoints)
 }
 
 /// Everything about an actor to start, as the head sent it.

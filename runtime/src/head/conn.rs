@@ -14,7 +14,7 @@ use super::groups;
 use super::recovery::{self, actor_lost, node_lost};
 use super::registry::Head;
 use super::status;
-use super::work::{create_actor, kill_actor, run_job, run_task};
+use super::work::{create_actor, kill_actor, lease_task, run_job};
 
 /// The largest hello accepted: a worker's list of types fits easily.
 const MAX_HELLO: usize = 1 << 20;
@@ -211,7 +211,11 @@ async fn serve_request(
     // A request whose client goes away is withdrawn while it waits for capacity; once placed,
     // it runs to the end so that its resources are released only when the worker is done.
     let reply = match request {
-        ClientRequest::SubmitTask(spec) => run_task(&head, spec, &conn).await,
+        ClientRequest::LeaseTask(spec) => {
+            lease_task(&head, spec, &conn, &mut send, &mut recv).await;
+            let _ = send.finish();
+            return;
+        }
         ClientRequest::LocateActor {
             actor,
             known,

@@ -322,10 +322,7 @@ pub(crate) async fn drain(head: &Arc<Head>, node: NodeId, grace: Duration) -> Cl
         ));
     };
     let deadline = tokio::time::Instant::now() + grace;
-    head.with_scheduler(|s| s.set_schedulable(node, false));
-    if let Some(mut n) = head.nodes.get_mut(&node) {
-        n.leaving = true;
-    }
+    head.start_draining(node);
     tracing::info!(%node, ?grace, "draining");
     let actors: Vec<ActorId> = head
         .actors

@@ -83,6 +83,8 @@ pub(crate) struct Head {
     groups: Mutex<Groups>,
     /// Woken whenever a group forms, for actors waiting in a rendezvous.
     pub(crate) groups_changed: tokio::sync::Notify,
+    /// Bumped whenever a node starts draining, for the task leases it holds.
+    drains: watch::Sender<u64>,
 }
 
 impl Head {
@@ -104,6 +106,7 @@ impl Head {
             node_count: watch::channel(0).0,
             groups: Mutex::new(Groups::new()),
             groups_changed: tokio::sync::Notify::new(),
+            drains: watch::channel(0).0,
         }
     }
 
@@ -272,6 +275,29 @@ impl Head {
     }
 
     /// A joined node's connection.
+    /// Marks a node as leaving: nothing new is placed there, and its task leases are taken
+    /// back.
+    pub(crate) fn start_draining(&self, node: NodeId) {
+        self.with_scheduler(|s| s.set_schedulable(node, false));
+        if let Some(mut n) = self.nodes.get_mut(&node) {
+            n.leaving = true;
+        }
+        self.drains.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once `node` is draining (at once if it already is, or is gone).
+    pub(crate) async fn node_draining(&self, node: NodeId) {
+        let mut drains = self.drains.subscribe();
+        loop {
+            if self.nodes.get(&node).is_none_or(|n| n.leaving) {
+                return;
+            }
+            if drains.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub(crate) fn node_conn(&self, id: NodeId) -> Option<quinn::Connection> {
         self.nodes.get(&id).map(|n| n.conn.clone())
     }

@@ -1,4 +1,4 @@
-//! Running work on workers: leases held by guards, tasks (with retries), actor creation and
+//! Running work on workers: leases held by guards, task leases, actor creation and
 //! stopping, jobs, and the one-command exchange with a worker.
 
 use std::future::Future;
@@ -9,7 +9,7 @@ use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
 use crate::placement::Lease;
 use crate::proto::{
     read_frame, write_frame, ActorLocation, ActorSpec, ClientReply, ErrorKind, JobEvent, JobSpec,
-    RemoteError, TaskSpec, WorkerCommand, WorkerReply, MAX_FRAME,
+    LeaseSpec, RemoteError, TaskLease, WorkerCommand, WorkerReply, MAX_FRAME,
 };
 use crate::resources::{actor_label, task_label};
 
@@ -67,78 +67,80 @@ pub(crate) async fn acquire<'a>(
     Ok((guard, granted))
 }
 
-/// Runs a task, again on another worker when its worker dies (up to `max_retries` times) and,
-/// when asked, when its own code fails. Its caller gets exactly one answer.
-pub(crate) async fn run_task(
+/// Grants a task lease and holds it until the client gives it back (finishes its side of
+/// `input`), the client or the worker goes, or the node drains. Meanwhile the client sends
+/// tasks straight to the executor; the lease is closed on the worker (after its running task)
+/// before its resources return.
+pub(crate) async fn lease_task(
     head: &Head,
-    spec: TaskSpec,
+    spec: LeaseSpec,
     client: &quinn::Connection,
-) -> ClientReply {
-    let task = TaskId(head.next_id());
-    let mut retries = 0u32;
-    let mut lost: Option<RemoteError> = None;
-    loop {
-        let reply = run_task_once(head, task, &spec, client).await;
-        let reply = match (reply, &lost) {
-            // A retry no node can take now (the only one that could died): the caller hears
-            // of the death, and why the task cannot run again.
-            (ClientReply::Error(e), Some(died))
-                if matches!(e.kind, ErrorKind::Infeasible | ErrorKind::Unknown) =>
-            {
-                return ClientReply::Error(RemoteError::new(
-                    ErrorKind::WorkerDied,
-                    format!("{died}; it cannot run again: {e}"),
-                ));
-            }
-            (reply, _) => reply,
-        };
-        let retry = match &reply {
-            ClientReply::Error(e) => match e.kind {
-                ErrorKind::WorkerDied => true,
-                ErrorKind::User => spec.retry.retry_user_errors,
-                _ => false,
-            },
-            _ => false,
-        };
-        if !retry || retries >= spec.retry.max_retries || client.close_reason().is_some() {
-            return reply;
-        }
-        retries += 1;
-        if let ClientReply::Error(e) = reply {
-            tracing::warn!(%task, retries, "retrying the task: {e}");
-            if e.kind == ErrorKind::WorkerDied {
-                lost = Some(e);
-            }
-        }
-    }
-}
-
-async fn run_task_once(
-    head: &Head,
-    task: TaskId,
-    spec: &TaskSpec,
-    client: &quinn::Connection,
-) -> ClientReply {
+    out: &mut quinn::SendStream,
+    input: &mut quinn::RecvStream,
+) {
     let work = Work::Task {
-        id: task,
+        id: TaskId(head.next_id()),
         name: spec.name.clone(),
     };
     let label = Some(task_label(&spec.name));
     let (_guard, lease) = match acquire(head, work, &spec.placement, label, client.closed()).await {
         Ok(l) => l,
-        Err(e) => return ClientReply::Error(e),
+        Err(e) => {
+            let _ = write_frame(out, &ClientReply::Error(e)).await;
+            return;
+        }
     };
-    let cmd = WorkerCommand::RunTask {
-        task,
-        name: spec.name.clone(),
-        args: spec.args.clone(),
+    let open = WorkerCommand::OpenLease {
+        lease: lease.id,
+        allocation: lease.allocation.clone(),
+    };
+    let endpoints = match call_worker(head, lease.node, &open).await {
+        Ok(WorkerReply::LeaseOpened(endpoints)) => endpoints,
+        Ok(WorkerReply::Error(e)) => {
+            let _ = write_frame(out, &ClientReply::Error(e)).await;
+            return;
+        }
+        Ok(other) => {
+            let _ = write_frame(out, &ClientReply::Error(unexpected(&other))).await;
+            return;
+        }
+        Err(e) => {
+            let _ = write_frame(out, &ClientReply::Error(e)).await;
+            return;
+        }
+    };
+    let granted = TaskLease {
+        lease: lease.id,
+        node: lease.node,
         allocation: lease.allocation,
+        endpoints,
     };
-    match call_worker(head, lease.node, &cmd).await {
-        Ok(WorkerReply::TaskDone(bytes)) => ClientReply::TaskDone(bytes),
-        Ok(WorkerReply::Error(e)) => ClientReply::Error(e),
-        Ok(other) => ClientReply::Error(unexpected(&other)),
-        Err(e) => ClientReply::Error(e),
+    let Some(worker) = head.node_conn(lease.node) else {
+        let _ = write_frame(out, &ClientReply::Error(died(lease.node))).await;
+        return;
+    };
+    let held = async {
+        write_frame(out, &ClientReply::TaskLeased(granted)).await?;
+        // Nothing more is sent on it: the end of the stream (or its reset) gives it back.
+        let _ = input.read_to_end(64).await;
+        Ok::<_, crate::proto::FrameError>(())
+    };
+    let taken_back = tokio::select! {
+        _ = held => None,
+        _ = client.closed() => None,
+        _ = worker.closed() => {
+            let _ = write_frame(out, &ClientReply::Error(died(lease.node))).await;
+            return;
+        }
+        _ = head.node_draining(lease.node) => Some(RemoteError::new(
+            ErrorKind::Moved,
+            format!("{} was taken back: node {} is draining", lease.id, lease.node),
+        )),
+    };
+    let close = WorkerCommand::CloseLease { lease: lease.id };
+    let _ = call_worker(head, lease.node, &close).await;
+    if let Some(e) = taken_back {
+        let _ = write_frame(out, &ClientReply::Error(e)).await;
     }
 }
 

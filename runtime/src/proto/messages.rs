@@ -3,12 +3,12 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::ids::{ActorId, JobId, NodeId, TaskId};
+use crate::ids::{ActorId, JobId, LeaseId, NodeId};
 use crate::placement::{NodeAffinity, Strategy};
 use crate::resources::{Allocation, GpuStat, NodeResources, ResourceDemand};
 use crate::security::Fingerprint;
 
-use super::{CheckpointPolicy, CheckpointSave, GroupView, PeerHello, RestartPolicy, TaskRetry};
+use super::{CheckpointPolicy, CheckpointSave, GroupView, LeaseEndpoints, PeerHello, RestartPolicy, TaskLease};
 
 /// The first message on a connection, on its first stream: who is connecting, with the token.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
@@ -69,17 +69,13 @@ pub struct Placement {
     pub priority: i32,
 }
 
-/// A task to run once.
+/// What a task lease is for: tasks of one function with one set of needs.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
-pub struct TaskSpec {
+pub struct LeaseSpec {
     /// The registered name of the task function.
     pub name: String,
-    /// The archived arguments.
-    pub args: Vec<u8>,
-    /// Its needs.
+    /// The needs of each task, held for the lease's life.
     pub placement: Placement,
-    /// How it is retried when it fails.
-    pub retry: TaskRetry,
 }
 
 /// An actor to create.
@@ -111,8 +107,11 @@ pub struct JobSpec {
 /// What a client asks of the head.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// Run a task; answered with [`ClientReply::TaskDone`] or an error.
-    SubmitTask(TaskSpec),
+    /// Lease resources for running tasks, one at a time, straight on an executor; answered
+    /// with [`ClientReply::TaskLeased`] or an error. The lease is held while this stream stays
+    /// open: the client gives it back by finishing its side. A lease the head takes back (its
+    /// node drains) ends with an error frame on the stream.
+    LeaseTask(LeaseSpec),
     /// Create an actor; answered with [`ClientReply::ActorCreated`] or an error.
     CreateActor(ActorSpec),
     /// Stop an actor and free its resources.
@@ -216,8 +215,8 @@ pub enum ClientRequest {
 /// What the head answers a client.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub enum ClientReply {
-    /// The task's archived result.
-    TaskDone(Vec<u8>),
+    /// A task lease was granted: send tasks to the executor at its endpoints.
+    TaskLeased(TaskLease),
     /// The actor is up; calls go straight to its worker.
     ActorCreated(ActorLocation),
     /// The actor is gone and its resources are free.
@@ -354,16 +353,19 @@ impl RemoteError {
 /// What the head asks of a worker, each on its own stream.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub enum WorkerCommand {
-    /// Run a task with this allocation; answered with [`WorkerReply::TaskDone`] or an error.
-    RunTask {
-        /// The task.
-        task: TaskId,
-        /// Its registered name.
-        name: String,
-        /// Archived arguments.
-        args: Vec<u8>,
-        /// What it was given.
+    /// Open a task lease on the executor for this allocation's GPUs; answered with
+    /// [`WorkerReply::LeaseOpened`] or an error.
+    OpenLease {
+        /// The lease.
+        lease: LeaseId,
+        /// What its tasks are given.
         allocation: Allocation,
+    },
+    /// Close a task lease once its running task (if any) ends; answered with
+    /// [`WorkerReply::LeaseClosed`]. Tasks sent later are told it moved.
+    CloseLease {
+        /// Which.
+        lease: LeaseId,
     },
     /// Start an actor; answered with [`WorkerReply::ActorReady`] or an error.
     CreateActor {
@@ -417,8 +419,10 @@ pub enum WorkerCommand {
 /// A worker's answer to a [`WorkerCommand`].
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub enum WorkerReply {
-    /// The task's archived result.
-    TaskDone(Vec<u8>),
+    /// The lease is open at these endpoints.
+    LeaseOpened(LeaseEndpoints),
+    /// The lease is closed and no task of it runs.
+    LeaseClosed,
     /// The actor is constructed and takes calls directly at its own endpoints.
     ActorReady(ActorEndpoints),
     /// The actor is stopped.

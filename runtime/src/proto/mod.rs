@@ -7,6 +7,8 @@ mod codec;
 #[allow(missing_docs)]
 mod collective;
 mod frame;
+#[allow(missing_docs)]
+mod lease;
 // rkyv's derive makes undocumented helper types for enum variants; every item written
 // here is documented.
 #[allow(missing_docs)]
@@ -17,5 +19,6 @@ mod recovery;
 pub use codec::{decode, encode, Wire};
 pub use collective::{GroupMember, GroupView, PeerHello};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
+pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease};
 pub use messages::*;
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};

@@ -445,7 +445,7 @@ enum Greeted {
 }
 
 /// Reads a caller's hello and answers it; true when the token is right.
-async fn greet<R, W>(token: &str, rd: &mut R, wr: &mut W) -> bool
+pub(super) async fn greet<R, W>(token: &str, rd: &mut R, wr: &mut W) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

@@ -9,6 +9,7 @@ mod actor_host;
 mod checkpoint;
 mod guarded;
 mod head_link;
+mod lease_host;
 mod pool;
 mod process;
 mod protocol;

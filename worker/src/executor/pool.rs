@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ember_runtime::ids::ActorId;
+use ember_runtime::ids::{ActorId, LeaseId};
 use ember_runtime::proto::{read_frame, write_frame, ErrorKind, RemoteError, MAX_FRAME};
 use tokio::net::UnixListener;
 use tokio::process::Command;
@@ -209,6 +209,8 @@ pub(crate) struct ExecutorPool {
     tasks: Mutex<HashMap<String, Arc<Executor>>>,
     /// Each actor's executor, with the incarnation it hosts.
     actors: DashMap<ActorId, (u32, Arc<Executor>)>,
+    /// The executor holding each open task lease.
+    leases: DashMap<LeaseId, Arc<Executor>>,
 }
 
 impl ExecutorPool {
@@ -223,6 +225,7 @@ impl ExecutorPool {
             gpu_kind,
             tasks: Mutex::new(HashMap::new()),
             actors: DashMap::new(),
+            leases: DashMap::new(),
         })
     }
 
@@ -259,6 +262,16 @@ impl ExecutorPool {
         self.actors.get(&actor).map(|e| e.value().clone())
     }
 
+    /// Records the executor holding an open task lease.
+    pub(crate) fn add_lease(&self, lease: LeaseId, exec: Arc<Executor>) {
+        self.leases.insert(lease, exec);
+    }
+
+    /// Forgets a task lease, returning the executor holding it.
+    pub(crate) fn remove_lease(&self, lease: LeaseId) -> Option<Arc<Executor>> {
+        self.leases.remove(&lease).map(|(_, e)| e)
+    }
+
     /// A path for a Unix socket named `name` in this pool's private directory.
     pub(crate) fn socket_path(&self, name: &str) -> String {
         self.dir.join(format!("{name}.sock")).display().to_string()
@@ -280,6 +293,7 @@ impl ExecutorPool {
     pub(crate) async fn shutdown(&self) {
         let actors: Vec<Arc<Executor>> = self.actors.iter().map(|e| e.value().1.clone()).collect();
         self.actors.clear();
+        self.leases.clear();
         for e in actors {
             e.kill().await;
         }

@@ -1,4 +1,4 @@
-//! The executor process: runs user tasks and hosts one actor, isolated from the worker agent
+//! The executor process: holds task leases or hosts one actor, isolated from the worker agent
 //! and seeing only its GPUs through `CUDA_VISIBLE_DEVICES`.
 
 use ember_runtime::proto::{encode, read_frame, write_frame, ErrorKind, RemoteError, MAX_FRAME};
@@ -6,11 +6,10 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::actor_host;
-use super::guarded::guarded;
 use super::head_link::HeadAddress;
+use super::lease_host::{LeaseSpec, Leases};
 use super::protocol::{ExecReply, ExecRequest};
 use crate::context::{self, GpuKind, TaskContext};
-use crate::registry;
 
 /// Serves the worker on the Unix socket at `socket` until the worker closes it.
 pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
@@ -26,6 +25,7 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
         }
     });
     let mut hosted: Option<std::sync::Arc<actor_host::ActorHandle>> = None;
+    let leases = std::sync::Arc::new(Leases::new(gpu_kind));
     loop {
         let req: ExecRequest = match read_frame(&mut rd, MAX_FRAME).await {
             Ok(Some(r)) => r,
@@ -36,22 +36,36 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
             }
         };
         match req {
-            ExecRequest::RunTask {
+            ExecRequest::OpenLease {
                 id,
-                name,
-                args,
+                lease,
                 node,
                 allocation,
+                token,
+                listen,
+                socket,
             } => {
+                let spec = LeaseSpec {
+                    lease,
+                    node,
+                    allocation,
+                    token,
+                    listen,
+                    socket,
+                };
+                let result = leases.open(spec).await.and_then(|endpoints| {
+                    encode(&endpoints)
+                        .map(|a| a.to_vec())
+                        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+                });
+                let _ = tx.send(ExecReply { id, result });
+            }
+            ExecRequest::CloseLease { id, lease } => {
                 let tx = tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let ctx = TaskContext {
-                        node,
-                        allocation,
-                        gpu_kind,
-                    };
-                    let result = context::with_task(ctx, || run_task(&name, &args));
-                    let _ = tx.send(ExecReply { id, result });
+                let leases = leases.clone();
+                tokio::spawn(async move {
+                    leases.close(lease).await;
+                    let _ = tx.send(ExecReply { id, result: Ok(Vec::new()) });
                 });
             }
             ExecRequest::CreateActor {
@@ -132,14 +146,4 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
     drop(tx);
     writer.abort();
     Ok(())
-}
-
-fn run_task(name: &str, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
-    let entry = registry::task(name).ok_or_else(|| {
-        RemoteError::new(
-            ErrorKind::Unknown,
-            format!("no task `{name}` in this executable"),
-        )
-    })?;
-    guarded(|| (entry.invoke)(args))
 }

@@ -1,6 +1,6 @@
 //! Messages between a worker and its executor processes, on a Unix socket.
 
-use ember_runtime::ids::{ActorId, NodeId};
+use ember_runtime::ids::{ActorId, LeaseId, NodeId};
 use ember_runtime::proto::{CheckpointPolicy, RemoteError};
 use ember_runtime::resources::Allocation;
 use ember_runtime::security::Fingerprint;
@@ -9,14 +9,24 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// What the worker asks an executor to do; `id` pairs the reply with it.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub(crate) enum ExecRequest {
-    /// Run a registered task function.
-    RunTask {
+    /// Open a task lease: a thread of its own that runs the lease's tasks one at a time,
+    /// taking them on a Unix socket of its own and from the executor's QUIC endpoint. The
+    /// reply carries an archived [`LeaseEndpoints`](ember_runtime::proto::LeaseEndpoints).
+    OpenLease {
         id: u64,
-        name: String,
-        args: Vec<u8>,
+        lease: LeaseId,
         node: NodeId,
         allocation: Allocation,
+        /// The cluster token callers must present.
+        token: String,
+        /// The address to listen on for callers from elsewhere (the port is chosen by the
+        /// system), once per executor.
+        listen: String,
+        /// The lease's Unix socket.
+        socket: String,
     },
+    /// Close a task lease once its running task ends; the reply is empty.
+    CloseLease { id: u64, lease: LeaseId },
     /// Construct this executor's actor and open its endpoints for direct calls; the reply
     /// carries an archived [`ActorEndpoints`](ember_runtime::proto::ActorEndpoints).
     CreateActor {
@@ -51,7 +61,8 @@ pub(crate) enum ExecRequest {
 impl ExecRequest {
     pub(crate) fn id(&self) -> u64 {
         match self {
-            ExecRequest::RunTask { id, .. }
+            ExecRequest::OpenLease { id, .. }
+            | ExecRequest::CloseLease { id, .. }
             | ExecRequest::CreateActor { id, .. }
             | ExecRequest::Seal { id } => *id,
         }

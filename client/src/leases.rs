@@ -1,0 +1,366 @@
+//! Running tasks on task leases: the head grants this client resources on a worker, and the
+//! client sends tasks straight to the executor holding them (its Unix socket on this machine,
+//! its QUIC endpoint elsewhere), reusing each lease for the next task of the same kind. The
+//! policy (which lease, when to ask for more, when to give one back) is the pure
+//! [`LeasePool`]; this module carries its steps out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use ember_runtime::placement::Strategy;
+use ember_runtime::proto::{
+    encode, read_frame, write_frame, CallReply, ClientReply, ClientRequest, ErrorKind,
+    LeaseSpec, LeasedTask, Placement, RemoteError, TaskLease, TaskRetry, MAX_FRAME,
+};
+use tokio::sync::oneshot;
+
+use crate::cluster::Cluster;
+use crate::lease_pool::{LeasePool, Step, LINGER};
+use crate::unix_caller::UnixCaller;
+use crate::Error;
+
+/// A task to run: its function, archived arguments, needs and retry policy.
+pub(crate) struct TaskRun {
+    pub(crate) name: String,
+    pub(crate) args: Vec<u8>,
+    pub(crate) placement: Placement,
+    pub(crate) retry: TaskRetry,
+}
+
+/// How tasks reach a lease's executor.
+enum LeaseCaller {
+    /// Its QUIC endpoint, one stream per task: from anywhere.
+    Quic(quinn::Connection),
+    /// The lease's Unix socket: from the same machine.
+    Unix(UnixCaller<LeasedTask>),
+}
+
+/// A lease this client holds. Dropping it gives it back.
+pub(crate) struct Lease {
+    grant: TaskLease,
+    caller: LeaseCaller,
+    /// This client's side of the lease's stream at the head: finishing it gives the lease back.
+    head: quinn::SendStream,
+    /// Set when the head takes the lease back (its node drains) or loses its worker.
+    revoked: Arc<AtomicBool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.head.finish();
+        self.watcher.abort();
+    }
+}
+
+impl Lease {
+    /// True while tasks may be sent on it.
+    fn usable(&self) -> bool {
+        let closed = match &self.caller {
+            LeaseCaller::Quic(c) => c.close_reason().is_some(),
+            LeaseCaller::Unix(u) => u.is_closed(),
+        };
+        !closed && !self.revoked.load(Ordering::Acquire)
+    }
+
+    async fn run(&self, cluster: &Cluster, task: LeasedTask) -> CallReply {
+        match &self.caller {
+            LeaseCaller::Unix(unix) => unix.call(task).await,
+            LeaseCaller::Quic(conn) => {
+                let what = format!("{}'s executor", self.grant.lease);
+                match cluster.call_direct(conn, &task, &what).await {
+                    Ok(bytes) => Ok(bytes),
+                    Err(Error::Remote(e)) => Err(e),
+                    // The stream never opened: the task was not sent.
+                    Err(Error::ConnectionLost(why)) => Err(RemoteError::new(
+                        ErrorKind::Moved,
+                        format!("{why}; the task was not delivered"),
+                    )),
+                    Err(e) => Err(RemoteError::new(ErrorKind::WorkerDied, e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// The leases of one kind, and the tasks waiting for one.
+struct Pool {
+    name: String,
+    placement: Placement,
+    policy: LeasePool<Arc<Lease>>,
+    waiters: HashMap<u64, oneshot::Sender<Result<Arc<Lease>, Error>>>,
+}
+
+/// One kind of lease: the task function and its archived needs.
+type Kind = (String, Vec<u8>);
+
+/// A client's task leases, by kind.
+#[derive(Default)]
+pub(crate) struct TaskLeases {
+    pools: Mutex<HashMap<Kind, Pool>>,
+    next_waiter: AtomicU64,
+    reaper_started: AtomicBool,
+}
+
+impl TaskLeases {
+    /// Runs a task on a lease of its kind, again on another lease when the one it ran on was
+    /// lost with its process (up to `max_retries` times) and, when asked, when its own code
+    /// failed. A task told that its lease was taken back did not run, and goes to another.
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        task: TaskRun,
+    ) -> Result<Vec<u8>, Error> {
+        let placed = encode(&task.placement)?.to_vec();
+        let kind: Kind = (task.name.clone(), placed);
+        // A spread task takes a lease of its own, so each lands where spreading puts it.
+        let reusable = task.placement.strategy != Strategy::Spread;
+        let mut retries = 0u32;
+        let mut lost: Option<RemoteError> = None;
+        loop {
+            let outcome = match self.acquire(cluster, &kind, &task).await {
+                Ok(lease) => {
+                    let sent = LeasedTask {
+                        lease: lease.grant.lease,
+                        name: task.name.clone(),
+                        args: task.args.clone(),
+                    };
+                    let reply = lease.run(cluster, sent).await;
+                    let keep = reusable
+                        && !matches!(&reply, Err(e) if matches!(e.kind, ErrorKind::Moved | ErrorKind::WorkerDied));
+                    self.finished(cluster, &kind, lease, keep);
+                    reply.map_err(Error::Remote)
+                }
+                // A retry no node can take now (the only one that could died): the caller
+                // hears of the death, and why the task cannot run again.
+                Err(Error::Remote(e))
+                    if lost.is_some()
+                        && matches!(e.kind, ErrorKind::Infeasible | ErrorKind::Unknown) =>
+                {
+                    let died = lost.take().expect("checked above");
+                    return Err(Error::Remote(RemoteError::new(
+                        ErrorKind::WorkerDied,
+                        format!("{died}; it cannot run again: {e}"),
+                    )));
+                }
+                // Refused (or its worker died before the lease opened, which counts as a
+                // loss like any other).
+                Err(e) => Err(e),
+            };
+            let e = match outcome {
+                Ok(bytes) => return Ok(bytes),
+                // It did not run there: to another lease, as is.
+                Err(Error::Remote(e)) if e.kind == ErrorKind::Moved => continue,
+                Err(Error::Remote(e)) => e,
+                Err(other) => return Err(other),
+            };
+            let again = match e.kind {
+                ErrorKind::WorkerDied => true,
+                ErrorKind::User => task.retry.retry_user_errors,
+                _ => false,
+            };
+            if !again || retries >= task.retry.max_retries {
+                return Err(e.into());
+            }
+            retries += 1;
+            tracing::warn!(task = %task.name, retries, "running the task again: {e}");
+            if e.kind == ErrorKind::WorkerDied {
+                lost = Some(e);
+            }
+        }
+    }
+
+    /// A usable lease of `kind`: an idle one, or one the head grants.
+    async fn acquire(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        kind: &Kind,
+        task: &TaskRun,
+    ) -> Result<Arc<Lease>, Error> {
+        self.start_reaper();
+        loop {
+            let waiter = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut pools = lock(&self.pools);
+                let pool = pools.entry(kind.clone()).or_insert_with(|| Pool {
+                    name: task.name.clone(),
+                    placement: task.placement.clone(),
+                    policy: LeasePool::default(),
+                    waiters: HashMap::new(),
+                });
+                pool.waiters.insert(waiter, tx);
+                let steps = pool.policy.want(waiter);
+                self.carry_out(&mut pools, cluster, kind, steps, None);
+            }
+            let lease = rx.await.map_err(|_| {
+                Error::Remote(RemoteError::new(
+                    ErrorKind::Internal,
+                    "the task's lease request was dropped",
+                ))
+            })??;
+            if lease.usable() {
+                return Ok(lease);
+            }
+            self.finished(cluster, kind, lease, false);
+        }
+    }
+
+    /// A task is done with its lease; an unusable one is dropped (given back).
+    fn finished(self: &Arc<Self>, cluster: &Cluster, kind: &Kind, lease: Arc<Lease>, keep: bool) {
+        let mut pools = lock(&self.pools);
+        let Some(pool) = pools.get_mut(kind) else {
+            return;
+        };
+        let keep = keep && lease.usable();
+        let steps = pool.policy.finished(lease, keep, Instant::now());
+        self.carry_out(&mut pools, cluster, kind, steps, None);
+    }
+
+    /// Carries out the pool's steps, and those that follow from them, under the lock.
+    /// `refusal` is why the head refused a lease, for the task told of it.
+    fn carry_out(
+        self: &Arc<Self>,
+        pools: &mut HashMap<Kind, Pool>,
+        cluster: &Cluster,
+        kind: &Kind,
+        steps: Vec<Step<Arc<Lease>>>,
+        mut refusal: Option<Error>,
+    ) {
+        let mut steps = std::collections::VecDeque::from(steps);
+        let mut give_back = Vec::new();
+        while let Some(step) = steps.pop_front() {
+            let Some(pool) = pools.get_mut(kind) else {
+                return;
+            };
+            match step {
+                Step::Run { waiter, lease } => {
+                    let sent = match pool.waiters.remove(&waiter) {
+                        Some(tx) => tx.send(Ok(lease)),
+                        None => Err(Ok(lease)),
+                    };
+                    if let Err(Ok(lease)) = sent {
+                        // That task went away while it waited: the next one gets the lease.
+                        let keep = lease.usable();
+                        steps.extend(pool.policy.finished(lease, keep, Instant::now()));
+                    }
+                }
+                Step::Fail { waiter } => {
+                    let e = refusal.take().unwrap_or_else(|| {
+                        Error::Remote(RemoteError::new(
+                            ErrorKind::Internal,
+                            "no lease was granted for the task",
+                        ))
+                    });
+                    if let Some(tx) = pool.waiters.remove(&waiter) {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+                Step::Request => {
+                    let (name, placement) = (pool.name.clone(), pool.placement.clone());
+                    // Idle leases of other kinds may hold what this one needs: give them back.
+                    for (other, p) in pools.iter_mut() {
+                        if other != kind {
+                            give_back.extend(p.policy.take_idle());
+                        }
+                    }
+                    let this = self.clone();
+                    let cluster = cluster.clone();
+                    let kind = kind.clone();
+                    tokio::spawn(async move {
+                        let granted = cluster.lease(name, placement).await;
+                        this.on_reply(&cluster, &kind, granted);
+                    });
+                }
+            }
+        }
+        pools.retain(|_, p| !p.policy.is_empty() || !p.waiters.is_empty());
+        drop(give_back);
+    }
+
+    /// The head answered a lease request.
+    fn on_reply(self: &Arc<Self>, cluster: &Cluster, kind: &Kind, granted: Result<Lease, Error>) {
+        let mut pools = lock(&self.pools);
+        let Some(pool) = pools.get_mut(kind) else {
+            return;
+        };
+        let (steps, refusal) = match granted {
+            Ok(lease) => (pool.policy.granted(Arc::new(lease), Instant::now()), None),
+            Err(e) => (pool.policy.refused(), Some(e)),
+        };
+        self.carry_out(&mut pools, cluster, kind, steps, refusal);
+    }
+
+    /// Gives back, every half `LINGER`, the leases idle for `LINGER`; stops with the client.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let leases: Weak<TaskLeases> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LINGER / 2);
+            loop {
+                tick.tick().await;
+                let Some(leases) = leases.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                let expired: Vec<Arc<Lease>> = {
+                    let mut pools = lock(&leases.pools);
+                    let expired = pools
+                        .values_mut()
+                        .flat_map(|p| p.policy.expire(now, LINGER))
+                        .collect();
+                    pools.retain(|_, p| !p.policy.is_empty() || !p.waiters.is_empty());
+                    expired
+                };
+                drop(expired);
+            }
+        });
+    }
+}
+
+impl Cluster {
+    /// Asks the head for a task lease and connects to its executor.
+    pub(crate) async fn lease(&self, name: String, placement: Placement) -> Result<Lease, Error> {
+        let (mut send, mut recv) = self.open_head_stream().await?;
+        write_frame(&mut send, &ClientRequest::LeaseTask(LeaseSpec { name, placement })).await?;
+        let grant = match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await? {
+            Some(ClientReply::TaskLeased(grant)) => grant,
+            Some(ClientReply::Error(e)) => return Err(e.into()),
+            Some(other) => return Err(crate::cluster::unexpected(other)),
+            None => {
+                return Err(Error::ConnectionLost(
+                    "the head closed the lease's stream".into(),
+                ))
+            }
+        };
+        let ep = &grant.endpoints;
+        let caller = if self.same_host(&ep.host) {
+            let what = format!("{}'s executor", grant.lease);
+            LeaseCaller::Unix(UnixCaller::connect(&ep.local_socket, self.token(), what).await?)
+        } else {
+            LeaseCaller::Quic(self.peer(&ep.peer_addr, ep.peer_fingerprint).await?)
+        };
+        let revoked = Arc::new(AtomicBool::new(false));
+        let flag = revoked.clone();
+        let watcher = tokio::spawn(async move {
+            // The head writes nothing more unless it takes the lease back or loses its worker.
+            let _ = read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await;
+            flag.store(true, Ordering::Release);
+        });
+        Ok(Lease {
+            grant,
+            caller,
+            head: send,
+            revoked,
+            watcher,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
