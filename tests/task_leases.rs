@@ -16,7 +16,11 @@ use ember_tests::{until, within, TestCluster, WorkerSpec};
 async fn run_in_sequence(cluster: &Cluster, n: usize) -> Vec<(String, String, u32)> {
     let mut ran = Vec::new();
     for _ in 0..n {
-        ran.push(within("a task", cluster.run(runner::remote())).await.expect("runs"));
+        ran.push(
+            within("a task", cluster.run(runner::remote()))
+                .await
+                .expect("runs"),
+        );
     }
     ran
 }

@@ -16,8 +16,8 @@ use ember_runtime::proto::{
 use ember_runtime::resources::Allocation;
 use ember_runtime::security::{connect_client, ClusterFile, Fingerprint};
 
-use crate::actor::{ActorRef, Caller, RemoteActor};
 use crate::actor::MAX_CALL_ARGS;
+use crate::actor::{ActorRef, Caller, RemoteActor};
 use crate::call::{ActorSpawn, TaskCall, TaskRef};
 use crate::leases::{TaskLeases, TaskRun};
 use crate::local::LocalCluster;
@@ -357,7 +357,9 @@ impl Cluster {
         }
     }
 
-    pub(crate) async fn open_head_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+    pub(crate) async fn open_head_stream(
+        &self,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
         self.inner
             .head
             .open_bi()
@@ -408,7 +410,11 @@ impl Cluster {
     }
 
     /// The QUIC connection to an actor's or an executor's endpoint, opened on first use.
-    pub(crate) async fn peer(&self, addr: &str, fingerprint: Fingerprint) -> Result<quinn::Connection, Error> {
+    pub(crate) async fn peer(
+        &self,
+        addr: &str,
+        fingerprint: Fingerprint,
+    ) -> Result<quinn::Connection, Error> {
         let mut peers = self.inner.peers.lock().await;
         if let Some(c) = peers.get(addr) {
             if c.close_reason().is_none() {

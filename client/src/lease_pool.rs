@@ -158,7 +158,13 @@ mod tests {
         let t0 = Instant::now();
         let mut pool = LeasePool::default();
         assert_eq!(pool.want(1), vec![Step::Request]);
-        assert_eq!(pool.granted(7, t0), vec![Step::Run { waiter: 1, lease: 7 }]);
+        assert_eq!(
+            pool.granted(7, t0),
+            vec![Step::Run {
+                waiter: 1,
+                lease: 7
+            }]
+        );
         for waiter in 2..100 {
             assert!(pool.finished(7, true, t0).is_empty());
             assert_eq!(pool.want(waiter), vec![Step::Run { waiter, lease: 7 }]);
@@ -176,11 +182,26 @@ mod tests {
         let asked: usize = (0..200).map(|w| requests(&pool.want(w))).sum();
         assert_eq!(asked, MAX_LEASES);
         // Each grant runs the oldest waiting task; a freed lease goes to the next one.
-        assert_eq!(pool.granted(1, t0), vec![Step::Run { waiter: 0, lease: 1 }]);
-        assert_eq!(pool.granted(2, t0), vec![Step::Run { waiter: 1, lease: 2 }]);
+        assert_eq!(
+            pool.granted(1, t0),
+            vec![Step::Run {
+                waiter: 0,
+                lease: 1
+            }]
+        );
+        assert_eq!(
+            pool.granted(2, t0),
+            vec![Step::Run {
+                waiter: 1,
+                lease: 2
+            }]
+        );
         assert_eq!(
             pool.finished(1, true, t0),
-            vec![Step::Run { waiter: 2, lease: 1 }]
+            vec![Step::Run {
+                waiter: 2,
+                lease: 1
+            }]
         );
         // A lease lost with its process is replaced by a request, within the limit.
         assert_eq!(requests(&pool.finished(2, false, t0)), 1);

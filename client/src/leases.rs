@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use ember_runtime::placement::Strategy;
 use ember_runtime::proto::{
-    encode, read_frame, write_frame, CallReply, ClientReply, ClientRequest, ErrorKind,
-    LeaseSpec, LeasedTask, Placement, RemoteError, TaskLease, TaskRetry, MAX_FRAME,
+    encode, read_frame, write_frame, CallReply, ClientReply, ClientRequest, ErrorKind, LeaseSpec,
+    LeasedTask, Placement, RemoteError, TaskLease, TaskRetry, MAX_FRAME,
 };
 use tokio::sync::oneshot;
 
@@ -326,7 +326,11 @@ impl Cluster {
     /// Asks the head for a task lease and connects to its executor.
     pub(crate) async fn lease(&self, name: String, placement: Placement) -> Result<Lease, Error> {
         let (mut send, mut recv) = self.open_head_stream().await?;
-        write_frame(&mut send, &ClientRequest::LeaseTask(LeaseSpec { name, placement })).await?;
+        write_frame(
+            &mut send,
+            &ClientRequest::LeaseTask(LeaseSpec { name, placement }),
+        )
+        .await?;
         let grant = match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await? {
             Some(ClientReply::TaskLeased(grant)) => grant,
             Some(ClientReply::Error(e)) => return Err(e.into()),

@@ -399,7 +399,9 @@ async fn handle_command(
         }
         WorkerCommand::CloseLease { lease } => {
             if let Some(exec) = state.pool.remove_lease(lease) {
-                let _ = exec.request(|id| ExecRequest::CloseLease { id, lease }).await;
+                let _ = exec
+                    .request(|id| ExecRequest::CloseLease { id, lease })
+                    .await;
             }
             WorkerReply::LeaseClosed
         }

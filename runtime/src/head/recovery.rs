@@ -227,25 +227,21 @@ pub(crate) async fn probe(head: &Arc<Head>, actor: ActorId, location: &ActorLoca
         incarnation: location.incarnation,
     };
     let window = head.probe_timeout();
-    let received = |h: &Head| h.node_conn(node).map(|c| c.stats().udp_rx.datagrams);
-    let before = received(head);
+    let before = head.datagrams_from(node);
     match tokio::time::timeout(window, call_worker(head, node, &cmd)).await {
         Ok(Ok(WorkerReply::Probed { alive: true })) => true,
         Ok(Ok(WorkerReply::Probed { alive: false })) => {
             actor_lost(head, actor, location.incarnation, "its process ended");
             false
         }
-        Err(_) if before.is_some() && received(head) != before => {
+        Err(_) if before.is_some() && head.datagrams_from(node) != before => {
             // Slow to answer but not silent: a busy worker, which reports a lost actor
             // process itself.
             tracing::info!(%node, "slow to answer a probe, but alive");
             false
         }
         Ok(_) | Err(_) => {
-            if let Some(conn) = head.node_conn(node).filter(|c| c.close_reason().is_none()) {
-                tracing::warn!(%node, "no answer to a probe within {window:?}: declaring the worker dead");
-                conn.close(5u32.into(), b"no answer to a probe");
-            }
+            head.declare_dead(node, window);
             false
         }
     }

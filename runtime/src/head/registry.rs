@@ -298,6 +298,21 @@ impl Head {
         }
     }
 
+    /// How many datagrams have come from a node's worker, to tell a busy worker from a silent
+    /// one.
+    pub(crate) fn datagrams_from(&self, node: NodeId) -> Option<u64> {
+        self.node_conn(node).map(|c| c.stats().udp_rx.datagrams)
+    }
+
+    /// Closes the connection of a worker that did not answer within `window`, which loses
+    /// (and restarts) everything on it.
+    pub(crate) fn declare_dead(&self, node: NodeId, window: Duration) {
+        if let Some(conn) = self.node_conn(node).filter(|c| c.close_reason().is_none()) {
+            tracing::warn!(%node, "no answer to a probe within {window:?}: declaring the worker dead");
+            conn.close(5u32.into(), b"no answer to a probe");
+        }
+    }
+
     pub(crate) fn node_conn(&self, id: NodeId) -> Option<quinn::Connection> {
         self.nodes.get(&id).map(|n| n.conn.clone())
     }

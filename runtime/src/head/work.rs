@@ -137,11 +137,30 @@ pub(crate) async fn lease_task(
             format!("{} was taken back: node {} is draining", lease.id, lease.node),
         )),
     };
-    let close = WorkerCommand::CloseLease { lease: lease.id };
-    let _ = call_worker(head, lease.node, &close).await;
+    close_lease(head, lease.node, lease.id).await;
     if let Some(e) = taken_back {
         let _ = write_frame(out, &ClientReply::Error(e)).await;
     }
+}
+
+/// Closes a task lease on its worker, waiting until its running task (if any) ended. The close
+/// doubles as a probe: a client gives a lease back at once when it loses the lease's executor,
+/// often because its worker died, so a worker silent for the probe window is declared dead.
+async fn close_lease(head: &Head, node: NodeId, lease: LeaseId) {
+    let cmd = WorkerCommand::CloseLease { lease };
+    let close = call_worker(head, node, &cmd);
+    tokio::pin!(close);
+    let window = head.probe_timeout();
+    let before = head.datagrams_from(node);
+    if tokio::time::timeout(window, &mut close).await.is_ok() {
+        return;
+    }
+    if before.is_none() || head.datagrams_from(node) == before {
+        head.declare_dead(node, window);
+        return;
+    }
+    // Alive, and its lease still runs a task: its resources return when that task ends.
+    let _ = close.await;
 }
 
 /// Creates an actor (incarnation 1) and records it, with what it takes to start it again.

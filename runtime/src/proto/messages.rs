@@ -8,7 +8,10 @@ use crate::placement::{NodeAffinity, Strategy};
 use crate::resources::{Allocation, GpuStat, NodeResources, ResourceDemand};
 use crate::security::Fingerprint;
 
-use super::{CheckpointPolicy, CheckpointSave, GroupView, LeaseEndpoints, PeerHello, RestartPolicy, TaskLease};
+use super::{
+    CheckpointPolicy, CheckpointSave, GroupView, LeaseEndpoints, PeerHello, RestartPolicy,
+    TaskLease,
+};
 
 /// The first message on a connection, on its first stream: who is connecting, with the token.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]

@@ -132,7 +132,9 @@ fn internal(e: String) -> RemoteError {
 fn not_open(lease: LeaseId) -> RemoteError {
     RemoteError::new(
         ErrorKind::Moved,
-        format!("{lease} is not open on this executor (given back or taken back): the task did not run"),
+        format!(
+            "{lease} is not open on this executor (given back or taken back): the task did not run"
+        ),
     )
 }
 
@@ -280,7 +282,9 @@ impl LeaseThread {
                 format!("no task `{name}` in this executable"),
             ));
         };
-        context::with_task(self.context.clone(), || guarded(|| (entry.invoke)(&task.args)))
+        context::with_task(self.context.clone(), || {
+            guarded(|| (entry.invoke)(&task.args))
+        })
     }
 }
 

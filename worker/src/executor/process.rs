@@ -65,7 +65,10 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
                 let leases = leases.clone();
                 tokio::spawn(async move {
                     leases.close(lease).await;
-                    let _ = tx.send(ExecReply { id, result: Ok(Vec::new()) });
+                    let _ = tx.send(ExecReply {
+                        id,
+                        result: Ok(Vec::new()),
+                    });
                 });
             }
             ExecRequest::CreateActor {
