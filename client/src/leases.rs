@@ -14,12 +14,16 @@ use ember_runtime::proto::{
     encode, read_frame, write_frame, CallReply, ClientReply, ClientRequest, ErrorKind, LeaseSpec,
     LeasedTask, Placement, RemoteError, TaskLease, TaskRetry, MAX_FRAME,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::cluster::Cluster;
 use crate::lease_pool::{LeasePool, Step, LINGER};
 use crate::unix_caller::UnixCaller;
 use crate::Error;
+
+/// How long a task lost with its lease's executor waits for the head to close that lease
+/// (and so to probe its worker) before it runs again.
+const HEAD_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A task to run: its function, archived arguments, needs and retry policy.
 pub(crate) struct TaskRun {
@@ -45,13 +49,13 @@ pub(crate) struct Lease {
     head: quinn::SendStream,
     /// Set when the head takes the lease back (its node drains) or loses its worker.
     revoked: Arc<AtomicBool>,
-    watcher: tokio::task::JoinHandle<()>,
+    /// Becomes true once the head is done with the lease (its stream ended).
+    ended: watch::Receiver<bool>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let _ = self.head.finish();
-        self.watcher.abort();
     }
 }
 
@@ -128,9 +132,17 @@ impl TaskLeases {
                         args: task.args.clone(),
                     };
                     let reply = lease.run(cluster, sent).await;
+                    let lost = matches!(&reply, Err(e) if e.kind == ErrorKind::WorkerDied);
                     let keep = reusable
-                        && !matches!(&reply, Err(e) if matches!(e.kind, ErrorKind::Moved | ErrorKind::WorkerDied));
+                        && !lost
+                        && !matches!(&reply, Err(e) if e.kind == ErrorKind::Moved);
+                    let mut ended = lease.ended.clone();
                     self.finished(cluster, &kind, lease, keep);
+                    if lost {
+                        // Before running it again, let the head close the lost lease: that
+                        // probes its worker, so a dead one is gone before the next placement.
+                        let _ = tokio::time::timeout(HEAD_CLOSE_WAIT, ended.wait_for(|e| *e)).await;
+                    }
                     reply.map_err(Error::Remote)
                 }
                 // A retry no node can take now (the only one that could died): the caller
@@ -349,18 +361,24 @@ impl Cluster {
             LeaseCaller::Quic(self.peer(&ep.peer_addr, ep.peer_fingerprint).await?)
         };
         let revoked = Arc::new(AtomicBool::new(false));
+        let (ended_tx, ended) = watch::channel(false);
         let flag = revoked.clone();
-        let watcher = tokio::spawn(async move {
-            // The head writes nothing more unless it takes the lease back or loses its worker.
-            let _ = read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await;
+        tokio::spawn(async move {
+            // The head writes nothing more unless it takes the lease back or loses its worker,
+            // and ends the stream once the lease is closed on the worker.
+            if let Ok(Some(_)) = read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await {
+                flag.store(true, Ordering::Release);
+                let _ = read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await;
+            }
             flag.store(true, Ordering::Release);
+            let _ = ended_tx.send(true);
         });
         Ok(Lease {
             grant,
             caller,
             head: send,
             revoked,
-            watcher,
+            ended,
         })
     }
 }

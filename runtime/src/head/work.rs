@@ -14,6 +14,7 @@ use crate::proto::{
 use crate::resources::{actor_label, task_label};
 
 use super::actor_life::ActorLife;
+use super::recovery::node_lost;
 use super::registry::{ActorEntry, Head, Work, WorkEntry};
 
 /// Holds a lease until dropped, so that capacity returns however a request ends.
@@ -72,7 +73,7 @@ pub(crate) async fn acquire<'a>(
 /// tasks straight to the executor; the lease is closed on the worker (after its running task)
 /// before its resources return.
 pub(crate) async fn lease_task(
-    head: &Head,
+    head: &Arc<Head>,
     spec: LeaseSpec,
     client: &quinn::Connection,
     out: &mut quinn::SendStream,
@@ -146,7 +147,7 @@ pub(crate) async fn lease_task(
 /// Closes a task lease on its worker, waiting until its running task (if any) ended. The close
 /// doubles as a probe: a client gives a lease back at once when it loses the lease's executor,
 /// often because its worker died, so a worker silent for the probe window is declared dead.
-async fn close_lease(head: &Head, node: NodeId, lease: LeaseId) {
+async fn close_lease(head: &Arc<Head>, node: NodeId, lease: LeaseId) {
     let cmd = WorkerCommand::CloseLease { lease };
     let close = call_worker(head, node, &cmd);
     tokio::pin!(close);
@@ -157,6 +158,8 @@ async fn close_lease(head: &Head, node: NodeId, lease: LeaseId) {
     }
     if before.is_none() || head.datagrams_from(node) == before {
         head.declare_dead(node, window);
+        // Forget it now, before the client (told once this returns) asks for a new lease.
+        node_lost(head, node, "did not answer a probe");
         return;
     }
     // Alive, and its lease still runs a task: its resources return when that task ends.

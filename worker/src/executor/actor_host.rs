@@ -24,13 +24,14 @@ use ember_runtime::proto::{
     RemoteError, Welcome, CHECKPOINT_METHOD, MAX_FRAME,
 };
 use ember_runtime::security::{server_config, token_matches, Identity, HELLO_LIMIT};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{serve_saves, CheckpointImage, ReplyLog, SaveJob};
 use super::guarded::{call_error, guarded, panic_message};
 use super::head_link::{HeadAddress, HeadLink};
+use super::local_socket;
 use crate::collective::link::Via;
 use crate::collective::mesh;
 use crate::registry::{self, ActorInstance, CallError};
@@ -382,10 +383,14 @@ fn run_actor(
                 },
                 accepted = listener.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        let (rd, wr) = stream.into_split();
-                        tokio::task::spawn_local(serve_local_caller(
-                            token.clone(), core.clone(), rd, wr,
-                        ));
+                        let (token, core) = (token.clone(), core.clone());
+                        tokio::task::spawn_local(async move {
+                            local_socket::serve(&token, stream, async |c: LocalCall| LocalReply {
+                                id: c.id,
+                                reply: core.handle(c.call).await,
+                            })
+                            .await;
+                        });
                     }
                 }
             }
@@ -485,41 +490,6 @@ where
         Greeted::Caller
     } else {
         Greeted::Refused
-    }
-}
-
-/// Serves a caller on this machine: calls share the socket, each answered in order, inline.
-/// Replies are flushed when no further call is already buffered, so a pipelined batch is
-/// answered with few writes.
-async fn serve_local_caller(
-    token: String,
-    core: Rc<ActorCore>,
-    rd: tokio::net::unix::OwnedReadHalf,
-    wr: tokio::net::unix::OwnedWriteHalf,
-) {
-    let mut rd = BufReader::with_capacity(256 << 10, rd);
-    let mut wr = BufWriter::with_capacity(256 << 10, wr);
-    if !greet(&token, &mut rd, &mut wr).await {
-        return;
-    }
-    loop {
-        let reply = match read_frame::<_, LocalCall>(&mut rd, MAX_FRAME).await {
-            Ok(Some(LocalCall { id, call })) => LocalReply {
-                id,
-                reply: core.handle(call).await,
-            },
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!("malformed call from a local caller: {e}");
-                return;
-            }
-        };
-        if write_frame(&mut wr, &reply).await.is_err() {
-            return;
-        }
-        if rd.buffer().is_empty() && wr.flush().await.is_err() {
-            return;
-        }
     }
 }
 

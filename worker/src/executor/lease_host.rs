@@ -17,12 +17,12 @@ use ember_runtime::proto::{
 };
 use ember_runtime::resources::Allocation;
 use ember_runtime::security::{server_config, Fingerprint, Identity};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use super::actor_host::greet;
 use super::guarded::guarded;
+use super::local_socket;
 use crate::context::{self, GpuKind, TaskContext};
 use crate::registry;
 
@@ -257,7 +257,13 @@ impl LeaseThread {
                     },
                     accepted = listener.accept() => {
                         if let Ok((stream, _)) = accepted {
-                            tokio::task::spawn_local(serve_local_caller(this.clone(), stream));
+                            let lease = this.clone();
+                            tokio::task::spawn_local(async move {
+                                local_socket::serve(&lease.token.clone(), stream, async |t: LocalTask| {
+                                    LocalReply { id: t.id, reply: lease.run_task(t.task) }
+                                })
+                                .await;
+                            });
                         }
                     }
                 }
@@ -285,35 +291,5 @@ impl LeaseThread {
         context::with_task(self.context.clone(), || {
             guarded(|| (entry.invoke)(&task.args))
         })
-    }
-}
-
-/// Serves a caller on this machine: tasks share the socket, each run inline and answered in
-/// order. Replies are flushed when no further task is already buffered.
-async fn serve_local_caller(lease: std::rc::Rc<LeaseThread>, stream: tokio::net::UnixStream) {
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 << 10, rd);
-    let mut wr = BufWriter::with_capacity(64 << 10, wr);
-    if !greet(&lease.token, &mut rd, &mut wr).await {
-        return;
-    }
-    loop {
-        let reply = match read_frame::<_, LocalTask>(&mut rd, MAX_FRAME).await {
-            Ok(Some(LocalTask { id, task })) => LocalReply {
-                id,
-                reply: lease.run_task(task),
-            },
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!("malformed task from a local caller: {e}");
-                return;
-            }
-        };
-        if write_frame(&mut wr, &reply).await.is_err() {
-            return;
-        }
-        if rd.buffer().is_empty() && wr.flush().await.is_err() {
-            return;
-        }
     }
 }

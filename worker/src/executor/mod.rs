@@ -10,6 +10,7 @@ mod checkpoint;
 mod guarded;
 mod head_link;
 mod lease_host;
+mod local_socket;
 mod pool;
 mod process;
 mod protocol;
