@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ember_tests::tasks::{slow_square, Ledger};
-use ember_tests::{within_for, TestCluster, WorkerSpec};
+use ember_tests::{until, within_for, TestCluster, WorkerSpec};
 
 const TASKS: u64 = 2_000;
 const ACTORS: usize = 10;
@@ -109,6 +109,12 @@ async fn tasks_and_actors_survive_workers_killed_every_few_seconds() {
             .await
             .expect("kill");
     }
+    // The last worker killed is gone once the head has noticed (heartbeats or a probe).
+    until("the killed workers to be gone", || {
+        let cluster = cluster.clone();
+        async move { cluster.status().await.expect("status").nodes.len() == 3 }
+    })
+    .await;
     let status = within_for(Duration::from_secs(30), "status", cluster.status())
         .await
         .unwrap();

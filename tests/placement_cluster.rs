@@ -268,12 +268,15 @@ async fn a_running_task_keeps_its_gpus_after_its_client_leaves() {
     .await
     .expect("marker actor");
     let started = Instant::now();
-    let running = client.submit(tasks::sleep_ms::remote(6_000));
+    let started_file = tc.scratch().join("started").display().to_string();
+    let running = client.submit(tasks::mark_then_sleep::remote(started_file.clone(), 6_000));
     let observer = &observer;
+    let started_file = &started_file;
     until("the task to start", || async move {
-        gpus_in_use(observer).await == vec![100, 100]
+        std::path::Path::new(started_file).exists()
     })
     .await;
+    assert_eq!(gpus_in_use(observer).await, vec![100, 100]);
 
     // The client leaves while its task runs.
     drop(running);

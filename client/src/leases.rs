@@ -12,7 +12,7 @@ use std::time::Instant;
 use ember_runtime::placement::Strategy;
 use ember_runtime::proto::{
     encode, read_frame, write_frame, CallReply, ClientReply, ClientRequest, ErrorKind, LeaseSpec,
-    LeasedTask, Placement, RemoteError, TaskLease, TaskRetry, MAX_FRAME,
+    LeasedTask, Placement, RemoteError, TaskLease, TaskRetry, LEASE_LOST, MAX_FRAME,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -51,11 +51,18 @@ pub(crate) struct Lease {
     revoked: Arc<AtomicBool>,
     /// Becomes true once the head is done with the lease (its stream ended).
     ended: watch::Receiver<bool>,
+    /// Set when a task lost the lease's executor: giving it back then asks the head to probe
+    /// its worker.
+    lost: AtomicBool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let _ = self.head.finish();
+        if self.lost.load(Ordering::Acquire) {
+            let _ = self.head.reset(quinn::VarInt::from_u32(LEASE_LOST));
+        } else {
+            let _ = self.head.finish();
+        }
     }
 }
 
@@ -137,6 +144,9 @@ impl TaskLeases {
                         && !lost
                         && !matches!(&reply, Err(e) if e.kind == ErrorKind::Moved);
                     let mut ended = lease.ended.clone();
+                    if lost {
+                        lease.lost.store(true, Ordering::Release);
+                    }
                     self.finished(cluster, &kind, lease, keep);
                     if lost {
                         // Before running it again, let the head close the lost lease: that
@@ -379,6 +389,7 @@ impl Cluster {
             head: send,
             revoked,
             ended,
+            lost: AtomicBool::new(false),
         })
     }
 }

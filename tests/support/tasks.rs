@@ -387,3 +387,12 @@ pub fn runner() -> (String, String, u32) {
 pub fn spread_runner() -> (String, String, u32) {
     runner()
 }
+
+/// Creates the file `marker` (so a test sees it started), then sleeps `ms` milliseconds on
+/// two GPUs.
+#[ember::task(gpus = 2)]
+pub fn mark_then_sleep(marker: String, ms: u64) -> Placed {
+    std::fs::write(&marker, b"started").expect("write the marker");
+    std::thread::sleep(Duration::from_millis(ms));
+    here()
+}

@@ -9,7 +9,7 @@ use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
 use crate::placement::Lease;
 use crate::proto::{
     read_frame, write_frame, ActorLocation, ActorSpec, ClientReply, ErrorKind, JobEvent, JobSpec,
-    LeaseSpec, RemoteError, TaskLease, WorkerCommand, WorkerReply, MAX_FRAME,
+    LeaseSpec, RemoteError, TaskLease, WorkerCommand, WorkerReply, LEASE_LOST, MAX_FRAME,
 };
 use crate::resources::{actor_label, task_label};
 
@@ -121,13 +121,25 @@ pub(crate) async fn lease_task(
         return;
     };
     let held = async {
-        write_frame(out, &ClientReply::TaskLeased(granted)).await?;
+        if write_frame(out, &ClientReply::TaskLeased(granted))
+            .await
+            .is_err()
+        {
+            return false;
+        }
         // Nothing more is sent on it: the end of the stream (or its reset) gives it back.
-        let _ = input.read_to_end(64).await;
-        Ok::<_, crate::proto::FrameError>(())
+        let lost = quinn::VarInt::from_u32(LEASE_LOST);
+        matches!(
+            input.read_to_end(64).await,
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code == lost
+        )
     };
+    let mut lost = false;
     let taken_back = tokio::select! {
-        _ = held => None,
+        l = held => {
+            lost = l;
+            None
+        }
         _ = client.closed() => None,
         _ = worker.closed() => {
             let _ = write_frame(out, &ClientReply::Error(died(lease.node))).await;
@@ -138,19 +150,24 @@ pub(crate) async fn lease_task(
             format!("{} was taken back: node {} is draining", lease.id, lease.node),
         )),
     };
-    close_lease(head, lease.node, lease.id).await;
+    close_lease(head, lease.node, lease.id, lost).await;
     if let Some(e) = taken_back {
         let _ = write_frame(out, &ClientReply::Error(e)).await;
     }
 }
 
-/// Closes a task lease on its worker, waiting until its running task (if any) ended. The close
-/// doubles as a probe: a client gives a lease back at once when it loses the lease's executor,
-/// often because its worker died, so a worker silent for the probe window is declared dead.
-async fn close_lease(head: &Arc<Head>, node: NodeId, lease: LeaseId) {
+/// Closes a task lease on its worker, waiting until its running task (if any) ended. When the
+/// client `lost` the lease's executor, often because its worker died, the close doubles as a
+/// probe: the lease runs no task then, so a worker silent for the probe window is declared
+/// dead.
+async fn close_lease(head: &Arc<Head>, node: NodeId, lease: LeaseId, lost: bool) {
     let cmd = WorkerCommand::CloseLease { lease };
     let close = call_worker(head, node, &cmd);
     tokio::pin!(close);
+    if !lost {
+        let _ = close.await;
+        return;
+    }
     let window = head.probe_timeout();
     let before = head.datagrams_from(node);
     if tokio::time::timeout(window, &mut close).await.is_ok() {

@@ -8,6 +8,10 @@ use crate::ids::{LeaseId, NodeId};
 use crate::resources::Allocation;
 use crate::security::Fingerprint;
 
+/// The error code with which a client resets its side of a lease's stream when it lost the
+/// lease's executor (its process or its worker died): the head then probes that worker.
+pub const LEASE_LOST: u32 = 1;
+
 /// A granted task lease.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub struct TaskLease {

@@ -112,8 +112,9 @@ pub struct JobSpec {
 pub enum ClientRequest {
     /// Lease resources for running tasks, one at a time, straight on an executor; answered
     /// with [`ClientReply::TaskLeased`] or an error. The lease is held while this stream stays
-    /// open: the client gives it back by finishing its side. A lease the head takes back (its
-    /// node drains) ends with an error frame on the stream.
+    /// open: the client gives it back by finishing its side, or by resetting it with
+    /// [`LEASE_LOST`](super::LEASE_LOST) when it lost the lease's executor. A lease the head
+    /// takes back (its node drains) ends with an error frame on the stream.
     LeaseTask(LeaseSpec),
     /// Create an actor; answered with [`ClientReply::ActorCreated`] or an error.
     CreateActor(ActorSpec),

@@ -19,6 +19,6 @@ mod recovery;
 pub use codec::{decode, encode, Wire};
 pub use collective::{GroupMember, GroupView, PeerHello};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
-pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease};
+pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease, LEASE_LOST};
 pub use messages::*;
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};
