@@ -51,8 +51,8 @@ trap 'rm -rf "$out"' EXIT
 
 echo "== Ember microbench (actor calls through same-machine Unix sockets, the default)" >&2
 "$target/release/microbench" "$@" | tee "$out/ember.txt"
-echo "== Ember microbench, actor rows over QUIC (as from another machine)" >&2
-"$target/release/microbench" --quic --rows actor "$@" | tee "$out/ember-quic.txt"
+echo "== Ember microbench over QUIC (tasks and actor calls as from another machine)" >&2
+"$target/release/microbench" --quic "$@" | tee "$out/ember-quic.txt"
 
 echo "== Ray $("$RAY_VENV/bin/python" -c 'import ray; print(ray.__version__)') microbenchmark (same machine, now)" >&2
 : > "$out/ray.txt"
@@ -77,7 +77,7 @@ for i in "${!rows[@]}"; do
   q=$(rate "$out/ember-quic.txt" "${rows[$i]}")
   r=$(rate "$out/ray.txt" "${ray_names[$i]}")
   printf '| %s | %s | %s | %s | %s | %s |\n' "${rows[$i]}" "${r:--}" "${e:--}" "$(ratio "$e" "$r")" \
-    "${q:-(same path)}" "$(ratio "${q:-$e}" "$r")"
+    "${q:--}" "$(ratio "${q:-}" "$r")"
 done
 e=$(rate "$out/ember.txt" actor_creations)
 q=$(rate "$out/ember-quic.txt" actor_creations)

@@ -64,8 +64,8 @@ struct Args {
     /// machine's core count when not given.
     #[arg(long)]
     workers: Option<u32>,
-    /// Call actors over QUIC, as a client on another machine would, instead of through their
-    /// same-machine Unix sockets.
+    /// Send tasks and actor calls over QUIC, as a client on another machine would, instead
+    /// of through the same-machine Unix sockets of leases and actors.
     #[arg(long)]
     quic: bool,
 }
