@@ -53,11 +53,7 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
                     listen,
                     socket,
                 };
-                let result = leases.open(spec).await.and_then(|endpoints| {
-                    encode(&endpoints)
-                        .map(|a| a.to_vec())
-                        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
-                });
+                let result = leases.open(spec).await.and_then(|e| archived(&e));
                 let _ = tx.send(ExecReply { id, result });
             }
             ExecRequest::CloseLease { id, lease } => {
@@ -117,9 +113,7 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
                         .await
                         .and_then(|(endpoint, handle)| {
                             hosted = Some(std::sync::Arc::new(handle));
-                            encode(&endpoint)
-                                .map(|a| a.to_vec())
-                                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+                            archived(&endpoint)
                         })
                 };
                 let _ = tx.send(ExecReply { id, result });
@@ -129,11 +123,7 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
                 let handle = hosted.clone();
                 tokio::spawn(async move {
                     let result = match handle {
-                        Some(h) => h.seal().await.and_then(|seq| {
-                            encode(&seq)
-                                .map(|a| a.to_vec())
-                                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
-                        }),
+                        Some(h) => h.seal().await.and_then(|seq| archived(&seq)),
                         None => Err(RemoteError::new(
                             ErrorKind::Unknown,
                             "this executor hosts no actor",
@@ -149,4 +139,11 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
     drop(tx);
     writer.abort();
     Ok(())
+}
+
+/// A reply's archived bytes.
+fn archived<T: ember_runtime::proto::Wire>(value: &T) -> Result<Vec<u8>, RemoteError> {
+    encode(value)
+        .map(|a| a.to_vec())
+        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
 }
