@@ -207,12 +207,18 @@ impl TaskLeases {
             let (tx, rx) = oneshot::channel();
             {
                 let mut pools = lock(&self.pools);
-                let pool = pools.entry(kind.clone()).or_insert_with(|| Pool {
-                    name: task.name.clone(),
-                    placement: task.placement.clone(),
-                    policy: LeasePool::default(),
-                    waiters: HashMap::new(),
-                });
+                // Looked up before inserting, so the hot path (a pool that exists) does not
+                // copy the key.
+                if !pools.contains_key(kind) {
+                    let pool = Pool {
+                        name: task.name.clone(),
+                        placement: task.placement.clone(),
+                        policy: LeasePool::default(),
+                        waiters: HashMap::new(),
+                    };
+                    pools.insert(kind.clone(), pool);
+                }
+                let pool = pools.get_mut(kind).expect("inserted above");
                 pool.waiters.insert(waiter, tx);
                 let steps = pool.policy.want(waiter);
                 self.carry_out(&mut pools, cluster, kind, steps, None);
@@ -298,7 +304,7 @@ impl TaskLeases {
                 }
             }
         }
-        pools.retain(|_, p| !p.policy.is_empty() || !p.waiters.is_empty());
+        forget_idle_pools(pools);
         drop(give_back);
     }
 
@@ -335,7 +341,7 @@ impl TaskLeases {
                         .values_mut()
                         .flat_map(|p| p.policy.expire(now, LINGER))
                         .collect();
-                    pools.retain(|_, p| !p.policy.is_empty() || !p.waiters.is_empty());
+                    forget_idle_pools(&mut pools);
                     expired
                 };
                 drop(expired);
@@ -392,6 +398,11 @@ impl Cluster {
             lost: AtomicBool::new(false),
         })
     }
+}
+
+/// Drops the pools that hold no lease, ask for none, and have no task waiting.
+fn forget_idle_pools(pools: &mut HashMap<Kind, Pool>) {
+    pools.retain(|_, p| !p.policy.is_empty() || !p.waiters.is_empty());
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -234,7 +234,7 @@ pub(crate) async fn probe(head: &Arc<Head>, actor: ActorId, location: &ActorLoca
             actor_lost(head, actor, location.incarnation, "its process ended");
             false
         }
-        Err(_) if before.is_some() && head.datagrams_from(node) != before => {
+        Err(_) if head.heard_from_since(node, before) => {
             // Slow to answer but not silent: a busy worker, which reports a lost actor
             // process itself.
             tracing::info!(%node, "slow to answer a probe, but alive");

@@ -274,7 +274,6 @@ impl Head {
         }
     }
 
-    /// A joined node's connection.
     /// Marks a node as leaving: nothing new is placed there, and its task leases are taken
     /// back.
     pub(crate) fn start_draining(&self, node: NodeId) {
@@ -304,6 +303,12 @@ impl Head {
         self.node_conn(node).map(|c| c.stats().udp_rx.datagrams)
     }
 
+    /// True when datagrams came from a node's worker since `before` (its count from
+    /// [`Head::datagrams_from`]): a worker slow to answer but not silent is busy, not dead.
+    pub(crate) fn heard_from_since(&self, node: NodeId, before: Option<u64>) -> bool {
+        before.is_some() && self.datagrams_from(node) != before
+    }
+
     /// Closes the connection of a worker that did not answer within `window`, which loses
     /// (and restarts) everything on it.
     pub(crate) fn declare_dead(&self, node: NodeId, window: Duration) {
@@ -313,6 +318,7 @@ impl Head {
         }
     }
 
+    /// A joined node's connection.
     pub(crate) fn node_conn(&self, id: NodeId) -> Option<quinn::Connection> {
         self.nodes.get(&id).map(|n| n.conn.clone())
     }

@@ -95,16 +95,13 @@ pub(crate) async fn lease_task(
         lease: lease.id,
         allocation: lease.allocation.clone(),
     };
-    let endpoints = match call_worker(head, lease.node, &open).await {
-        Ok(WorkerReply::LeaseOpened(endpoints)) => endpoints,
-        Ok(WorkerReply::Error(e)) => {
-            let _ = write_frame(out, &ClientReply::Error(e)).await;
-            return;
-        }
-        Ok(other) => {
-            let _ = write_frame(out, &ClientReply::Error(unexpected(&other))).await;
-            return;
-        }
+    let opened = match call_worker(head, lease.node, &open).await {
+        Ok(WorkerReply::LeaseOpened(endpoints)) => Ok(endpoints),
+        Ok(WorkerReply::Error(e)) | Err(e) => Err(e),
+        Ok(other) => Err(unexpected(&other)),
+    };
+    let endpoints = match opened {
+        Ok(endpoints) => endpoints,
         Err(e) => {
             let _ = write_frame(out, &ClientReply::Error(e)).await;
             return;
@@ -173,7 +170,7 @@ async fn close_lease(head: &Arc<Head>, node: NodeId, lease: LeaseId, lost: bool)
     if tokio::time::timeout(window, &mut close).await.is_ok() {
         return;
     }
-    if before.is_none() || head.datagrams_from(node) == before {
+    if !head.heard_from_since(node, before) {
         head.declare_dead(node, window);
         // Forget it now, before the client (told once this returns) asks for a new lease.
         node_lost(head, node, "did not answer a probe");
