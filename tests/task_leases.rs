@@ -2,14 +2,14 @@
 //! lease (one executor thread, no head on the path), gives it back when idle, takes a lease of
 //! its own for each spread task, runs many tasks at once on several leases, reaches leases
 //! over QUIC as a client elsewhere would, and carries on elsewhere when a drain takes its
-//! lease back.
+//! lease back, running each task exactly once even with short tasks queued on the lease.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use ember::{Cluster, Error, ErrorKind};
 use ember_runtime::proto::{FrameError, MAX_FRAME};
-use ember_tests::tasks::{cpu_only, fails, runner, spin, spread_runner};
+use ember_tests::tasks::{claim, cpu_only, fails, runner, spin, spread_runner};
 use ember_tests::{until, within, TestCluster, WorkerSpec};
 
 /// Runs `n` tasks one after another and returns where each ran.
@@ -122,4 +122,42 @@ async fn a_drain_takes_a_lease_back_and_the_next_task_runs_elsewhere() {
         .expect("runs elsewhere");
     assert_ne!(next_node, first_node, "not on the drained node");
     assert_ne!(next_thread, thread);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_amid_a_burst_of_short_tasks_runs_each_exactly_once() {
+    let (_tc, cluster) = TestCluster::with_workers(&[WorkerSpec::cpu(), WorkerSpec::cpu()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |i: usize| dir.path().join(i.to_string()).display().to_string();
+    // A few in a row teach the client that these tasks are short, so the burst is pipelined:
+    // several tasks are queued on each lease when the drain comes.
+    let mut first_node = String::new();
+    for i in 0..20 {
+        first_node = within("a claim", cluster.run(claim::remote(path(i), 200)))
+            .await
+            .expect("runs");
+    }
+    const BURST: usize = 3000;
+    let burst: Vec<_> = (20..20 + BURST)
+        .map(|i| cluster.submit(claim::remote(path(i), 200)))
+        .collect();
+    let burst = tokio::spawn(futures::future::join_all(burst));
+    let claimed = || std::fs::read_dir(dir.path()).map_or(0, |d| d.count());
+    until("a tenth of the burst ran", || async {
+        claimed() >= 20 + BURST / 10
+    })
+    .await;
+    let node = first_node.parse().expect("a node id");
+    within("drain", cluster.drain(node, Duration::from_secs(5)))
+        .await
+        .expect("drain");
+    let results = within("the burst", burst).await.expect("joined");
+    let mut after_drain = 0;
+    for result in results {
+        // A task run twice would fail to claim its file.
+        let ran_on = result.expect("each task runs once");
+        after_drain += usize::from(ran_on != first_node);
+    }
+    assert_eq!(claimed(), 20 + BURST, "every task ran");
+    assert!(after_drain > 0, "the burst went on on the other node");
 }

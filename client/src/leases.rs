@@ -17,7 +17,7 @@ use ember_runtime::proto::{
 use tokio::sync::{oneshot, watch};
 
 use crate::cluster::Cluster;
-use crate::lease_pool::{LeasePool, Step, LINGER};
+use crate::lease_pool::{LeasePool, SlotId, Step, LINGER};
 use crate::unix_caller::UnixCaller;
 use crate::Error;
 
@@ -47,13 +47,23 @@ pub(crate) struct Lease {
     caller: LeaseCaller,
     /// This client's side of the lease's stream at the head: finishing it gives the lease back.
     head: quinn::SendStream,
-    /// Set when the head takes the lease back (its node drains) or loses its worker.
-    revoked: Arc<AtomicBool>,
-    /// Becomes true once the head is done with the lease (its stream ended).
-    ended: watch::Receiver<bool>,
+    /// What the head has said of the lease.
+    state: watch::Receiver<LeaseState>,
     /// Set when a task lost the lease's executor: giving it back then asks the head to probe
     /// its worker.
     lost: AtomicBool,
+}
+
+/// What the head has said of a lease, on the lease's stream.
+#[derive(Clone, Copy, Debug, Default)]
+struct LeaseState {
+    /// The lease takes no more tasks: the head took it back or lost its worker.
+    revoked: bool,
+    /// The head took it back (its node drains). Its executor sent the replies of the tasks it
+    /// ran before closing, so a task it left without a reply did not run.
+    taken_back: bool,
+    /// The head is done with the lease: its stream ended.
+    ended: bool,
 }
 
 impl Drop for Lease {
@@ -73,7 +83,7 @@ impl Lease {
             LeaseCaller::Quic(c) => c.close_reason().is_some(),
             LeaseCaller::Unix(u) => u.is_closed(),
         };
-        !closed && !self.revoked.load(Ordering::Acquire)
+        !closed && !self.state.borrow().revoked
     }
 
     async fn run(&self, cluster: &Cluster, task: LeasedTask) -> CallReply {
@@ -96,12 +106,15 @@ impl Lease {
     }
 }
 
+/// A lease as a task holds it: which of its pool's leases, and the lease.
+type Held = (SlotId, Arc<Lease>);
+
 /// The leases of one kind, and the tasks waiting for one.
 struct Pool {
     name: String,
     placement: Placement,
     policy: LeasePool<Arc<Lease>>,
-    waiters: HashMap<u64, oneshot::Sender<Result<Arc<Lease>, Error>>>,
+    waiters: HashMap<u64, oneshot::Sender<Result<Held, Error>>>,
 }
 
 /// One kind of lease: the task function and its archived needs.
@@ -131,27 +144,34 @@ impl TaskLeases {
         let mut retries = 0u32;
         let mut lost: Option<RemoteError> = None;
         loop {
-            let outcome = match self.acquire(cluster, &kind, &task).await {
-                Ok(lease) => {
+            let outcome = match self.acquire(cluster, &kind, &task, reusable).await {
+                Ok((slot, lease)) => {
                     let sent = LeasedTask {
                         lease: lease.grant.lease,
                         name: task.name.clone(),
                         args: task.args.clone(),
                     };
-                    let reply = lease.run(cluster, sent).await;
+                    let mut reply = lease.run(cluster, sent).await;
                     let lost = matches!(&reply, Err(e) if e.kind == ErrorKind::WorkerDied);
                     let keep = reusable
                         && !lost
                         && !matches!(&reply, Err(e) if e.kind == ErrorKind::Moved);
-                    let mut ended = lease.ended.clone();
+                    let mut state = lease.state.clone();
                     if lost {
                         lease.lost.store(true, Ordering::Release);
                     }
-                    self.finished(cluster, &kind, lease, keep);
+                    self.finished(cluster, &kind, slot, lease, keep);
                     if lost {
                         // Before running it again, let the head close the lost lease: that
                         // probes its worker, so a dead one is gone before the next placement.
-                        let _ = tokio::time::timeout(HEAD_CLOSE_WAIT, ended.wait_for(|e| *e)).await;
+                        let ended = state.wait_for(|s| s.ended);
+                        let _ = tokio::time::timeout(HEAD_CLOSE_WAIT, ended).await;
+                        if state.borrow().taken_back {
+                            reply = Err(RemoteError::new(
+                                ErrorKind::Moved,
+                                "its lease was taken back before the task ran",
+                            ));
+                        }
                     }
                     reply.map_err(Error::Remote)
                 }
@@ -194,13 +214,15 @@ impl TaskLeases {
         }
     }
 
-    /// A usable lease of `kind`: an idle one, or one the head grants.
+    /// A usable lease of `kind` with room for the task: one held, or one the head grants.
+    /// `reusable` is false when each lease of this kind runs one task only.
     async fn acquire(
         self: &Arc<Self>,
         cluster: &Cluster,
         kind: &Kind,
         task: &TaskRun,
-    ) -> Result<Arc<Lease>, Error> {
+        reusable: bool,
+    ) -> Result<Held, Error> {
         self.start_reaper();
         loop {
             let waiter = self.next_waiter.fetch_add(1, Ordering::Relaxed);
@@ -213,37 +235,46 @@ impl TaskLeases {
                     let pool = Pool {
                         name: task.name.clone(),
                         placement: task.placement.clone(),
-                        policy: LeasePool::default(),
+                        policy: LeasePool::new(reusable),
                         waiters: HashMap::new(),
                     };
                     pools.insert(kind.clone(), pool);
                 }
                 let pool = pools.get_mut(kind).expect("inserted above");
                 pool.waiters.insert(waiter, tx);
-                let steps = pool.policy.want(waiter);
+                let steps = pool.policy.want(waiter, Instant::now());
                 self.carry_out(&mut pools, cluster, kind, steps, None);
             }
-            let lease = rx.await.map_err(|_| {
+            let (slot, lease) = rx.await.map_err(|_| {
                 Error::Remote(RemoteError::new(
                     ErrorKind::Internal,
                     "the task's lease request was dropped",
                 ))
             })??;
             if lease.usable() {
-                return Ok(lease);
+                return Ok((slot, lease));
             }
-            self.finished(cluster, kind, lease, false);
+            self.finished(cluster, kind, slot, lease, false);
         }
     }
 
-    /// A task is done with its lease; an unusable one is dropped (given back).
-    fn finished(self: &Arc<Self>, cluster: &Cluster, kind: &Kind, lease: Arc<Lease>, keep: bool) {
+    /// A task is done with its lease; an unusable one is dropped (given back once no task
+    /// holds it).
+    fn finished(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        kind: &Kind,
+        slot: SlotId,
+        lease: Arc<Lease>,
+        keep: bool,
+    ) {
         let mut pools = lock(&self.pools);
         let Some(pool) = pools.get_mut(kind) else {
             return;
         };
         let keep = keep && lease.usable();
-        let steps = pool.policy.finished(lease, keep, Instant::now());
+        drop(lease);
+        let steps = pool.policy.finished(slot, keep, Instant::now());
         self.carry_out(&mut pools, cluster, kind, steps, None);
     }
 
@@ -264,15 +295,19 @@ impl TaskLeases {
                 return;
             };
             match step {
-                Step::Run { waiter, lease } => {
+                Step::Run {
+                    waiter,
+                    slot,
+                    lease,
+                } => {
                     let sent = match pool.waiters.remove(&waiter) {
-                        Some(tx) => tx.send(Ok(lease)),
-                        None => Err(Ok(lease)),
+                        Some(tx) => tx.send(Ok((slot, lease))),
+                        None => Err(Ok((slot, lease))),
                     };
-                    if let Err(Ok(lease)) = sent {
-                        // That task went away while it waited: the next one gets the lease.
+                    if let Err(Ok((slot, lease))) = sent {
+                        // That task went away while it waited: the next one gets the room.
                         let keep = lease.usable();
-                        steps.extend(pool.policy.finished(lease, keep, Instant::now()));
+                        steps.extend(pool.policy.finished(slot, keep, Instant::now()));
                     }
                 }
                 Step::Fail { waiter } => {
@@ -316,7 +351,7 @@ impl TaskLeases {
         };
         let (steps, refusal) = match granted {
             Ok(lease) => (pool.policy.granted(Arc::new(lease), Instant::now()), None),
-            Err(e) => (pool.policy.refused(), Some(e)),
+            Err(e) => (pool.policy.refused(Instant::now()), Some(e)),
         };
         self.carry_out(&mut pools, cluster, kind, steps, refusal);
     }
@@ -376,25 +411,29 @@ impl Cluster {
         } else {
             LeaseCaller::Quic(self.peer(&ep.peer_addr, ep.peer_fingerprint).await?)
         };
-        let revoked = Arc::new(AtomicBool::new(false));
-        let (ended_tx, ended) = watch::channel(false);
-        let flag = revoked.clone();
+        let (state_tx, state) = watch::channel(LeaseState::default());
         tokio::spawn(async move {
             // The head writes nothing more unless it takes the lease back or loses its worker,
             // and ends the stream once the lease is closed on the worker.
-            if let Ok(Some(_)) = read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await {
-                flag.store(true, Ordering::Release);
+            if let Ok(Some(word)) = read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await {
+                let taken_back =
+                    matches!(word, ClientReply::Error(e) if e.kind == ErrorKind::Moved);
+                state_tx.send_modify(|s| {
+                    s.revoked = true;
+                    s.taken_back = taken_back;
+                });
                 let _ = read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await;
             }
-            flag.store(true, Ordering::Release);
-            let _ = ended_tx.send(true);
+            state_tx.send_modify(|s| {
+                s.revoked = true;
+                s.ended = true;
+            });
         });
         Ok(Lease {
             grant,
             caller,
             head: send,
-            revoked,
-            ended,
+            state,
             lost: AtomicBool::new(false),
         })
     }

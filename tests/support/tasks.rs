@@ -396,3 +396,20 @@ pub fn mark_then_sleep(marker: String, ms: u64) -> Placed {
     std::thread::sleep(Duration::from_millis(ms));
     here()
 }
+
+/// Creates the file `path`, which must not exist yet (so a task run twice fails), then
+/// sleeps `micros` microseconds on one CPU; returns the node it ran on. Never run again after
+/// a loss: a task told its worker died when it did not run fails the test that uses it.
+#[ember::task(cpus = 1, max_retries = 0)]
+pub fn claim(path: String, micros: u64) -> Result<String, String> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| format!("cannot claim {path}: {e}"))?;
+    std::thread::sleep(Duration::from_micros(micros));
+    Ok(ember::context()
+        .expect("runs inside Ember")
+        .node
+        .to_string())
+}

@@ -385,7 +385,7 @@ fn run_actor(
                     if let Ok((stream, _)) = accepted {
                         let (token, core) = (token.clone(), core.clone());
                         tokio::task::spawn_local(async move {
-                            local_socket::serve(&token, stream, async |c: LocalCall| LocalReply {
+                            local_socket::serve(&token, stream, std::future::pending(), async |c: LocalCall| LocalReply {
                                 id: c.id,
                                 reply: core.handle(c.call).await,
                             })

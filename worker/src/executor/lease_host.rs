@@ -3,7 +3,9 @@
 //! arrive on the lease's own Unix socket, served by that thread, and run inline with no
 //! hand-off; tasks from elsewhere arrive on the executor's QUIC endpoint (opened with the first
 //! lease, served by the main thread) and are passed to the lease's thread. Both paths check the
-//! cluster token first.
+//! cluster token first. A caller may send several tasks before the first ends (pipelining):
+//! they queue and run in order. A lease closed with tasks queued sends the replies of those
+//! it ran and runs no more; a task left without a reply did not run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,13 +20,16 @@ use ember_runtime::proto::{
 use ember_runtime::resources::Allocation;
 use ember_runtime::security::{server_config, Fingerprint, Identity};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::{mpsc, oneshot, watch, OnceCell};
 
 use super::actor_host::greet;
 use super::guarded::guarded;
 use super::local_socket;
 use crate::context::{self, GpuKind, TaskContext};
 use crate::registry;
+
+/// How long a closing lease waits for its local callers to take their last replies.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A task that arrived over QUIC, on its way to its lease's thread.
 struct Remote {
@@ -245,6 +250,8 @@ impl LeaseThread {
                 }
             };
             let _ = bound.send(Ok(()));
+            let (closing, closed) = watch::channel(false);
+            let mut callers = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     biased;
@@ -258,16 +265,26 @@ impl LeaseThread {
                     accepted = listener.accept() => {
                         if let Ok((stream, _)) = accepted {
                             let lease = this.clone();
-                            tokio::task::spawn_local(async move {
-                                local_socket::serve(&lease.token.clone(), stream, async |t: LocalTask| {
-                                    LocalReply { id: t.id, reply: lease.run_task(t.task) }
-                                })
-                                .await;
+                            let mut closed = closed.clone();
+                            let closing = async move {
+                                let _ = closed.wait_for(|c| *c).await;
+                            };
+                            callers.spawn_local(async move {
+                                let answer = async |t: LocalTask| LocalReply {
+                                    id: t.id,
+                                    reply: lease.run_task(t.task),
+                                };
+                                local_socket::serve(&lease.token, stream, closing, answer).await;
                             });
                         }
                     }
                 }
             }
+            // Tasks already run have their replies sent; those still queued do not run.
+            // Bounded, for a caller that stopped reading its replies.
+            let _ = closing.send(true);
+            let drained = async { while callers.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(CLOSE_WAIT, drained).await;
         });
         // Dropping the runtime ends the local callers' connections.
         let _ = std::fs::remove_file(&this.socket);

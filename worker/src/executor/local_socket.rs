@@ -1,6 +1,12 @@
 //! Serving one caller on a same-machine Unix socket, for an actor or a task lease: its hello,
 //! then requests sharing the stream, each answered in order. Replies are flushed when no
 //! further request is already buffered, so a pipelined batch is answered with few writes.
+//! When the owner closes (a task lease taken back or given back), the replies of the requests
+//! already answered go out before the socket closes, and no further request is run: a caller
+//! left without a reply knows its request did not run.
+
+use std::future::Future;
+use std::time::Duration;
 
 use ember_runtime::proto::{read_frame, write_frame, LocalReply, Wire, MAX_FRAME};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -8,11 +14,15 @@ use tokio::net::UnixStream;
 
 use super::actor_host::greet;
 
-/// Serves `stream` until the caller closes it or sends a malformed frame; `answer` turns each
-/// request into its reply.
+/// How long a closing socket waits for its caller to take the last replies.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(1);
+
+/// Serves `stream` until the caller closes it, sends a malformed frame, or `closing`
+/// completes; `answer` turns each request into its reply.
 pub(super) async fn serve<Req: Wire>(
     token: &str,
     stream: UnixStream,
+    closing: impl Future<Output = ()>,
     mut answer: impl AsyncFnMut(Req) -> LocalReply,
 ) {
     let (rd, wr) = stream.into_split();
@@ -21,8 +31,14 @@ pub(super) async fn serve<Req: Wire>(
     if !greet(token, &mut rd, &mut wr).await {
         return;
     }
+    tokio::pin!(closing);
     loop {
-        let reply = match read_frame::<_, Req>(&mut rd, MAX_FRAME).await {
+        let request = tokio::select! {
+            biased;
+            () = &mut closing => break,
+            request = read_frame::<_, Req>(&mut rd, MAX_FRAME) => request,
+        };
+        let reply = match request {
             Ok(Some(request)) => answer(request).await,
             Ok(None) => return,
             Err(e) => {
@@ -37,4 +53,6 @@ pub(super) async fn serve<Req: Wire>(
             return;
         }
     }
+    // Closing: what was answered goes out; what was not is not run.
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, wr.flush()).await;
 }
