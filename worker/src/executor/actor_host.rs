@@ -21,7 +21,7 @@ use ember_runtime::ids::ActorId;
 use ember_runtime::proto::{
     decode, encode, read_frame, write_frame, ActorCall, ActorEndpoints, CallReply,
     CheckpointPolicy, CheckpointSave, ErrorKind, Hello, LocalCall, LocalReply, PeerHello,
-    RemoteError, Welcome, CHECKPOINT_METHOD, MAX_FRAME,
+    RemoteError, Welcome, CHECKPOINT_METHOD,
 };
 use ember_runtime::security::{server_config, token_matches, Identity, HELLO_LIMIT};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -32,6 +32,7 @@ use super::checkpoint::{serve_saves, CheckpointImage, ReplyLog, SaveJob};
 use super::guarded::{call_error, guarded, panic_message};
 use super::head_link::{HeadAddress, HeadLink};
 use super::local_socket;
+use super::quic_call;
 use crate::collective::link::Via;
 use crate::collective::mesh;
 use crate::registry::{self, ActorInstance, CallError};
@@ -523,32 +524,20 @@ async fn serve_quic_caller(
         return;
     }
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_quic_call(actor, jobs.clone(), send, recv));
+        let jobs = jobs.clone();
+        tokio::spawn(quic_call::answer_stream(
+            send,
+            recv,
+            "call",
+            async move |call: ActorCall| {
+                let (tx, rx) = oneshot::channel();
+                match jobs.send(Job::Call { call, reply: tx }) {
+                    Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(actor))),
+                    Err(_) => Err(gone(actor)),
+                }
+            },
+        ));
     }
-}
-
-async fn serve_quic_call(
-    actor: ActorId,
-    jobs: mpsc::UnboundedSender<Job>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let reply: CallReply = match read_frame::<_, ActorCall>(&mut recv, MAX_FRAME).await {
-        Ok(Some(call)) => {
-            let (tx, rx) = oneshot::channel();
-            match jobs.send(Job::Call { call, reply: tx }) {
-                Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(actor))),
-                Err(_) => Err(gone(actor)),
-            }
-        }
-        Ok(None) => return,
-        Err(e) => Err(RemoteError::new(
-            ErrorKind::BadRequest,
-            format!("bad call: {e}"),
-        )),
-    };
-    let _ = write_frame(&mut send, &reply).await;
-    let _ = send.finish();
 }
 
 fn gone(actor: ActorId) -> RemoteError {

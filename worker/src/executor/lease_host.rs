@@ -14,8 +14,7 @@ use dashmap::DashMap;
 use ember_runtime::host::host_id;
 use ember_runtime::ids::{LeaseId, NodeId};
 use ember_runtime::proto::{
-    read_frame, write_frame, CallReply, ErrorKind, LeaseEndpoints, LeasedTask, LocalReply,
-    LocalTask, RemoteError, MAX_FRAME,
+    CallReply, ErrorKind, LeaseEndpoints, LeasedTask, LocalReply, LocalTask, RemoteError,
 };
 use ember_runtime::resources::Allocation;
 use ember_runtime::security::{server_config, Fingerprint, Identity};
@@ -25,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch, OnceCell};
 use super::actor_host::greet;
 use super::guarded::guarded;
 use super::local_socket;
+use super::quic_call;
 use crate::context::{self, GpuKind, TaskContext};
 use crate::registry;
 
@@ -184,31 +184,25 @@ async fn serve_quic_caller(
         conn.close(1u32.into(), b"refused");
         return;
     }
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+    while let Ok((send, recv)) = conn.accept_bi().await {
         let open = open.clone();
-        tokio::spawn(async move {
-            let reply = match read_frame::<_, LeasedTask>(&mut recv, MAX_FRAME).await {
-                Ok(Some(task)) => {
-                    let lease = task.lease;
-                    let (tx, rx) = oneshot::channel();
-                    let sent = open
-                        .get(&lease)
-                        .is_some_and(|o| o.remote.send(Remote { task, reply: tx }).is_ok());
-                    if sent {
-                        rx.await.unwrap_or_else(|_| Err(not_open(lease)))
-                    } else {
-                        Err(not_open(lease))
-                    }
+        tokio::spawn(quic_call::answer_stream(
+            send,
+            recv,
+            "task",
+            async move |task: LeasedTask| {
+                let lease = task.lease;
+                let (tx, rx) = oneshot::channel();
+                let sent = open
+                    .get(&lease)
+                    .is_some_and(|o| o.remote.send(Remote { task, reply: tx }).is_ok());
+                if sent {
+                    rx.await.unwrap_or_else(|_| Err(not_open(lease)))
+                } else {
+                    Err(not_open(lease))
                 }
-                Ok(None) => return,
-                Err(e) => Err(RemoteError::new(
-                    ErrorKind::BadRequest,
-                    format!("bad task: {e}"),
-                )),
-            };
-            let _ = write_frame(&mut send, &reply).await;
-            let _ = send.finish();
-        });
+            },
+        ));
     }
 }
 

@@ -14,6 +14,7 @@ mod local_socket;
 mod pool;
 mod process;
 mod protocol;
+mod quic_call;
 
 pub(crate) use head_link::HeadLink;
 pub(crate) use pool::ExecutorPool;
