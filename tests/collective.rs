@@ -210,14 +210,25 @@ async fn three_ranks_broadcast_gather_scatter_and_meet_at_barriers() {
         check_reference_dyn("f64", &out[0], n, ReduceOp::Sum, "three ranks");
     }
 
-    // A buffer on each actor's device (the CPU backend here) gives the host path's bits.
-    let calls = ms
-        .iter()
-        .map(|m| m.allreduce_on_device("three".into(), 70_001));
-    let on_device = within("allreduce on device", futures::future::join_all(calls)).await;
-    let on_host = allreduce_all(&ms, "three", "f32", "sum", 70_001).await;
-    for (r, got) in on_device.into_iter().enumerate() {
-        assert_eq!(got.expect("device allreduce"), on_host[0], "rank {r}");
+    // A buffer on each actor's device (the CPU backend here), reduced on the device, gives
+    // the host path's bits: through shared memory (large) and recursive doubling (small).
+    for (dtype, op, len) in [
+        ("f32", "sum", 70_001),
+        ("f16", "mean", 1_001),
+        ("bf16", "max", 70_001),
+    ] {
+        let calls = ms
+            .iter()
+            .map(|m| m.allreduce_on_device("three".into(), dtype.into(), op.into(), len));
+        let on_device = within("allreduce on device", futures::future::join_all(calls)).await;
+        let on_host = allreduce_all(&ms, "three", dtype, op, len as usize).await;
+        for (r, got) in on_device.into_iter().enumerate() {
+            assert_eq!(
+                got.expect("device allreduce"),
+                on_host[0],
+                "{op} of {dtype}: rank {r}"
+            );
+        }
     }
 
     for (root, len) in [(0usize, 10usize), (2, 300_000)] {

@@ -2,12 +2,7 @@
 //
 // Each element is one IEEE operation with round-to-nearest (`fmaf`, `__fadd_rn`,
 // `__fmul_rn`: the compiler may not contract or reorder them), so the results equal the CPU
-// references in `src/reference/` bit for bit. Grid-stride loops: any grid covers any `n`.
-
-#define EMBER_GRID_STRIDE_LOOP(i, n)                                              \
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; \
-         i < (unsigned long long)(n);                                             \
-         i += (unsigned long long)blockDim.x * gridDim.x)
+// references in `src/reference/` bit for bit. Grid-stride loops (grid_stride.cuh).
 
 // y <- a * x + y
 extern "C" __global__ void axpy_f32(float a, const float *x, float *y, unsigned int n) {

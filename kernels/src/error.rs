@@ -82,6 +82,16 @@ pub enum KernelError {
         /// The kernel.
         kernel: &'static str,
     },
+    /// A range of a buffer reaches past its end: stay within the buffer.
+    #[error("{what} reaches element {end} of a {len}-element buffer")]
+    OutOfBounds {
+        /// What the range is for, e.g. `"write"`.
+        what: &'static str,
+        /// The end of the range.
+        end: usize,
+        /// The buffer's length.
+        len: usize,
+    },
     /// A buffer was downloaded as an element type it does not hold.
     #[error("buffer holds {actual}, not {requested}")]
     ElementType {

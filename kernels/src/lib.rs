@@ -37,7 +37,7 @@ pub mod sources;
 
 pub use arg_kind::ArgKind;
 pub use device::{
-    Backend, Buffer, BufferId, Device, Element, ElementSlice, ElementType, ElementVec, KernelArg,
-    LaunchGeometry, UserKernel,
+    Backend, Buffer, BufferId, Device, Element, ElementSlice, ElementSliceMut, ElementType,
+    ElementVec, KernelArg, LaunchGeometry, UserKernel,
 };
 pub use error::KernelError;

@@ -3,7 +3,7 @@
 /// One CUDA C translation unit that NVRTC compiles into one module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CudaSource {
-    /// `cuda/elementwise.cu`: `axpy`, `add`, `mul`, `scale`.
+    /// `cuda/elementwise.cu` (after `cuda/grid_stride.cuh`): `axpy`, `add`, `mul`, `scale`.
     Elementwise,
     /// `cuda/reduce.cu` (after `cuda/block_tree.cuh`): fixed-order `sum` and `max`.
     Reduce,
@@ -11,15 +11,19 @@ pub enum CudaSource {
     Softmax,
     /// `cuda/matmul_tiled.cu`: the hand-written shared-memory f32 matmul.
     MatmulTiled,
+    /// `cuda/combine.cu` (after `cuda/grid_stride.cuh`): the element-wise combining and
+    /// division of collective operations, on f32, f16 and bf16.
+    Combine,
 }
 
 impl CudaSource {
     /// Every source, in a fixed order.
-    pub const ALL: [CudaSource; 4] = [
+    pub const ALL: [CudaSource; 5] = [
         CudaSource::Elementwise,
         CudaSource::Reduce,
         CudaSource::Softmax,
         CudaSource::MatmulTiled,
+        CudaSource::Combine,
     ];
 
     /// The file the source comes from, e.g. `elementwise.cu`.
@@ -29,13 +33,17 @@ impl CudaSource {
             CudaSource::Reduce => "reduce.cu",
             CudaSource::Softmax => "softmax.cu",
             CudaSource::MatmulTiled => "matmul_tiled.cu",
+            CudaSource::Combine => "combine.cu",
         }
     }
 
     /// The full text NVRTC compiles (shared headers prepended, as NVRTC gets no include path).
     pub fn text(self) -> &'static str {
         match self {
-            CudaSource::Elementwise => include_str!("../cuda/elementwise.cu"),
+            CudaSource::Elementwise => concat!(
+                include_str!("../cuda/grid_stride.cuh"),
+                include_str!("../cuda/elementwise.cu")
+            ),
             CudaSource::Reduce => concat!(
                 include_str!("../cuda/block_tree.cuh"),
                 include_str!("../cuda/reduce.cu")
@@ -45,6 +53,10 @@ impl CudaSource {
                 include_str!("../cuda/softmax.cu")
             ),
             CudaSource::MatmulTiled => include_str!("../cuda/matmul_tiled.cu"),
+            CudaSource::Combine => concat!(
+                include_str!("../cuda/grid_stride.cuh"),
+                include_str!("../cuda/combine.cu")
+            ),
         }
     }
 }

@@ -349,3 +349,71 @@ fn device_handles_can_be_shared_across_threads() {
         handle.join().unwrap();
     }
 }
+
+#[test]
+fn combining_on_the_cpu_backend_gives_the_reference_bits() {
+    let device = Device::cpu();
+    for (seed, n) in [0, 1, 7, 1000, 65_537].into_iter().enumerate() {
+        common::combining::check_combining(&device, n, seed as u64);
+    }
+    common::combining::check_partial_copies(&device);
+}
+
+#[test]
+fn combining_refuses_what_it_cannot_do_with_a_typed_error() {
+    use ember_kernels::reference::{CombineOp, Operands};
+    let device = Device::cpu();
+    let four = device.upload(&[1.0f32; 4]).unwrap();
+    let other = device.upload(&[1.0f32; 4]).unwrap();
+    let halves = device.upload(&[f16::ONE; 4]).unwrap();
+    let sum = |acc, incoming, len| {
+        device.combine(
+            CombineOp::Sum,
+            Operands::AccumulatorFirst,
+            acc,
+            incoming,
+            len,
+        )
+    };
+    assert_eq!(
+        sum(&four, &four, 4),
+        Err(KernelError::AliasedOutput { kernel: "combine" })
+    );
+    assert_eq!(
+        sum(&four, &halves, 4),
+        Err(KernelError::ElementType {
+            requested: "f16",
+            actual: "f32"
+        })
+    );
+    assert!(matches!(
+        sum(&four, &other, 5),
+        Err(KernelError::OutOfBounds { end: 5, len: 4, .. })
+    ));
+    assert!(matches!(
+        device.write(&four, 3, &[1.0f32, 2.0]),
+        Err(KernelError::OutOfBounds { end: 5, len: 4, .. })
+    ));
+    assert!(matches!(
+        device.read_into(&four, usize::MAX, &mut [0.0f32]),
+        Err(KernelError::OutOfBounds { .. })
+    ));
+    assert_eq!(
+        device.write(&four, 0, &[f16::ONE]),
+        Err(KernelError::ElementType {
+            requested: "f16",
+            actual: "f32"
+        })
+    );
+    let foreign = Device::cpu().upload(&[1.0f32; 4]).unwrap();
+    assert!(matches!(
+        sum(&four, &foreign, 4),
+        Err(KernelError::ForeignBuffer { .. })
+    ));
+    assert!(matches!(
+        device.divide(&foreign, 4, 2),
+        Err(KernelError::ForeignBuffer { .. })
+    ));
+    // Nothing refused touched the buffer.
+    assert_eq!(device.download::<f32>(&four).unwrap(), [1.0; 4]);
+}

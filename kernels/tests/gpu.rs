@@ -200,3 +200,17 @@ fn gpu_oversized_allocations_are_refused_and_the_device_goes_on() {
         Err(KernelError::MemoryLimit { .. })
     ));
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_combining_gives_the_reference_bits() {
+    let cache = tempfile::tempdir().unwrap();
+    let device = gpu(&cache);
+    for (seed, n) in [0, 1, 255, 256, 257, 100_003, 1 << 22]
+        .into_iter()
+        .enumerate()
+    {
+        common::combining::check_combining(&device, n, seed as u64);
+    }
+    common::combining::check_partial_copies(&device);
+}

@@ -126,6 +126,22 @@ fn allreduce_as<T: Sample>(name: &str, op: ReduceOp, len: usize) -> Result<Vec<u
     Ok(bytes(&buf))
 }
 
+fn allreduce_on_device_as<T: Sample + ember::kernels::Element>(
+    name: &str,
+    op: ReduceOp,
+    len: usize,
+) -> Result<Vec<u8>, String> {
+    let g = group(name)?;
+    let device = ember::device().ok_or("no device handle")?;
+    let buffer = device
+        .upload(&inputs::<T>(g.rank(), len, op))
+        .map_err(|e| e.to_string())?;
+    g.allreduce_device::<T>(&device, &buffer, op)
+        .map_err(|e| e.to_string())?;
+    let out = device.download::<T>(&buffer).map_err(|e| e.to_string())?;
+    Ok(bytes(&out))
+}
+
 fn broadcast_as<T: Sample>(name: &str, root: usize, len: usize) -> Result<Vec<u8>, String> {
     let g = group(name)?;
     let mut buf = inputs::<T>(g.rank(), len, ReduceOp::Sum);
@@ -218,17 +234,23 @@ impl Member {
         Ok(out)
     }
 
-    /// All-reduces this rank's f32 inputs from a buffer on its device (staged through host
-    /// memory); the result's bytes.
-    pub fn allreduce_on_device(&mut self, name: String, len: u64) -> Result<Vec<u8>, String> {
-        let g = group(&name)?;
-        let device = ember::device().ok_or("no device handle")?;
-        let input = inputs::<f32>(g.rank(), len as usize, ReduceOp::Sum);
-        let mut buffer = device.upload(&input).map_err(|e| e.to_string())?;
-        g.allreduce_device::<f32>(&device, &mut buffer, ReduceOp::Sum)
-            .map_err(|e| e.to_string())?;
-        let out = device.download::<f32>(&buffer).map_err(|e| e.to_string())?;
-        Ok(bytes(&out))
+    /// All-reduces this rank's inputs (f32, f16 or bf16) from a buffer on its device,
+    /// reduced on the device; the result's bytes.
+    pub fn allreduce_on_device(
+        &mut self,
+        name: String,
+        dtype: String,
+        op: String,
+        len: u64,
+    ) -> Result<Vec<u8>, String> {
+        let op = reduce_op(&op)?;
+        let (name, len) = (name.as_str(), len as usize);
+        match dtype.as_str() {
+            "f32" => allreduce_on_device_as::<f32>(name, op, len),
+            "f16" => allreduce_on_device_as::<half::f16>(name, op, len),
+            "bf16" => allreduce_on_device_as::<half::bf16>(name, op, len),
+            other => Err(format!("no device buffers of `{other}`")),
+        }
     }
 
     /// Sleeps `ms` milliseconds, then all-reduces like [`Member::allreduce`] (f32 sum): a

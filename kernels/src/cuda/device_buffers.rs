@@ -15,7 +15,7 @@ pub(crate) enum CudaData {
 }
 
 impl CudaData {
-    fn element_name(&self) -> &'static str {
+    pub(crate) fn element_name(&self) -> &'static str {
         match self {
             CudaData::F32(_) => "f32",
             CudaData::F16(_) => "f16",

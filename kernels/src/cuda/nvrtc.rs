@@ -102,6 +102,11 @@ mod tests {
                 .compile(&request(source.file_name(), source.text(), &options))
                 .unwrap_or_else(|error| panic!("{}: {error}", source.file_name()));
             assert!(ptx.contains(".visible .entry"), "{}", source.file_name());
+            if source == CudaSource::Combine {
+                for entry in super::super::combine::every_entry() {
+                    assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
+                }
+            }
         }
     }
 

@@ -11,9 +11,9 @@ use crate::KernelError;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 /// Threads per block of the element-wise kernels.
-const ELEMENTWISE_THREADS: u32 = 256;
+pub(super) const ELEMENTWISE_THREADS: u32 = 256;
 /// Blocks at most in one element-wise or softmax launch (the kernels grid-stride past it).
-const MAX_GRID_BLOCKS: u32 = 1 << 20;
+pub(super) const MAX_GRID_BLOCKS: u32 = 1 << 20;
 /// Side of the tiled matmul's square tile (`EMBER_TILE` in `matmul_tiled.cu`).
 const MATMUL_TILE: u32 = 16;
 /// Elements one reduction block reduces.

@@ -1,7 +1,8 @@
 //! The CPU backend: buffers in host memory, every kernel run by its CPU reference.
 
 use super::buffer::BufferId;
-use super::element::{Element, ElementSlice, ElementType, ElementVec};
+use super::combine::{Combining, Step};
+use super::element::{Element, ElementSlice, ElementSliceMut, ElementType, ElementVec};
 use super::operation::{Elementwise, MatmulEngine, Operation, Reduction};
 use crate::reference;
 use crate::KernelError;
@@ -100,6 +101,89 @@ impl CpuBackend {
                 }),
             },
         }
+    }
+}
+
+impl CpuBackend {
+    pub(crate) fn write(
+        &self,
+        id: BufferId,
+        at: usize,
+        data: ElementSlice<'_>,
+    ) -> Result<(), KernelError> {
+        let mut buffers = self.buffers();
+        let target = buffers
+            .get_mut(&id)
+            .ok_or(KernelError::ForeignBuffer { id: id.0 })?;
+        let element = target.element();
+        match (target, data) {
+            (ElementVec::F32(t), ElementSlice::F32(d)) => t[at..at + d.len()].copy_from_slice(d),
+            (ElementVec::F16(t), ElementSlice::F16(d)) => t[at..at + d.len()].copy_from_slice(d),
+            (ElementVec::Bf16(t), ElementSlice::Bf16(d)) => t[at..at + d.len()].copy_from_slice(d),
+            (_, d) => return Err(type_error(d.element(), element)),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read_into(
+        &self,
+        id: BufferId,
+        at: usize,
+        out: ElementSliceMut<'_>,
+    ) -> Result<(), KernelError> {
+        let buffers = self.buffers();
+        let source = buffers
+            .get(&id)
+            .ok_or(KernelError::ForeignBuffer { id: id.0 })?;
+        match (source, out) {
+            (ElementVec::F32(s), ElementSliceMut::F32(o)) => {
+                o.copy_from_slice(&s[at..at + o.len()])
+            }
+            (ElementVec::F16(s), ElementSliceMut::F16(o)) => {
+                o.copy_from_slice(&s[at..at + o.len()])
+            }
+            (ElementVec::Bf16(s), ElementSliceMut::Bf16(o)) => {
+                o.copy_from_slice(&s[at..at + o.len()])
+            }
+            (s, o) => return Err(type_error(o.element(), s.element())),
+        }
+        Ok(())
+    }
+
+    /// A checked combine or divide, by [`reference::combine`] and [`reference::divide`].
+    pub(crate) fn combine(&self, combining: &Combining) -> Result<(), KernelError> {
+        fn typed<T: Element>(buffers: &mut Buffers, c: &Combining) -> Result<(), KernelError> {
+            with_output::<T>(buffers, c.acc, |buffers, acc| {
+                let acc = &mut acc[..c.len];
+                match c.step {
+                    Step::Combine {
+                        op,
+                        operands,
+                        incoming,
+                    } => reference::combine(
+                        op,
+                        operands,
+                        acc,
+                        &input::<T>(buffers, incoming)?[..c.len],
+                    ),
+                    Step::Divide { n } => reference::divide(acc, n),
+                }
+                Ok(())
+            })
+        }
+        let mut buffers = self.buffers();
+        match combining.element {
+            ElementType::F32 => typed::<f32>(&mut buffers, combining),
+            ElementType::F16 => typed::<f16>(&mut buffers, combining),
+            ElementType::Bf16 => typed::<bf16>(&mut buffers, combining),
+        }
+    }
+}
+
+fn type_error(requested: ElementType, actual: ElementType) -> KernelError {
+    KernelError::ElementType {
+        requested: requested.name(),
+        actual: actual.name(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The element types a device buffer can hold: f32, f16 and bf16.
 
+use crate::reference::Combinable;
 use crate::{ArgKind, KernelError};
 use half::{bf16, f16};
 
@@ -69,6 +70,42 @@ impl ElementSlice<'_> {
             ElementSlice::F32(v) => v.len(),
             ElementSlice::F16(v) => v.len(),
             ElementSlice::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Borrowed host memory of one element type, for a device to copy into.
+#[derive(Debug)]
+pub enum ElementSliceMut<'a> {
+    /// f32 elements.
+    F32(&'a mut [f32]),
+    /// f16 elements.
+    F16(&'a mut [f16]),
+    /// bf16 elements.
+    Bf16(&'a mut [bf16]),
+}
+
+impl ElementSliceMut<'_> {
+    /// Its element type.
+    pub fn element(&self) -> ElementType {
+        match self {
+            ElementSliceMut::F32(_) => ElementType::F32,
+            ElementSliceMut::F16(_) => ElementType::F16,
+            ElementSliceMut::Bf16(_) => ElementType::Bf16,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            ElementSliceMut::F32(v) => v.len(),
+            ElementSliceMut::F16(v) => v.len(),
+            ElementSliceMut::Bf16(v) => v.len(),
         }
     }
 
@@ -156,11 +193,13 @@ mod sealed {
 }
 
 /// A type a device buffer can hold: `f32`, `half::f16` or `half::bf16`.
-pub trait Element: sealed::Sealed + Copy + Sized + 'static {
+pub trait Element: sealed::Sealed + Combinable + Copy + Sized + 'static {
     /// Its [`ElementType`].
     const TYPE: ElementType;
     /// `data` as an [`ElementSlice`].
     fn slice(data: &[Self]) -> ElementSlice<'_>;
+    /// `data` as an [`ElementSliceMut`].
+    fn slice_mut(data: &mut [Self]) -> ElementSliceMut<'_>;
     /// The elements of `data` when it holds this type.
     fn from_vec(data: ElementVec) -> Option<Vec<Self>>;
     /// The elements of `data` when it holds this type.
@@ -175,6 +214,9 @@ macro_rules! element {
             const TYPE: ElementType = ElementType::$variant;
             fn slice(data: &[Self]) -> ElementSlice<'_> {
                 ElementSlice::$variant(data)
+            }
+            fn slice_mut(data: &mut [Self]) -> ElementSliceMut<'_> {
+                ElementSliceMut::$variant(data)
             }
             fn from_vec(data: ElementVec) -> Option<Vec<Self>> {
                 match data {

@@ -6,6 +6,7 @@
 
 mod arg;
 mod buffer;
+mod combine;
 mod cpu;
 mod element;
 mod memory;
@@ -14,9 +15,10 @@ mod user_kernel;
 
 pub use arg::KernelArg;
 pub use buffer::{Buffer, BufferId};
-pub use element::{Element, ElementSlice, ElementType, ElementVec};
+pub use element::{Element, ElementSlice, ElementSliceMut, ElementType, ElementVec};
 pub use user_kernel::{LaunchGeometry, UserKernel};
 
+pub(crate) use combine::{Combining, Step};
 pub(crate) use operation::{Elementwise, MatmulEngine, Operation, Reduction};
 
 use crate::cache::KernelCache;

@@ -5,12 +5,14 @@
 //! results (the reductions), a stated tolerance elsewhere.
 
 mod axpy;
+mod combine;
 mod elementwise;
 mod matmul;
 mod reduce;
 mod softmax;
 
 pub use axpy::axpy;
+pub use combine::{combine, divide, Combinable, CombineOp, Operands};
 pub use elementwise::{add, mul, scale};
 pub use matmul::{matmul_bf16, matmul_f16, matmul_f32, MatmulShape};
 pub use reduce::{

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+pub(crate) mod combining;
+
 use ember_kernels::reference::{self, MatmulShape};
 use ember_kernels::{Device, KernelArg, KernelError};
 use half::{bf16, f16};
@@ -13,6 +15,10 @@ pub(crate) struct Rng(u64);
 impl Rng {
     pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
     }
 
     fn next_u64(&mut self) -> u64 {

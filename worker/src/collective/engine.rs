@@ -12,7 +12,8 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
 
-use super::element::{divide, reduce, Element};
+use super::combiner::Combine;
+use super::element::Element;
 use super::link::{recv_segment, send_segment, Link, RecvError, Tag, Tx, SEGMENT_BYTES};
 
 /// Why an operation stopped on this rank.
@@ -43,6 +44,9 @@ pub(crate) enum Failure {
     /// The head says the generation is broken (it already knows why).
     #[error("{0}")]
     Head(String),
+    /// The device combining this rank's buffer refused.
+    #[error("the device failed: {0}")]
+    Device(String),
     /// Shared memory could not be set up.
     #[error("shared memory between the ranks on this machine failed: {0}")]
     SharedMemory(String),
@@ -94,12 +98,14 @@ fn segments(len: usize, seg: usize) -> impl Iterator<Item = Range<usize>> {
     (0..count).map(move |i| (i * seg).min(len)..((i + 1) * seg).min(len))
 }
 
-/// Runs `plan` on `buf`. `links` holds a link to every peer the plan names.
+/// Runs `plan` on `buf`, combining with `combiner`. `links` holds a link to every peer the
+/// plan names.
 pub(crate) async fn execute<T: Element>(
     plan: &Plan,
     buf: &mut [T],
     links: &mut HashMap<u32, Link>,
     run: &Run<'_>,
+    combiner: &mut dyn Combine<T>,
 ) -> Result<(), Failure> {
     let mut scratch: Vec<T> = Vec::new();
     let tag = Tag {
@@ -109,7 +115,14 @@ pub(crate) async fn execute<T: Element>(
     for action in &plan.actions {
         match action {
             Action::Exchange { sends, recv } => {
-                exchange(buf, sends, recv.as_ref(), links, tag, run, &mut scratch).await?
+                let step = Step {
+                    links: &mut *links,
+                    tag,
+                    run,
+                    scratch: &mut scratch,
+                    combiner: &mut *combiner,
+                };
+                exchange(buf, sends, recv.as_ref(), step).await?
             }
             Action::Relay { from, to, range } => {
                 relay(
@@ -122,10 +135,19 @@ pub(crate) async fn execute<T: Element>(
                 )
                 .await?
             }
-            Action::Scale { range } => divide(&mut buf[range.clone()], run.size),
+            Action::Scale { range } => combiner.divide(&mut buf[range.clone()], run.size)?,
         }
     }
     Ok(())
+}
+
+/// What a step of the plan works with besides the buffer.
+struct Step<'s, 'r, T> {
+    links: &'s mut HashMap<u32, Link>,
+    tag: Tag,
+    run: &'s Run<'r>,
+    scratch: &'s mut Vec<T>,
+    combiner: &'s mut dyn Combine<T>,
 }
 
 /// The sends (from the buffer as it is) and the receive of one step, at once.
@@ -133,11 +155,15 @@ async fn exchange<T: Element>(
     buf: &mut [T],
     sends: &[Transfer],
     recv: Option<&Receive>,
-    links: &mut HashMap<u32, Link>,
-    tag: Tag,
-    run: &Run<'_>,
-    scratch: &mut Vec<T>,
+    step: Step<'_, '_, T>,
 ) -> Result<(), Failure> {
+    let Step {
+        links,
+        tag,
+        run,
+        scratch,
+        combiner,
+    } = step;
     let recv_peer = recv.map(|r| r.transfer.peer as u32);
     let mut txs: Vec<(u32, &mut Tx)> = Vec::new();
     let mut rx = None;
@@ -161,7 +187,7 @@ async fn exchange<T: Element>(
     match split(buf, &target, sends) {
         Some((into, views)) => {
             let sending = send_views(&views, sends, &mut txs, tag, run);
-            let receiving = receive(rx, into, recv, tag, run, scratch);
+            let receiving = receive(rx, into, recv, tag, run, scratch, combiner);
             let (sent, received) = futures::join!(sending, receiving);
             sent?;
             received
@@ -175,14 +201,16 @@ async fn exchange<T: Element>(
             };
             {
                 let sending = send_all(buf, sends, &mut txs, tag, run);
-                let receiving = receive(rx, &mut incoming, &copy, tag, run, scratch);
+                let receiving = receive(rx, &mut incoming, &copy, tag, run, scratch, combiner);
                 let (sent, received) = futures::join!(sending, receiving);
                 sent?;
                 received?;
             }
             match recv.arrival {
                 Arrival::Copy => buf[target].copy_from_slice(&incoming),
-                Arrival::Reduce(order) => reduce(run.reduce, order, &mut buf[target], &incoming),
+                Arrival::Reduce(order) => {
+                    combiner.combine(run.reduce, order, &mut buf[target], &incoming)?
+                }
             }
             Ok(())
         }
@@ -265,23 +293,24 @@ async fn receive<T: Element>(
     tag: Tag,
     run: &Run<'_>,
     scratch: &mut Vec<T>,
+    combiner: &mut dyn Combine<T>,
 ) -> Result<(), Failure> {
     let peer = recv.transfer.peer as u32;
     let seg = segment_len::<T>();
     for r in segments(into.len(), seg) {
         let target = &mut into[r];
-        let got = match recv.arrival {
-            Arrival::Copy => recv_segment(rx, tag, bytemuck::cast_slice_mut(target)).await,
+        match recv.arrival {
+            Arrival::Copy => recv_segment(rx, tag, bytemuck::cast_slice_mut(target))
+                .await
+                .map_err(|e| failure(peer, e))?,
             Arrival::Reduce(order) => {
                 scratch.resize(target.len(), T::zeroed());
-                let got = recv_segment(rx, tag, bytemuck::cast_slice_mut(scratch)).await;
-                if got.is_ok() {
-                    reduce(run.reduce, order, target, scratch);
-                }
-                got
+                recv_segment(rx, tag, bytemuck::cast_slice_mut(scratch))
+                    .await
+                    .map_err(|e| failure(peer, e))?;
+                combiner.combine(run.reduce, order, target, scratch)?;
             }
-        };
-        got.map_err(|e| failure(peer, e))?;
+        }
     }
     Ok(())
 }

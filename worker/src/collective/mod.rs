@@ -21,6 +21,7 @@
 //! In any case the operation ends at its timeout. A generation in which an operation failed
 //! stays failed; form the group again (the same actors, restarted ones, or others) and retry.
 
+mod combiner;
 mod element;
 mod engine;
 pub(crate) mod link;
@@ -38,6 +39,7 @@ use ember_runtime::proto::{ClientReply, ClientRequest, GroupView, RemoteError};
 pub use element::Element;
 pub use ember_runtime::collective::{DType, ReduceOp};
 
+use combiner::{Combine, Host, OnDevice};
 use engine::{Failure, Run};
 use mesh::Mesh;
 
@@ -203,6 +205,16 @@ impl Group {
         buf: &mut [T],
         op: ReduceOp,
     ) -> Result<(), CollectiveError> {
+        self.allreduce_with(buf, op, &mut Host)
+    }
+
+    /// [`Group::allreduce`], each combination carried out by `combiner`.
+    fn allreduce_with<T: Element>(
+        &self,
+        buf: &mut [T],
+        op: ReduceOp,
+        combiner: &mut dyn Combine<T>,
+    ) -> Result<(), CollectiveError> {
         let plan = schedule::allreduce(
             self.size(),
             self.rank,
@@ -213,19 +225,22 @@ impl Group {
         let sig = [1, T::DTYPE as u64, op as u64, buf.len() as u64];
         if plan.algorithm == Algorithm::Ring && self.mesh.all_local(&self.view) {
             let barrier = schedule::barrier(self.size(), self.rank);
-            return self.run(Body::SharedMemory { barrier: &barrier }, buf, op, &sig);
+            let body = Body::SharedMemory { barrier: &barrier };
+            return self.run(body, buf, op, &sig, combiner);
         }
-        self.run(Body::Plan(&plan), buf, op, &sig)
+        self.run(Body::Plan(&plan), buf, op, &sig, combiner)
     }
 
-    /// [`Group::allreduce`] of a buffer on `device`, staged through host memory: downloaded,
-    /// combined on the host with the same plan (so the same bits as a host buffer), and
-    /// uploaded into a new buffer that replaces `buffer`. The reduction itself runs on the
-    /// host, not on the GPU.
+    /// [`Group::allreduce`] of a buffer on `device`, reduced on the device: the buffer is
+    /// staged through host memory for the transfers between ranks, and every combination
+    /// of the plan runs on `device` with its combining kernels (on a GPU, `cuda/combine.cu`;
+    /// on the CPU backend, their CPU reference). The plan is the host path's and the kernels
+    /// give the host's bits, so every rank ends with the same bits whichever way it
+    /// combines. The result is written back into `buffer`.
     pub fn allreduce_device<T>(
         &self,
         device: &ember_kernels::Device,
-        buffer: &mut ember_kernels::Buffer,
+        buffer: &ember_kernels::Buffer,
         op: ReduceOp,
     ) -> Result<(), CollectiveError>
     where
@@ -233,9 +248,9 @@ impl Group {
     {
         let device_error = |e: ember_kernels::KernelError| CollectiveError::Device(e.to_string());
         let mut host = device.download::<T>(buffer).map_err(device_error)?;
-        self.allreduce(&mut host, op)?;
-        *buffer = device.upload(&host).map_err(device_error)?;
-        Ok(())
+        let mut on_device = OnDevice::new::<T>(device).map_err(device_error)?;
+        self.allreduce_with(&mut host, op, &mut on_device)?;
+        device.write(buffer, 0, &host).map_err(device_error)
     }
 
     /// Combines `buf` across every rank with `op`, leaving each rank only its share of the
@@ -249,7 +264,7 @@ impl Group {
         let n = self.size();
         let plan = schedule::reduce_scatter(n, self.rank, buf.len(), op == ReduceOp::Mean);
         let sig = [2, T::DTYPE as u64, op as u64, buf.len() as u64];
-        self.run(Body::Plan(&plan), buf, op, &sig)?;
+        self.run(Body::Plan(&plan), buf, op, &sig, &mut Host)?;
         Ok(schedule::chunk(buf.len(), n, self.rank))
     }
 
@@ -260,7 +275,7 @@ impl Group {
         out[self.rank * block..(self.rank + 1) * block].copy_from_slice(input);
         let plan = schedule::allgather(self.size(), self.rank, block);
         let sig = [3, T::DTYPE as u64, block as u64];
-        self.run(Body::Plan(&plan), &mut out, ReduceOp::Sum, &sig)?;
+        self.run(Body::Plan(&plan), &mut out, ReduceOp::Sum, &sig, &mut Host)?;
         Ok(out)
     }
 
@@ -280,13 +295,13 @@ impl Group {
             std::mem::size_of::<T>(),
         );
         let sig = [4, T::DTYPE as u64, root as u64, buf.len() as u64];
-        self.run(Body::Plan(&plan), buf, ReduceOp::Sum, &sig)
+        self.run(Body::Plan(&plan), buf, ReduceOp::Sum, &sig, &mut Host)
     }
 
     /// Returns once every rank has called it.
     pub fn barrier(&self) -> Result<(), CollectiveError> {
         let plan = schedule::barrier(self.size(), self.rank);
-        self.run::<i32>(Body::Plan(&plan), &mut [], ReduceOp::Sum, &[5])
+        self.run::<i32>(Body::Plan(&plan), &mut [], ReduceOp::Sum, &[5], &mut Host)
     }
 
     fn broken(&self, reason: String) -> CollectiveError {
@@ -306,6 +321,7 @@ impl Group {
         buf: &mut [T],
         reduce: ReduceOp,
         signature_parts: &[u64],
+        combiner: &mut dyn Combine<T>,
     ) -> Result<(), CollectiveError> {
         let mesh = &self.mesh;
         let (name, generation) = (self.view.name.as_str(), self.view.generation);
@@ -335,9 +351,10 @@ impl Group {
                 .await
                 .map_err(|(peer, reason)| Failure::Link { peer, reason })?;
             match body {
-                Body::Plan(plan) => engine::execute(plan, buf, &mut links, &run).await?,
+                Body::Plan(plan) => engine::execute(plan, buf, &mut links, &run, combiner).await?,
                 Body::SharedMemory { barrier } => {
-                    self.shared_memory_allreduce(buf, barrier, &mut links, &run, deadline)
+                    let links = &mut links;
+                    self.shared_memory_allreduce(buf, barrier, links, &run, deadline, combiner)
                         .await?
                 }
             }
@@ -389,6 +406,7 @@ impl Group {
         links: &mut std::collections::HashMap<u32, link::Link>,
         run: &Run<'_>,
         deadline: Instant,
+        combiner: &mut dyn Combine<T>,
     ) -> Result<(), Failure> {
         let (name, generation) = (self.view.name.as_str(), self.view.generation);
         let mesh = &self.mesh;
@@ -414,7 +432,8 @@ impl Group {
             asking: None,
         };
         let tag = run.tag();
-        segments.allreduce(buf, run.reduce, tag, run.jitter, &mut || watch.check())?;
+        let check = &mut || watch.check();
+        segments.allreduce(buf, run.reduce, tag, run.jitter, check, combiner)?;
         mesh.keep_segments(name, generation, segments);
         Ok(())
     }
@@ -514,7 +533,7 @@ async fn meet(
     links: &mut std::collections::HashMap<u32, link::Link>,
     run: &Run<'_>,
 ) -> Result<(), Failure> {
-    engine::execute::<i32>(barrier, &mut [], links, run).await
+    engine::execute::<i32>(barrier, &mut [], links, run, &mut Host).await
 }
 
 /// What an operation runs: a plan over the links, or the shared-memory allreduce.

@@ -36,7 +36,8 @@ use ember_runtime::collective::ReduceOp;
 use ember_runtime::proto::GroupView;
 use memmap2::{MmapMut, MmapOptions};
 
-use super::element::{divide, reduce, Element};
+use super::combiner::Combine;
+use super::element::Element;
 use super::engine::{jitter_pause, Failure};
 
 /// Bytes of one slot, the most of a buffer that is in flight at once per rank. With two
@@ -243,6 +244,7 @@ impl Segments {
         tag: u64,
         jitter: Option<Duration>,
         check: &mut Check<'_>,
+        combiner: &mut dyn Combine<T>,
     ) -> Result<(), Failure> {
         let blocks = buf.len().div_ceil(block_len::<T>());
         self.op = Op {
@@ -250,7 +252,7 @@ impl Segments {
             end: self.blocks.wrapping_add(blocks as u32),
         };
         self.announce(tag);
-        let result = self.blocks_of(buf, op, jitter, check);
+        let result = self.blocks_of(buf, op, jitter, check, combiner);
         if result.is_err() {
             let own = self.control(self.rank);
             own.abort.0.store(1, Ordering::SeqCst);
@@ -267,6 +269,7 @@ impl Segments {
         op: ReduceOp,
         jitter: Option<Duration>,
         check: &mut Check<'_>,
+        combiner: &mut dyn Combine<T>,
     ) -> Result<(), Failure> {
         let tag = self.op.tag;
         let n = self.maps.len();
@@ -318,10 +321,10 @@ impl Segments {
                 let from = |k: usize| cast::<T>(self.bytes_of((c + k) % n, bytes(part.clone())));
                 dest.copy_from_slice(from(1));
                 for k in 2..=n {
-                    reduce(op, Order::LocalFirst, dest, from(k));
+                    combiner.combine(op, Order::LocalFirst, dest, from(k))?;
                 }
                 if op == ReduceOp::Mean {
-                    divide(dest, n);
+                    combiner.divide(dest, n)?;
                 }
             }
             let reduced = bytemuck::cast_slice(&buf[mine.clone()]);

@@ -136,6 +136,7 @@ impl From<KernelError> for GpuActorError {
             | KernelError::ArgumentKind { .. }
             | KernelError::AliasedOutput { .. }
             | KernelError::ForeignBuffer { .. }
+            | KernelError::OutOfBounds { .. }
             | KernelError::NulInSource { .. }) => GpuActorError::Rejected {
                 message: error.to_string(),
             },
