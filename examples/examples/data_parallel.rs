@@ -1,7 +1,7 @@
 //! Data-parallel training across four actors, each on a GPU of its own: every step, each one
 //! computes the gradient of a linear model on its shard with the kernels crate (matmul and
 //! axpy on its device, the CPU reference where there is no GPU), the group averages the
-//! gradients with an allreduce, and each applies the same update. Midway, one actor's worker
+//! gradients with an allreduce reduced on the devices, and each applies the same update. Midway, one actor's worker
 //! is SIGKILLed: the actor comes back on the spare worker from its checkpoint, the driver
 //! forms the group again and retries the step, and training goes on. At the end every rank
 //! holds bit-for-bit the same weights.
@@ -135,10 +135,16 @@ impl Trainer {
         } else {
             (self.last_grad.clone(), self.last_loss)
         };
-        let mut grad = local.clone();
+        // Averaged on the device: the group's transfers go through host memory, and every
+        // combination runs with the device's combining kernels.
         let group = collective::group("dp").map_err(|e| e.to_string())?;
+        let on_device = self.device.upload(&local).map_err(|e| e.to_string())?;
         group
-            .allreduce(&mut grad, ReduceOp::Mean)
+            .allreduce_device::<f32>(&self.device, &on_device, ReduceOp::Mean)
+            .map_err(|e| e.to_string())?;
+        let grad = self
+            .device
+            .download::<f32>(&on_device)
             .map_err(|e| e.to_string())?;
         if fresh {
             for (w, g) in self.w.iter_mut().zip(&grad) {

@@ -5,8 +5,11 @@
 //!
 //! Each rank is an actor with its own executor process on one local worker, so ranks talk
 //! over the same-machine path (Unix sockets); `--transport quic` makes them use QUIC.
+//! `--on-device` starts from a buffer on each rank's device (a share of the machine's first
+//! GPU each; with `--logical-gpu`, of a logical GPU, so the CPU backend) and reduces it there
+//! with `Group::allreduce_device`.
 //!
-//! Run: `cargo run --release -p ember-benches --bin allreduce -- --ranks 4`
+//! Run: `cargo run --release -p ember-benches --bin allreduce -- --ranks 4 [--on-device]`
 
 use std::time::Instant;
 
@@ -29,23 +32,42 @@ impl BenchRank {
     }
 
     /// Runs `iters` allreduces of `bytes` bytes of f32 in group `name` after two warm-up
-    /// rounds and a barrier; the mean seconds per allreduce.
-    pub fn time_allreduce(&mut self, name: String, bytes: u64, iters: u32) -> Result<f64, String> {
+    /// rounds and a barrier, on a host buffer or (`on_device`) on a buffer on this actor's
+    /// device; the mean seconds per allreduce.
+    pub fn time_allreduce(
+        &mut self,
+        name: String,
+        bytes: u64,
+        iters: u32,
+        on_device: bool,
+    ) -> Result<f64, String> {
         let group = collective::group(&name).map_err(|e| e.to_string())?;
         let mut buf = vec![1.0f32; bytes as usize / 4];
+        let device = ember::device().ok_or("no device handle")?;
+        let buffer = device.upload(&buf).map_err(|e| e.to_string())?;
+        let mut allreduce = || {
+            if on_device {
+                group.allreduce_device::<f32>(&device, &buffer, ReduceOp::Sum)
+            } else {
+                group.allreduce(&mut buf, ReduceOp::Sum)
+            }
+            .map_err(|e| e.to_string())
+        };
         for _ in 0..2 {
-            group
-                .allreduce(&mut buf, ReduceOp::Sum)
-                .map_err(|e| e.to_string())?;
+            allreduce()?;
         }
         group.barrier().map_err(|e| e.to_string())?;
         let start = Instant::now();
         for _ in 0..iters {
-            group
-                .allreduce(&mut buf, ReduceOp::Sum)
-                .map_err(|e| e.to_string())?;
+            allreduce()?;
         }
         Ok(start.elapsed().as_secs_f64() / f64::from(iters))
+    }
+
+    /// The backend of this actor's device, e.g. `cuda:0` or `cpu`.
+    pub fn backend(&mut self) -> Result<String, String> {
+        let device = ember::device().ok_or("no device handle")?;
+        Ok(device.backend().to_string())
     }
 }
 
@@ -67,6 +89,12 @@ struct Args {
     /// Only sizes up to this many bytes.
     #[arg(long, default_value_t = 256 << 20)]
     max_bytes: usize,
+    /// Reduce a buffer on each rank's device (a 1/ranks share of the GPU each) on the device.
+    #[arg(long)]
+    on_device: bool,
+    /// Declare one logical GPU (devices on the CPU backend) instead of finding real ones.
+    #[arg(long)]
+    logical_gpu: bool,
 }
 
 #[ember::main]
@@ -76,11 +104,27 @@ async fn main() -> anyhow::Result<()> {
         // Read by the executors, which inherit this process's environment.
         std::env::set_var("EMBER_COLLECTIVE_TRANSPORT", "quic");
     }
-    let cluster = Cluster::local(LocalOptions::new(1)).await?;
+    let options = match args.logical_gpu {
+        true => LocalOptions::new(1).gpus_per_worker(1),
+        false => LocalOptions::new(1),
+    };
+    let cluster = Cluster::local(options).await?;
+    let share = 1.0 / args.ranks as f64;
     let mut ranks = Vec::new();
     for _ in 0..args.ranks {
-        ranks.push(cluster.spawn(BenchRank::remote()).await?);
+        let rank = if args.on_device {
+            BenchRank::remote().with(|o| o.gpus(share))
+        } else {
+            BenchRank::remote()
+        };
+        ranks.push(cluster.spawn(rank).await?);
     }
+    let label = if args.on_device {
+        let backend = ranks[0].backend().await.map_err(anyhow::Error::msg)?;
+        format!("ember-device({backend})")
+    } else {
+        "ember".to_owned()
+    };
     let refs: Vec<&ember::ActorRef> = ranks.iter().map(|r| r.actor()).collect();
     let name = "bench";
     cluster.form_group(name, &refs).await?;
@@ -89,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         let iters = ((64usize << 20) / size).clamp(3, 200) as u32;
         let calls = ranks
             .iter()
-            .map(|r| r.time_allreduce(name.into(), size as u64, iters));
+            .map(|r| r.time_allreduce(name.into(), size as u64, iters, args.on_device));
         let times = futures::future::join_all(calls).await;
         let rank0 = times
             .into_iter()
@@ -98,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
             .context("rank 0")?;
         let algbw = size as f64 / rank0 / 1e9;
         println!(
-            "ember n={} size={size:>10} B  time={:10.1} us  algbw={algbw:6.3} GB/s  busbw={:6.3} GB/s",
+            "{label} n={} size={size:>10} B  time={:10.1} us  algbw={algbw:6.3} GB/s  busbw={:6.3} GB/s",
             args.ranks,
             rank0 * 1e6,
             algbw * 2.0 * (n - 1.0) / n

@@ -50,8 +50,8 @@ impl<T: Element> Combine<T> for Host {
     }
 }
 
-/// Combines on `device`: each piece of up to a segment's worth of elements is copied into
-/// two device buffers, combined there, and copied back.
+/// Combines on `device`: each piece of up to a segment's worth of elements (or the whole
+/// buffer, when smaller) is copied into two device buffers, combined there, and copied back.
 pub(crate) struct OnDevice<'d> {
     device: &'d Device,
     acc: Buffer,
@@ -59,9 +59,13 @@ pub(crate) struct OnDevice<'d> {
 }
 
 impl<'d> OnDevice<'d> {
-    /// Two staging buffers of a segment's worth of `T` on `device`.
-    pub(crate) fn new<T: ember_kernels::Element>(device: &'d Device) -> Result<Self, KernelError> {
-        let capacity = (SEGMENT_BYTES / std::mem::size_of::<T>()).max(1);
+    /// Two staging buffers on `device` for combining a buffer of `len` elements of `T`.
+    pub(crate) fn new<T: ember_kernels::Element>(
+        device: &'d Device,
+        len: usize,
+    ) -> Result<Self, KernelError> {
+        let segment = SEGMENT_BYTES / std::mem::size_of::<T>();
+        let capacity = segment.min(len).max(1);
         Ok(OnDevice {
             device,
             acc: device.alloc::<T>(capacity)?,
@@ -133,7 +137,7 @@ mod tests {
             Host.combine(op, order, &mut on_host, &incoming).unwrap();
             Combine::<f32>::divide(&mut Host, &mut on_host, 3).unwrap();
             let mut on_device = local.clone();
-            let mut staged = OnDevice::new::<f32>(&device).unwrap();
+            let mut staged = OnDevice::new::<f32>(&device, n).unwrap();
             staged
                 .combine(op, order, &mut on_device, &incoming)
                 .unwrap();
@@ -151,7 +155,7 @@ mod tests {
     #[test]
     fn staging_buffers_count_against_the_device_memory_limit() {
         let device = Device::cpu().with_memory_limit(1024);
-        let refused = OnDevice::new::<f32>(&device).err();
+        let refused = OnDevice::new::<f32>(&device, 1 << 20).err();
         assert!(
             matches!(refused, Some(KernelError::MemoryLimit { .. })),
             "{refused:?}"

@@ -248,7 +248,7 @@ impl Group {
     {
         let device_error = |e: ember_kernels::KernelError| CollectiveError::Device(e.to_string());
         let mut host = device.download::<T>(buffer).map_err(device_error)?;
-        let mut on_device = OnDevice::new::<T>(device).map_err(device_error)?;
+        let mut on_device = OnDevice::new::<T>(device, host.len()).map_err(device_error)?;
         self.allreduce_with(&mut host, op, &mut on_device)?;
         device.write(buffer, 0, &host).map_err(device_error)
     }
