@@ -152,36 +152,29 @@ impl CudaBackend {
             self.buffers
                 .with_output_data(combining.acc, |buffers, acc| {
                     let mut launch = self.stream.launch_builder(&function);
-                    let (incoming_first, divisor);
-                    match (acc, combining.step) {
-                        (CudaData::F32(acc), Step::Combine { incoming, .. }) => {
-                            launch.arg(acc).arg(buffers.f32(incoming)?);
-                        }
-                        (CudaData::F16(acc), Step::Combine { incoming, .. }) => {
-                            launch.arg(acc).arg(buffers.f16(incoming)?);
-                        }
-                        (CudaData::Bf16(acc), Step::Combine { incoming, .. }) => {
-                            launch.arg(acc).arg(buffers.bf16(incoming)?);
-                        }
-                        (CudaData::F32(acc), Step::Divide { .. }) => {
-                            launch.arg(acc);
-                        }
-                        (CudaData::F16(acc), Step::Divide { .. }) => {
-                            launch.arg(acc);
-                        }
-                        (CudaData::Bf16(acc), Step::Divide { .. }) => {
-                            launch.arg(acc);
-                        }
-                    }
-                    launch.arg(&n);
+                    match acc {
+                        CudaData::F32(acc) => launch.arg(acc),
+                        CudaData::F16(acc) => launch.arg(acc),
+                        CudaData::Bf16(acc) => launch.arg(acc),
+                    };
+                    // Set by the step; pushed as arguments, so they outlive the launch.
+                    let incoming_first: i32;
+                    let divisor: f32;
                     match combining.step {
-                        Step::Combine { operands, .. } => {
+                        Step::Combine {
+                            incoming, operands, ..
+                        } => {
                             incoming_first = i32::from(operands == Operands::IncomingFirst);
-                            launch.arg(&incoming_first);
+                            match combining.element {
+                                ElementType::F32 => launch.arg(buffers.f32(incoming)?),
+                                ElementType::F16 => launch.arg(buffers.f16(incoming)?),
+                                ElementType::Bf16 => launch.arg(buffers.bf16(incoming)?),
+                            };
+                            launch.arg(&n).arg(&incoming_first);
                         }
-                        Step::Divide { n } => {
-                            divisor = n as f32;
-                            launch.arg(&divisor);
+                        Step::Divide { n: by } => {
+                            divisor = by as f32;
+                            launch.arg(&n).arg(&divisor);
                         }
                     }
                     // SAFETY: the arguments match the entry's C signature:

@@ -7,7 +7,6 @@ use super::element::{Element, ElementType};
 use super::{BackendImpl, Device};
 use crate::reference::{CombineOp, Operands};
 use crate::KernelError;
-use std::ops::Range;
 
 /// A checked combine or divide: buffers of one handle and one element type, `len` elements
 /// within each.
@@ -49,10 +48,10 @@ impl Device {
     ) -> Result<(), KernelError> {
         self.check_owner(buffer)?;
         same_type(buffer.element, T::TYPE)?;
-        let range = within("write", buffer, at, data.len())?;
+        within("write", buffer, at, data.len())?;
         match &self.shared.backend {
-            BackendImpl::Cpu(cpu) => cpu.write(buffer.id, range.start, T::slice(data)),
-            BackendImpl::Cuda(cuda) => cuda.write(buffer.id, range.start, T::slice(data)),
+            BackendImpl::Cpu(cpu) => cpu.write(buffer.id, at, T::slice(data)),
+            BackendImpl::Cuda(cuda) => cuda.write(buffer.id, at, T::slice(data)),
         }
     }
 
@@ -66,10 +65,10 @@ impl Device {
     ) -> Result<(), KernelError> {
         self.check_owner(buffer)?;
         same_type(buffer.element, T::TYPE)?;
-        let range = within("read", buffer, at, out.len())?;
+        within("read", buffer, at, out.len())?;
         match &self.shared.backend {
-            BackendImpl::Cpu(cpu) => cpu.read_into(buffer.id, range.start, T::slice_mut(out)),
-            BackendImpl::Cuda(cuda) => cuda.read_into(buffer.id, range.start, T::slice_mut(out)),
+            BackendImpl::Cpu(cpu) => cpu.read_into(buffer.id, at, T::slice_mut(out)),
+            BackendImpl::Cuda(cuda) => cuda.read_into(buffer.id, at, T::slice_mut(out)),
         }
     }
 
@@ -144,15 +143,10 @@ fn same_type(actual: ElementType, requested: ElementType) -> Result<(), KernelEr
     }
 }
 
-/// `at..at + len`, when it lies within `buffer`.
-fn within(
-    what: &'static str,
-    buffer: &Buffer,
-    at: usize,
-    len: usize,
-) -> Result<Range<usize>, KernelError> {
+/// `Ok` when `at..at + len` lies within `buffer`.
+fn within(what: &'static str, buffer: &Buffer, at: usize, len: usize) -> Result<(), KernelError> {
     match at.checked_add(len) {
-        Some(end) if end <= buffer.len => Ok(at..end),
+        Some(end) if end <= buffer.len => Ok(()),
         end => Err(KernelError::OutOfBounds {
             what,
             end: end.unwrap_or(usize::MAX),
