@@ -517,10 +517,7 @@ async fn serve_quic_caller(
             return;
         }
     };
-    let _ = send.finish();
-    if !accepted {
-        let _ = send.stopped().await;
-        conn.close(1u32.into(), b"refused");
+    if !quic_call::end_hello(send, &conn, accepted).await {
         return;
     }
     while let Ok((send, recv)) = conn.accept_bi().await {

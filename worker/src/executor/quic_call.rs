@@ -1,5 +1,6 @@
-//! Serving one request on a QUIC stream of its own, for an actor or a task lease: read it,
-//! answer it, write the reply and finish the stream.
+//! Serving callers over QUIC, for an actor or a task lease alike: the end of a caller's hello
+//! stream, and one request on a stream of its own (read it, answer it, write the reply and
+//! finish the stream).
 
 use ember_runtime::proto::MAX_FRAME;
 use ember_runtime::proto::{read_frame, write_frame, CallReply, ErrorKind, RemoteError, Wire};
@@ -23,4 +24,19 @@ pub(super) async fn answer_stream<Req: Wire>(
     };
     let _ = write_frame(&mut send, &reply).await;
     let _ = send.finish();
+}
+
+/// Ends a caller's hello stream, on which the welcome or refusal has been written. A refused
+/// caller's connection is closed once it has read the refusal. Returns whether to serve it.
+pub(super) async fn end_hello(
+    mut send: quinn::SendStream,
+    conn: &quinn::Connection,
+    accepted: bool,
+) -> bool {
+    let _ = send.finish();
+    if !accepted {
+        let _ = send.stopped().await;
+        conn.close(1u32.into(), b"refused");
+    }
+    accepted
 }
