@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ember::ErrorKind;
-use ember_runtime::proto::LocalCall;
+use ember_core::proto::LocalCall;
 use ember_tests::tasks::{Counter, CounterHandle};
 use ember_tests::{within, TestCluster, WorkerSpec};
 
@@ -63,36 +63,36 @@ async fn the_actor_socket_refuses_a_wrong_token() {
     let mut stream = tokio::net::UnixStream::connect(&socket)
         .await
         .expect("connect");
-    let hello = ember_runtime::proto::Hello::Client {
+    let hello = ember_core::proto::Hello::Client {
         token: "not-the-token".into(),
     };
-    ember_runtime::proto::write_frame(&mut stream, &hello)
+    ember_core::proto::write_frame(&mut stream, &hello)
         .await
         .unwrap();
     stream.flush().await.unwrap();
-    let welcome: ember_runtime::proto::Welcome = within(
+    let welcome: ember_core::proto::Welcome = within(
         "welcome",
-        ember_runtime::proto::read_frame(&mut stream, 1 << 16),
+        ember_core::proto::read_frame(&mut stream, 1 << 16),
     )
     .await
     .unwrap()
     .expect("an answer");
     match welcome {
-        ember_runtime::proto::Welcome::Refused { reason } => assert!(reason.contains("token")),
+        ember_core::proto::Welcome::Refused { reason } => assert!(reason.contains("token")),
         other => panic!("a wrong token was accepted: {other:?}"),
     }
     // A call sent anyway is never run.
     let call = LocalCall {
         id: 1,
-        call: ember_runtime::proto::ActorCall {
+        call: ember_core::proto::ActorCall {
             actor: handle.actor().id(),
             caller: 1,
             seq: 1,
             method: "add".into(),
-            args: ember_runtime::proto::encode(&(1000u64,)).unwrap().to_vec(),
+            args: ember_core::proto::encode(&(1000u64,)).unwrap().to_vec(),
         },
     };
-    let _ = ember_runtime::proto::write_frame(&mut stream, &call).await;
+    let _ = ember_core::proto::write_frame(&mut stream, &call).await;
     assert_eq!(within("add", handle.add(0)).await.unwrap(), 10);
 }
 

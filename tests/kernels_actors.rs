@@ -9,7 +9,7 @@ use ember::{
     Backend, Error, ErrorKind, GpuActor, GpuActorError, GpuActorHandle, LaunchArg, LaunchGeometry,
     Options,
 };
-use ember_runtime::proto::FrameError;
+use ember_core::proto::FrameError;
 use ember_tests::tasks::{axpy_task, Kernels};
 use ember_tests::{ember_exe, run_cli, until, within, TestCluster, WorkerSpec};
 

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ember::{Cluster, Options, TaskCall};
-use ember_runtime::proto::{
+use ember_core::proto::{
     read_frame, write_frame, ClientReply, ErrorKind, Hello, Welcome, MAX_FRAME,
 };
-use ember_runtime::security::{client_config, ClusterFile, Fingerprint, SERVER_NAME};
+use ember_core::security::{client_config, ClusterFile, Fingerprint, SERVER_NAME};
 use ember_tests::tasks;
 use ember_tests::{run_cli, until, within, TestCluster, WorkerSpec};
 
@@ -153,7 +153,7 @@ async fn malformed_and_oversized_frames_get_errors_and_the_head_keeps_serving() 
     }
 
     // The same raw connection and other clients are still served.
-    match raw_request(&conn, &frame(&ember_runtime::proto::ClientRequest::Status)).await {
+    match raw_request(&conn, &frame(&ember_core::proto::ClientRequest::Status)).await {
         Some(ClientReply::Status(json)) => assert!(json.contains("nodes"), "{json}"),
         other => panic!("expected a status reply, got {other:?}"),
     }
@@ -162,8 +162,8 @@ async fn malformed_and_oversized_frames_get_errors_and_the_head_keeps_serving() 
 }
 
 /// A request as a frame.
-fn frame(req: &ember_runtime::proto::ClientRequest) -> Vec<u8> {
-    let body = ember_runtime::proto::encode(req).expect("encode");
+fn frame(req: &ember_core::proto::ClientRequest) -> Vec<u8> {
+    let body = ember_core::proto::encode(req).expect("encode");
     let mut out = (body.len() as u32).to_le_bytes().to_vec();
     out.extend_from_slice(&body);
     out

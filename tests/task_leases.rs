@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ember::{Cluster, Error, ErrorKind};
-use ember_runtime::proto::{FrameError, MAX_FRAME};
+use ember_core::proto::{FrameError, MAX_FRAME};
 use ember_tests::tasks::{claim, cpu_only, fails, runner, spin, spread_runner};
 use ember_tests::{until, within, TestCluster, WorkerSpec};
 

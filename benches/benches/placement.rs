@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
-use ember_runtime::ids::{LeaseId, NodeId};
-use ember_runtime::placement::{Decision, PlacementRequest, Scheduler, Strategy};
-use ember_runtime::resources::{GpuDevice, GpuShare, NodeResources, ResourceDemand};
+use ember_core::ids::{LeaseId, NodeId};
+use ember_core::resources::{GpuDevice, GpuShare, NodeResources, ResourceDemand};
+use ember_head_state::placement::{Decision, PlacementRequest, Scheduler, Strategy};
 
 const GIB: u64 = 1 << 30;
 const GPUS_PER_NODE: u32 = 8;

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ember_runtime::ids::{ActorId, NodeId};
-use ember_runtime::proto::{
+use ember_core::ids::{ActorId, NodeId};
+use ember_core::proto::{
     ActorCall, ActorLocation, ErrorKind, FrameError, RemoteError, Wire, CHECKPOINT_METHOD,
     MAX_FRAME,
 };
-use ember_runtime::resources::Allocation;
+use ember_core::resources::Allocation;
 
 use crate::cluster::Cluster;
 use crate::unix_caller::UnixCaller;
@@ -144,7 +144,7 @@ impl ActorRef {
     /// Arguments too large to travel in one frame (with the call around them, within
     /// [`MAX_FRAME`]) fail at once with [`FrameError::TooLarge`], before anything is sent.
     pub async fn call<A: Wire, T: Wire>(&self, method: &str, args: &A) -> Result<T, Error> {
-        let args = ember_runtime::proto::encode(args)?.to_vec();
+        let args = ember_core::proto::encode(args)?.to_vec();
         if args.len() > MAX_CALL_ARGS {
             return Err(Error::Protocol(FrameError::TooLarge {
                 len: args.len(),
@@ -176,7 +176,7 @@ impl ActorRef {
                 }
             };
             let err = match outcome {
-                Ok(bytes) => return Ok(ember_runtime::proto::decode(&bytes)?),
+                Ok(bytes) => return Ok(ember_core::proto::decode(&bytes)?),
                 Err(e) => e,
             };
             match lost(&err) {

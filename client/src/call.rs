@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ember_runtime::proto::{encode, Wire};
+use ember_core::proto::{encode, Wire};
 
 use crate::{Error, Options};
 

@@ -1,6 +1,6 @@
 //! Actors that save their state, so that they come back with it after losing their process.
 
-use ember_runtime::proto::Wire;
+use ember_core::proto::Wire;
 
 /// An actor type whose state can be saved and restored. Implement it, and declare the actor
 /// with `#[ember::actor(checkpoint, ..)]` (or a policy: `checkpoint_every = N` calls,

@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_runtime::head::ClusterStatus;
-use ember_runtime::ids::{ActorId, JobId, NodeId};
-use ember_runtime::proto::{
+use ember_core::ids::{ActorId, JobId, NodeId};
+use ember_core::proto::{
     decode, read_frame, write_frame, ActorSpec, CallReply, ClientReply, ClientRequest, ErrorKind,
     FrameError, JobEvent, JobSpec, RemoteError, Wire, MAX_FRAME,
 };
-use ember_runtime::resources::Allocation;
-use ember_runtime::security::{connect_client, ClusterFile, Fingerprint};
+use ember_core::resources::Allocation;
+use ember_core::security::{connect_client, ClusterFile, Fingerprint};
+use ember_head::ClusterStatus;
 
 use crate::actor::MAX_CALL_ARGS;
 use crate::actor::{ActorRef, Caller, RemoteActor};
@@ -23,8 +23,8 @@ use crate::leases::{TaskLeases, TaskRun};
 use crate::local::LocalCluster;
 use crate::unix_caller::UnixCaller;
 use crate::{Error, LocalOptions, Options};
-use ember_runtime::host::host_id;
-use ember_runtime::proto::ActorLocation;
+use ember_core::host::host_id;
+use ember_core::proto::ActorLocation;
 
 /// A connected cluster. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
@@ -162,7 +162,7 @@ impl Cluster {
     /// kind until it sits idle), sent straight to the executor holding it.
     ///
     /// Arguments too large to travel in one frame fail at once with
-    /// [`FrameError::TooLarge`](ember_runtime::proto::FrameError), before anything is sent.
+    /// [`FrameError::TooLarge`](ember_core::proto::FrameError), before anything is sent.
     pub async fn run<T: Wire>(&self, call: TaskCall<T>) -> Result<T, Error> {
         let args = call.args.map_err(bad_args)?;
         if args.len() > MAX_CALL_ARGS {

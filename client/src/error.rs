@@ -1,8 +1,8 @@
 //! The one error type of the client API.
 
-use ember_runtime::proto::{ErrorKind, FrameError, RemoteError};
-use ember_runtime::resources::ResourceError;
-use ember_runtime::security::SecurityError;
+use ember_core::proto::{ErrorKind, FrameError, RemoteError};
+use ember_core::resources::ResourceError;
+use ember_core::security::SecurityError;
 use ember_worker::gpu_actor::GpuActorError;
 
 /// Why a call, a spawn or a connection failed.

@@ -62,7 +62,7 @@ impl RemoteActor for GpuActorHandle {
 impl GpuActorHandle {
     async fn call<M: GpuMethod>(&self, args: &M::Args) -> Result<M::Output, Error>
     where
-        Result<M::Output, GpuActorError>: ember_runtime::proto::Wire,
+        Result<M::Output, GpuActorError>: ember_core::proto::Wire,
     {
         let reply: Result<M::Output, GpuActorError> = self.actor.call(M::NAME, args).await?;
         Ok(reply?)

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use ember_runtime::placement::Strategy;
-use ember_runtime::proto::{
+use ember_core::proto::Strategy;
+use ember_core::proto::{
     encode, read_frame, write_frame, CallReply, ClientReply, ClientRequest, ErrorKind, LeaseSpec,
     LeasedTask, Placement, RemoteError, TaskLease, TaskRetry, LEASE_LOST, MAX_FRAME,
 };

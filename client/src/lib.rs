@@ -34,6 +34,11 @@ pub use actor::{ActorRef, RemoteActor, RESTART_WAIT};
 pub use call::{Actor, ActorSpawn, Remote, Task, TaskCall, TaskRef};
 pub use checkpoint::Checkpoint;
 pub use cluster::{Cluster, Job, JobOutput};
+pub use ember_core::ids::{ActorId, JobId, NodeId, TaskId};
+pub use ember_core::proto::ErrorKind;
+pub use ember_core::proto::Strategy;
+pub use ember_core::resources::{Allocation, GpuGrant, GpuShare};
+pub use ember_head::ClusterStatus;
 /// Ember's GPU kernels: the registry of kernels by name, their CPU references, the PTX cache.
 pub use ember_kernels as kernels;
 pub use ember_kernels::{
@@ -41,11 +46,6 @@ pub use ember_kernels::{
     UserKernel,
 };
 pub use ember_macros::{actor, main, task};
-pub use ember_runtime::head::ClusterStatus;
-pub use ember_runtime::ids::{ActorId, JobId, NodeId, TaskId};
-pub use ember_runtime::placement::Strategy;
-pub use ember_runtime::proto::ErrorKind;
-pub use ember_runtime::resources::{Allocation, GpuGrant, GpuShare};
 pub use ember_worker::collective;
 pub use ember_worker::context::{GpuKind, TaskContext};
 pub use ember_worker::gpu_actor::{
@@ -89,7 +89,7 @@ pub fn init_logging() {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::Checkpoint;
-    pub use ember_runtime::proto::Wire;
+    pub use ember_core::proto::Wire;
     pub use ember_worker::registry::{ActorEntry, ActorInstance, CallError, TaskEntry};
     pub use ember_worker::role::serve_role_if_asked;
     pub use inventory;
@@ -97,12 +97,12 @@ pub mod __private {
 
     /// Reads a call's arguments.
     pub fn decode_args<T: Wire>(bytes: &[u8]) -> Result<T, CallError> {
-        ember_runtime::proto::decode(bytes).map_err(|e| CallError::BadArgs(e.to_string()))
+        ember_core::proto::decode(bytes).map_err(|e| CallError::BadArgs(e.to_string()))
     }
 
     /// Archives a call's result.
     pub fn encode_result<T: Wire>(value: &T) -> Result<Vec<u8>, CallError> {
-        ember_runtime::proto::encode(value)
+        ember_core::proto::encode(value)
             .map(|a| a.to_vec())
             .map_err(|e| CallError::User(format!("cannot encode the result: {e}")))
     }

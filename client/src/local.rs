@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember_runtime::head::{self, HeadConfig, RunningHead};
-use ember_runtime::security::ClusterFile;
+use ember_core::security::ClusterFile;
+use ember_head::{HeadConfig, RunningHead};
 use ember_worker::agent::WorkerConfig;
 use ember_worker::role::{ROLE_VAR, ROLE_WORKER, WORKER_CONFIG_VAR};
 use tokio::process::{Child, Command};
@@ -109,7 +109,7 @@ impl LocalCluster {
         config.listen = options
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let head = head::start(config)
+        let head = ember_head::start(config)
             .await
             .map_err(|e| Error::Local(e.to_string()))?;
         let file = head.cluster.clone();

@@ -1,11 +1,11 @@
 //! Resource needs and placement settings of one task, actor or job.
 
-use ember_runtime::ids::NodeId;
-use ember_runtime::placement::{NodeAffinity, Strategy};
+use ember_core::ids::NodeId;
+use ember_core::proto::{NodeAffinity, Strategy};
 use std::time::Duration;
 
-use ember_runtime::proto::{CheckpointPolicy, Placement, RestartPolicy, TaskRetry};
-use ember_runtime::resources::{to_millis, ByteSize, GpuShare, ResourceError};
+use ember_core::proto::{CheckpointPolicy, Placement, RestartPolicy, TaskRetry};
+use ember_core::resources::{to_millis, ByteSize, GpuShare, ResourceError};
 
 /// What a task or actor needs and how to place it. Declared in the attribute, overridable per
 /// call; an invalid value is reported when the call is submitted.

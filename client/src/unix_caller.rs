@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ember_runtime::proto::{
+use ember_core::proto::{
     read_frame, write_frame, ActorCall, CallReply, ErrorKind, Hello, LeasedTask, LocalCall,
     LocalReply, LocalTask, RemoteError, Wire, MAX_FRAME,
 };
-use ember_runtime::security::say_hello;
+use ember_core::security::say_hello;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};

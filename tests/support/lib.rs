@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ember::Cluster;
-use ember_runtime::security::ClusterFile;
+use ember_core::security::ClusterFile;
 use ember_worker::agent::WorkerConfig;
 
 /// The bound on every wait in the tests.

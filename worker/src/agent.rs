@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_runtime::ids::{ActorId, LeaseId, NodeId};
-use ember_runtime::proto::{
+use ember_core::ids::{ActorId, LeaseId, NodeId};
+use ember_core::proto::{
     decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, ErrorKind, FrameError,
     Hello, LeaseEndpoints, RemoteError, Welcome, WorkerCommand, WorkerEvent, WorkerHello,
     WorkerReply, MAX_FRAME,
 };
-use ember_runtime::resources::{to_millis, Allocation, NodeResources, ResourceError};
-use ember_runtime::security::{client_config, Fingerprint, SecurityError, SERVER_NAME};
+use ember_core::resources::{to_millis, Allocation, NodeResources, ResourceError};
+use ember_core::security::{client_config, Fingerprint, SecurityError, SERVER_NAME};
 use tokio::sync::mpsc;
 
 use crate::executor::{ExecRequest, ExecutorPool};

@@ -3,9 +3,9 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use ember_core::ids::NodeId;
+use ember_core::resources::Allocation;
 use ember_kernels::Device;
-use ember_runtime::ids::NodeId;
-use ember_runtime::resources::Allocation;
 
 use crate::device::ContextDevices;
 

@@ -3,8 +3,8 @@
 
 use std::sync::OnceLock;
 
+use ember_core::resources::GpuGrant;
 use ember_kernels::Device;
-use ember_runtime::resources::GpuGrant;
 
 use crate::context::{GpuKind, TaskContext};
 
@@ -59,9 +59,9 @@ fn open_gpu(ordinal: usize, grant: &GpuGrant, kind: GpuKind) -> Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_core::ids::NodeId;
+    use ember_core::resources::{Allocation, GpuShare};
     use ember_kernels::{Backend, KernelError};
-    use ember_runtime::ids::NodeId;
-    use ember_runtime::resources::{Allocation, GpuShare};
 
     fn context(gpus: Vec<GpuGrant>, gpu_kind: GpuKind) -> TaskContext {
         TaskContext {

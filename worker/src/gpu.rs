@@ -7,9 +7,7 @@
 //! heartbeat.
 
 use crate::context::GpuKind;
-use ember_runtime::resources::{
-    accelerator_from_name, ByteSize, GpuDevice, GpuStat, ResourceError,
-};
+use ember_core::resources::{accelerator_from_name, ByteSize, GpuDevice, GpuStat, ResourceError};
 use nvml_wrapper::Nvml;
 
 /// Memory of each logical GPU when `--gpu-memory` is not given: 80GiB.

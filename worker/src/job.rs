@@ -1,8 +1,8 @@
 //! Batch jobs: a command run on this worker with its GPUs, its output streamed back.
 
-use ember_runtime::ids::{JobId, NodeId};
-use ember_runtime::proto::{write_frame, JobEvent, WorkerReply};
-use ember_runtime::resources::Allocation;
+use ember_core::ids::{JobId, NodeId};
+use ember_core::proto::{write_frame, JobEvent, WorkerReply};
+use ember_core::resources::Allocation;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use ember::{Checkpoint, Cluster};
-use ember_runtime::head::{self, HeadConfig};
-use ember_runtime::security::ClusterFile;
+use ember_core::security::ClusterFile;
+use ember_head::HeadConfig;
 use ember_worker::agent::WorkerConfig;
 use ember_worker::role::{ROLE_VAR, ROLE_WORKER, WORKER_CONFIG_VAR};
 use tokio::process::{Child, Command};
@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let state = std::env::temp_dir().join(format!("ember-recovery-bench-{}", std::process::id()));
     let mut config = HeadConfig::new(state.clone());
     config.listen = "127.0.0.1:0".parse()?;
-    let head = head::start(config).await?;
+    let head = ember_head::start(config).await?;
     let mut bench = Bench {
         file: head.cluster.clone(),
         exe: std::env::current_exe()?,

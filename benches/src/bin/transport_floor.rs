@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use ember_runtime::security::{client_config, server_config, Fingerprint, Identity, SERVER_NAME};
+use ember_core::security::{client_config, server_config, Fingerprint, Identity, SERVER_NAME};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const MESSAGE: usize = 64;

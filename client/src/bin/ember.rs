@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ember::{Cluster, ClusterStatus, JobOutput, LocalOptions, Options};
-use ember_runtime::head::{self, HeadConfig};
-use ember_runtime::resources::{format_millis, ByteSize};
-use ember_runtime::security::{default_state_dir, ClusterFile, Fingerprint};
+use ember_core::resources::{format_millis, ByteSize};
+use ember_core::security::{default_state_dir, ClusterFile, Fingerprint};
+use ember_head::HeadConfig;
 use ember_worker::agent::{self, WorkerConfig};
 
 #[derive(Parser)]
@@ -235,7 +235,7 @@ async fn run(cli: Cli) -> Result<i32> {
             config.keep_checkpoints = keep_checkpoints;
             config.checkpoint_store = checkpoint_store;
             let state_dir = config.state_dir.clone();
-            let head = head::start(config).await?;
+            let head = ember_head::start(config).await?;
             println!("Ember head listening on {}", head.addr);
             println!("State directory: {}", state_dir.display());
             println!("Join a worker with:\n  {}", head.cluster.join_command());

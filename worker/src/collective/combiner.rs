@@ -7,9 +7,9 @@
 //! and so the order of every combination, is the same either way, and the device's kernels
 //! give the host's bits, so a group gets the same bits whichever way each rank combines.
 
+use ember_core::collective::schedule::Order;
+use ember_core::collective::ReduceOp;
 use ember_kernels::{Buffer, Device, KernelError};
-use ember_runtime::collective::schedule::Order;
-use ember_runtime::collective::ReduceOp;
 
 use super::element::{combine_op, divide, operands, reduce, Element};
 use super::engine::Failure;

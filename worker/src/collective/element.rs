@@ -2,9 +2,9 @@
 //! type is defined once, by `ember_kernels::reference::combine`, which a device's combining
 //! kernels match bit for bit.
 
+use ember_core::collective::schedule::Order;
+use ember_core::collective::{DType, ReduceOp};
 use ember_kernels::reference::{self, Combinable, CombineOp, Operands};
-use ember_runtime::collective::schedule::Order;
-use ember_runtime::collective::{DType, ReduceOp};
 use half::{bf16, f16};
 
 /// A type whose buffers collective operations take: plain bytes on the wire (little-endian,

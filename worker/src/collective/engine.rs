@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
 
-use ember_runtime::collective::schedule::{Action, Arrival, Plan, Receive, Transfer};
-use ember_runtime::collective::ReduceOp;
+use ember_core::collective::schedule::{Action, Arrival, Plan, Receive, Transfer};
+use ember_core::collective::ReduceOp;
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;

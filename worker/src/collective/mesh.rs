@@ -12,13 +12,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use ember_runtime::host::host_id;
-use ember_runtime::ids::ActorId;
-use ember_runtime::proto::{
+use ember_core::host::host_id;
+use ember_core::ids::ActorId;
+use ember_core::proto::{
     read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, GroupView, Hello, PeerHello,
     RemoteError, Welcome,
 };
-use ember_runtime::security::{connect_with_hello, say_hello, token_matches, HELLO_LIMIT};
+use ember_core::security::{connect_with_hello, say_hello, token_matches, HELLO_LIMIT};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Handle;

@@ -10,7 +10,7 @@
 //! **The guarantee.** Every rank ends an operation with exactly the same bits, and the same
 //! operation on the same inputs with the same membership gives the same bits again: the order
 //! in which values are combined is fixed by the plan in
-//! [`ember_runtime::collective::schedule`] (a function of the group size, the ranks and the
+//! [`ember_core::collective::schedule`] (a function of the group size, the ranks and the
 //! buffer's length and element type), never by the order in which messages arrive.
 //!
 //! **Failures.** When a member dies during an operation, every other member's operation fails
@@ -33,11 +33,11 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ember_runtime::collective::schedule::{self, Action, Algorithm, Plan};
-use ember_runtime::proto::{ClientReply, ClientRequest, GroupView, RemoteError};
+use ember_core::collective::schedule::{self, Action, Algorithm, Plan};
+use ember_core::proto::{ClientReply, ClientRequest, GroupView, RemoteError};
 
 pub use element::Element;
-pub use ember_runtime::collective::{DType, ReduceOp};
+pub use ember_core::collective::{DType, ReduceOp};
 
 use combiner::{Combine, Host, OnDevice};
 use engine::{Failure, Run};
@@ -155,7 +155,7 @@ impl Group {
         let reply = block_on(mesh.ask_head(request)).map_err(CollectiveError::Head)?;
         let ClientReply::Group(view) = reply else {
             return Err(CollectiveError::Head(RemoteError::new(
-                ember_runtime::proto::ErrorKind::Internal,
+                ember_core::proto::ErrorKind::Internal,
                 format!("unexpected answer to a group lookup: {reply:?}"),
             )));
         };

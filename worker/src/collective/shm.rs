@@ -31,9 +31,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ember_runtime::collective::schedule::{self, Order};
-use ember_runtime::collective::ReduceOp;
-use ember_runtime::proto::GroupView;
+use ember_core::collective::schedule::{self, Order};
+use ember_core::collective::ReduceOp;
+use ember_core::proto::GroupView;
 use memmap2::{MmapMut, MmapOptions};
 
 use super::combiner::Combine;

@@ -16,14 +16,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::Duration;
 
-use ember_runtime::host::host_id;
-use ember_runtime::ids::ActorId;
-use ember_runtime::proto::{
+use ember_core::host::host_id;
+use ember_core::ids::ActorId;
+use ember_core::proto::{
     decode, encode, read_frame, write_frame, ActorCall, ActorEndpoints, CallReply,
     CheckpointPolicy, CheckpointSave, ErrorKind, Hello, LocalCall, LocalReply, PeerHello,
     RemoteError, Welcome, CHECKPOINT_METHOD,
 };
-use ember_runtime::security::{server_config, token_matches, Identity, HELLO_LIMIT};
+use ember_core::security::{server_config, token_matches, Identity, HELLO_LIMIT};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use ember_runtime::proto::{
+use ember_core::proto::{
     CallReply, CheckpointSave, ClientReply, ClientRequest, ErrorKind, RemoteError,
 };
 use rkyv::{Archive, Deserialize, Serialize};

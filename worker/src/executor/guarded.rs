@@ -2,7 +2,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use ember_runtime::proto::{ErrorKind, RemoteError};
+use ember_core::proto::{ErrorKind, RemoteError};
 
 use crate::registry::CallError;
 

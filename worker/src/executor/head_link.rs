@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ember_runtime::proto::{
+use ember_core::proto::{
     read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, RemoteError, MAX_FRAME,
 };
-use ember_runtime::security::{connect_client, Fingerprint};
+use ember_core::security::{connect_client, Fingerprint};
 
 /// Where the head is and how to prove membership to it.
 #[derive(Debug, Clone)]

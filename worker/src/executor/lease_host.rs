@@ -11,13 +11,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use ember_runtime::host::host_id;
-use ember_runtime::ids::{LeaseId, NodeId};
-use ember_runtime::proto::{
+use ember_core::host::host_id;
+use ember_core::ids::{LeaseId, NodeId};
+use ember_core::proto::{
     CallReply, ErrorKind, LeaseEndpoints, LeasedTask, LocalReply, LocalTask, RemoteError,
 };
-use ember_runtime::resources::Allocation;
-use ember_runtime::security::{server_config, Fingerprint, Identity};
+use ember_core::resources::Allocation;
+use ember_core::security::{server_config, Fingerprint, Identity};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch, OnceCell};
 

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use ember_runtime::proto::{read_frame, write_frame, LocalReply, Wire, MAX_FRAME};
+use ember_core::proto::{read_frame, write_frame, LocalReply, Wire, MAX_FRAME};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
 

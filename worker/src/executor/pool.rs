@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ember_runtime::ids::{ActorId, LeaseId};
-use ember_runtime::proto::{read_frame, write_frame, ErrorKind, RemoteError, MAX_FRAME};
+use ember_core::ids::{ActorId, LeaseId};
+use ember_core::proto::{read_frame, write_frame, ErrorKind, RemoteError, MAX_FRAME};
 use tokio::net::UnixListener;
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};

@@ -1,7 +1,7 @@
 //! The executor process: holds task leases or hosts one actor, isolated from the worker agent
 //! and seeing only its GPUs through `CUDA_VISIBLE_DEVICES`.
 
-use ember_runtime::proto::{encode, read_frame, write_frame, ErrorKind, RemoteError, MAX_FRAME};
+use ember_core::proto::{encode, read_frame, write_frame, ErrorKind, RemoteError, MAX_FRAME};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -142,7 +142,7 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
 }
 
 /// A reply's archived bytes.
-fn archived<T: ember_runtime::proto::Wire>(value: &T) -> Result<Vec<u8>, RemoteError> {
+fn archived<T: ember_core::proto::Wire>(value: &T) -> Result<Vec<u8>, RemoteError> {
     encode(value)
         .map(|a| a.to_vec())
         .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))

@@ -1,9 +1,9 @@
 //! Messages between a worker and its executor processes, on a Unix socket.
 
-use ember_runtime::ids::{ActorId, LeaseId, NodeId};
-use ember_runtime::proto::{CheckpointPolicy, RemoteError};
-use ember_runtime::resources::Allocation;
-use ember_runtime::security::Fingerprint;
+use ember_core::ids::{ActorId, LeaseId, NodeId};
+use ember_core::proto::{CheckpointPolicy, RemoteError};
+use ember_core::resources::Allocation;
+use ember_core::security::Fingerprint;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// What the worker asks an executor to do; `id` pairs the reply with it.
@@ -11,7 +11,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 pub(crate) enum ExecRequest {
     /// Open a task lease: a thread of its own that runs the lease's tasks one at a time,
     /// taking them on a Unix socket of its own and from the executor's QUIC endpoint. The
-    /// reply carries an archived [`LeaseEndpoints`](ember_runtime::proto::LeaseEndpoints).
+    /// reply carries an archived [`LeaseEndpoints`](ember_core::proto::LeaseEndpoints).
     OpenLease {
         id: u64,
         lease: LeaseId,
@@ -28,7 +28,7 @@ pub(crate) enum ExecRequest {
     /// Close a task lease once its running task ends; the reply is empty.
     CloseLease { id: u64, lease: LeaseId },
     /// Construct this executor's actor and open its endpoints for direct calls; the reply
-    /// carries an archived [`ActorEndpoints`](ember_runtime::proto::ActorEndpoints).
+    /// carries an archived [`ActorEndpoints`](ember_core::proto::ActorEndpoints).
     CreateActor {
         id: u64,
         actor: ActorId,

@@ -2,8 +2,8 @@
 //! stream, and one request on a stream of its own (read it, answer it, write the reply and
 //! finish the stream).
 
-use ember_runtime::proto::MAX_FRAME;
-use ember_runtime::proto::{read_frame, write_frame, CallReply, ErrorKind, RemoteError, Wire};
+use ember_core::proto::MAX_FRAME;
+use ember_core::proto::{read_frame, write_frame, CallReply, ErrorKind, RemoteError, Wire};
 
 /// Reads one `Req` from `recv`, answers it with `answer` and writes the reply on `send`. A
 /// malformed request is answered `BadRequest`, naming it as `what` ("call", "task"); a stream

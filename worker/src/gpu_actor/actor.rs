@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use ember_core::proto::{decode, encode};
 use ember_kernels::{Backend, Buffer, Device, ElementVec, KernelArg, UserKernel};
-use ember_runtime::proto::{decode, encode};
 
 use super::methods::{Alloc, CompileUser, Free, Get, GpuMethod, Info, Launch, LaunchUser, Put};
 use super::wire::{

@@ -1,7 +1,7 @@
 //! The methods of the GPU actor: each fixes its name, arguments and result for the actor and
 //! its callers alike. A call's reply is `Result<Output, GpuActorError>`.
 
-use ember_runtime::proto::Wire;
+use ember_core::proto::Wire;
 
 use super::wire::{
     BufferElement, BufferInfo, GpuInfo, HostData, LaunchArg, LaunchShape, UserKernelInfo,

@@ -32,7 +32,7 @@ pub(crate) static ENTRY: ActorEntry = ActorEntry {
 };
 
 fn construct(args: &[u8]) -> Result<Box<dyn ActorInstance>, CallError> {
-    ember_runtime::proto::decode::<()>(args).map_err(|e| CallError::BadArgs(e.to_string()))?;
+    ember_core::proto::decode::<()>(args).map_err(|e| CallError::BadArgs(e.to_string()))?;
     let device = crate::context::device().unwrap_or_else(ember_kernels::Device::cpu);
     tracing::info!(backend = %device.backend(), "GPU actor started");
     Ok(Box::new(actor::GpuActor::new(device)))

@@ -1,9 +1,9 @@
 //! The GPU actor through its method calls, on the CPU backend: what works, what is refused
 //! (typed), and that nothing panics or stops it serving.
 
+use ember_core::proto::{decode, encode, Wire};
 use ember_kernels::registry::KERNELS;
 use ember_kernels::{ArgKind, Backend, Device, LaunchGeometry};
-use ember_runtime::proto::{decode, encode, Wire};
 use half::f16;
 
 use super::actor::GpuActor;

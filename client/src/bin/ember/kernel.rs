@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use ember::kernel_check::{check_kernel, KernelCheck, KernelCheckReport};
 use ember::kernels::registry::KERNELS;
 use ember::{Cluster, GpuActor};
-use ember_runtime::resources::ByteSize;
+use ember_core::resources::ByteSize;
 
 use crate::ClusterArg;
 

@@ -2,11 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::placement::NodeUsage;
-use crate::resources::{GpuGrant, GpuStat};
+use ember_core::resources::{GpuGrant, GpuStat};
+use ember_head_state::placement::NodeUsage;
 
-use super::actor_life::Phase;
-use super::registry::{Head, Work};
+use crate::registry::{Head, Work};
+use ember_head_state::actor_life::Phase;
 
 /// The whole cluster at one moment: the JSON object of `ember status --json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

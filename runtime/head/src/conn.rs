@@ -3,18 +3,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ids::{ActorId, NodeId};
-use crate::proto::{
+use ember_core::ids::{ActorId, NodeId};
+use ember_core::proto::{
     read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, FrameError, Hello, RemoteError,
     Welcome, WorkerEvent, MAX_FRAME,
 };
-use crate::security::token_matches;
+use ember_core::security::token_matches;
 
-use super::groups;
-use super::recovery::{self, actor_lost, node_lost};
-use super::registry::Head;
-use super::status;
-use super::work::{create_actor, kill_actor, lease_task, run_job};
+use crate::groups;
+use crate::recovery::{self, actor_lost, node_lost};
+use crate::registry::Head;
+use crate::status;
+use crate::work::{create_actor, kill_actor, lease_task, run_job};
 
 /// The largest hello accepted: a worker's list of types fits easily.
 const MAX_HELLO: usize = 1 << 20;

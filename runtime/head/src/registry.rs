@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::{oneshot, watch};
 
-use crate::collective::groups::Groups;
-use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
-use crate::placement::{Decision, Lease, PlacementError, PlacementRequest, Scheduler};
-use crate::proto::{ActorSpec, ErrorKind, Placement, RemoteError, WorkerHello};
-use crate::resources::{actor_label, task_label, Allocation, GpuStat};
+use ember_core::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
+use ember_core::proto::{ActorSpec, ErrorKind, Placement, RemoteError, WorkerHello};
+use ember_core::resources::{actor_label, task_label, Allocation, GpuStat};
+use ember_head_state::groups::Groups;
+use ember_head_state::placement::{Decision, Lease, PlacementError, PlacementRequest, Scheduler};
 
-use super::actor_life::{ActorLife, Phase};
-use super::checkpoints::CheckpointStore;
+use crate::checkpoints::CheckpointStore;
+use ember_head_state::actor_life::{ActorLife, Phase};
 
 /// A worker that has joined.
 pub(crate) struct NodeEntry {

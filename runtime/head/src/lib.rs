@@ -1,10 +1,9 @@
 //! The head node: accepts workers and clients over QUIC, places requests with the pure
-//! [`Scheduler`](crate::placement::Scheduler), and sends work to workers.
+//! [`Scheduler`](ember_head_state::placement::Scheduler), and sends work to workers.
 //!
 //! Everything here is the thin async shell: state transitions of placement live in
-//! [`crate::placement`], bookkeeping of what runs where in [`registry`].
+//! [`ember_head_state::placement`], bookkeeping of what runs where in [`registry`].
 
-mod actor_life;
 mod checkpoints;
 mod conn;
 mod groups;
@@ -20,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::security::{server_config, ClusterFile, ClusterSecrets, SecurityError};
+use ember_core::security::{server_config, ClusterFile, ClusterSecrets, SecurityError};
 
 use checkpoints::CheckpointStore;
 

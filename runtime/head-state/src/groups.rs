@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::ids::ActorId;
+use ember_core::ids::ActorId;
 
 /// One generation of a group: its members in rank order.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Placement: the pure core that decides which node (and which GPUs of it) each request for
 //! resources gets. No I/O, no clock, no async: the head drives it and tests drive it directly.
 //!
-//! Every quantity is an exact integer (see [`crate::resources`]), so capacity never drifts and
+//! Every quantity is an exact integer (see [`ember_core::resources`]), so capacity never drifts and
 //! nothing is ever over-committed: for every node and every GPU, what is free plus what live
 //! leases hold is always exactly the total ([`Scheduler::check_invariants`]).
 //!
@@ -22,57 +22,15 @@ mod tests;
 
 use std::collections::HashMap;
 
+pub use ember_core::proto::{NodeAffinity, Strategy};
 pub use error::PlacementError;
 
-use crate::ids::{LeaseId, NodeId};
-use crate::resources::{Allocation, ByteSize, GpuShare, NodeResources, ResourceDemand, GPU_UNITS};
+use ember_core::ids::{LeaseId, NodeId};
+use ember_core::resources::{
+    Allocation, ByteSize, GpuShare, NodeResources, ResourceDemand, GPU_UNITS,
+};
 use node::NodeState;
 use queue::{PendingQueue, QueueKey};
-
-/// How to choose among feasible nodes.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub enum Strategy {
-    /// Fill the most-used feasible node first, so that idle nodes stay idle (and can be released).
-    #[default]
-    Pack,
-    /// Use the least-used feasible node, spreading load (and failures) across the cluster.
-    Spread,
-}
-
-/// Pin a request to a node: hard (only there) or soft (prefer it).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub struct NodeAffinity {
-    /// The node asked for.
-    pub node: NodeId,
-    /// False: only that node (queue until it fits there). True: that node if it fits now,
-    /// otherwise wherever the strategy chooses.
-    pub soft: bool,
-}
 
 /// One request for resources: a task, an actor or a job asking to be placed.
 #[derive(

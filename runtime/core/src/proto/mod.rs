@@ -14,6 +14,8 @@ mod lease;
 #[allow(missing_docs)]
 mod messages;
 #[allow(missing_docs)]
+mod placement;
+#[allow(missing_docs)]
 mod recovery;
 
 pub use codec::{decode, encode, Wire};
@@ -21,4 +23,5 @@ pub use collective::{GroupMember, GroupView, PeerHello};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease, LEASE_LOST};
 pub use messages::*;
+pub use placement::{NodeAffinity, Placement, Strategy};
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};

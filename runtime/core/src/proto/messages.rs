@@ -4,13 +4,12 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{ActorId, JobId, LeaseId, NodeId};
-use crate::placement::{NodeAffinity, Strategy};
-use crate::resources::{Allocation, GpuStat, NodeResources, ResourceDemand};
+use crate::resources::{Allocation, GpuStat, NodeResources};
 use crate::security::Fingerprint;
 
 use super::{
-    CheckpointPolicy, CheckpointSave, GroupView, LeaseEndpoints, PeerHello, RestartPolicy,
-    TaskLease,
+    CheckpointPolicy, CheckpointSave, GroupView, LeaseEndpoints, PeerHello, Placement,
+    RestartPolicy, TaskLease,
 };
 
 /// The first message on a connection, on its first stream: who is connecting, with the token.
@@ -57,19 +56,6 @@ pub enum Welcome {
         /// Why, for the log of the party refused.
         reason: String,
     },
-}
-
-/// Where and how a request may be placed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
-pub struct Placement {
-    /// The resources it needs.
-    pub demand: ResourceDemand,
-    /// Pack (default) or spread.
-    pub strategy: Strategy,
-    /// An optional node to run on.
-    pub affinity: Option<NodeAffinity>,
-    /// Higher runs first when requests wait for capacity.
-    pub priority: i32,
 }
 
 /// What a task lease is for: tasks of one function with one set of needs.

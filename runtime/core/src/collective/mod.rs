@@ -1,11 +1,11 @@
-//! Collective groups, the pure part: what a group is at the head ([`groups`]), and the
-//! schedule every rank follows for each operation ([`schedule`]).
+//! Collective operations, the pure part: the element types and operations, and the schedule
+//! every rank follows for each operation ([`schedule`]). The head's table of groups lives in
+//! `ember-head-state`.
 //!
 //! The engine that moves the bytes lives in `ember-worker`; it only interprets the plans made
 //! here. A plan is a fixed function of the group size, the rank, the buffer's length and the
 //! operation, never of timing, which is what makes every rank end with the same bits.
 
-pub mod groups;
 pub mod schedule;
 
 use rkyv::{Archive, Deserialize, Serialize};

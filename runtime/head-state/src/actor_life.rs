@@ -2,11 +2,11 @@
 //! incarnation, restarting after a loss, or dead for good. Every transition is a plain method,
 //! so the restart rules are tested without processes or sockets.
 
-use crate::proto::{ActorLocation, RestartPolicy};
+use ember_core::proto::{ActorLocation, RestartPolicy};
 
 /// Where an actor is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub enum Phase {
     /// Taking calls at this location.
     Alive(ActorLocation),
     /// Its process is gone (or it is moving): it is being placed and restored.
@@ -17,7 +17,7 @@ pub(crate) enum Phase {
 
 /// What a loss of the actor's process leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Loss {
+pub enum Loss {
     /// Restart it as this incarnation.
     Restart {
         /// The new incarnation.
@@ -31,7 +31,7 @@ pub(crate) enum Loss {
 
 /// One actor's restart bookkeeping.
 #[derive(Debug, Clone)]
-pub(crate) struct ActorLife {
+pub struct ActorLife {
     policy: RestartPolicy,
     incarnation: u32,
     restarts: u32,
@@ -40,7 +40,7 @@ pub(crate) struct ActorLife {
 
 impl ActorLife {
     /// An actor just created at `location` (incarnation 1).
-    pub(crate) fn new(policy: RestartPolicy, location: ActorLocation) -> Self {
+    pub fn new(policy: RestartPolicy, location: ActorLocation) -> Self {
         ActorLife {
             policy,
             incarnation: location.incarnation,
@@ -50,22 +50,22 @@ impl ActorLife {
     }
 
     /// The current incarnation: the one alive, or the one being started.
-    pub(crate) fn incarnation(&self) -> u32 {
+    pub fn incarnation(&self) -> u32 {
         self.incarnation
     }
 
     /// How many times it was restarted after a loss (moves are not counted).
-    pub(crate) fn restarts(&self) -> u32 {
+    pub fn restarts(&self) -> u32 {
         self.restarts
     }
 
     /// Its phase.
-    pub(crate) fn phase(&self) -> &Phase {
+    pub fn phase(&self) -> &Phase {
         &self.phase
     }
 
     /// The location of the live incarnation.
-    pub(crate) fn location(&self) -> Option<&ActorLocation> {
+    pub fn location(&self) -> Option<&ActorLocation> {
         match &self.phase {
             Phase::Alive(l) => Some(l),
             _ => None,
@@ -73,7 +73,7 @@ impl ActorLife {
     }
 
     /// Incarnation `incarnation` lost its process (its worker died, or the process ended).
-    pub(crate) fn lost(&mut self, incarnation: u32, reason: &str) -> Loss {
+    pub fn lost(&mut self, incarnation: u32, reason: &str) -> Loss {
         if incarnation != self.incarnation || matches!(self.phase, Phase::Dead(_)) {
             return Loss::Stale;
         }
@@ -97,7 +97,7 @@ impl ActorLife {
 
     /// The live incarnation is to move (a drain): the next incarnation is started from its
     /// final checkpoint. Not counted as a restart. `None` unless it is alive.
-    pub(crate) fn moving(&mut self) -> Option<u32> {
+    pub fn moving(&mut self) -> Option<u32> {
         if !matches!(self.phase, Phase::Alive(_)) {
             return None;
         }
@@ -108,7 +108,7 @@ impl ActorLife {
 
     /// Incarnation `incarnation` is up at `location`. False (and nothing changes) when that
     /// incarnation was replaced or the actor died meanwhile: the caller must stop it.
-    pub(crate) fn started(&mut self, location: ActorLocation) -> bool {
+    pub fn started(&mut self, location: ActorLocation) -> bool {
         if location.incarnation != self.incarnation || !matches!(self.phase, Phase::Restarting) {
             return false;
         }
@@ -117,7 +117,7 @@ impl ActorLife {
     }
 
     /// It cannot come back (its restore failed, or it was stopped): dead with `reason`.
-    pub(crate) fn die(&mut self, reason: String) {
+    pub fn die(&mut self, reason: String) {
         self.phase = Phase::Dead(reason);
     }
 }
@@ -125,10 +125,10 @@ impl ActorLife {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ActorId, NodeId};
-    use crate::proto::ActorEndpoints;
-    use crate::resources::Allocation;
-    use crate::security::Fingerprint;
+    use ember_core::ids::{ActorId, NodeId};
+    use ember_core::proto::ActorEndpoints;
+    use ember_core::resources::Allocation;
+    use ember_core::security::Fingerprint;
 
     fn at(incarnation: u32, node: u64, policy: RestartPolicy) -> ActorLocation {
         ActorLocation {

@@ -1,8 +1,10 @@
 //! Per-node and per-GPU capacity bookkeeping: what each node has, what is free, and the
 //! checks that decide whether a demand fits (now, or ever).
 
-use crate::ids::NodeId;
-use crate::resources::{Allocation, GpuGrant, GpuShare, NodeResources, ResourceDemand, GPU_UNITS};
+use ember_core::ids::NodeId;
+use ember_core::resources::{
+    Allocation, GpuGrant, GpuShare, NodeResources, ResourceDemand, GPU_UNITS,
+};
 
 /// One GPU of a node and what of it is still free.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
 use super::PlacementRequest;
-use crate::ids::LeaseId;
+use ember_core::ids::LeaseId;
 
 /// Where a request sits in the queue: priority (higher first), then arrival.
 pub(crate) type QueueKey = (Reverse<i32>, u64);

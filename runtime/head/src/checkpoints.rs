@@ -13,7 +13,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
-use crate::ids::ActorId;
+use ember_core::ids::ActorId;
 
 /// A checkpoint read back and verified.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Why a request cannot be placed, in words that name the missing resource.
 
-use crate::ids::{LeaseId, NodeId};
-use crate::resources::{describe_missing_label, format_millis, ByteSize, GpuShare};
+use ember_core::ids::{LeaseId, NodeId};
+use ember_core::resources::{describe_missing_label, format_millis, ByteSize, GpuShare};
 
 /// Why the scheduler refused a request outright. Each message names what is missing, so that
 /// a user reading it knows which part of the request to change (or which node to add).

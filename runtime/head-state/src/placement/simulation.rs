@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::resources::{GpuDevice, GpuShare, NodeResources, ResourceDemand};
+use ember_core::resources::{GpuDevice, GpuShare, NodeResources, ResourceDemand};
 
 const GIB: u64 = 1 << 30;
 

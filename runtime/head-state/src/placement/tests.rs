@@ -1,7 +1,7 @@
 //! Unit tests that read like a user's checks.
 
 use super::*;
-use crate::resources::GpuDevice;
+use ember_core::resources::GpuDevice;
 
 const GIB: u64 = 1 << 30;
 

@@ -1,18 +1,18 @@
 //! Collective groups at the head: forming and joining them (the table is
-//! [`crate::collective::groups`]), telling members where their peers are, and answering
+//! [`ember_head_state::groups`]), telling members where their peers are, and answering
 //! whether a generation is still whole. The head arranges groups; their data never passes
 //! through it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::collective::groups::{GroupError, Joined, Membership};
-use crate::ids::ActorId;
-use crate::proto::{ClientReply, ErrorKind, GroupMember, GroupView, RemoteError};
+use ember_core::ids::ActorId;
+use ember_core::proto::{ClientReply, ErrorKind, GroupMember, GroupView, RemoteError};
+use ember_head_state::groups::{GroupError, Joined, Membership};
 
-use super::actor_life::Phase;
-use super::recovery;
-use super::registry::Head;
+use crate::recovery;
+use crate::registry::Head;
+use ember_head_state::actor_life::Phase;
 
 /// How long forming a group waits for members that are restarting.
 const FORM_WAIT: Duration = Duration::from_secs(30);

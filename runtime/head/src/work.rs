@@ -5,17 +5,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
-use crate::placement::Lease;
-use crate::proto::{
+use ember_core::ids::{ActorId, JobId, LeaseId, NodeId, TaskId};
+use ember_core::proto::{
     read_frame, write_frame, ActorLocation, ActorSpec, ClientReply, ErrorKind, JobEvent, JobSpec,
     LeaseSpec, RemoteError, TaskLease, WorkerCommand, WorkerReply, LEASE_LOST, MAX_FRAME,
 };
-use crate::resources::{actor_label, task_label};
+use ember_core::resources::{actor_label, task_label};
+use ember_head_state::placement::Lease;
 
-use super::actor_life::ActorLife;
-use super::recovery::node_lost;
-use super::registry::{ActorEntry, Head, Work, WorkEntry};
+use crate::recovery::node_lost;
+use crate::registry::{ActorEntry, Head, Work, WorkEntry};
+use ember_head_state::actor_life::ActorLife;
 
 /// Holds a lease until dropped, so that capacity returns however a request ends.
 pub(crate) struct LeaseGuard<'a> {
@@ -38,7 +38,7 @@ impl Drop for LeaseGuard<'_> {
 pub(crate) async fn acquire<'a>(
     head: &'a Head,
     work: Work,
-    placement: &crate::proto::Placement,
+    placement: &ember_core::proto::Placement,
     label: Option<String>,
     cancelled: impl Future,
 ) -> Result<(LeaseGuard<'a>, Lease), RemoteError> {

@@ -10,8 +10,8 @@ use super::{
     Decision, GpuUsage, Lease, NodeAffinity, NodeUsage, PlacementError, PlacementRequest,
     Scheduler, Strategy as Placing,
 };
-use crate::ids::{LeaseId, NodeId};
-use crate::resources::{GpuDevice, GpuShare, NodeResources, ResourceDemand, GPU_UNITS};
+use ember_core::ids::{LeaseId, NodeId};
+use ember_core::resources::{GpuDevice, GpuShare, NodeResources, ResourceDemand, GPU_UNITS};
 
 const GIB: u64 = 1 << 30;
 const LABELS: [&str; 3] = ["H100", "L4", "A100"];

@@ -5,15 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ids::{ActorId, NodeId};
-use crate::proto::{
+use ember_core::ids::{ActorId, NodeId};
+use ember_core::proto::{
     ActorLocation, CheckpointSave, ClientReply, ErrorKind, RemoteError, WorkerCommand, WorkerReply,
 };
-use crate::resources::actor_label;
+use ember_core::resources::actor_label;
 
-use super::actor_life::{Loss, Phase};
-use super::registry::{Head, Work};
-use super::work::{acquire, call_worker, checkpoint_recorded, unexpected};
+use crate::registry::{Head, Work};
+use crate::work::{acquire, call_worker, checkpoint_recorded, unexpected};
+use ember_head_state::actor_life::{Loss, Phase};
 
 /// Incarnation `incarnation` of `actor` lost its process: restart it if its policy allows,
 /// otherwise it is dead and its callers are told why.
