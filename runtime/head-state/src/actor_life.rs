@@ -1,16 +1,18 @@
-//! The life of one actor as the head sees it, as a pure state machine: alive at some
-//! incarnation, restarting after a loss, or dead for good. Every transition is a plain method,
-//! so the restart rules are tested without processes or sockets.
+//! The life of one actor as the head sees it: starting some incarnation, alive in it, or dead
+//! for good. Every transition is a plain method, so the restart rules are tested alone.
+//!
+//! `L` is what the head keeps of a live incarnation (its lease and endpoints).
 
-use ember_core::proto::{ActorLocation, RestartPolicy};
+use ember_core::proto::RestartPolicy;
 
 /// Where an actor is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    /// Taking calls at this location.
-    Alive(ActorLocation),
-    /// Its process is gone (or it is moving): it is being placed and restored.
-    Restarting,
+pub enum Phase<L> {
+    /// Taking calls.
+    Alive(L),
+    /// Its current incarnation is being placed and started: the first, or the next after a
+    /// loss or a move (restored from its newest checkpoint).
+    Starting,
     /// Gone for good, with the reason callers are told.
     Dead(String),
 }
@@ -31,21 +33,21 @@ pub enum Loss {
 
 /// One actor's restart bookkeeping.
 #[derive(Debug, Clone)]
-pub struct ActorLife {
+pub struct ActorLife<L> {
     policy: RestartPolicy,
     incarnation: u32,
     restarts: u32,
-    phase: Phase,
+    phase: Phase<L>,
 }
 
-impl ActorLife {
-    /// An actor just created at `location` (incarnation 1).
-    pub fn new(policy: RestartPolicy, location: ActorLocation) -> Self {
+impl<L> ActorLife<L> {
+    /// An actor being created: incarnation 1, starting.
+    pub fn new(policy: RestartPolicy) -> Self {
         ActorLife {
             policy,
-            incarnation: location.incarnation,
+            incarnation: 1,
             restarts: 0,
-            phase: Phase::Alive(location),
+            phase: Phase::Starting,
         }
     }
 
@@ -60,12 +62,17 @@ impl ActorLife {
     }
 
     /// Its phase.
-    pub fn phase(&self) -> &Phase {
+    pub fn phase(&self) -> &Phase<L> {
         &self.phase
     }
 
-    /// The location of the live incarnation.
-    pub fn location(&self) -> Option<&ActorLocation> {
+    /// Its restart policy.
+    pub fn policy(&self) -> RestartPolicy {
+        self.policy
+    }
+
+    /// What is kept of the live incarnation.
+    pub fn live(&self) -> Option<&L> {
         match &self.phase {
             Phase::Alive(l) => Some(l),
             _ => None,
@@ -80,7 +87,7 @@ impl ActorLife {
         if self.policy.may_restart(self.restarts) {
             self.restarts += 1;
             self.incarnation += 1;
-            self.phase = Phase::Restarting;
+            self.phase = Phase::Starting;
             Loss::Restart {
                 incarnation: self.incarnation,
             }
@@ -102,17 +109,17 @@ impl ActorLife {
             return None;
         }
         self.incarnation += 1;
-        self.phase = Phase::Restarting;
+        self.phase = Phase::Starting;
         Some(self.incarnation)
     }
 
-    /// Incarnation `incarnation` is up at `location`. False (and nothing changes) when that
-    /// incarnation was replaced or the actor died meanwhile: the caller must stop it.
-    pub fn started(&mut self, location: ActorLocation) -> bool {
-        if location.incarnation != self.incarnation || !matches!(self.phase, Phase::Restarting) {
+    /// Incarnation `incarnation` is up. False (and nothing changes) when that incarnation was
+    /// replaced or the actor died meanwhile: the caller must stop it.
+    pub fn started(&mut self, incarnation: u32, live: L) -> bool {
+        if incarnation != self.incarnation || !matches!(self.phase, Phase::Starting) {
             return false;
         }
-        self.phase = Phase::Alive(location);
+        self.phase = Phase::Alive(live);
         true
     }
 
@@ -125,27 +132,9 @@ impl ActorLife {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ember_core::ids::{ActorId, NodeId};
-    use ember_core::proto::ActorEndpoints;
-    use ember_core::resources::Allocation;
-    use ember_core::security::Fingerprint;
 
-    fn at(incarnation: u32, node: u64, policy: RestartPolicy) -> ActorLocation {
-        ActorLocation {
-            actor: ActorId(1),
-            incarnation,
-            node: NodeId(node),
-            endpoints: ActorEndpoints {
-                peer_addr: "127.0.0.1:1".into(),
-                peer_fingerprint: Fingerprint([0; 32]),
-                host: "h".into(),
-                local_socket: "/s".into(),
-                mesh_socket: "/m".into(),
-            },
-            allocation: Allocation::default(),
-            restart: policy,
-        }
-    }
+    /// The live incarnation's node, standing in for what the head keeps.
+    type Life = ActorLife<u64>;
 
     fn policy(max_restarts: i32) -> RestartPolicy {
         RestartPolicy {
@@ -154,9 +143,25 @@ mod tests {
         }
     }
 
+    fn up(p: RestartPolicy, node: u64) -> Life {
+        let mut life = Life::new(p);
+        assert!(life.started(1, node));
+        life
+    }
+
+    #[test]
+    fn a_new_actor_starts_as_incarnation_one() {
+        let mut life = Life::new(policy(0));
+        assert_eq!(life.incarnation(), 1);
+        assert_eq!(life.phase(), &Phase::Starting);
+        assert!(!life.started(2, 1), "only the current incarnation starts");
+        assert!(life.started(1, 7));
+        assert_eq!(life.live(), Some(&7));
+    }
+
     #[test]
     fn without_restarts_a_loss_is_death_with_the_reason() {
-        let mut life = ActorLife::new(policy(0), at(1, 1, policy(0)));
+        let mut life = up(policy(0), 1);
         assert_eq!(life.lost(1, "worker node-1 died"), Loss::GiveUp);
         match life.phase() {
             Phase::Dead(why) => {
@@ -171,11 +176,11 @@ mod tests {
     #[test]
     fn restarts_are_counted_until_the_limit() {
         let p = policy(2);
-        let mut life = ActorLife::new(p, at(1, 1, p));
+        let mut life = up(p, 1);
         assert_eq!(life.lost(1, "x"), Loss::Restart { incarnation: 2 });
-        assert!(life.location().is_none());
-        assert!(life.started(at(2, 2, p)));
-        assert_eq!(life.location().map(|l| l.node), Some(NodeId(2)));
+        assert!(life.live().is_none());
+        assert!(life.started(2, 2));
+        assert_eq!(life.live(), Some(&2));
         assert_eq!(life.lost(2, "x"), Loss::Restart { incarnation: 3 });
         // The worker chosen for incarnation 3 dies while building it: another restart.
         assert_eq!(life.lost(3, "x"), Loss::GiveUp);
@@ -186,11 +191,11 @@ mod tests {
     #[test]
     fn losses_of_replaced_incarnations_are_stale() {
         let p = policy(-1);
-        let mut life = ActorLife::new(p, at(1, 1, p));
+        let mut life = up(p, 1);
         assert_eq!(life.lost(1, "x"), Loss::Restart { incarnation: 2 });
         // The same death reported twice (the worker's event and the head's own detection).
         assert_eq!(life.lost(1, "x"), Loss::Stale);
-        assert!(life.started(at(2, 3, p)));
+        assert!(life.started(2, 3));
         assert_eq!(life.lost(1, "x"), Loss::Stale);
         assert_eq!(life.incarnation(), 2);
     }
@@ -198,10 +203,10 @@ mod tests {
     #[test]
     fn unlimited_restarts_never_give_up() {
         let p = policy(-1);
-        let mut life = ActorLife::new(p, at(1, 1, p));
+        let mut life = up(p, 1);
         for i in 1..1000u32 {
             assert_eq!(life.lost(i, "x"), Loss::Restart { incarnation: i + 1 });
-            assert!(life.started(at(i + 1, 1, p)));
+            assert!(life.started(i + 1, 1));
         }
         assert_eq!(life.restarts(), 999);
     }
@@ -209,16 +214,13 @@ mod tests {
     #[test]
     fn a_start_that_lost_the_race_is_refused() {
         let p = policy(1);
-        let mut life = ActorLife::new(p, at(1, 1, p));
+        let mut life = up(p, 1);
         assert_eq!(life.lost(1, "x"), Loss::Restart { incarnation: 2 });
         life.die("stopped by its owner".into());
+        assert!(!life.started(2, 2), "a dead actor does not come back");
+        let mut life = up(p, 1);
         assert!(
-            !life.started(at(2, 2, p)),
-            "a dead actor does not come back"
-        );
-        let mut life = ActorLife::new(p, at(1, 1, p));
-        assert!(
-            !life.started(at(1, 1, p)),
+            !life.started(1, 1),
             "an alive incarnation is not started twice"
         );
     }
@@ -226,10 +228,10 @@ mod tests {
     #[test]
     fn a_move_is_not_a_restart() {
         let p = policy(0);
-        let mut life = ActorLife::new(p, at(1, 1, p));
+        let mut life = up(p, 1);
         assert_eq!(life.moving(), Some(2));
         assert_eq!(life.moving(), None, "already moving");
-        assert!(life.started(at(2, 2, p)));
+        assert!(life.started(2, 2));
         assert_eq!(life.restarts(), 0);
         assert_eq!(life.lost(2, "x"), Loss::GiveUp, "moves spend no restarts");
     }

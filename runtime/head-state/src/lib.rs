@@ -1,8 +1,19 @@
 //! `ember-head-state`: everything the head knows about its cluster, as one pure state machine.
 //!
-//! No I/O, no clock, no async: time is passed in, and iteration is in a deterministic order.
-//! The async shell in `ember-head` feeds it what arrives and carries out what it asks for.
+//! [`HeadState::handle`] takes what arrived ([`Input`]) at a time passed in and returns what to
+//! do ([`Effect`]); [`HeadState::poll_timeout`] says when time next matters. No I/O, no clock,
+//! no async, and every pass over the state is in id order, so the same inputs give the same
+//! effects. The async shell in `ember-head` feeds it what arrives over QUIC and carries out its
+//! effects; the simulation in `tests/` drives it with a thousand simulated workers.
+//!
+//! Its parts: [`placement`] (the scheduler), [`groups`] (the table of collective groups),
+//! [`actor_life`] (one actor's restarts), and the state machine itself.
 
 pub mod actor_life;
 pub mod groups;
+mod io;
 pub mod placement;
+mod state;
+
+pub use io::{CommandId, ConnId, Effect, Input, LoadedCheckpoint, RequestId, Ticket};
+pub use state::{Config, HeadState};

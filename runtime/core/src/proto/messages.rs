@@ -8,8 +8,8 @@ use crate::resources::{Allocation, GpuStat, NodeResources};
 use crate::security::Fingerprint;
 
 use super::{
-    CheckpointPolicy, CheckpointSave, GroupView, LeaseEndpoints, PeerHello, Placement,
-    RestartPolicy, TaskLease,
+    CheckpointPolicy, CheckpointSave, ClusterStatus, GroupView, LeaseEndpoints, PeerHello,
+    Placement, RestartPolicy, TaskLease,
 };
 
 /// The first message on a connection, on its first stream: who is connecting, with the token.
@@ -111,7 +111,7 @@ pub enum ClientRequest {
     },
     /// Run a job; answered with a stream of [`ClientReply::Job`] events.
     SubmitJob(JobSpec),
-    /// The cluster's state as JSON.
+    /// The cluster's state; answered with [`ClientReply::Status`].
     Status,
     /// Where an actor takes calls now: answered with [`ClientReply::ActorLocated`] once an
     /// incarnation newer than `known` is up (at once if one is), or with an error if the actor
@@ -225,8 +225,8 @@ pub enum ClientReply {
     },
     /// One event of a job.
     Job(JobEvent),
-    /// The cluster's state, as the JSON object `ember status --json` prints.
-    Status(String),
+    /// The cluster's state.
+    Status(Box<ClusterStatus>),
     /// A generation of a collective group.
     Group(GroupView),
     /// Whether a generation of a group is whole: `None` when it is, or why it is not.
@@ -431,6 +431,14 @@ pub enum WorkerReply {
     Job(JobEvent),
     /// It failed.
     Error(RemoteError),
+}
+
+impl WorkerReply {
+    /// False only for a job's events before its last: a command is answered when a final
+    /// reply arrives.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, WorkerReply::Job(ev) if !matches!(ev, JobEvent::Exited(_)))
+    }
 }
 
 /// What a worker tells the head unasked, in order, on one long-lived stream of its own.

@@ -17,6 +17,8 @@ mod messages;
 mod placement;
 #[allow(missing_docs)]
 mod recovery;
+#[allow(missing_docs)]
+mod status;
 
 pub use codec::{decode, encode, Wire};
 pub use collective::{GroupMember, GroupView, PeerHello};
@@ -25,3 +27,6 @@ pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease, LEASE_LOST};
 pub use messages::*;
 pub use placement::{NodeAffinity, Placement, Strategy};
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};
+pub use status::{
+    ActorLifeStatus, ClusterStatus, CustomUsage, GpuUsage, NodeStatus, NodeUsage, WorkStatus,
+};

@@ -22,7 +22,7 @@ mod tests;
 
 use std::collections::HashMap;
 
-pub use ember_core::proto::{NodeAffinity, Strategy};
+pub use ember_core::proto::{CustomUsage, GpuUsage, NodeAffinity, NodeUsage, Strategy};
 pub use error::PlacementError;
 
 use ember_core::ids::{LeaseId, NodeId};
@@ -103,55 +103,6 @@ pub enum Decision {
     Queued,
     /// Could never be placed in this cluster (or is malformed); nothing was kept.
     Rejected(PlacementError),
-}
-
-/// One GPU's totals and what is in use, for `ember status`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GpuUsage {
-    /// The physical index of the GPU on its node.
-    pub index: u32,
-    /// The accelerator type label, e.g. `H100`.
-    pub accelerator: String,
-    /// The share granted to leases.
-    pub share_used: GpuShare,
-    /// The share still free.
-    pub share_free: GpuShare,
-    /// Device memory in bytes.
-    pub memory_total: u64,
-    /// Bytes of device memory reserved by leases.
-    pub memory_reserved: u64,
-}
-
-/// One custom resource's total and what is free, for `ember status`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CustomUsage {
-    /// The resource's name.
-    pub name: String,
-    /// The node's total, in thousandths.
-    pub total_millis: u64,
-    /// What is free, in thousandths.
-    pub free_millis: u64,
-}
-
-/// One node's totals and what is free, for `ember status`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NodeUsage {
-    /// The node.
-    pub node: NodeId,
-    /// False while the node is draining (takes no new placements).
-    pub schedulable: bool,
-    /// CPUs in thousandths.
-    pub cpu_millis_total: u64,
-    /// Free CPUs in thousandths.
-    pub cpu_millis_free: u64,
-    /// Each GPU, by index.
-    pub gpus: Vec<GpuUsage>,
-    /// Each custom resource, by name.
-    pub custom: Vec<CustomUsage>,
-    /// How many leases the node holds.
-    pub leases: usize,
-    /// The labels requests may require (the node's task and actor types).
-    pub labels: Vec<String>,
 }
 
 /// Most distinct failed demands remembered during one [`Scheduler::place_queued`] pass.

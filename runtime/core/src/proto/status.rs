@@ -1,0 +1,160 @@
+//! The cluster's state as `ember status` shows it: a typed message from the head, which the
+//! command line prints as a table or as JSON.
+
+use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::NodeId;
+use crate::resources::{GpuGrant, GpuShare, GpuStat};
+
+/// The whole cluster at one moment: the JSON object of `ember status --json`.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Archive,
+    RkyvSerialize,
+    RkyvDeserialize,
+    Serialize,
+    Deserialize,
+)]
+pub struct ClusterStatus {
+    /// Every joined node with its capacity and what is free, in id order.
+    pub nodes: Vec<NodeStatus>,
+    /// Every actor: starting, alive, restarting, or dead with its reason.
+    pub actors: Vec<WorkStatus>,
+    /// Every granted task lease (each runs tasks of one function, one at a time).
+    pub leases: Vec<WorkStatus>,
+    /// Every running batch job.
+    pub jobs: Vec<WorkStatus>,
+    /// Requests waiting for capacity, first to be placed first.
+    pub queue: Vec<WorkStatus>,
+}
+
+/// One node.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct NodeStatus {
+    /// Its id, e.g. `node-3`.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The worker's address.
+    pub address: String,
+    /// Capacity and what is in use.
+    pub usage: NodeUsage,
+    /// Live GPU figures from the last heartbeat.
+    pub gpu_stats: Vec<GpuStat>,
+    /// Milliseconds since the last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// How many task functions and actor types its executable has.
+    pub types: usize,
+}
+
+/// One task lease, job or actor.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct WorkStatus {
+    /// Its id, e.g. `lease-12`, `actor-3`, `job-7`.
+    pub id: String,
+    /// `lease`, `actor` or `job`.
+    pub kind: String,
+    /// The task function, actor type or command.
+    pub name: String,
+    /// What it asked for, e.g. `gpus=0.5, gpu_memory=8GiB`.
+    pub demand: String,
+    /// Where it runs; absent while it waits.
+    pub node: Option<String>,
+    /// The GPUs it was given.
+    pub gpus: Vec<GpuGrant>,
+    /// Its priority while waiting.
+    pub priority: i32,
+    /// For an actor: its life and checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ActorLifeStatus>,
+}
+
+/// Where an actor is in its life.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct ActorLifeStatus {
+    /// `starting`, `alive`, `restarting` or `dead`.
+    pub state: String,
+    /// Which life this is: 1 when created, one more at each restart or move.
+    pub incarnation: u32,
+    /// How many times it was restarted after losing its process.
+    pub restarts: u32,
+    /// The sequence number of its newest recorded checkpoint.
+    pub checkpoint_seq: Option<u64>,
+    /// Milliseconds since that checkpoint was recorded.
+    pub checkpoint_age_ms: Option<u64>,
+    /// Why it is dead.
+    pub reason: Option<String>,
+}
+
+impl ClusterStatus {
+    /// The JSON text, as `ember status --json` prints it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+/// One GPU's totals and what is in use, for `ember status`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct GpuUsage {
+    /// The physical index of the GPU on its node.
+    pub index: u32,
+    /// The accelerator type label, e.g. `H100`.
+    pub accelerator: String,
+    /// The share granted to leases.
+    pub share_used: GpuShare,
+    /// The share still free.
+    pub share_free: GpuShare,
+    /// Device memory in bytes.
+    pub memory_total: u64,
+    /// Bytes of device memory reserved by leases.
+    pub memory_reserved: u64,
+}
+
+/// One custom resource's total and what is free, for `ember status`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct CustomUsage {
+    /// The resource's name.
+    pub name: String,
+    /// The node's total, in thousandths.
+    pub total_millis: u64,
+    /// What is free, in thousandths.
+    pub free_millis: u64,
+}
+
+/// One node's totals and what is free, for `ember status`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct NodeUsage {
+    /// The node.
+    pub node: NodeId,
+    /// False while the node is draining (takes no new placements).
+    pub schedulable: bool,
+    /// CPUs in thousandths.
+    pub cpu_millis_total: u64,
+    /// Free CPUs in thousandths.
+    pub cpu_millis_free: u64,
+    /// Each GPU, by index.
+    pub gpus: Vec<GpuUsage>,
+    /// Each custom resource, by name.
+    pub custom: Vec<CustomUsage>,
+    /// How many leases the node holds.
+    pub leases: usize,
+    /// The labels requests may require (the node's task and actor types).
+    pub labels: Vec<String>,
+}

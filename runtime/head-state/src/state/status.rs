@@ -1,0 +1,133 @@
+//! The cluster's state as `ember status` shows it.
+
+use std::time::Instant;
+
+use ember_core::ids::LeaseId;
+use ember_core::proto::{ActorLifeStatus, ClusterStatus, NodeStatus, Placement, WorkStatus};
+
+use super::{HeadState, Work};
+use crate::actor_life::Phase;
+
+fn millis_since(now: Instant, then: Instant) -> u64 {
+    now.saturating_duration_since(then).as_millis() as u64
+}
+
+impl HeadState {
+    /// The cluster at `now`.
+    pub(super) fn status(&self, now: Instant) -> ClusterStatus {
+        let mut status = ClusterStatus::default();
+        for (&id, n) in &self.nodes {
+            let Some(usage) = self.sched.usage(id) else {
+                continue;
+            };
+            status.nodes.push(NodeStatus {
+                id: id.to_string(),
+                name: n.hello.name.clone(),
+                address: n.hello.address.clone(),
+                usage,
+                gpu_stats: n.gpu_stats.clone(),
+                heartbeat_age_ms: millis_since(now, n.last_heartbeat),
+                types: n.hello.task_types.len() + n.hello.actor_types.len(),
+            });
+        }
+        for (&lease, work) in &self.work {
+            if self.sched.lease(lease).is_none() {
+                continue;
+            }
+            match work {
+                Work::Lease(l) => status.leases.push(self.work_status(
+                    lease,
+                    lease.to_string(),
+                    "lease",
+                    &l.name,
+                    &l.placement,
+                )),
+                Work::Job(j) => status.jobs.push(self.work_status(
+                    lease,
+                    j.job.to_string(),
+                    "job",
+                    &j.spec.command.join(" "),
+                    &j.spec.placement,
+                )),
+                Work::Actor { .. } => {}
+            }
+        }
+        for (&id, a) in &self.actors {
+            let (state, reason) = match a.life.phase() {
+                Phase::Alive(_) => ("alive", None),
+                Phase::Starting if a.create.is_some() => ("starting", None),
+                Phase::Starting => ("restarting", None),
+                Phase::Dead(why) => ("dead", Some(why.clone())),
+            };
+            let lease = a.life.live().map(|l| l.lease).unwrap_or(LeaseId(u64::MAX));
+            let mut entry = self.work_status(
+                lease,
+                id.to_string(),
+                "actor",
+                &a.spec.type_name,
+                &a.spec.placement,
+            );
+            entry.actor = Some(ActorLifeStatus {
+                state: state.to_string(),
+                incarnation: a.life.incarnation(),
+                restarts: a.life.restarts(),
+                checkpoint_seq: a.checkpoint.map(|(seq, _)| seq),
+                checkpoint_age_ms: a.checkpoint.map(|(_, at)| millis_since(now, at)),
+                reason,
+            });
+            status.actors.push(entry);
+        }
+        for queued in self.sched.queued() {
+            let lease = queued.lease;
+            let entry = match self.work.get(&lease) {
+                Some(Work::Lease(l)) => {
+                    self.work_status(lease, lease.to_string(), "lease", &l.name, &l.placement)
+                }
+                Some(Work::Job(j)) => self.work_status(
+                    lease,
+                    j.job.to_string(),
+                    "job",
+                    &j.spec.command.join(" "),
+                    &j.spec.placement,
+                ),
+                Some(Work::Actor { actor, .. }) => match self.actors.get(actor) {
+                    Some(a) => self.work_status(
+                        lease,
+                        actor.to_string(),
+                        "actor",
+                        &a.spec.type_name,
+                        &a.spec.placement,
+                    ),
+                    None => continue,
+                },
+                None => continue,
+            };
+            status.queue.push(entry);
+        }
+        status
+    }
+
+    /// One entry, placed where `lease` is granted (nowhere when it is not).
+    fn work_status(
+        &self,
+        lease: LeaseId,
+        id: String,
+        kind: &str,
+        name: &str,
+        placement: &Placement,
+    ) -> WorkStatus {
+        let granted = self.sched.lease(lease);
+        WorkStatus {
+            id,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            demand: placement.demand.to_string(),
+            node: granted.map(|g| g.node.to_string()),
+            gpus: granted
+                .map(|g| g.allocation.gpus.clone())
+                .unwrap_or_default(),
+            priority: placement.priority,
+            actor: None,
+        }
+    }
+}
