@@ -128,7 +128,7 @@ async fn tasks_and_actors_survive_workers_killed_every_few_seconds() {
         }
     }
     assert!(
-        status.tasks.is_empty() && status.queue.is_empty(),
+        status.leases.is_empty() && status.jobs.is_empty() && status.queue.is_empty(),
         "{status:?}"
     );
 }

@@ -45,7 +45,7 @@ async fn up_starts_a_cluster_that_status_sees_and_ctrl_c_stops_it_all() {
     let (code, stdout, stderr) = run_cli(cmd).await;
     assert_eq!(code, 0, "{stderr}");
     let status: serde_json::Value = serde_json::from_str(&stdout).expect("status is JSON");
-    for key in ["nodes", "actors", "tasks", "queue"] {
+    for key in ["nodes", "actors", "leases", "jobs", "queue"] {
         assert!(status.get(key).is_some(), "missing `{key}`: {stdout}");
     }
     let nodes = status["nodes"].as_array().expect("nodes is a list");

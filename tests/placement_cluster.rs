@@ -124,7 +124,7 @@ async fn tasks_land_where_their_needs_say() {
     let (code, stdout, stderr) = run_cli(cmd).await;
     assert_eq!(code, 0, "ember status failed: {stderr}");
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("status is JSON");
-    for key in ["nodes", "actors", "tasks", "queue"] {
+    for key in ["nodes", "actors", "leases", "jobs", "queue"] {
         assert!(json.get(key).is_some(), "no `{key}` in {json}");
     }
     assert_eq!(json["nodes"].as_array().map(Vec::len), Some(3), "{json}");

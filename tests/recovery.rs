@@ -164,7 +164,7 @@ async fn a_task_runs_again_when_its_worker_dies() {
         let found = running_on.clone();
         async move {
             let status = cluster.status().await.expect("status");
-            let node = status.tasks.first().and_then(|t| t.node.clone());
+            let node = status.leases.first().and_then(|t| t.node.clone());
             let running = node.is_some();
             *found.lock().unwrap() = node;
             running

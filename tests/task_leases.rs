@@ -29,7 +29,7 @@ async fn run_in_sequence(cluster: &Cluster, n: usize) -> Vec<(String, String, u3
 async fn until_no_leases(cluster: &Cluster) {
     until("every lease is given back", || {
         let cluster = cluster.clone();
-        async move { cluster.status().await.expect("status").tasks.is_empty() }
+        async move { cluster.status().await.expect("status").leases.is_empty() }
     })
     .await;
 }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_core::ids::{ActorId, JobId, NodeId};
+use ember_core::proto::ClusterStatus;
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorSpec, CallReply, ClientReply, ClientRequest, ErrorKind,
     FrameError, JobEvent, JobSpec, RemoteError, Wire, MAX_FRAME,
 };
 use ember_core::resources::Allocation;
 use ember_core::security::{connect_client, ClusterFile, Fingerprint};
-use ember_head::ClusterStatus;
 
 use crate::actor::MAX_CALL_ARGS;
 use crate::actor::{ActorRef, Caller, RemoteActor};
@@ -234,11 +234,10 @@ impl Cluster {
         }
     }
 
-    /// The cluster's nodes, GPUs, actors, tasks and queue.
+    /// The cluster's nodes, GPUs, actors, task leases, jobs and queue.
     pub async fn status(&self) -> Result<ClusterStatus, Error> {
         match self.request(&ClientRequest::Status).await? {
-            ClientReply::Status(json) => serde_json::from_str(&json)
-                .map_err(|e| Error::Remote(RemoteError::new(ErrorKind::Internal, e.to_string()))),
+            ClientReply::Status(status) => Ok(*status),
             ClientReply::Error(e) => Err(e.into()),
             other => Err(unexpected(other)),
         }

@@ -35,10 +35,10 @@ pub use call::{Actor, ActorSpawn, Remote, Task, TaskCall, TaskRef};
 pub use checkpoint::Checkpoint;
 pub use cluster::{Cluster, Job, JobOutput};
 pub use ember_core::ids::{ActorId, JobId, NodeId, TaskId};
+pub use ember_core::proto::ClusterStatus;
 pub use ember_core::proto::ErrorKind;
 pub use ember_core::proto::Strategy;
 pub use ember_core::resources::{Allocation, GpuGrant, GpuShare};
-pub use ember_head::ClusterStatus;
 /// Ember's GPU kernels: the registry of kernels by name, their CPU references, the PTX cache.
 pub use ember_kernels as kernels;
 pub use ember_kernels::{

@@ -145,10 +145,10 @@ async fn main() -> Result<(), ember::Error> {
 
     let status = cluster.status().await?;
     println!(
-        "status: {} nodes, {} actors, {} tasks running, {} queued",
+        "status: {} nodes, {} actors, {} task leases, {} queued",
         status.nodes.len(),
         status.actors.len(),
-        status.tasks.len(),
+        status.leases.len(),
         status.queue.len()
     );
     cluster.shutdown().await;

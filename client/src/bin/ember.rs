@@ -409,7 +409,8 @@ fn print_status(s: &ClusterStatus) {
     }
     for (title, list) in [
         ("ACTORS", &s.actors),
-        ("TASKS", &s.tasks),
+        ("TASK LEASES", &s.leases),
+        ("JOBS", &s.jobs),
         ("QUEUE", &s.queue),
     ] {
         println!("{title} ({})", list.len());

@@ -9,7 +9,8 @@
 
 use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{
-    ClientReply, ClientRequest, RemoteError, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply,
+    ClientReply, ClientRequest, ErrorKind, RemoteError, WorkerCommand, WorkerEvent, WorkerHello,
+    WorkerReply,
 };
 
 /// A connection to the head, numbered by the shell; never reused.
@@ -187,4 +188,13 @@ pub enum Effect {
         /// The actor.
         actor: ActorId,
     },
+}
+
+/// The error a command is answered with when its worker is gone before answering: what the
+/// shell feeds back as [`Input::Replied`] then, and what the state tells those who waited.
+pub fn died(node: NodeId) -> RemoteError {
+    RemoteError::new(
+        ErrorKind::WorkerDied,
+        format!("worker {node} died or left before answering"),
+    )
 }

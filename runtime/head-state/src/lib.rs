@@ -15,5 +15,5 @@ mod io;
 pub mod placement;
 mod state;
 
-pub use io::{CommandId, ConnId, Effect, Input, LoadedCheckpoint, RequestId, Ticket};
+pub use io::{died, CommandId, ConnId, Effect, Input, LoadedCheckpoint, RequestId, Ticket};
 pub use state::{Config, HeadState};

@@ -1,26 +1,24 @@
-//! One connection to the head: a worker's or a client's, from hello to goodbye.
+//! One connection to the head, a worker's or a client's, from hello to goodbye. This side only
+//! translates: frames from the network become the state's inputs, and the state's frames go
+//! back on the streams they answer.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{
     read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, FrameError, Hello, RemoteError,
-    Welcome, WorkerEvent, MAX_FRAME,
+    Welcome, WorkerEvent, LEASE_LOST, MAX_FRAME,
 };
-use ember_core::security::token_matches;
+use ember_core::security::{token_matches, HELLO_LIMIT};
+use ember_head_state::{ConnId, Input, RequestId};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::groups;
-use crate::recovery::{self, actor_lost, node_lost};
-use crate::registry::Head;
-use crate::status;
-use crate::work::{create_actor, kill_actor, lease_task, run_job};
+use crate::shell::{Frame, Msg, Shell};
 
-/// The largest hello accepted: a worker's list of types fits easily.
-const MAX_HELLO: usize = 1 << 20;
+/// How often a worker's connection is checked for packets that show it alive.
+const HEARD_EVERY: Duration = Duration::from_millis(100);
 
 /// Serves one incoming connection until it closes.
-pub(crate) async fn serve(head: Arc<Head>, incoming: quinn::Incoming) {
+pub(crate) async fn serve(shell: Shell, token: String, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -35,64 +33,78 @@ pub(crate) async fn serve(head: Arc<Head>, incoming: quinn::Incoming) {
         conn.close(2u32.into(), b"no hello within 10 s");
         return;
     };
-    let hello = read_frame::<_, Hello>(&mut recv, MAX_HELLO).await;
-    let refuse = |reason: String| Welcome::Refused { reason };
-    let welcome_and_role = match hello {
-        Ok(Some(Hello::Worker(h))) if token_matches(&head.token, &h.token) => {
-            let node = NodeId(head.next_id());
-            (Welcome::Accepted { node: Some(node) }, Some(Ok((node, *h))))
+    let hello = read_frame::<_, Hello>(&mut recv, HELLO_LIMIT).await;
+    let refusal = match hello {
+        Ok(Some(Hello::Worker(h))) if token_matches(&token, &h.token) => {
+            let id = ConnId(shell.next_id());
+            let (welcome, node) = oneshot::channel();
+            shell.send(Msg::Worker {
+                conn: id,
+                connection: conn.clone(),
+                hello: h,
+                welcome,
+            });
+            let Ok(node) = node.await else {
+                return;
+            };
+            let accepted = Welcome::Accepted { node: Some(node) };
+            if write_frame(&mut send, &accepted).await.is_err() {
+                shell.input(Input::Closed { conn: id });
+                return;
+            }
+            let _ = send.finish();
+            tracing::info!(%node, %remote, "worker joined");
+            serve_worker(&shell, &conn, id, node).await;
+            return;
         }
-        Ok(Some(Hello::Client { token })) if token_matches(&head.token, &token) => {
-            (Welcome::Accepted { node: None }, Some(Err(())))
+        Ok(Some(Hello::Client { token: t })) if token_matches(&token, &t) => {
+            if write_frame(&mut send, &Welcome::Accepted { node: None })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let _ = send.finish();
+            serve_client(&shell, &conn).await;
+            return;
         }
-        Ok(Some(_)) => (refuse("wrong cluster token".into()), None),
-        Ok(None) => (refuse("the connection sent no hello".into()), None),
-        Err(e) => (refuse(format!("malformed hello: {e}")), None),
+        Ok(Some(Hello::Peer(_))) => "a collective group's peer cannot connect to the head".into(),
+        Ok(Some(_)) => "wrong cluster token".to_string(),
+        Ok(None) => "the connection sent no hello".to_string(),
+        Err(e) => format!("malformed hello: {e}"),
     };
-    let (welcome, role) = welcome_and_role;
-    if let Welcome::Refused { reason } = &welcome {
-        tracing::warn!(%remote, "refused a connection: {reason}");
-        let _ = write_frame(&mut send, &welcome).await;
-        let _ = send.finish();
-        // Let the refusal arrive before the connection goes.
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-        conn.close(1u32.into(), reason.as_bytes());
-        return;
-    }
-    match role {
-        Some(Ok((node, hello))) => {
-            let name = hello.name.clone();
-            head.add_node(node, conn.clone(), hello);
-            if write_frame(&mut send, &welcome).await.is_err() {
-                node_lost(&head, node, "left during its welcome");
-                return;
-            }
-            let _ = send.finish();
-            tracing::info!(%node, %remote, "worker {name} joined");
-            serve_worker(head, conn, node).await;
-        }
-        _ => {
-            if write_frame(&mut send, &welcome).await.is_err() {
-                return;
-            }
-            let _ = send.finish();
-            serve_client(head, conn).await;
-        }
-    }
+    tracing::warn!(%remote, "refused a connection: {refusal}");
+    let _ = write_frame(
+        &mut send,
+        &Welcome::Refused {
+            reason: refusal.clone(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+    // Let the refusal arrive before the connection goes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    conn.close(1u32.into(), refusal.as_bytes());
 }
 
-/// Reads a worker's events and watches its heartbeats until it leaves or dies.
-async fn serve_worker(head: Arc<Head>, conn: quinn::Connection, node: NodeId) {
+/// Passes a worker's events to the state, and tells it when packets show the worker alive,
+/// until the connection closes.
+async fn serve_worker(
+    shell: &Shell,
+    conn: &quinn::Connection,
+    id: ConnId,
+    node: ember_core::ids::NodeId,
+) {
     let events = {
-        let head = head.clone();
+        let shell = shell.clone();
         let conn = conn.clone();
-        tokio::spawn(async move {
+        async move {
             let Ok(mut recv) = conn.accept_uni().await else {
                 return;
             };
             loop {
                 match read_frame::<_, WorkerEvent>(&mut recv, MAX_FRAME).await {
-                    Ok(Some(ev)) => on_worker_event(&head, node, ev),
+                    Ok(Some(event)) => shell.input(Input::Event { node, event }),
                     Ok(None) => return,
                     Err(e) => {
                         tracing::warn!(%node, "malformed event from worker: {e}");
@@ -101,101 +113,53 @@ async fn serve_worker(head: Arc<Head>, conn: quinn::Connection, node: NodeId) {
                     }
                 }
             }
-        })
+        }
     };
-    let watchdog = {
-        let head = head.clone();
+    let heard = {
+        let shell = shell.clone();
         let conn = conn.clone();
-        tokio::spawn(async move {
-            let timeout = head.heartbeat_timeout;
-            let mut tick = tokio::time::interval(timeout / 8);
+        async move {
             // Any datagram from the worker (its QUIC stack acknowledging bulk data, or its
-            // keep-alives) proves it alive too: a worker so busy that a heartbeat waits in
-            // line is not dead. A frozen or killed one sends nothing at all.
+            // keep-alives) shows it alive: a worker so busy that a heartbeat waits in line
+            // is not dead. A frozen or killed one sends nothing at all.
             let mut received = conn.stats().udp_rx.datagrams;
-            let mut heard = Instant::now();
+            let mut tick = tokio::time::interval(HEARD_EVERY);
             loop {
                 tick.tick().await;
-                let now_received = conn.stats().udp_rx.datagrams;
-                if now_received != received {
-                    received = now_received;
-                    heard = Instant::now();
-                }
-                let silent = head
-                    .nodes
-                    .get(&node)
-                    .map(|n| n.last_heartbeat.elapsed().min(heard.elapsed()))
-                    .unwrap_or_default();
-                if silent > timeout {
-                    tracing::warn!(%node, "no heartbeat for {silent:?}: declaring the worker dead");
-                    conn.close(4u32.into(), b"missed heartbeats");
-                    return;
+                let now = conn.stats().udp_rx.datagrams;
+                if now != received {
+                    received = now;
+                    shell.input(Input::Heard { node });
                 }
             }
-        })
+        }
     };
-    let reason = conn.closed().await;
-    events.abort();
-    watchdog.abort();
-    let leaving = head.nodes.get(&node).is_some_and(|n| n.leaving);
-    if leaving {
-        node_lost(&head, node, "left");
-        tracing::info!(%node, "worker left");
-    } else {
-        let lost = node_lost(&head, node, "died");
-        tracing::warn!(%node, lost, "worker died: {reason}");
-    }
+    let reason = tokio::select! {
+        reason = conn.closed() => reason,
+        _ = async { tokio::join!(events, heard) } => conn.closed().await,
+    };
+    tracing::info!(%node, "worker connection closed: {reason}");
+    shell.input(Input::Closed { conn: id });
 }
 
-fn on_worker_event(head: &Arc<Head>, node: NodeId, ev: WorkerEvent) {
-    match ev {
-        WorkerEvent::Heartbeat { gpus } => {
-            if let Some(mut n) = head.nodes.get_mut(&node) {
-                n.last_heartbeat = Instant::now();
-                n.gpu_stats = gpus;
-            }
-        }
-        WorkerEvent::ActorExited {
-            actor,
-            incarnation,
-            reason,
-        } => {
-            tracing::warn!(%actor, %node, incarnation, "actor's process ended: {reason}");
-            actor_lost(head, actor, incarnation, &reason);
-        }
-        WorkerEvent::Leaving { grace_ms } => {
-            let head = head.clone();
-            tokio::spawn(async move {
-                recovery::drain(&head, node, Duration::from_millis(grace_ms)).await;
-            });
-        }
-    }
-}
-
-/// Serves a client's requests, one stream each, until it disconnects; then stops its actors.
-async fn serve_client(head: Arc<Head>, conn: quinn::Connection) {
-    let owner = conn.stable_id();
+/// Serves a client's requests, one stream each, until it disconnects.
+async fn serve_client(shell: &Shell, conn: &quinn::Connection) {
+    let id = ConnId(shell.next_id());
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_request(head.clone(), conn.clone(), send, recv));
+        tokio::spawn(serve_request(shell.clone(), id, send, recv));
     }
-    let owned: Vec<ActorId> = head
-        .actors
-        .iter()
-        .filter(|a| a.owner == owner)
-        .map(|a| *a.key())
-        .collect();
-    for actor in owned {
-        kill_actor(&head, actor).await;
-    }
+    shell.input(Input::Closed { conn: id });
 }
 
+/// Reads one request, hands it to the state, and writes the frames the state answers with.
+/// A task lease's stream stays open while the client holds the lease: its end gives it back.
 async fn serve_request(
-    head: Arc<Head>,
-    conn: quinn::Connection,
+    shell: Shell,
+    conn: ConnId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let request = match read_frame::<_, ClientRequest>(&mut recv, MAX_FRAME).await {
+    let body = match read_frame::<_, ClientRequest>(&mut recv, MAX_FRAME).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(e) => {
@@ -208,80 +172,44 @@ async fn serve_request(
             return;
         }
     };
-    // A request whose client goes away is withdrawn while it waits for capacity; once placed,
-    // it runs to the end so that its resources are released only when the worker is done.
-    let reply = match request {
-        ClientRequest::LeaseTask(spec) => {
-            lease_task(&head, spec, &conn, &mut send, &mut recv).await;
-            let _ = send.finish();
-            return;
-        }
-        ClientRequest::LocateActor {
-            actor,
-            known,
-            suspect,
-            timeout_ms,
-        } => {
-            let timeout = Duration::from_millis(timeout_ms);
-            recovery::locate(&head, actor, known, suspect, timeout).await
-        }
-        ClientRequest::SaveCheckpoint(save) => recovery::save_checkpoint(&head, save).await,
-        ClientRequest::DrainNode { node, grace_ms } => {
-            recovery::drain(&head, node, Duration::from_millis(grace_ms)).await
-        }
-        ClientRequest::CreateActor(spec) => create_actor(&head, spec, &conn).await,
-        ClientRequest::KillActor { actor } => {
-            if kill_actor(&head, actor).await {
-                ClientReply::ActorKilled
-            } else {
-                ClientReply::Error(RemoteError::new(
-                    ErrorKind::Unknown,
-                    format!("no actor {actor} in the cluster"),
-                ))
+    let lease = matches!(body, ClientRequest::LeaseTask(_));
+    let request = RequestId(shell.next_id());
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    shell.send(Msg::Request {
+        conn,
+        request,
+        body,
+        frames: frames_tx,
+    });
+    // Nothing more is sent on a lease's stream: its end (or its reset) gives the lease back.
+    let mut given_back = !lease;
+    loop {
+        let frame = tokio::select! {
+            frame = frames.recv() => frame,
+            ended = recv.read_to_end(64), if !given_back => {
+                given_back = true;
+                let lost = quinn::VarInt::from_u32(LEASE_LOST);
+                let lost = matches!(
+                    ended,
+                    Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code == lost
+                );
+                shell.input(Input::LeaseReturned { request, lost });
+                continue;
+            }
+        };
+        match frame {
+            Some(Frame::More(reply)) => {
+                let _ = write_frame(&mut send, &reply).await;
+            }
+            Some(Frame::Last(reply)) => {
+                let _ = write_frame(&mut send, &reply).await;
+                let _ = send.finish();
+                return;
+            }
+            Some(Frame::End) | None => {
+                let _ = send.finish();
+                return;
             }
         }
-        ClientRequest::SubmitJob(spec) => {
-            run_job(&head, spec, &conn, &mut send).await;
-            let _ = send.finish();
-            return;
-        }
-        ClientRequest::Status => ClientReply::Status(status::collect(&head).to_json()),
-        ClientRequest::FormGroup { name, members } => groups::form(&head, name, members).await,
-        ClientRequest::JoinGroup {
-            name,
-            actor,
-            world,
-            timeout_ms,
-        } => groups::join(&head, name, actor, world, Duration::from_millis(timeout_ms)).await,
-        ClientRequest::GetGroup { name, timeout_ms } => {
-            groups::get(&head, &name, Duration::from_millis(timeout_ms)).await
-        }
-        ClientRequest::GroupHealth {
-            name,
-            generation,
-            incarnations,
-        } => groups::health(&head, &name, generation, &incarnations),
-        ClientRequest::GroupFailed {
-            name,
-            generation,
-            reason,
-            suspect,
-        } => groups::failed(&head, &name, generation, &reason, suspect).await,
-        ClientRequest::WaitForNodes { count, timeout_ms } => {
-            let mut rx = head.node_count.subscribe();
-            let wait = async { rx.wait_for(|n| *n >= count).await.map(|n| *n) };
-            match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
-                Ok(Ok(n)) => ClientReply::NodesReady { count: n },
-                _ => ClientReply::Error(RemoteError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{} of {count} workers joined within {timeout_ms} ms",
-                        head.nodes.len()
-                    ),
-                )),
-            }
-        }
-    };
-    let _ = write_frame(&mut send, &reply).await;
-    let _ = send.finish();
+    }
 }

@@ -1,30 +1,26 @@
-//! The head node: accepts workers and clients over QUIC, places requests with the pure
-//! [`Scheduler`](ember_head_state::placement::Scheduler), and sends work to workers.
+//! `ember-head`: the head node's async shell.
 //!
-//! Everything here is the thin async shell: state transitions of placement live in
-//! [`ember_head_state::placement`], bookkeeping of what runs where in [`registry`].
+//! Everything the head knows is one pure state machine, [`ember_head_state::HeadState`]. This
+//! crate runs it: one task owns it (`shell.rs`) and carries out its effects, each connection
+//! (`conn.rs`) turns what arrives over QUIC into its inputs, and checkpoints are kept on disk
+//! or in S3-compatible object storage (`checkpoints.rs`).
 
 mod checkpoints;
 mod conn;
-mod groups;
-mod recovery;
-mod registry;
-mod status;
-mod work;
+mod shell;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use ember_core::security::{server_config, ClusterFile, ClusterSecrets, SecurityError};
+use ember_head_state::HeadState;
 
 use checkpoints::CheckpointStore;
 
 pub use checkpoints::CheckpointError;
-pub use status::{ActorLifeStatus, ClusterStatus, NodeStatus, WorkStatus};
 
 /// How a head is started.
 #[derive(Debug, Clone)]
@@ -91,11 +87,6 @@ impl RunningHead {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
-
-    /// Waits until the head stops (it stops only when asked).
-    pub async fn wait(self) {
-        let _ = self.task.await;
-    }
 }
 
 /// Starts a head: loads or creates the cluster's secrets, binds, writes the cluster file.
@@ -123,17 +114,21 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
         None => CheckpointStore::on_disk(config.state_dir.join("checkpoints"), keep)?,
         Some(url) => CheckpointStore::in_s3(url, keep).await?,
     };
-    let head = Arc::new(registry::Head::new(
-        secrets.token,
-        config.heartbeat_timeout,
-        checkpoints,
-    ));
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let state = HeadState::new(ember_head_state::Config {
+        heartbeat_timeout: config.heartbeat_timeout,
+        ..Default::default()
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (shell, owner) = shell::spawn(state, checkpoints, stop_rx.clone());
+    let token = secrets.token;
+    let mut stop_rx = stop_rx;
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => match incoming {
-                    Some(incoming) => { tokio::spawn(conn::serve(head.clone(), incoming)); }
+                    Some(incoming) => {
+                        tokio::spawn(conn::serve(shell.clone(), token.clone(), incoming));
+                    }
                     None => break,
                 },
                 _ = stop_rx.changed() => break,
@@ -141,6 +136,7 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
         }
         endpoint.close(0u32.into(), b"head stopping");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        let _ = owner.await;
     });
     Ok(RunningHead {
         addr,

@@ -95,12 +95,15 @@ impl HeadState {
             Ok(WorkerReply::Error(e)) | Err(e) => tracing::warn!(%actor, "cannot seal it: {e}"),
             Ok(other) => tracing::warn!(%actor, "cannot seal it: {other:?}"),
         }
-        let Some(d) = self.drains.get_mut(&node) else {
+        if !self.drains.contains_key(&node) {
             return;
-        };
-        d.sealing.remove(&actor);
-        if let Some(incarnation) = self.move_actor(now, actor) {
-            if let Some(d) = self.drains.get_mut(&node) {
+        }
+        // It stays among those sealing until it is among those moving, so that the release
+        // of its lease here cannot end the drain before it is counted.
+        let moving = self.move_actor(now, actor);
+        if let Some(d) = self.drains.get_mut(&node) {
+            d.sealing.remove(&actor);
+            if let Some(incarnation) = moving {
                 d.moving.insert(actor, incarnation);
             }
         }

@@ -32,6 +32,7 @@ use ember_core::resources::GpuStat;
 
 use crate::actor_life::ActorLife;
 use crate::groups::Groups;
+pub(crate) use crate::io::died;
 use crate::io::{CommandId, ConnId, Effect, Input, RequestId, Ticket};
 use crate::placement::Scheduler;
 
@@ -831,14 +832,6 @@ fn no_actor(actor: ActorId) -> RemoteError {
     RemoteError::new(
         ErrorKind::Unknown,
         format!("no actor {actor} in the cluster (never created, or stopped)"),
-    )
-}
-
-/// The one wording of a worker gone before it answered.
-fn died(node: NodeId) -> RemoteError {
-    RemoteError::new(
-        ErrorKind::WorkerDied,
-        format!("worker {node} died or left before answering"),
     )
 }
 

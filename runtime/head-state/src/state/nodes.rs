@@ -186,7 +186,7 @@ impl HeadState {
     /// The state gives up on a worker: it is forgotten now and its connection closed.
     pub(super) fn declare_dead(&mut self, now: Instant, node: NodeId, why: &str) {
         if self.nodes.contains_key(&node) {
-            self.node_lost(now, node, why);
+            self.node_lost(now, node, &format!("died ({why})"));
             self.out.push(Effect::CloseNode {
                 node,
                 reason: why.to_string(),

@@ -1,0 +1,311 @@
+//! The one task that owns the head's state: it takes inputs over a channel, hands them to
+//! [`HeadState::handle`], and carries out the effects: commands to workers, frames to clients,
+//! checkpoint I/O, closing connections. Nothing else touches the state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ember_core::ids::NodeId;
+use ember_core::proto::{
+    read_frame, write_frame, ClientReply, ClientRequest, RemoteError, WorkerCommand, WorkerHello,
+    WorkerReply, MAX_FRAME,
+};
+use ember_head_state::{
+    died, CommandId, ConnId, Effect, HeadState, Input, LoadedCheckpoint, RequestId,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::checkpoints::CheckpointStore;
+
+/// A frame for a client's request stream, from the state.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// Write it and keep the stream open.
+    More(ClientReply),
+    /// Write it and end the stream.
+    Last(ClientReply),
+    /// End the stream.
+    End,
+}
+
+/// What connections send the shell.
+pub(crate) enum Msg {
+    /// A worker's valid hello: `welcome` gets its node id.
+    Worker {
+        conn: ConnId,
+        connection: quinn::Connection,
+        hello: Box<WorkerHello>,
+        welcome: oneshot::Sender<NodeId>,
+    },
+    /// A client's request: its frames come back on `frames`.
+    Request {
+        conn: ConnId,
+        request: RequestId,
+        body: ClientRequest,
+        frames: mpsc::UnboundedSender<Frame>,
+    },
+    /// Anything else.
+    Input(Input),
+}
+
+/// How connections reach the shell, and their numbering.
+#[derive(Clone)]
+pub(crate) struct Shell {
+    tx: mpsc::UnboundedSender<Msg>,
+    ids: Arc<AtomicU64>,
+}
+
+impl Shell {
+    /// A fresh number for a connection or a request.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn send(&self, msg: Msg) {
+        let _ = self.tx.send(msg);
+    }
+
+    pub(crate) fn input(&self, input: Input) {
+        self.send(Msg::Input(input));
+    }
+}
+
+/// Starts the shell's task; it runs until `stop` turns true or every sender is gone.
+pub(crate) fn spawn(
+    state: HeadState,
+    checkpoints: CheckpointStore,
+    stop: watch::Receiver<bool>,
+) -> (Shell, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shell = Shell {
+        tx: tx.clone(),
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    let owner = Owner {
+        state,
+        checkpoints: Arc::new(checkpoints),
+        tx,
+        workers: HashMap::new(),
+        conn_nodes: HashMap::new(),
+        welcomes: HashMap::new(),
+        streams: HashMap::new(),
+        cancels: HashMap::new(),
+    };
+    let task = tokio::spawn(owner.run(rx, stop));
+    (shell, task)
+}
+
+/// The task's own bookkeeping: how to reach what the state names by id. None of it is
+/// cluster state.
+struct Owner {
+    state: HeadState,
+    checkpoints: Arc<CheckpointStore>,
+    tx: mpsc::UnboundedSender<Msg>,
+    workers: HashMap<NodeId, quinn::Connection>,
+    conn_nodes: HashMap<ConnId, NodeId>,
+    welcomes: HashMap<ConnId, (quinn::Connection, oneshot::Sender<NodeId>)>,
+    streams: HashMap<RequestId, mpsc::UnboundedSender<Frame>>,
+    cancels: HashMap<CommandId, oneshot::Sender<()>>,
+}
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let deadline = self.state.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let input = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.take(msg),
+                    None => return,
+                },
+                _ = sleep => Some(Input::Tick),
+                _ = stop.changed() => return,
+            };
+            if let Some(input) = input {
+                let effects = self.state.handle(Instant::now(), input);
+                for effect in effects {
+                    self.carry_out(effect);
+                }
+            }
+        }
+    }
+
+    /// Turns a connection's message into the state's input, keeping what the effects need.
+    fn take(&mut self, msg: Msg) -> Option<Input> {
+        match msg {
+            Msg::Worker {
+                conn,
+                connection,
+                hello,
+                welcome,
+            } => {
+                self.welcomes.insert(conn, (connection, welcome));
+                Some(Input::WorkerJoined { conn, hello })
+            }
+            Msg::Request {
+                conn,
+                request,
+                body,
+                frames,
+            } => {
+                self.streams.insert(request, frames);
+                Some(Input::Request {
+                    conn,
+                    request,
+                    body,
+                })
+            }
+            Msg::Input(input) => {
+                if let Input::Closed { conn } = &input {
+                    self.welcomes.remove(conn);
+                    if let Some(node) = self.conn_nodes.remove(conn) {
+                        self.workers.remove(&node);
+                    }
+                }
+                Some(input)
+            }
+        }
+    }
+
+    fn carry_out(&mut self, effect: Effect) {
+        match effect {
+            Effect::Welcome { conn, node } => {
+                if let Some((connection, welcome)) = self.welcomes.remove(&conn) {
+                    self.workers.insert(node, connection);
+                    self.conn_nodes.insert(conn, node);
+                    let _ = welcome.send(node);
+                }
+            }
+            Effect::Command {
+                node,
+                command,
+                body,
+            } => self.send_command(node, command, body),
+            Effect::Cancel { command } => {
+                if let Some(cancel) = self.cancels.remove(&command) {
+                    let _ = cancel.send(());
+                }
+            }
+            Effect::Stream { request, reply } => {
+                if let Some(frames) = self.streams.get(&request) {
+                    let _ = frames.send(Frame::More(reply));
+                }
+            }
+            Effect::Reply { request, reply } => {
+                if let Some(frames) = self.streams.remove(&request) {
+                    let _ = frames.send(Frame::Last(reply));
+                }
+            }
+            Effect::End { request } => {
+                if let Some(frames) = self.streams.remove(&request) {
+                    let _ = frames.send(Frame::End);
+                }
+            }
+            Effect::CloseNode { node, reason } => {
+                if let Some(connection) = self.workers.remove(&node) {
+                    tracing::warn!(%node, "closing the worker's connection: {reason}");
+                    connection.close(4u32.into(), reason.as_bytes());
+                }
+            }
+            Effect::StoreCheckpoint {
+                ticket,
+                actor,
+                seq,
+                image,
+            } => {
+                let store = self.checkpoints.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let result = store
+                        .save(actor, seq, image)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::Input(Input::CheckpointStored { ticket, result }));
+                });
+            }
+            Effect::LoadCheckpoint { ticket, actor } => {
+                let store = self.checkpoints.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let result = store
+                        .latest(actor)
+                        .await
+                        .map(|found| {
+                            found.map(|r| LoadedCheckpoint {
+                                seq: r.seq,
+                                image: r.image,
+                            })
+                        })
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::Input(Input::CheckpointLoaded { ticket, result }));
+                });
+            }
+            Effect::ForgetCheckpoints { actor } => {
+                let store = self.checkpoints.clone();
+                tokio::spawn(async move { store.remove(actor).await });
+            }
+        }
+    }
+
+    /// Sends one command on a stream of its own and feeds every reply back, the last one
+    /// (or the failure) included. A job's command can be cancelled: its stream is reset and
+    /// the worker's last reply still read.
+    fn send_command(&mut self, node: NodeId, command: CommandId, body: WorkerCommand) {
+        let tx = self.tx.clone();
+        let reply = move |reply: Result<WorkerReply, RemoteError>| {
+            let _ = tx.send(Msg::Input(Input::Replied { command, reply }));
+        };
+        let Some(connection) = self.workers.get(&node).cloned() else {
+            reply(Err(died(node)));
+            return;
+        };
+        let (cancel_tx, mut cancel) = oneshot::channel::<()>();
+        // A job's stream stays open: resetting it cancels the job.
+        let cancellable = matches!(body, WorkerCommand::RunJob { .. });
+        if cancellable {
+            self.cancels.insert(command, cancel_tx);
+        }
+        tokio::spawn(async move {
+            let opened = async {
+                let (mut send, recv) = connection.open_bi().await.ok()?;
+                write_frame(&mut send, &body).await.ok()?;
+                if !cancellable {
+                    let _ = send.finish();
+                }
+                Some((send, recv))
+            };
+            let Some((mut send, mut recv)) = opened.await else {
+                return reply(Err(died(node)));
+            };
+            let mut cancellable = cancellable;
+            loop {
+                let frame = tokio::select! {
+                    frame = read_frame::<_, WorkerReply>(&mut recv, MAX_FRAME) => frame,
+                    _ = &mut cancel, if cancellable => {
+                        cancellable = false;
+                        let _ = send.reset(0u32.into());
+                        continue;
+                    }
+                };
+                match frame {
+                    Ok(Some(r)) => {
+                        let last = r.is_final();
+                        reply(Ok(r));
+                        if last {
+                            let _ = send.finish();
+                            return;
+                        }
+                    }
+                    Ok(None) | Err(_) => return reply(Err(died(node))),
+                }
+            }
+        });
+    }
+}
