@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ember::{Cluster, Options, TaskCall};
 use ember_core::proto::{
-    read_frame, write_frame, ClientReply, ErrorKind, Hello, Welcome, MAX_FRAME,
+    read_frame, write_hello, ClientReply, ErrorKind, Hello, Welcome, HELLO_LIMIT, MAX_FRAME,
 };
 use ember_core::security::{client_config, ClusterFile, Fingerprint, SERVER_NAME};
 use ember_tests::tasks;
@@ -115,12 +115,10 @@ async fn malformed_and_oversized_frames_get_errors_and_the_head_keeps_serving() 
     .await
     .expect("handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("hello stream");
-    let hello = Hello::Client {
-        token: tc.file.token.clone(),
-    };
-    write_frame(&mut send, &hello).await.expect("hello");
+    let hello = Hello::client(tc.file.token.clone());
+    write_hello(&mut send, &hello).await.expect("hello");
     let _ = send.finish();
-    let welcome = within("welcome", read_frame::<_, Welcome>(&mut recv, 1 << 16))
+    let welcome = within("welcome", read_frame::<_, Welcome>(&mut recv, HELLO_LIMIT))
         .await
         .expect("welcome");
     assert!(

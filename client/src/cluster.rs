@@ -13,7 +13,7 @@ use ember_core::proto::{
     FrameError, JobEvent, JobSpec, RemoteError, Wire, MAX_FRAME,
 };
 use ember_core::resources::Allocation;
-use ember_core::security::{connect_client, ClusterFile, Fingerprint};
+use ember_core::security::{connect_client, ClusterFile, ConnectError, Fingerprint};
 use ember_head::ClusterStatus;
 
 use crate::actor::MAX_CALL_ARGS;
@@ -446,9 +446,12 @@ async fn open(
 ) -> Result<quinn::Connection, Error> {
     connect_client(endpoint, addr, fingerprint, token)
         .await
-        .map_err(|e| Error::Connect {
-            addr: e.addr,
-            reason: e.reason,
+        .map_err(|e| match e {
+            ConnectError::Unreachable { addr, reason } => Error::Connect { addr, reason },
+            ConnectError::Refused { addr, reason } => Error::Connect {
+                addr,
+                reason: format!("refused: {reason}"),
+            },
         })
 }
 

@@ -5,19 +5,16 @@ use std::time::{Duration, Instant};
 
 use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{
-    read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, FrameError, Hello, RemoteError,
-    Welcome, WorkerEvent, MAX_FRAME,
+    read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, FrameError, HelloRole,
+    RemoteError, Welcome, WorkerEvent, MAX_FRAME,
 };
-use ember_core::security::token_matches;
+use ember_core::security::{accept_hello, HelloListener};
 
 use crate::groups;
 use crate::recovery::{self, actor_lost, node_lost};
 use crate::registry::Head;
 use crate::status;
 use crate::work::{create_actor, kill_actor, lease_task, run_job};
-
-/// The largest hello accepted: a worker's list of types fits easily.
-const MAX_HELLO: usize = 1 << 20;
 
 /// Serves one incoming connection until it closes.
 pub(crate) async fn serve(head: Arc<Head>, incoming: quinn::Incoming) {
@@ -35,34 +32,23 @@ pub(crate) async fn serve(head: Arc<Head>, incoming: quinn::Incoming) {
         conn.close(2u32.into(), b"no hello within 10 s");
         return;
     };
-    let hello = read_frame::<_, Hello>(&mut recv, MAX_HELLO).await;
-    let refuse = |reason: String| Welcome::Refused { reason };
-    let welcome_and_role = match hello {
-        Ok(Some(Hello::Worker(h))) if token_matches(&head.token, &h.token) => {
-            let node = NodeId(head.next_id());
-            (Welcome::Accepted { node: Some(node) }, Some(Ok((node, *h))))
+    let role = match accept_hello(&mut recv, &mut send, &head.token, HelloListener::Head).await {
+        Ok(role) => role,
+        Err(refused) => {
+            tracing::warn!(%remote, "refused a connection: {refused}");
+            let _ = send.finish();
+            // Let the refusal arrive before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            conn.close(1u32.into(), refused.reason.as_bytes());
+            return;
         }
-        Ok(Some(Hello::Client { token })) if token_matches(&head.token, &token) => {
-            (Welcome::Accepted { node: None }, Some(Err(())))
-        }
-        Ok(Some(_)) => (refuse("wrong cluster token".into()), None),
-        Ok(None) => (refuse("the connection sent no hello".into()), None),
-        Err(e) => (refuse(format!("malformed hello: {e}")), None),
     };
-    let (welcome, role) = welcome_and_role;
-    if let Welcome::Refused { reason } = &welcome {
-        tracing::warn!(%remote, "refused a connection: {reason}");
-        let _ = write_frame(&mut send, &welcome).await;
-        let _ = send.finish();
-        // Let the refusal arrive before the connection goes.
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-        conn.close(1u32.into(), reason.as_bytes());
-        return;
-    }
     match role {
-        Some(Ok((node, hello))) => {
+        HelloRole::Worker(hello) => {
+            let node = NodeId(head.next_id());
+            let welcome = Welcome::Accepted { node: Some(node) };
             let name = hello.name.clone();
-            head.add_node(node, conn.clone(), hello);
+            head.add_node(node, conn.clone(), *hello);
             if write_frame(&mut send, &welcome).await.is_err() {
                 node_lost(&head, node, "left during its welcome");
                 return;
@@ -72,7 +58,10 @@ pub(crate) async fn serve(head: Arc<Head>, incoming: quinn::Incoming) {
             serve_worker(head, conn, node).await;
         }
         _ => {
-            if write_frame(&mut send, &welcome).await.is_err() {
+            if write_frame(&mut send, &Welcome::Accepted { node: None })
+                .await
+                .is_err()
+            {
                 return;
             }
             let _ = send.finish();
