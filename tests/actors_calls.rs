@@ -63,10 +63,8 @@ async fn the_actor_socket_refuses_a_wrong_token() {
     let mut stream = tokio::net::UnixStream::connect(&socket)
         .await
         .expect("connect");
-    let hello = ember_core::proto::Hello::Client {
-        token: "not-the-token".into(),
-    };
-    ember_core::proto::write_frame(&mut stream, &hello)
+    let hello = ember_core::proto::Hello::client("not-the-token");
+    ember_core::proto::write_hello(&mut stream, &hello)
         .await
         .unwrap();
     stream.flush().await.unwrap();

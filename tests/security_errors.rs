@@ -1,5 +1,6 @@
-//! Refusals and failures across real processes: wrong tokens and fingerprints, unknown task
-//! names, malformed and oversized frames, tasks that fail or panic, and a worker killed in the
+//! Refusals and failures across real processes: wrong tokens and fingerprints, hellos of
+//! another protocol version or of a role the head does not take, unknown task names, malformed
+//! and oversized frames, tasks that fail or panic, and a worker killed in the
 //! middle of a call. Each is an error for that peer or call only; the cluster keeps serving.
 
 use std::net::SocketAddr;
@@ -7,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use ember::{Cluster, Options, TaskCall};
 use ember_core::proto::{
-    read_frame, write_frame, ClientReply, ErrorKind, Hello, Welcome, MAX_FRAME,
+    read_frame, write_hello, ClientReply, ErrorKind, Hello, HelloRole, PeerHello, Welcome,
+    WorkerHello, HELLO_LIMIT, MAX_FRAME, PROTOCOL_VERSION,
 };
-use ember_core::security::{client_config, ClusterFile, Fingerprint, SERVER_NAME};
+use ember_core::resources::NodeResources;
+use ember_core::security::{
+    client_config, connect_with_hello, ClusterFile, ConnectError, Fingerprint, SERVER_NAME,
+};
 use ember_tests::tasks;
 use ember_tests::{run_cli, until, within, TestCluster, WorkerSpec};
 
@@ -55,6 +60,85 @@ async fn wrong_token_or_fingerprint_is_refused() {
     assert!(err.to_string().contains("not the cluster's"), "{err}");
 
     still_serving(&cluster).await;
+}
+
+/// A hello of each role (a worker, a client, a group peer) for this cluster, of `version`.
+fn hellos(token: &str, version: u32) -> Vec<Hello> {
+    let worker = HelloRole::Worker(Box::new(WorkerHello {
+        name: "from-elsewhere".into(),
+        resources: NodeResources {
+            cpu_millis: 1000,
+            gpus: Vec::new(),
+            custom: Vec::new(),
+            labels: Vec::new(),
+        },
+        task_types: Vec::new(),
+        actor_types: Vec::new(),
+        address: "127.0.0.1:9".into(),
+    }));
+    let peer = HelloRole::Peer(PeerHello {
+        group: "g".into(),
+        generation: 1,
+        from: 1,
+        to: 0,
+    });
+    [worker, HelloRole::Client, peer]
+        .into_iter()
+        .map(|role| Hello {
+            version,
+            ..Hello::new(token, role)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_refuses_another_protocol_version_and_a_peer_naming_why() {
+    let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::cpu()]).await;
+    let endpoint =
+        quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("endpoint");
+    let say = async |hello: &Hello| {
+        within(
+            "the head's answer",
+            connect_with_hello(&endpoint, tc.file.address, tc.file.fingerprint, hello),
+        )
+        .await
+        .map(|_| ())
+    };
+
+    // Another version, newer or older, is refused with both versions named, whatever the role.
+    for version in [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 1] {
+        for hello in hellos(&tc.file.token, version) {
+            match say(&hello).await {
+                Err(ConnectError::Refused { reason, .. }) => assert!(
+                    reason.contains(&format!("protocol version {version} "))
+                        && reason.contains(&format!("cluster's version {PROTOCOL_VERSION}")),
+                    "{hello:?}: {reason}"
+                ),
+                other => panic!("{hello:?} was not refused for its version: {other:?}"),
+            }
+        }
+    }
+
+    // A group peer with the right token is refused for what it is, not for its token.
+    let peer = hellos(&tc.file.token, PROTOCOL_VERSION)
+        .pop()
+        .expect("a peer");
+    match say(&peer).await {
+        Err(ConnectError::Refused { reason, .. }) => {
+            assert_eq!(reason, "a group peer cannot connect to the head")
+        }
+        other => panic!("a peer was not refused for its role: {other:?}"),
+    }
+    // A client of this version is welcomed on the same endpoint.
+    say(&Hello::client(tc.file.token.clone()))
+        .await
+        .expect("a client of this version is welcomed");
+
+    let status = within("status", cluster.status()).await.expect("status");
+    assert_eq!(status.nodes.len(), 1, "no hello above joined a node");
+    within("a task", cluster.run(tasks::cpu_only::remote()))
+        .await
+        .expect("the cluster keeps serving");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,12 +199,10 @@ async fn malformed_and_oversized_frames_get_errors_and_the_head_keeps_serving() 
     .await
     .expect("handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("hello stream");
-    let hello = Hello::Client {
-        token: tc.file.token.clone(),
-    };
-    write_frame(&mut send, &hello).await.expect("hello");
+    let hello = Hello::client(tc.file.token.clone());
+    write_hello(&mut send, &hello).await.expect("hello");
     let _ = send.finish();
-    let welcome = within("welcome", read_frame::<_, Welcome>(&mut recv, 1 << 16))
+    let welcome = within("welcome", read_frame::<_, Welcome>(&mut recv, HELLO_LIMIT))
         .await
         .expect("welcome");
     assert!(

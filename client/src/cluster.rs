@@ -14,7 +14,7 @@ use ember_core::proto::{
     FrameError, JobEvent, JobSpec, RemoteError, Wire, MAX_FRAME,
 };
 use ember_core::resources::Allocation;
-use ember_core::security::{connect_client, ClusterFile, Fingerprint};
+use ember_core::security::{connect_client, ClusterFile, ConnectError, Fingerprint};
 
 use crate::actor::MAX_CALL_ARGS;
 use crate::actor::{ActorRef, Caller, RemoteActor};
@@ -445,9 +445,12 @@ async fn open(
 ) -> Result<quinn::Connection, Error> {
     connect_client(endpoint, addr, fingerprint, token)
         .await
-        .map_err(|e| Error::Connect {
-            addr: e.addr,
-            reason: e.reason,
+        .map_err(|e| match e {
+            ConnectError::Unreachable { addr, reason } => Error::Connect { addr, reason },
+            ConnectError::Refused { addr, reason } => Error::Connect {
+                addr,
+                reason: format!("refused: {reason}"),
+            },
         })
 }
 

@@ -63,9 +63,7 @@ impl<M: Direct> UnixCaller<M> {
         let (rd, wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(256 << 10, rd);
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
-        let hello = Hello::Client {
-            token: token.to_string(),
-        };
+        let hello = Hello::client(token);
         say_hello(&hello, &mut rd, &mut wr)
             .await
             .map_err(|e| fail(e.to_string()))?;

@@ -351,6 +351,53 @@ impl TestCluster {
         });
     }
 
+    /// Starts a worker named `name` exactly as a person would, with the `ember worker`
+    /// command of the `ember` binary and this cluster's join flags (without waiting for it to
+    /// join). Its executors are `ember` processes too, so it hosts only the built-in actor
+    /// types (the GPU actor), no task of [`tasks`].
+    pub fn add_cli_worker(&mut self, name: &str, spec: &WorkerSpec) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = Command::new(ember_exe());
+        cmd.args(["worker", "--head", &self.file.address.to_string()])
+            .args(["--token", &self.file.token])
+            .args(["--fingerprint", &self.file.fingerprint.to_string()])
+            .args(["--name", name, "--cpus", "4", "--listen", "127.0.0.1:0"]);
+        if spec.gpus > 0 {
+            cmd.args(["--gpus", &spec.gpus.to_string()]);
+        }
+        if let Some(memory) = &spec.gpu_memory {
+            cmd.args(["--gpu-memory", memory]);
+        }
+        if let Some(accelerator) = &spec.accelerator {
+            cmd.args(["--accelerator", accelerator]);
+        }
+        let child = cmd
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("EMBER_ROLE")
+            .env("RUST_LOG", "warn")
+            .env(MARK_VAR, self.mark(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("cannot start `ember worker`");
+        self.workers.push(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        });
+    }
+
+    /// The process id of the worker named `name` (not of its executors).
+    pub fn worker_pid(&self, name: &str) -> u32 {
+        self.workers
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no worker {name}"))
+            .child
+            .id()
+    }
+
     fn mark(&self, name: &str) -> String {
         format!("{}/{name}", self.dir.path().display())
     }

@@ -10,11 +10,13 @@ use std::time::Duration;
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, ErrorKind, FrameError,
-    Hello, LeaseEndpoints, RemoteError, Welcome, WorkerCommand, WorkerEvent, WorkerHello,
+    Hello, HelloRole, LeaseEndpoints, RemoteError, WorkerCommand, WorkerEvent, WorkerHello,
     WorkerReply, MAX_FRAME,
 };
 use ember_core::resources::{to_millis, Allocation, NodeResources, ResourceError};
-use ember_core::security::{client_config, Fingerprint, SecurityError, SERVER_NAME};
+use ember_core::security::{
+    client_config, say_hello, Fingerprint, HelloError, SecurityError, SERVER_NAME,
+};
 use tokio::sync::mpsc;
 
 use crate::executor::{ExecRequest, ExecutorPool};
@@ -236,31 +238,32 @@ async fn serve_once(
         .map_err(|e| connect_err(e.to_string()))?;
 
     let name = config.name.clone().unwrap_or_else(default_name);
-    let hello = Hello::Worker(Box::new(WorkerHello {
-        token: config.token.clone(),
-        name: name.clone(),
-        resources,
-        task_types: registry::task_names(),
-        actor_types: registry::actor_names(),
-        address: address.to_string(),
-    }));
+    let hello = Hello::new(
+        config.token.clone(),
+        HelloRole::Worker(Box::new(WorkerHello {
+            name: name.clone(),
+            resources,
+            task_types: registry::task_names(),
+            actor_types: registry::actor_names(),
+            address: address.to_string(),
+        })),
+    );
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| connect_err(e.to_string()))?;
-    write_frame(&mut send, &hello).await?;
-    let _ = send.finish();
-    let node = match read_frame::<_, Welcome>(&mut recv, MAX_FRAME).await {
-        Ok(Some(Welcome::Accepted { node: Some(node) })) => node,
-        Ok(Some(Welcome::Refused { reason })) => return Err(WorkerError::Refused(reason)),
-        Ok(_) => return Err(WorkerError::Refused("the head sent no welcome".into())),
+    let node = match say_hello(&hello, &mut recv, &mut send).await {
+        Ok(Some(node)) => node,
+        Ok(None) => return Err(WorkerError::Refused("the head gave no node id".into())),
+        Err(HelloError::Refused(reason)) => return Err(WorkerError::Refused(reason)),
         Err(e) => {
             return Err(match conn.close_reason() {
                 Some(reason) => WorkerError::Refused(reason.to_string()),
-                None => e.into(),
+                None => connect_err(format!("no welcome: {e}")),
             })
         }
     };
+    let _ = send.finish();
     joined.set(true);
     tracing::info!(
         %node, head = %config.head, %address, gpus = inventory.devices.len(),

@@ -22,7 +22,7 @@ pub fn serve_role_if_asked() {
     };
     let code = match role.as_str() {
         ROLE_EXECUTOR => run_executor(),
-        ROLE_WORKER => run_worker(),
+        ROLE_WORKER => run_worker_from_env(),
         other => {
             eprintln!("ember: unknown {ROLE_VAR}={other}");
             2
@@ -52,8 +52,7 @@ fn run_executor() -> i32 {
     code
 }
 
-fn run_worker() -> i32 {
-    init_logging();
+fn run_worker_from_env() -> i32 {
     let config: WorkerConfig = match std::env::var(WORKER_CONFIG_VAR)
         .map_err(|e| e.to_string())
         .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))
@@ -64,13 +63,23 @@ fn run_worker() -> i32 {
             return 2;
         }
     };
+    run_worker(config)
+}
+
+/// Runs this process as a worker agent with `config` until it is told to stop (Ctrl-C,
+/// SIGTERM) or gives up on the head, and returns its exit code (errors printed). The one way
+/// every worker agent runs, whoever started it: `ember worker`, or a local cluster through
+/// [`ROLE_VAR`]. It runs on the calling thread, on the single-threaded runtime every role
+/// uses.
+pub fn run_worker(config: WorkerConfig) -> i32 {
+    init_logging();
     let Some(rt) = runtime("worker") else {
         return 1;
     };
     match rt.block_on(agent::run(config, agent::shutdown_signal())) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("worker stopped: {e}");
+            eprintln!("ember worker: {e}");
             1
         }
     }

@@ -68,7 +68,6 @@ fn hello(i: u64) -> Box<WorkerHello> {
         })
         .collect();
     Box::new(WorkerHello {
-        token: String::new(),
         name: format!("sim-{i}"),
         resources: NodeResources {
             cpu_millis: 64_000,

@@ -209,9 +209,21 @@ fn main() {
     // Workers started by `ember up` and executors run this same binary.
     ember_worker::role::serve_role_if_asked();
     ember::init_logging();
-    let cli = Cli::parse();
+    let command = Cli::parse().command;
+    if let Command::Worker(args) = command {
+        // Every worker agent runs the same way, on its single-threaded runtime: this one as
+        // those a local cluster starts.
+        let code = match worker_config(args) {
+            Ok(config) => ember_worker::role::run_worker(config),
+            Err(e) => {
+                eprintln!("ember: {e:#}");
+                2
+            }
+        };
+        std::process::exit(code);
+    }
     let rt = tokio::runtime::Runtime::new().expect("cannot start the Tokio runtime");
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(command)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("ember: {e:#}");
@@ -220,8 +232,30 @@ fn main() {
     }
 }
 
-async fn run(cli: Cli) -> Result<i32> {
-    match cli.command {
+/// The configuration `ember worker` joins with.
+fn worker_config(args: WorkerArgs) -> Result<WorkerConfig> {
+    let file = match (&args.head, &args.cluster) {
+        (Some(head), _) => ClusterFile {
+            address: *head,
+            token: args.token.clone().context("--token is required")?,
+            fingerprint: args.fingerprint.context("--fingerprint is required")?,
+        },
+        (None, path) => ClusterFile::discover(path.as_deref())?,
+    };
+    let mut config = WorkerConfig::new(file.address, file.token, file.fingerprint);
+    config.name = args.name;
+    config.cpus = args.cpus;
+    config.gpus = args.gpus;
+    config.gpu_memory = args.gpu_memory;
+    config.accelerator = args.accelerator;
+    config.resources = args.resources;
+    config.listen = args.listen;
+    config.grace_ms = args.grace.as_millis() as u64;
+    Ok(config)
+}
+
+async fn run(command: Command) -> Result<i32> {
+    match command {
         Command::Head {
             listen,
             state_dir,
@@ -243,27 +277,7 @@ async fn run(cli: Cli) -> Result<i32> {
             head.stop().await;
             Ok(0)
         }
-        Command::Worker(args) => {
-            let file = match (&args.head, &args.cluster) {
-                (Some(head), _) => ClusterFile {
-                    address: *head,
-                    token: args.token.clone().context("--token is required")?,
-                    fingerprint: args.fingerprint.context("--fingerprint is required")?,
-                },
-                (None, path) => ClusterFile::discover(path.as_deref())?,
-            };
-            let mut config = WorkerConfig::new(file.address, file.token, file.fingerprint);
-            config.name = args.name;
-            config.cpus = args.cpus;
-            config.gpus = args.gpus;
-            config.gpu_memory = args.gpu_memory;
-            config.accelerator = args.accelerator;
-            config.resources = args.resources;
-            config.listen = args.listen;
-            config.grace_ms = args.grace.as_millis() as u64;
-            agent::run(config, agent::shutdown_signal()).await?;
-            Ok(0)
-        }
+        Command::Worker(_) => unreachable!("`ember worker` runs in `main`"),
         Command::Up {
             workers,
             gpus_per_worker,

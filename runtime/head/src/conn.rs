@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use ember_core::proto::{
-    read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, FrameError, Hello, RemoteError,
-    Welcome, WorkerEvent, LEASE_LOST, MAX_FRAME,
+    read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, FrameError, HelloRole,
+    RemoteError, Welcome, WorkerEvent, LEASE_LOST, MAX_FRAME,
 };
-use ember_core::security::{token_matches, HELLO_LIMIT};
+use ember_core::security::{accept_hello, HelloListener};
 use ember_head_state::{ConnId, Input, RequestId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,15 +33,25 @@ pub(crate) async fn serve(shell: Shell, token: String, incoming: quinn::Incoming
         conn.close(2u32.into(), b"no hello within 10 s");
         return;
     };
-    let hello = read_frame::<_, Hello>(&mut recv, HELLO_LIMIT).await;
-    let refusal = match hello {
-        Ok(Some(Hello::Worker(h))) if token_matches(&token, &h.token) => {
+    let role = match accept_hello(&mut recv, &mut send, &token, HelloListener::Head).await {
+        Ok(role) => role,
+        Err(refused) => {
+            tracing::warn!(%remote, "refused a connection: {refused}");
+            let _ = send.finish();
+            // Let the refusal arrive before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            conn.close(1u32.into(), refused.reason.as_bytes());
+            return;
+        }
+    };
+    match role {
+        HelloRole::Worker(hello) => {
             let id = ConnId(shell.next_id());
             let (welcome, node) = oneshot::channel();
             shell.send(Msg::Worker {
                 conn: id,
                 connection: conn.clone(),
-                hello: h,
+                hello,
                 welcome,
             });
             let Ok(node) = node.await else {
@@ -55,9 +65,8 @@ pub(crate) async fn serve(shell: Shell, token: String, incoming: quinn::Incoming
             let _ = send.finish();
             tracing::info!(%node, %remote, "worker joined");
             serve_worker(&shell, &conn, id, node).await;
-            return;
         }
-        Ok(Some(Hello::Client { token: t })) if token_matches(&token, &t) => {
+        _ => {
             if write_frame(&mut send, &Welcome::Accepted { node: None })
                 .await
                 .is_err()
@@ -66,25 +75,8 @@ pub(crate) async fn serve(shell: Shell, token: String, incoming: quinn::Incoming
             }
             let _ = send.finish();
             serve_client(&shell, &conn).await;
-            return;
         }
-        Ok(Some(Hello::Peer(_))) => "a collective group's peer cannot connect to the head".into(),
-        Ok(Some(_)) => "wrong cluster token".to_string(),
-        Ok(None) => "the connection sent no hello".to_string(),
-        Err(e) => format!("malformed hello: {e}"),
-    };
-    tracing::warn!(%remote, "refused a connection: {refusal}");
-    let _ = write_frame(
-        &mut send,
-        &Welcome::Refused {
-            reason: refusal.clone(),
-        },
-    )
-    .await;
-    let _ = send.finish();
-    // Let the refusal arrive before the connection goes.
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-    conn.close(1u32.into(), refusal.as_bytes());
+    }
 }
 
 /// Passes a worker's events to the state, and tells it when packets show the worker alive,

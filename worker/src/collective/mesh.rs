@@ -15,11 +15,11 @@ use std::time::Duration;
 use ember_core::host::host_id;
 use ember_core::ids::ActorId;
 use ember_core::proto::{
-    read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, GroupView, Hello, PeerHello,
+    write_frame, ClientReply, ClientRequest, ErrorKind, GroupView, Hello, HelloRole, PeerHello,
     RemoteError, Welcome,
 };
-use ember_core::security::{connect_with_hello, say_hello, token_matches, HELLO_LIMIT};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use ember_core::security::{accept_hello, connect_with_hello, say_hello, HelloListener};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -111,13 +111,16 @@ pub(crate) fn install(
             let mesh = mesh.clone();
             tokio::spawn(async move {
                 let (mut rd, mut wr) = stream.into_split();
-                let hello = match read_frame::<_, Hello>(&mut rd, HELLO_LIMIT).await {
-                    Ok(Some(Hello::Peer(h))) => h,
-                    _ => {
-                        let _ = refuse(&mut wr, "expected a peer hello").await;
-                        return;
-                    }
-                };
+                let token = &mesh.token;
+                let hello =
+                    match accept_hello(&mut rd, &mut wr, token, HelloListener::GroupLinks).await {
+                        Ok(HelloRole::Peer(h)) => h,
+                        Ok(_) => return,
+                        Err(refused) => {
+                            tracing::warn!("refused a group peer: {refused}");
+                            return;
+                        }
+                    };
                 let fd = rd.as_ref().as_raw_fd();
                 mesh.accept(hello, Box::pin(rd), Box::pin(wr), Via::Unix(fd))
                     .await;
@@ -127,22 +130,9 @@ pub(crate) fn install(
     Ok(())
 }
 
-async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, reason: &str) -> std::io::Result<()> {
-    tracing::warn!("refused a group peer: {reason}");
-    write_frame(
-        wr,
-        &Welcome::Refused {
-            reason: reason.into(),
-        },
-    )
-    .await
-    .map_err(std::io::Error::other)?;
-    wr.flush().await
-}
-
 impl Mesh {
-    /// A peer's hello arrived (on the Unix socket, or on the actor's QUIC endpoint): check its
-    /// token, welcome it and park the link until an operation takes it.
+    /// A peer's hello arrived and was accepted (on the Unix socket, or on the actor's QUIC
+    /// endpoint): welcome it and park the link until an operation takes it.
     pub(crate) async fn accept(
         &self,
         hello: PeerHello,
@@ -150,10 +140,6 @@ impl Mesh {
         mut wr: super::link::Tx,
         via: Via,
     ) {
-        if !token_matches(&self.token, &hello.token) {
-            let _ = refuse(&mut wr, "wrong cluster token").await;
-            return;
-        }
         let welcome = Welcome::Accepted { node: None };
         if write_frame(&mut wr, &welcome).await.is_err() || wr.flush().await.is_err() {
             return;
@@ -313,13 +299,15 @@ impl Mesh {
     /// Opens a link to `peer`: its Unix socket on this machine, its QUIC endpoint elsewhere.
     async fn dial(&self, view: &GroupView, rank: u32, peer: u32) -> Result<Link, String> {
         let member = &view.members[peer as usize];
-        let hello = Hello::Peer(PeerHello {
-            token: self.token.clone(),
-            group: view.name.clone(),
-            generation: view.generation,
-            from: rank,
-            to: peer,
-        });
+        let hello = Hello::new(
+            self.token.clone(),
+            HelloRole::Peer(PeerHello {
+                group: view.name.clone(),
+                generation: view.generation,
+                from: rank,
+                to: peer,
+            }),
+        );
         let endpoints = member.endpoints.clone();
         let same_host = !self.force_quic && endpoints.host == host_id();
         let endpoint = self.endpoint.clone();

@@ -19,11 +19,11 @@ use std::time::Duration;
 use ember_core::host::host_id;
 use ember_core::ids::ActorId;
 use ember_core::proto::{
-    decode, encode, read_frame, write_frame, ActorCall, ActorEndpoints, CallReply,
-    CheckpointPolicy, CheckpointSave, ErrorKind, Hello, LocalCall, LocalReply, PeerHello,
-    RemoteError, Welcome, CHECKPOINT_METHOD,
+    decode, encode, write_frame, ActorCall, ActorEndpoints, CallReply, CheckpointPolicy,
+    CheckpointSave, ErrorKind, HelloRole, LocalCall, LocalReply, PeerHello, RemoteError, Welcome,
+    CHECKPOINT_METHOD,
 };
-use ember_core::security::{server_config, token_matches, Identity, HELLO_LIMIT};
+use ember_core::security::{accept_hello, server_config, HelloListener, Identity};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
@@ -444,7 +444,8 @@ fn construct(spec: &ActorSpec) -> Result<(Box<dyn ActorInstance>, u64, ReplyLog)
 enum Greeted {
     /// A caller with the right token.
     Caller,
-    /// A member of one of the actor's groups (not yet welcomed: the mesh checks it).
+    /// A member of one of the actor's groups, with the right token (not yet welcomed: the
+    /// mesh does it, once it has a place for the link).
     Peer(PeerHello),
     /// Refused.
     Refused,
@@ -459,38 +460,29 @@ where
     matches!(greet_any(token, rd, wr, false).await, Greeted::Caller)
 }
 
-/// Reads a hello and answers a caller's; a peer's hello is returned unanswered when
-/// `peers` is set.
+/// Reads a hello on an endpoint for calls (or, with `peers`, on the actor's QUIC endpoint,
+/// which group peers use too) and answers a caller's; a peer's hello is returned unanswered.
 async fn greet_any<R, W>(token: &str, rd: &mut R, wr: &mut W, peers: bool) -> Greeted
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let welcome = match read_frame::<_, Hello>(rd, HELLO_LIMIT).await {
-        Ok(Some(Hello::Client { token: t })) if token_matches(token, &t) => {
-            Welcome::Accepted { node: None }
-        }
-        Ok(Some(Hello::Peer(hello))) if peers => return Greeted::Peer(hello),
-        Ok(Some(Hello::Client { .. })) => Welcome::Refused {
-            reason: "wrong cluster token".into(),
-        },
-        Ok(_) => Welcome::Refused {
-            reason: "expected a client hello".into(),
-        },
-        Err(e) => Welcome::Refused {
-            reason: format!("malformed hello: {e}"),
-        },
-    };
-    let accepted = matches!(welcome, Welcome::Accepted { .. });
-    if !accepted {
-        tracing::warn!("refused a caller: {welcome:?}");
-    }
-    let _ = write_frame(wr, &welcome).await;
-    let _ = wr.flush().await;
-    if accepted {
-        Greeted::Caller
+    let listener = if peers {
+        HelloListener::ActorEndpoint
     } else {
-        Greeted::Refused
+        HelloListener::Calls
+    };
+    match accept_hello(rd, wr, token, listener).await {
+        Ok(HelloRole::Peer(hello)) => Greeted::Peer(hello),
+        Ok(_) => {
+            let _ = write_frame(wr, &Welcome::Accepted { node: None }).await;
+            let _ = wr.flush().await;
+            Greeted::Caller
+        }
+        Err(refused) => {
+            tracing::warn!("refused a caller: {refused}");
+            Greeted::Refused
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! `CUDA_VISIBLE_DEVICES`, sending them work and noticing when they die.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use ember_core::ids::{ActorId, LeaseId};
 use ember_core::proto::{read_frame, write_frame, ErrorKind, RemoteError, MAX_FRAME};
 use tokio::net::UnixListener;
 use tokio::process::Command;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use super::protocol::{ExecReply, ExecRequest};
@@ -52,17 +54,28 @@ impl Executor {
             .env(GpuKind::VAR, gpu_kind.as_env())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the child between fork and exec and only makes one
-        // async-signal-safe system call. The kernel then kills the executor the moment the
-        // worker (the thread that forked it: the worker's only runtime thread) dies, so no
-        // actor outlives its worker to answer calls the head no longer routes to it.
+        // SAFETY: the closure runs in the child between fork and exec and makes only
+        // async-signal-safe system calls (prctl, getppid); it takes no lock and allocates
+        // nothing (its errors are bare errnos).
+        // The kernel then kills the executor the moment the thread that forked it exits, and
+        // that thread is the spawner thread (`spawn_child`), which lives as long as the worker
+        // process: so the executor dies with its worker, however the worker dies, and no
+        // actor outlives its worker to answer calls the head no longer routes to it. A worker
+        // that died between the fork and the prctl sends no signal; the child then has
+        // another parent and exits at once instead.
+        let worker = std::process::id();
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
+                    .map_err(std::io::Error::from)?;
+                if nix::unistd::getppid().as_raw() as u32 != worker {
+                    // The worker died during the spawn.
+                    return Err(nix::errno::Errno::ESRCH.into());
+                }
+                Ok(())
             });
         }
-        let mut child = cmd.spawn()?;
+        let mut child = spawn_child(cmd).await?;
         let accepted = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(20), listener.accept()) => r,
             status = child.wait() => {
@@ -189,6 +202,58 @@ impl Executor {
         }
         self.exited().await;
     }
+}
+
+/// A command to start, the runtime whose process driver will reap the child, and where to
+/// send the child.
+type SpawnJob = (
+    Command,
+    Handle,
+    oneshot::Sender<std::io::Result<tokio::process::Child>>,
+);
+
+/// The spawner thread's queue; the thread is started on first use.
+static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>> =
+    std::sync::Mutex::new(None);
+
+/// Starts `cmd` from the spawner thread: one thread of the worker process that does nothing
+/// else and never exits (its queue's sender lives in a static, so its loop never ends, and a
+/// panicking spawn is caught). `PR_SET_PDEATHSIG` fires when the *thread* that forked the
+/// child exits, not its process: forked from a runtime's or the blocking pool's threads, an
+/// executor would be killed when that thread ends (an idle blocking-pool thread does, after
+/// a few seconds; a multi-thread runtime hands its workers between threads) while its worker
+/// lives on. Forked here, it dies exactly when the worker process does, whatever runtime or
+/// thread asked for it.
+async fn spawn_child(cmd: Command) -> std::io::Result<tokio::process::Child> {
+    let gone = || std::io::Error::other("the executor spawner thread is gone");
+    let queue = {
+        let mut slot = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some(queue) => queue.clone(),
+            None => {
+                let (queue, jobs) = std::sync::mpsc::channel::<SpawnJob>();
+                std::thread::Builder::new()
+                    .name("ember-spawner".into())
+                    .spawn(move || {
+                        for (mut cmd, runtime, reply) in jobs {
+                            let _runtime = runtime.enter();
+                            let child = catch_unwind(AssertUnwindSafe(|| cmd.spawn()))
+                                .unwrap_or_else(|_| {
+                                    Err(std::io::Error::other("spawning the executor panicked"))
+                                });
+                            let _ = reply.send(child);
+                        }
+                    })?;
+                *slot = Some(queue.clone());
+                queue
+            }
+        }
+    };
+    let (reply, child) = oneshot::channel();
+    queue
+        .send((cmd, Handle::current(), reply))
+        .map_err(|_| gone())?;
+    child.await.map_err(|_| gone())?
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {

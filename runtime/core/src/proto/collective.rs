@@ -37,12 +37,11 @@ pub struct GroupMember {
     pub endpoints: ActorEndpoints,
 }
 
-/// The first frame on a link between two members of a group, on a Unix socket or the first
-/// QUIC stream; answered with a [`super::Welcome`].
+/// What a member of a group says in its hello ([`super::HelloRole::Peer`]) when it opens a
+/// link to another member, on a Unix socket or the first QUIC stream; answered with a
+/// [`super::Welcome`].
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct PeerHello {
-    /// The cluster's token.
-    pub token: String,
     /// The group.
     pub group: String,
     /// Its generation.

@@ -21,6 +21,17 @@ pub enum FrameError {
     /// The bytes were not a valid message; the peer sent garbage or speaks another version.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// A hello of another protocol version: its sender runs another Ember release.
+    #[error(
+        "protocol version {theirs} is not this cluster's version {ours}: run one Ember \
+         release on the head, the workers and the clients"
+    )]
+    Version {
+        /// The version the sender speaks.
+        theirs: u32,
+        /// This process's version ([`super::PROTOCOL_VERSION`]).
+        ours: u32,
+    },
     /// The stream ended in the middle of a frame.
     #[error("stream ended in the middle of a frame")]
     Truncated,
@@ -35,7 +46,14 @@ where
     W: AsyncWrite + Unpin,
     T: Wire,
 {
-    let body = encode(msg)?;
+    write_frame_bytes(w, &encode(msg)?).await
+}
+
+/// Writes `body` as one frame, in a single write.
+pub(crate) async fn write_frame_bytes<W>(w: &mut W, body: &[u8]) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+{
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge {
             len: body.len(),
@@ -44,7 +62,7 @@ where
     }
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&body);
+    buf.extend_from_slice(body);
     w.write_all(&buf).await?;
     Ok(())
 }
@@ -54,6 +72,21 @@ pub async fn read_frame<R, T>(r: &mut R, max: usize) -> Result<Option<T>, FrameE
 where
     R: AsyncRead + Unpin,
     T: Wire,
+{
+    match read_frame_bytes(r, max).await? {
+        Some(body) => decode(&body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's body, of at most `max` bytes. `Ok(None)` is a clean end of stream before
+/// any byte of a frame.
+pub(crate) async fn read_frame_bytes<R>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<rkyv::util::AlignedVec<16>>, FrameError>
+where
+    R: AsyncRead + Unpin,
 {
     let mut len = [0u8; 4];
     let mut got = 0;
@@ -81,7 +114,7 @@ where
             FrameError::Io(e)
         }
     })?;
-    decode(&body).map(Some)
+    Ok(Some(body))
 }
 
 #[cfg(test)]

@@ -4,59 +4,13 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{ActorId, JobId, LeaseId, NodeId};
-use crate::resources::{Allocation, GpuStat, NodeResources};
+use crate::resources::{Allocation, GpuStat};
 use crate::security::Fingerprint;
 
 use super::{
-    CheckpointPolicy, CheckpointSave, ClusterStatus, GroupView, LeaseEndpoints, PeerHello,
-    Placement, RestartPolicy, TaskLease,
+    CheckpointPolicy, CheckpointSave, ClusterStatus, GroupView, LeaseEndpoints, Placement,
+    RestartPolicy, TaskLease,
 };
-
-/// The first message on a connection, on its first stream: who is connecting, with the token.
-#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
-pub enum Hello {
-    /// A worker joining the cluster.
-    Worker(Box<WorkerHello>),
-    /// A client (the command line, a program) of the cluster, or of a worker's actors.
-    Client {
-        /// The cluster's join token.
-        token: String,
-    },
-    /// A member of a collective group opening a link to another member.
-    Peer(PeerHello),
-}
-
-/// What a worker tells the head about itself when it joins.
-#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
-pub struct WorkerHello {
-    /// The cluster's join token.
-    pub token: String,
-    /// A name for humans (host name and process id by default).
-    pub name: String,
-    /// Everything the worker offers.
-    pub resources: NodeResources,
-    /// Task functions this worker's executable can run, by registered name.
-    pub task_types: Vec<String>,
-    /// Actor types this worker's executable can host, by registered name.
-    pub actor_types: Vec<String>,
-    /// The worker's own address, for humans and logs.
-    pub address: String,
-}
-
-/// The answer to a [`Hello`].
-#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
-pub enum Welcome {
-    /// Accepted; a worker learns its node id.
-    Accepted {
-        /// The id given to a joining worker; `None` for a client.
-        node: Option<NodeId>,
-    },
-    /// Refused, with the reason (a wrong token, a malformed hello).
-    Refused {
-        /// Why, for the log of the party refused.
-        reason: String,
-    },
-}
 
 /// What a task lease is for: tasks of one function with one set of needs.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! The one wire protocol: `rkyv` archives, checked before use, framed by a little-endian `u32`
-//! length with a size limit, one request/response exchange per QUIC stream.
+//! length with a size limit, one request/response exchange per QUIC stream. Every connection
+//! opens with a hello carrying the sender's [`PROTOCOL_VERSION`] (see [`Hello`]).
 //!
 //! The same frames travel on Unix sockets between a worker and its executor processes.
 
@@ -7,6 +8,10 @@ mod codec;
 #[allow(missing_docs)]
 mod collective;
 mod frame;
+// rkyv's derive makes undocumented helper types for enum variants; every item written
+// here is documented.
+#[allow(missing_docs)]
+mod hello;
 #[allow(missing_docs)]
 mod lease;
 // rkyv's derive makes undocumented helper types for enum variants; every item written
@@ -23,6 +28,10 @@ mod status;
 pub use codec::{decode, encode, Wire};
 pub use collective::{GroupMember, GroupView, PeerHello};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
+pub use hello::{
+    decode_hello, encode_hello, read_hello, write_hello, Hello, HelloRole, Welcome, WorkerHello,
+    HELLO_LIMIT, PROTOCOL_VERSION,
+};
 pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease, LEASE_LOST};
 pub use messages::*;
 pub use placement::{NodeAffinity, Placement, Strategy};

@@ -4,54 +4,39 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use crate::proto::Hello;
 
-use crate::proto::{read_frame, write_frame, Hello, Welcome};
+use super::{client_config, say_hello, Fingerprint, HelloError, SERVER_NAME};
 
-use super::{client_config, Fingerprint, SERVER_NAME};
-
-/// Why a client connection could not be opened.
+/// Why a connection could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot reach {addr}: {reason}")]
-pub struct ConnectError {
+pub enum ConnectError {
+    /// Nothing welcomed the hello: no answer, a certificate not the pinned one, a connection
+    /// lost before the welcome.
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable {
+        /// Where it tried.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The other side read the hello and refused it, saying why: another protocol version
+    /// (both named), a wrong token, a role not accepted there.
+    #[error("{addr} refused the connection: {reason}")]
+    Refused {
+        /// Where it tried.
+        addr: String,
+        /// The other side's reason.
+        reason: String,
+    },
+}
+
+impl ConnectError {
     /// Where it tried.
-    pub addr: String,
-    /// What went wrong: no answer, a certificate not the pinned one, a refused token.
-    pub reason: String,
-}
-
-/// The largest hello or welcome frame read.
-pub const HELLO_LIMIT: usize = 64 << 10;
-
-/// Why a hello was not welcomed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HelloError {
-    /// The stream failed, or carried something other than a welcome.
-    #[error("{0}")]
-    Io(String),
-    /// The other side refused, with its reason (a wrong token, a malformed hello).
-    #[error("refused: {0}")]
-    Refused(String),
-    /// The stream ended before the welcome.
-    #[error("closed before its welcome")]
-    Closed,
-}
-
-/// Says `hello` on a stream and reads the welcome: the one way every party opens a
-/// connection, on QUIC or a Unix socket.
-pub async fn say_hello<R, W>(hello: &Hello, rd: &mut R, wr: &mut W) -> Result<(), HelloError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let io = |e: &dyn std::fmt::Display| HelloError::Io(e.to_string());
-    write_frame(wr, hello).await.map_err(|e| io(&e))?;
-    wr.flush().await.map_err(|e| io(&e))?;
-    match read_frame::<_, Welcome>(rd, HELLO_LIMIT).await {
-        Ok(Some(Welcome::Accepted { .. })) => Ok(()),
-        Ok(Some(Welcome::Refused { reason })) => Err(HelloError::Refused(reason)),
-        Ok(None) => Err(HelloError::Closed),
-        Err(e) => Err(io(&e)),
+    pub fn addr(&self) -> &str {
+        match self {
+            ConnectError::Unreachable { addr, .. } | ConnectError::Refused { addr, .. } => addr,
+        }
     }
 }
 
@@ -64,7 +49,7 @@ pub async fn connect_with_hello(
     fingerprint: Fingerprint,
     hello: &Hello,
 ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ConnectError> {
-    let fail = |reason: String| ConnectError {
+    let fail = |reason: String| ConnectError::Unreachable {
         addr: addr.to_string(),
         reason,
     };
@@ -78,8 +63,11 @@ pub async fn connect_with_hello(
         .map_err(|e| fail(e.to_string()))?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
     match say_hello(hello, &mut recv, &mut send).await {
-        Ok(()) => Ok((conn, send, recv)),
-        Err(e @ HelloError::Refused(_)) => Err(fail(e.to_string())),
+        Ok(_) => Ok((conn, send, recv)),
+        Err(HelloError::Refused(reason)) => Err(ConnectError::Refused {
+            addr: addr.to_string(),
+            reason,
+        }),
         Err(_) => Err(fail(match conn.close_reason() {
             Some(r) => format!("refused: {r}"),
             None => "no welcome from the cluster".into(),
@@ -95,9 +83,7 @@ pub async fn connect_client(
     fingerprint: Fingerprint,
     token: &str,
 ) -> Result<quinn::Connection, ConnectError> {
-    let hello = Hello::Client {
-        token: token.to_string(),
-    };
+    let hello = Hello::client(token);
     let (conn, mut send, _) = connect_with_hello(endpoint, addr, fingerprint, &hello).await?;
     let _ = send.finish();
     Ok(conn)
