@@ -77,7 +77,11 @@ impl HeadState {
         self.check_drain(now, node);
     }
 
-    /// An actor on a draining node answered its seal: it moves.
+    /// An actor on a draining node answered its seal: once sealed, it moves. An actor whose
+    /// seal failed still takes calls where it is, so it is not started elsewhere: it goes
+    /// with the node when the drain ends (and comes back from its newest checkpoint if its
+    /// policy allows). Nor does one that was lost and restarted elsewhere meanwhile move
+    /// again: its live incarnation is not the one asked to seal.
     pub(super) fn sealed(
         &mut self,
         now: Instant,
@@ -99,9 +103,13 @@ impl HeadState {
             return;
         };
         d.sealing.remove(&actor);
-        if let Some(incarnation) = self.move_actor(now, actor) {
-            if let Some(d) = self.drains.get_mut(&node) {
-                d.moving.insert(actor, incarnation);
+        let sealed = matches!(reply, Ok(WorkerReply::Sealed { .. }));
+        let here = self.location(actor).is_some_and(|l| l.node == node);
+        if sealed && here {
+            if let Some(incarnation) = self.move_actor(now, actor) {
+                if let Some(d) = self.drains.get_mut(&node) {
+                    d.moving.insert(actor, incarnation);
+                }
             }
         }
         self.check_drain(now, node);
