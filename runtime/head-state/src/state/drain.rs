@@ -99,18 +99,24 @@ impl HeadState {
             Ok(WorkerReply::Error(e)) | Err(e) => tracing::warn!(%actor, "cannot seal it: {e}"),
             Ok(other) => tracing::warn!(%actor, "cannot seal it: {other:?}"),
         }
+        if !self.drains.contains_key(&node) {
+            return;
+        }
+        let sealed = matches!(reply, Ok(WorkerReply::Sealed { .. }));
+        let here = self.location(actor).is_some_and(|l| l.node == node);
+        // Still filed as sealing while it moves: releasing its lease checks the drain,
+        // which must not end before this actor is up elsewhere.
+        let moved = if sealed && here {
+            self.move_actor(now, actor)
+        } else {
+            None
+        };
         let Some(d) = self.drains.get_mut(&node) else {
             return;
         };
         d.sealing.remove(&actor);
-        let sealed = matches!(reply, Ok(WorkerReply::Sealed { .. }));
-        let here = self.location(actor).is_some_and(|l| l.node == node);
-        if sealed && here {
-            if let Some(incarnation) = self.move_actor(now, actor) {
-                if let Some(d) = self.drains.get_mut(&node) {
-                    d.moving.insert(actor, incarnation);
-                }
-            }
+        if let Some(incarnation) = moved {
+            d.moving.insert(actor, incarnation);
         }
         self.check_drain(now, node);
     }
