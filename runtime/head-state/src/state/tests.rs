@@ -605,6 +605,45 @@ fn a_drain_does_not_move_an_actor_that_already_restarted_elsewhere() {
 }
 
 #[test]
+fn a_late_answer_for_a_replaced_incarnation_does_not_stop_its_successor() {
+    let mut s = Scene::new();
+    let (_, a) = s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, false);
+    let exited = |incarnation| Input::Event {
+        node: a,
+        event: WorkerEvent::ActorExited {
+            actor,
+            incarnation,
+            reason: "signal 9".into(),
+        },
+    };
+    let (_, second, _) = command(&s.handle(exited(1)));
+    // Incarnation 2 is built, and its process exits at once: the exit overtakes the answer.
+    let (_, third, _) = command(&s.handle(exited(2)));
+    s.reply(third, WorkerReply::ActorReady(actor_endpoints()));
+    assert_eq!(s.head.live_incarnations(), vec![(actor, 3, a)]);
+
+    let effects = s.reply(second, WorkerReply::ActorReady(actor_endpoints()));
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::Command {
+                body: WorkerCommand::KillActor { .. },
+                ..
+            }
+        )),
+        "a kill names only the actor: it would stop incarnation 3: {effects:?}"
+    );
+    assert_eq!(s.head.live_incarnations(), vec![(actor, 3, a)]);
+    assert_eq!(
+        share_used(&s.head, a),
+        50,
+        "only incarnation 3 holds its GPU"
+    );
+}
+
+#[test]
 fn a_client_that_disconnects_takes_its_actors_with_it() {
     let mut s = Scene::new();
     let (_, a) = s.join();
