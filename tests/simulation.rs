@@ -4,7 +4,7 @@
 //! A failure prints its seed, the last steps and the command that replays it:
 //!
 //! ```text
-//! EMBER_SIM_SEED=1234 EMBER_SIM_SCENARIO=small cargo test -p ember-tests --test simulation -- replay --nocapture
+//! EMBER_SIM_SEED=1234 EMBER_SIM_SCENARIO=small cargo test -p ember-tests --test simulation -- --exact replay --nocapture
 //! ```
 //!
 //! `EMBER_SIM_STEPS` makes every run here longer (or shorter).

@@ -134,6 +134,9 @@ pub struct Report {
     pub settled_at: Duration,
     /// Wall time taken.
     pub wall: Duration,
+    /// CPU time its thread took (where the system says), a steadier measure than wall time
+    /// on a busy machine.
+    pub cpu: Option<Duration>,
     /// A hash of every step's input and effects: equal for two runs of one seed.
     pub trace_hash: u64,
     /// Counts of what happened.
@@ -141,9 +144,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// Steps per wall second.
+    /// Steps per second of the thread's CPU time (of wall time where that is unknown).
     pub fn steps_per_second(&self) -> f64 {
-        self.steps as f64 / self.wall.as_secs_f64().max(1e-9)
+        let spent = self.cpu.unwrap_or(self.wall);
+        self.steps as f64 / spent.as_secs_f64().max(1e-9)
     }
 }
 
@@ -152,13 +156,17 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "seed {}: {} steps, {:.1} s virtual (active until {:.1} s, settled at {:.1} s), \
-             {:.2} s wall ({:.0} steps/s); {:?}",
+             {:.2} s wall, {} ({:.0} steps/s); {:?}",
             self.seed,
             self.steps,
             self.virtual_time.as_secs_f64(),
             self.active_until.as_secs_f64(),
             self.settled_at.as_secs_f64(),
             self.wall.as_secs_f64(),
+            self.cpu.map_or("CPU time unknown".into(), |c| format!(
+                "{:.2} s CPU",
+                c.as_secs_f64()
+            )),
             self.steps_per_second(),
             self.counts
         )
@@ -200,6 +208,7 @@ pub struct Counts {
 /// the step, the last steps and the command that replays it).
 pub fn run(seed: u64, scenario: &Scenario) -> Result<Report, String> {
     let wall = Instant::now();
+    let cpu = thread_cpu();
     let mut sim = Sim::new(seed, scenario.clone());
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
     let failure = match outcome {
@@ -222,6 +231,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Result<Report, String> {
             active_until: sim.active_until,
             settled_at: sim.settled_at,
             wall: wall.elapsed(),
+            cpu: cpu.zip(thread_cpu()).map(|(a, b)| b.saturating_sub(a)),
             trace_hash: sim.trace.hash(),
             counts: sim.counts.clone(),
         }),
@@ -229,7 +239,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Result<Report, String> {
             "simulation seed {seed} (scenario `{name}`) failed at step {step}, t = {t:.6} s:\n  \
              {violation}\n\nthe last steps:\n{tail}\nreplay it with:\n  \
              EMBER_SIM_SEED={seed} EMBER_SIM_SCENARIO={name}{steps} cargo test -p ember-tests \
-             --test simulation -- replay --nocapture\n",
+             --test simulation -- --exact replay --nocapture\n",
             name = scenario.name,
             step = sim.step,
             t = sim.now.as_secs_f64(),
@@ -241,6 +251,13 @@ pub fn run(seed: u64, scenario: &Scenario) -> Result<Report, String> {
             },
         )),
     }
+}
+
+/// The CPU time of the calling thread so far (Linux: `/proc/thread-self/schedstat`).
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
 }
 
 /// Where a run is.
@@ -397,34 +414,36 @@ impl Sim {
                     break;
                 }
             }
-            let event = self.queue.next_at();
-            let timer = self
-                .head
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(self.base));
-            match (event, timer) {
-                (Some(e), Some(t)) if t < e => self.tick(t)?,
-                (None, Some(t)) => self.tick(t)?,
-                (Some(_), _) => {
-                    let (at, ev) = self.queue.pop().expect("an event is due");
-                    self.now = self.now.max(at);
-                    self.event(ev)?;
-                }
-                (None, None) => break,
-            }
-        }
-        // Let the last timers of the head (probe windows, drains) fire with nothing to do.
-        let end = self.now + self.scenario.heartbeat_timeout;
-        while let Some(t) = self.queue.next_at() {
-            if t > end {
+            if !self.step_once()? {
                 break;
             }
-            let (at, ev) = self.queue.pop().expect("an event is due");
-            self.now = self.now.max(at);
-            self.event(ev)?;
         }
+        // Let the head's last timers (probe windows, drains) fire with nothing to do.
+        let end = self.now + self.scenario.heartbeat_timeout;
+        while self.now < end && self.step_once()? {}
         self.check_whole()?;
         self.check_quiescent()
+    }
+
+    /// Takes the next step: the earliest of the next event and the head's timer (events
+    /// first at the same instant). False when nothing is left to happen.
+    fn step_once(&mut self) -> Result<bool, String> {
+        let event = self.queue.next_at();
+        let timer = self
+            .head
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.base));
+        match (event, timer) {
+            (Some(e), Some(t)) if t < e => self.tick(t)?,
+            (None, Some(t)) => self.tick(t)?,
+            (Some(_), _) => {
+                let (at, ev) = self.queue.pop().expect("an event is due");
+                self.now = self.now.max(at);
+                self.event(ev)?;
+            }
+            (None, None) => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Moves from one phase to the next when its time comes.
