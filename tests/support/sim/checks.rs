@@ -7,10 +7,10 @@
 use std::collections::BTreeSet;
 
 use ember_core::ids::{ActorId, LeaseId};
-use ember_core::proto::{ClientReply, JobEvent};
-use ember_head_state::{ConnId, RequestId};
+use ember_core::proto::{ClientReply, ClientRequest, ClusterStatus, JobEvent};
+use ember_head_state::{ConnId, Input, RequestId};
 
-use super::shell::Kind;
+use super::shell::{Kind, Open, Peer};
 use super::workers::image_seq;
 use super::Sim;
 
@@ -198,6 +198,10 @@ impl Sim {
             (Kind::Job, ClientReply::Job(JobEvent::Exited(_))) => last,
             (Kind::Job, ClientReply::Job(_)) => !last,
             (Kind::Status, ClientReply::Status(status)) => {
+                if self.progress == Some(request) {
+                    self.progress = None;
+                    self.check_calm_status(status)?;
+                }
                 if status.nodes.len() != self.head.node_count() {
                     return Err(format!(
                         "the status shows {} nodes of {}",
@@ -396,6 +400,52 @@ impl Sim {
                         g.memory_reserved
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a calm spell, every actor that can come back is back: one still starting
+    /// waits in the queue for capacity, not anywhere else.
+    pub(super) fn check_progress(&mut self) -> Result<(), String> {
+        let conn = self.new_conn(Peer::Observer);
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.ledger.insert(
+            request,
+            Open {
+                conn,
+                kind: Kind::Status,
+            },
+        );
+        self.progress = Some(request);
+        self.deliver(Input::Request {
+            conn,
+            request,
+            body: ClientRequest::Status,
+        })?;
+        if self.progress.is_some() {
+            return Err("the status was not answered at once".into());
+        }
+        self.deliver(Input::Closed { conn })
+    }
+
+    /// The status after a calm spell.
+    fn check_calm_status(&self, status: &ClusterStatus) -> Result<(), String> {
+        let queued: BTreeSet<&str> = status
+            .queue
+            .iter()
+            .filter(|w| w.kind == "actor")
+            .map(|w| w.id.as_str())
+            .collect();
+        for a in &status.actors {
+            let Some(life) = &a.actor else { continue };
+            let starting = matches!(life.state.as_str(), "starting" | "restarting");
+            if starting && !queued.contains(a.id.as_str()) {
+                return Err(format!(
+                    "{} is still {} at incarnation {} after 10 s without faults, and waits for                      no capacity",
+                    a.id, life.state, life.incarnation
+                ));
             }
         }
         Ok(())

@@ -265,6 +265,9 @@ fn thread_cpu() -> Option<Duration> {
 enum Phase {
     /// Clients act and faults happen.
     Active,
+    /// No new faults or operations: what is under way finishes, and every actor that can
+    /// come back does (checked at the end).
+    Calm { until: Duration },
     /// Clients give their leases back and kill their actors, then disconnect.
     Winding { until: Duration },
     /// Waiting for everything to settle.
@@ -350,6 +353,8 @@ struct Sim {
     lost_leases: BTreeSet<LeaseId>,
     /// The lease granted on each task lease request still open.
     granted_leases: BTreeMap<RequestId, LeaseId>,
+    /// The status request that checks progress after the calm spell.
+    progress: Option<RequestId>,
 }
 
 impl Sim {
@@ -390,6 +395,7 @@ impl Sim {
             tickets: BTreeMap::new(),
             lost_leases: BTreeSet::new(),
             granted_leases: BTreeMap::new(),
+            progress: None,
             scenario,
         }
     }
@@ -451,6 +457,15 @@ impl Sim {
         match self.phase {
             Phase::Active if self.step >= self.scenario.steps => {
                 self.active_until = self.now;
+                for worker in &mut self.workers {
+                    worker.slow = 1;
+                }
+                self.phase = Phase::Calm {
+                    until: self.now + Duration::from_secs(10),
+                };
+            }
+            Phase::Calm { until } if self.now >= until => {
+                self.check_progress()?;
                 self.phase = Phase::Winding {
                     until: self.now + Duration::from_secs(3),
                 };

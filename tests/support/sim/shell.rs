@@ -20,6 +20,8 @@ pub(super) enum Peer {
     Exec(usize),
     /// Client `c`.
     Client(usize),
+    /// The simulation itself, asking for the status.
+    Observer,
 }
 
 /// A connection to the head.
@@ -186,7 +188,7 @@ impl Sim {
                             self.actors.entry(actor).or_default().gone = true;
                         }
                     }
-                    Peer::Exec(_) => {}
+                    Peer::Exec(_) | Peer::Observer => {}
                 }
             }
             Input::CheckpointStored { ticket, result } => {
@@ -466,6 +468,7 @@ impl Sim {
         };
         match peer {
             Peer::Client(c) => self.client_answered(c, request, &kind, reply, last),
+            Peer::Observer => {}
             Peer::Exec(_) | Peer::Worker(_) => {
                 if let Kind::Save {
                     seq,
