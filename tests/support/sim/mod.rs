@@ -573,6 +573,10 @@ impl Sim {
             Ev::Loaded { ticket, actor, ok } => self.loaded(ticket, actor, ok),
             Ev::Save { w, actor, inc } => self.save(w, actor, inc),
             Ev::JobStep { w, command } => self.job_step(w, command),
+            Ev::Exit { w, actor, inc } => {
+                self.exit(w, actor, inc);
+                Ok(())
+            }
             Ev::Act(c) => self.act(c),
             Ev::Create(c) => self.create_burst(c),
             Ev::Fault => self.fault(),

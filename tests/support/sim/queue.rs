@@ -60,6 +60,8 @@ pub(super) enum Ev {
     },
     /// The process of `actor`'s incarnation `inc` on worker `w` saves a checkpoint.
     Save { w: usize, actor: ActorId, inc: u32 },
+    /// The process of `actor`'s incarnation `inc` on worker `w` exits on its own.
+    Exit { w: usize, actor: ActorId, inc: u32 },
     /// A job on worker `w` makes progress.
     JobStep { w: usize, command: CommandId },
     /// Client `c` does something.

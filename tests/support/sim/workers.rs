@@ -213,9 +213,11 @@ impl Sim {
         Ok(())
     }
 
-    /// Sends an event on worker `w`'s event stream, after those before it.
+    /// Sends an event on worker `w`'s event stream, after those before it (and once its
+    /// agent runs again, if it stalls).
     pub(super) fn send_event(&mut self, w: usize, event: WorkerEvent) {
-        let at = (self.now + self.worker_hop(w)).max(self.workers[w].events_at);
+        let from = self.now.max(self.workers[w].frozen_until);
+        let at = (from + self.worker_hop(w)).max(self.workers[w].events_at);
         self.workers[w].events_at = at;
         self.queue.push(at, Ev::Event { w, event });
     }
@@ -311,6 +313,18 @@ impl Sim {
                         .entry(actor)
                         .or_default()
                         .insert((w, incarnation));
+                    if self.chance(0.03) {
+                        // It dies right after it was built: its exit may overtake its answer.
+                        let at = self.now + self.jitter(Duration::from_millis(30));
+                        self.queue.push(
+                            at,
+                            Ev::Exit {
+                                w,
+                                actor,
+                                inc: incarnation,
+                            },
+                        );
+                    }
                     if checkpoint.enabled {
                         let mean = self.scenario.save_interval.as_secs_f64();
                         let at = self.now + self.exp(mean);
@@ -501,15 +515,12 @@ impl Sim {
     }
 
     /// An actor's process on worker `w` saves a checkpoint, now and then.
+    /// The process is not the worker's agent: it goes on while the agent stalls, and until
+    /// the agent notices it lost the head and kills it (the head must refuse its saves once
+    /// it replaced it).
     pub(super) fn save(&mut self, w: usize, actor: ActorId, inc: u32) -> Result<(), String> {
         let worker = &self.workers[w];
-        if !worker.up || !worker.connected || !worker.exec_open {
-            return Ok(());
-        }
-        if !worker.procs.contains_key(&(actor, inc)) {
-            return Ok(());
-        }
-        if self.stalled(w, Ev::Save { w, actor, inc }).is_none() {
+        if !worker.up || !worker.exec_open || !worker.procs.contains_key(&(actor, inc)) {
             return Ok(());
         }
         let exec = self.workers[w].exec;
@@ -564,6 +575,25 @@ impl Sim {
         }
     }
 
+    /// The process of `actor`'s incarnation `inc` on worker `w` exits on its own; the
+    /// worker tells the head.
+    pub(super) fn exit(&mut self, w: usize, actor: ActorId, inc: u32) {
+        if !self.workers[w].up || self.end_proc(w, actor, inc).is_none() {
+            return;
+        }
+        self.trace
+            .note(&format!("{actor} incarnation {inc} exits on worker {w}"));
+        self.caller_suspects(actor, inc);
+        self.send_event(
+            w,
+            WorkerEvent::ActorExited {
+                actor,
+                incarnation: inc,
+                reason: "killed by signal 9".into(),
+            },
+        );
+    }
+
     /// Worker `w` died: callers of what ran there notice, some of them soon.
     fn callers_notice(&mut self, w: usize) {
         let leases: Vec<LeaseId> = self.workers[w].leases.keys().copied().collect();
@@ -578,7 +608,7 @@ impl Sim {
 
     /// Worker `w` lost the head: it kills its executors and comes back as a new worker.
     pub(super) fn lost_head(&mut self, w: usize) -> Result<(), String> {
-        if !self.workers[w].up {
+        if !self.workers[w].up || self.stalled(w, Ev::LostHead(w)).is_none() {
             return Ok(());
         }
         self.end_all(w);
@@ -645,18 +675,7 @@ impl Sim {
                 let procs: Vec<(ActorId, u32)> = self.workers[w].procs.keys().copied().collect();
                 if !procs.is_empty() {
                     let (actor, inc) = procs[self.rng.gen_range(0..procs.len())];
-                    self.trace
-                        .note(&format!("{actor} incarnation {inc} exits on worker {w}"));
-                    self.end_proc(w, actor, inc);
-                    self.caller_suspects(actor, inc);
-                    self.send_event(
-                        w,
-                        WorkerEvent::ActorExited {
-                            actor,
-                            incarnation: inc,
-                            reason: "killed by signal 9".into(),
-                        },
-                    );
+                    self.exit(w, actor, inc);
                 }
             }
             // A task lease's executor dies with the lease (its client will say so).
