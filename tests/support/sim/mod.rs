@@ -613,7 +613,10 @@ impl Sim {
 
     /// One network hop between two processes.
     fn hop(&mut self) -> Duration {
-        if self.chance(0.02) {
+        if self.chance(0.01) {
+            // Stuck behind bulk data, or a lost packet's retransmission.
+            self.between(Duration::from_millis(50), Duration::from_millis(500))
+        } else if self.chance(0.02) {
             self.between(Duration::from_millis(5), Duration::from_millis(60))
         } else {
             self.between(Duration::from_micros(50), Duration::from_millis(2))

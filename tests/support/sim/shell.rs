@@ -9,6 +9,7 @@ use ember_core::proto::{ClientReply, ClientRequest, ErrorKind, RemoteError, Work
 use ember_head_state::{CommandId, ConnId, Effect, Input, LoadedCheckpoint, RequestId};
 
 use super::queue::Ev;
+use super::workers::image_inc;
 use super::Sim;
 
 /// Who is at the other end of a connection.
@@ -296,6 +297,14 @@ impl Sim {
                 if self.store.forgotten.contains(&actor) {
                     return Err(format!(
                         "a checkpoint of {actor} is written after its checkpoints were forgotten"
+                    ));
+                }
+                let from = image_inc(&image);
+                let newest = self.actors.get(&actor).map_or(0, |t| t.created);
+                if from < newest {
+                    return Err(format!(
+                        "checkpoint {seq} of {actor} from incarnation {from} is written, but \
+                         incarnation {newest} replaced it"
                     ));
                 }
                 if self.tickets.insert(ticket, actor).is_some() {

@@ -158,10 +158,10 @@ impl Sim {
         }
     }
 
-    /// A hop from or to worker `w`, slowed as it is.
+    /// A hop from or to worker `w`, slowed as it is (to 3 s at most).
     pub(super) fn worker_hop(&mut self, w: usize) -> Duration {
         let hop = self.hop();
-        hop * self.workers[w].slow
+        (hop * self.workers[w].slow).min(Duration::from_secs(3))
     }
 
     /// Worker `w` is stalled now: its event is put off until the stall ends.
@@ -711,6 +711,14 @@ pub(super) fn image(actor: ActorId, inc: u32, seq: u64) -> Vec<u8> {
     v.extend_from_slice(&inc.to_le_bytes());
     v.extend_from_slice(&seq.to_le_bytes());
     v
+}
+
+/// The incarnation that made an image.
+pub(super) fn image_inc(image: &[u8]) -> u32 {
+    image
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 /// The sequence number an image holds.
