@@ -1,8 +1,10 @@
 //! Support for Ember's integration tests: the shared task and actor declarations
 //! ([`tasks`]) and a harness ([`TestCluster`]) that runs a real head (`ember head`) and real
-//! worker processes (`ember-testbed`) talking QUIC on 127.0.0.1, and kills them all on drop.
+//! worker processes (`ember-testbed`) talking QUIC on 127.0.0.1, and kills them all on drop;
+//! and the head's deterministic simulation ([`sim`]), which needs no processes at all.
 
 pub mod ranks;
+pub mod sim;
 pub mod tasks;
 
 use std::future::Future;

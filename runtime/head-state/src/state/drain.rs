@@ -77,7 +77,11 @@ impl HeadState {
         self.check_drain(now, node);
     }
 
-    /// An actor on a draining node answered its seal: it moves.
+    /// An actor on a draining node answered its seal: once sealed, it moves. An actor whose
+    /// seal failed still takes calls where it is, so it is not started elsewhere: it goes
+    /// with the node when the drain ends (and comes back from its newest checkpoint if its
+    /// policy allows). Nor does one that was lost and restarted elsewhere meanwhile move
+    /// again: its live incarnation is not the one asked to seal.
     pub(super) fn sealed(
         &mut self,
         now: Instant,
@@ -98,14 +102,21 @@ impl HeadState {
         if !self.drains.contains_key(&node) {
             return;
         }
-        // It stays among those sealing until it is among those moving, so that the release
-        // of its lease here cannot end the drain before it is counted.
-        let moving = self.move_actor(now, actor);
-        if let Some(d) = self.drains.get_mut(&node) {
-            d.sealing.remove(&actor);
-            if let Some(incarnation) = moving {
-                d.moving.insert(actor, incarnation);
-            }
+        let sealed = matches!(reply, Ok(WorkerReply::Sealed { .. }));
+        let here = self.location(actor).is_some_and(|l| l.node == node);
+        // Still filed as sealing while it moves: releasing its lease checks the drain,
+        // which must not end before this actor is up elsewhere.
+        let moved = if sealed && here {
+            self.move_actor(now, actor)
+        } else {
+            None
+        };
+        let Some(d) = self.drains.get_mut(&node) else {
+            return;
+        };
+        d.sealing.remove(&actor);
+        if let Some(incarnation) = moved {
+            d.moving.insert(actor, incarnation);
         }
         self.check_drain(now, node);
     }

@@ -1,0 +1,109 @@
+//! The head's deterministic simulation: the real state machine driven by simulated workers,
+//! clients and faults from a seed, checked after every step (see `support/sim/`).
+//!
+//! A failure prints its seed, the last steps and the command that replays it:
+//!
+//! ```text
+//! EMBER_SIM_SEED=1234 EMBER_SIM_SCENARIO=small cargo test -p ember-tests --test simulation -- --exact replay --nocapture
+//! ```
+//!
+//! `EMBER_SIM_STEPS` makes every run here longer (or shorter).
+
+use ember_tests::sim::{run, Scenario};
+
+/// Seeds that once found a bug in the head, kept so the bug stays fixed.
+const REGRESSIONS: &[u64] = &[];
+
+/// Runs `seed` and fails the test with the simulation's report if it fails.
+fn check(seed: u64, scenario: &Scenario) {
+    match run(seed, scenario) {
+        Ok(report) => println!("{} {report}", scenario.name),
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+#[test]
+fn small_clusters_with_many_faults() {
+    let scenario = Scenario::small().with_env_steps();
+    for seed in 1..=6 {
+        check(seed, &scenario);
+    }
+}
+
+#[test]
+fn seeds_that_found_bugs() {
+    let scenario = Scenario::small().with_env_steps();
+    for &seed in REGRESSIONS {
+        check(seed, &scenario);
+    }
+}
+
+#[test]
+fn a_thousand_nodes_and_ten_thousand_actors() {
+    let scenario = Scenario::large().with_env_steps();
+    check(7, &scenario);
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let scenario = Scenario::small().with_env_steps();
+    let first = run(42, &scenario).unwrap_or_else(|f| panic!("{f}"));
+    let second = run(42, &scenario).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        first.steps, second.steps,
+        "two runs of seed 42 took different steps"
+    );
+    assert_eq!(
+        first.trace_hash, second.trace_hash,
+        "two runs of seed 42 differ: the simulation or the head is not deterministic"
+    );
+    let other = run(43, &scenario).unwrap_or_else(|f| panic!("{f}"));
+    assert_ne!(
+        first.trace_hash, other.trace_hash,
+        "seeds 42 and 43 ran the same"
+    );
+}
+
+/// Replays one seed: `EMBER_SIM_SEED` (and `EMBER_SIM_SCENARIO`, `small` by default). Does
+/// nothing without `EMBER_SIM_SEED`.
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("EMBER_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    else {
+        return;
+    };
+    let name = std::env::var("EMBER_SIM_SCENARIO").unwrap_or_else(|_| "small".into());
+    let scenario = Scenario::by_name(&name)
+        .unwrap_or_else(|| panic!("no scenario `{name}`: small or large"))
+        .with_env_steps();
+    check(seed, &scenario);
+}
+
+/// Runs many seeds, to hunt for bugs: `EMBER_SIM_SWEEP=100..200` (and `EMBER_SIM_SCENARIO`,
+/// `EMBER_SIM_STEPS`). Reports every failing seed, then fails if any did.
+#[test]
+#[ignore = "a bug hunt over many seeds: set EMBER_SIM_SWEEP=FROM..TO"]
+fn sweep() {
+    let range = std::env::var("EMBER_SIM_SWEEP").unwrap_or_else(|_| "100..120".into());
+    let (from, to) = range
+        .split_once("..")
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .unwrap_or_else(|| panic!("EMBER_SIM_SWEEP is FROM..TO, not {range}"));
+    let name = std::env::var("EMBER_SIM_SCENARIO").unwrap_or_else(|_| "small".into());
+    let scenario = Scenario::by_name(&name)
+        .unwrap_or_else(|| panic!("no scenario `{name}`: small or large"))
+        .with_env_steps();
+    let mut failed = Vec::new();
+    for seed in from..to {
+        match run(seed, &scenario) {
+            Ok(report) => println!("{} {report}", scenario.name),
+            Err(failure) => {
+                println!("{failure}");
+                failed.push(seed);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "seeds that failed: {failed:?}");
+}

@@ -1,0 +1,629 @@
+//! A deterministic simulation of the head: the real state machine (`ember-head-state`) driven
+//! by simulated workers, clients, a checkpoint store and the shell between them, on a virtual
+//! clock, all from one seed (after quinn-proto's `Pair` and TigerBeetle's VOPR).
+//!
+//! Time is one base [`Instant`] plus a virtual offset. Each step is the earliest of the next
+//! scheduled event (a message arriving, a worker's heartbeat, a fault, a client's next move)
+//! and the head's own [`HeadState::poll_timeout`]; nothing ever sleeps. Workers answer the
+//! head's commands after seeded latencies, run actors (which save checkpoints), task leases
+//! and jobs, send heartbeats, and fail: they crash (their connection closes later, or never
+//! and the heartbeat window finds them), freeze, turn slow, lose actors' processes, leave,
+//! and new ones join. Clients take and give back task leases, create actors with restart and
+//! checkpoint policies, locate (and suspect) them, kill them, drain nodes, form, join and
+//! check collective groups, submit jobs, wait for nodes, ask for the status, and disconnect.
+//!
+//! After every step the simulation checks what the head promises (see `checks.rs`), and at
+//! the end it winds the cluster down to quiescence and checks that every node's capacity is
+//! back to its total, every request was answered once, and every checkpoint was forgotten
+//! with its actor. A failure names the seed, the step and the last 50 steps, and the command
+//! that replays it.
+
+mod checks;
+mod clients;
+mod queue;
+mod shell;
+mod trace;
+mod workers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ember_core::ids::{ActorId, LeaseId, NodeId};
+use ember_head_state::{CommandId, Config, HeadState, Input, RequestId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use clients::Client;
+use queue::{Ev, Queue};
+use shell::{Conn, Open};
+use trace::Trace;
+use workers::Worker;
+
+/// The size and temper of one simulated cluster.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Its name, as `EMBER_SIM_SCENARIO` gives it.
+    pub name: &'static str,
+    /// Workers at the start (more join as others die).
+    pub workers: usize,
+    /// Clients at the start (one replaces each that disconnects).
+    pub clients: usize,
+    /// Actors each client creates in its opening burst.
+    pub actors_per_client: usize,
+    /// Head inputs while clients act and faults happen; then the cluster winds down.
+    pub steps: u64,
+    /// Faults per virtual second, across the cluster.
+    pub fault_rate: f64,
+    /// The mean time between two operations of one client.
+    pub op_interval: Duration,
+    /// The mean time between two checkpoints of one actor.
+    pub save_interval: Duration,
+    /// The whole state (the head's invariants, every node's capacity, every live
+    /// incarnation) is checked every this many steps; cheaper checks run at every step.
+    pub check_every: u64,
+    /// The head's heartbeat window.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Scenario {
+    /// A small cluster (12 workers, 4 clients) with many faults, checked whole at every step.
+    pub fn small() -> Self {
+        Scenario {
+            name: "small",
+            workers: 12,
+            clients: 4,
+            actors_per_client: 6,
+            steps: 30_000,
+            fault_rate: 3.0,
+            op_interval: Duration::from_millis(40),
+            save_interval: Duration::from_millis(400),
+            check_every: 1,
+            heartbeat_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// 1,000 workers and 10,000 actors, with faults at a cluster's pace.
+    pub fn large() -> Self {
+        Scenario {
+            name: "large",
+            workers: 1_000,
+            clients: 20,
+            actors_per_client: 500,
+            steps: 150_000,
+            fault_rate: 8.0,
+            op_interval: Duration::from_millis(50),
+            save_interval: Duration::from_secs(4),
+            check_every: 1_000,
+            heartbeat_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The scenario named `name` (`small` or `large`).
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name {
+            "small" => Some(Self::small()),
+            "large" => Some(Self::large()),
+            _ => None,
+        }
+    }
+
+    /// This scenario with the number of steps from `EMBER_SIM_STEPS`, if set.
+    pub fn with_env_steps(mut self) -> Self {
+        if let Some(steps) = std::env::var("EMBER_SIM_STEPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            self.steps = steps;
+        }
+        self
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Head inputs handled.
+    pub steps: u64,
+    /// Virtual time simulated.
+    pub virtual_time: Duration,
+    /// Virtual time when clients stopped acting and faults stopped.
+    pub active_until: Duration,
+    /// Virtual time when the cluster had settled (every client gone, nothing held).
+    pub settled_at: Duration,
+    /// Wall time taken.
+    pub wall: Duration,
+    /// CPU time its thread took (where the system says), a steadier measure than wall time
+    /// on a busy machine.
+    pub cpu: Option<Duration>,
+    /// A hash of every step's input and effects: equal for two runs of one seed.
+    pub trace_hash: u64,
+    /// Counts of what happened.
+    pub counts: Counts,
+}
+
+impl Report {
+    /// Steps per second of the thread's CPU time (of wall time where that is unknown).
+    pub fn steps_per_second(&self) -> f64 {
+        let spent = self.cpu.unwrap_or(self.wall);
+        self.steps as f64 / spent.as_secs_f64().max(1e-9)
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {}: {} steps, {:.1} s virtual (active until {:.1} s, settled at {:.1} s), \
+             {:.2} s wall, {} ({:.0} steps/s); {:?}",
+            self.seed,
+            self.steps,
+            self.virtual_time.as_secs_f64(),
+            self.active_until.as_secs_f64(),
+            self.settled_at.as_secs_f64(),
+            self.wall.as_secs_f64(),
+            self.cpu.map_or("CPU time unknown".into(), |c| format!(
+                "{:.2} s CPU",
+                c.as_secs_f64()
+            )),
+            self.steps_per_second(),
+            self.counts
+        )
+    }
+}
+
+/// Counts of what happened in a run, to see that a scenario exercises what it should.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// Workers that joined.
+    pub workers: u64,
+    /// Workers that crashed.
+    pub crashes: u64,
+    /// Workers declared dead by the head (missed heartbeats or a probe).
+    pub declared_dead: u64,
+    /// Actors whose first incarnation came up.
+    pub actors: u64,
+    /// Incarnations after the first that came up (restarts and moves).
+    pub restarts: u64,
+    /// Restarts restored from a checkpoint.
+    pub restores: u64,
+    /// Checkpoints recorded.
+    pub checkpoints: u64,
+    /// Task leases granted.
+    pub leases: u64,
+    /// Jobs that ran to their end.
+    pub jobs: u64,
+    /// Drains answered.
+    pub drains: u64,
+    /// Group views answered.
+    pub groups: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+    /// Requests that ran out of time.
+    pub timeouts: u64,
+}
+
+/// Runs `scenario` from `seed` and checks it; `Err` is the failure's report (with the seed,
+/// the step, the last steps and the command that replays it).
+pub fn run(seed: u64, scenario: &Scenario) -> Result<Report, String> {
+    let wall = Instant::now();
+    let cpu = thread_cpu();
+    let mut sim = Sim::new(seed, scenario.clone());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(violation)) => Some(violation),
+        Err(panic) => Some(format!(
+            "the state machine or the simulation panicked: {}",
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        )),
+    };
+    match failure {
+        None => Ok(Report {
+            seed,
+            steps: sim.step,
+            virtual_time: sim.now,
+            active_until: sim.active_until,
+            settled_at: sim.settled_at,
+            wall: wall.elapsed(),
+            cpu: cpu.zip(thread_cpu()).map(|(a, b)| b.saturating_sub(a)),
+            trace_hash: sim.trace.hash(),
+            counts: sim.counts.clone(),
+        }),
+        Some(violation) => Err(format!(
+            "simulation seed {seed} (scenario `{name}`) failed at step {step}, t = {t:.6} s:\n  \
+             {violation}\n\nthe last steps:\n{tail}\nreplay it with:\n  \
+             EMBER_SIM_SEED={seed} EMBER_SIM_SCENARIO={name}{steps} cargo test -p ember-tests \
+             --test simulation -- --exact replay --nocapture\n",
+            name = scenario.name,
+            step = sim.step,
+            t = sim.now.as_secs_f64(),
+            tail = sim.trace.tail(),
+            steps = if scenario.steps == Scenario::by_name(scenario.name).map_or(0, |s| s.steps) {
+                String::new()
+            } else {
+                format!(" EMBER_SIM_STEPS={}", scenario.steps)
+            },
+        )),
+    }
+}
+
+/// The CPU time of the calling thread so far (Linux: `/proc/thread-self/schedstat`).
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Clients act and faults happen.
+    Active,
+    /// No new faults or operations: what is under way finishes, and every actor that can
+    /// come back does (checked at the end).
+    Calm { until: Duration },
+    /// Clients give their leases back and kill their actors, then disconnect.
+    Winding { until: Duration },
+    /// Waiting for everything to settle.
+    Settling { deadline: Duration },
+}
+
+/// What the simulation knows of an actor, beside the head.
+#[derive(Debug, Default)]
+struct ActorTruth {
+    /// The client that created it, once its creation was answered.
+    owner: Option<usize>,
+    /// Its checkpoint policy allows checkpoints.
+    checkpoints: bool,
+    /// A kill was asked for, or its owner went away: the head may forget it.
+    gone: bool,
+    /// The newest incarnation the head asked a worker to start.
+    created: u32,
+    /// The newest incarnation the head told anyone about.
+    told: u32,
+    /// The newest checkpoint the head recorded, as last seen.
+    recorded: Option<u64>,
+}
+
+/// The checkpoint store: what was written, and what is being written.
+#[derive(Debug, Default)]
+struct Store {
+    images: BTreeMap<ActorId, BTreeMap<u64, Vec<u8>>>,
+    writing: BTreeMap<ActorId, u32>,
+    forgotten: BTreeSet<ActorId>,
+}
+
+impl Store {
+    fn newest(&self, actor: ActorId) -> Option<(u64, &Vec<u8>)> {
+        self.images
+            .get(&actor)
+            .and_then(|m| m.last_key_value())
+            .map(|(s, i)| (*s, i))
+    }
+}
+
+/// The simulated cluster around one head.
+struct Sim {
+    scenario: Scenario,
+    head: HeadState,
+    base: Instant,
+    now: Duration,
+    rng: StdRng,
+    queue: Queue,
+    step: u64,
+    phase: Phase,
+    active_until: Duration,
+    settled_at: Duration,
+    trace: Trace,
+    counts: Counts,
+    next_conn: u64,
+    next_request: u64,
+    conns: BTreeMap<ember_head_state::ConnId, Conn>,
+    workers: Vec<Worker>,
+    nodes: BTreeMap<NodeId, usize>,
+    clients: Vec<Client>,
+    /// Commands sent and not answered yet, and the worker each went to.
+    commands: BTreeMap<CommandId, usize>,
+    /// Requests the head has and has not answered for the last time.
+    ledger: BTreeMap<RequestId, Open>,
+    actors: BTreeMap<ActorId, ActorTruth>,
+    store: Store,
+    /// Actors whose checkpoints the head forgot in this step (checked once it is over).
+    forgets: Vec<ActorId>,
+    /// Actors whose checkpoints changed in this step.
+    touched: BTreeSet<ActorId>,
+    /// Incarnations a worker stopped because the head said so.
+    killed: BTreeSet<(ActorId, u32, NodeId)>,
+    /// Leases seen granted at the last whole check, and those seen released since.
+    granted: BTreeSet<LeaseId>,
+    released: BTreeSet<LeaseId>,
+    /// Where each actor's processes run: (worker, incarnation).
+    procs_of: BTreeMap<ActorId, BTreeSet<(usize, u32)>>,
+    /// Final checkpoints of seals on their way: the worker and the seal command.
+    seals: BTreeMap<RequestId, (usize, CommandId)>,
+    /// Checkpoint I/O in flight, by ticket.
+    tickets: BTreeMap<ember_head_state::Ticket, ActorId>,
+    /// Task leases whose executor died on its worker.
+    lost_leases: BTreeSet<LeaseId>,
+    /// The lease granted on each task lease request still open.
+    granted_leases: BTreeMap<RequestId, LeaseId>,
+    /// The status request that checks progress after the calm spell.
+    progress: Option<RequestId>,
+}
+
+impl Sim {
+    fn new(seed: u64, scenario: Scenario) -> Self {
+        let config = Config {
+            heartbeat_timeout: scenario.heartbeat_timeout,
+            form_wait: Duration::from_secs(5),
+        };
+        Sim {
+            head: HeadState::new(config),
+            base: Instant::now(),
+            now: Duration::ZERO,
+            rng: StdRng::seed_from_u64(seed),
+            queue: Queue::default(),
+            step: 0,
+            phase: Phase::Active,
+            active_until: Duration::ZERO,
+            settled_at: Duration::ZERO,
+            trace: Trace::default(),
+            counts: Counts::default(),
+            next_conn: 1,
+            next_request: 1,
+            conns: BTreeMap::new(),
+            workers: Vec::new(),
+            nodes: BTreeMap::new(),
+            clients: Vec::new(),
+            commands: BTreeMap::new(),
+            ledger: BTreeMap::new(),
+            actors: BTreeMap::new(),
+            store: Store::default(),
+            forgets: Vec::new(),
+            touched: BTreeSet::new(),
+            killed: BTreeSet::new(),
+            granted: BTreeSet::new(),
+            released: BTreeSet::new(),
+            procs_of: BTreeMap::new(),
+            seals: BTreeMap::new(),
+            tickets: BTreeMap::new(),
+            lost_leases: BTreeSet::new(),
+            granted_leases: BTreeMap::new(),
+            progress: None,
+            scenario,
+        }
+    }
+
+    /// Runs to the end: active, winding down, settled, checked.
+    fn run(&mut self) -> Result<(), String> {
+        for _ in 0..self.scenario.workers {
+            let at = self.jitter(Duration::from_millis(200));
+            self.spawn_worker(at);
+        }
+        for _ in 0..self.scenario.clients {
+            self.spawn_client();
+        }
+        let first = self.exp(1.0 / self.scenario.fault_rate.max(1e-9));
+        self.queue
+            .push(Duration::from_millis(500) + first, Ev::Fault);
+        loop {
+            self.advance_phase()?;
+            if let Phase::Settling { .. } = self.phase {
+                if self.settled() {
+                    self.settled_at = self.now;
+                    break;
+                }
+            }
+            if !self.step_once()? {
+                break;
+            }
+        }
+        // Let the head's last timers (probe windows, drains) fire with nothing to do.
+        let end = self.now + self.scenario.heartbeat_timeout;
+        while self.now < end && self.step_once()? {}
+        self.check_whole()?;
+        self.check_quiescent()
+    }
+
+    /// Takes the next step: the earliest of the next event and the head's timer (events
+    /// first at the same instant). False when nothing is left to happen.
+    fn step_once(&mut self) -> Result<bool, String> {
+        let event = self.queue.next_at();
+        let timer = self
+            .head
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.base));
+        match (event, timer) {
+            (Some(e), Some(t)) if t < e => self.tick(t)?,
+            (None, Some(t)) => self.tick(t)?,
+            (Some(_), _) => {
+                let (at, ev) = self.queue.pop().expect("an event is due");
+                self.now = self.now.max(at);
+                self.event(ev)?;
+            }
+            (None, None) => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Moves from one phase to the next when its time comes.
+    fn advance_phase(&mut self) -> Result<(), String> {
+        match self.phase {
+            Phase::Active if self.step >= self.scenario.steps => {
+                self.active_until = self.now;
+                for worker in &mut self.workers {
+                    worker.slow = 1;
+                }
+                self.phase = Phase::Calm {
+                    until: self.now + Duration::from_secs(10),
+                };
+            }
+            Phase::Calm { until } if self.now >= until => {
+                self.check_progress()?;
+                self.phase = Phase::Winding {
+                    until: self.now + Duration::from_secs(3),
+                };
+                self.wind_down();
+            }
+            Phase::Winding { until } if self.now >= until => {
+                for c in 0..self.clients.len() {
+                    self.disconnect(c);
+                }
+                self.phase = Phase::Settling {
+                    deadline: self.now + Duration::from_secs(120),
+                };
+            }
+            Phase::Settling { deadline } if self.now > deadline => {
+                let pending: Vec<String> = self
+                    .queue
+                    .pending()
+                    .take(10)
+                    .map(|(at, ev)| format!("{:.3}s {ev:?}", at.as_secs_f64()))
+                    .collect();
+                return Err(format!(
+                    "the cluster did not settle within 120 s of virtual time: {} requests open \
+                     ({:?}), {} commands unanswered, {} actors, events pending: {pending:#?}",
+                    self.ledger.len(),
+                    self.ledger.iter().take(5).collect::<Vec<_>>(),
+                    self.commands.len(),
+                    self.head.actor_count(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// True when nothing but heartbeats is left to happen and the head holds nothing.
+    fn settled(&self) -> bool {
+        self.queue.busy() == 0
+            && self.ledger.is_empty()
+            && self.commands.is_empty()
+            && self.head.open_requests() == 0
+            && self.head.actor_count() == 0
+            && self.head.scheduler().queued_len() == 0
+    }
+
+    /// The head's timer is due at `t`.
+    fn tick(&mut self, t: Duration) -> Result<(), String> {
+        self.now = self.now.max(t);
+        let before = self.head.poll_timeout();
+        self.deliver(Input::Tick)?;
+        if let Some(after) = self.head.poll_timeout() {
+            if Some(after) == before && after <= self.base + self.now {
+                return Err(format!(
+                    "poll_timeout stays at {:?} after a tick at that time",
+                    after.saturating_duration_since(self.base)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one input to the head, carries out its effects and checks the result.
+    fn deliver(&mut self, input: Input) -> Result<(), String> {
+        self.step += 1;
+        self.trace.input(self.step, self.now, &input);
+        self.before_input(&input)?;
+        let effects = self.head.handle(self.base + self.now, input);
+        for effect in effects {
+            self.trace.effect(&effect);
+            self.effect(effect)?;
+        }
+        self.check_step()?;
+        if self.step % self.scenario.check_every == 0 {
+            self.check_whole()?;
+        }
+        Ok(())
+    }
+
+    /// Something scheduled happens.
+    fn event(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::Input(input) => self.deliver(input),
+            Ev::Join(w) => self.join(w),
+            Ev::Heartbeat(w) => self.heartbeat(w),
+            Ev::Exec { w, command, body } => self.exec(w, command, body),
+            Ev::Answer { command, reply } => self.answer(command, reply),
+            Ev::Event { w, event } => self.worker_event(w, event),
+            Ev::ShellClose(w) => {
+                self.close_worker(w);
+                Ok(())
+            }
+            Ev::LostHead(w) => self.lost_head(w),
+            Ev::Send {
+                conn,
+                request,
+                body,
+            } => self.arrive(conn, request, body),
+            Ev::Return { request, lost } => self.give_back(request, lost),
+            Ev::Stored {
+                ticket,
+                actor,
+                seq,
+                image,
+                ok,
+            } => self.stored(ticket, actor, seq, image, ok),
+            Ev::Loaded { ticket, actor, ok } => self.loaded(ticket, actor, ok),
+            Ev::Save { w, actor, inc } => self.save(w, actor, inc),
+            Ev::JobStep { w, command } => self.job_step(w, command),
+            Ev::Exit { w, actor, inc } => {
+                self.exit(w, actor, inc);
+                Ok(())
+            }
+            Ev::Act(c) => self.act(c),
+            Ev::Create(c) => self.create_burst(c),
+            Ev::Fault => self.fault(),
+            Ev::Spawn => {
+                if self.active() {
+                    self.spawn_worker(self.now);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ---- randomness ----
+
+    /// A uniform duration in `[0, max]`.
+    fn jitter(&mut self, max: Duration) -> Duration {
+        Duration::from_nanos(self.rng.gen_range(0..=max.as_nanos() as u64))
+    }
+
+    /// A uniform duration in `[lo, hi]`.
+    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        lo + self.jitter(hi - lo)
+    }
+
+    /// An exponentially distributed duration with mean `mean` seconds.
+    fn exp(&mut self, mean: f64) -> Duration {
+        let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
+        Duration::from_secs_f64(-u.ln() * mean)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.rng.gen_bool(p.clamp(0.0, 1.0))
+    }
+
+    /// One network hop between two processes.
+    fn hop(&mut self) -> Duration {
+        if self.chance(0.01) {
+            // Stuck behind bulk data, or a lost packet's retransmission.
+            self.between(Duration::from_millis(50), Duration::from_millis(500))
+        } else if self.chance(0.02) {
+            self.between(Duration::from_millis(5), Duration::from_millis(60))
+        } else {
+            self.between(Duration::from_micros(50), Duration::from_millis(2))
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.phase == Phase::Active
+    }
+}
