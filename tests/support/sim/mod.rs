@@ -12,11 +12,15 @@
 //! checkpoint policies, locate (and suspect) them, kill them, drain nodes, form, join and
 //! check collective groups, submit jobs, wait for nodes, ask for the status, and disconnect.
 //!
-//! After every step the simulation checks what the head promises (see `checks.rs`), and at
-//! the end it winds the cluster down to quiescence and checks that every node's capacity is
-//! back to its total, every request was answered once, and every checkpoint was forgotten
-//! with its actor. A failure names the seed, the step and the last 50 steps, and the command
-//! that replays it.
+//! After every step the simulation checks what the head promises (see `checks.rs`). After
+//! the active phase, faults and new operations stop for 10 s of virtual time, and every actor
+//! that can come back must be back (or wait for capacity). Then clients give back their
+//! leases, kill some actors and disconnect, and once the cluster is quiescent the simulation
+//! checks that every node's capacity is back to its total, every request was answered once,
+//! and every checkpoint was forgotten with its actor. A failure names the seed, the step, the
+//! last 50 steps, and the command that replays it.
+//!
+//! Run by `tests/simulation.rs`; [`run`] is the way in.
 
 mod checks;
 mod clients;
@@ -50,7 +54,8 @@ pub struct Scenario {
     pub clients: usize,
     /// Actors each client creates in its opening burst.
     pub actors_per_client: usize,
-    /// Head inputs while clients act and faults happen; then the cluster winds down.
+    /// Head inputs while clients act and faults happen; then the cluster calms down, is
+    /// checked for progress, and winds down.
     pub steps: u64,
     /// Faults per virtual second, across the cluster.
     pub fault_rate: f64,
