@@ -112,13 +112,15 @@ impl Scenario {
         }
     }
 
-    /// This scenario with the number of steps from `EMBER_SIM_STEPS`, if set.
-    pub fn with_env_steps(mut self) -> Self {
-        if let Some(steps) = std::env::var("EMBER_SIM_STEPS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-        {
+    /// This scenario with the number of steps from `EMBER_SIM_STEPS` and the whole check's
+    /// cadence from `EMBER_SIM_CHECK_EVERY`, where set.
+    pub fn with_env(mut self) -> Self {
+        let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+        if let Some(steps) = var("EMBER_SIM_STEPS") {
             self.steps = steps;
+        }
+        if let Some(every) = var("EMBER_SIM_CHECK_EVERY") {
+            self.check_every = every.max(1);
         }
         self
     }
@@ -249,13 +251,24 @@ pub fn run(seed: u64, scenario: &Scenario) -> Result<Report, String> {
             step = sim.step,
             t = sim.now.as_secs_f64(),
             tail = sim.trace.tail(),
-            steps = if scenario.steps == Scenario::by_name(scenario.name).map_or(0, |s| s.steps) {
-                String::new()
-            } else {
-                format!(" EMBER_SIM_STEPS={}", scenario.steps)
-            },
+            steps = env_differences(scenario),
         )),
     }
+}
+
+/// The environment that sets `scenario` apart from the scenario of its name, for the replay
+/// command.
+fn env_differences(scenario: &Scenario) -> String {
+    let mut env = String::new();
+    if let Some(named) = Scenario::by_name(scenario.name) {
+        if scenario.steps != named.steps {
+            env += &format!(" EMBER_SIM_STEPS={}", scenario.steps);
+        }
+        if scenario.check_every != named.check_every {
+            env += &format!(" EMBER_SIM_CHECK_EVERY={}", scenario.check_every);
+        }
+    }
+    env
 }
 
 /// The CPU time of the calling thread so far (Linux: `/proc/thread-self/schedstat`).
