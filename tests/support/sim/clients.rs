@@ -228,24 +228,25 @@ impl Sim {
                 let world = self.rng.gen_range(2..=3);
                 let name = format!("j{c}-{}", self.rng.gen_range(0..2));
                 let come = if self.chance(0.2) { world - 1 } else { world };
-                let conn = self.clients[c].conn;
                 let timeout_ms = self.rng.gen_range(200..3000);
-                let mut last = None;
+                let mut joins = Vec::new();
                 for _ in 0..come {
                     if let Some((actor, _)) = self.some_actor(c) {
-                        let body = ClientRequest::JoinGroup {
+                        joins.push(ClientRequest::JoinGroup {
                             name: name.clone(),
                             actor,
                             world,
                             timeout_ms,
-                        };
-                        last = Some(body.clone());
-                        if come > 1 {
-                            self.send(conn, body, None);
-                        }
+                        });
                     }
                 }
-                last.unwrap_or(ClientRequest::Status)
+                // All but the last are sent here; the last is this operation's request.
+                let last = joins.pop().unwrap_or(ClientRequest::Status);
+                let conn = self.clients[c].conn;
+                for body in joins {
+                    self.send(conn, body, None);
+                }
+                last
             }
             2 => ClientRequest::GetGroup {
                 name,

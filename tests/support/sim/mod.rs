@@ -12,11 +12,15 @@
 //! checkpoint policies, locate (and suspect) them, kill them, drain nodes, form, join and
 //! check collective groups, submit jobs, wait for nodes, ask for the status, and disconnect.
 //!
-//! After every step the simulation checks what the head promises (see `checks.rs`), and at
-//! the end it winds the cluster down to quiescence and checks that every node's capacity is
-//! back to its total, every request was answered once, and every checkpoint was forgotten
-//! with its actor. A failure names the seed, the step and the last 50 steps, and the command
-//! that replays it.
+//! After every step the simulation checks what the head promises (see `checks.rs`). After
+//! the active phase, faults and new operations stop for 10 s of virtual time, and every actor
+//! that can come back must be back (or wait for capacity). Then clients give back their
+//! leases, kill some actors and disconnect, and once the cluster is quiescent the simulation
+//! checks that every node's capacity is back to its total, every request was answered once,
+//! and every checkpoint was forgotten with its actor. A failure names the seed, the step, the
+//! last 50 steps, and the command that replays it.
+//!
+//! Run by `tests/simulation.rs`; [`run`] is the way in.
 
 mod checks;
 mod clients;
@@ -50,7 +54,8 @@ pub struct Scenario {
     pub clients: usize,
     /// Actors each client creates in its opening burst.
     pub actors_per_client: usize,
-    /// Head inputs while clients act and faults happen; then the cluster winds down.
+    /// Head inputs while clients act and faults happen; then the cluster calms down, is
+    /// checked for progress, and winds down.
     pub steps: u64,
     /// Faults per virtual second, across the cluster.
     pub fault_rate: f64,
@@ -107,13 +112,15 @@ impl Scenario {
         }
     }
 
-    /// This scenario with the number of steps from `EMBER_SIM_STEPS`, if set.
-    pub fn with_env_steps(mut self) -> Self {
-        if let Some(steps) = std::env::var("EMBER_SIM_STEPS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-        {
+    /// This scenario with the number of steps from `EMBER_SIM_STEPS` and the whole check's
+    /// cadence from `EMBER_SIM_CHECK_EVERY`, where set.
+    pub fn with_env(mut self) -> Self {
+        let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+        if let Some(steps) = var("EMBER_SIM_STEPS") {
             self.steps = steps;
+        }
+        if let Some(every) = var("EMBER_SIM_CHECK_EVERY") {
+            self.check_every = every.max(1);
         }
         self
     }
@@ -244,13 +251,24 @@ pub fn run(seed: u64, scenario: &Scenario) -> Result<Report, String> {
             step = sim.step,
             t = sim.now.as_secs_f64(),
             tail = sim.trace.tail(),
-            steps = if scenario.steps == Scenario::by_name(scenario.name).map_or(0, |s| s.steps) {
-                String::new()
-            } else {
-                format!(" EMBER_SIM_STEPS={}", scenario.steps)
-            },
+            steps = env_differences(scenario),
         )),
     }
+}
+
+/// The environment that sets `scenario` apart from the scenario of its name, for the replay
+/// command.
+fn env_differences(scenario: &Scenario) -> String {
+    let mut env = String::new();
+    if let Some(named) = Scenario::by_name(scenario.name) {
+        if scenario.steps != named.steps {
+            env += &format!(" EMBER_SIM_STEPS={}", scenario.steps);
+        }
+        if scenario.check_every != named.check_every {
+            env += &format!(" EMBER_SIM_CHECK_EVERY={}", scenario.check_every);
+        }
+    }
+    env
 }
 
 /// The CPU time of the calling thread so far (Linux: `/proc/thread-self/schedstat`).
