@@ -441,8 +441,8 @@ async fn handle_command(
             Ok(seq) => WorkerReply::Sealed { seq },
             Err(e) => WorkerReply::Error(e),
         },
-        WorkerCommand::KillActor { actor } => {
-            if let Some(exec) = state.pool.remove_actor(actor) {
+        WorkerCommand::KillActor { actor, incarnation } => {
+            if let Some(exec) = state.pool.remove_actor_incarnation(actor, incarnation) {
                 exec.kill().await;
             }
             WorkerReply::ActorKilled

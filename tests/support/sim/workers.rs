@@ -345,15 +345,10 @@ impl Sim {
                     })
                 }
             }
-            WorkerCommand::KillActor { actor } => {
-                let incs: Vec<u32> = self.workers[w]
-                    .procs
-                    .range((actor, 0)..=(actor, u32::MAX))
-                    .map(|((_, i), _)| *i)
-                    .collect();
-                for inc in incs {
-                    self.end_proc(w, actor, inc);
-                    self.killed.insert((actor, inc, node));
+            WorkerCommand::KillActor { actor, incarnation } => {
+                if self.workers[w].procs.contains_key(&(actor, incarnation)) {
+                    self.end_proc(w, actor, incarnation);
+                    self.killed.insert((actor, incarnation, node));
                 }
                 WorkerReply::ActorKilled
             }

@@ -342,9 +342,15 @@ impl ExecutorPool {
         self.dir.join(format!("{name}.sock")).display().to_string()
     }
 
-    /// Forgets an actor's executor, returning it.
-    pub(crate) fn remove_actor(&self, actor: ActorId) -> Option<Arc<Executor>> {
-        self.actors.remove(&actor).map(|(_, (_, e))| e)
+    /// Forgets an actor's executor if it runs `incarnation` (not a newer one), returning it.
+    pub(crate) fn remove_actor_incarnation(
+        &self,
+        actor: ActorId,
+        incarnation: u32,
+    ) -> Option<Arc<Executor>> {
+        self.actors
+            .remove_if(&actor, |_, (i, _)| *i == incarnation)
+            .map(|(_, (_, e))| e)
     }
 
     /// Forgets an actor's executor if it is still `exec` (not a newer incarnation's).

@@ -328,10 +328,13 @@ pub enum WorkerCommand {
         /// The checkpoint image to resume from instead of constructing it anew.
         restore: Option<Vec<u8>>,
     },
-    /// Stop an actor; answered with [`WorkerReply::ActorKilled`].
+    /// Stop one incarnation of an actor (a newer one of the same actor on this worker is left
+    /// alone); answered with [`WorkerReply::ActorKilled`].
     KillActor {
-        /// Which.
+        /// Which actor.
         actor: ActorId,
+        /// Which incarnation.
+        incarnation: u32,
     },
     /// Is this incarnation of the actor still running here? Answered with
     /// [`WorkerReply::Probed`]; the head asks when a caller lost its connection.

@@ -220,15 +220,10 @@ impl HeadState {
                 }
                 self.notify(now, actor);
             }
-            Ok(WorkerReply::ActorReady(_)) if self.newer_incarnation_on(actor, node) => {
-                // Replaced while it was being built, which only a loss does: its process has
-                // ended. A kill names only the actor, so none is sent to a worker where a
-                // newer incarnation runs or starts: it would stop that one.
-                self.release(now, lease);
-            }
             Ok(WorkerReply::ActorReady(_)) => {
-                // Stopped, or replaced, while it was being built: stop what was built.
-                let kill = WorkerCommand::KillActor { actor };
+                // Stopped, or replaced, while it was being built: stop what was built (only
+                // that incarnation: a newer one may run on the same worker).
+                let kill = WorkerCommand::KillActor { actor, incarnation };
                 let purpose = Purpose::KillActor {
                     lease: Some(lease),
                     request: None,
@@ -251,14 +246,6 @@ impl HeadState {
                 self.give_up_start(now, actor, incarnation, e);
             }
         }
-    }
-
-    /// Whether the actor's current incarnation (live, or starting) is placed on `node`.
-    fn newer_incarnation_on(&self, actor: ActorId, node: NodeId) -> bool {
-        self.actors.get(&actor).is_some_and(|a| {
-            let lease = a.life.live().map(|l| l.lease).or(a.start.map(|s| s.lease));
-            lease.and_then(|l| self.node_of(l)) == Some(node)
-        })
     }
 
     /// The start of `incarnation` failed for a reason a retry would not fix.
@@ -448,7 +435,11 @@ impl HeadState {
                     lease: Some(lease),
                     request,
                 };
-                self.command(node, WorkerCommand::KillActor { actor }, purpose);
+                let kill = WorkerCommand::KillActor {
+                    actor,
+                    incarnation: a.life.incarnation(),
+                };
+                self.command(node, kill, purpose);
             }
             None => {
                 if let Some(request) = request {

@@ -127,20 +127,22 @@ impl HeadState {
         let Some(d) = self.drains.get(&node) else {
             return;
         };
-        let settled: Vec<(ActorId, bool)> = d
+        let settled: Vec<(ActorId, u32, bool)> = d
             .moving
             .iter()
             .filter_map(|(&actor, &incarnation)| match self.actors.get(&actor) {
-                None => Some((actor, false)),
+                None => Some((actor, incarnation, false)),
                 Some(a) => match a.life.phase() {
-                    Phase::Alive(_) if a.life.incarnation() >= incarnation => Some((actor, true)),
-                    Phase::Dead(_) => Some((actor, false)),
+                    Phase::Alive(_) if a.life.incarnation() >= incarnation => {
+                        Some((actor, incarnation, true))
+                    }
+                    Phase::Dead(_) => Some((actor, incarnation, false)),
                     _ => None,
                 },
             })
             .collect();
-        for (actor, moved) in settled {
-            self.left_behind(node, actor);
+        for (actor, incarnation, moved) in settled {
+            self.left_behind(node, actor, incarnation);
             if let Some(d) = self.drains.get_mut(&node) {
                 d.moving.remove(&actor);
                 d.moved += u32::from(moved);
@@ -157,13 +159,18 @@ impl HeadState {
         }
     }
 
-    /// Stops the process an actor left on a draining node.
-    fn left_behind(&mut self, node: NodeId, actor: ActorId) {
+    /// Stops the process an actor left on a draining node: the incarnation before
+    /// `successor`, which moved away.
+    fn left_behind(&mut self, node: NodeId, actor: ActorId, successor: u32) {
         let purpose = Purpose::KillActor {
             lease: None,
             request: None,
         };
-        self.command(node, WorkerCommand::KillActor { actor }, purpose);
+        let kill = WorkerCommand::KillActor {
+            actor,
+            incarnation: successor - 1,
+        };
+        self.command(node, kill, purpose);
     }
 
     /// The drain is over (done, out of time, or the node is gone): the node is let go and
@@ -172,11 +179,10 @@ impl HeadState {
         let Some(d) = self.drains.remove(&node) else {
             return;
         };
-        let left: Vec<ActorId> = d.moving.keys().copied().collect();
         let moved = d.moved;
         if self.nodes.contains_key(&node) {
-            for actor in left {
-                self.left_behind(node, actor);
+            for (&actor, &incarnation) in &d.moving {
+                self.left_behind(node, actor, incarnation);
             }
             // The worker goes; what still runs there is lost like on any worker loss.
             self.node_lost(now, node, "left");

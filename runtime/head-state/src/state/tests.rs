@@ -654,7 +654,7 @@ fn a_client_that_disconnects_takes_its_actors_with_it() {
     let effects = s.handle(Input::Closed { conn: owner });
     let (to, kill, body) = command(&effects);
     assert_eq!(to, a);
-    assert!(matches!(body, WorkerCommand::KillActor { actor: x } if x == actor));
+    assert!(matches!(body, WorkerCommand::KillActor { actor: x, .. } if x == actor));
     assert!(effects
         .iter()
         .any(|e| matches!(e, Effect::ForgetCheckpoints { actor: x } if *x == actor)));
