@@ -498,27 +498,28 @@ impl HeadState {
                         timeout,
                     },
                 );
-                let probe = WorkerCommand::Probe {
-                    actor,
-                    incarnation: known,
-                };
-                let purpose = Purpose::Probe {
-                    actor,
-                    incarnation: known,
-                    request: Some(request),
-                };
-                self.probe(now, node, probe, purpose);
+                self.probe_actor(now, node, actor, known, Some(request));
                 return;
             }
         }
-        self.set_wait(
-            request,
-            Wait::Locate {
-                actor,
-                known,
-                timeout,
-            },
-        );
+        self.wait_for_newer(request, actor, known, timeout, deadline);
+    }
+
+    /// A locate request waits, until `deadline`, for an incarnation newer than `known`.
+    fn wait_for_newer(
+        &mut self,
+        request: RequestId,
+        actor: ActorId,
+        known: u32,
+        timeout: Duration,
+        deadline: Instant,
+    ) {
+        let wait = Wait::Locate {
+            actor,
+            known,
+            timeout,
+        };
+        self.set_wait(request, wait);
         self.arm_request(request, deadline);
         self.locate_now(request, actor, known);
     }
@@ -543,6 +544,25 @@ impl HeadState {
             }
             Phase::Alive(_) | Phase::Starting => self.watch(actor, request),
         }
+    }
+
+    /// Asks `node` whether incarnation `incarnation` of `actor` still runs there, for a
+    /// caller's `request` or for a group's failure report; a silent worker is declared dead.
+    pub(super) fn probe_actor(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        actor: ActorId,
+        incarnation: u32,
+        request: Option<RequestId>,
+    ) {
+        let probe = WorkerCommand::Probe { actor, incarnation };
+        let purpose = Purpose::Probe {
+            actor,
+            incarnation,
+            request,
+        };
+        self.probe(now, node, probe, purpose);
     }
 
     /// A probe of incarnation `incarnation` of `actor` was answered.
@@ -596,16 +616,7 @@ impl HeadState {
         else {
             return;
         };
-        self.set_wait(
-            request,
-            Wait::Locate {
-                actor,
-                known,
-                timeout,
-            },
-        );
-        self.arm_request(request, deadline);
-        self.locate_now(request, actor, known);
+        self.wait_for_newer(request, actor, known, timeout, deadline);
     }
 
     // ---- checkpoints ----

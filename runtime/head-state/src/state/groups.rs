@@ -5,11 +5,9 @@
 use std::time::{Duration, Instant};
 
 use ember_core::ids::ActorId;
-use ember_core::proto::{
-    ClientReply, ErrorKind, GroupMember, GroupView, RemoteError, WorkerCommand,
-};
+use ember_core::proto::{ClientReply, ErrorKind, GroupMember, GroupView, RemoteError};
 
-use super::{no_actor, HeadState, Purpose, Wait};
+use super::{no_actor, HeadState, Wait};
 use crate::actor_life::Phase;
 use crate::groups::{GroupError, Joined, Membership};
 use crate::io::RequestId;
@@ -261,16 +259,7 @@ impl HeadState {
             .and_then(|m| suspect.and_then(|r| m.members.get(r as usize).copied()));
         if let Some(actor) = suspect {
             if let Some(location) = self.location(actor) {
-                let probe = WorkerCommand::Probe {
-                    actor,
-                    incarnation: location.incarnation,
-                };
-                let purpose = Purpose::Probe {
-                    actor,
-                    incarnation: location.incarnation,
-                    request: None,
-                };
-                self.probe(now, location.node, probe, purpose);
+                self.probe_actor(now, location.node, actor, location.incarnation, None);
             }
         }
         let broken = self.groups.broken(name).map(str::to_string);
