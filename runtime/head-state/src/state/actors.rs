@@ -303,18 +303,14 @@ impl HeadState {
         if a.life.incarnation() != incarnation {
             return;
         }
-        if let Some(request) = a.create {
+        if a.create.is_some() {
             // Its first incarnation never came up: the creation fails.
             let lease = a.start.take().map(|s| s.lease);
             if let Some(lease) = lease {
                 self.release(now, lease);
             }
-            self.remove_actor(actor);
-            self.fail(
-                request,
-                RemoteError::new(ErrorKind::WorkerDied, format!("{actor} was lost: {reason}")),
-            );
-            self.notify(now, actor);
+            let e = RemoteError::new(ErrorKind::WorkerDied, format!("{actor} was lost: {reason}"));
+            self.start_failed(now, actor, incarnation, e, "");
             return;
         }
         let lease = a.life.live().map(|l| l.lease).or(a.start.map(|s| s.lease));
