@@ -20,9 +20,12 @@ use crate::actor::MAX_CALL_ARGS;
 use crate::actor::{ActorRef, Caller, RemoteActor};
 use crate::call::{ActorSpawn, TaskCall, TaskRef};
 use crate::leases::{TaskLeases, TaskRun};
+#[cfg(feature = "local")]
 use crate::local::LocalCluster;
 use crate::unix_caller::UnixCaller;
-use crate::{Error, LocalOptions, Options};
+#[cfg(feature = "local")]
+use crate::LocalOptions;
+use crate::{Error, Options};
 use ember_core::host::host_id;
 use ember_core::proto::ActorLocation;
 
@@ -37,6 +40,7 @@ struct Inner {
     head: quinn::Connection,
     file: ClusterFile,
     peers: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
+    #[cfg(feature = "local")]
     local: std::sync::Mutex<Option<LocalCluster>>,
     same_host_calls: AtomicBool,
     leases: Arc<TaskLeases>,
@@ -113,6 +117,7 @@ impl Cluster {
                 head,
                 file,
                 peers: tokio::sync::Mutex::new(HashMap::new()),
+                #[cfg(feature = "local")]
                 local: std::sync::Mutex::new(None),
                 same_host_calls: AtomicBool::new(true),
                 leases: Arc::default(),
@@ -128,7 +133,9 @@ impl Cluster {
 
     /// Starts a cluster on this machine, a head in this process and workers running this
     /// executable, and connects to it once every worker has joined. It stops when the last
-    /// clone of the returned `Cluster` is dropped, or on [`Cluster::shutdown`].
+    /// clone of the returned `Cluster` is dropped, or on [`Cluster::shutdown`]. Needs the
+    /// `local` feature (on by default).
+    #[cfg(feature = "local")]
     pub async fn local(options: LocalOptions) -> Result<Self, Error> {
         let workers = options.workers;
         let local = LocalCluster::start(options).await?;
@@ -259,6 +266,7 @@ impl Cluster {
     /// Stops a local cluster started by [`Cluster::local`]: workers leave cleanly, then the head
     /// stops. Does nothing more than disconnect for a cluster it did not start.
     pub async fn shutdown(self) {
+        #[cfg(feature = "local")]
         let local = self
             .inner
             .local
@@ -266,6 +274,7 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         self.inner.head.close(0u32.into(), b"client done");
+        #[cfg(feature = "local")]
         if let Some(local) = local {
             local.shutdown().await;
         }

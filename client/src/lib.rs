@@ -26,6 +26,7 @@ mod gpu_actor;
 pub mod kernel_check;
 mod lease_pool;
 mod leases;
+#[cfg(feature = "local")]
 pub mod local;
 mod options;
 mod unix_caller;
@@ -53,6 +54,7 @@ pub use ember_worker::gpu_actor::{
 };
 pub use error::Error;
 pub use gpu_actor::{GpuActor, GpuActorHandle};
+#[cfg(feature = "local")]
 pub use local::LocalOptions;
 pub use options::Options;
 /// The serialization crate for arguments and results: derive its `Archive`, `Serialize` and
