@@ -1,7 +1,7 @@
 //! The crates' layers (ARCHITECTURE.md, "Boundaries"): which crates link the head. Workers,
 //! and clients built without the `local` feature (a program that only connects, the coming
 //! Python wheel), link no head code and none of its dependencies; only the head links the
-//! object store. Read from `cargo tree` over this workspace's lock file, offline.
+//! object store. Read from `cargo tree` over this workspace's lock file.
 
 use std::process::Command;
 
@@ -10,7 +10,7 @@ fn links(package: &str, extra: &[&str]) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let out = Command::new(cargo)
-        .args(["tree", "--offline", "--locked", "--manifest-path", manifest])
+        .args(["tree", "--locked", "--manifest-path", manifest])
         .args([
             "-e", "normal", "--prefix", "none", "--format", "{p}", "-p", package,
         ])
