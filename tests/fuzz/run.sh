@@ -14,7 +14,10 @@
 #                           about half the time, runs a few times slower (CI's short runs)
 #   FUZZ_JOBS=N             run N targets at once (default 1)
 #   CARGO_TARGET_DIR        where to build (default tests/fuzz/target)
-# Corpora grow in tests/fuzz/corpus/TARGET/ and are kept between runs (not committed).
+# Each target starts from its corpus, tests/fuzz/corpus/TARGET/, which grows and is kept
+# between runs, and from seeds: real messages of every kind (random bytes seldom make a valid
+# archive), which the target writes in tests/fuzz/seeds/TARGET/ as it starts (src/lib.rs).
+# Neither is committed.
 set -euo pipefail
 cd "$(dirname "$0")"
 fuzz_dir=$(pwd)
@@ -75,7 +78,11 @@ trap 'rm -rf "$logs"' EXIT
 
 run_one() {
   local target=$1
-  if cargo fuzz run "${flags[@]}" "$target" -- "${lib_opts[@]}" >"$logs/$target.log" 2>&1; then
+  local corpus=$fuzz_dir/corpus/$target seeds=$fuzz_dir/seeds/$target
+  rm -rf "$seeds"
+  mkdir -p "$corpus" "$seeds"
+  if EMBER_FUZZ_SEEDS=$fuzz_dir/seeds cargo fuzz run "${flags[@]}" "$target" "$corpus" "$seeds" \
+    -- "${lib_opts[@]}" >"$logs/$target.log" 2>&1; then
     local runs
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$target.log" | grep -o '[0-9]*$' || true)
     echo "ok    $target (${runs:-?} inputs, corpus $(find "$fuzz_dir/corpus/$target" -type f | wc -l))"

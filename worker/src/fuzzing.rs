@@ -221,6 +221,549 @@ where
     );
 }
 
+/// Seed inputs for the fuzz targets, by target name: real messages of every kind, as the
+/// processes send them. A valid archive is hard to reach from random bytes (an `rkyv`
+/// archive's root is at its end and its pointers are relative), so each target starts from
+/// these: it writes its own as it starts (`tests/fuzz/src/lib.rs`).
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use ember_core::ids::{ActorId, JobId, LeaseId, NodeId};
+    use ember_core::proto::{
+        ActorCall, ActorLocation, ActorSpec, CheckpointPolicy, CheckpointSave, ClientReply,
+        ClientRequest, ErrorKind, GroupMember, GroupView, Hello, JobEvent, JobSpec, LeaseSpec,
+        LeasedTask, LocalCall, LocalReply, LocalTask, NodeAffinity, PeerHello, Placement,
+        RemoteError, RestartPolicy, Strategy, TaskLease, Welcome, WorkerCommand, WorkerEvent,
+        WorkerHello, WorkerReply,
+    };
+    use ember_core::resources::{
+        Allocation, GpuDevice, GpuGrant, GpuShare, GpuStat, NodeResources, ResourceDemand,
+    };
+    use ember_core::security::Fingerprint;
+
+    use crate::gpu_actor::{
+        BufferElement, BufferInfo, GpuInfo, HostData, LaunchArg, LaunchShape, UserKernelInfo,
+    };
+
+    fn bytes<T: Wire>(value: &T) -> Vec<u8> {
+        encode(value).expect("a seed archives").to_vec()
+    }
+    fn framed<T: Wire>(value: &T) -> Vec<u8> {
+        let body = bytes(value);
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+    fn call<M: GpuMethod>(which: u8, args: &M::Args) -> Vec<u8> {
+        let args = bytes(args);
+        let mut call = vec![which];
+        call.extend_from_slice(&(args.len() as u16).to_le_bytes());
+        call.extend_from_slice(&args);
+        call
+    }
+    fn answer<M: GpuMethod>(which: u8, answer: &Result<M::Output, GpuActorError>) -> Vec<u8>
+    where
+        Result<M::Output, GpuActorError>: Wire,
+    {
+        let mut seed = vec![which];
+        seed.extend_from_slice(&bytes(answer));
+        seed
+    }
+
+    let error = RemoteError::new(ErrorKind::User, "it failed");
+    let fingerprint = Fingerprint([7; 32]);
+    let allocation = Allocation {
+        cpu_millis: 1500,
+        gpus: vec![GpuGrant {
+            index: 1,
+            share: GpuShare::from_units(25),
+            memory: 1 << 30,
+        }],
+        custom: vec![("disk".into(), 2000)],
+    };
+    let placement = Placement {
+        demand: ResourceDemand {
+            cpu_millis: 500,
+            gpus: GpuShare::from_units(50),
+            gpu_memory: 1 << 30,
+            accelerator: Some("H100".into()),
+            custom: vec![("disk".into(), 1000)],
+        },
+        strategy: Strategy::Spread,
+        affinity: Some(NodeAffinity {
+            node: NodeId(3),
+            soft: true,
+        }),
+        priority: -2,
+    };
+    let actor_endpoints = ActorEndpoints {
+        peer_addr: "10.0.0.2:4000".into(),
+        peer_fingerprint: fingerprint,
+        host: "host-a".into(),
+        local_socket: "/tmp/ember/a.sock".into(),
+        mesh_socket: "/tmp/ember/a.mesh".into(),
+    };
+    let lease_endpoints = LeaseEndpoints {
+        peer_addr: "10.0.0.2:4001".into(),
+        peer_fingerprint: fingerprint,
+        host: "host-a".into(),
+        local_socket: "/tmp/ember/l.sock".into(),
+    };
+    let restart = RestartPolicy {
+        max_restarts: 3,
+        max_task_retries: -1,
+    };
+    let checkpoint = CheckpointPolicy {
+        enabled: true,
+        every_calls: 10,
+        every_ms: 5000,
+    };
+    let location = ActorLocation {
+        actor: ActorId(9),
+        incarnation: 2,
+        node: NodeId(4),
+        endpoints: actor_endpoints.clone(),
+        allocation: allocation.clone(),
+        restart,
+    };
+    let peer = PeerHello {
+        token: "t0ken".into(),
+        group: "g".into(),
+        generation: 3,
+        from: 0,
+        to: 1,
+    };
+    let hellos = [
+        Hello::Worker(Box::new(WorkerHello {
+            token: "t0ken".into(),
+            name: "worker-1".into(),
+            resources: NodeResources {
+                cpu_millis: 8000,
+                gpus: vec![GpuDevice {
+                    index: 0,
+                    uuid: "GPU-1".into(),
+                    name: "NVIDIA H100 80GB HBM3".into(),
+                    memory: 80 << 30,
+                    accelerator: "H100".into(),
+                    logical: false,
+                }],
+                custom: vec![("disk".into(), 1000)],
+                labels: vec!["task:f".into(), "actor:A".into()],
+            },
+            task_types: vec!["f".into()],
+            actor_types: vec!["A".into()],
+            address: "10.0.0.2:0".into(),
+        })),
+        Hello::Client {
+            token: "t0ken".into(),
+        },
+        Hello::Peer(peer),
+    ];
+    let image = CheckpointImage {
+        seq: 4,
+        state: vec![1, 2, 3, 4],
+        replies: vec![
+            (1, 1, Ok(vec![5])),
+            (1, 2, Err(error.clone())),
+            (2, 1, Ok(vec![])),
+        ],
+    };
+    let actor_call = ActorCall {
+        actor: ActorId(9),
+        caller: 77,
+        seq: 3,
+        method: "incr".into(),
+        args: vec![1, 0, 0, 0],
+    };
+    let leased_task = LeasedTask {
+        lease: LeaseId(5),
+        name: "f".into(),
+        args: vec![2, 0, 0, 0],
+    };
+    let group = GroupView {
+        name: "g".into(),
+        generation: 3,
+        members: vec![GroupMember {
+            actor: ActorId(9),
+            incarnation: 2,
+            endpoints: actor_endpoints.clone(),
+        }],
+    };
+
+    let mut seeds: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    for hello in &hellos {
+        seeds.push(("hello", bytes(hello)));
+    }
+    for welcome in [
+        Welcome::Accepted {
+            node: Some(NodeId(1)),
+        },
+        Welcome::Accepted { node: None },
+        Welcome::Refused {
+            reason: "wrong cluster token".into(),
+        },
+    ] {
+        seeds.push(("welcome", bytes(&welcome)));
+    }
+    for request in [
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "f".into(),
+            placement: placement.clone(),
+        }),
+        ClientRequest::CreateActor(ActorSpec {
+            type_name: "A".into(),
+            args: vec![1, 2],
+            placement: placement.clone(),
+            restart,
+            checkpoint,
+        }),
+        ClientRequest::KillActor { actor: ActorId(9) },
+        ClientRequest::SubmitJob(JobSpec {
+            command: vec!["echo".into(), "hi".into()],
+            env: vec![("A".into(), "1".into())],
+            placement: placement.clone(),
+        }),
+        ClientRequest::Status,
+        ClientRequest::LocateActor {
+            actor: ActorId(9),
+            known: 1,
+            suspect: true,
+            timeout_ms: 1000,
+        },
+        ClientRequest::SaveCheckpoint(CheckpointSave {
+            actor: ActorId(9),
+            incarnation: 2,
+            seq: 4,
+            image: bytes(&image),
+        }),
+        ClientRequest::DrainNode {
+            node: NodeId(4),
+            grace_ms: 100,
+        },
+        ClientRequest::FormGroup {
+            name: "g".into(),
+            members: vec![ActorId(9), ActorId(10)],
+        },
+        ClientRequest::JoinGroup {
+            name: "g".into(),
+            actor: ActorId(9),
+            world: 2,
+            timeout_ms: 1000,
+        },
+        ClientRequest::GetGroup {
+            name: "g".into(),
+            timeout_ms: 1000,
+        },
+        ClientRequest::GroupHealth {
+            name: "g".into(),
+            generation: 3,
+            incarnations: vec![2, 1],
+        },
+        ClientRequest::GroupFailed {
+            name: "g".into(),
+            generation: 3,
+            reason: "link broke".into(),
+            suspect: Some(1),
+        },
+        ClientRequest::WaitForNodes {
+            count: 2,
+            timeout_ms: 1000,
+        },
+    ] {
+        seeds.push(("client_request", bytes(&request)));
+    }
+    for reply in [
+        ClientReply::TaskLeased(TaskLease {
+            lease: LeaseId(5),
+            node: NodeId(4),
+            allocation: allocation.clone(),
+            endpoints: lease_endpoints.clone(),
+        }),
+        ClientReply::ActorCreated(location.clone()),
+        ClientReply::ActorKilled,
+        ClientReply::ActorLocated(location.clone()),
+        ClientReply::CheckpointSaved { seq: 4 },
+        ClientReply::Drained { moved: 2 },
+        ClientReply::Job(JobEvent::Started {
+            job: JobId(6),
+            node: NodeId(4),
+            allocation: allocation.clone(),
+        }),
+        ClientReply::Job(JobEvent::Stdout(b"out\n".to_vec())),
+        ClientReply::Job(JobEvent::Stderr(b"err\n".to_vec())),
+        ClientReply::Job(JobEvent::Exited(137)),
+        ClientReply::Status("{\"nodes\":[]}".into()),
+        ClientReply::Group(group.clone()),
+        ClientReply::GroupHealth {
+            broken: Some("rank 1 died".into()),
+        },
+        ClientReply::NodesReady { count: 2 },
+        ClientReply::Error(error.clone()),
+    ] {
+        seeds.push(("client_reply", bytes(&reply)));
+    }
+    for command in [
+        WorkerCommand::OpenLease {
+            lease: LeaseId(5),
+            allocation: allocation.clone(),
+        },
+        WorkerCommand::CloseLease { lease: LeaseId(5) },
+        WorkerCommand::CreateActor {
+            actor: ActorId(9),
+            type_name: "A".into(),
+            args: vec![1, 2],
+            allocation: allocation.clone(),
+            incarnation: 2,
+            checkpoint,
+            restore: Some(bytes(&image)),
+        },
+        WorkerCommand::KillActor { actor: ActorId(9) },
+        WorkerCommand::Probe {
+            actor: ActorId(9),
+            incarnation: 2,
+        },
+        WorkerCommand::SealActor { actor: ActorId(9) },
+        WorkerCommand::RunJob {
+            job: JobId(6),
+            command: vec!["echo".into(), "hi".into()],
+            env: vec![("A".into(), "1".into())],
+            allocation: allocation.clone(),
+        },
+    ] {
+        seeds.push(("worker_command", bytes(&command)));
+    }
+    for reply in [
+        WorkerReply::LeaseOpened(lease_endpoints.clone()),
+        WorkerReply::LeaseClosed,
+        WorkerReply::ActorReady(actor_endpoints.clone()),
+        WorkerReply::ActorKilled,
+        WorkerReply::Probed { alive: true },
+        WorkerReply::Sealed { seq: Some(4) },
+        WorkerReply::Job(JobEvent::Exited(0)),
+        WorkerReply::Error(error.clone()),
+    ] {
+        seeds.push(("worker_reply", bytes(&reply)));
+    }
+    for event in [
+        WorkerEvent::Heartbeat {
+            gpus: vec![GpuStat {
+                index: 0,
+                memory_free: 1 << 30,
+                utilization: 40,
+            }],
+        },
+        WorkerEvent::ActorExited {
+            actor: ActorId(9),
+            incarnation: 2,
+            reason: "killed by signal 9".into(),
+        },
+        WorkerEvent::Leaving { grace_ms: 100 },
+    ] {
+        seeds.push(("worker_event", bytes(&event)));
+    }
+    seeds.push(("actor_call", bytes(&actor_call)));
+    let local_call = LocalCall {
+        id: 1,
+        call: actor_call,
+    };
+    seeds.push(("local_call", bytes(&local_call)));
+    seeds.push(("leased_task", bytes(&leased_task)));
+    let local_task = LocalTask {
+        id: 1,
+        task: leased_task,
+    };
+    seeds.push(("local_task", bytes(&local_task)));
+    for reply in [Ok(vec![1, 2, 3]), Err(error.clone())] {
+        seeds.push(("call_reply", bytes(&reply)));
+        seeds.push(("local_reply", bytes(&LocalReply { id: 1, reply })));
+    }
+    for request in [
+        ExecRequest::OpenLease {
+            id: 1,
+            lease: LeaseId(5),
+            node: NodeId(4),
+            allocation: allocation.clone(),
+            token: "t0ken".into(),
+            listen: "0.0.0.0:0".into(),
+            socket: "/tmp/ember/l.sock".into(),
+        },
+        ExecRequest::CloseLease {
+            id: 2,
+            lease: LeaseId(5),
+        },
+        ExecRequest::CreateActor {
+            id: 3,
+            actor: ActorId(9),
+            type_name: "A".into(),
+            args: vec![1, 2],
+            node: NodeId(4),
+            allocation: allocation.clone(),
+            token: "t0ken".into(),
+            listen: "0.0.0.0:0".into(),
+            socket: "/tmp/ember/a.sock".into(),
+            incarnation: 2,
+            checkpoint,
+            restore: Some(bytes(&image)),
+            head: "10.0.0.1:7000".into(),
+            head_fingerprint: fingerprint,
+        },
+        ExecRequest::Seal { id: 4 },
+    ] {
+        seeds.push(("exec_request", bytes(&request)));
+    }
+    for result in [
+        Ok(bytes(&lease_endpoints)),
+        Ok(bytes(&actor_endpoints)),
+        Ok(bytes(&Some(4u64))),
+        Ok(bytes(&None::<u64>)),
+        Err(error.clone()),
+    ] {
+        seeds.push(("exec_reply", bytes(&ExecReply { id: 1, result })));
+    }
+    seeds.push(("checkpoint_image", bytes(&image)));
+
+    // Expect operation 3, signature 0xfeed, 4 bytes; two such segments, then one of another
+    // operation.
+    let mut link = Vec::new();
+    link.extend_from_slice(&3u64.to_le_bytes());
+    link.extend_from_slice(&0xfeedu32.to_le_bytes());
+    link.extend_from_slice(&4u16.to_le_bytes());
+    for op in [3u64, 3, 4] {
+        link.extend_from_slice(&op.to_le_bytes());
+        link.extend_from_slice(&0xfeedu32.to_le_bytes());
+        link.extend_from_slice(&4u32.to_le_bytes());
+        link.extend_from_slice(&[1, 2, 3, 4]);
+    }
+    seeds.push(("link_header", link));
+
+    // The 64 KiB limit, pieces from seed 7: the three hellos in a row; then the tiny limit.
+    let mut stream = vec![0, 7];
+    for hello in &hellos {
+        stream.extend_from_slice(&framed(hello));
+    }
+    seeds.push(("frame", stream));
+    let mut tiny = vec![2 + 3 * 8, 1];
+    tiny.extend_from_slice(&framed(&hellos[1]));
+    seeds.push(("frame", tiny));
+
+    // Methods by their place in GPU_METHODS: put 0, alloc 1, get 2, free 3, launch 4,
+    // compile_user 5, launch_user 6, info 7.
+    let mut calls = Vec::new();
+    calls.extend(call::<Put>(
+        0,
+        &("x".into(), HostData::F32(vec![1.0, 2.0, 3.0, 4.0])),
+    ));
+    calls.extend(call::<Alloc>(1, &("y".into(), BufferElement::F32, 4)));
+    let axpy = vec![
+        LaunchArg::F32(2.0),
+        LaunchArg::buffer("x"),
+        LaunchArg::buffer("y"),
+    ];
+    calls.extend(call::<Launch>(4, &("axpy".into(), axpy)));
+    calls.extend(call::<Get>(2, &("y".into(),)));
+    calls.extend(call::<Info>(7, &()));
+    calls.extend(call::<Free>(3, &("x".into(),)));
+    seeds.push(("gpu_actor_call", calls));
+    let mut calls = Vec::new();
+    calls.extend(call::<Put>(
+        0,
+        &("a".into(), HostData::F16(vec![0x3c00; 6])),
+    ));
+    calls.extend(call::<Put>(
+        0,
+        &("b".into(), HostData::F16(vec![0x4000; 6])),
+    ));
+    calls.extend(call::<Alloc>(1, &("c".into(), BufferElement::F16, 4)));
+    let matmul = vec![
+        LaunchArg::buffer("a"),
+        LaunchArg::buffer("b"),
+        LaunchArg::buffer("c"),
+        LaunchArg::U32(2),
+        LaunchArg::U32(3),
+        LaunchArg::U32(2),
+    ];
+    calls.extend(call::<Launch>(4, &("matmul_f16".into(), matmul)));
+    calls.extend(call::<Put>(
+        0,
+        &("s".into(), HostData::F32(vec![1.0, 2.0, 3.0, 4.0])),
+    ));
+    calls.extend(call::<Alloc>(1, &("t".into(), BufferElement::F32, 4)));
+    let softmax = vec![
+        LaunchArg::buffer("s"),
+        LaunchArg::buffer("t"),
+        LaunchArg::U32(2),
+        LaunchArg::U32(2),
+    ];
+    calls.extend(call::<Launch>(4, &("softmax".into(), softmax)));
+    calls.extend(call::<Put>(
+        0,
+        &("h".into(), HostData::Bf16(vec![0x3f80; 3])),
+    ));
+    calls.extend(call::<CompileUser>(
+        5,
+        &("extern \"C\" __global__ void k() {}".into(), "k".into()),
+    ));
+    let shape = LaunchShape {
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        shared_mem_bytes: 0,
+    };
+    calls.extend(call::<LaunchUser>(
+        6,
+        &("k".into(), shape, vec![LaunchArg::buffer("t")]),
+    ));
+    seeds.push(("gpu_actor_call", calls));
+
+    let info = BufferInfo {
+        name: "x".into(),
+        element: BufferElement::Bf16,
+        len: 4,
+        bytes: 8,
+    };
+    for seed in [
+        answer::<Put>(0, &Ok(info.clone())),
+        answer::<Alloc>(
+            1,
+            &Err(GpuActorError::MemoryLimit {
+                requested: 1 << 30,
+                in_use: 0,
+                limit: 1 << 20,
+            }),
+        ),
+        answer::<Get>(2, &Ok(HostData::F32(vec![1.0, 2.0]))),
+        answer::<Get>(2, &Ok(HostData::F16(vec![0x3c00]))),
+        answer::<Get>(2, &Ok(HostData::Bf16(vec![0x3f80]))),
+        answer::<Free>(3, &Err(GpuActorError::UnknownBuffer { name: "x".into() })),
+        answer::<Launch>(4, &Ok(())),
+        answer::<CompileUser>(
+            5,
+            &Ok(UserKernelInfo {
+                entry: "k".into(),
+                from_cache: true,
+            }),
+        ),
+        answer::<LaunchUser>(
+            6,
+            &Err(GpuActorError::CudaUnavailable {
+                reason: "no GPU".into(),
+            }),
+        ),
+        answer::<Info>(
+            7,
+            &Ok(GpuInfo {
+                cuda_ordinal: Some(0),
+                device_name: Some("NVIDIA H100 80GB HBM3".into()),
+                cpu_fallback_reason: None,
+                memory_in_use: 8,
+                memory_limit: Some(1 << 20),
+                buffers: vec![info.clone()],
+                user_kernels: vec!["k".into()],
+            }),
+        ),
+    ] {
+        seeds.push(("gpu_actor_reply", seed));
+    }
+    seeds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +839,61 @@ mod tests {
             2,
             "alloc and info answered, the unknown not"
         );
+    }
+
+    fn answer_reads<M: GpuMethod>(bytes: &[u8]) -> bool
+    where
+        Result<M::Output, GpuActorError>: Wire,
+    {
+        round_trip::<Result<M::Output, GpuActorError>>(bytes).is_some()
+    }
+
+    #[test]
+    fn every_seed_is_read_by_its_target() {
+        use ember_core::proto::*;
+        use ember_core::security::HELLO_LIMIT;
+
+        for (target, seed) in seeds() {
+            let read = match target {
+                "hello" => round_trip::<Hello>(&seed).is_some(),
+                "welcome" => round_trip::<Welcome>(&seed).is_some(),
+                "client_request" => round_trip::<ClientRequest>(&seed).is_some(),
+                "client_reply" => round_trip::<ClientReply>(&seed).is_some(),
+                "worker_command" => round_trip::<WorkerCommand>(&seed).is_some(),
+                "worker_reply" => round_trip::<WorkerReply>(&seed).is_some(),
+                "worker_event" => round_trip::<WorkerEvent>(&seed).is_some(),
+                "actor_call" => round_trip::<ActorCall>(&seed).is_some(),
+                "local_call" => round_trip::<LocalCall>(&seed).is_some(),
+                "leased_task" => round_trip::<LeasedTask>(&seed).is_some(),
+                "local_task" => round_trip::<LocalTask>(&seed).is_some(),
+                "call_reply" => round_trip::<CallReply>(&seed).is_some(),
+                "local_reply" => round_trip::<LocalReply>(&seed).is_some(),
+                "exec_request" => exec_request(&seed),
+                "exec_reply" => exec_reply(&seed),
+                "checkpoint_image" => checkpoint_image(&seed),
+                "link_header" => link_segments(&seed) == 2,
+                "frame" => {
+                    let mut stream = &seed[2..];
+                    let read = futures::executor::block_on(read_frame::<_, Hello>(
+                        &mut stream,
+                        HELLO_LIMIT,
+                    ));
+                    matches!(read, Ok(Some(_)))
+                }
+                "gpu_actor_call" => gpu_actor_calls(&seed) >= 5,
+                "gpu_actor_reply" => match seed[0] {
+                    0 => answer_reads::<Put>(&seed[1..]),
+                    1 => answer_reads::<Alloc>(&seed[1..]),
+                    2 => answer_reads::<Get>(&seed[1..]),
+                    3 => answer_reads::<Free>(&seed[1..]),
+                    4 => answer_reads::<Launch>(&seed[1..]),
+                    5 => answer_reads::<CompileUser>(&seed[1..]),
+                    6 => answer_reads::<LaunchUser>(&seed[1..]),
+                    _ => answer_reads::<Info>(&seed[1..]),
+                },
+                other => panic!("a seed for no target: {other}"),
+            };
+            assert!(read, "a seed of {target} is not read: {seed:?}");
+        }
     }
 }

@@ -41,7 +41,7 @@ impl AsyncRead for Pieces<'_> {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: ember_fuzz::write_seeds(env!("CARGO_BIN_NAME")), |data: &[u8]| {
     let Some((&[limit, seed], stream)) = data.split_first_chunk::<2>() else {
         return;
     };

@@ -28,7 +28,7 @@ where
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: ember_fuzz::write_seeds(env!("CARGO_BIN_NAME")), |data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };

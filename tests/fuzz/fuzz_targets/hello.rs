@@ -9,7 +9,7 @@ use ember_core::security::token_matches;
 use ember_worker::fuzzing::round_trip;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: ember_fuzz::write_seeds(env!("CARGO_BIN_NAME")), |data: &[u8]| {
     let Some(hello) = round_trip::<Hello>(data) else {
         return;
     };
