@@ -87,7 +87,7 @@ run_one() {
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$target.log" | grep -o '[0-9]*$' || true)
     echo "ok    $target (${runs:-?} inputs, corpus $(find "$fuzz_dir/corpus/$target" -type f | wc -l))"
   else
-    echo "CRASH $target: see the log below and tests/fuzz/artifacts/$target/"
+    echo "FAILED $target (a crash leaves its input in tests/fuzz/artifacts/$target/):"
     tail -n 60 "$logs/$target.log"
     return 1
   fi
@@ -110,7 +110,7 @@ while [ "$running" -gt 0 ]; do
 done
 
 if [ "$failed" -ne 0 ]; then
-  echo "== a fuzz target crashed" >&2
+  echo "== a fuzz target failed" >&2
   exit 1
 fi
 echo "== ${#targets[@]} fuzz targets ran ${seconds}s each without a crash"
