@@ -6,7 +6,11 @@
 //! private to this crate are reached only through here. No input may make any of them
 //! panic; the checks they make on decoded values panic, so that the fuzzer reports them.
 
-use ember_core::proto::{decode, encode, ActorEndpoints, LeaseEndpoints, Wire};
+use ember_core::proto::{
+    decode, decode_hello, encode, encode_hello, read_frame, ActorEndpoints, LeaseEndpoints,
+    Welcome, Wire, HELLO_LIMIT,
+};
+use ember_core::security::{accept_hello, token_matches, HelloListener};
 use ember_kernels::Device;
 
 use crate::collective::link::{recv_segment, send_segment, Rx, Tag, Tx, HEADER};
@@ -120,6 +124,67 @@ pub fn checkpoint_image(bytes: &[u8]) -> bool {
     true
 }
 
+/// The token [`hello`] expects.
+pub const HELLO_TOKEN: &str = "t0ken";
+
+/// Every listener reads a connection's first frame as a hello
+/// (`ember_core::security::accept_hello`: the head, an actor's and a task lease's
+/// endpoints, a group's link sockets). `bytes` is the frame's body: it is decoded with
+/// `decode_hello`, and a hello that decodes must encode and decode again to the same bytes.
+/// Then the same frame is offered to `accept_hello` at every kind of listener, expecting
+/// [`HELLO_TOKEN`]: it must accept exactly the hellos that decode, carry the token and come
+/// from a role that listener serves, write nothing back for those, and tell everyone else
+/// why in a `Welcome::Refused` that the sender can read. Returns whether the bytes decoded.
+pub fn hello(bytes: &[u8]) -> bool {
+    let decoded = decode_hello(bytes);
+    if let Ok(hello) = &decoded {
+        let again = encode_hello(hello)
+            .unwrap_or_else(|e| panic!("a decoded hello cannot be encoded again: {e}"));
+        let back = decode_hello(&again)
+            .unwrap_or_else(|e| panic!("a hello encoded again does not decode: {e}"));
+        assert!(
+            encode_hello(&back).ok().as_deref() == Some(&again[..]),
+            "a decoded hello encoded twice gives different bytes"
+        );
+    }
+    let Ok(len) = u32::try_from(bytes.len()) else {
+        return decoded.is_ok();
+    };
+    let mut frame = len.to_le_bytes().to_vec();
+    frame.extend_from_slice(bytes);
+    for listener in [
+        HelloListener::Head,
+        HelloListener::ActorEndpoint,
+        HelloListener::Calls,
+        HelloListener::GroupLinks,
+    ] {
+        let (mut rd, mut answer) = (&frame[..], Vec::new());
+        let outcome =
+            futures::executor::block_on(accept_hello(&mut rd, &mut answer, HELLO_TOKEN, listener));
+        let welcome = match &decoded {
+            Ok(hello) => token_matches(HELLO_TOKEN, &hello.token) && listener.accepts(&hello.role),
+            Err(_) => false,
+        };
+        match outcome {
+            Ok(_) => {
+                assert!(welcome, "{listener:?} accepted a hello it must refuse");
+                assert!(answer.is_empty(), "an accepted hello was answered already");
+            }
+            Err(refused) => {
+                assert!(!welcome, "{listener:?} refused a good hello: {refused}");
+                let mut told = &answer[..];
+                let read =
+                    futures::executor::block_on(read_frame::<_, Welcome>(&mut told, HELLO_LIMIT));
+                match read {
+                    Ok(Some(Welcome::Refused { reason })) => assert_eq!(reason, refused.reason),
+                    other => panic!("a refused sender reads {other:?}"),
+                }
+            }
+        }
+    }
+    decoded.is_ok()
+}
+
 /// A rank reads segments from a peer's link (`collective/link.rs`). The first 14 bytes say
 /// what this rank expects: the operation (8 bytes), its signature (4) and the segment's
 /// length (2, little-endian); the rest is what the peer sent. Segments are read until one
@@ -228,11 +293,12 @@ where
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use ember_core::ids::{ActorId, JobId, LeaseId, NodeId};
     use ember_core::proto::{
-        ActorCall, ActorLocation, ActorSpec, CheckpointPolicy, CheckpointSave, ClientReply,
-        ClientRequest, ErrorKind, GroupMember, GroupView, Hello, JobEvent, JobSpec, LeaseSpec,
-        LeasedTask, LocalCall, LocalReply, LocalTask, NodeAffinity, PeerHello, Placement,
-        RemoteError, RestartPolicy, Strategy, TaskLease, Welcome, WorkerCommand, WorkerEvent,
-        WorkerHello, WorkerReply,
+        ActorCall, ActorLifeStatus, ActorLocation, ActorSpec, CheckpointPolicy, CheckpointSave,
+        ClientReply, ClientRequest, ClusterStatus, CustomUsage, ErrorKind, GpuUsage, GroupMember,
+        GroupView, Hello, HelloRole, JobEvent, JobSpec, LeaseSpec, LeasedTask, LocalCall,
+        LocalReply, LocalTask, NodeAffinity, NodeStatus, NodeUsage, PeerHello, Placement,
+        RemoteError, RestartPolicy, Strategy, TaskLease, Welcome, WorkStatus, WorkerCommand,
+        WorkerEvent, WorkerHello, WorkerReply,
     };
     use ember_core::resources::{
         Allocation, GpuDevice, GpuGrant, GpuShare, GpuStat, NodeResources, ResourceDemand,
@@ -325,38 +391,42 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         restart,
     };
     let peer = PeerHello {
-        token: "t0ken".into(),
         group: "g".into(),
         generation: 3,
         from: 0,
         to: 1,
     };
-    let hellos = [
-        Hello::Worker(Box::new(WorkerHello {
-            token: "t0ken".into(),
-            name: "worker-1".into(),
-            resources: NodeResources {
-                cpu_millis: 8000,
-                gpus: vec![GpuDevice {
-                    index: 0,
-                    uuid: "GPU-1".into(),
-                    name: "NVIDIA H100 80GB HBM3".into(),
-                    memory: 80 << 30,
-                    accelerator: "H100".into(),
-                    logical: false,
-                }],
-                custom: vec![("disk".into(), 1000)],
-                labels: vec!["task:f".into(), "actor:A".into()],
-            },
-            task_types: vec!["f".into()],
-            actor_types: vec!["A".into()],
-            address: "10.0.0.2:0".into(),
-        })),
-        Hello::Client {
-            token: "t0ken".into(),
-        },
-        Hello::Peer(peer),
+    let mut hellos = vec![
+        Hello::new(
+            HELLO_TOKEN,
+            HelloRole::Worker(Box::new(WorkerHello {
+                name: "worker-1".into(),
+                resources: NodeResources {
+                    cpu_millis: 8000,
+                    gpus: vec![GpuDevice {
+                        index: 0,
+                        uuid: "GPU-1".into(),
+                        name: "NVIDIA H100 80GB HBM3".into(),
+                        memory: 80 << 30,
+                        accelerator: "H100".into(),
+                        logical: false,
+                    }],
+                    custom: vec![("disk".into(), 1000)],
+                    labels: vec!["task:f".into(), "actor:A".into()],
+                },
+                task_types: vec!["f".into()],
+                actor_types: vec!["A".into()],
+                address: "10.0.0.2:0".into(),
+            })),
+        ),
+        Hello::client(HELLO_TOKEN),
+        Hello::new(HELLO_TOKEN, HelloRole::Peer(peer)),
+        // Refused ones: a wrong token, another version.
+        Hello::client("not the token"),
     ];
+    let mut future = Hello::client(HELLO_TOKEN);
+    future.version += 1;
+    hellos.push(future);
     let image = CheckpointImage {
         seq: 4,
         state: vec![1, 2, 3, 4],
@@ -388,11 +458,72 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         }],
     };
 
+    let actor_status = WorkStatus {
+        id: "actor-9".into(),
+        kind: "actor".into(),
+        name: "A".into(),
+        demand: "cpu=0.5 gpu=0.5".into(),
+        node: Some("node-4".into()),
+        gpus: allocation.gpus.clone(),
+        priority: 0,
+        actor: Some(ActorLifeStatus {
+            state: "alive".into(),
+            incarnation: 2,
+            restarts: 1,
+            checkpoint_seq: Some(4),
+            checkpoint_age_ms: Some(1200),
+            reason: None,
+        }),
+    };
+    let status = ClusterStatus {
+        nodes: vec![NodeStatus {
+            id: "node-4".into(),
+            name: "worker-1".into(),
+            address: "10.0.0.2:0".into(),
+            usage: NodeUsage {
+                node: NodeId(4),
+                schedulable: true,
+                cpu_millis_total: 8000,
+                cpu_millis_free: 6500,
+                gpus: vec![GpuUsage {
+                    index: 1,
+                    accelerator: "H100".into(),
+                    share_used: GpuShare::from_units(25),
+                    share_free: GpuShare::from_units(75),
+                    memory_total: 80 << 30,
+                    memory_reserved: 1 << 30,
+                }],
+                custom: vec![CustomUsage {
+                    name: "disk".into(),
+                    total_millis: 4000,
+                    free_millis: 2000,
+                }],
+                leases: 1,
+                labels: vec!["task:f".into()],
+            },
+            gpu_stats: vec![GpuStat {
+                index: 1,
+                memory_free: 70 << 30,
+                utilization: 40,
+            }],
+            heartbeat_age_ms: 80,
+            types: 2,
+        }],
+        actors: vec![actor_status.clone()],
+        leases: vec![],
+        jobs: vec![],
+        queue: vec![WorkStatus {
+            node: None,
+            gpus: vec![],
+            actor: None,
+            ..actor_status
+        }],
+    };
     let mut seeds: Vec<(&'static str, Vec<u8>)> = Vec::new();
     for hello in &hellos {
-        seeds.push(("hello", bytes(hello)));
+        seeds.push(("hello", encode_hello(hello).expect("a seed encodes")));
     }
-    for welcome in [
+    let welcomes = [
         Welcome::Accepted {
             node: Some(NodeId(1)),
         },
@@ -400,8 +531,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         Welcome::Refused {
             reason: "wrong cluster token".into(),
         },
-    ] {
-        seeds.push(("welcome", bytes(&welcome)));
+    ];
+    for welcome in &welcomes {
+        seeds.push(("welcome", bytes(welcome)));
     }
     for request in [
         ClientRequest::LeaseTask(LeaseSpec {
@@ -490,7 +622,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ClientReply::Job(JobEvent::Stdout(b"out\n".to_vec())),
         ClientReply::Job(JobEvent::Stderr(b"err\n".to_vec())),
         ClientReply::Job(JobEvent::Exited(137)),
-        ClientReply::Status("{\"nodes\":[]}".into()),
+        ClientReply::Status(Box::new(status.clone())),
         ClientReply::Group(group.clone()),
         ClientReply::GroupHealth {
             broken: Some("rank 1 died".into()),
@@ -515,7 +647,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             checkpoint,
             restore: Some(bytes(&image)),
         },
-        WorkerCommand::KillActor { actor: ActorId(9) },
+        WorkerCommand::KillActor {
+            actor: ActorId(9),
+            incarnation: 2,
+        },
         WorkerCommand::Probe {
             actor: ActorId(9),
             incarnation: 2,
@@ -634,14 +769,14 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
     seeds.push(("link_header", link));
 
-    // The 64 KiB limit, pieces from seed 7: the three hellos in a row; then the tiny limit.
+    // The hello limit, pieces from seed 7: the welcomes in a row; then the tiny limit.
     let mut stream = vec![0, 7];
-    for hello in &hellos {
-        stream.extend_from_slice(&framed(hello));
+    for welcome in &welcomes {
+        stream.extend_from_slice(&framed(welcome));
     }
     seeds.push(("frame", stream));
     let mut tiny = vec![2 + 3 * 8, 1];
-    tiny.extend_from_slice(&framed(&hellos[1]));
+    tiny.extend_from_slice(&framed(&welcomes[1]));
     seeds.push(("frame", tiny));
 
     // Methods by their place in GPU_METHODS: put 0, alloc 1, get 2, free 3, launch 4,
@@ -771,10 +906,11 @@ mod tests {
 
     #[test]
     fn each_entry_point_reads_what_its_process_sends() {
-        let hello = Hello::Client { token: "t".into() };
-        let bytes = encode(&hello).unwrap();
-        assert!(round_trip::<Hello>(&bytes).is_some());
-        assert!(round_trip::<Hello>(&[0xff; 9]).is_none());
+        let bytes = encode_hello(&Hello::client(HELLO_TOKEN)).unwrap();
+        assert!(hello(&bytes));
+        let wrong = encode_hello(&Hello::client("wrong")).unwrap();
+        assert!(hello(&wrong), "a wrong token decodes, and is refused");
+        assert!(!hello(&[0xff; 9]));
 
         let request = ExecRequest::Seal { id: 7 };
         assert!(exec_request(&encode(&request).unwrap()));
@@ -851,11 +987,13 @@ mod tests {
     #[test]
     fn every_seed_is_read_by_its_target() {
         use ember_core::proto::*;
-        use ember_core::security::HELLO_LIMIT;
 
         for (target, seed) in seeds() {
             let read = match target {
-                "hello" => round_trip::<Hello>(&seed).is_some(),
+                // The seed of another version decodes to that error alone.
+                "hello" => {
+                    hello(&seed) || matches!(decode_hello(&seed), Err(FrameError::Version { .. }))
+                }
                 "welcome" => round_trip::<Welcome>(&seed).is_some(),
                 "client_request" => round_trip::<ClientRequest>(&seed).is_some(),
                 "client_reply" => round_trip::<ClientReply>(&seed).is_some(),
@@ -874,7 +1012,7 @@ mod tests {
                 "link_header" => link_segments(&seed) == 2,
                 "frame" => {
                     let mut stream = &seed[2..];
-                    let read = futures::executor::block_on(read_frame::<_, Hello>(
+                    let read = futures::executor::block_on(read_frame::<_, Welcome>(
                         &mut stream,
                         HELLO_LIMIT,
                     ));

@@ -1,17 +1,18 @@
 //! Length-prefixed frames: `ember_core::proto::read_frame`, which every process runs on every
 //! stream it reads, over arbitrary bytes arriving in pieces of arbitrary sizes. The first byte
-//! picks the size limit (64 KiB as for hellos at executors and peers, 1 MiB as for hellos at
-//! the head, or a tiny one); the second seeds the sizes of the pieces. Frames are read until
-//! the stream ends or one is refused, as a same-machine socket is served; each is decoded as
-//! a `Hello`, the first frame of every connection, and must travel again in a frame of its own.
+//! picks the size limit (1 MiB as for hellos and welcomes, 64 KiB, or a tiny one); the second
+//! seeds the sizes of the pieces. Frames are read until the stream ends or one is refused, as
+//! a same-machine socket is served; each is decoded as a `Welcome`, the answer to every
+//! hello, and must travel again in a frame of its own.
 #![no_main]
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ember_core::proto::{encode, read_frame, write_frame, FrameError, Hello, MAX_FRAME};
-use ember_core::security::HELLO_LIMIT;
+use ember_core::proto::{
+    encode, read_frame, write_frame, FrameError, Welcome, HELLO_LIMIT, MAX_FRAME,
+};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -47,7 +48,7 @@ fuzz_target!(init: ember_fuzz::write_seeds(env!("CARGO_BIN_NAME")), |data: &[u8]
     };
     let max = match limit % 3 {
         0 => HELLO_LIMIT,
-        1 => 1 << 20,
+        1 => 1 << 16,
         _ => usize::from(limit),
     };
     let mut rd = Pieces {
@@ -56,17 +57,17 @@ fuzz_target!(init: ember_fuzz::write_seeds(env!("CARGO_BIN_NAME")), |data: &[u8]
     };
     futures::executor::block_on(async {
         loop {
-            match read_frame::<_, Hello>(&mut rd, max).await {
+            match read_frame::<_, Welcome>(&mut rd, max).await {
                 Ok(Some(hello)) => {
                     let mut again = Vec::new();
                     write_frame(&mut again, &hello)
                         .await
-                        .expect("a hello read is one that can be written");
+                        .expect("a welcome read is one that can be written");
                     let mut back = &again[..];
-                    let echoed = read_frame::<_, Hello>(&mut back, MAX_FRAME)
+                    let echoed = read_frame::<_, Welcome>(&mut back, MAX_FRAME)
                         .await
-                        .expect("a hello written reads back")
-                        .expect("a hello written is there");
+                        .expect("a welcome written reads back")
+                        .expect("a welcome written is there");
                     assert_eq!(
                         encode(&echoed).unwrap().as_slice(),
                         encode(&hello).unwrap().as_slice()
