@@ -9,6 +9,8 @@ pub mod collective;
 pub mod context;
 mod device;
 mod executor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod gpu_actor;
 mod job;

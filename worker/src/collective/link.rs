@@ -10,7 +10,7 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes of a segment header: the operation (8), its signature (4), the length (4).
-const HEADER: usize = 16;
+pub(crate) const HEADER: usize = 16;
 
 /// The pieces a transfer is cut into, so that receiving, combining and sending overlap.
 pub(crate) const SEGMENT_BYTES: usize = 512 << 10;

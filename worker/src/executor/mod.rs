@@ -6,14 +6,14 @@
 //! user code takes down only that process: the worker reports the failure and goes on serving.
 
 mod actor_host;
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod guarded;
 mod head_link;
 mod lease_host;
 mod local_socket;
 mod pool;
 mod process;
-mod protocol;
+pub(crate) mod protocol;
 mod quic_call;
 
 pub(crate) use head_link::HeadLink;

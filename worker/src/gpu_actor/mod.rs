@@ -8,7 +8,7 @@
 //! arguments and its result for both the actor and its callers; a refused call comes back as
 //! a [`GpuActorError`] and leaves the actor serving.
 
-mod actor;
+pub(crate) mod actor;
 mod error;
 pub mod methods;
 mod wire;

@@ -1,0 +1,13 @@
+//! `LocalTask`: a task on a lease's same-machine Unix socket, read by the executor
+//! (`worker/src/executor/local_socket.rs`).
+#![no_main]
+
+use ember_core::proto::LocalTask;
+use ember_worker::fuzzing::round_trip;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(init: ember_fuzz::write_seeds(env!("CARGO_BIN_NAME")), |data: &[u8]| {
+    if let Some(value) = round_trip::<LocalTask>(data) {
+        std::hint::black_box(format!("{value:?}"));
+    }
+});
