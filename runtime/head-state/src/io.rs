@@ -7,6 +7,8 @@
 //! input, and every request gets exactly one final effect ([`Effect::Reply`] or
 //! [`Effect::End`]).
 
+use std::time::Instant;
+
 use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{
     ClientReply, ClientRequest, ErrorKind, RemoteError, WorkerCommand, WorkerEvent, WorkerHello,
@@ -60,11 +62,15 @@ pub enum Input {
         /// What.
         event: WorkerEvent,
     },
-    /// Packets arrived from a worker's transport since the shell last said so: it is alive
-    /// even if its heartbeats wait in line behind bulk data.
+    /// Packets arrived from a worker's transport since the shell last looked, at `after`: it
+    /// was alive then, even if its heartbeats wait in line behind bulk data. The shell looks
+    /// from time to time, so the packets may be older than the input: only `after` is known
+    /// of when they came, and a probe sent later is not answered by them.
     Heard {
         /// The worker.
         node: NodeId,
+        /// When the shell looked before: the packets arrived later than this.
+        after: Instant,
     },
     /// A client's request, on a stream of its own.
     Request {

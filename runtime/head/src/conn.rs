@@ -2,7 +2,7 @@
 //! translates: frames from the network become the state's inputs, and the state's frames go
 //! back on the streams they answer.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ember_core::proto::{
     read_frame, write_frame, ClientReply, ClientRequest, ErrorKind, FrameError, HelloRole,
@@ -115,13 +115,15 @@ async fn serve_worker(
             // keep-alives) shows it alive: a worker so busy that a heartbeat waits in line
             // is not dead. A frozen or killed one sends nothing at all.
             let mut received = conn.stats().udp_rx.datagrams;
+            let mut looked = Instant::now();
             let mut tick = tokio::time::interval(HEARD_EVERY);
             loop {
                 tick.tick().await;
                 let now = conn.stats().udp_rx.datagrams;
+                let after = std::mem::replace(&mut looked, Instant::now());
                 if now != received {
                     received = now;
-                    shell.input(Input::Heard { node });
+                    shell.input(Input::Heard { node, after });
                 }
             }
         }

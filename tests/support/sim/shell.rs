@@ -415,7 +415,8 @@ impl Sim {
         if reply.is_ok() && self.chance(0.05) {
             // Bulk data from the worker arrived first.
             if let Some(node) = self.workers[w].node {
-                self.deliver(Input::Heard { node })?;
+                let after = self.now;
+                self.deliver(Input::Heard { node, after })?;
             }
         }
         self.deliver(Input::Replied { command, reply })

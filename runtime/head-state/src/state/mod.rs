@@ -378,7 +378,7 @@ impl HeadState {
             Input::WorkerJoined { conn, hello } => self.worker_joined(now, conn, hello),
             Input::Closed { conn } => self.closed(now, conn),
             Input::Event { node, event } => self.event(now, node, event),
-            Input::Heard { node } => self.heard(now, node),
+            Input::Heard { node, after } => self.heard(after.min(now), node),
             Input::Request {
                 conn,
                 request,

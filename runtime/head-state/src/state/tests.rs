@@ -465,6 +465,89 @@ fn a_suspect_locate_probes_and_a_silent_worker_is_declared_dead_after_the_probe_
 }
 
 #[test]
+fn packets_that_came_before_a_probe_do_not_answer_it() {
+    // A worker is killed just after sending its last packets; a caller notices at once and
+    // the head probes it; the shell, looking every 100 ms, reports those packets only after
+    // the probe went out. They say nothing of the worker since: it is dead at the window's end.
+    let mut s = Scene::new();
+    let (_, a) = s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, false);
+    let (_, b) = s.join();
+    let window = s.head.config().probe_window();
+    let last_packets = s.now;
+    s.later(Duration::from_millis(30));
+    let (_, effects) = s.ask(
+        owner,
+        ClientRequest::LocateActor {
+            actor,
+            known: 1,
+            suspect: true,
+            timeout_ms: 5000,
+        },
+    );
+    let (to, _, _) = command(&effects);
+    assert_eq!(to, a);
+    s.later(Duration::from_millis(70));
+    assert!(s
+        .handle(Input::Heard {
+            node: a,
+            after: last_packets - Duration::from_millis(70),
+        })
+        .is_empty());
+    s.later(window - Duration::from_millis(70));
+    let effects = s.handle(Input::Tick);
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::CloseNode { node, reason } if *node == a && reason == "did not answer a probe"
+        )),
+        "{effects:?}"
+    );
+    let (to, _, body) = command(&effects);
+    assert_eq!(to, b);
+    assert!(matches!(
+        body,
+        WorkerCommand::CreateActor { incarnation: 2, .. }
+    ));
+}
+
+#[test]
+fn packets_that_came_after_a_probe_show_a_busy_worker_alive() {
+    let mut s = Scene::new();
+    let (_, a) = s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, false);
+    let window = s.head.config().probe_window();
+    let (_, effects) = s.ask(
+        owner,
+        ClientRequest::LocateActor {
+            actor,
+            known: 1,
+            suspect: true,
+            timeout_ms: 5000,
+        },
+    );
+    let (to, _, _) = command(&effects);
+    assert_eq!(to, a);
+    let probed = s.now;
+    s.later(Duration::from_millis(100));
+    s.handle(Input::Heard {
+        node: a,
+        after: probed + Duration::from_millis(1),
+    });
+    s.later(window);
+    let effects = s.handle(Input::Tick);
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::CloseNode { .. })),
+        "{effects:?}"
+    );
+    assert_eq!(s.head.node_count(), 1);
+}
+
+#[test]
 fn a_drain_seals_moves_and_answers_drained() {
     let mut s = Scene::new();
     let (_, a) = s.join();
