@@ -547,7 +547,15 @@ impl Sim {
     /// Hands one input to the head, carries out its effects and checks the result.
     fn deliver(&mut self, input: Input) -> Result<(), String> {
         self.step += 1;
-        self.trace.input(self.step, self.now, &input);
+        match &input {
+            // An instant is written as the virtual time it stands for, which replays.
+            Input::Heard { node, after } => self.trace.input(
+                self.step,
+                self.now,
+                &format_args!("Heard {{ node: {node}, after: {:?} }}", *after - self.base),
+            ),
+            _ => self.trace.input(self.step, self.now, &input),
+        }
         self.before_input(&input)?;
         let effects = self.head.handle(self.base + self.now, input);
         for effect in effects {

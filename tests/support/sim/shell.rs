@@ -415,7 +415,7 @@ impl Sim {
         if reply.is_ok() && self.chance(0.05) {
             // Bulk data from the worker arrived first.
             if let Some(node) = self.workers[w].node {
-                let after = self.now;
+                let after = self.base + self.now;
                 self.deliver(Input::Heard { node, after })?;
             }
         }
