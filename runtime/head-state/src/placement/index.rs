@@ -225,9 +225,7 @@ impl NodeIndex {
             usage: usage_before,
             id: Reverse(node.id),
         };
-        if let Some(offer) = self.take(before) {
-            self.insert_offer(Rank::of(node), Offer::refreshed(node, offer));
-        }
+        self.root = self.rerank(self.root, before, node);
     }
 
     /// Removes a node, indexed under its current usage key; returns whether it was indexed.
@@ -310,6 +308,73 @@ impl NodeIndex {
         self.last(e.left, lower, upper, least, fits)
     }
 
+    /// Moves the entry ranked `from` in subtree `t` to the node's current rank, with what it
+    /// offers now; returns the subtree's new root. Where both ranks lie on the same side of an
+    /// entry the walk goes down that side, so only the subtree where they part is rebuilt,
+    /// and every entry on the way is pulled once.
+    fn rerank(&mut self, t: u32, from: Rank, node: &NodeState) -> u32 {
+        if t == NIL {
+            return NIL;
+        }
+        let to = Rank::of(node);
+        let e = &self.entries[t as usize];
+        if from != e.rank && (from < e.rank) == (to < e.rank) {
+            if from < e.rank {
+                let left = self.rerank(e.left, from, node);
+                self.entries[t as usize].left = left;
+            } else {
+                let right = self.rerank(e.right, from, node);
+                self.entries[t as usize].right = right;
+            }
+            self.pull(t);
+            return t;
+        }
+        let (t, taken) = self.take_from(t, from);
+        let Some(slot) = taken else {
+            return t;
+        };
+        let entry = &mut self.entries[slot as usize];
+        let own = Offer::refreshed(node, entry.own);
+        *entry = Entry {
+            rank: to,
+            priority: entry.priority,
+            left: NIL,
+            right: NIL,
+            own,
+            subtree: own,
+        };
+        self.insert_into(t, slot)
+    }
+
+    /// Puts the unlinked entry `slot` into subtree `t`; returns the subtree's new root.
+    fn insert_into(&mut self, t: u32, slot: u32) -> u32 {
+        if t == NIL {
+            return slot;
+        }
+        let (rank, priority) = {
+            let e = &self.entries[slot as usize];
+            (e.rank, e.priority)
+        };
+        let e = &self.entries[t as usize];
+        if priority > e.priority {
+            let (below, above) = self.split(t, rank);
+            let new = &mut self.entries[slot as usize];
+            new.left = below;
+            new.right = above;
+            self.pull(slot);
+            return slot;
+        }
+        if rank < e.rank {
+            let left = self.insert_into(e.left, slot);
+            self.entries[t as usize].left = left;
+        } else {
+            let right = self.insert_into(e.right, slot);
+            self.entries[t as usize].right = right;
+        }
+        self.pull(t);
+        t
+    }
+
     fn insert_offer(&mut self, rank: Rank, own: Offer) {
         let entry = Entry {
             rank,
@@ -329,9 +394,7 @@ impl NodeIndex {
                 (self.entries.len() - 1) as u32
             }
         };
-        let (below, above) = self.split(self.root, rank);
-        let below = self.merge(below, slot);
-        self.root = self.merge(below, above);
+        self.root = self.insert_into(self.root, slot);
     }
 
     /// Removes the entry of that rank; returns what it offered.
