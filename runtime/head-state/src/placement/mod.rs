@@ -10,9 +10,12 @@
 //! the missing resource, when no node of the cluster ever could.
 
 mod error;
+mod index;
 mod node;
 mod queue;
 
+#[cfg(test)]
+mod differential;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -29,6 +32,7 @@ use ember_core::ids::{LeaseId, NodeId};
 use ember_core::resources::{
     Allocation, ByteSize, GpuShare, NodeResources, ResourceDemand, GPU_UNITS,
 };
+use index::NodeIndex;
 use node::NodeState;
 use queue::{PendingQueue, QueueKey};
 
@@ -113,14 +117,30 @@ const FAILED_SHAPES: usize = 32;
 pub struct Scheduler {
     /// Sorted by id, each id once.
     nodes: Vec<NodeState>,
+    /// The schedulable nodes by usage, for choosing among them without a scan.
+    index: NodeIndex,
     leases: HashMap<LeaseId, Lease>,
     queue: PendingQueue,
+    /// Choose by scanning every node ([`choose_linear`]) instead of through the index: the
+    /// reference the differential test compares the index against.
+    #[cfg(test)]
+    choose_by_scan: bool,
 }
 
 impl Scheduler {
     /// An empty cluster.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cluster that chooses nodes by scanning them all, as placement did before the
+    /// index: the reference for the differential test.
+    #[cfg(test)]
+    pub(crate) fn choosing_by_scan() -> Self {
+        Scheduler {
+            choose_by_scan: true,
+            ..Self::default()
+        }
     }
 
     fn position(&self, id: NodeId) -> Option<usize> {
@@ -133,7 +153,11 @@ impl Scheduler {
     pub fn add_node(&mut self, id: NodeId, resources: NodeResources) {
         match self.nodes.binary_search_by_key(&id, |n| n.id) {
             Ok(_) => {}
-            Err(i) => self.nodes.insert(i, NodeState::new(id, resources)),
+            Err(i) => {
+                let node = NodeState::new(id, resources);
+                self.index.insert(&node);
+                self.nodes.insert(i, node);
+            }
         }
     }
 
@@ -144,6 +168,9 @@ impl Scheduler {
             return Vec::new();
         };
         let node = self.nodes.remove(i);
+        if node.schedulable {
+            self.index.remove(&node);
+        }
         let mut gone = Vec::with_capacity(node.leases);
         if node.leases > 0 {
             self.leases.retain(|_, lease| {
@@ -162,8 +189,18 @@ impl Scheduler {
     /// Stops (false) or resumes (true) new placements on a node (for draining); its leases
     /// are untouched. Unknown node: no-op.
     pub fn set_schedulable(&mut self, id: NodeId, schedulable: bool) {
-        if let Some(i) = self.position(id) {
-            self.nodes[i].schedulable = schedulable;
+        let Some(i) = self.position(id) else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        if node.schedulable == schedulable {
+            return;
+        }
+        node.schedulable = schedulable;
+        if schedulable {
+            self.index.insert(node);
+        } else {
+            self.index.remove(node);
         }
     }
 
@@ -202,7 +239,7 @@ impl Scheduler {
                 });
             }
         }
-        if let Some(lease) = try_place(&mut self.nodes, &req) {
+        if let Some(lease) = self.try_place(&req) {
             self.leases.insert(lease.id, lease.clone());
             return Decision::Placed(lease);
         }
@@ -281,7 +318,10 @@ impl Scheduler {
             return false;
         };
         if let Some(i) = self.position(l.node) {
-            self.nodes[i].free(&l.allocation);
+            let node = &mut self.nodes[i];
+            let usage_before = node.usage_key;
+            node.free(&l.allocation);
+            self.index.update(usage_before, node);
         }
         true
     }
@@ -297,21 +337,23 @@ impl Scheduler {
     /// [`set_schedulable`](Scheduler::set_schedulable). Returns the new leases in the order placed.
     pub fn place_queued(&mut self) -> Vec<Lease> {
         let mut placed = Vec::new();
-        if self.queue.is_empty() || !self.nodes.iter().any(|n| n.schedulable) {
+        if self.queue.is_empty() || self.index.is_empty() {
             return placed;
         }
+        // Taken out while it is walked, so that placing can borrow the scheduler.
+        let queue = std::mem::take(&mut self.queue);
         let mut to_remove: Vec<QueueKey> = Vec::new();
         // Demands that fitted nowhere during this pass: capacity only shrinks while it runs,
         // so any request needing at least as much of everything cannot fit either.
         let mut failed: Vec<(ResourceDemand, Vec<String>)> = Vec::new();
-        for (key, req) in self.queue.iter() {
+        for (key, req) in queue.iter() {
             if failed
                 .iter()
                 .any(|(f, labels)| *labels == req.labels && dominates(&req.demand, f))
             {
                 continue;
             }
-            match try_place(&mut self.nodes, req) {
+            match self.try_place(req) {
                 Some(lease) => {
                     self.leases.insert(lease.id, lease.clone());
                     placed.push(lease);
@@ -325,6 +367,7 @@ impl Scheduler {
                 }
             }
         }
+        self.queue = queue;
         for key in &to_remove {
             self.queue.remove_key(key);
         }
@@ -388,6 +431,53 @@ impl Scheduler {
             leases: n.leases,
             labels: n.labels.clone(),
         })
+    }
+
+    /// Places a request on the node its soft affinity names if it fits there now, otherwise on
+    /// the node its strategy prefers among those where it fits now (hard affinity: only that
+    /// node).
+    fn try_place(&mut self, req: &PlacementRequest) -> Option<Lease> {
+        let d = &req.demand;
+        let i = match req.affinity {
+            Some(NodeAffinity { node, soft }) => {
+                let at = self.position(node).filter(|&i| {
+                    let n = &self.nodes[i];
+                    n.schedulable && n.has_labels(&req.labels) && n.fits_now(d)
+                });
+                match (at, soft) {
+                    (Some(i), _) => i,
+                    (None, false) => return None,
+                    (None, true) => self.choose(req)?,
+                }
+            }
+            None => self.choose(req)?,
+        };
+        let node = &mut self.nodes[i];
+        let usage_before = node.usage_key;
+        let allocation = node.allocate(d)?;
+        self.index.update(usage_before, node);
+        Some(Lease {
+            id: req.lease,
+            node: node.id,
+            allocation,
+        })
+    }
+
+    /// The position of the feasible node the strategy prefers: Pack the most used, Spread the
+    /// least used; ties go to the lowest node id. Found through the index, which visits only
+    /// nodes that could hold the request, in the order the strategy prefers.
+    fn choose(&self, req: &PlacementRequest) -> Option<usize> {
+        #[cfg(test)]
+        if self.choose_by_scan {
+            return choose_linear(&self.nodes, req);
+        }
+        let id = self.index.choose(req, |id| {
+            self.position(id).is_some_and(|i| {
+                let n = &self.nodes[i];
+                n.schedulable && n.has_labels(&req.labels) && n.fits_now(&req.demand)
+            })
+        })?;
+        self.position(id)
     }
 
     /// Checks the bookkeeping: for every node and GPU, free plus what live leases hold equals
@@ -486,6 +576,7 @@ impl Scheduler {
                 }
             }
         }
+        self.index.check(&self.nodes)?;
         self.queue.check()?;
         if let Some(r) = self.queued().find(|r| self.leases.contains_key(&r.lease)) {
             return Err(format!("{} is both queued and placed", r.lease));
@@ -494,38 +585,11 @@ impl Scheduler {
     }
 }
 
-/// Places a request on the node its soft affinity names if it fits there now, otherwise on the
-/// node its strategy prefers among those where it fits now (hard affinity: only that node).
-fn try_place(nodes: &mut [NodeState], req: &PlacementRequest) -> Option<Lease> {
-    let d = &req.demand;
-    let i = match req.affinity {
-        Some(NodeAffinity { node, soft }) => {
-            let at = nodes
-                .binary_search_by_key(&node, |n| n.id)
-                .ok()
-                .filter(|&i| {
-                    nodes[i].schedulable && nodes[i].has_labels(&req.labels) && nodes[i].fits_now(d)
-                });
-            match (at, soft) {
-                (Some(i), _) => i,
-                (None, false) => return None,
-                (None, true) => choose(nodes, req)?,
-            }
-        }
-        None => choose(nodes, req)?,
-    };
-    let node = &mut nodes[i];
-    let allocation = node.allocate(d)?;
-    Some(Lease {
-        id: req.lease,
-        node: node.id,
-        allocation,
-    })
-}
-
-/// The feasible node the strategy prefers: Pack the most used, Spread the least used; ties go
-/// to the lowest node id.
-fn choose(nodes: &[NodeState], req: &PlacementRequest) -> Option<usize> {
+/// The feasible node the strategy prefers, found by visiting every node: Pack the most used,
+/// Spread the least used; ties go to the lowest node id. The reference that
+/// [`Scheduler::choose`] must always agree with.
+#[cfg(test)]
+fn choose_linear(nodes: &[NodeState], req: &PlacementRequest) -> Option<usize> {
     let (d, strategy) = (&req.demand, req.strategy);
     let mut best: Option<usize> = None;
     for (i, n) in nodes.iter().enumerate() {

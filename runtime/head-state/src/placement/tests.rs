@@ -476,3 +476,61 @@ fn usage_serializes_for_status() {
     assert!(json.contains("\"share_used\":25"), "{json}");
     assert!(s.usage(NodeId(2)).is_none());
 }
+
+/// How many nodes the index asks whether `r` fits before it chooses, and what it chooses.
+fn ask_index(s: &Scheduler, r: &PlacementRequest) -> (Option<NodeId>, usize) {
+    let mut asked = 0;
+    let chosen = s.index.choose(r, |id| {
+        asked += 1;
+        let n = &s.nodes[s.position(id).unwrap()];
+        n.has_labels(&r.labels) && n.fits_now(&r.demand)
+    });
+    (chosen, asked)
+}
+
+#[test]
+fn a_choice_asks_few_nodes_even_when_the_most_used_are_full() {
+    let mut s = Scheduler::new();
+    for id in 1..=1000 {
+        s.add_node(NodeId(id), node_res(64, h100s(8)));
+    }
+    // Pack fills nodes in id order: nodes 1 to 300 take 32 quarters each, node 301 eight.
+    let mut lease = 0;
+    for _ in 0..300 * 32 + 8 {
+        lease += 1;
+        assert!(matches!(
+            s.request(req(lease, demand(1, 25))),
+            Decision::Placed(_)
+        ));
+    }
+    s.check_invariants().unwrap();
+    assert_eq!(s.usage(NodeId(300)).unwrap().leases, 32);
+    assert_eq!(s.usage(NodeId(301)).unwrap().leases, 8);
+
+    let (chosen, asked) = ask_index(&s, &req(lease + 1, demand(1, 25)));
+    assert_eq!(
+        chosen,
+        Some(NodeId(301)),
+        "pack fills the used node that has room"
+    );
+    assert!(
+        asked <= 2,
+        "pack asked {asked} nodes, past the 300 full ones"
+    );
+
+    let mut spread = req(lease + 1, demand(1, 25));
+    spread.strategy = Strategy::Spread;
+    let (chosen, asked) = ask_index(&s, &spread);
+    assert_eq!(
+        chosen,
+        Some(NodeId(302)),
+        "spread takes the idle node, lowest id"
+    );
+    assert!(asked <= 3, "spread asked {asked} nodes");
+
+    // A whole GPU: the full nodes are passed over by what they offer; node 301's eight
+    // quarters fill two of its GPUs, so six are whole.
+    let (chosen, asked) = ask_index(&s, &req(lease + 1, demand(1, 100)));
+    assert_eq!(chosen, Some(NodeId(301)));
+    assert!(asked <= 2, "pack asked {asked} nodes for a whole GPU");
+}

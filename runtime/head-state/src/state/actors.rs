@@ -57,7 +57,7 @@ impl HeadState {
         let placement = a.spec.placement.clone();
         let label = Some(actor_label(&a.spec.type_name));
         let work = Work::Actor { actor, incarnation };
-        if let Err(e) = self.place(now, lease, &placement, label, work) {
+        if let Err(e) = self.place(now, lease, placement, label, work) {
             if let Some(a) = self.actors.get_mut(&actor) {
                 a.start = None;
             }

@@ -34,14 +34,14 @@ impl HeadState {
         &mut self,
         now: Instant,
         lease: LeaseId,
-        placement: &Placement,
+        placement: Placement,
         label: Option<String>,
         work: Work,
     ) -> Result<(), RemoteError> {
         self.work.insert(lease, work);
         let request = PlacementRequest {
             lease,
-            demand: placement.demand.clone(),
+            demand: placement.demand,
             strategy: placement.strategy,
             affinity: placement.affinity,
             priority: placement.priority,
@@ -146,7 +146,7 @@ impl HeadState {
             phase: LeasePhase::Waiting,
             end: None,
         });
-        if let Err(e) = self.place(now, lease, &spec.placement, label, work) {
+        if let Err(e) = self.place(now, lease, spec.placement, label, work) {
             self.fail(request, e);
         }
     }
@@ -304,7 +304,7 @@ impl HeadState {
             spec,
             command: None,
         });
-        if let Err(e) = self.place(now, lease, &placement, None, work) {
+        if let Err(e) = self.place(now, lease, placement, None, work) {
             self.fail(request, e);
         }
     }
