@@ -63,9 +63,10 @@ pub enum Input {
         event: WorkerEvent,
     },
     /// Packets arrived from a worker's transport since the shell last looked, at `after`: it
-    /// was alive then, even if its heartbeats wait in line behind bulk data. The shell looks
-    /// from time to time, so the packets may be older than the input: only `after` is known
-    /// of when they came, and a probe sent later is not answered by them.
+    /// is alive even if its heartbeats wait in line behind bulk data, and its heartbeat
+    /// deadline runs from now. The shell looks from time to time, so the packets may be older
+    /// than the input: only `after` is known of when they came, so a probe sent after `after`
+    /// is not answered by them.
     Heard {
         /// The worker.
         node: NodeId,

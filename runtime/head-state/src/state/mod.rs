@@ -69,8 +69,13 @@ struct Node {
     conn: ConnId,
     hello: Box<WorkerHello>,
     last_heartbeat: Instant,
-    /// The last time anything came from it: a heartbeat, an event, a reply, packets.
+    /// The last time anything came from it: a heartbeat, an event, a reply, or packets the
+    /// shell reported then (which may have come up to one look earlier). Its heartbeat
+    /// deadline runs from here.
     last_heard: Instant,
+    /// The last time it is known to have been alive: as `last_heard`, except that packets
+    /// count from when the shell looked before them. Only this answers a probe.
+    alive_at: Instant,
     gpu_stats: Vec<GpuStat>,
 }
 
@@ -378,7 +383,7 @@ impl HeadState {
             Input::WorkerJoined { conn, hello } => self.worker_joined(now, conn, hello),
             Input::Closed { conn } => self.closed(now, conn),
             Input::Event { node, event } => self.event(now, node, event),
-            Input::Heard { node, after } => self.heard(after.min(now), node),
+            Input::Heard { node, after } => self.heard_packets(now, after, node),
             Input::Request {
                 conn,
                 request,

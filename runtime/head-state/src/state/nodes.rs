@@ -37,6 +37,7 @@ impl HeadState {
                 hello,
                 last_heartbeat: now,
                 last_heard: now,
+                alive_at: now,
                 gpu_stats: Vec::new(),
             },
         );
@@ -64,8 +65,15 @@ impl HeadState {
 
     /// Anything from a worker shows it alive.
     pub(super) fn heard(&mut self, now: Instant, node: NodeId) {
+        self.heard_packets(now, now, node);
+    }
+
+    /// Something came from `node` after `after` and by `now`: its heartbeat deadline runs
+    /// from `now`, and it is known alive at `after`.
+    pub(super) fn heard_packets(&mut self, now: Instant, after: Instant, node: NodeId) {
         let timeout = self.config.heartbeat_timeout;
         if let Some(n) = self.nodes.get_mut(&node) {
+            n.alive_at = n.alive_at.max(after.min(now));
             if now > n.last_heard {
                 self.liveness.remove(&(n.last_heard + timeout, node));
                 n.last_heard = now;
@@ -165,7 +173,7 @@ impl HeadState {
         let Some(Probing { node, since }) = self.probes.remove(&command) else {
             return;
         };
-        let heard = self.nodes.get(&node).is_some_and(|n| n.last_heard > since);
+        let heard = self.nodes.get(&node).is_some_and(|n| n.alive_at > since);
         if heard {
             tracing::info!(%node, "slow to answer a probe, but alive");
             // A caller waiting on an actor's probe waits for its next incarnation instead.

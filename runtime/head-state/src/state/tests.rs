@@ -789,6 +789,23 @@ fn missed_heartbeats_declare_a_worker_dead_at_exactly_the_deadline() {
 }
 
 #[test]
+fn packets_move_the_heartbeat_deadline_to_when_they_were_reported() {
+    // Packets reported now may have come up to one look earlier; a worker is not declared
+    // dead for silence before its silence could have begun.
+    let mut s = Scene::new();
+    let (_, node) = s.join();
+    s.later(Duration::from_secs(1));
+    let looked = s.now - Duration::from_millis(100);
+    assert!(s
+        .handle(Input::Heard {
+            node,
+            after: looked
+        })
+        .is_empty());
+    assert_eq!(s.head.poll_timeout(), Some(s.now + Duration::from_secs(2)));
+}
+
+#[test]
 fn a_request_with_a_deadline_times_out_with_the_right_message() {
     let mut s = Scene::new();
     let (a_conn, _) = s.join();
