@@ -15,6 +15,8 @@ mod pool;
 mod process;
 mod protocol;
 mod quic_call;
+pub(crate) mod socket_dir;
+mod warm;
 
 pub(crate) use head_link::HeadLink;
 pub(crate) use pool::ExecutorPool;

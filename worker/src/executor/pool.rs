@@ -17,6 +17,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use super::protocol::{ExecReply, ExecRequest};
+use super::warm::{WarmExecutors, WARM_LIMIT};
 use crate::context::GpuKind;
 use crate::role::{ROLE_EXECUTOR, ROLE_VAR, SOCKET_VAR};
 
@@ -266,7 +267,8 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// The executors of one worker: a shared one per GPU set for tasks, one per actor.
+/// The executors of one worker: a shared one per GPU set for tasks, one per actor, and a few
+/// started ahead for the next actors.
 pub(crate) struct ExecutorPool {
     dir: PathBuf,
     /// The kind of the worker's GPUs, passed on to every executor.
@@ -276,22 +278,22 @@ pub(crate) struct ExecutorPool {
     actors: DashMap<ActorId, (u32, Arc<Executor>)>,
     /// The executor holding each open task lease.
     leases: DashMap<LeaseId, Arc<Executor>>,
+    /// Executors started ahead of the next actors.
+    warm: WarmExecutors,
 }
 
 impl ExecutorPool {
-    /// A pool whose sockets live in `dir`, for a worker whose GPUs are of kind `gpu_kind`.
-    /// Creates `dir`, which must not exist yet, readable by this user only: a directory
-    /// someone else made, or one left behind, is refused rather than used.
-    pub(crate) fn new(dir: PathBuf, gpu_kind: GpuKind) -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(ExecutorPool {
+    /// A pool whose sockets live in `dir` (made by [`socket_dir::create`](super::socket_dir::create)),
+    /// for a worker whose GPUs are of kind `gpu_kind`.
+    pub(crate) fn new(dir: PathBuf, gpu_kind: GpuKind) -> Self {
+        ExecutorPool {
+            warm: WarmExecutors::new(dir.clone(), gpu_kind, WARM_LIMIT),
             dir,
             gpu_kind,
             tasks: Mutex::new(HashMap::new()),
             actors: DashMap::new(),
             leases: DashMap::new(),
-        })
+        }
     }
 
     /// The executor that runs tasks seeing exactly `cuda_visible`, started on first use.
@@ -307,14 +309,23 @@ impl ExecutorPool {
         Ok(e)
     }
 
-    /// Starts the dedicated executor of incarnation `incarnation` of an actor.
+    /// The dedicated executor of incarnation `incarnation` of an actor that sees exactly
+    /// `cuda_visible`: the one started ahead for that GPU set when there is one, a new one
+    /// otherwise. Either way, another is started for the next actor with those GPUs.
     pub(crate) async fn for_actor(
         &self,
         actor: ActorId,
         incarnation: u32,
         cuda_visible: &str,
     ) -> std::io::Result<Arc<Executor>> {
-        let e = Executor::spawn(&self.dir, cuda_visible, self.gpu_kind).await?;
+        let warm = match self.warm.take_and_refill(cuda_visible) {
+            Some(taken) => taken.ready().await,
+            None => None,
+        };
+        let e = match warm {
+            Some(e) => e,
+            None => Executor::spawn(&self.dir, cuda_visible, self.gpu_kind).await?,
+        };
         if let Some((_, old)) = self.actors.insert(actor, (incarnation, e.clone())) {
             // An older incarnation the head gave up on: it must not take calls any more.
             old.kill().await;
@@ -362,6 +373,7 @@ impl ExecutorPool {
 
     /// Kills every executor.
     pub(crate) async fn shutdown(&self) {
+        self.warm.shutdown().await;
         let actors: Vec<Arc<Executor>> = self.actors.iter().map(|e| e.value().1.clone()).collect();
         self.actors.clear();
         self.leases.clear();
