@@ -20,5 +20,5 @@ mod warm;
 
 pub(crate) use head_link::HeadLink;
 pub(crate) use pool::ExecutorPool;
-pub(crate) use process::serve;
+pub(crate) use process::{die_with_worker, serve};
 pub(crate) use protocol::ExecRequest;

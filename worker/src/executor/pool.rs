@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use super::protocol::{ExecReply, ExecRequest};
 use super::warm::{WarmExecutors, WARM_LIMIT};
 use crate::context::GpuKind;
-use crate::role::{ROLE_EXECUTOR, ROLE_VAR, SOCKET_VAR};
+use crate::role::{ROLE_EXECUTOR, ROLE_VAR, SOCKET_VAR, WORKER_PID_VAR};
 
 type Pending = Arc<DashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteError>>>>;
 
@@ -53,29 +53,17 @@ impl Executor {
             .env(SOCKET_VAR, &path)
             .env("CUDA_VISIBLE_DEVICES", cuda_visible)
             .env(GpuKind::VAR, gpu_kind.as_env())
+            .env(WORKER_PID_VAR, std::process::id().to_string())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the child between fork and exec and makes only
-        // async-signal-safe system calls (prctl, getppid); it takes no lock and allocates
-        // nothing (its errors are bare errnos).
-        // The kernel then kills the executor the moment the thread that forked it exits, and
-        // that thread is the spawner thread (`spawn_child`), which lives as long as the worker
-        // process: so the executor dies with its worker, however the worker dies, and no
-        // actor outlives its worker to answer calls the head no longer routes to it. A worker
-        // that died between the fork and the prctl sends no signal; the child then has
-        // another parent and exits at once instead.
-        let worker = std::process::id();
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)?;
-                if nix::unistd::getppid().as_raw() as u32 != worker {
-                    // The worker died during the spawn.
-                    return Err(nix::errno::Errno::ESRCH.into());
-                }
-                Ok(())
-            });
-        }
+        // The executor arms `PR_SET_PDEATHSIG` itself, first thing (`die_with_worker`), and
+        // checks that its parent is still this process: with no code to run between fork and
+        // exec, the standard library starts it with `posix_spawn` (a vfork), which copies
+        // nothing of the worker, where a fork copied its page tables. The kernel then kills the
+        // executor the moment the thread that started it exits, and that thread is the spawner
+        // thread (`spawn_child`), which lives as long as the worker process: so the executor
+        // dies with its worker, however the worker dies, and no actor outlives its worker to
+        // answer calls the head no longer routes to it.
         let mut child = spawn_child(cmd).await?;
         let accepted = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(20), listener.accept()) => r,
@@ -219,7 +207,7 @@ static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>> =
 
 /// Starts `cmd` from the spawner thread: one thread of the worker process that does nothing
 /// else and never exits (its queue's sender lives in a static, so its loop never ends, and a
-/// panicking spawn is caught). `PR_SET_PDEATHSIG` fires when the *thread* that forked the
+/// panicking spawn is caught). `PR_SET_PDEATHSIG` fires when the *thread* that started the
 /// child exits, not its process: forked from a runtime's or the blocking pool's threads, an
 /// executor would be killed when that thread ends (an idle blocking-pool thread does, after
 /// a few seconds; a multi-thread runtime hands its workers between threads) while its worker
