@@ -7,6 +7,7 @@
 
 mod actor_host;
 mod checkpoint;
+mod gro_switch;
 mod guarded;
 mod head_link;
 mod lease_host;

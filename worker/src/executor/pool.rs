@@ -16,6 +16,7 @@ use tokio::process::Command;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
+use super::gro_switch::GroSwitch;
 use super::protocol::{ExecReply, ExecRequest};
 use super::warm::{WarmExecutors, WARM_LIMIT};
 use crate::context::GpuKind;
@@ -268,6 +269,9 @@ pub(crate) struct ExecutorPool {
     leases: DashMap<LeaseId, Arc<Executor>>,
     /// Executors started ahead of the next actors.
     warm: WarmExecutors,
+    /// Held so that starting an executor's QUIC endpoint does not rewrite kernel code
+    /// (see [`GroSwitch`]).
+    _gro_switch: Option<GroSwitch>,
 }
 
 impl ExecutorPool {
@@ -281,6 +285,7 @@ impl ExecutorPool {
             tasks: Mutex::new(HashMap::new()),
             actors: DashMap::new(),
             leases: DashMap::new(),
+            _gro_switch: GroSwitch::hold(),
         }
     }
 
