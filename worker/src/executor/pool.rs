@@ -209,10 +209,10 @@ static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>> =
 /// Starts `cmd` from the spawner thread: one thread of the worker process that does nothing
 /// else and never exits (its queue's sender lives in a static, so its loop never ends, and a
 /// panicking spawn is caught). `PR_SET_PDEATHSIG` fires when the *thread* that started the
-/// child exits, not its process: forked from a runtime's or the blocking pool's threads, an
+/// child exits, not its process: started from a runtime's or the blocking pool's threads, an
 /// executor would be killed when that thread ends (an idle blocking-pool thread does, after
 /// a few seconds; a multi-thread runtime hands its workers between threads) while its worker
-/// lives on. Forked here, it dies exactly when the worker process does, whatever runtime or
+/// lives on. Started here, it dies exactly when the worker process does, whatever runtime or
 /// thread asked for it.
 async fn spawn_child(cmd: Command) -> std::io::Result<tokio::process::Child> {
     let gone = || std::io::Error::other("the executor spawner thread is gone");

@@ -1,4 +1,4 @@
-//! Executor processes started before an actor needs them. Starting an executor (fork, exec,
+//! Executor processes started before an actor needs them. Starting an executor (spawn, exec,
 //! loading the executable, connecting back) is most of what creating an actor costs, so once
 //! an actor takes an executor for a GPU set, the worker starts the next one for that set at
 //! once: the next actor asking for the same GPUs finds a process started and connected (or
