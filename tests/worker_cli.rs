@@ -1,8 +1,9 @@
 //! Workers started as people start them, with `ember worker`, and as programs start them
 //! (`EMBER_ROLE=worker`, which a local cluster uses): both run the one worker entry point
 //! (`ember_worker::role::run_worker`) on the same runtime. Each hosts executors (task
-//! executors and actors) that stay up while the worker idles, and that die with it when it is
-//! SIGKILLed, even frozen: no orphan executor keeps answering.
+//! executors and actors, and executors started ahead for the next actors) that stay up while
+//! the worker idles, and that die with it when it is SIGKILLed, even frozen: no orphan
+//! executor keeps answering. An actor takes the executor started ahead only for its own GPUs.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -71,11 +72,15 @@ async fn executors_outlive_idle_time_and_die_with_their_sigkilled_worker() {
     assert_eq!(within("add", counter.add(1)).await.unwrap(), 2);
     let counter_pid = within("pid", counter.pid()).await.unwrap();
 
+    // Each worker also starts an executor ahead for its next actor on the same GPUs.
+    until("each worker's executors to be up", || async {
+        executors(&tc, "cli").len() == 2 && executors(&tc, "program").len() == 4
+    })
+    .await;
     let started = [executors(&tc, "cli"), executors(&tc, "program")];
-    assert_eq!(started[0].len(), 1, "the GPU actor's executor: {started:?}");
     assert!(
-        started[1].len() >= 2 && started[1].contains(&counter_pid),
-        "task executors and the counter's: {started:?}"
+        started[1].contains(&counter_pid),
+        "task executors, the counter's and a warm one: {started:?}"
     );
 
     // Idle longer than a blocking-pool thread lives (10 s): executors forked from such a
@@ -137,4 +142,90 @@ async fn executors_outlive_idle_time_and_die_with_their_sigkilled_worker() {
         status.nodes.is_empty()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_takes_the_executor_started_ahead_only_for_its_own_gpus() {
+    let mut tc = TestCluster::start().await;
+    tc.add_worker("two", &WorkerSpec::gpus(2, "H100", "80GiB"));
+    let cluster = tc.connect().await;
+    tc.wait_for_nodes(&cluster, 1).await;
+    let node = tc.node_id(&cluster, "two").await;
+    let half = || Counter::remote(0).options(Options::new().gpus(0.5));
+
+    // No actor yet, so no executor: the first actor's is started for it.
+    assert!(executors(&tc, "two").is_empty());
+    let first = within("the first actor", cluster.spawn(half()))
+        .await
+        .expect("the first actor starts");
+    let first_pid = within("pid", first.pid()).await.unwrap();
+    let (_, first_gpus, first_visible) = within("placed", first.placed()).await.unwrap();
+    assert_eq!(first_gpus.len(), 1);
+    assert_eq!(first_visible, first_gpus[0].to_string());
+
+    // Then one more is started ahead, for that GPU set, hosting nothing yet.
+    until("an executor started ahead", || async {
+        executors(&tc, "two").len() == 2
+    })
+    .await;
+    let warm: Vec<u32> = executors(&tc, "two")
+        .into_iter()
+        .filter(|pid| *pid != first_pid)
+        .collect();
+    assert_eq!(warm.len(), 1, "{warm:?}");
+
+    // The second half packs onto the first's GPU: it takes that executor, and has its own
+    // allocation and its own identity.
+    let second = within("the second actor", cluster.spawn(half()))
+        .await
+        .expect("the second actor starts");
+    assert_eq!(within("pid", second.pid()).await.unwrap(), warm[0]);
+    assert_eq!(
+        within("placed", second.placed()).await.unwrap(),
+        (node.clone(), first_gpus.clone(), first_visible.clone())
+    );
+    assert_eq!(second.actor().allocation().gpus.len(), 1);
+    assert_eq!(
+        second.actor().allocation().gpus[0].index,
+        first_gpus[0],
+        "{:?}",
+        second.actor().allocation()
+    );
+    assert_ne!(
+        second.actor().location().endpoints.peer_fingerprint,
+        first.actor().location().endpoints.peer_fingerprint,
+        "two actors share a TLS identity"
+    );
+
+    // That GPU is full: the third goes to the other one, in an executor that sees only that
+    // GPU, never the one started ahead for the first GPU.
+    until("the next executor started ahead", || async {
+        executors(&tc, "two").len() == 3
+    })
+    .await;
+    let before: BTreeSet<u32> = executors(&tc, "two");
+    let third = within("the third actor", cluster.spawn(half()))
+        .await
+        .expect("the third actor starts");
+    let third_pid = within("pid", third.pid()).await.unwrap();
+    assert!(
+        !before.contains(&third_pid),
+        "the third actor took an executor started for another GPU: {third_pid} in {before:?}"
+    );
+    let (third_node, third_gpus, third_visible) = within("placed", third.placed()).await.unwrap();
+    assert_eq!(third_node, node);
+    assert_eq!(third_gpus.len(), 1);
+    assert_ne!(third_gpus, first_gpus);
+    assert_eq!(third_visible, third_gpus[0].to_string());
+    for (a, b) in [(&first, &third), (&second, &third)] {
+        assert_ne!(
+            a.actor().location().endpoints.peer_fingerprint,
+            b.actor().location().endpoints.peer_fingerprint,
+            "two actors share a TLS identity"
+        );
+    }
+    // Each answers as itself.
+    assert_eq!(within("add", first.add(1)).await.unwrap(), 1);
+    assert_eq!(within("add", second.add(2)).await.unwrap(), 2);
+    assert_eq!(within("add", third.add(3)).await.unwrap(), 3);
 }

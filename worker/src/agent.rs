@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use ember_core::security::{
 };
 use tokio::sync::mpsc;
 
-use crate::executor::{ExecRequest, ExecutorPool};
+use crate::executor::{socket_dir, ExecRequest, ExecutorPool};
 use crate::gpu::{self, GpuError, GpuMonitor};
 use crate::{job, registry};
 
@@ -304,14 +303,14 @@ async fn serve_once(
         })
     };
 
-    sweep_stale_socket_dirs();
+    socket_dir::sweep_stale();
     let state = Arc::new(WorkerState {
         node,
         token: config.token.clone(),
         head: config.head,
         fingerprint: config.fingerprint,
         listen: actor_ip(config.listen.ip(), config.head),
-        pool: ExecutorPool::new(socket_dir(node), inventory.gpu_kind())?,
+        pool: ExecutorPool::new(socket_dir::create(node)?, inventory.gpu_kind()),
         events: events_tx,
     });
 
@@ -589,67 +588,9 @@ async fn seal_actor(state: &WorkerState, actor: ActorId) -> Result<Option<u64>, 
     decode::<Option<u64>>(&bytes).map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
 }
 
-/// Removes the socket directories of workers that are gone (killed workers cannot remove
-/// their own): those named for a process id that no longer runs, owned by this user.
-fn sweep_stale_socket_dirs() {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("ember-worker-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let mine = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if mine && !alive {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// A name for this worker's directory of executor sockets: the pool creates it anew, so a
-/// name left behind by a killed worker (whose process id was reused) is never taken over.
-fn socket_dir(node: NodeId) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "ember-worker-{}-{}-{:016x}",
-        std::process::id(),
-        node.0,
-        rand::random::<u64>()
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stale_socket_dirs_of_dead_workers_are_swept() {
-        // A process that has exited: its id names no running process.
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let dead = child.id();
-        child.wait().expect("reap");
-        let stale = std::env::temp_dir().join(format!("ember-worker-{dead}-1-test"));
-        let live = std::env::temp_dir().join(format!("ember-worker-{}-1-test", std::process::id()));
-        for d in [&stale, &live] {
-            std::fs::create_dir_all(d).expect("make a directory");
-        }
-        sweep_stale_socket_dirs();
-        assert!(!stale.exists(), "a dead worker's directory stays");
-        assert!(live.exists(), "a live worker's directory was removed");
-        std::fs::remove_dir_all(&live).expect("clean up");
-    }
 
     #[test]
     fn actors_listen_where_the_head_is_reached() {

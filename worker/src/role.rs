@@ -11,6 +11,9 @@ pub const ROLE_EXECUTOR: &str = "executor";
 pub const ROLE_WORKER: &str = "worker";
 /// The Unix socket an executor connects back to.
 pub const SOCKET_VAR: &str = "EMBER_EXECUTOR_SOCKET";
+/// The process id of the worker that started an executor, which the executor checks is its
+/// parent once it has armed its parent-death signal.
+pub const WORKER_PID_VAR: &str = "EMBER_WORKER_PID";
 /// A worker's configuration, as JSON, for a worker started by a local cluster.
 pub const WORKER_CONFIG_VAR: &str = "EMBER_WORKER_CONFIG";
 
@@ -32,6 +35,10 @@ pub fn serve_role_if_asked() {
 }
 
 fn run_executor() -> i32 {
+    if let Err(e) = crate::executor::die_with_worker() {
+        eprintln!("ember executor: {e}");
+        return 2;
+    }
     init_logging();
     let Ok(socket) = std::env::var(SOCKET_VAR) else {
         eprintln!("ember executor: {SOCKET_VAR} is not set");

@@ -7,6 +7,7 @@
 
 mod actor_host;
 pub(crate) mod checkpoint;
+mod gro_switch;
 mod guarded;
 mod head_link;
 mod lease_host;
@@ -15,8 +16,10 @@ mod pool;
 mod process;
 pub(crate) mod protocol;
 mod quic_call;
+pub(crate) mod socket_dir;
+mod warm;
 
 pub(crate) use head_link::HeadLink;
 pub(crate) use pool::ExecutorPool;
-pub(crate) use process::serve;
+pub(crate) use process::{die_with_worker, serve};
 pub(crate) use protocol::ExecRequest;

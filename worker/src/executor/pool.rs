@@ -16,9 +16,11 @@ use tokio::process::Command;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
+use super::gro_switch::GroSwitch;
 use super::protocol::{ExecReply, ExecRequest};
+use super::warm::{WarmExecutors, WARM_LIMIT};
 use crate::context::GpuKind;
-use crate::role::{ROLE_EXECUTOR, ROLE_VAR, SOCKET_VAR};
+use crate::role::{ROLE_EXECUTOR, ROLE_VAR, SOCKET_VAR, WORKER_PID_VAR};
 
 type Pending = Arc<DashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteError>>>>;
 
@@ -52,29 +54,17 @@ impl Executor {
             .env(SOCKET_VAR, &path)
             .env("CUDA_VISIBLE_DEVICES", cuda_visible)
             .env(GpuKind::VAR, gpu_kind.as_env())
+            .env(WORKER_PID_VAR, std::process::id().to_string())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the child between fork and exec and makes only
-        // async-signal-safe system calls (prctl, getppid); it takes no lock and allocates
-        // nothing (its errors are bare errnos).
-        // The kernel then kills the executor the moment the thread that forked it exits, and
-        // that thread is the spawner thread (`spawn_child`), which lives as long as the worker
-        // process: so the executor dies with its worker, however the worker dies, and no
-        // actor outlives its worker to answer calls the head no longer routes to it. A worker
-        // that died between the fork and the prctl sends no signal; the child then has
-        // another parent and exits at once instead.
-        let worker = std::process::id();
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)?;
-                if nix::unistd::getppid().as_raw() as u32 != worker {
-                    // The worker died during the spawn.
-                    return Err(nix::errno::Errno::ESRCH.into());
-                }
-                Ok(())
-            });
-        }
+        // The executor arms `PR_SET_PDEATHSIG` itself, first thing (`die_with_worker`), and
+        // checks that its parent is still this process: with no code to run between fork and
+        // exec, the standard library starts it with `posix_spawn` (a vfork), which copies
+        // nothing of the worker, where a fork copied its page tables. The kernel then kills the
+        // executor the moment the thread that started it exits, and that thread is the spawner
+        // thread (`spawn_child`), which lives as long as the worker process: so the executor
+        // dies with its worker, however the worker dies, and no actor outlives its worker to
+        // answer calls the head no longer routes to it.
         let mut child = spawn_child(cmd).await?;
         let accepted = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(20), listener.accept()) => r,
@@ -218,11 +208,11 @@ static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>> =
 
 /// Starts `cmd` from the spawner thread: one thread of the worker process that does nothing
 /// else and never exits (its queue's sender lives in a static, so its loop never ends, and a
-/// panicking spawn is caught). `PR_SET_PDEATHSIG` fires when the *thread* that forked the
-/// child exits, not its process: forked from a runtime's or the blocking pool's threads, an
+/// panicking spawn is caught). `PR_SET_PDEATHSIG` fires when the *thread* that started the
+/// child exits, not its process: started from a runtime's or the blocking pool's threads, an
 /// executor would be killed when that thread ends (an idle blocking-pool thread does, after
 /// a few seconds; a multi-thread runtime hands its workers between threads) while its worker
-/// lives on. Forked here, it dies exactly when the worker process does, whatever runtime or
+/// lives on. Started here, it dies exactly when the worker process does, whatever runtime or
 /// thread asked for it.
 async fn spawn_child(cmd: Command) -> std::io::Result<tokio::process::Child> {
     let gone = || std::io::Error::other("the executor spawner thread is gone");
@@ -266,7 +256,8 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// The executors of one worker: a shared one per GPU set for tasks, one per actor.
+/// The executors of one worker: a shared one per GPU set for tasks, one per actor, and a few
+/// started ahead for the next actors.
 pub(crate) struct ExecutorPool {
     dir: PathBuf,
     /// The kind of the worker's GPUs, passed on to every executor.
@@ -276,22 +267,26 @@ pub(crate) struct ExecutorPool {
     actors: DashMap<ActorId, (u32, Arc<Executor>)>,
     /// The executor holding each open task lease.
     leases: DashMap<LeaseId, Arc<Executor>>,
+    /// Executors started ahead of the next actors.
+    warm: WarmExecutors,
+    /// Held so that starting an executor's QUIC endpoint does not rewrite kernel code
+    /// (see [`GroSwitch`]).
+    _gro_switch: Option<GroSwitch>,
 }
 
 impl ExecutorPool {
-    /// A pool whose sockets live in `dir`, for a worker whose GPUs are of kind `gpu_kind`.
-    /// Creates `dir`, which must not exist yet, readable by this user only: a directory
-    /// someone else made, or one left behind, is refused rather than used.
-    pub(crate) fn new(dir: PathBuf, gpu_kind: GpuKind) -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(ExecutorPool {
+    /// A pool whose sockets live in `dir` (made by [`socket_dir::create`](super::socket_dir::create)),
+    /// for a worker whose GPUs are of kind `gpu_kind`.
+    pub(crate) fn new(dir: PathBuf, gpu_kind: GpuKind) -> Self {
+        ExecutorPool {
+            warm: WarmExecutors::new(dir.clone(), gpu_kind, WARM_LIMIT),
             dir,
             gpu_kind,
             tasks: Mutex::new(HashMap::new()),
             actors: DashMap::new(),
             leases: DashMap::new(),
-        })
+            _gro_switch: GroSwitch::hold(),
+        }
     }
 
     /// The executor that runs tasks seeing exactly `cuda_visible`, started on first use.
@@ -307,14 +302,23 @@ impl ExecutorPool {
         Ok(e)
     }
 
-    /// Starts the dedicated executor of incarnation `incarnation` of an actor.
+    /// The dedicated executor of incarnation `incarnation` of an actor that sees exactly
+    /// `cuda_visible`: the one started ahead for that GPU set when there is one, a new one
+    /// otherwise. Either way, another is started for the next actor with those GPUs.
     pub(crate) async fn for_actor(
         &self,
         actor: ActorId,
         incarnation: u32,
         cuda_visible: &str,
     ) -> std::io::Result<Arc<Executor>> {
-        let e = Executor::spawn(&self.dir, cuda_visible, self.gpu_kind).await?;
+        let warm = match self.warm.take_and_refill(cuda_visible) {
+            Some(taken) => taken.ready().await,
+            None => None,
+        };
+        let e = match warm {
+            Some(e) => e,
+            None => Executor::spawn(&self.dir, cuda_visible, self.gpu_kind).await?,
+        };
         if let Some((_, old)) = self.actors.insert(actor, (incarnation, e.clone())) {
             // An older incarnation the head gave up on: it must not take calls any more.
             old.kill().await;
@@ -362,6 +366,7 @@ impl ExecutorPool {
 
     /// Kills every executor.
     pub(crate) async fn shutdown(&self) {
+        self.warm.shutdown().await;
         let actors: Vec<Arc<Executor>> = self.actors.iter().map(|e| e.value().1.clone()).collect();
         self.actors.clear();
         self.leases.clear();

@@ -10,6 +10,24 @@ use super::head_link::HeadAddress;
 use super::lease_host::{LeaseSpec, Leases};
 use super::protocol::{ExecReply, ExecRequest};
 use crate::context::{self, GpuKind, TaskContext};
+use crate::role::WORKER_PID_VAR;
+
+/// Makes the kernel kill this executor when the worker thread that started it exits
+/// (`PR_SET_PDEATHSIG`), then checks that the worker (named by [`WORKER_PID_VAR`]) is still its
+/// parent: a worker that died before the signal was armed sends none, and its executor must not
+/// run on. Called first thing, before the executor does anything else.
+pub(crate) fn die_with_worker() -> Result<(), String> {
+    let worker: i32 = std::env::var(WORKER_PID_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{WORKER_PID_VAR} is not set to a process id"))?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("cannot arm the parent-death signal: {e}"))?;
+    if nix::unistd::getppid().as_raw() != worker {
+        return Err(format!("its worker (process {worker}) is gone"));
+    }
+    Ok(())
+}
 
 /// Serves the worker on the Unix socket at `socket` until the worker closes it.
 pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
