@@ -59,7 +59,9 @@ fn seeds_that_found_bugs() {
 #[test]
 fn a_thousand_nodes_and_ten_thousand_actors() {
     let scenario = Scenario::large().with_env();
-    check(7, &scenario);
+    for seed in [7, 8, 9] {
+        check(seed, &scenario);
+    }
 }
 
 #[test]
