@@ -77,11 +77,17 @@ impl<M: Direct> UnixCaller<M> {
         let (r_closed, r_what) = (closed.clone(), what.clone());
         tokio::spawn(async move {
             let mut next_id = 0u64;
+            // The frames of one batch, and where each call's frame ends in them.
+            let mut frames: Vec<u8> = Vec::with_capacity(64 << 10);
+            let mut ends: Vec<(u64, usize)> = Vec::new();
+            let mut wr = wr.into_inner();
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
+                frames.clear();
+                ends.clear();
                 for (call, reply) in batch {
                     if w_closed.load(Ordering::Acquire) {
                         // Known gone before this call was written: it never ran.
@@ -89,13 +95,36 @@ impl<M: Direct> UnixCaller<M> {
                         continue;
                     }
                     next_id += 1;
-                    lock(&w_pending).insert(next_id, reply);
-                    if write_frame(&mut wr, &call.framed(next_id)).await.is_err() {
-                        return;
+                    let start = frames.len();
+                    if let Err(e) = write_frame(&mut frames, &call.framed(next_id)).await {
+                        frames.truncate(start);
+                        let _ = reply.send(Err(RemoteError::new(
+                            ErrorKind::BadRequest,
+                            format!("cannot send the call to {w_what}: {e}"),
+                        )));
+                        continue;
                     }
+                    lock(&w_pending).insert(next_id, reply);
+                    ends.push((next_id, frames.len()));
                 }
-                if wr.flush().await.is_err() {
-                    return;
+                let mut written = 0;
+                while written < frames.len() {
+                    match wr.write(&frames[written..]).await {
+                        Ok(n) if n > 0 => written += n,
+                        _ => {
+                            // The socket took only the frames that end by `written`: the
+                            // others never reached the process, so none of them ran.
+                            let mut pending = lock(&w_pending);
+                            for &(id, end) in &ends {
+                                if end > written {
+                                    if let Some(tx) = pending.remove(&id) {
+                                        let _ = tx.send(Err(not_delivered(&w_what)));
+                                    }
+                                }
+                            }
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -151,4 +180,84 @@ fn gone(what: &str) -> RemoteError {
         ErrorKind::WorkerDied,
         format!("{what} went away during the call"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember_core::ids::ActorId;
+    use ember_core::security::{accept_hello, HelloListener};
+    use tokio::net::UnixListener;
+
+    const TOKEN: &str = "t0ken";
+
+    fn call(seq: u64) -> ActorCall {
+        ActorCall {
+            actor: ActorId(1),
+            caller: 7,
+            seq,
+            method: "add".into(),
+            args: vec![1],
+        }
+    }
+
+    /// A process that welcomes one caller, then does `then` with its stream.
+    async fn serve_one<F, Fut>(then: F) -> (UnixCaller<ActorCall>, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(UnixStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let dir = std::env::temp_dir().join(format!(
+            "ember-unix-caller-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("actor.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (mut rd, mut wr) = stream.split();
+            accept_hello(&mut rd, &mut wr, TOKEN, HelloListener::Calls)
+                .await
+                .unwrap();
+            write_frame(
+                &mut wr,
+                &ember_core::proto::Welcome::Accepted { node: None },
+            )
+            .await
+            .unwrap();
+            then(stream).await;
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+        let caller = UnixCaller::connect(path.to_str().unwrap(), TOKEN, "actor actor-1".into())
+            .await
+            .unwrap();
+        (caller, server)
+    }
+
+    #[tokio::test]
+    async fn a_call_the_socket_never_took_was_not_delivered() {
+        // The process closes its socket without reading: every call after that reached
+        // nobody, so it is safe to send elsewhere (Moved), never "went away during the call".
+        let (caller, server) = serve_one(|stream| async move { drop(stream) }).await;
+        server.await.unwrap();
+        for seq in 0..20 {
+            let err = caller.call(call(seq)).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Moved, "call {seq}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_read_and_never_answered_went_away_during_the_call() {
+        let (caller, _server) = serve_one(|mut stream| async move {
+            let read = read_frame::<_, LocalCall>(&mut stream, MAX_FRAME).await;
+            assert!(matches!(read, Ok(Some(_))), "{read:?}");
+            drop(stream);
+        })
+        .await;
+        let err = caller.call(call(1)).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::WorkerDied, "{err}");
+        assert!(err.message.contains("went away during the call"), "{err}");
+    }
 }
