@@ -8,6 +8,7 @@ use ember_core::resources::{actor_label, task_label};
 
 use super::{died, HeadState, Node, Probing, Purpose, Timer, Wait, Work};
 use crate::io::{CommandId, ConnId, Effect};
+use crate::journal::{Change, NodeRecord};
 
 impl HeadState {
     pub(super) fn worker_joined(&mut self, now: Instant, conn: ConnId, hello: Box<WorkerHello>) {
@@ -42,6 +43,10 @@ impl HeadState {
         );
         self.liveness
             .insert((now + self.config.heartbeat_timeout, node));
+        let record = NodeRecord {
+            hello: (*self.nodes[&node].hello).clone(),
+        };
+        self.journal(Change::Node { node, record });
         self.out.push(Effect::Welcome { conn, node });
         self.place_queued(now);
         let count = self.nodes.len() as u32;
@@ -201,6 +206,7 @@ impl HeadState {
         let Some(n) = self.nodes.remove(&node) else {
             return 0;
         };
+        self.journal(Change::NodeGone { node });
         self.conns.remove(&n.conn);
         self.liveness
             .remove(&(n.last_heard + self.config.heartbeat_timeout, node));

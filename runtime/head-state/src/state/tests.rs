@@ -15,35 +15,82 @@ use ember_core::security::Fingerprint;
 
 use super::{Config, HeadState};
 use crate::io::{CommandId, ConnId, Effect, Input, LoadedCheckpoint, RequestId, Ticket};
+use crate::journal::{Journaled, MemoryTables};
 
-/// The head and the shell's numbering, at a time the test moves on.
+/// The head and the shell's numbering, at a time the test moves on, and the journal the
+/// shell commits to.
 struct Scene {
     head: HeadState,
     now: Instant,
     next_conn: u64,
     next_request: u64,
+    journal: MemoryTables,
+    /// Every effect of the last input, `Journal` effects included, in order.
+    batch: Vec<Effect>,
 }
 
 impl Scene {
     /// An empty cluster with a 2 s heartbeat window (a 500 ms probe window).
     fn new() -> Self {
-        Scene {
-            head: HeadState::new(Config::default()),
+        let (head, effects) =
+            HeadState::restore(Config::default(), Instant::now(), Journaled::default());
+        let mut scene = Scene {
+            head,
             now: Instant::now(),
             next_conn: 1,
             next_request: 1,
-        }
+            journal: MemoryTables::new(),
+            batch: Vec::new(),
+        };
+        scene.commit(&effects);
+        scene
     }
 
     fn later(&mut self, by: Duration) {
         self.now += by;
     }
 
+    /// Hands the head an input as the shell does: commits the batch's `Journal` effects, and
+    /// returns the others. After every input, the state a head restarted now would read back
+    /// from the journal agrees with itself too.
     fn handle(&mut self, input: Input) -> Vec<Effect> {
         let effects = self.head.handle(self.now, input);
         if let Err(e) = self.head.check_invariants() {
             panic!("the state disagrees with itself: {e}");
         }
+        self.commit(&effects);
+        self.batch = effects.clone();
+        let (restored, _) = HeadState::restore(
+            self.head.config().clone(),
+            self.now,
+            self.journal.read().expect("the journal reads back"),
+        );
+        if let Err(e) = restored.check_invariants() {
+            panic!("a head restored now would disagree with itself: {e}");
+        }
+        effects
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Journal(_)))
+            .collect()
+    }
+
+    fn commit(&mut self, effects: &[Effect]) {
+        let changes = effects.iter().filter_map(|e| match e {
+            Effect::Journal(change) => Some(change),
+            _ => None,
+        });
+        self.journal.commit(changes).expect("records archive");
+    }
+
+    /// The head crashes and starts again on what its journal committed.
+    fn restart(&mut self) -> Vec<Effect> {
+        let journaled = self.journal.read().expect("the journal reads back");
+        let (head, effects) = HeadState::restore(self.head.config().clone(), self.now, journaled);
+        self.head = head;
+        if let Err(e) = self.head.check_invariants() {
+            panic!("the restored state disagrees with itself: {e}");
+        }
+        self.commit(&effects);
         effects
     }
 
@@ -147,6 +194,9 @@ impl Scene {
         })
     }
 }
+
+#[path = "restore_tests.rs"]
+mod restore_tests;
 
 fn placement(gpus: u32) -> Placement {
     Placement {

@@ -1,0 +1,220 @@
+//! What the head journals, and a head restarted on its journal: what it promised is there.
+
+use std::time::Duration;
+
+use ember_core::proto::{ClientReply, ClientRequest, WorkerCommand, WorkerReply};
+
+use super::{actor_endpoints, command, image, reply_to, spec, Scene};
+use crate::io::{Effect, Input, LoadedCheckpoint};
+use crate::journal::Change;
+
+/// The position of the first effect of the last batch that `is`, which must be there.
+fn position(s: &Scene, what: &str, is: impl Fn(&Effect) -> bool) -> usize {
+    s.batch
+        .iter()
+        .position(is)
+        .unwrap_or_else(|| panic!("no {what} in {:?}", s.batch))
+}
+
+#[test]
+fn every_promise_is_preceded_by_its_journal_effect() {
+    let mut s = Scene::new();
+    let (_, node) = s.join();
+    let journaled = position(
+        &s,
+        "journaled join",
+        |e| matches!(e, Effect::Journal(Change::Node { node: n, .. }) if *n == node),
+    );
+    let welcome = position(&s, "welcome", |e| matches!(e, Effect::Welcome { .. }));
+    assert!(journaled < welcome, "{:?}", s.batch);
+
+    let owner = s.conn();
+    let (request, effects) = s.ask(owner, ClientRequest::CreateActor(spec(true)));
+    let (_, create, _) = command(&effects);
+    let effects = s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
+    let ClientReply::ActorCreated(location) = reply_to(&effects, request) else {
+        panic!("{effects:?}");
+    };
+    let actor = location.actor;
+    let journaled = position(
+        &s,
+        "journaled actor",
+        |e| matches!(e, Effect::Journal(Change::Actor { actor: a, record }) if *a == actor && record.incarnation == 1 && record.node == Some(node)),
+    );
+    let created = position(
+        &s,
+        "creation's reply",
+        |e| matches!(e, Effect::Reply { request: r, .. } if *r == request),
+    );
+    assert!(journaled < created, "{:?}", s.batch);
+
+    let (saved, ticket) = s.save(actor, 1, 7);
+    s.stored(ticket);
+    let journaled = position(
+        &s,
+        "journaled checkpoint",
+        |e| matches!(e, Effect::Journal(Change::Checkpoint { actor: a, record }) if *a == actor && record.seq == 7),
+    );
+    let acknowledged = position(
+        &s,
+        "checkpoint's reply",
+        |e| matches!(e, Effect::Reply { request: r, reply: ClientReply::CheckpointSaved { seq: 7 } } if *r == saved),
+    );
+    assert!(journaled < acknowledged, "{:?}", s.batch);
+}
+
+#[test]
+fn a_restarted_head_has_every_acknowledged_node_actor_and_checkpoint() {
+    let mut s = Scene::new();
+    let (_, node) = s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, true);
+    for seq in 1..=3 {
+        let (_, ticket) = s.save(actor, 1, seq);
+        s.stored(ticket);
+    }
+
+    let effects = s.restart();
+    assert!(
+        matches!(effects.as_slice(), [Effect::Journal(Change::Epoch(2))]),
+        "the new life journals its epoch: {effects:?}"
+    );
+    assert_eq!(s.head.epoch(), 2);
+    assert_eq!(s.head.expected_nodes(), vec![node]);
+    assert!(s.head.knows_actor(actor));
+    assert_eq!(s.head.recorded_checkpoint(actor), Some(3));
+
+    // A worker joins anew: ids continue past everything the last life gave out.
+    let (_, fresh) = s.join();
+    assert!(
+        fresh.0 > actor.0 && fresh.0 > node.0,
+        "{fresh} reuses an id"
+    );
+
+    // The old node does not re-join within the window: the actor restarts from seq 3.
+    s.later(Duration::from_secs(1));
+    s.handle(Input::Heard { node: fresh });
+    s.later(Duration::from_secs(1));
+    let effects = s.handle(Input::Tick);
+    assert!(s.head.expected_nodes().is_empty());
+    let load = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LoadCheckpoint { ticket, actor: a } if *a == actor => Some(*ticket),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the newest checkpoint is read: {effects:?}"));
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(Some(LoadedCheckpoint {
+            seq: 3,
+            image: image(3),
+        })),
+    });
+    let (to, create, body) = command(&effects);
+    assert_eq!(to, fresh);
+    assert!(
+        matches!(&body, WorkerCommand::CreateActor { incarnation: 2, restore: Some(r), .. } if *r == image(3)),
+        "{body:?}"
+    );
+    s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
+    assert_eq!(s.head.live_incarnations(), vec![(actor, 2, fresh)]);
+
+    // A second restart: the epoch goes on, the actor keeps its incarnation.
+    s.restart();
+    assert_eq!(s.head.epoch(), 3);
+    assert_eq!(s.head.expected_nodes(), vec![fresh]);
+    assert_eq!(s.head.recorded_checkpoint(actor), Some(3));
+}
+
+#[test]
+fn a_creation_never_answered_is_not_restored() {
+    let mut s = Scene::new();
+    s.join();
+    let owner = s.conn();
+    let (_, effects) = s.ask(owner, ClientRequest::CreateActor(spec(false)));
+    let (_, _, body) = command(&effects);
+    let WorkerCommand::CreateActor { actor, .. } = body else {
+        panic!("{body:?}");
+    };
+    s.restart();
+    assert!(
+        !s.head.knows_actor(actor),
+        "its creation was never answered"
+    );
+}
+
+#[test]
+fn stopped_actors_and_departed_nodes_stay_gone() {
+    let mut s = Scene::new();
+    let (conn, node) = s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, true);
+    let (request, effects) = s.ask(owner, ClientRequest::KillActor { actor });
+    let (_, kill, _) = command(&effects);
+    let effects = s.reply(kill, WorkerReply::ActorKilled);
+    assert!(matches!(
+        reply_to(&effects, request),
+        ClientReply::ActorKilled
+    ));
+    s.handle(Input::Closed { conn });
+    assert_eq!(s.head.node_count(), 0);
+
+    s.restart();
+    assert!(!s.head.knows_actor(actor));
+    assert!(!s.head.expected_nodes().contains(&node));
+    assert_eq!(s.head.poll_timeout(), None, "nothing to wait for");
+}
+
+#[test]
+fn a_restored_actor_does_not_die_with_a_connection_of_the_same_number() {
+    let mut s = Scene::new();
+    s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, false);
+    s.restart();
+    // The new life numbers its connections afresh: `owner` now names someone else.
+    s.handle(Input::Closed { conn: owner });
+    assert!(s.head.knows_actor(actor));
+}
+
+#[test]
+fn an_actor_being_restarted_when_the_head_stopped_starts_under_a_new_incarnation() {
+    let mut s = Scene::new();
+    let (conn, _) = s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, true);
+    s.join();
+    // Its worker dies: incarnation 2 is placed and reads its checkpoints when the head stops.
+    let effects = s.handle(Input::Closed { conn });
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::LoadCheckpoint { .. })),
+        "{effects:?}"
+    );
+    s.restart();
+    assert!(s.head.knows_actor(actor));
+    let (_, fresh) = s.join();
+    s.later(Duration::from_secs(1));
+    s.handle(Input::Heard { node: fresh });
+    s.later(Duration::from_secs(1));
+    let effects = s.handle(Input::Tick);
+    let load = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LoadCheckpoint { ticket, .. } => Some(*ticket),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{effects:?}"));
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(None),
+    });
+    let (to, _, body) = command(&effects);
+    assert_eq!(to, fresh);
+    assert!(
+        matches!(body, WorkerCommand::CreateActor { incarnation: 3, .. }),
+        "a new number, uncounted: {body:?}"
+    );
+}
