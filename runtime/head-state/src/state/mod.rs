@@ -505,7 +505,7 @@ impl HeadState {
                 return Err(format!("{id} is both alive and starting"));
             }
         }
-        for (&id, _) in &self.restoring {
+        for &id in self.restoring.keys() {
             match self.actors.get(&id) {
                 Some(a) if a.start.is_none() && a.life.live().is_none() => {}
                 other => return Err(format!("{id} is being restored but is {other:?}")),
