@@ -24,6 +24,7 @@
 
 mod checks;
 mod clients;
+mod head_crash;
 mod queue;
 mod shell;
 mod trace;
@@ -33,7 +34,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use ember_core::ids::{ActorId, LeaseId, NodeId};
-use ember_head_state::{CommandId, Config, HeadState, Input, RequestId};
+use ember_head_state::journal::{Change, Journaled, MemoryTables};
+use ember_head_state::{CommandId, Config, Effect, HeadState, Input, RequestId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -68,6 +70,8 @@ pub struct Scenario {
     pub check_every: u64,
     /// The head's heartbeat window.
     pub heartbeat_timeout: Duration,
+    /// The chance that a fault is a crash of the head (rebuilt from its journal).
+    pub head_crash: f64,
 }
 
 impl Scenario {
@@ -84,6 +88,7 @@ impl Scenario {
             save_interval: Duration::from_millis(400),
             check_every: 1,
             heartbeat_timeout: Duration::from_secs(2),
+            head_crash: 0.02,
         }
     }
 
@@ -100,6 +105,7 @@ impl Scenario {
             save_interval: Duration::from_secs(4),
             check_every: 1_000,
             heartbeat_timeout: Duration::from_secs(2),
+            head_crash: 0.0005,
         }
     }
 
@@ -209,6 +215,8 @@ pub struct Counts {
     pub errors: u64,
     /// Requests that ran out of time.
     pub timeouts: u64,
+    /// Head crashes, each followed by a head rebuilt from its journal.
+    pub head_crashes: u64,
 }
 
 /// Runs `scenario` from `seed` and checks it; `Err` is the failure's report (with the seed,
@@ -271,6 +279,14 @@ fn env_differences(scenario: &Scenario) -> String {
     env
 }
 
+/// The change of a `Journal` effect.
+fn journal_change(effect: &Effect) -> Option<&Change> {
+    match effect {
+        Effect::Journal(change) => Some(change),
+        _ => None,
+    }
+}
+
 /// The CPU time of the calling thread so far (Linux: `/proc/thread-self/schedstat`).
 fn thread_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
@@ -330,6 +346,11 @@ impl Store {
 struct Sim {
     scenario: Scenario,
     head: HeadState,
+    /// What the head committed: the journal's tables, as the shell commits them.
+    journal: MemoryTables,
+    /// Actors whose owner connected to an earlier head life: the simulation stops them as
+    /// the run winds down.
+    orphans: BTreeSet<ActorId>,
     base: Instant,
     now: Duration,
     rng: StdRng,
@@ -381,9 +402,17 @@ impl Sim {
             heartbeat_timeout: scenario.heartbeat_timeout,
             form_wait: Duration::from_secs(5),
         };
+        let base = Instant::now();
+        let (head, first) = HeadState::restore(config, base, Journaled::default());
+        let mut journal = MemoryTables::new();
+        journal
+            .commit(first.iter().filter_map(journal_change))
+            .expect("records archive");
         Sim {
-            head: HeadState::new(config),
-            base: Instant::now(),
+            head,
+            journal,
+            orphans: BTreeSet::new(),
+            base,
             now: Duration::ZERO,
             rng: StdRng::seed_from_u64(seed),
             queue: Queue::default(),
@@ -550,6 +579,10 @@ impl Sim {
         self.trace.input(self.step, self.now, &input);
         self.before_input(&input)?;
         let effects = self.head.handle(self.base + self.now, input);
+        // The shell commits the batch's journal changes before anything else goes out.
+        self.journal
+            .commit(effects.iter().filter_map(journal_change))
+            .map_err(|e| format!("a journal change cannot be written: {e}"))?;
         for effect in effects {
             self.trace.effect(&effect);
             self.effect(effect)?;

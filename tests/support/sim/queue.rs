@@ -106,6 +106,12 @@ impl Queue {
     }
 
     /// When the next event is due.
+    /// Drops every event for which `keep` is false (what died with the head).
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Ev) -> bool) {
+        self.events.retain(|_, ev| keep(ev));
+        self.background = self.events.values().filter(|ev| background(ev)).count();
+    }
+
     pub(super) fn next_at(&self) -> Option<Duration> {
         self.events.first_key_value().map(|((at, _), _)| *at)
     }

@@ -293,6 +293,7 @@ impl Sim {
                 actor,
                 seq,
                 image,
+                ..
             } => {
                 if self.store.forgotten.contains(&actor) {
                     return Err(format!(
@@ -339,6 +340,8 @@ impl Sim {
                 self.queue.push(at, Ev::Loaded { ticket, actor, ok });
             }
             Effect::ForgetCheckpoints { actor } => self.forgets.push(actor),
+            // Committed with its batch, before any of the batch's other effects.
+            Effect::Journal(_) => {}
         }
         Ok(())
     }

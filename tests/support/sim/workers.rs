@@ -620,6 +620,9 @@ impl Sim {
         }
         let next = self.exp(1.0 / self.scenario.fault_rate);
         self.queue.push(self.now + next, Ev::Fault);
+        if self.chance(self.scenario.head_crash) {
+            return self.head_crash();
+        }
         let live: Vec<usize> = (0..self.workers.len())
             .filter(|&w| {
                 let wk = &self.workers[w];
