@@ -417,6 +417,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 task_types: vec!["f".into()],
                 actor_types: vec!["A".into()],
                 address: "10.0.0.2:0".into(),
+                rejoin: None,
             })),
         ),
         Hello::client(HELLO_TOKEN),

@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use ember_core::ids::NodeId;
 use ember_core::proto::{
-    read_frame, write_frame, ClientReply, ClientRequest, RemoteError, WorkerCommand, WorkerHello,
+    read_frame, write_frame, ClientReply, ClientRequest, EpochCommand, RemoteError, WorkerCommand,
+    WorkerHello, WorkerTerms,
     WorkerReply, MAX_FRAME,
 };
 use ember_head_state::{
@@ -41,12 +42,12 @@ pub(crate) enum Frame {
 
 /// What connections send the shell.
 pub(crate) enum Msg {
-    /// A worker's valid hello: `welcome` gets its node id.
+    /// A worker's valid hello: `welcome` gets its node id and the head life it joined.
     Worker {
         conn: ConnId,
         connection: quinn::Connection,
         hello: Box<WorkerHello>,
-        welcome: oneshot::Sender<NodeId>,
+        welcome: oneshot::Sender<(NodeId, WorkerTerms)>,
     },
     /// A client's request: its frames come back on `frames`.
     Request {
@@ -117,7 +118,7 @@ struct Owner {
     tx: mpsc::UnboundedSender<Msg>,
     workers: HashMap<NodeId, quinn::Connection>,
     conn_nodes: HashMap<ConnId, NodeId>,
-    welcomes: HashMap<ConnId, (quinn::Connection, oneshot::Sender<NodeId>)>,
+    welcomes: HashMap<ConnId, (quinn::Connection, oneshot::Sender<(NodeId, WorkerTerms)>)>,
     streams: HashMap<RequestId, mpsc::UnboundedSender<Frame>>,
     cancels: HashMap<CommandId, oneshot::Sender<()>>,
 }
@@ -219,7 +220,10 @@ impl Owner {
                 if let Some((connection, welcome)) = self.welcomes.remove(&conn) {
                     self.workers.insert(node, connection);
                     self.conn_nodes.insert(conn, node);
-                    let _ = welcome.send(node);
+                    let terms = WorkerTerms {
+                        epoch: self.state.epoch(),
+                    };
+                    let _ = welcome.send((node, terms));
                 }
             }
             Effect::Command {
@@ -310,6 +314,7 @@ impl Owner {
             reply(Err(died(node)));
             return;
         };
+        let epoch = self.state.epoch();
         let (cancel_tx, mut cancel) = oneshot::channel::<()>();
         // A job's stream stays open: resetting it cancels the job.
         let cancellable = matches!(body, WorkerCommand::RunJob { .. });
@@ -319,7 +324,11 @@ impl Owner {
         tokio::spawn(async move {
             let opened = async {
                 let (mut send, recv) = connection.open_bi().await.ok()?;
-                write_frame(&mut send, &body).await.ok()?;
+                let fenced = EpochCommand {
+                    epoch,
+                    command: body,
+                };
+                write_frame(&mut send, &fenced).await.ok()?;
                 if !cancellable {
                     let _ = send.finish();
                 }

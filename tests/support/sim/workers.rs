@@ -154,6 +154,7 @@ impl Sim {
             task_types,
             actor_types,
             address: format!("10.0.{}.{}:7100", w / 250, w % 250),
+            rejoin: None,
         }
     }
 

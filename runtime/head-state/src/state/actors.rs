@@ -327,6 +327,7 @@ impl HeadState {
         }
         a.start = None;
         self.restoring.remove(&actor);
+        self.rejoin_settled();
         self.journal_actor(actor);
         if let Some(lease) = lease {
             self.release(now, lease);
@@ -415,6 +416,7 @@ impl HeadState {
             return;
         };
         self.restoring.remove(&actor);
+        self.rejoin_settled();
         if a.create.is_none() {
             self.journal(Change::ActorGone { actor });
         }

@@ -321,9 +321,9 @@ pub struct HeadState {
     ids_reserved: u64,
     /// Nodes of the last head life, expected to re-join until `rejoin_deadline`.
     expected: BTreeMap<NodeId, NodeRecord>,
-    /// Actors read back from the journal and not started again yet, with whether their
-    /// incarnation was alive (on an expected node) when the last life ended.
-    restoring: BTreeMap<ActorId, bool>,
+    /// Actors read back from the journal and not adopted or started again yet, with the node
+    /// their incarnation was alive on when the last life ended (`None`: it was being started).
+    restoring: BTreeMap<ActorId, Option<NodeId>>,
     /// When the nodes of the last life that did not re-join are given up.
     rejoin_deadline: Option<Instant>,
     next_command: u64,

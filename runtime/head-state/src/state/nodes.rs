@@ -11,7 +11,12 @@ use crate::io::{CommandId, ConnId, Effect};
 use crate::journal::{Change, NodeRecord};
 
 impl HeadState {
-    pub(super) fn worker_joined(&mut self, now: Instant, conn: ConnId, hello: Box<WorkerHello>) {
+    pub(super) fn worker_joined(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        mut hello: Box<WorkerHello>,
+    ) {
         if self.conns.contains_key(&conn) {
             tracing::warn!(
                 ?conn,
@@ -19,7 +24,25 @@ impl HeadState {
             );
             return;
         }
-        let node = NodeId(self.next_id());
+        let rejoin = hello.rejoin.take();
+        let old = rejoin.as_ref().map(|r| r.node);
+        let matched = old.filter(|n| self.expected.remove(n).is_some());
+        let node = match matched {
+            Some(node) => {
+                tracing::info!(%node, "worker {} re-joined as the node it was", hello.name);
+                node
+            }
+            None => {
+                if let Some(old) = old {
+                    tracing::warn!(
+                        %old,
+                        "worker {} claims a node this head does not expect: it joins as a new node",
+                        hello.name
+                    );
+                }
+                NodeId(self.next_id())
+            }
+        };
         let mut resources = hello.resources.clone();
         resources.labels = hello
             .task_types
@@ -48,6 +71,9 @@ impl HeadState {
         };
         self.journal(Change::Node { node, record });
         self.out.push(Effect::Welcome { conn, node });
+        if let Some(rejoin) = rejoin {
+            self.reconcile(now, node, matched.is_some(), rejoin);
+        }
         self.place_queued(now);
         let count = self.nodes.len() as u32;
         let ready: Vec<_> = self

@@ -2,17 +2,26 @@
 //! life given up if they do not re-join in time, and the records the state journals of its
 //! actors.
 //!
-//! Re-joining is not built yet: a worker that loses the head kills its executors and joins as a
-//! new node. So every node of the last life is expected for one heartbeat window and then given
-//! up, and every actor read back starts again then: one whose incarnation was alive has lost it
-//! (a restart, counted against its policy) and comes back from its newest checkpoint; one that
-//! was being started starts under a new incarnation number, uncounted.
+//! A worker that loses the head keeps its executors and joins again as the node it was, saying
+//! what it still runs ([`Rejoin`]). Every node of the last life is expected for one heartbeat
+//! window. A node that re-joins in it is matched to its id and reconciled: an actor it runs
+//! that matches the journal (that actor, that incarnation, on this node or being started) is
+//! adopted as it runs, with no restart; one the journal does not know, or knows otherwise, is
+//! stopped (a `KillActor` of that incarnation); its task leases are closed (the journal does
+//! not hold task leases); an actor the journal had on it and it no longer runs is lost and
+//! restarts. A worker claiming a node the journal does not expect joins as a new node and
+//! everything it runs is stopped. When the window ends, the nodes that did not re-join are
+//! given up and every actor not adopted starts again: one whose incarnation was alive has lost
+//! it (a restart, counted against its policy) and comes back from its newest checkpoint; one
+//! that was being started starts under a new incarnation number, uncounted.
 
 use std::time::Instant;
 
-use ember_core::ids::ActorId;
+use ember_core::ids::{ActorId, LeaseId, NodeId};
+use ember_core::proto::{Rejoin, WorkerCommand};
 
-use super::{Actor, Config, HeadState};
+use super::{Actor, Config, HeadState, Incarnate, Purpose, Work};
+use crate::placement::Lease;
 use crate::actor_life::ActorLife;
 use crate::io::Effect;
 use crate::journal::{ActorRecord, Change, Journaled};
@@ -39,7 +48,7 @@ impl HeadState {
                 record.dead,
             );
             if life.live().is_none() && !matches!(life.phase(), crate::actor_life::Phase::Dead(_)) {
-                state.restoring.insert(id, record.node.is_some());
+                state.restoring.insert(id, record.node);
             }
             state.actors.insert(
                 id,
@@ -90,11 +99,11 @@ impl HeadState {
             tracing::warn!(%node, "the node did not re-join after the head restarted");
             self.journal(Change::NodeGone { node });
         }
-        for (actor, was_alive) in std::mem::take(&mut self.restoring) {
+        for (actor, was_on) in std::mem::take(&mut self.restoring) {
             let Some(a) = self.actors.get_mut(&actor) else {
                 continue;
             };
-            if was_alive {
+            if was_on.is_some() {
                 let incarnation = a.life.incarnation();
                 let why = "its worker did not re-join after the head restarted";
                 self.actor_lost(now, actor, incarnation, why);
@@ -129,5 +138,82 @@ impl HeadState {
             dead,
         };
         self.journal(Change::Actor { actor, record });
+    }
+
+    /// Reconciles what a worker that joined as `node` still runs (its [`Rejoin`]) with the
+    /// journal. `matched`: it was expected and got its old node id back; otherwise it joined
+    /// as a new node and everything it runs is stopped.
+    pub(super) fn reconcile(&mut self, now: Instant, node: NodeId, matched: bool, rejoin: Rejoin) {
+        for running in rejoin.actors {
+            let (actor, incarnation) = (running.actor, running.incarnation);
+            let expected_here = matched
+                && self
+                    .restoring
+                    .get(&actor)
+                    .is_some_and(|was_on| was_on.is_none_or(|n| n == node))
+                && self
+                    .actors
+                    .get(&actor)
+                    .is_some_and(|a| a.life.incarnation() == incarnation);
+            let lease = LeaseId(self.next_id());
+            let claimed = self.sched.adopt(Lease {
+                id: lease,
+                node,
+                allocation: running.allocation,
+            });
+            if claimed {
+                self.work.insert(lease, Work::Actor { actor, incarnation });
+            }
+            if expected_here && claimed {
+                self.restoring.remove(&actor);
+                let endpoints = running.endpoints;
+                if let Some(a) = self.actors.get_mut(&actor) {
+                    a.life.started(incarnation, Incarnate { lease, endpoints });
+                }
+                tracing::info!(%actor, incarnation, %node, "actor adopted after the head restarted");
+                self.journal_actor(actor);
+                self.notify(now, actor);
+            } else {
+                tracing::warn!(
+                    %actor, incarnation, %node,
+                    "a re-joining worker runs an actor incarnation the journal does not have: stopping it"
+                );
+                let kill = WorkerCommand::KillActor { actor, incarnation };
+                let purpose = Purpose::KillActor {
+                    lease: claimed.then_some(lease),
+                    request: None,
+                };
+                self.command(node, kill, purpose);
+            }
+        }
+        for lease in rejoin.leases {
+            tracing::info!(%lease, %node, "closing a task lease of the head's last life");
+            self.command(node, WorkerCommand::CloseLease { lease }, Purpose::CloseLease(lease));
+        }
+        if matched {
+            // What the journal had on this node and it no longer runs is lost.
+            let gone: Vec<ActorId> = self
+                .restoring
+                .iter()
+                .filter(|(_, was_on)| **was_on == Some(node))
+                .map(|(actor, _)| *actor)
+                .collect();
+            for actor in gone {
+                let Some(incarnation) = self.actors.get(&actor).map(|a| a.life.incarnation())
+                else {
+                    continue;
+                };
+                let why = "its worker re-joined after the head restarted without it";
+                self.actor_lost(now, actor, incarnation, why);
+            }
+        }
+        self.rejoin_settled();
+    }
+
+    /// Clears the re-join deadline once nothing waits for it.
+    pub(super) fn rejoin_settled(&mut self) {
+        if self.expected.is_empty() && self.restoring.is_empty() {
+            self.rejoin_deadline = None;
+        }
     }
 }

@@ -120,6 +120,7 @@ impl Scene {
             task_types: vec!["train".into()],
             actor_types: vec!["Trainer".into()],
             address: "10.0.0.1:7100".into(),
+            rejoin: None,
         };
         let effects = self.handle(Input::WorkerJoined {
             conn,
@@ -304,6 +305,7 @@ fn a_worker_that_joins_is_welcomed_with_a_node_id() {
             task_types: Vec::new(),
             actor_types: Vec::new(),
             address: String::new(),
+            rejoin: None,
         }),
     });
     assert!(

@@ -16,6 +16,7 @@ fn every_kind_of_change() -> Vec<Change> {
         task_types: vec!["train".into()],
         actor_types: vec!["Trainer".into()],
         address: "10.0.0.1:7100".into(),
+        rejoin: None,
     };
     let spec = ActorSpec {
         type_name: "Trainer".into(),
