@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{
-    decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, ErrorKind, FrameError,
-    Hello, HelloRole, LeaseEndpoints, RemoteError, WorkerCommand, WorkerEvent, WorkerHello,
-    WorkerReply, MAX_FRAME,
+    decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, EpochCommand, ErrorKind,
+    FrameError, Hello, HelloRole, LeaseEndpoints, Rejoin, RemoteError, RunningActor,
+    WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, WorkerTerms, HELLO_LIMIT, MAX_FRAME,
 };
 use ember_core::resources::{to_millis, Allocation, NodeResources, ResourceError};
 use ember_core::security::{
@@ -54,8 +54,9 @@ pub struct WorkerConfig {
     /// this worker's actors away, in milliseconds.
     #[serde(default = "default_grace_ms")]
     pub grace_ms: u64,
-    /// After losing the head (or being declared dead by it), how long to keep trying to join
-    /// again as a new node before giving up, in milliseconds.
+    /// After losing the head, how long to keep its executors running and try to join again as
+    /// the same node (the head may be restarting), in milliseconds. After that the worker
+    /// stops its executors and tries as long again to join as a new node before giving up.
     #[serde(default = "default_rejoin_ms")]
     pub rejoin_ms: u64,
 }
@@ -147,6 +148,12 @@ pub async fn shutdown_signal() {
 
 struct WorkerState {
     node: NodeId,
+    /// The head life (epoch) this node last joined under: commands of an older one are refused.
+    epoch: std::sync::atomic::AtomicU64,
+    /// The actor incarnations running here, as reported when joining again after a lost head.
+    running: std::sync::Mutex<std::collections::BTreeMap<ActorId, RunningActor>>,
+    /// The task leases open here.
+    leases: std::sync::Mutex<std::collections::BTreeSet<LeaseId>>,
     token: String,
     /// Where the head is, for the checkpoints of this worker's actors.
     head: SocketAddr,
@@ -157,47 +164,123 @@ struct WorkerState {
     events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
+/// What a worker keeps while it has no head: its node, its executors and the events they
+/// raise, so that it can join again as the same node and keep running its work.
+struct Session {
+    state: Arc<WorkerState>,
+    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<WorkerEvent>>>,
+}
+
+impl Session {
+    /// What it still runs, to say when joining again.
+    fn rejoin(&self) -> Rejoin {
+        let state = &self.state;
+        Rejoin {
+            node: state.node,
+            epoch: state.epoch.load(std::sync::atomic::Ordering::SeqCst),
+            actors: lock(&state.running).values().cloned().collect(),
+            leases: lock(&state.leases).iter().copied().collect(),
+        }
+    }
+
+    /// Stops every executor: the node it was is given up.
+    async fn stop(self) {
+        tracing::warn!(node = %self.state.node, "stopping every executor of the node");
+        self.state.pool.shutdown().await;
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The first wait between attempts to reach a lost head; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between attempts to reach a lost head.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Refuses a command sent by a head of an older life (`sent`) than the one this worker
+/// joined under (`joined`): a head that lost its state directory's lock or a stale stream.
+fn check_epoch(joined: u64, sent: u64) -> Result<(), RemoteError> {
+    if sent < joined {
+        return Err(RemoteError::new(
+            ErrorKind::Unauthorized,
+            format!(
+                "a command from head life {sent}, older than life {joined} this worker joined under"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs a worker until `shutdown` resolves: then the head drains it (moves its actors away and
-/// gives its tasks `grace_ms` to finish) and it leaves. A worker that loses the head, or is
-/// declared dead by it, stops everything it ran and joins again as a new node, trying for up to
-/// `rejoin_ms` before it gives up.
+/// gives its tasks `grace_ms` to finish) and it leaves. A worker that loses the head keeps its
+/// executors running (their callers reach them directly) and tries, with backoff, to join again
+/// as the same node, reporting what it still runs, for up to `rejoin_ms`. After that it stops
+/// its executors and tries as long again to join as a new node before giving up.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     tokio::pin!(shutdown);
+    let window = Duration::from_millis(config.rejoin_ms);
+    let mut session: Option<Session> = None;
     let mut lost_at: Option<tokio::time::Instant> = None;
+    let mut backoff = BACKOFF_FIRST;
     loop {
         let joined = std::cell::Cell::new(false);
-        let outcome = serve_once(&config, shutdown.as_mut(), &joined).await;
+        let outcome = serve_once(&config, shutdown.as_mut(), &joined, &mut session).await;
         match outcome {
             Ok(()) => return Ok(()),
             Err(e) if joined.get() => {
-                tracing::warn!("{e}: joining again as a new node");
+                tracing::warn!("{e}: joining again as the same node, its executors kept running");
                 lost_at = Some(tokio::time::Instant::now());
+                backoff = BACKOFF_FIRST;
             }
             Err(e) => {
-                let window = Duration::from_millis(config.rejoin_ms);
-                if lost_at.is_none_or(|t| t.elapsed() >= window) {
+                let elapsed = lost_at.map(|t| t.elapsed());
+                if session.is_some() && elapsed.is_some_and(|e| e >= window) {
+                    tracing::warn!(
+                        "could not join again as the same node within {window:?} ({e}): \
+                         giving it up and joining as a new node"
+                    );
+                    if let Some(session) = session.take() {
+                        session.stop().await;
+                    }
+                    lost_at = Some(tokio::time::Instant::now());
+                    continue;
+                }
+                if elapsed.is_none_or(|e| e >= window) {
+                    if let Some(session) = session.take() {
+                        session.stop().await;
+                    }
                     return Err(e);
                 }
-                tracing::debug!("cannot join yet ({e}); trying again");
-                let retry = tokio::time::sleep(Duration::from_millis(250));
+                tracing::debug!("cannot join yet ({e}); trying again in {backoff:?}");
+                let retry = tokio::time::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 tokio::select! {
                     _ = retry => {}
-                    _ = shutdown.as_mut() => return Ok(()),
+                    _ = shutdown.as_mut() => {
+                        if let Some(session) = session.take() {
+                            session.stop().await;
+                        }
+                        return Ok(());
+                    }
                 }
             }
         }
     }
 }
 
-/// Joins once and serves until shutdown (`Ok`) or until the head is lost. `joined` is set once
-/// the head accepted this worker.
+/// Joins once (as the node of `session`, if there is one) and serves until shutdown (`Ok`) or
+/// until the head is lost. `joined` is set once the head accepted this worker. `session` is
+/// what lives on after a lost head: set on joining, taken (its executors stopped) on shutdown.
 async fn serve_once(
     config: &WorkerConfig,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     joined: &std::cell::Cell<bool>,
+    session: &mut Option<Session>,
 ) -> Result<(), WorkerError> {
     let logical = gpu::parse_logical(
         config.gpus,
@@ -246,6 +329,7 @@ async fn serve_once(
             task_types: registry::task_names(),
             actor_types: registry::actor_names(),
             address: address.to_string(),
+            rejoin: session.as_ref().map(Session::rejoin),
         })),
     );
     let (mut send, mut recv) = conn
@@ -263,20 +347,77 @@ async fn serve_once(
             })
         }
     };
+    let terms = match read_frame::<_, WorkerTerms>(&mut recv, HELLO_LIMIT).await {
+        Ok(Some(terms)) => terms,
+        Ok(None) => return Err(connect_err("the head sent no terms after its welcome".into())),
+        Err(e) => return Err(connect_err(format!("bad terms after the welcome: {e}"))),
+    };
+    let last_epoch = session
+        .as_ref()
+        .map_or(0, |s| s.state.epoch.load(std::sync::atomic::Ordering::SeqCst));
+    if terms.epoch < last_epoch {
+        conn.close(5u32.into(), b"a head of an older life");
+        return Err(WorkerError::Refused(format!(
+            "the head is of life {}, older than life {last_epoch} this worker joined",
+            terms.epoch
+        )));
+    }
     let _ = send.finish();
     joined.set(true);
+    let same_node = session.as_ref().is_some_and(|s| s.state.node == node);
+    if !same_node {
+        if let Some(old) = session.take() {
+            tracing::warn!(
+                old = %old.state.node, %node,
+                "the head did not take this worker back as the node it was: it joins as a new one"
+            );
+            old.stop().await;
+        }
+    }
     tracing::info!(
         %node, head = %config.head, %address, gpus = inventory.devices.len(),
+        epoch = terms.epoch, rejoined = same_node,
         "worker {name} joined the cluster"
     );
+    if session.is_none() {
+        sweep_stale_socket_dirs();
+        let (events, events_rx) = mpsc::unbounded_channel::<WorkerEvent>();
+        let state = Arc::new(WorkerState {
+            node,
+            epoch: std::sync::atomic::AtomicU64::new(terms.epoch),
+            running: Default::default(),
+            leases: Default::default(),
+            token: config.token.clone(),
+            head: config.head,
+            fingerprint: config.fingerprint,
+            listen: actor_ip(config.listen.ip(), config.head),
+            pool: ExecutorPool::new(socket_dir(node), inventory.gpu_kind())?,
+            events,
+        });
+        *session = Some(Session {
+            state,
+            events: Arc::new(tokio::sync::Mutex::new(events_rx)),
+        });
+    }
+    let Some(current) = session.as_ref() else {
+        return Err(WorkerError::HeadLost("no session".into()));
+    };
+    let state = current.state.clone();
+    state
+        .epoch
+        .store(terms.epoch, std::sync::atomic::Ordering::SeqCst);
 
     // Events (heartbeats first of all) travel on one stream of their own, apart from work.
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<WorkerEvent>();
+    // The queue outlives the connection: what an executor raises while the head is away is
+    // sent once it is back.
+    let events_tx = state.events.clone();
+    let events_rx = current.events.clone();
     let mut events_stream = conn
         .open_uni()
         .await
         .map_err(|e| WorkerError::HeadLost(e.to_string()))?;
     let events_task = tokio::spawn(async move {
+        let mut events_rx = events_rx.lock().await;
         while let Some(ev) = events_rx.recv().await {
             let leaving = matches!(ev, WorkerEvent::Leaving { .. });
             if write_frame(&mut events_stream, &ev).await.is_err() {
@@ -304,17 +445,6 @@ async fn serve_once(
         })
     };
 
-    sweep_stale_socket_dirs();
-    let state = Arc::new(WorkerState {
-        node,
-        token: config.token.clone(),
-        head: config.head,
-        fingerprint: config.fingerprint,
-        listen: actor_ip(config.listen.ip(), config.head),
-        pool: ExecutorPool::new(socket_dir(node), inventory.gpu_kind())?,
-        events: events_tx,
-    });
-
     let commands = {
         let state = state.clone();
         let conn = conn.clone();
@@ -336,16 +466,19 @@ async fn serve_once(
             let _ = tokio::time::timeout(drained, conn.closed()).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), events_task).await;
             conn.close(0u32.into(), b"worker leaving");
+            if let Some(session) = session.take() {
+                session.state.pool.shutdown().await;
+            }
             Ok(())
         }
         reason = conn.closed() => {
             tracing::warn!(%node, "lost the head: {reason}");
+            events_task.abort();
             Err(WorkerError::HeadLost(reason.to_string()))
         }
     };
     heartbeat.abort();
     commands.abort();
-    state.pool.shutdown().await;
     endpoint.close(0u32.into(), b"worker stopped");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     outcome
@@ -383,8 +516,17 @@ async fn handle_command(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let cmd = match read_frame::<_, WorkerCommand>(&mut recv, MAX_FRAME).await {
-        Ok(Some(cmd)) => cmd,
+    let cmd = match read_frame::<_, EpochCommand>(&mut recv, MAX_FRAME).await {
+        Ok(Some(fenced)) => {
+            let joined = state.epoch.load(std::sync::atomic::Ordering::SeqCst);
+            if let Err(e) = check_epoch(joined, fenced.epoch) {
+                tracing::warn!("refused a command: {}", e.message);
+                let _ = write_frame(&mut send, &WorkerReply::Error(e)).await;
+                let _ = send.finish();
+                return;
+            }
+            fenced.command
+        }
         Ok(None) => return,
         Err(e) => {
             let err = RemoteError::new(ErrorKind::BadRequest, format!("bad command: {e}"));
@@ -401,6 +543,7 @@ async fn handle_command(
             }
         }
         WorkerCommand::CloseLease { lease } => {
+            lock(&state.leases).remove(&lease);
             if let Some(exec) = state.pool.remove_lease(lease) {
                 let _ = exec
                     .request(|id| ExecRequest::CloseLease { id, lease })
@@ -442,6 +585,7 @@ async fn handle_command(
             Err(e) => WorkerReply::Error(e),
         },
         WorkerCommand::KillActor { actor, incarnation } => {
+            forget_running(&state, actor, incarnation);
             if let Some(exec) = state.pool.remove_actor_incarnation(actor, incarnation) {
                 exec.kill().await;
             }
@@ -495,6 +639,7 @@ async fn open_lease(
                 .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
         })?;
     state.pool.add_lease(lease, exec);
+    lock(&state.leases).insert(lease);
     Ok(endpoints)
 }
 
@@ -522,6 +667,7 @@ async fn create_actor(
         checkpoint,
         restore,
     } = start;
+    let granted = allocation.clone();
     let exec = state
         .pool
         .for_actor(actor, incarnation, &allocation.cuda_visible_devices())
@@ -561,10 +707,20 @@ async fn create_actor(
             return Err(e);
         }
     };
+    lock(&state.running).insert(
+        actor,
+        RunningActor {
+            actor,
+            incarnation,
+            allocation: granted,
+            endpoints: endpoint.clone(),
+        },
+    );
     // Report an actor whose process ends without being asked to.
     let watcher = state.clone();
     tokio::spawn(async move {
         let reason = exec.exited().await;
+        forget_running(&watcher, actor, incarnation);
         if watcher.pool.remove_actor_if(actor, &exec) {
             tracing::warn!(%actor, incarnation, "actor's process ended: {reason}");
             let _ = watcher.events.send(WorkerEvent::ActorExited {
@@ -575,6 +731,14 @@ async fn create_actor(
         }
     });
     Ok(endpoint)
+}
+
+/// Forgets that incarnation `incarnation` of `actor` runs here (not a newer one).
+fn forget_running(state: &WorkerState, actor: ActorId, incarnation: u32) {
+    let mut running = lock(&state.running);
+    if running.get(&actor).is_some_and(|r| r.incarnation == incarnation) {
+        running.remove(&actor);
+    }
 }
 
 /// Seals an actor for a move: its final checkpoint's sequence number, if its type can make one.
@@ -649,6 +813,15 @@ mod tests {
         assert!(!stale.exists(), "a dead worker's directory stays");
         assert!(live.exists(), "a live worker's directory was removed");
         std::fs::remove_dir_all(&live).expect("clean up");
+    }
+
+    #[test]
+    fn commands_of_an_older_head_life_are_refused() {
+        assert!(check_epoch(3, 3).is_ok(), "the life joined under");
+        assert!(check_epoch(3, 4).is_ok(), "a newer life");
+        let refused = check_epoch(3, 2).expect_err("an older life");
+        assert_eq!(refused.kind, ErrorKind::Unauthorized);
+        assert!(refused.message.contains("life 2"), "{}", refused.message);
     }
 
     #[test]

@@ -178,6 +178,11 @@ struct WorkerArgs {
     /// this worker's actors away, e.g. 30s, 2m (a spot interruption notice).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// After losing the head, how long to keep running actors and task leases and try to join
+    /// again as the same node (while the head restarts), e.g. 60s; then the worker stops them
+    /// and joins as a new node.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    rejoin_window: Duration,
 }
 
 /// Reads `500ms`, `30s`, `2m`, or a plain number of seconds.
@@ -251,6 +256,7 @@ fn worker_config(args: WorkerArgs) -> Result<WorkerConfig> {
     config.resources = args.resources;
     config.listen = args.listen;
     config.grace_ms = args.grace.as_millis() as u64;
+    config.rejoin_ms = args.rejoin_window.as_millis() as u64;
     Ok(config)
 }
 
