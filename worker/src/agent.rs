@@ -10,8 +10,8 @@ use std::time::Duration;
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, EpochCommand, ErrorKind,
-    FrameError, Hello, HelloRole, LeaseEndpoints, Rejoin, RemoteError, RunningActor,
-    WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, WorkerTerms, HELLO_LIMIT, MAX_FRAME,
+    FrameError, Hello, HelloRole, LeaseEndpoints, Rejoin, RemoteError, RunningActor, WorkerCommand,
+    WorkerEvent, WorkerHello, WorkerReply, WorkerTerms, HELLO_LIMIT, MAX_FRAME,
 };
 use ember_core::resources::{to_millis, Allocation, NodeResources, ResourceError};
 use ember_core::security::{
@@ -349,12 +349,16 @@ async fn serve_once(
     };
     let terms = match read_frame::<_, WorkerTerms>(&mut recv, HELLO_LIMIT).await {
         Ok(Some(terms)) => terms,
-        Ok(None) => return Err(connect_err("the head sent no terms after its welcome".into())),
+        Ok(None) => {
+            return Err(connect_err(
+                "the head sent no terms after its welcome".into(),
+            ))
+        }
         Err(e) => return Err(connect_err(format!("bad terms after the welcome: {e}"))),
     };
-    let last_epoch = session
-        .as_ref()
-        .map_or(0, |s| s.state.epoch.load(std::sync::atomic::Ordering::SeqCst));
+    let last_epoch = session.as_ref().map_or(0, |s| {
+        s.state.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    });
     if terms.epoch < last_epoch {
         conn.close(5u32.into(), b"a head of an older life");
         return Err(WorkerError::Refused(format!(
@@ -736,7 +740,10 @@ async fn create_actor(
 /// Forgets that incarnation `incarnation` of `actor` runs here (not a newer one).
 fn forget_running(state: &WorkerState, actor: ActorId, incarnation: u32) {
     let mut running = lock(&state.running);
-    if running.get(&actor).is_some_and(|r| r.incarnation == incarnation) {
+    if running
+        .get(&actor)
+        .is_some_and(|r| r.incarnation == incarnation)
+    {
         running.remove(&actor);
     }
 }

@@ -15,8 +15,7 @@ use std::time::Instant;
 use ember_core::ids::NodeId;
 use ember_core::proto::{
     read_frame, write_frame, ClientReply, ClientRequest, EpochCommand, RemoteError, WorkerCommand,
-    WorkerHello, WorkerTerms,
-    WorkerReply, MAX_FRAME,
+    WorkerHello, WorkerReply, WorkerTerms, MAX_FRAME,
 };
 use ember_head_state::{
     died, CommandId, ConnId, Effect, HeadState, Input, LoadedCheckpoint, RequestId,

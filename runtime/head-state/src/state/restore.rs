@@ -21,10 +21,10 @@ use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{Rejoin, WorkerCommand};
 
 use super::{Actor, Config, HeadState, Incarnate, Purpose, Work};
-use crate::placement::Lease;
 use crate::actor_life::ActorLife;
 use crate::io::Effect;
 use crate::journal::{ActorRecord, Change, Journaled};
+use crate::placement::Lease;
 
 impl HeadState {
     /// The state of a head starting on a journal: what the last life committed, in a new life
@@ -188,7 +188,11 @@ impl HeadState {
         }
         for lease in rejoin.leases {
             tracing::info!(%lease, %node, "closing a task lease of the head's last life");
-            self.command(node, WorkerCommand::CloseLease { lease }, Purpose::CloseLease(lease));
+            self.command(
+                node,
+                WorkerCommand::CloseLease { lease },
+                Purpose::CloseLease(lease),
+            );
         }
         if matched {
             // What the journal had on this node and it no longer runs is lost.

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use ember_core::proto::{ClientReply, ClientRequest, WorkerCommand, WorkerReply};
+use ember_core::ids::{LeaseId, NodeId};
+use ember_core::proto::{
+    ClientReply, ClientRequest, Rejoin, RunningActor, WorkerCommand, WorkerReply,
+};
 
 use super::{actor_endpoints, command, image, reply_to, spec, Scene};
 use crate::io::{Effect, Input, LoadedCheckpoint};
@@ -216,5 +219,173 @@ fn an_actor_being_restarted_when_the_head_stopped_starts_under_a_new_incarnation
     assert!(
         matches!(body, WorkerCommand::CreateActor { incarnation: 3, .. }),
         "a new number, uncounted: {body:?}"
+    );
+}
+
+/// An actor created on a fresh node (checkpointing); what its worker would report of it when
+/// re-joining.
+fn running_actor(s: &mut Scene) -> (ember_core::ids::ActorId, NodeId, RunningActor) {
+    let owner = s.conn();
+    let (request, effects) = s.ask(owner, ClientRequest::CreateActor(spec(true)));
+    let (node, create, body) = command(&effects);
+    let WorkerCommand::CreateActor {
+        actor,
+        incarnation,
+        allocation,
+        ..
+    } = body
+    else {
+        panic!("{body:?}");
+    };
+    let effects = s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
+    assert!(matches!(
+        reply_to(&effects, request),
+        ClientReply::ActorCreated(_)
+    ));
+    let running = RunningActor {
+        actor,
+        incarnation,
+        allocation,
+        endpoints: actor_endpoints(),
+    };
+    (actor, node, running)
+}
+
+fn rejoin(node: NodeId, actors: Vec<RunningActor>, leases: Vec<LeaseId>) -> Option<Rejoin> {
+    Some(Rejoin {
+        node,
+        epoch: 1,
+        actors,
+        leases,
+    })
+}
+
+fn commands(effects: &[Effect]) -> Vec<WorkerCommand> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Command { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_worker_that_re_joins_in_time_keeps_its_actor_running_as_it_was() {
+    let mut s = Scene::new();
+    s.join();
+    let (actor, node, running) = running_actor(&mut s);
+    s.restart();
+    assert_eq!(s.head.live_incarnations(), vec![]);
+
+    let (_, back, effects) = s.join_as(rejoin(node, vec![running], vec![]));
+    assert_eq!(back, node, "matched to the node it was");
+    assert!(
+        commands(&effects).is_empty(),
+        "nothing is started or stopped: {effects:?}"
+    );
+    assert_eq!(s.head.live_incarnations(), vec![(actor, 1, node)]);
+    assert!(s.head.expected_nodes().is_empty());
+
+    // The window passes, the worker heard from meanwhile: nothing restarts.
+    s.later(Duration::from_millis(1_500));
+    s.handle(Input::Heard { node });
+    s.later(Duration::from_millis(1_000));
+    let effects = s.handle(Input::Tick);
+    assert!(commands(&effects).is_empty(), "{effects:?}");
+    assert_eq!(s.head.live_incarnations(), vec![(actor, 1, node)]);
+    // Its checkpoints are accepted again: it is the live incarnation.
+    let (saved, ticket) = s.save(actor, 1, 4);
+    let effects = s.stored(ticket);
+    assert!(matches!(
+        reply_to(&effects, saved),
+        ClientReply::CheckpointSaved { seq: 4 }
+    ));
+}
+
+#[test]
+fn what_a_re_joining_worker_runs_that_the_journal_does_not_know_is_stopped() {
+    let mut s = Scene::new();
+    s.join();
+    let (actor, node, running) = running_actor(&mut s);
+    s.restart();
+    // A stray incarnation of an actor the journal never had, one of the known actor that the
+    // journal does not have on record, and a task lease of the last life.
+    let mut stray = running.clone();
+    stray.actor = ember_core::ids::ActorId(9_999);
+    stray.incarnation = 4;
+    stray.allocation.gpus.clear();
+    stray.allocation.cpu_millis = 0;
+    let mut old = running.clone();
+    old.incarnation = 7;
+    let lease = LeaseId(8_888);
+    let (_, back, effects) = s.join_as(rejoin(node, vec![stray.clone(), old], vec![lease]));
+    assert_eq!(back, node);
+    let sent = commands(&effects);
+    assert!(
+        sent.iter().any(|c| matches!(c, WorkerCommand::KillActor { actor: a, incarnation: 4 } if *a == stray.actor)),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().any(
+            |c| matches!(c, WorkerCommand::KillActor { actor: a, incarnation: 7 } if *a == actor)
+        ),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|c| matches!(c, WorkerCommand::CloseLease { lease: l } if *l == lease)),
+        "{sent:?}"
+    );
+    // The journal's incarnation 1 is not among what runs: it restarts from its checkpoint.
+    assert!(
+        s.batch
+            .iter()
+            .any(|e| matches!(e, Effect::LoadCheckpoint { actor: a, .. } if *a == actor)),
+        "{:?}",
+        s.batch
+    );
+}
+
+#[test]
+fn a_worker_claiming_a_node_the_journal_does_not_expect_joins_as_new_and_stops_its_work() {
+    let mut s = Scene::new();
+    s.join();
+    let (actor, node, running) = running_actor(&mut s);
+    s.restart();
+    let (_, fresh, effects) = s.join_as(rejoin(NodeId(77_777), vec![running], vec![]));
+    assert_ne!(fresh, NodeId(77_777));
+    assert_ne!(fresh, node);
+    let sent = commands(&effects);
+    assert!(
+        matches!(sent.as_slice(), [WorkerCommand::KillActor { actor: a, incarnation: 1 }] if *a == actor),
+        "{sent:?}"
+    );
+    assert_eq!(
+        s.head.expected_nodes(),
+        vec![node],
+        "the real node is still awaited"
+    );
+    assert_eq!(s.head.live_incarnations(), vec![]);
+}
+
+#[test]
+fn a_second_worker_claiming_an_already_re_joined_node_joins_as_new() {
+    let mut s = Scene::new();
+    s.join();
+    let (actor, node, running) = running_actor(&mut s);
+    s.restart();
+    let (_, back, _) = s.join_as(rejoin(node, vec![running.clone()], vec![]));
+    assert_eq!(back, node);
+    let (_, other, effects) = s.join_as(rejoin(node, vec![running], vec![]));
+    assert_ne!(other, node);
+    assert!(
+        matches!(commands(&effects).as_slice(), [WorkerCommand::KillActor { actor: a, incarnation: 1 }] if *a == actor),
+        "{effects:?}"
+    );
+    assert_eq!(
+        s.head.live_incarnations(),
+        vec![(actor, 1, node)],
+        "one live incarnation"
     );
 }

@@ -101,6 +101,16 @@ impl Scene {
 
     /// A worker with one 80 GiB H100 that can run `train` and host `Trainer` joins.
     fn join(&mut self) -> (ConnId, NodeId) {
+        let (conn, node, _) = self.join_as(None);
+        (conn, node)
+    }
+
+    /// Such a worker joins, as a node it was if `rejoin` says so; returns its connection, its
+    /// node and the effects after the welcome.
+    fn join_as(
+        &mut self,
+        rejoin: Option<ember_core::proto::Rejoin>,
+    ) -> (ConnId, NodeId, Vec<Effect>) {
         let conn = self.conn();
         let hello = WorkerHello {
             name: format!("worker-{}", conn.0),
@@ -120,14 +130,16 @@ impl Scene {
             task_types: vec!["train".into()],
             actor_types: vec!["Trainer".into()],
             address: "10.0.0.1:7100".into(),
-            rejoin: None,
+            rejoin,
         };
         let effects = self.handle(Input::WorkerJoined {
             conn,
             hello: Box::new(hello),
         });
         match effects.as_slice() {
-            [Effect::Welcome { conn: c, node }, ..] if *c == conn => (conn, *node),
+            [Effect::Welcome { conn: c, node }, rest @ ..] if *c == conn => {
+                (conn, *node, rest.to_vec())
+            }
             other => panic!("expected a welcome, got {other:?}"),
         }
     }
