@@ -10,8 +10,8 @@ use std::time::Duration;
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, EpochCommand, ErrorKind,
-    FrameError, Hello, HelloRole, LeaseEndpoints, Rejoin, RemoteError, RunningActor, WorkerCommand,
-    WorkerEvent, WorkerHello, WorkerReply, WorkerTerms, HELLO_LIMIT, MAX_FRAME,
+    FrameError, Hello, HelloRole, LeaseEndpoints, Rejoin, RemoteError, RunningActor, RunningLease,
+    WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, WorkerTerms, HELLO_LIMIT, MAX_FRAME,
 };
 use ember_core::resources::{to_millis, Allocation, NodeResources, ResourceError};
 use ember_core::security::{
@@ -153,7 +153,7 @@ struct WorkerState {
     /// The actor incarnations running here, as reported when joining again after a lost head.
     running: std::sync::Mutex<std::collections::BTreeMap<ActorId, RunningActor>>,
     /// The task leases open here.
-    leases: std::sync::Mutex<std::collections::BTreeSet<LeaseId>>,
+    leases: std::sync::Mutex<std::collections::BTreeMap<LeaseId, Allocation>>,
     token: String,
     /// Where the head is, for the checkpoints of this worker's actors.
     head: SocketAddr,
@@ -179,7 +179,13 @@ impl Session {
             node: state.node,
             epoch: state.epoch.load(std::sync::atomic::Ordering::SeqCst),
             actors: lock(&state.running).values().cloned().collect(),
-            leases: lock(&state.leases).iter().copied().collect(),
+            leases: lock(&state.leases)
+                .iter()
+                .map(|(&lease, allocation)| RunningLease {
+                    lease,
+                    allocation: allocation.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -619,6 +625,7 @@ async fn open_lease(
     lease: LeaseId,
     allocation: Allocation,
 ) -> Result<LeaseEndpoints, RemoteError> {
+    let granted = allocation.clone();
     let exec = state
         .pool
         .for_tasks(&allocation.cuda_visible_devices())
@@ -643,7 +650,7 @@ async fn open_lease(
                 .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
         })?;
     state.pool.add_lease(lease, exec);
-    lock(&state.leases).insert(lease);
+    lock(&state.leases).insert(lease, granted);
     Ok(endpoints)
 }
 

@@ -127,7 +127,16 @@ pub struct Rejoin {
     /// The actors it still hosts, one live incarnation each.
     pub actors: Vec<RunningActor>,
     /// The task leases it still holds open.
-    pub leases: Vec<LeaseId>,
+    pub leases: Vec<RunningLease>,
+}
+
+/// A task lease a re-joining worker still holds open.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RunningLease {
+    /// The lease.
+    pub lease: LeaseId,
+    /// What it holds on this worker, as the head granted it.
+    pub allocation: Allocation,
 }
 
 /// An actor incarnation a re-joining worker still hosts.

@@ -86,6 +86,10 @@ enum Work {
     Job(Job),
     /// An incarnation of an actor (its entry may be gone: stopped, its process still ending).
     Actor { actor: ActorId, incarnation: u32 },
+    /// Something a worker re-joining after a head restart still ran and the head stops (an
+    /// actor incarnation or a task lease it does not know): its capacity is held until the
+    /// worker confirms.
+    Stray,
 }
 
 #[derive(Debug)]
@@ -262,6 +266,10 @@ enum Purpose {
         actor: ActorId,
     },
     RunJob(LeaseId),
+    /// Stop something a re-joining worker still ran; then release what it `held`.
+    StopStray {
+        held: Option<LeaseId>,
+    },
 }
 
 /// A probe in flight: a command whose answer, or the worker's silence, says whether the worker

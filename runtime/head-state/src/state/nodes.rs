@@ -172,6 +172,11 @@ impl HeadState {
             } => self.probed(now, pending.node, actor, incarnation, request, reply),
             Purpose::Seal { actor } => self.sealed(now, pending.node, actor, reply),
             Purpose::RunJob(lease) => self.job_replied(now, lease, reply, last),
+            Purpose::StopStray { held } => {
+                if let Some(held) = held {
+                    self.release(now, held);
+                }
+            }
         }
     }
 
@@ -259,7 +264,7 @@ impl HeadState {
                     }
                     self.actor_lost(now, actor, incarnation, &format!("its worker {node} {why}"));
                 }
-                None => {}
+                Some(Work::Stray) | None => {}
             }
         }
         let unanswered: Vec<CommandId> = self

@@ -161,10 +161,8 @@ impl HeadState {
                 node,
                 allocation: running.allocation,
             });
-            if claimed {
-                self.work.insert(lease, Work::Actor { actor, incarnation });
-            }
             if expected_here && claimed {
+                self.work.insert(lease, Work::Actor { actor, incarnation });
                 self.restoring.remove(&actor);
                 let endpoints = running.endpoints;
                 if let Some(a) = self.actors.get_mut(&actor) {
@@ -179,20 +177,19 @@ impl HeadState {
                     "a re-joining worker runs an actor incarnation the journal does not have: stopping it"
                 );
                 let kill = WorkerCommand::KillActor { actor, incarnation };
-                let purpose = Purpose::KillActor {
-                    lease: claimed.then_some(lease),
-                    request: None,
-                };
-                self.command(node, kill, purpose);
+                self.stop_stray(node, lease, claimed, kill);
             }
         }
-        for lease in rejoin.leases {
+        for running in rejoin.leases {
+            let lease = running.lease;
             tracing::info!(%lease, %node, "closing a task lease of the head's last life");
-            self.command(
+            let held = LeaseId(self.next_id());
+            let claimed = self.sched.adopt(Lease {
+                id: held,
                 node,
-                WorkerCommand::CloseLease { lease },
-                Purpose::CloseLease(lease),
-            );
+                allocation: running.allocation,
+            });
+            self.stop_stray(node, held, claimed, WorkerCommand::CloseLease { lease });
         }
         if matched {
             // What the journal had on this node and it no longer runs is lost.
@@ -212,6 +209,16 @@ impl HeadState {
             }
         }
         self.rejoin_settled();
+    }
+
+    /// Stops something a re-joining worker still runs with `command`, holding its capacity
+    /// under `held` (when it could be `claimed`) until the worker confirms.
+    fn stop_stray(&mut self, node: NodeId, held: LeaseId, claimed: bool, command: WorkerCommand) {
+        if claimed {
+            self.work.insert(held, Work::Stray);
+        }
+        let held = claimed.then_some(held);
+        self.command(node, command, Purpose::StopStray { held });
     }
 
     /// Clears the re-join deadline once nothing waits for it.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ember_core::ids::{LeaseId, NodeId};
 use ember_core::proto::{
-    ClientReply, ClientRequest, Rejoin, RunningActor, WorkerCommand, WorkerReply,
+    ClientReply, ClientRequest, Rejoin, RunningActor, RunningLease, WorkerCommand, WorkerReply,
 };
 
 use super::{actor_endpoints, command, image, reply_to, spec, Scene};
@@ -251,7 +251,7 @@ fn running_actor(s: &mut Scene) -> (ember_core::ids::ActorId, NodeId, RunningAct
     (actor, node, running)
 }
 
-fn rejoin(node: NodeId, actors: Vec<RunningActor>, leases: Vec<LeaseId>) -> Option<Rejoin> {
+fn rejoin(node: NodeId, actors: Vec<RunningActor>, leases: Vec<RunningLease>) -> Option<Rejoin> {
     Some(Rejoin {
         node,
         epoch: 1,
@@ -319,7 +319,13 @@ fn what_a_re_joining_worker_runs_that_the_journal_does_not_know_is_stopped() {
     let mut old = running.clone();
     old.incarnation = 7;
     let lease = LeaseId(8_888);
-    let (_, back, effects) = s.join_as(rejoin(node, vec![stray.clone(), old], vec![lease]));
+    let mut held = stray.allocation.clone();
+    held.cpu_millis = 500;
+    let open = RunningLease {
+        lease,
+        allocation: held,
+    };
+    let (_, back, effects) = s.join_as(rejoin(node, vec![stray.clone(), old], vec![open]));
     assert_eq!(back, node);
     let sent = commands(&effects);
     assert!(
