@@ -591,7 +591,12 @@ async fn handle_command(
                 .is_some_and(|(i, exec)| i == incarnation && exec.is_alive()),
         },
         WorkerCommand::SealActor { actor } => match seal_actor(&state, actor).await {
-            Ok(seq) => WorkerReply::Sealed { seq },
+            Ok(seq) => {
+                if let Some(running) = lock(&state.running).get_mut(&actor) {
+                    running.sealed = true;
+                }
+                WorkerReply::Sealed { seq }
+            }
             Err(e) => WorkerReply::Error(e),
         },
         WorkerCommand::KillActor { actor, incarnation } => {
@@ -725,6 +730,7 @@ async fn create_actor(
             incarnation,
             allocation: granted,
             endpoints: endpoint.clone(),
+            sealed: false,
         },
     );
     // Report an actor whose process ends without being asked to.

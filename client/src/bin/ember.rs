@@ -48,6 +48,11 @@ enum Command {
         /// the state directory (credentials and endpoint from the AWS_* variables).
         #[arg(long)]
         checkpoint_store: Option<String>,
+        /// After a restart, how long to wait for the workers of the last life to re-join
+        /// before their actors restart elsewhere, e.g. 60s; at least the workers'
+        /// --rejoin-window.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        rejoin_window: Duration,
     },
     /// Join a cluster as a worker.
     Worker(WorkerArgs),
@@ -268,12 +273,14 @@ async fn run(command: Command) -> Result<i32> {
             heartbeat_timeout,
             keep_checkpoints,
             checkpoint_store,
+            rejoin_window,
         } => {
             let mut config = HeadConfig::new(state_dir.unwrap_or_else(default_state_dir));
             config.listen = listen;
             config.heartbeat_timeout = heartbeat_timeout;
             config.keep_checkpoints = keep_checkpoints;
             config.checkpoint_store = checkpoint_store;
+            config.rejoin_window = rejoin_window;
             let state_dir = config.state_dir.clone();
             let head = ember_head::start(config).await?;
             println!("Ember head listening on {}", head.addr);

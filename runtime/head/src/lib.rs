@@ -42,11 +42,14 @@ pub struct HeadConfig {
     /// Where checkpoints go: `None` for `<state_dir>/checkpoints`, or an S3-compatible store
     /// as `s3://bucket/prefix` (configured from the `AWS_*` variables).
     pub checkpoint_store: Option<String>,
+    /// After a restart, how long the workers of the last head life are waited for before their
+    /// actors restart elsewhere; at least the workers' `--rejoin-window`.
+    pub rejoin_window: Duration,
 }
 
 impl HeadConfig {
     /// The defaults: `127.0.0.1:7700`, the default state directory, 2 s heartbeat timeout,
-    /// three checkpoints kept per actor.
+    /// three checkpoints kept per actor, 60 s for workers to re-join after a restart.
     pub fn new(state_dir: PathBuf) -> Self {
         HeadConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
@@ -54,6 +57,7 @@ impl HeadConfig {
             heartbeat_timeout: Duration::from_secs(2),
             keep_checkpoints: 3,
             checkpoint_store: None,
+            rejoin_window: Duration::from_secs(60),
         }
     }
 }
@@ -108,6 +112,7 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
     let (state, effects) = HeadState::restore(
         ember_head_state::Config {
             heartbeat_timeout: config.heartbeat_timeout,
+            rejoin_window: config.rejoin_window,
             ..Default::default()
         },
         Instant::now(),

@@ -70,6 +70,7 @@ impl Sim {
             }
             worker.connected = false;
             worker.forgotten = true;
+            worker.head_crashed = true;
             if worker.up {
                 let at =
                     self.now + self.between(Duration::from_micros(100), Duration::from_millis(80));
@@ -89,6 +90,7 @@ impl Sim {
         let config = Config {
             heartbeat_timeout: self.scenario.heartbeat_timeout,
             form_wait: self.head.config().form_wait,
+            rejoin_window: self.scenario.rejoin_window(),
         };
         let (head, effects) = HeadState::restore(config, self.base + self.now, journaled);
         self.head = head;

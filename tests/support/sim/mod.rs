@@ -75,6 +75,12 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// How long a restarted head waits for the workers of its last life (and how long those
+    /// keep their executors): twice the heartbeat window, short to keep runs short.
+    pub fn rejoin_window(&self) -> Duration {
+        self.heartbeat_timeout * 2
+    }
+
     /// A small cluster (12 workers, 4 clients) with many faults, checked whole at every step.
     pub fn small() -> Self {
         Scenario {
@@ -217,6 +223,12 @@ pub struct Counts {
     pub timeouts: u64,
     /// Head crashes, each followed by a head rebuilt from its journal.
     pub head_crashes: u64,
+    /// Workers that lost the head, kept their executors and asked to re-join as their node.
+    pub rejoins: u64,
+    /// Of those, the ones given their node back (the others joined as new nodes).
+    pub rejoined: u64,
+    /// Actor incarnations adopted as they ran by a restarted head.
+    pub adopted: u64,
 }
 
 /// Runs `scenario` from `seed` and checks it; `Err` is the failure's report (with the seed,
@@ -401,6 +413,7 @@ impl Sim {
         let config = Config {
             heartbeat_timeout: scenario.heartbeat_timeout,
             form_wait: Duration::from_secs(5),
+            rejoin_window: scenario.rejoin_window(),
         };
         let base = Instant::now();
         let (head, first) = HeadState::restore(config, base, Journaled::default());
@@ -600,14 +613,24 @@ impl Sim {
             Ev::Input(input) => self.deliver(input),
             Ev::Join(w) => self.join(w),
             Ev::Heartbeat(w) => self.heartbeat(w),
-            Ev::Exec { w, command, body } => self.exec(w, command, body),
-            Ev::Answer { command, reply } => self.answer(command, reply),
+            Ev::Exec {
+                w,
+                conn,
+                command,
+                body,
+            } => self.exec(w, conn, command, body),
+            Ev::Answer {
+                command,
+                reply,
+                from,
+            } => self.answer(command, reply, from),
             Ev::Event { w, event } => self.worker_event(w, event),
             Ev::ShellClose(w) => {
                 self.close_worker(w);
                 Ok(())
             }
             Ev::LostHead(w) => self.lost_head(w),
+            Ev::Rejoin(w) => self.rejoin(w),
             Ev::Send {
                 conn,
                 request,

@@ -150,6 +150,9 @@ pub struct RunningActor {
     pub allocation: Allocation,
     /// Where it takes calls.
     pub endpoints: super::ActorEndpoints,
+    /// It was sealed for a move (its final checkpoint taken; it answers `Moved`): it is never
+    /// adopted, only stopped.
+    pub sealed: bool,
 }
 
 /// What the head tells an accepted worker right after the [`Welcome`], on the same stream:

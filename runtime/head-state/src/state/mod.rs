@@ -46,6 +46,11 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// How long forming a group waits for members that are restarting.
     pub form_wait: Duration,
+    /// After a restart, how long the nodes of the last head life are waited for before they
+    /// are given up and their actors restarted elsewhere. It must be at least the workers'
+    /// own window (`WorkerConfig::rejoin_ms`): a worker that has not re-joined by then has
+    /// stopped its executors, so no actor is restarted while its old incarnation still runs.
+    pub rejoin_window: Duration,
 }
 
 impl Config {
@@ -57,11 +62,13 @@ impl Config {
 }
 
 impl Default for Config {
-    /// A 2 s heartbeat window; 30 s for group members to come back.
+    /// A 2 s heartbeat window; 30 s for group members to come back; 60 s for the workers of
+    /// the last head life to re-join.
     fn default() -> Self {
         Config {
             heartbeat_timeout: Duration::from_secs(2),
             form_wait: Duration::from_secs(30),
+            rejoin_window: Duration::from_secs(60),
         }
     }
 }

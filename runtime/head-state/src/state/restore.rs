@@ -30,9 +30,9 @@ impl HeadState {
     /// The state of a head starting on a journal: what the last life committed, in a new life
     /// (its epoch one more than the last). The effects journal the new epoch; the shell commits
     /// them before it serves. Nodes of the last life are expected until one heartbeat window
-    /// from `now`; ids continue where the last life's reservation ended.
+    /// from `now` (`Config::rejoin_window`); ids continue where the last life's reservation ended.
     pub fn restore(config: Config, now: Instant, journaled: Journaled) -> (HeadState, Vec<Effect>) {
-        let window = config.heartbeat_timeout;
+        let window = config.rejoin_window;
         let mut state = HeadState::new(config);
         state.epoch = journaled.epoch + 1;
         state.next_id = journaled.ids_reserved.max(1);
@@ -144,17 +144,23 @@ impl HeadState {
     /// journal. `matched`: it was expected and got its old node id back; otherwise it joined
     /// as a new node and everything it runs is stopped.
     pub(super) fn reconcile(&mut self, now: Instant, node: NodeId, matched: bool, rejoin: Rejoin) {
-        for running in rejoin.actors {
-            let (actor, incarnation) = (running.actor, running.incarnation);
-            let expected_here = matched
-                && self
-                    .restoring
-                    .get(&actor)
+        let expected = |s: &HeadState, running: &ember_core::proto::RunningActor| {
+            matched
+                && !running.sealed
+                && s.restoring
+                    .get(&running.actor)
                     .is_some_and(|was_on| was_on.is_none_or(|n| n == node))
-                && self
-                    .actors
-                    .get(&actor)
-                    .is_some_and(|a| a.life.incarnation() == incarnation);
+                && s.actors
+                    .get(&running.actor)
+                    .is_some_and(|a| a.life.incarnation() == running.incarnation)
+        };
+        // What is adopted claims its capacity first: a stray may overlap it (one the last
+        // life was stopping when it ended).
+        let mut actors = rejoin.actors;
+        actors.sort_by_key(|running| !expected(self, running));
+        for running in actors {
+            let (actor, incarnation) = (running.actor, running.incarnation);
+            let expected_here = expected(self, &running);
             let lease = LeaseId(self.next_id());
             let claimed = self.sched.adopt(Lease {
                 id: lease,

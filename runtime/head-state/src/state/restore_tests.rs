@@ -247,6 +247,7 @@ fn running_actor(s: &mut Scene) -> (ember_core::ids::ActorId, NodeId, RunningAct
         incarnation,
         allocation,
         endpoints: actor_endpoints(),
+        sealed: false,
     };
     (actor, node, running)
 }

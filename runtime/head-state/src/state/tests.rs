@@ -30,10 +30,14 @@ struct Scene {
 }
 
 impl Scene {
-    /// An empty cluster with a 2 s heartbeat window (a 500 ms probe window).
+    /// An empty cluster with a 2 s heartbeat window (a 500 ms probe window) and a 2 s window
+    /// for re-joins after a restart.
     fn new() -> Self {
-        let (head, effects) =
-            HeadState::restore(Config::default(), Instant::now(), Journaled::default());
+        let config = Config {
+            rejoin_window: Duration::from_secs(2),
+            ..Config::default()
+        };
+        let (head, effects) = HeadState::restore(config, Instant::now(), Journaled::default());
         let mut scene = Scene {
             head,
             now: Instant::now(),
