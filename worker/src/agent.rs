@@ -205,6 +205,18 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// The longest wait between attempts to reach a lost head.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// The codes with which a live head closes a worker's connection when it gives the node up
+/// (declared dead: 4; malformed events: 3). Any other end (a reset, a timeout, the head's
+/// endpoint going away) may be a head restarting.
+const LET_GO_CODES: [u32; 2] = [3, 4];
+
+/// Whether the head closed the connection because it gave this node up, rather than being
+/// lost (which may be a restart, worth waiting for with the executors kept).
+fn head_let_go(reason: &quinn::ConnectionError) -> bool {
+    matches!(reason, quinn::ConnectionError::ApplicationClosed(close)
+        if LET_GO_CODES.iter().any(|&code| close.error_code == quinn::VarInt::from_u32(code)))
+}
+
 /// Refuses a command sent by a head of an older life (`sent`) than the one this worker
 /// joined under (`joined`): a head that lost its state directory's lock or a stale stream.
 fn check_epoch(joined: u64, sent: u64) -> Result<(), RemoteError> {
@@ -482,8 +494,17 @@ async fn serve_once(
             Ok(())
         }
         reason = conn.closed() => {
-            tracing::warn!(%node, "lost the head: {reason}");
             events_task.abort();
+            if head_let_go(&reason) {
+                // The head lives and gave this node up (it restarts its actors elsewhere):
+                // nothing of it may keep running.
+                tracing::warn!(%node, "the head let this worker go: {reason}");
+                if let Some(session) = session.take() {
+                    session.stop().await;
+                }
+            } else {
+                tracing::warn!(%node, "lost the head: {reason}");
+            }
             Err(WorkerError::HeadLost(reason.to_string()))
         }
     };
@@ -833,6 +854,21 @@ mod tests {
         assert!(!stale.exists(), "a dead worker's directory stays");
         assert!(live.exists(), "a live worker's directory was removed");
         std::fs::remove_dir_all(&live).expect("clean up");
+    }
+
+    #[test]
+    fn only_a_head_that_gave_the_node_up_makes_it_stop_at_once() {
+        let closed = |code: u32| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: bytes::Bytes::from_static(b"why"),
+            })
+        };
+        assert!(head_let_go(&closed(4)), "declared dead");
+        assert!(head_let_go(&closed(3)), "malformed events");
+        assert!(!head_let_go(&closed(0)), "the head stopping (a restart)");
+        assert!(!head_let_go(&quinn::ConnectionError::TimedOut));
+        assert!(!head_let_go(&quinn::ConnectionError::Reset));
     }
 
     #[test]
