@@ -642,6 +642,19 @@ impl HeadState {
             return;
         };
         let current = a.life.incarnation();
+        if self.restoring.contains_key(&actor) && current == save.incarnation {
+            // Its worker has not re-joined this head life yet: the incarnation may well be
+            // adopted, so it is not told it was replaced (which would seal it for good).
+            let e = RemoteError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "checkpoint of {actor} not recorded yet: the head restarted and incarnation \
+                     {current} is not taken back yet (its worker has not re-joined)"
+                ),
+            );
+            self.fail(request, e);
+            return;
+        }
         if a.life.live().is_none() || current != save.incarnation {
             let e = RemoteError::new(
                 ErrorKind::Moved,

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use ember_core::ids::{LeaseId, NodeId};
 use ember_core::proto::{
-    ClientReply, ClientRequest, Rejoin, RunningActor, RunningLease, WorkerCommand, WorkerReply,
+    ClientReply, ClientRequest, ErrorKind, Rejoin, RunningActor, RunningLease, WorkerCommand,
+    WorkerReply,
 };
 
 use super::{actor_endpoints, command, image, reply_to, spec, Scene};
@@ -301,6 +302,34 @@ fn a_worker_that_re_joins_in_time_keeps_its_actor_running_as_it_was() {
     assert!(matches!(
         reply_to(&effects, saved),
         ClientReply::CheckpointSaved { seq: 4 }
+    ));
+}
+
+#[test]
+fn a_checkpoint_before_its_worker_re_joins_is_not_taken_for_a_replaced_incarnation() {
+    let mut s = Scene::new();
+    s.join();
+    let (actor, node, running) = running_actor(&mut s);
+    s.restart();
+    let exec = s.conn();
+    let save = ember_core::proto::CheckpointSave {
+        actor,
+        incarnation: 1,
+        seq: 5,
+        image: image(5),
+    };
+    let (request, effects) = s.ask(exec, ClientRequest::SaveCheckpoint(save));
+    match reply_to(&effects, request) {
+        ClientReply::Error(e) => assert_eq!(e.kind, ErrorKind::Timeout, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Once adopted, its checkpoints are recorded.
+    s.join_as(rejoin(node, vec![running], vec![]));
+    let (saved, ticket) = s.save(actor, 1, 5);
+    let effects = s.stored(ticket);
+    assert!(matches!(
+        reply_to(&effects, saved),
+        ClientReply::CheckpointSaved { seq: 5 }
     ));
 }
 
