@@ -84,6 +84,7 @@ impl Sim {
             self.clients[c].conn = self.new_conn(Peer::Client(c));
             self.clients[c].leases.clear();
             let owned: Vec<ActorId> = self.clients[c].actors.keys().copied().collect();
+            self.unowned.extend(owned.iter().copied());
             self.orphans.extend(owned);
         }
 

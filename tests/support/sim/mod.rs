@@ -363,6 +363,9 @@ struct Sim {
     /// Actors whose owner connected to an earlier head life: the simulation stops them as
     /// the run winds down.
     orphans: BTreeSet<ActorId>,
+    /// Every actor whose owner connected to an earlier head life: the head stops those no
+    /// client of its new life claims (by locating them) when its re-join window ends.
+    unowned: BTreeSet<ActorId>,
     base: Instant,
     now: Duration,
     rng: StdRng,
@@ -425,6 +428,7 @@ impl Sim {
             head,
             journal,
             orphans: BTreeSet::new(),
+            unowned: BTreeSet::new(),
             base,
             now: Duration::ZERO,
             rng: StdRng::seed_from_u64(seed),

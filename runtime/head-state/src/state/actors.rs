@@ -497,6 +497,12 @@ impl HeadState {
             self.fail(request, no_actor(actor));
             return;
         };
+        if a.owner.epoch < self.epoch {
+            self.claim(request, actor);
+        }
+        let Some(a) = self.actors.get(&actor) else {
+            return;
+        };
         let deadline = now + timeout;
         let alive_at_known = a.life.live().is_some() && a.life.incarnation() == known;
         if suspect && alive_at_known {

@@ -311,6 +311,9 @@ enum Timer {
     Probe(CommandId),
     /// A drain's grace ends.
     Drain(NodeId),
+    /// The actors of an earlier head life that no client connection of this one claimed are
+    /// stopped.
+    Unclaimed,
 }
 
 /// A node being drained.
@@ -837,6 +840,7 @@ impl HeadState {
                 }
                 Timer::Probe(command) => self.probe_window_ended(now, command),
                 Timer::Drain(node) => self.finish_drain(now, node),
+                Timer::Unclaimed => self.stop_unclaimed(now),
             }
         }
     }

@@ -66,6 +66,9 @@ impl HeadState {
         if !state.expected.is_empty() || !state.restoring.is_empty() {
             state.rejoin_deadline = Some(now + window);
         }
+        if !state.actors.is_empty() {
+            state.arm(now + window, super::Timer::Unclaimed);
+        }
         tracing::info!(
             epoch = state.epoch,
             nodes = state.expected.len(),
@@ -112,6 +115,39 @@ impl HeadState {
                 self.start_actor(now, actor);
                 self.notify(now, actor);
             }
+        }
+    }
+
+    /// A client connection of this life asked where an actor of an earlier life is: it owns
+    /// the actor from now on (the actor dies with it, as with the connection that created it).
+    pub(super) fn claim(&mut self, request: super::RequestId, actor: ActorId) {
+        let Some(conn) = self.requests.get(&request).map(|o| o.conn) else {
+            return;
+        };
+        let owner = crate::journal::Owner {
+            epoch: self.epoch,
+            conn: conn.0,
+        };
+        if let Some(a) = self.actors.get_mut(&actor) {
+            tracing::info!(%actor, ?conn, "a client of this head life claims an actor of an earlier one");
+            a.owner = owner;
+            self.journal_actor(actor);
+        }
+    }
+
+    /// The rejoin window after a restart ended: the actors of an earlier life that no client
+    /// connection of this one claimed (by locating them) are stopped, as their owners'
+    /// connections would have stopped them when they closed.
+    pub(super) fn stop_unclaimed(&mut self, now: Instant) {
+        let unclaimed: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| a.owner.epoch < self.epoch)
+            .map(|(&actor, _)| actor)
+            .collect();
+        for actor in unclaimed {
+            tracing::warn!(%actor, "no client of this head life claimed the actor: stopping it");
+            self.kill_actor(now, actor, None);
         }
     }
 

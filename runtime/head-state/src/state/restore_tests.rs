@@ -12,6 +12,19 @@ use super::{actor_endpoints, command, image, reply_to, spec, Scene};
 use crate::io::{Effect, Input, LoadedCheckpoint};
 use crate::journal::Change;
 
+/// A client of the new head life claims an actor of the last one by asking where it is (its
+/// request may wait for the actor to come back).
+fn claim(s: &mut Scene, actor: ember_core::ids::ActorId) {
+    let client = s.conn();
+    let locate = ClientRequest::LocateActor {
+        actor,
+        known: 0,
+        suspect: false,
+        timeout_ms: 60_000,
+    };
+    s.ask(client, locate);
+}
+
 /// The position of the first effect of the last batch that `is`, which must be there.
 fn position(s: &Scene, what: &str, is: impl Fn(&Effect) -> bool) -> usize {
     s.batch
@@ -87,6 +100,7 @@ fn a_restarted_head_has_every_acknowledged_node_actor_and_checkpoint() {
     assert_eq!(s.head.expected_nodes(), vec![node]);
     assert!(s.head.knows_actor(actor));
     assert_eq!(s.head.recorded_checkpoint(actor), Some(3));
+    claim(&mut s, actor);
 
     // A worker joins anew: ids continue past everything the last life gave out.
     let (_, fresh) = s.join();
@@ -199,6 +213,7 @@ fn an_actor_being_restarted_when_the_head_stopped_starts_under_a_new_incarnation
     );
     s.restart();
     assert!(s.head.knows_actor(actor));
+    claim(&mut s, actor);
     let (_, fresh) = s.join();
     s.later(Duration::from_secs(1));
     s.handle(Input::Heard { node: fresh });
@@ -282,6 +297,7 @@ fn a_worker_that_re_joins_in_time_keeps_its_actor_running_as_it_was() {
 
     let (_, back, effects) = s.join_as(rejoin(node, vec![running], vec![]));
     assert_eq!(back, node, "matched to the node it was");
+    claim(&mut s, actor);
     assert!(
         commands(&effects).is_empty(),
         "nothing is started or stopped: {effects:?}"
@@ -424,4 +440,48 @@ fn a_second_worker_claiming_an_already_re_joined_node_joins_as_new() {
         vec![(actor, 1, node)],
         "one live incarnation"
     );
+}
+
+#[test]
+fn actors_of_an_earlier_life_belong_to_the_client_that_claims_them_and_the_rest_stop() {
+    let mut s = Scene::new();
+    s.join();
+    let (claimed, node, first) = running_actor(&mut s);
+    let (unclaimed, _, second) = running_actor(&mut s);
+    s.restart();
+    s.join_as(rejoin(node, vec![first, second], vec![]));
+    // A client of the new life finds one of them: it owns it from now on.
+    let client = s.conn();
+    let locate = ClientRequest::LocateActor {
+        actor: claimed,
+        known: 0,
+        suspect: false,
+        timeout_ms: 1_000,
+    };
+    let (request, effects) = s.ask(client, locate);
+    assert!(
+        matches!(reply_to(&effects, request), ClientReply::ActorLocated(l) if l.incarnation == 1),
+        "{effects:?}"
+    );
+    // The window ends (the worker heard from meanwhile): the unclaimed one is stopped.
+    s.later(Duration::from_millis(1_500));
+    s.handle(Input::Heard { node });
+    s.later(Duration::from_millis(1_000));
+    let effects = s.handle(Input::Tick);
+    let stopped: Vec<WorkerCommand> = commands(&effects);
+    assert!(
+        matches!(stopped.as_slice(), [WorkerCommand::KillActor { actor, incarnation: 1 }] if *actor == unclaimed),
+        "{effects:?}"
+    );
+    assert!(s.head.knows_actor(claimed));
+    assert!(!s.head.knows_actor(unclaimed));
+    // The claimed one dies with its new owner's connection.
+    let effects = s.handle(Input::Closed { conn: client });
+    assert!(
+        commands(&effects)
+            .iter()
+            .any(|c| matches!(c, WorkerCommand::KillActor { actor, .. } if *actor == claimed)),
+        "{effects:?}"
+    );
+    assert!(!s.head.knows_actor(claimed));
 }
