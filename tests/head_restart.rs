@@ -2,7 +2,8 @@
 //! actors that checkpoint after every call is SIGKILLed and started again on the same state
 //! directory and address. The workers keep their actors running through the gap and re-join as
 //! the nodes they were; the new head adopts the actors as they run, so they keep their state,
-//! their process and their incarnation, and record checkpoints again.
+//! their process and their incarnation, and record checkpoints again. A client of the new head
+//! life takes them over by id (`Cluster::actor`).
 
 use std::collections::BTreeMap;
 
@@ -84,9 +85,15 @@ async fn workers_and_their_actors_live_through_a_head_restart() {
     )
     .await;
 
-    // Every actor answers with its state, from the same process, in the same incarnation, and
-    // records checkpoints at the new head again (Ledger checkpoints after every call).
-    for (i, (ledger, (total, pid))) in ledgers.iter().zip(&expected).enumerate() {
+    // The new client takes the actors over by id (they would be stopped at the end of the
+    // re-join window otherwise). Every actor answers with its state, from the same process,
+    // in the same incarnation, and records checkpoints at the new head again (a Ledger
+    // checkpoints after every call). The old handles reach the same processes directly.
+    for (i, (old, (total, pid))) in ledgers.iter().zip(&expected).enumerate() {
+        let ledger: LedgerHandle = within("take over", fresh.actor(old.actor().id()))
+            .await
+            .expect("a handle to the actor");
+        assert_eq!(ledger.actor().incarnation(), 1);
         let after = within("add after the restart", ledger.add(100))
             .await
             .unwrap_or_else(|e| panic!("ledger {i} after the restart: {e}\n{}", tc.logs()));
@@ -96,7 +103,10 @@ async fn workers_and_their_actors_live_through_a_head_restart() {
             *pid,
             "ledger {i} kept its process"
         );
-        assert_eq!(ledger.actor().incarnation(), 1);
+        let (again, _) = within("an old handle", old.totals())
+            .await
+            .expect("the old handle reaches the same process");
+        assert_eq!(again, total + 100);
     }
     let after = status(&fresh).await;
     for (id, (state, incarnation, restarts)) in actor_lives(&after) {
