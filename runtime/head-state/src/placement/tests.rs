@@ -505,7 +505,7 @@ fn adopting_claims_exactly_a_free_allocation_and_nothing_twice() {
     assert!(!s.adopt(elsewhere));
     let mut twice = adopted;
     twice.id = LeaseId(5);
-    let g = twice.allocation.gpus[0].clone();
+    let g = twice.allocation.gpus[0];
     twice.allocation.gpus.push(g);
     assert!(!s.adopt(twice), "one GPU named twice");
     s.check_invariants().unwrap();
