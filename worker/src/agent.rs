@@ -247,11 +247,23 @@ pub async fn run(
     let mut backoff = BACKOFF_FIRST;
     loop {
         let joined = std::cell::Cell::new(false);
-        let outcome = serve_once(&config, shutdown.as_mut(), &joined, &mut session).await;
+        let give_up_at = lost_at.filter(|_| session.is_some()).map(|t| t + window);
+        let outcome = serve_once(
+            &config,
+            shutdown.as_mut(),
+            &joined,
+            &mut session,
+            give_up_at,
+        )
+        .await;
         match outcome {
             Ok(()) => return Ok(()),
             Err(e) if joined.get() => {
-                tracing::warn!("{e}: joining again as the same node, its executors kept running");
+                if session.is_some() {
+                    tracing::warn!("{e}: joining again as the same node, its executors kept");
+                } else {
+                    tracing::warn!("{e}: joining again as a new node");
+                }
                 lost_at = Some(tokio::time::Instant::now());
                 backoff = BACKOFF_FIRST;
             }
@@ -299,6 +311,7 @@ async fn serve_once(
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     joined: &std::cell::Cell<bool>,
     session: &mut Option<Session>,
+    give_up_at: Option<tokio::time::Instant>,
 ) -> Result<(), WorkerError> {
     let logical = gpu::parse_logical(
         config.gpus,
@@ -332,11 +345,22 @@ async fn serve_once(
         addr: config.head,
         reason,
     };
-    let conn = endpoint
+    let connecting = endpoint
         .connect(config.head, SERVER_NAME)
-        .map_err(|e| connect_err(e.to_string()))?
-        .await
         .map_err(|e| connect_err(e.to_string()))?;
+    // Kept executors may run only until the re-join window ends: an attempt does not outlast it.
+    let conn = match give_up_at {
+        Some(at) => match tokio::time::timeout_at(at, connecting).await {
+            Ok(connected) => connected,
+            Err(_) => {
+                return Err(connect_err(
+                    "the re-join window ended while connecting".into(),
+                ))
+            }
+        },
+        None => connecting.await,
+    }
+    .map_err(|e| connect_err(e.to_string()))?;
 
     let name = config.name.clone().unwrap_or_else(default_name);
     let hello = Hello::new(
