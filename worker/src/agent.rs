@@ -217,15 +217,13 @@ fn head_let_go(reason: &quinn::ConnectionError) -> bool {
         if LET_GO_CODES.iter().any(|&code| close.error_code == quinn::VarInt::from_u32(code)))
 }
 
-/// Refuses a command sent by a head of an older life (`sent`) than the one this worker
-/// joined under (`joined`): a head that lost its state directory's lock or a stale stream.
+/// Refuses a command, or a head's terms, from a head of an older life (`sent`) than the one
+/// this worker joined under (`joined`): a stale head, or a stream of an earlier life.
 fn check_epoch(joined: u64, sent: u64) -> Result<(), RemoteError> {
     if sent < joined {
         return Err(RemoteError::new(
             ErrorKind::Unauthorized,
-            format!(
-                "a command from head life {sent}, older than life {joined} this worker joined under"
-            ),
+            format!("head life {sent} is older than life {joined} this worker joined under"),
         ));
     }
     Ok(())
@@ -401,12 +399,11 @@ async fn serve_once(
     let last_epoch = session.as_ref().map_or(0, |s| {
         s.state.epoch.load(std::sync::atomic::Ordering::SeqCst)
     });
-    if terms.epoch < last_epoch {
+    // A head of an older life than one this node joined (a stale head still running) is
+    // refused like its commands.
+    if let Err(stale) = check_epoch(last_epoch, terms.epoch) {
         conn.close(5u32.into(), b"a head of an older life");
-        return Err(WorkerError::Refused(format!(
-            "the head is of life {}, older than life {last_epoch} this worker joined",
-            terms.epoch
-        )));
+        return Err(WorkerError::Refused(stale.message));
     }
     let _ = send.finish();
     joined.set(true);
