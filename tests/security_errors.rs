@@ -75,6 +75,7 @@ fn hellos(token: &str, version: u32) -> Vec<Hello> {
         task_types: Vec::new(),
         actor_types: Vec::new(),
         address: "127.0.0.1:9".into(),
+        rejoin: None,
     }));
     let peer = HelloRole::Peer(PeerHello {
         group: "g".into(),

@@ -207,6 +207,18 @@ impl Cluster {
         Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
     }
 
+    /// A typed handle to an actor that already exists, by its id: the head says where it takes
+    /// calls (waiting up to [`crate::RESTART_WAIT`] while it restarts). After the head restarted,
+    /// this is how a client of its new life takes over an actor created before the restart:
+    /// this connection becomes its owner, so it stops when this client disconnects. Actors of
+    /// an earlier head life that no client takes over within the head's re-join window are
+    /// stopped.
+    pub async fn actor<H: RemoteActor>(&self, id: ActorId) -> Result<H, Error> {
+        let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
+        let caller = self.caller(&location).await?;
+        Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
+    }
+
     /// Runs a command as a batch job on a worker chosen by placement.
     pub async fn submit_job(
         &self,

@@ -192,6 +192,8 @@ pub struct TestCluster {
     dir: tempfile::TempDir,
     head: Proc,
     workers: Vec<Proc>,
+    /// How many times the head was started.
+    head_starts: u32,
     /// The cluster file the head wrote.
     pub file: ClusterFile,
 }
@@ -261,7 +263,66 @@ impl TestCluster {
             dir,
             head,
             workers: Vec::new(),
+            head_starts: 1,
             file,
+        }
+    }
+
+    /// SIGKILLs the head.
+    pub fn kill_head(&mut self) {
+        let _ = self.head.child.kill();
+        let _ = self.head.child.wait();
+    }
+
+    /// Starts `ember head` again, after [`TestCluster::kill_head`], on the same state directory
+    /// and address with extra `args`, and waits until it says it listens (it prints that once
+    /// it has restored its journal and serves).
+    pub async fn restart_head(&mut self, args: &[&str]) {
+        self.head_starts += 1;
+        let n = self.head_starts;
+        let log = self.dir.path().join(format!("head-{n}.log"));
+        let out = self.dir.path().join(format!("head-{n}.out"));
+        let child = Command::new(ember_exe())
+            .args([
+                "head",
+                "--listen",
+                &self.file.address.to_string(),
+                "--state-dir",
+            ])
+            .arg(self.state_dir())
+            .args(args)
+            .env("RUST_LOG", "warn,ember_head_state=info")
+            .env_remove("EMBER_ROLE")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("output file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("cannot start `ember head` again");
+        self.head = Proc {
+            name: format!("head (start {n})"),
+            child,
+            log,
+        };
+        // Process start-up: poll its output for the line it prints once serving.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let printed = std::fs::read_to_string(&out).unwrap_or_default();
+            if printed.contains("listening on") {
+                break;
+            }
+            if let Ok(Some(status)) = self.head.child.try_wait() {
+                panic!(
+                    "`ember head` exited with {status} on restart:\n{}",
+                    self.head_log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "`ember head` did not listen again within 20 s:\n{}",
+                    self.head_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{
-    decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, ErrorKind, FrameError,
-    Hello, HelloRole, LeaseEndpoints, RemoteError, WorkerCommand, WorkerEvent, WorkerHello,
-    WorkerReply, MAX_FRAME,
+    decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, EpochCommand, ErrorKind,
+    FrameError, Hello, HelloRole, LeaseEndpoints, Rejoin, RemoteError, RunningActor, RunningLease,
+    WorkerCommand, WorkerEvent, WorkerHello, WorkerReply, WorkerTerms, HELLO_LIMIT, MAX_FRAME,
 };
 use ember_core::resources::{to_millis, Allocation, NodeResources, ResourceError};
 use ember_core::security::{
@@ -53,8 +53,9 @@ pub struct WorkerConfig {
     /// this worker's actors away, in milliseconds.
     #[serde(default = "default_grace_ms")]
     pub grace_ms: u64,
-    /// After losing the head (or being declared dead by it), how long to keep trying to join
-    /// again as a new node before giving up, in milliseconds.
+    /// After losing the head, how long to keep its executors running and try to join again as
+    /// the same node (the head may be restarting), in milliseconds. After that the worker
+    /// stops its executors and tries as long again to join as a new node before giving up.
     #[serde(default = "default_rejoin_ms")]
     pub rejoin_ms: u64,
 }
@@ -146,6 +147,12 @@ pub async fn shutdown_signal() {
 
 struct WorkerState {
     node: NodeId,
+    /// The head life (epoch) this node last joined under: commands of an older one are refused.
+    epoch: std::sync::atomic::AtomicU64,
+    /// The actor incarnations running here, as reported when joining again after a lost head.
+    running: std::sync::Mutex<std::collections::BTreeMap<ActorId, RunningActor>>,
+    /// The task leases open here.
+    leases: std::sync::Mutex<std::collections::BTreeMap<LeaseId, Allocation>>,
     token: String,
     /// Where the head is, for the checkpoints of this worker's actors.
     head: SocketAddr,
@@ -156,47 +163,152 @@ struct WorkerState {
     events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
+/// What a worker keeps while it has no head: its node, its executors and the events they
+/// raise, so that it can join again as the same node and keep running its work.
+struct Session {
+    state: Arc<WorkerState>,
+    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<WorkerEvent>>>,
+}
+
+impl Session {
+    /// What it still runs, to say when joining again.
+    fn rejoin(&self) -> Rejoin {
+        let state = &self.state;
+        Rejoin {
+            node: state.node,
+            epoch: state.epoch.load(std::sync::atomic::Ordering::SeqCst),
+            actors: lock(&state.running).values().cloned().collect(),
+            leases: lock(&state.leases)
+                .iter()
+                .map(|(&lease, allocation)| RunningLease {
+                    lease,
+                    allocation: allocation.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops every executor: the node it was is given up.
+    async fn stop(self) {
+        tracing::warn!(node = %self.state.node, "stopping every executor of the node");
+        self.state.pool.shutdown().await;
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The first wait between attempts to reach a lost head; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between attempts to reach a lost head.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The codes with which a live head closes a worker's connection when it gives the node up
+/// (declared dead: 4; malformed events: 3). Any other end (a reset, a timeout, the head's
+/// endpoint going away) may be a head restarting.
+const LET_GO_CODES: [u32; 2] = [3, 4];
+
+/// Whether the head closed the connection because it gave this node up, rather than being
+/// lost (which may be a restart, worth waiting for with the executors kept).
+fn head_let_go(reason: &quinn::ConnectionError) -> bool {
+    matches!(reason, quinn::ConnectionError::ApplicationClosed(close)
+        if LET_GO_CODES.iter().any(|&code| close.error_code == quinn::VarInt::from_u32(code)))
+}
+
+/// Refuses a command, or a head's terms, from a head of an older life (`sent`) than the one
+/// this worker joined under (`joined`): a stale head, or a stream of an earlier life.
+fn check_epoch(joined: u64, sent: u64) -> Result<(), RemoteError> {
+    if sent < joined {
+        return Err(RemoteError::new(
+            ErrorKind::Unauthorized,
+            format!("head life {sent} is older than life {joined} this worker joined under"),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs a worker until `shutdown` resolves: then the head drains it (moves its actors away and
-/// gives its tasks `grace_ms` to finish) and it leaves. A worker that loses the head, or is
-/// declared dead by it, stops everything it ran and joins again as a new node, trying for up to
-/// `rejoin_ms` before it gives up.
+/// gives its tasks `grace_ms` to finish) and it leaves. A worker that loses the head keeps its
+/// executors running (their callers reach them directly) and tries, with backoff, to join again
+/// as the same node, reporting what it still runs, for up to `rejoin_ms`. After that it stops
+/// its executors and tries as long again to join as a new node before giving up.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     tokio::pin!(shutdown);
+    let window = Duration::from_millis(config.rejoin_ms);
+    let mut session: Option<Session> = None;
     let mut lost_at: Option<tokio::time::Instant> = None;
+    let mut backoff = BACKOFF_FIRST;
     loop {
         let joined = std::cell::Cell::new(false);
-        let outcome = serve_once(&config, shutdown.as_mut(), &joined).await;
+        let give_up_at = lost_at.filter(|_| session.is_some()).map(|t| t + window);
+        let outcome = serve_once(
+            &config,
+            shutdown.as_mut(),
+            &joined,
+            &mut session,
+            give_up_at,
+        )
+        .await;
         match outcome {
             Ok(()) => return Ok(()),
             Err(e) if joined.get() => {
-                tracing::warn!("{e}: joining again as a new node");
+                if session.is_some() {
+                    tracing::warn!("{e}: joining again as the same node, its executors kept");
+                } else {
+                    tracing::warn!("{e}: joining again as a new node");
+                }
                 lost_at = Some(tokio::time::Instant::now());
+                backoff = BACKOFF_FIRST;
             }
             Err(e) => {
-                let window = Duration::from_millis(config.rejoin_ms);
-                if lost_at.is_none_or(|t| t.elapsed() >= window) {
+                let elapsed = lost_at.map(|t| t.elapsed());
+                if session.is_some() && elapsed.is_some_and(|e| e >= window) {
+                    tracing::warn!(
+                        "could not join again as the same node within {window:?} ({e}): \
+                         giving it up and joining as a new node"
+                    );
+                    if let Some(session) = session.take() {
+                        session.stop().await;
+                    }
+                    lost_at = Some(tokio::time::Instant::now());
+                    continue;
+                }
+                if elapsed.is_none_or(|e| e >= window) {
+                    if let Some(session) = session.take() {
+                        session.stop().await;
+                    }
                     return Err(e);
                 }
-                tracing::debug!("cannot join yet ({e}); trying again");
-                let retry = tokio::time::sleep(Duration::from_millis(250));
+                tracing::debug!("cannot join yet ({e}); trying again in {backoff:?}");
+                let retry = tokio::time::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 tokio::select! {
                     _ = retry => {}
-                    _ = shutdown.as_mut() => return Ok(()),
+                    _ = shutdown.as_mut() => {
+                        if let Some(session) = session.take() {
+                            session.stop().await;
+                        }
+                        return Ok(());
+                    }
                 }
             }
         }
     }
 }
 
-/// Joins once and serves until shutdown (`Ok`) or until the head is lost. `joined` is set once
-/// the head accepted this worker.
+/// Joins once (as the node of `session`, if there is one) and serves until shutdown (`Ok`) or
+/// until the head is lost. `joined` is set once the head accepted this worker. `session` is
+/// what lives on after a lost head: set on joining, taken (its executors stopped) on shutdown.
 async fn serve_once(
     config: &WorkerConfig,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     joined: &std::cell::Cell<bool>,
+    session: &mut Option<Session>,
+    give_up_at: Option<tokio::time::Instant>,
 ) -> Result<(), WorkerError> {
     let logical = gpu::parse_logical(
         config.gpus,
@@ -230,11 +342,22 @@ async fn serve_once(
         addr: config.head,
         reason,
     };
-    let conn = endpoint
+    let connecting = endpoint
         .connect(config.head, SERVER_NAME)
-        .map_err(|e| connect_err(e.to_string()))?
-        .await
         .map_err(|e| connect_err(e.to_string()))?;
+    // Kept executors may run only until the re-join window ends: an attempt does not outlast it.
+    let conn = match give_up_at {
+        Some(at) => match tokio::time::timeout_at(at, connecting).await {
+            Ok(connected) => connected,
+            Err(_) => {
+                return Err(connect_err(
+                    "the re-join window ended while connecting".into(),
+                ))
+            }
+        },
+        None => connecting.await,
+    }
+    .map_err(|e| connect_err(e.to_string()))?;
 
     let name = config.name.clone().unwrap_or_else(default_name);
     let hello = Hello::new(
@@ -245,6 +368,7 @@ async fn serve_once(
             task_types: registry::task_names(),
             actor_types: registry::actor_names(),
             address: address.to_string(),
+            rejoin: session.as_ref().map(Session::rejoin),
         })),
     );
     let (mut send, mut recv) = conn
@@ -262,20 +386,80 @@ async fn serve_once(
             })
         }
     };
+    let terms = match read_frame::<_, WorkerTerms>(&mut recv, HELLO_LIMIT).await {
+        Ok(Some(terms)) => terms,
+        Ok(None) => {
+            return Err(connect_err(
+                "the head sent no terms after its welcome".into(),
+            ))
+        }
+        Err(e) => return Err(connect_err(format!("bad terms after the welcome: {e}"))),
+    };
+    let last_epoch = session.as_ref().map_or(0, |s| {
+        s.state.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    // A head of an older life than one this node joined (a stale head still running) is
+    // refused like its commands.
+    if let Err(stale) = check_epoch(last_epoch, terms.epoch) {
+        conn.close(5u32.into(), b"a head of an older life");
+        return Err(WorkerError::Refused(stale.message));
+    }
     let _ = send.finish();
     joined.set(true);
+    let same_node = session.as_ref().is_some_and(|s| s.state.node == node);
+    if !same_node {
+        if let Some(old) = session.take() {
+            tracing::warn!(
+                old = %old.state.node, %node,
+                "the head did not take this worker back as the node it was: it joins as a new one"
+            );
+            old.stop().await;
+        }
+    }
     tracing::info!(
         %node, head = %config.head, %address, gpus = inventory.devices.len(),
+        epoch = terms.epoch, rejoined = same_node,
         "worker {name} joined the cluster"
     );
+    if session.is_none() {
+        socket_dir::sweep_stale();
+        let (events, events_rx) = mpsc::unbounded_channel::<WorkerEvent>();
+        let state = Arc::new(WorkerState {
+            node,
+            epoch: std::sync::atomic::AtomicU64::new(terms.epoch),
+            running: Default::default(),
+            leases: Default::default(),
+            token: config.token.clone(),
+            head: config.head,
+            fingerprint: config.fingerprint,
+            listen: actor_ip(config.listen.ip(), config.head),
+            pool: ExecutorPool::new(socket_dir::create(node)?, inventory.gpu_kind()),
+            events,
+        });
+        *session = Some(Session {
+            state,
+            events: Arc::new(tokio::sync::Mutex::new(events_rx)),
+        });
+    }
+    let Some(current) = session.as_ref() else {
+        return Err(WorkerError::HeadLost("no session".into()));
+    };
+    let state = current.state.clone();
+    state
+        .epoch
+        .store(terms.epoch, std::sync::atomic::Ordering::SeqCst);
 
     // Events (heartbeats first of all) travel on one stream of their own, apart from work.
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<WorkerEvent>();
+    // The queue outlives the connection: what an executor raises while the head is away is
+    // sent once it is back.
+    let events_tx = state.events.clone();
+    let events_rx = current.events.clone();
     let mut events_stream = conn
         .open_uni()
         .await
         .map_err(|e| WorkerError::HeadLost(e.to_string()))?;
     let events_task = tokio::spawn(async move {
+        let mut events_rx = events_rx.lock().await;
         while let Some(ev) = events_rx.recv().await {
             let leaving = matches!(ev, WorkerEvent::Leaving { .. });
             if write_frame(&mut events_stream, &ev).await.is_err() {
@@ -303,17 +487,6 @@ async fn serve_once(
         })
     };
 
-    socket_dir::sweep_stale();
-    let state = Arc::new(WorkerState {
-        node,
-        token: config.token.clone(),
-        head: config.head,
-        fingerprint: config.fingerprint,
-        listen: actor_ip(config.listen.ip(), config.head),
-        pool: ExecutorPool::new(socket_dir::create(node)?, inventory.gpu_kind()),
-        events: events_tx,
-    });
-
     let commands = {
         let state = state.clone();
         let conn = conn.clone();
@@ -335,16 +508,28 @@ async fn serve_once(
             let _ = tokio::time::timeout(drained, conn.closed()).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), events_task).await;
             conn.close(0u32.into(), b"worker leaving");
+            if let Some(session) = session.take() {
+                session.state.pool.shutdown().await;
+            }
             Ok(())
         }
         reason = conn.closed() => {
-            tracing::warn!(%node, "lost the head: {reason}");
+            events_task.abort();
+            if head_let_go(&reason) {
+                // The head lives and gave this node up (it restarts its actors elsewhere):
+                // nothing of it may keep running.
+                tracing::warn!(%node, "the head let this worker go: {reason}");
+                if let Some(session) = session.take() {
+                    session.stop().await;
+                }
+            } else {
+                tracing::warn!(%node, "lost the head: {reason}");
+            }
             Err(WorkerError::HeadLost(reason.to_string()))
         }
     };
     heartbeat.abort();
     commands.abort();
-    state.pool.shutdown().await;
     endpoint.close(0u32.into(), b"worker stopped");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     outcome
@@ -382,8 +567,17 @@ async fn handle_command(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let cmd = match read_frame::<_, WorkerCommand>(&mut recv, MAX_FRAME).await {
-        Ok(Some(cmd)) => cmd,
+    let cmd = match read_frame::<_, EpochCommand>(&mut recv, MAX_FRAME).await {
+        Ok(Some(fenced)) => {
+            let joined = state.epoch.load(std::sync::atomic::Ordering::SeqCst);
+            if let Err(e) = check_epoch(joined, fenced.epoch) {
+                tracing::warn!("refused a command: {}", e.message);
+                let _ = write_frame(&mut send, &WorkerReply::Error(e)).await;
+                let _ = send.finish();
+                return;
+            }
+            fenced.command
+        }
         Ok(None) => return,
         Err(e) => {
             let err = RemoteError::new(ErrorKind::BadRequest, format!("bad command: {e}"));
@@ -400,6 +594,7 @@ async fn handle_command(
             }
         }
         WorkerCommand::CloseLease { lease } => {
+            lock(&state.leases).remove(&lease);
             if let Some(exec) = state.pool.remove_lease(lease) {
                 let _ = exec
                     .request(|id| ExecRequest::CloseLease { id, lease })
@@ -437,10 +632,16 @@ async fn handle_command(
                 .is_some_and(|(i, exec)| i == incarnation && exec.is_alive()),
         },
         WorkerCommand::SealActor { actor } => match seal_actor(&state, actor).await {
-            Ok(seq) => WorkerReply::Sealed { seq },
+            Ok(seq) => {
+                if let Some(running) = lock(&state.running).get_mut(&actor) {
+                    running.sealed = true;
+                }
+                WorkerReply::Sealed { seq }
+            }
             Err(e) => WorkerReply::Error(e),
         },
         WorkerCommand::KillActor { actor, incarnation } => {
+            forget_running(&state, actor, incarnation);
             if let Some(exec) = state.pool.remove_actor_incarnation(actor, incarnation) {
                 exec.kill().await;
             }
@@ -470,6 +671,7 @@ async fn open_lease(
     lease: LeaseId,
     allocation: Allocation,
 ) -> Result<LeaseEndpoints, RemoteError> {
+    let granted = allocation.clone();
     let exec = state
         .pool
         .for_tasks(&allocation.cuda_visible_devices())
@@ -494,6 +696,7 @@ async fn open_lease(
                 .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
         })?;
     state.pool.add_lease(lease, exec);
+    lock(&state.leases).insert(lease, granted);
     Ok(endpoints)
 }
 
@@ -521,6 +724,7 @@ async fn create_actor(
         checkpoint,
         restore,
     } = start;
+    let granted = allocation.clone();
     let exec = state
         .pool
         .for_actor(actor, incarnation, &allocation.cuda_visible_devices())
@@ -560,10 +764,21 @@ async fn create_actor(
             return Err(e);
         }
     };
+    lock(&state.running).insert(
+        actor,
+        RunningActor {
+            actor,
+            incarnation,
+            allocation: granted,
+            endpoints: endpoint.clone(),
+            sealed: false,
+        },
+    );
     // Report an actor whose process ends without being asked to.
     let watcher = state.clone();
     tokio::spawn(async move {
         let reason = exec.exited().await;
+        forget_running(&watcher, actor, incarnation);
         if watcher.pool.remove_actor_if(actor, &exec) {
             tracing::warn!(%actor, incarnation, "actor's process ended: {reason}");
             let _ = watcher.events.send(WorkerEvent::ActorExited {
@@ -574,6 +789,17 @@ async fn create_actor(
         }
     });
     Ok(endpoint)
+}
+
+/// Forgets that incarnation `incarnation` of `actor` runs here (not a newer one).
+fn forget_running(state: &WorkerState, actor: ActorId, incarnation: u32) {
+    let mut running = lock(&state.running);
+    if running
+        .get(&actor)
+        .is_some_and(|r| r.incarnation == incarnation)
+    {
+        running.remove(&actor);
+    }
 }
 
 /// Seals an actor for a move: its final checkpoint's sequence number, if its type can make one.
@@ -591,6 +817,31 @@ async fn seal_actor(state: &WorkerState, actor: ActorId) -> Result<Option<u64>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[test]
+    fn only_a_head_that_gave_the_node_up_makes_it_stop_at_once() {
+        let closed = |code: u32| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: bytes::Bytes::from_static(b"why"),
+            })
+        };
+        assert!(head_let_go(&closed(4)), "declared dead");
+        assert!(head_let_go(&closed(3)), "malformed events");
+        assert!(!head_let_go(&closed(0)), "the head stopping (a restart)");
+        assert!(!head_let_go(&quinn::ConnectionError::TimedOut));
+        assert!(!head_let_go(&quinn::ConnectionError::Reset));
+    }
+
+    #[test]
+    fn commands_of_an_older_head_life_are_refused() {
+        assert!(check_epoch(3, 3).is_ok(), "the life joined under");
+        assert!(check_epoch(3, 4).is_ok(), "a newer life");
+        let refused = check_epoch(3, 2).expect_err("an older life");
+        assert_eq!(refused.kind, ErrorKind::Unauthorized);
+        assert!(refused.message.contains("life 2"), "{}", refused.message);
+    }
 
     #[test]
     fn actors_listen_where_the_head_is_reached() {

@@ -294,11 +294,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use ember_core::ids::{ActorId, JobId, LeaseId, NodeId};
     use ember_core::proto::{
         ActorCall, ActorLifeStatus, ActorLocation, ActorSpec, CheckpointPolicy, CheckpointSave,
-        ClientReply, ClientRequest, ClusterStatus, CustomUsage, ErrorKind, GpuUsage, GroupMember,
-        GroupView, Hello, HelloRole, JobEvent, JobSpec, LeaseSpec, LeasedTask, LocalCall,
-        LocalReply, LocalTask, NodeAffinity, NodeStatus, NodeUsage, PeerHello, Placement,
-        RemoteError, RestartPolicy, Strategy, TaskLease, Welcome, WorkStatus, WorkerCommand,
-        WorkerEvent, WorkerHello, WorkerReply,
+        ClientReply, ClientRequest, ClusterStatus, CustomUsage, EpochCommand, ErrorKind, GpuUsage,
+        GroupMember, GroupView, Hello, HelloRole, JobEvent, JobSpec, LeaseSpec, LeasedTask,
+        LocalCall, LocalReply, LocalTask, NodeAffinity, NodeStatus, NodeUsage, PeerHello,
+        Placement, Rejoin, RemoteError, RestartPolicy, RunningActor, RunningLease, Strategy,
+        TaskLease, Welcome, WorkStatus, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply,
+        WorkerTerms,
     };
     use ember_core::resources::{
         Allocation, GpuDevice, GpuGrant, GpuShare, GpuStat, NodeResources, ResourceDemand,
@@ -417,6 +418,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 task_types: vec!["f".into()],
                 actor_types: vec!["A".into()],
                 address: "10.0.0.2:0".into(),
+                rejoin: None,
             })),
         ),
         Hello::client(HELLO_TOKEN),
@@ -520,8 +522,31 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         }],
     };
     let mut seeds: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    // A worker re-joining after a head restart, with what it still runs.
+    let mut rejoining = hellos[0].clone();
+    if let HelloRole::Worker(worker) = &mut rejoining.role {
+        worker.rejoin = Some(Rejoin {
+            node: NodeId(4),
+            epoch: 2,
+            actors: vec![RunningActor {
+                actor: ActorId(9),
+                incarnation: 2,
+                allocation: allocation.clone(),
+                endpoints: actor_endpoints.clone(),
+                sealed: false,
+            }],
+            leases: vec![RunningLease {
+                lease: LeaseId(5),
+                allocation: allocation.clone(),
+            }],
+        });
+    }
+    hellos.push(rejoining);
     for hello in &hellos {
         seeds.push(("hello", encode_hello(hello).expect("a seed encodes")));
+    }
+    for epoch in [1, 7] {
+        seeds.push(("worker_terms", bytes(&WorkerTerms { epoch })));
     }
     let welcomes = [
         Welcome::Accepted {
@@ -663,7 +688,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             allocation: allocation.clone(),
         },
     ] {
-        seeds.push(("worker_command", bytes(&command)));
+        seeds.push(("worker_command", bytes(&EpochCommand { epoch: 3, command })));
     }
     for reply in [
         WorkerReply::LeaseOpened(lease_endpoints.clone()),
@@ -997,7 +1022,8 @@ mod tests {
                 "welcome" => round_trip::<Welcome>(&seed).is_some(),
                 "client_request" => round_trip::<ClientRequest>(&seed).is_some(),
                 "client_reply" => round_trip::<ClientReply>(&seed).is_some(),
-                "worker_command" => round_trip::<WorkerCommand>(&seed).is_some(),
+                "worker_command" => round_trip::<EpochCommand>(&seed).is_some(),
+                "worker_terms" => round_trip::<WorkerTerms>(&seed).is_some(),
                 "worker_reply" => round_trip::<WorkerReply>(&seed).is_some(),
                 "worker_event" => round_trip::<WorkerEvent>(&seed).is_some(),
                 "actor_call" => round_trip::<ActorCall>(&seed).is_some(),

@@ -78,6 +78,7 @@ fn hello(i: u64) -> Box<WorkerHello> {
         task_types: vec!["bench::task".into()],
         actor_types: vec!["bench::Actor".into()],
         address: format!("10.0.{}.{}:7000", i / 256, i % 256),
+        rejoin: None,
     })
 }
 

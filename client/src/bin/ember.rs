@@ -48,6 +48,11 @@ enum Command {
         /// the state directory (credentials and endpoint from the AWS_* variables).
         #[arg(long)]
         checkpoint_store: Option<String>,
+        /// After a restart, how long to wait for the workers of the last life to re-join
+        /// before their actors restart elsewhere, e.g. 60s; at least the workers'
+        /// --rejoin-window.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        rejoin_window: Duration,
     },
     /// Join a cluster as a worker.
     Worker(WorkerArgs),
@@ -178,6 +183,11 @@ struct WorkerArgs {
     /// this worker's actors away, e.g. 30s, 2m (a spot interruption notice).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// After losing the head, how long to keep running actors and task leases and try to join
+    /// again as the same node (while the head restarts), e.g. 60s; then the worker stops them
+    /// and joins as a new node.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    rejoin_window: Duration,
 }
 
 /// Reads `500ms`, `30s`, `2m`, or a plain number of seconds.
@@ -251,6 +261,7 @@ fn worker_config(args: WorkerArgs) -> Result<WorkerConfig> {
     config.resources = args.resources;
     config.listen = args.listen;
     config.grace_ms = args.grace.as_millis() as u64;
+    config.rejoin_ms = args.rejoin_window.as_millis() as u64;
     Ok(config)
 }
 
@@ -262,12 +273,14 @@ async fn run(command: Command) -> Result<i32> {
             heartbeat_timeout,
             keep_checkpoints,
             checkpoint_store,
+            rejoin_window,
         } => {
             let mut config = HeadConfig::new(state_dir.unwrap_or_else(default_state_dir));
             config.listen = listen;
             config.heartbeat_timeout = heartbeat_timeout;
             config.keep_checkpoints = keep_checkpoints;
             config.checkpoint_store = checkpoint_store;
+            config.rejoin_window = rejoin_window;
             let state_dir = config.state_dir.clone();
             let head = ember_head::start(config).await?;
             println!("Ember head listening on {}", head.addr);

@@ -51,6 +51,33 @@ impl<L> ActorLife<L> {
         }
     }
 
+    /// An actor read back from the journal after the head restarted: starting its current
+    /// incarnation, or dead with `dead`.
+    pub fn restored(
+        policy: RestartPolicy,
+        incarnation: u32,
+        restarts: u32,
+        dead: Option<String>,
+    ) -> Self {
+        ActorLife {
+            policy,
+            incarnation,
+            restarts,
+            phase: dead.map_or(Phase::Starting, Phase::Dead),
+        }
+    }
+
+    /// A starting actor starts again under a new incarnation number (the head restarted while
+    /// it was being started, so the one being built may exist): not counted as a restart.
+    /// `None` unless it is starting.
+    pub fn resume(&mut self) -> Option<u32> {
+        if !matches!(self.phase, Phase::Starting) {
+            return None;
+        }
+        self.incarnation += 1;
+        Some(self.incarnation)
+    }
+
     /// The current incarnation: the one alive, or the one being started.
     pub fn incarnation(&self) -> u32 {
         self.incarnation

@@ -6,10 +6,22 @@
 //! [`Input::Replied`] (an error when the worker is gone), every checkpoint effect with its
 //! input, and every request gets exactly one final effect ([`Effect::Reply`] or
 //! [`Effect::End`]).
+//!
+//! # Acknowledged means committed
+//!
+//! What the state promises (a welcome, a created actor, a recorded checkpoint) it first asks
+//! to be made durable with [`Effect::Journal`], earlier in the same batch of effects (one call
+//! of [`HeadState::handle`](crate::HeadState::handle)) than the effect that promises it. The
+//! shell commits every `Journal` effect of a batch, in order and in one transaction, before it
+//! carries out any other effect of that batch; it may handle several inputs and commit their
+//! batches together (group commit), still before carrying out any of their other effects. A
+//! commit that fails stops the head: nothing it promised in that batch goes out.
 
 use std::time::Instant;
 
 use ember_core::ids::{ActorId, NodeId};
+
+use crate::journal::Change;
 use ember_core::proto::{
     ClientReply, ClientRequest, ErrorKind, RemoteError, WorkerCommand, WorkerEvent, WorkerHello,
     WorkerReply,
@@ -179,6 +191,8 @@ pub enum Effect {
         actor: ActorId,
         /// Its sequence number.
         seq: u64,
+        /// The SHA-256 of the image, which names it in the store.
+        sha256: [u8; 32],
         /// The image.
         image: Vec<u8>,
     },
@@ -195,6 +209,9 @@ pub enum Effect {
         /// The actor.
         actor: ActorId,
     },
+    /// Make a change durable: committed, with every other `Journal` effect of its batch,
+    /// before any other effect of the batch is carried out (see the module's docs).
+    Journal(Change),
 }
 
 /// The error a command is answered with when its worker is gone before answering: what the

@@ -7,11 +7,13 @@
 //! effects; the simulation in `tests/` drives it with a thousand simulated workers.
 //!
 //! Its parts: [`placement`] (the scheduler), [`groups`] (the table of collective groups),
-//! [`actor_life`] (one actor's restarts), and the state machine itself.
+//! [`actor_life`] (one actor's restarts), [`journal`] (what the head makes durable, and how it
+//! is read back), and the state machine itself.
 
 pub mod actor_life;
 pub mod groups;
 mod io;
+pub mod journal;
 pub mod placement;
 mod state;
 

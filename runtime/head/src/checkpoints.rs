@@ -3,7 +3,8 @@
 //! sequence number and the SHA-256 of its contents, and checked against that hash when read
 //! back. A file is written whole or not at all (temporary file, fsync, rename, fsync of the
 //! directory); an object store makes an object visible whole by itself. The newest `keep` of
-//! each actor are kept.
+//! each actor are kept. Checkpoints outlive the head: a head that starts again keeps them,
+//! and collects only those of actors its journal no longer has ([`CheckpointStore::actors`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,12 +69,8 @@ impl std::fmt::Debug for CheckpointStore {
 
 impl CheckpointStore {
     /// A store in directory `dir`, keeping the newest `keep` (at least 1) checkpoints of each
-    /// actor. Checkpoints left by an earlier head are removed: actor ids start again with each
-    /// head.
+    /// actor. What an earlier head left there is kept.
     pub(crate) fn on_disk(dir: PathBuf, keep: usize) -> Result<Self, CheckpointError> {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
         std::fs::create_dir_all(&dir)?;
         Ok(CheckpointStore {
             backend: Backend::Disk(dir),
@@ -81,16 +78,12 @@ impl CheckpointStore {
         })
     }
 
-    /// A store under `prefix` of an object store; what an earlier head left there is removed.
-    pub(crate) async fn in_objects(
+    /// A store under `prefix` of an object store; what an earlier head left there is kept.
+    pub(crate) fn in_objects(
         store: Arc<dyn ObjectStore>,
         prefix: ObjectPath,
         keep: usize,
     ) -> Result<Self, CheckpointError> {
-        let old: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
-        for meta in old {
-            store.delete(&meta.location).await?;
-        }
         Ok(CheckpointStore {
             backend: Backend::Object { store, prefix },
             keep: keep.max(1),
@@ -118,17 +111,39 @@ impl CheckpointStore {
             .with_bucket_name(bucket)
             .build()?;
         let prefix = ObjectPath::parse(prefix).map_err(|e| bad(e.to_string()))?;
-        CheckpointStore::in_objects(Arc::new(store), prefix, keep).await
+        CheckpointStore::in_objects(Arc::new(store), prefix, keep)
     }
 
-    /// Writes a checkpoint durably, then drops the oldest beyond `keep`.
+    /// Every actor with checkpoints in the store, in no particular order.
+    pub(crate) async fn actors(&self) -> Result<Vec<ActorId>, CheckpointError> {
+        let names: Vec<String> = match &self.backend {
+            Backend::Disk(dir) => std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+            Backend::Object { store, prefix } => store
+                .list_with_delimiter(Some(prefix))
+                .await?
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(String::from))
+                .collect(),
+        };
+        Ok(names
+            .iter()
+            .filter_map(|n| n.strip_prefix("actor-")?.parse().ok().map(ActorId))
+            .collect())
+    }
+
+    /// Writes a checkpoint durably under its SHA-256 (`sha256`, of `image`), then drops the
+    /// oldest beyond `keep`.
     pub(crate) async fn save(
         &self,
         actor: ActorId,
         seq: u64,
+        sha256: &[u8; 32],
         image: Vec<u8>,
     ) -> Result<(), CheckpointError> {
-        let name = file_name(seq, &image);
+        let name = file_name(seq, sha256);
         match &self.backend {
             Backend::Disk(dir) => {
                 let dir = dir.join(actor.to_string());
@@ -191,8 +206,8 @@ impl CheckpointStore {
 }
 
 /// `<seq>-<sha256>.ckpt`, with the sequence number padded so names sort by it.
-fn file_name(seq: u64, image: &[u8]) -> String {
-    format!("{seq:020}-{}.ckpt", hex::encode(Sha256::digest(image)))
+fn file_name(seq: u64, sha256: &[u8; 32]) -> String {
+    format!("{seq:020}-{}.ckpt", hex::encode(sha256))
 }
 
 /// The sequence number in a checkpoint's name.
@@ -304,9 +319,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let disk = CheckpointStore::on_disk(tmp.path().join("checkpoints"), keep).expect("disk");
         let memory = Arc::new(object_store::memory::InMemory::new());
-        let objects = CheckpointStore::in_objects(memory, ObjectPath::from("run"), keep)
-            .await
-            .expect("objects");
+        let objects =
+            CheckpointStore::in_objects(memory, ObjectPath::from("run"), keep).expect("objects");
         (tmp, vec![disk, objects])
     }
 
@@ -358,7 +372,12 @@ mod tests {
             assert_eq!(store.latest(a).await.unwrap(), None, "{store:?}");
             for seq in 1..=4u64 {
                 store
-                    .save(a, seq, seq.to_le_bytes().to_vec())
+                    .save(
+                        a,
+                        seq,
+                        &digest(&seq.to_le_bytes()),
+                        seq.to_le_bytes().to_vec(),
+                    )
                     .await
                     .unwrap();
             }
@@ -377,8 +396,14 @@ mod tests {
         let (_tmp, stores) = stores(3).await;
         for store in &stores {
             let a = ActorId(1);
-            store.save(a, 1, b"one".to_vec()).await.unwrap();
-            store.save(a, 2, b"two".to_vec()).await.unwrap();
+            store
+                .save(a, 1, &digest(b"one"), b"one".to_vec())
+                .await
+                .unwrap();
+            store
+                .save(a, 2, &digest(b"two"), b"two".to_vec())
+                .await
+                .unwrap();
             damage_newest(store, a, b"tw0").await;
             let got = store
                 .latest(a)
@@ -396,7 +421,10 @@ mod tests {
                 "the corrupted one is removed"
             );
             // The next checkpoint continues from the one restored.
-            store.save(a, 2, b"two again".to_vec()).await.unwrap();
+            store
+                .save(a, 2, &digest(b"two again"), b"two again".to_vec())
+                .await
+                .unwrap();
             assert_eq!(store.latest(a).await.unwrap().unwrap().image, b"two again");
         }
     }
@@ -406,10 +434,16 @@ mod tests {
         let (_tmp, stores) = stores(3).await;
         for store in &stores {
             let a = ActorId(2);
-            store.save(a, 1, b"one".to_vec()).await.unwrap();
+            store
+                .save(a, 1, &digest(b"one"), b"one".to_vec())
+                .await
+                .unwrap();
             damage_newest(store, a, b"garbage").await;
             assert_eq!(store.latest(a).await.unwrap(), None, "{store:?}");
-            store.save(a, 1, b"one".to_vec()).await.unwrap();
+            store
+                .save(a, 1, &digest(b"one"), b"one".to_vec())
+                .await
+                .unwrap();
             store.remove(a).await;
             assert!(seqs(store, a).await.is_empty(), "{store:?}");
         }
@@ -427,22 +461,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn opening_clears_an_earlier_heads_checkpoints() {
+    async fn a_new_head_keeps_an_earlier_heads_checkpoints_and_finds_their_actors() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("checkpoints");
-        let first = CheckpointStore::on_disk(dir.clone(), 1).unwrap();
-        first.save(ActorId(1), 1, b"old".to_vec()).await.unwrap();
-        let second = CheckpointStore::on_disk(dir, 1).unwrap();
-        assert_eq!(second.latest(ActorId(1)).await.unwrap(), None);
-
         let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let first = CheckpointStore::in_objects(memory.clone(), ObjectPath::from("p"), 1)
-            .await
-            .unwrap();
-        first.save(ActorId(1), 1, b"old".to_vec()).await.unwrap();
-        let second = CheckpointStore::in_objects(memory, ObjectPath::from("p"), 1)
-            .await
-            .unwrap();
-        assert_eq!(second.latest(ActorId(1)).await.unwrap(), None);
+        let open = |memory: &Arc<dyn ObjectStore>| {
+            vec![
+                CheckpointStore::on_disk(dir.clone(), 1).unwrap(),
+                CheckpointStore::in_objects(memory.clone(), ObjectPath::from("p"), 1).unwrap(),
+            ]
+        };
+        for first in open(&memory) {
+            let old = b"old".to_vec();
+            first.save(ActorId(1), 1, &digest(&old), old).await.unwrap();
+            let two = b"two".to_vec();
+            first.save(ActorId(2), 4, &digest(&two), two).await.unwrap();
+        }
+        for second in open(&memory) {
+            let found = second.latest(ActorId(1)).await.unwrap().map(|r| r.image);
+            assert_eq!(found, Some(b"old".to_vec()), "{second:?}");
+            let mut actors = second.actors().await.unwrap();
+            actors.sort();
+            assert_eq!(actors, [ActorId(1), ActorId(2)], "{second:?}");
+            second.remove(ActorId(2)).await;
+            assert_eq!(second.actors().await.unwrap(), [ActorId(1)], "{second:?}");
+        }
+    }
+
+    fn digest(image: &[u8]) -> [u8; 32] {
+        Sha256::digest(image).into()
     }
 }

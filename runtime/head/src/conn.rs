@@ -54,11 +54,15 @@ pub(crate) async fn serve(shell: Shell, token: String, incoming: quinn::Incoming
                 hello,
                 welcome,
             });
-            let Ok(node) = node.await else {
+            let Ok((node, terms)) = node.await else {
                 return;
             };
             let accepted = Welcome::Accepted { node: Some(node) };
-            if write_frame(&mut send, &accepted).await.is_err() {
+            let welcomed = async {
+                write_frame(&mut send, &accepted).await?;
+                write_frame(&mut send, &terms).await
+            };
+            if welcomed.await.is_err() {
                 shell.input(Input::Closed { conn: id });
                 return;
             }

@@ -2,32 +2,38 @@
 //!
 //! Everything the head knows is one pure state machine, [`ember_head_state::HeadState`]. This
 //! crate runs it: one task owns it (`shell.rs`) and carries out its effects, each connection
-//! (`conn.rs`) turns what arrives over QUIC into its inputs, and checkpoints are kept on disk
-//! or in S3-compatible object storage (`checkpoints.rs`).
+//! (`conn.rs`) turns what arrives over QUIC into its inputs, what the state promises is
+//! committed to a journal in the state directory first (`journal/`), and checkpoints are kept
+//! on disk or in S3-compatible object storage (`checkpoints.rs`).
 
 mod checkpoints;
 mod conn;
+pub mod journal;
 mod shell;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use ember_core::security::{server_config, ClusterFile, ClusterSecrets, SecurityError};
-use ember_head_state::HeadState;
+use ember_head_state::journal::Change;
+use ember_head_state::{Effect, HeadState};
 
 use checkpoints::CheckpointStore;
+use journal::Journal;
 
 pub use checkpoints::CheckpointError;
+pub use journal::JournalError;
 
 /// How a head is started.
 #[derive(Debug, Clone)]
 pub struct HeadConfig {
     /// Where to listen, `127.0.0.1:7700` by default.
     pub listen: SocketAddr,
-    /// Where the certificate, key, token and cluster file live.
+    /// Where the certificate, key, token, cluster file and journal live (and checkpoints, on
+    /// disk).
     pub state_dir: PathBuf,
     /// A worker silent for this long is declared dead.
     pub heartbeat_timeout: Duration,
@@ -36,11 +42,14 @@ pub struct HeadConfig {
     /// Where checkpoints go: `None` for `<state_dir>/checkpoints`, or an S3-compatible store
     /// as `s3://bucket/prefix` (configured from the `AWS_*` variables).
     pub checkpoint_store: Option<String>,
+    /// After a restart, how long the workers of the last head life are waited for before their
+    /// actors restart elsewhere; at least the workers' `--rejoin-window`.
+    pub rejoin_window: Duration,
 }
 
 impl HeadConfig {
     /// The defaults: `127.0.0.1:7700`, the default state directory, 2 s heartbeat timeout,
-    /// three checkpoints kept per actor.
+    /// three checkpoints kept per actor, 60 s for workers to re-join after a restart.
     pub fn new(state_dir: PathBuf) -> Self {
         HeadConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
@@ -48,6 +57,7 @@ impl HeadConfig {
             heartbeat_timeout: Duration::from_secs(2),
             keep_checkpoints: 3,
             checkpoint_store: None,
+            rejoin_window: Duration::from_secs(60),
         }
     }
 }
@@ -58,6 +68,10 @@ pub enum HeadError {
     /// The state directory, certificate or cluster file could not be made or read.
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// The journal could not be opened (another head has it, or it is damaged or of another
+    /// version), or the new head life could not be committed.
+    #[error("cannot open the head's journal: {0}")]
+    Journal(#[from] JournalError),
     /// The checkpoint store could not be prepared.
     #[error("cannot prepare the checkpoint store: {0}")]
     Checkpoints(#[from] CheckpointError),
@@ -89,9 +103,29 @@ impl RunningHead {
     }
 }
 
-/// Starts a head: loads or creates the cluster's secrets, binds, writes the cluster file.
+/// Starts a head: loads or creates the cluster's secrets, opens the journal and restores what
+/// it holds (a new head life), binds, writes the cluster file, and collects the checkpoints of
+/// actors the journal no longer has.
 pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
     let secrets = ClusterSecrets::load_or_create(&config.state_dir)?;
+    let (journal, journaled) = Journal::open(&config.state_dir.join(journal::FILE_NAME))?;
+    let (state, effects) = HeadState::restore(
+        ember_head_state::Config {
+            heartbeat_timeout: config.heartbeat_timeout,
+            rejoin_window: config.rejoin_window,
+            ..Default::default()
+        },
+        Instant::now(),
+        journaled,
+    );
+    let changes: Vec<Change> = effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Journal(change) => Some(change),
+            _ => None,
+        })
+        .collect();
+    journal.commit(&changes)?;
     let endpoint = quinn::Endpoint::server(server_config(&secrets.identity)?, config.listen)
         .map_err(|source| HeadError::Bind {
             addr: config.listen,
@@ -114,12 +148,15 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
         None => CheckpointStore::on_disk(config.state_dir.join("checkpoints"), keep)?,
         Some(url) => CheckpointStore::in_s3(url, keep).await?,
     };
-    let state = HeadState::new(ember_head_state::Config {
-        heartbeat_timeout: config.heartbeat_timeout,
-        ..Default::default()
-    });
+    for actor in checkpoints.actors().await? {
+        if !state.knows_actor(actor) {
+            tracing::info!(%actor, "collecting the checkpoints of an actor that is gone");
+            checkpoints.remove(actor).await;
+        }
+    }
+    tracing::info!(epoch = state.epoch(), journal = %journal.path().display(), "head state ready");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (shell, owner) = shell::spawn(state, checkpoints, stop_rx.clone());
+    let (shell, owner) = shell::spawn(state, journal, checkpoints, stop_rx.clone());
     let token = secrets.token;
     let mut stop_rx = stop_rx;
     let task = tokio::spawn(async move {

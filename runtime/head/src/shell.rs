@@ -1,6 +1,11 @@
 //! The one task that owns the head's state: it takes inputs over a channel, hands them to
 //! [`HeadState::handle`], and carries out the effects: commands to workers, frames to clients,
 //! checkpoint I/O, closing connections. Nothing else touches the state.
+//!
+//! It takes every input that is waiting at once, handles them in order, commits all their
+//! `Journal` effects in one durable transaction (group commit), and only then carries out
+//! their other effects: nothing is promised before it is committed. A commit that fails stops
+//! the head.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +14,8 @@ use std::time::Instant;
 
 use ember_core::ids::NodeId;
 use ember_core::proto::{
-    read_frame, write_frame, ClientReply, ClientRequest, RemoteError, WorkerCommand, WorkerHello,
-    WorkerReply, MAX_FRAME,
+    read_frame, write_frame, ClientReply, ClientRequest, EpochCommand, RemoteError, WorkerCommand,
+    WorkerHello, WorkerReply, WorkerTerms, MAX_FRAME,
 };
 use ember_head_state::{
     died, CommandId, ConnId, Effect, HeadState, Input, LoadedCheckpoint, RequestId,
@@ -18,6 +23,10 @@ use ember_head_state::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::checkpoints::CheckpointStore;
+use crate::journal::Journal;
+
+/// The most inputs handled, and committed, together.
+const GROUP_COMMIT: usize = 256;
 
 /// A frame for a client's request stream, from the state.
 #[derive(Debug)]
@@ -32,12 +41,12 @@ pub(crate) enum Frame {
 
 /// What connections send the shell.
 pub(crate) enum Msg {
-    /// A worker's valid hello: `welcome` gets its node id.
+    /// A worker's valid hello: `welcome` gets its node id and the head life it joined.
     Worker {
         conn: ConnId,
         connection: quinn::Connection,
         hello: Box<WorkerHello>,
-        welcome: oneshot::Sender<NodeId>,
+        welcome: oneshot::Sender<(NodeId, WorkerTerms)>,
     },
     /// A client's request: its frames come back on `frames`.
     Request {
@@ -75,6 +84,7 @@ impl Shell {
 /// Starts the shell's task; it runs until `stop` turns true or every sender is gone.
 pub(crate) fn spawn(
     state: HeadState,
+    journal: Journal,
     checkpoints: CheckpointStore,
     stop: watch::Receiver<bool>,
 ) -> (Shell, tokio::task::JoinHandle<()>) {
@@ -85,6 +95,7 @@ pub(crate) fn spawn(
     };
     let owner = Owner {
         state,
+        journal: Arc::new(journal),
         checkpoints: Arc::new(checkpoints),
         tx,
         workers: HashMap::new(),
@@ -101,11 +112,12 @@ pub(crate) fn spawn(
 /// cluster state.
 struct Owner {
     state: HeadState,
+    journal: Arc<Journal>,
     checkpoints: Arc<CheckpointStore>,
     tx: mpsc::UnboundedSender<Msg>,
     workers: HashMap<NodeId, quinn::Connection>,
     conn_nodes: HashMap<ConnId, NodeId>,
-    welcomes: HashMap<ConnId, (quinn::Connection, oneshot::Sender<NodeId>)>,
+    welcomes: HashMap<ConnId, (quinn::Connection, oneshot::Sender<(NodeId, WorkerTerms)>)>,
     streams: HashMap<RequestId, mpsc::UnboundedSender<Frame>>,
     cancels: HashMap<CommandId, oneshot::Sender<()>>,
 }
@@ -120,7 +132,7 @@ impl Owner {
                     None => std::future::pending().await,
                 }
             };
-            let input = tokio::select! {
+            let first = tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.take(msg),
                     None => return,
@@ -128,11 +140,38 @@ impl Owner {
                 _ = sleep => Some(Input::Tick),
                 _ = stop.changed() => return,
             };
-            if let Some(input) = input {
-                let effects = self.state.handle(Instant::now(), input);
-                for effect in effects {
-                    self.carry_out(effect);
+            let mut inputs: Vec<Input> = first.into_iter().collect();
+            while inputs.len() < GROUP_COMMIT {
+                let Ok(msg) = rx.try_recv() else { break };
+                inputs.extend(self.take(msg));
+            }
+            let mut changes = Vec::new();
+            let mut effects = Vec::new();
+            for input in inputs {
+                for effect in self.state.handle(Instant::now(), input) {
+                    match effect {
+                        Effect::Journal(change) => changes.push(change),
+                        other => effects.push(other),
+                    }
                 }
+            }
+            if !changes.is_empty() {
+                let journal = self.journal.clone();
+                let committed = tokio::task::spawn_blocking(move || journal.commit(&changes)).await;
+                match committed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!("stopping the head: {e}");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!("stopping the head: the journal's commit failed: {e}");
+                        return;
+                    }
+                }
+            }
+            for effect in effects {
+                self.carry_out(effect);
             }
         }
     }
@@ -180,7 +219,10 @@ impl Owner {
                 if let Some((connection, welcome)) = self.welcomes.remove(&conn) {
                     self.workers.insert(node, connection);
                     self.conn_nodes.insert(conn, node);
-                    let _ = welcome.send(node);
+                    let terms = WorkerTerms {
+                        epoch: self.state.epoch(),
+                    };
+                    let _ = welcome.send((node, terms));
                 }
             }
             Effect::Command {
@@ -218,13 +260,14 @@ impl Owner {
                 ticket,
                 actor,
                 seq,
+                sha256,
                 image,
             } => {
                 let store = self.checkpoints.clone();
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let result = store
-                        .save(actor, seq, image)
+                        .save(actor, seq, &sha256, image)
                         .await
                         .map_err(|e| e.to_string());
                     let _ = tx.send(Msg::Input(Input::CheckpointStored { ticket, result }));
@@ -247,6 +290,10 @@ impl Owner {
                     let _ = tx.send(Msg::Input(Input::CheckpointLoaded { ticket, result }));
                 });
             }
+            Effect::Journal(change) => {
+                // `run` takes every one out of its batch before this.
+                tracing::error!(?change, "a journal change was not committed with its batch");
+            }
             Effect::ForgetCheckpoints { actor } => {
                 let store = self.checkpoints.clone();
                 tokio::spawn(async move { store.remove(actor).await });
@@ -266,6 +313,7 @@ impl Owner {
             reply(Err(died(node)));
             return;
         };
+        let epoch = self.state.epoch();
         let (cancel_tx, mut cancel) = oneshot::channel::<()>();
         // A job's stream stays open: resetting it cancels the job.
         let cancellable = matches!(body, WorkerCommand::RunJob { .. });
@@ -275,7 +323,11 @@ impl Owner {
         tokio::spawn(async move {
             let opened = async {
                 let (mut send, recv) = connection.open_bi().await.ok()?;
-                write_frame(&mut send, &body).await.ok()?;
+                let fenced = EpochCommand {
+                    epoch,
+                    command: body,
+                };
+                write_frame(&mut send, &fenced).await.ok()?;
                 if !cancellable {
                     let _ = send.finish();
                 }

@@ -32,7 +32,7 @@ impl Sim {
                 ));
             }
             let truth = self.actors.entry(actor).or_default();
-            if truth.owner.is_some() && !truth.gone {
+            if truth.owner.is_some() && !truth.gone && !self.unowned.contains(&actor) {
                 return Err(format!(
                     "the checkpoints of {actor} are forgotten, but nobody stopped it"
                 ));

@@ -28,7 +28,7 @@ pub(super) struct Client {
     /// Its actors, with the newest incarnation it reached.
     pub(super) actors: BTreeMap<ActorId, u32>,
     /// Its task lease requests, with the lease once granted.
-    leases: BTreeMap<RequestId, Option<(LeaseId, NodeId)>>,
+    pub(super) leases: BTreeMap<RequestId, Option<(LeaseId, NodeId)>>,
     /// The groups it saw, with their generation and members' incarnations.
     views: BTreeMap<String, (u64, Vec<u32>)>,
     /// Actors left to create in its opening burst.
@@ -68,6 +68,7 @@ impl Sim {
 
     /// The run winds down: clients give back their leases and kill some of their actors.
     pub(super) fn wind_down(&mut self) {
+        self.stop_orphans();
         for c in 0..self.clients.len() {
             if !self.clients[c].open {
                 continue;
@@ -85,7 +86,7 @@ impl Sim {
             }
             let actors: Vec<ActorId> = self.clients[c].actors.keys().copied().collect();
             for actor in actors {
-                if self.chance(0.5) {
+                if self.chance(0.5) && !self.orphans.contains(&actor) {
                     let conn = self.clients[c].conn;
                     self.send(conn, ClientRequest::KillActor { actor }, None);
                 }

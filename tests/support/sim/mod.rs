@@ -24,6 +24,7 @@
 
 mod checks;
 mod clients;
+mod head_crash;
 mod queue;
 mod shell;
 mod trace;
@@ -33,7 +34,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use ember_core::ids::{ActorId, LeaseId, NodeId};
-use ember_head_state::{CommandId, Config, HeadState, Input, RequestId};
+use ember_head_state::journal::{Change, Journaled, MemoryTables};
+use ember_head_state::{CommandId, Config, Effect, HeadState, Input, RequestId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -68,9 +70,17 @@ pub struct Scenario {
     pub check_every: u64,
     /// The head's heartbeat window.
     pub heartbeat_timeout: Duration,
+    /// The chance that a fault is a crash of the head (rebuilt from its journal).
+    pub head_crash: f64,
 }
 
 impl Scenario {
+    /// How long a restarted head waits for the workers of its last life (and how long those
+    /// keep their executors): twice the heartbeat window, short to keep runs short.
+    pub fn rejoin_window(&self) -> Duration {
+        self.heartbeat_timeout * 2
+    }
+
     /// A small cluster (12 workers, 4 clients) with many faults, checked whole at every step.
     pub fn small() -> Self {
         Scenario {
@@ -84,6 +94,7 @@ impl Scenario {
             save_interval: Duration::from_millis(400),
             check_every: 1,
             heartbeat_timeout: Duration::from_secs(2),
+            head_crash: 0.02,
         }
     }
 
@@ -100,6 +111,7 @@ impl Scenario {
             save_interval: Duration::from_secs(4),
             check_every: 1_000,
             heartbeat_timeout: Duration::from_secs(2),
+            head_crash: 0.0005,
         }
     }
 
@@ -209,6 +221,14 @@ pub struct Counts {
     pub errors: u64,
     /// Requests that ran out of time.
     pub timeouts: u64,
+    /// Head crashes, each followed by a head rebuilt from its journal.
+    pub head_crashes: u64,
+    /// Workers that lost the head, kept their executors and asked to re-join as their node.
+    pub rejoins: u64,
+    /// Of those, the ones given their node back (the others joined as new nodes).
+    pub rejoined: u64,
+    /// Actor incarnations adopted as they ran by a restarted head.
+    pub adopted: u64,
 }
 
 /// Runs `scenario` from `seed` and checks it; `Err` is the failure's report (with the seed,
@@ -271,6 +291,14 @@ fn env_differences(scenario: &Scenario) -> String {
     env
 }
 
+/// The change of a `Journal` effect.
+fn journal_change(effect: &Effect) -> Option<&Change> {
+    match effect {
+        Effect::Journal(change) => Some(change),
+        _ => None,
+    }
+}
+
 /// The CPU time of the calling thread so far (Linux: `/proc/thread-self/schedstat`).
 fn thread_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
@@ -330,6 +358,14 @@ impl Store {
 struct Sim {
     scenario: Scenario,
     head: HeadState,
+    /// What the head committed: the journal's tables, as the shell commits them.
+    journal: MemoryTables,
+    /// Actors whose owner connected to an earlier head life: the simulation stops them as
+    /// the run winds down.
+    orphans: BTreeSet<ActorId>,
+    /// Every actor whose owner connected to an earlier head life: the head stops those no
+    /// client of its new life claims (by locating them) when its re-join window ends.
+    unowned: BTreeSet<ActorId>,
     base: Instant,
     now: Duration,
     rng: StdRng,
@@ -380,10 +416,20 @@ impl Sim {
         let config = Config {
             heartbeat_timeout: scenario.heartbeat_timeout,
             form_wait: Duration::from_secs(5),
+            rejoin_window: scenario.rejoin_window(),
         };
+        let base = Instant::now();
+        let (head, first) = HeadState::restore(config, base, Journaled::default());
+        let mut journal = MemoryTables::new();
+        journal
+            .commit(first.iter().filter_map(journal_change))
+            .expect("records archive");
         Sim {
-            head: HeadState::new(config),
-            base: Instant::now(),
+            head,
+            journal,
+            orphans: BTreeSet::new(),
+            unowned: BTreeSet::new(),
+            base,
             now: Duration::ZERO,
             rng: StdRng::seed_from_u64(seed),
             queue: Queue::default(),
@@ -558,6 +604,10 @@ impl Sim {
         }
         self.before_input(&input)?;
         let effects = self.head.handle(self.base + self.now, input);
+        // The shell commits the batch's journal changes before anything else goes out.
+        self.journal
+            .commit(effects.iter().filter_map(journal_change))
+            .map_err(|e| format!("a journal change cannot be written: {e}"))?;
         for effect in effects {
             self.trace.effect(&effect);
             self.effect(effect)?;
@@ -575,14 +625,24 @@ impl Sim {
             Ev::Input(input) => self.deliver(input),
             Ev::Join(w) => self.join(w),
             Ev::Heartbeat(w) => self.heartbeat(w),
-            Ev::Exec { w, command, body } => self.exec(w, command, body),
-            Ev::Answer { command, reply } => self.answer(command, reply),
+            Ev::Exec {
+                w,
+                conn,
+                command,
+                body,
+            } => self.exec(w, conn, command, body),
+            Ev::Answer {
+                command,
+                reply,
+                from,
+            } => self.answer(command, reply, from),
             Ev::Event { w, event } => self.worker_event(w, event),
             Ev::ShellClose(w) => {
                 self.close_worker(w);
                 Ok(())
             }
             Ev::LostHead(w) => self.lost_head(w),
+            Ev::Rejoin(w) => self.rejoin(w),
             Ev::Send {
                 conn,
                 request,

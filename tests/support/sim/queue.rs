@@ -21,6 +21,8 @@ pub(super) enum Ev {
     /// A command arrives at worker `w`.
     Exec {
         w: usize,
+        /// The connection it was sent on: a command dies with its connection.
+        conn: ConnId,
         command: CommandId,
         body: WorkerCommand,
     },
@@ -29,13 +31,20 @@ pub(super) enum Ev {
     Answer {
         command: CommandId,
         reply: Result<WorkerReply, RemoteError>,
+        /// The worker connection it travels on (`None`: made up by the shell). Command ids
+        /// start again in each head life, so an answer on a connection that is gone is lost,
+        /// never taken for another command of the same number.
+        from: Option<ConnId>,
     },
     /// An event of worker `w` reaches the head's shell (in order, on the worker's own stream).
     Event { w: usize, event: WorkerEvent },
     /// The shell notices that worker `w`'s connection is gone.
     ShellClose(usize),
-    /// Worker `w` notices that it lost the head: it kills its executors.
+    /// Worker `w` notices that it lost the head: it keeps its executors and re-joins later,
+    /// or kills them and comes back as a new worker.
     LostHead(usize),
+    /// Worker `w`, which lost the head and kept its executors, joins again as the node it was.
+    Rejoin(usize),
     /// A client (or an executor) opens a stream with a request.
     Send {
         conn: ConnId,
@@ -106,6 +115,12 @@ impl Queue {
     }
 
     /// When the next event is due.
+    /// Drops every event for which `keep` is false (what died with the head).
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Ev) -> bool) {
+        self.events.retain(|_, ev| keep(ev));
+        self.background = self.events.values().filter(|ev| background(ev)).count();
+    }
+
     pub(super) fn next_at(&self) -> Option<Duration> {
         self.events.first_key_value().map(|((at, _), _)| *at)
     }

@@ -229,8 +229,14 @@ impl Sim {
                 if self.workers[w].node.is_some() {
                     return Err(format!("worker {w} welcomed twice"));
                 }
-                if self.nodes.insert(node, w).is_some() {
-                    return Err(format!("{node} given to two workers"));
+                let claimed = self.workers[w].hello.rejoin.as_ref().map(|r| r.node);
+                if claimed == Some(node) {
+                    self.counts.rejoined += 1;
+                }
+                if let Some(before) = self.nodes.insert(node, w) {
+                    if before != w {
+                        return Err(format!("{node} given to two workers ({before} and {w})"));
+                    }
                 }
                 self.workers[w].node = Some(node);
                 self.counts.workers += 1;
@@ -293,6 +299,7 @@ impl Sim {
                 actor,
                 seq,
                 image,
+                ..
             } => {
                 if self.store.forgotten.contains(&actor) {
                     return Err(format!(
@@ -339,6 +346,8 @@ impl Sim {
                 self.queue.push(at, Ev::Loaded { ticket, actor, ok });
             }
             Effect::ForgetCheckpoints { actor } => self.forgets.push(actor),
+            // Committed with its batch, before any of the batch's other effects.
+            Effect::Journal(_) => {}
         }
         Ok(())
     }
@@ -387,12 +396,22 @@ impl Sim {
                 Ev::Answer {
                     command,
                     reply: Err(gone("the worker's connection is closed")),
+                    from: None,
                 },
             );
             return Ok(());
         }
         let at = self.now + self.worker_hop(w);
-        self.queue.push(at, Ev::Exec { w, command, body });
+        let conn = self.workers[w].conn;
+        self.queue.push(
+            at,
+            Ev::Exec {
+                w,
+                conn,
+                command,
+                body,
+            },
+        );
         Ok(())
     }
 
@@ -402,10 +421,14 @@ impl Sim {
         &mut self,
         command: CommandId,
         reply: Result<ember_core::proto::WorkerReply, RemoteError>,
+        from: Option<ConnId>,
     ) -> Result<(), String> {
         let Some(&w) = self.commands.get(&command) else {
             return Ok(());
         };
+        if from.is_some_and(|conn| conn != self.workers[w].conn) {
+            return Ok(());
+        }
         if reply.is_ok() && !self.workers[w].connected {
             return Ok(());
         }
@@ -439,6 +462,7 @@ impl Sim {
             .map(|(&command, _)| Ev::Answer {
                 command,
                 reply: Err(gone("the worker's connection closed")),
+                from: None,
             })
             .collect();
         inputs.push(Ev::Input(Input::Closed { conn }));

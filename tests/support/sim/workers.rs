@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{
-    ActorEndpoints, CheckpointSave, ClientRequest, ErrorKind, JobEvent, LeaseEndpoints,
-    RemoteError, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply,
+    ActorEndpoints, CheckpointSave, ClientRequest, ErrorKind, JobEvent, LeaseEndpoints, Rejoin,
+    RemoteError, RunningActor, RunningLease, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply,
 };
 use ember_core::resources::{Allocation, GpuDevice, GpuStat, NodeResources};
 use ember_core::security::Fingerprint;
@@ -24,8 +24,9 @@ const GIB: u64 = 1 << 30;
 pub(super) const TASKS: [&str; 3] = ["train", "embed", "rare"];
 pub(super) const ACTORS: [&str; 2] = ["Trainer", "Shard"];
 
-/// One worker process, from its hello to its end. A worker that loses the head and comes
-/// back is a new one, with a new connection and node.
+/// One worker process, from its hello to its end. A worker that loses the head either keeps
+/// its executors and re-joins on a new connection, saying which node it was (in its hello),
+/// or kills them and comes back as a new worker.
 #[derive(Debug)]
 pub(super) struct Worker {
     pub(super) conn: ConnId,
@@ -58,6 +59,8 @@ pub(super) struct Worker {
     pub(super) events_at: Duration,
     /// Every incarnation it built.
     pub(super) started: BTreeSet<(ActorId, u32)>,
+    /// It lost the head because the head crashed (not because the head let go of it).
+    pub(super) head_crashed: bool,
 }
 
 /// An actor's process.
@@ -111,6 +114,7 @@ impl Sim {
             cancelled: BTreeSet::new(),
             events_at: Duration::ZERO,
             started: BTreeSet::new(),
+            head_crashed: false,
         });
         self.queue.push(at, Ev::Join(w));
     }
@@ -154,6 +158,7 @@ impl Sim {
             task_types,
             actor_types,
             address: format!("10.0.{}.{}:7100", w / 250, w % 250),
+            rejoin: None,
         }
     }
 
@@ -233,11 +238,13 @@ impl Sim {
     /// Worker `w` answers `command` after a hop (not before `after`).
     fn reply(&mut self, w: usize, command: CommandId, reply: WorkerReply, after: Duration) {
         let at = (self.now + self.worker_hop(w)).max(after);
+        let from = Some(self.workers[w].conn);
         self.queue.push(
             at,
             Ev::Answer {
                 command,
                 reply: Ok(reply),
+                from,
             },
         );
     }
@@ -246,15 +253,26 @@ impl Sim {
     pub(super) fn exec(
         &mut self,
         w: usize,
+        conn: ConnId,
         command: CommandId,
         body: WorkerCommand,
     ) -> Result<(), String> {
         let worker = &self.workers[w];
-        if !worker.up || !worker.connected {
-            // Lost with the worker; the shell answered it when the connection closed.
+        if !worker.up || !worker.connected || worker.conn != conn {
+            // Lost with the worker, or with the connection it was sent on (the worker
+            // re-joined since); the shell answered it when the connection closed.
             return Ok(());
         }
-        let Some(Ev::Exec { body, .. }) = self.stalled(w, Ev::Exec { w, command, body }) else {
+        let stalled = self.stalled(
+            w,
+            Ev::Exec {
+                w,
+                conn,
+                command,
+                body,
+            },
+        );
+        let Some(Ev::Exec { body, .. }) = stalled else {
             return Ok(());
         };
         let node = self.workers[w]
@@ -336,13 +354,7 @@ impl Sim {
                             },
                         );
                     }
-                    WorkerReply::ActorReady(ActorEndpoints {
-                        peer_addr: self.workers[w].hello.address.clone(),
-                        peer_fingerprint: Fingerprint([9; 32]),
-                        host: format!("host-{w}"),
-                        local_socket: format!("/run/ember/{w}/{actor}-{incarnation}.sock"),
-                        mesh_socket: format!("/run/ember/{w}/{actor}-{incarnation}.mesh"),
-                    })
+                    WorkerReply::ActorReady(self.actor_endpoints(w, actor, incarnation))
                 }
             }
             WorkerCommand::KillActor { actor, incarnation } => {
@@ -419,11 +431,13 @@ impl Sim {
                         at,
                     },
                 );
+                let from = Some(self.workers[w].conn);
                 self.queue.push(
                     at,
                     Ev::Answer {
                         command,
                         reply: Ok(WorkerReply::Job(started)),
+                        from,
                     },
                 );
                 let run = self.between(Duration::from_millis(5), Duration::from_millis(1500));
@@ -458,11 +472,13 @@ impl Sim {
             if let Some(job) = self.workers[w].jobs.get_mut(&command) {
                 job.at = at;
             }
+            let from = Some(self.workers[w].conn);
             self.queue.push(
                 at,
                 Ev::Answer {
                     command,
                     reply: Ok(WorkerReply::Job(JobEvent::Stdout(b"step\n".to_vec()))),
+                    from,
                 },
             );
             let next = self.between(Duration::from_millis(5), Duration::from_millis(800));
@@ -600,15 +616,127 @@ impl Sim {
         }
     }
 
-    /// Worker `w` lost the head: it kills its executors and comes back as a new worker.
+    /// Where worker `w` hosts incarnation `inc` of `actor`.
+    fn actor_endpoints(&self, w: usize, actor: ActorId, inc: u32) -> ActorEndpoints {
+        ActorEndpoints {
+            peer_addr: self.workers[w].hello.address.clone(),
+            peer_fingerprint: Fingerprint([9; 32]),
+            host: format!("host-{w}"),
+            local_socket: format!("/run/ember/{w}/{actor}-{inc}.sock"),
+            mesh_socket: format!("/run/ember/{w}/{actor}-{inc}.mesh"),
+        }
+    }
+
+    /// Worker `w` lost the head. After a head crash it mostly keeps its executors and re-joins
+    /// as the node it was within the window; otherwise (too late, or let go of by the head) it
+    /// kills its executors and comes back as a new worker.
     pub(super) fn lost_head(&mut self, w: usize) -> Result<(), String> {
         if !self.workers[w].up || self.stalled(w, Ev::LostHead(w)).is_none() {
+            return Ok(());
+        }
+        // Only a head that went away (a crash) is waited for: a worker the head let go of on
+        // purpose (declared dead) stops its executors at once, as a real one does.
+        let head_crashed = std::mem::take(&mut self.workers[w].head_crashed);
+        let window = self.scenario.rejoin_window();
+        let welcomed = self.workers[w].node.is_some();
+        let wait = match self.rng.gen_range(0..10) {
+            0..=6 if welcomed && head_crashed => {
+                Some(self.between(Duration::from_millis(20), window * 4 / 5))
+            }
+            // Too late (the head unreachable all its window): it gave up, below.
+            _ => None,
+        };
+        if let Some(wait) = wait {
+            self.trace.note(&format!(
+                "worker {w} keeps its executors and re-joins in {wait:?}"
+            ));
+            let at = self.now + wait;
+            self.queue.push(at, Ev::Rejoin(w));
             return Ok(());
         }
         self.end_all(w);
         if self.active() {
             let at = self.now + self.between(Duration::from_millis(50), Duration::from_secs(1));
             self.queue.push(at, Ev::Spawn);
+        }
+        Ok(())
+    }
+
+    /// Worker `w` joins again on a new connection as the node it was, saying what it still
+    /// runs; its executors' link to the head connects again too.
+    pub(super) fn rejoin(&mut self, w: usize) -> Result<(), String> {
+        if !self.workers[w].up || self.stalled(w, Ev::Rejoin(w)).is_none() {
+            return Ok(());
+        }
+        let Some(node) = self.workers[w].node.take() else {
+            return Ok(());
+        };
+        self.counts.rejoins += 1;
+        let actors = self.workers[w]
+            .procs
+            .iter()
+            .map(|(&(actor, incarnation), p)| RunningActor {
+                actor,
+                incarnation,
+                allocation: p.allocation.clone(),
+                endpoints: self.actor_endpoints(w, actor, incarnation),
+                sealed: p.sealed || p.sealing.is_some(),
+            })
+            .collect();
+        let leases = self.workers[w]
+            .leases
+            .iter()
+            .map(|(&lease, allocation)| RunningLease {
+                lease,
+                allocation: allocation.clone(),
+            })
+            .collect();
+        let conn = self.new_conn(Peer::Worker(w));
+        let exec = self.new_conn(Peer::Exec(w));
+        let worker = &mut self.workers[w];
+        worker.hello.rejoin = Some(Rejoin {
+            node,
+            epoch: 0,
+            actors,
+            leases,
+        });
+        worker.conn = conn;
+        worker.exec = exec;
+        worker.exec_open = true;
+        worker.connected = true;
+        worker.forgotten = false;
+        worker.jobs.clear();
+        // What the journal has running on this node (or being started), as this worker runs
+        // it, must be adopted as it runs if the head takes the worker back.
+        let journaled = self
+            .journal
+            .read()
+            .map_err(|e| format!("the journal cannot be read back: {e}"))?;
+        let expected: Vec<(ActorId, u32)> = self.workers[w]
+            .procs
+            .iter()
+            .filter(|(_, p)| !p.sealed && p.sealing.is_none())
+            .map(|(&key, _)| key)
+            .filter(|(actor, inc)| {
+                journaled.actors.get(actor).is_some_and(|r| {
+                    r.incarnation == *inc && r.dead.is_none() && r.node.is_none_or(|n| n == node)
+                })
+            })
+            .collect();
+        let restored_at = self.head.expected_nodes().contains(&node);
+        self.join(w)?;
+        if !restored_at || self.workers[w].node != Some(node) {
+            return Ok(());
+        }
+        let live = self.head.live_incarnations();
+        for (actor, inc) in expected {
+            if !live.contains(&(actor, inc, node)) {
+                return Err(format!(
+                    "worker {w} re-joined as {node} running {actor} incarnation {inc}, as the \
+                     journal has it, but the head did not adopt it"
+                ));
+            }
+            self.counts.adopted += 1;
         }
         Ok(())
     }
@@ -620,6 +748,9 @@ impl Sim {
         }
         let next = self.exp(1.0 / self.scenario.fault_rate);
         self.queue.push(self.now + next, Ev::Fault);
+        if self.chance(self.scenario.head_crash) {
+            return self.head_crash();
+        }
         let live: Vec<usize> = (0..self.workers.len())
             .filter(|&w| {
                 let wk = &self.workers[w];

@@ -17,8 +17,8 @@
 use rkyv::{Archive, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::ids::NodeId;
-use crate::resources::NodeResources;
+use crate::ids::{ActorId, LeaseId, NodeId};
+use crate::resources::{Allocation, NodeResources};
 
 use super::frame::{read_frame_bytes, write_frame_bytes};
 use super::{decode, encode, FrameError, PeerHello};
@@ -31,7 +31,7 @@ use super::{decode, encode, FrameError, PeerHello};
 /// requests, replies, commands, events, calls, leases, group messages), a changed frame
 /// limit or framing, or an exchange that now expects another answer. Two processes of one
 /// version must understand every frame the other sends; nothing else is checked.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest hello accepted, and the largest welcome: a worker's hello, with its resources
 /// and the names of all its task and actor types, fits easily.
@@ -111,6 +111,57 @@ pub struct WorkerHello {
     pub actor_types: Vec<String>,
     /// The worker's own address, for humans and logs.
     pub address: String,
+    /// Set when the worker lost the head and joins again as the node it was, with what it
+    /// still runs; `None` for a worker joining as a new node.
+    pub rejoin: Option<Rejoin>,
+}
+
+/// What a worker that lost the head says when it joins again as the same node: which node it
+/// was, under which head life it last joined, and what it still runs.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct Rejoin {
+    /// The node it was.
+    pub node: NodeId,
+    /// The head life ([`WorkerTerms::epoch`]) it last joined under.
+    pub epoch: u64,
+    /// The actors it still hosts, one live incarnation each.
+    pub actors: Vec<RunningActor>,
+    /// The task leases it still holds open.
+    pub leases: Vec<RunningLease>,
+}
+
+/// A task lease a re-joining worker still holds open.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RunningLease {
+    /// The lease.
+    pub lease: LeaseId,
+    /// What it holds on this worker, as the head granted it.
+    pub allocation: Allocation,
+}
+
+/// An actor incarnation a re-joining worker still hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RunningActor {
+    /// The actor.
+    pub actor: ActorId,
+    /// Its incarnation running here.
+    pub incarnation: u32,
+    /// What it holds on this worker, as the head granted it.
+    pub allocation: Allocation,
+    /// Where it takes calls.
+    pub endpoints: super::ActorEndpoints,
+    /// It was sealed for a move (its final checkpoint taken; it answers `Moved`): it is never
+    /// adopted, only stopped.
+    pub sealed: bool,
+}
+
+/// What the head tells an accepted worker right after the [`Welcome`], on the same stream:
+/// the head life it joined. The worker refuses commands of an older life from then on, and a
+/// head of an older life than one it already joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct WorkerTerms {
+    /// The head's life number (its epoch), one more at every head start.
+    pub epoch: u64,
 }
 
 /// The answer to a [`Hello`]. Its layout is the same in every protocol version.

@@ -294,6 +294,16 @@ impl RemoteError {
     }
 }
 
+/// A command as it travels: with the life (epoch) of the head that sends it, so a worker
+/// refuses one from an older head life than the one it joined under.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub struct EpochCommand {
+    /// The sending head's epoch (see [`crate::proto::WorkerTerms`]).
+    pub epoch: u64,
+    /// The command.
+    pub command: WorkerCommand,
+}
+
 /// What the head asks of a worker, each on its own stream.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub enum WorkerCommand {

@@ -29,8 +29,8 @@ pub use codec::{decode, encode, Wire};
 pub use collective::{GroupMember, GroupView, PeerHello};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use hello::{
-    decode_hello, encode_hello, read_hello, write_hello, Hello, HelloRole, Welcome, WorkerHello,
-    HELLO_LIMIT, PROTOCOL_VERSION,
+    decode_hello, encode_hello, read_hello, write_hello, Hello, HelloRole, Rejoin, RunningActor,
+    RunningLease, Welcome, WorkerHello, WorkerTerms, HELLO_LIMIT, PROTOCOL_VERSION,
 };
 pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease, LEASE_LOST};
 pub use messages::*;

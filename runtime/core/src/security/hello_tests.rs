@@ -24,6 +24,7 @@ fn worker() -> HelloRole {
         task_types: vec!["t".into()],
         actor_types: Vec::new(),
         address: "127.0.0.1:1".into(),
+        rejoin: None,
     }))
 }
 

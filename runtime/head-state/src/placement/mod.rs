@@ -326,6 +326,27 @@ impl Scheduler {
         true
     }
 
+    /// Takes exactly `lease.allocation` on `lease.node` as a lease: what a worker that re-joined
+    /// after a head restart still holds for work the head adopts. False (nothing changes) when
+    /// the node is unknown, the lease id is in use, or the allocation is not free there now
+    /// (a GPU it lacks, a share or an amount over what is free, one GPU named twice).
+    pub fn adopt(&mut self, lease: Lease) -> bool {
+        if self.leases.contains_key(&lease.id) {
+            return false;
+        }
+        let Some(i) = self.position(lease.node) else {
+            return false;
+        };
+        let node = &mut self.nodes[i];
+        let usage_before = node.usage_key;
+        if !node.claim(&lease.allocation) {
+            return false;
+        }
+        self.index.update(usage_before, node);
+        self.leases.insert(lease.id, lease);
+        true
+    }
+
     /// Removes a queued request. Returns whether it was queued.
     pub fn cancel(&mut self, lease: LeaseId) -> bool {
         self.queue.remove(lease).is_some()

@@ -305,6 +305,54 @@ impl NodeState {
         })
     }
 
+    /// Takes exactly `a` from what is free, or returns false (changing nothing) when it is not
+    /// all free now, names a GPU or custom resource this node lacks, or names one GPU twice.
+    pub(crate) fn claim(&mut self, a: &Allocation) -> bool {
+        if a.cpu_millis > self.cpu_free {
+            return false;
+        }
+        let mut positions = Vec::with_capacity(a.gpus.len());
+        for grant in &a.gpus {
+            let Ok(i) = self.gpus.binary_search_by_key(&grant.index, |g| g.index) else {
+                return false;
+            };
+            let g = &self.gpus[i];
+            let units = grant.share.units();
+            if positions.contains(&i)
+                || units == 0
+                || units > g.share_free
+                || grant.memory > g.mem_free
+            {
+                return false;
+            }
+            positions.push(i);
+        }
+        for (name, amount) in &a.custom {
+            match self.custom.binary_search_by(|c| c.name.as_str().cmp(name)) {
+                Ok(i) if *amount <= self.custom[i].free => {}
+                _ => return false,
+            }
+        }
+        self.cpu_free -= a.cpu_millis;
+        for (grant, i) in a.gpus.iter().zip(positions) {
+            let g = &mut self.gpus[i];
+            g.share_free -= grant.share.units();
+            g.mem_free -= grant.memory;
+            self.gpu_units_used += u64::from(grant.share.units());
+        }
+        for (name, amount) in &a.custom {
+            if let Ok(i) = self.custom.binary_search_by(|c| c.name.as_str().cmp(name)) {
+                self.custom[i].free -= amount;
+            }
+        }
+        if !a.gpus.is_empty() {
+            self.refresh_gpu_cache();
+        }
+        self.usage_key = self.compute_usage_key();
+        self.leases += 1;
+        true
+    }
+
     /// Gives back what an allocation on this node took.
     pub(crate) fn free(&mut self, a: &Allocation) {
         self.cpu_free = (self.cpu_free + a.cpu_millis).min(self.cpu_total);

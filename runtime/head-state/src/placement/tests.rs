@@ -534,3 +534,40 @@ fn a_choice_asks_few_nodes_even_when_the_most_used_are_full() {
     assert_eq!(chosen, Some(NodeId(301)));
     assert!(asked <= 2, "pack asked {asked} nodes for a whole GPU");
 }
+
+#[test]
+fn adopting_claims_exactly_a_free_allocation_and_nothing_twice() {
+    let mut s = Scheduler::new();
+    s.add_node(NodeId(1), node_res(8, h100s(2)));
+    let Decision::Placed(placed) = s.request(req(1, demand(2, 50))) else {
+        panic!("a half GPU fits");
+    };
+    s.release(placed.id);
+    // What a re-joining worker says it holds: the same allocation, under a new lease.
+    let adopted = Lease {
+        id: LeaseId(2),
+        node: NodeId(1),
+        allocation: placed.allocation.clone(),
+    };
+    assert!(s.adopt(adopted.clone()));
+    assert!(!s.adopt(adopted.clone()), "one lease id once");
+    s.check_invariants().unwrap();
+    // The same GPU share again, and more than is free, are refused; so is an unknown node.
+    let mut whole = adopted.clone();
+    whole.id = LeaseId(3);
+    whole.allocation.gpus[0].share = GpuShare::from_units(100);
+    assert!(!s.adopt(whole), "a whole GPU of which half is taken");
+    let mut elsewhere = adopted.clone();
+    elsewhere.id = LeaseId(4);
+    elsewhere.node = NodeId(9);
+    assert!(!s.adopt(elsewhere));
+    let mut twice = adopted;
+    twice.id = LeaseId(5);
+    let g = twice.allocation.gpus[0];
+    twice.allocation.gpus.push(g);
+    assert!(!s.adopt(twice), "one GPU named twice");
+    s.check_invariants().unwrap();
+    assert!(s.release(LeaseId(2)));
+    s.check_invariants().unwrap();
+    assert_eq!(s.usage(NodeId(1)).unwrap().cpu_millis_free, 8000);
+}

@@ -13,8 +13,11 @@ use ember_core::resources::actor_label;
 use super::{
     no_actor, unexpected, Actor, HeadState, Incarnate, Io, Purpose, Start, Step, Wait, Work,
 };
+use sha2::{Digest, Sha256};
+
 use crate::actor_life::{ActorLife, Loss, Phase};
 use crate::io::{ConnId, Effect, LoadedCheckpoint, RequestId, Ticket};
+use crate::journal::{Change, CheckpointRecord};
 use crate::placement::Lease;
 
 impl HeadState {
@@ -32,7 +35,7 @@ impl HeadState {
             Actor {
                 life: ActorLife::new(spec.restart),
                 spec,
-                owner,
+                owner: self.owner(owner),
                 create: Some(request),
                 start: None,
                 checkpoint: None,
@@ -43,13 +46,15 @@ impl HeadState {
     }
 
     /// Places the actor's current incarnation.
-    fn start_actor(&mut self, now: Instant, actor: ActorId) {
+    pub(super) fn start_actor(&mut self, now: Instant, actor: ActorId) {
         let Some(a) = self.actors.get_mut(&actor) else {
             return;
         };
         let incarnation = a.life.incarnation();
-        let lease = LeaseId(self.next_id);
-        self.next_id += 1;
+        let lease = LeaseId(self.next_id());
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return;
+        };
         a.start = Some(Start {
             lease,
             step: Step::Placing,
@@ -213,6 +218,7 @@ impl HeadState {
                 a.life.started(incarnation, Incarnate { lease, endpoints });
                 let create = a.create.take();
                 tracing::info!(%actor, incarnation, %node, "actor up");
+                self.journal_actor(actor);
                 if let Some(request) = create {
                     if let Some(location) = self.location(actor) {
                         self.reply(request, ClientReply::ActorCreated(location));
@@ -284,6 +290,7 @@ impl HeadState {
             tracing::error!(%actor, incarnation, "actor could not be restarted: {context}{e}");
             a.life
                 .die(format!("{actor} could not be restarted: {context}{e}"));
+            self.journal_actor(actor);
         }
         self.notify(now, actor);
     }
@@ -319,6 +326,9 @@ impl HeadState {
             return;
         }
         a.start = None;
+        self.restoring.remove(&actor);
+        self.rejoin_settled();
+        self.journal_actor(actor);
         if let Some(lease) = lease {
             self.release(now, lease);
         }
@@ -341,6 +351,7 @@ impl HeadState {
         let a = self.actors.get_mut(&actor)?;
         let lease = a.life.live()?.lease;
         let incarnation = a.life.moving()?;
+        self.journal_actor(actor);
         self.release(now, lease);
         self.start_actor(now, actor);
         self.notify(now, actor);
@@ -404,6 +415,11 @@ impl HeadState {
         let Some(mut a) = self.actors.remove(&actor) else {
             return;
         };
+        self.restoring.remove(&actor);
+        self.rejoin_settled();
+        if a.create.is_none() {
+            self.journal(Change::ActorGone { actor });
+        }
         self.forget(actor, a.stores);
         let killing = a.life.live().map(|live| live.lease);
         a.life.die(format!("{actor} was stopped"));
@@ -479,6 +495,12 @@ impl HeadState {
     ) {
         let Some(a) = self.actors.get(&actor) else {
             self.fail(request, no_actor(actor));
+            return;
+        };
+        if a.owner.epoch < self.epoch {
+            self.claim(request, actor);
+        }
+        let Some(a) = self.actors.get(&actor) else {
             return;
         };
         let deadline = now + timeout;
@@ -626,6 +648,19 @@ impl HeadState {
             return;
         };
         let current = a.life.incarnation();
+        if self.restoring.contains_key(&actor) && current == save.incarnation {
+            // Its worker has not re-joined this head life yet: the incarnation may well be
+            // adopted, so it is not told it was replaced (which would seal it for good).
+            let e = RemoteError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "checkpoint of {actor} not recorded yet: the head restarted and incarnation \
+                     {current} is not taken back yet (its worker has not re-joined)"
+                ),
+            );
+            self.fail(request, e);
+            return;
+        }
         if a.life.live().is_none() || current != save.incarnation {
             let e = RemoteError::new(
                 ErrorKind::Moved,
@@ -639,9 +674,11 @@ impl HeadState {
         }
         a.stores += 1;
         let seq = save.seq;
+        let sha256: [u8; 32] = Sha256::digest(&save.image).into();
         let ticket = self.ticket(Io::Store {
             actor,
             seq,
+            sha256,
             request,
         });
         self.set_wait(request, Wait::Save);
@@ -649,6 +686,7 @@ impl HeadState {
             ticket,
             actor,
             seq,
+            sha256,
             image: save.image,
         });
     }
@@ -657,6 +695,7 @@ impl HeadState {
         let Some(Io::Store {
             actor,
             seq,
+            sha256,
             request,
         }) = self.io.remove(&ticket)
         else {
@@ -667,6 +706,8 @@ impl HeadState {
                 a.stores -= 1;
                 if result.is_ok() && a.checkpoint.is_none_or(|(recorded, _)| seq > recorded) {
                     a.checkpoint = Some((seq, now));
+                    let record = CheckpointRecord { seq, sha256 };
+                    self.journal(Change::Checkpoint { actor, record });
                 }
                 self.load_when_written(actor);
             }

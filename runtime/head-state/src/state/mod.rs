@@ -3,7 +3,8 @@
 //! The files beside this one each take one concern: `nodes.rs` (joins, liveness, probes,
 //! losses), `work.rs` (placement, task leases, jobs), `actors.rs` (creation, restarts,
 //! locating, checkpoints, stopping), `drain.rs`, `groups.rs` (collective groups),
-//! `status.rs` (`ember status`).
+//! `status.rs` (`ember status`), `restore.rs` (a head's restart from its journal, and what
+//! the state journals).
 //!
 //! Everything is stored once. The scheduler owns what runs where (a lease: its node and
 //! allocation); [`Work`] says what each lease is for; an actor keeps only the lease of its
@@ -14,6 +15,7 @@ mod actors;
 mod drain;
 mod groups;
 mod nodes;
+mod restore;
 mod status;
 mod work;
 
@@ -34,6 +36,7 @@ use crate::actor_life::ActorLife;
 use crate::groups::Groups;
 pub(crate) use crate::io::died;
 use crate::io::{CommandId, ConnId, Effect, Input, RequestId, Ticket};
+use crate::journal::{Change, NodeRecord, Owner};
 use crate::placement::Scheduler;
 
 /// How the head behaves; every duration is of the clock passed to [`HeadState::handle`].
@@ -43,6 +46,11 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// How long forming a group waits for members that are restarting.
     pub form_wait: Duration,
+    /// After a restart, how long the nodes of the last head life are waited for before they
+    /// are given up and their actors restarted elsewhere. It must be at least the workers'
+    /// own window (`WorkerConfig::rejoin_ms`): a worker that has not re-joined by then has
+    /// stopped its executors, so no actor is restarted while its old incarnation still runs.
+    pub rejoin_window: Duration,
 }
 
 impl Config {
@@ -54,11 +62,13 @@ impl Config {
 }
 
 impl Default for Config {
-    /// A 2 s heartbeat window; 30 s for group members to come back.
+    /// A 2 s heartbeat window; 30 s for group members to come back; 60 s for the workers of
+    /// the last head life to re-join.
     fn default() -> Self {
         Config {
             heartbeat_timeout: Duration::from_secs(2),
             form_wait: Duration::from_secs(30),
+            rejoin_window: Duration::from_secs(60),
         }
     }
 }
@@ -88,6 +98,10 @@ enum Work {
     Job(Job),
     /// An incarnation of an actor (its entry may be gone: stopped, its process still ending).
     Actor { actor: ActorId, incarnation: u32 },
+    /// Something a worker re-joining after a head restart still ran and the head stops (an
+    /// actor incarnation or a task lease it does not know): its capacity is held until the
+    /// worker confirms.
+    Stray,
 }
 
 #[derive(Debug)]
@@ -145,8 +159,9 @@ struct Incarnate {
 #[derive(Debug)]
 struct Actor {
     spec: ActorSpec,
-    /// The client connection that created it: it dies with that connection.
-    owner: ConnId,
+    /// The client connection that created it: it dies with that connection (one of an earlier
+    /// head life never closes in this one).
+    owner: Owner,
     life: ActorLife<Incarnate>,
     /// The request that created it, until its first incarnation is up.
     create: Option<RequestId>,
@@ -263,6 +278,10 @@ enum Purpose {
         actor: ActorId,
     },
     RunJob(LeaseId),
+    /// Stop something a re-joining worker still ran; then release what it `held`.
+    StopStray {
+        held: Option<LeaseId>,
+    },
 }
 
 /// A probe in flight: a command whose answer, or the worker's silence, says whether the worker
@@ -279,6 +298,7 @@ enum Io {
     Store {
         actor: ActorId,
         seq: u64,
+        sha256: [u8; 32],
         request: RequestId,
     },
     Load {
@@ -296,6 +316,9 @@ enum Timer {
     Probe(CommandId),
     /// A drain's grace ends.
     Drain(NodeId),
+    /// The actors of an earlier head life that no client connection of this one claimed are
+    /// stopped.
+    Unclaimed,
 }
 
 /// A node being drained.
@@ -314,7 +337,18 @@ struct Drain {
 #[derive(Debug)]
 pub struct HeadState {
     config: Config,
+    /// This head life's number: one more than the last life's in the journal.
+    epoch: u64,
     next_id: u64,
+    /// Ids below this may have been given out (journaled as [`Change::IdsReserved`]).
+    ids_reserved: u64,
+    /// Nodes of the last head life, expected to re-join until `rejoin_deadline`.
+    expected: BTreeMap<NodeId, NodeRecord>,
+    /// Actors read back from the journal and not adopted or started again yet, with the node
+    /// their incarnation was alive on when the last life ended (`None`: it was being started).
+    restoring: BTreeMap<ActorId, Option<NodeId>>,
+    /// When the nodes of the last life that did not re-join are given up.
+    rejoin_deadline: Option<Instant>,
     next_command: u64,
     next_ticket: u64,
     sched: Scheduler,
@@ -344,11 +378,17 @@ pub struct HeadState {
 }
 
 impl HeadState {
-    /// An empty cluster.
+    /// An empty cluster in the first head life, with nothing journaled. A head with a journal
+    /// starts with [`HeadState::restore`] instead (an empty journal gives this same state).
     pub fn new(config: Config) -> Self {
         HeadState {
             config,
+            epoch: 1,
             next_id: 1,
+            ids_reserved: 0,
+            expected: BTreeMap::new(),
+            restoring: BTreeMap::new(),
+            rejoin_deadline: None,
             next_command: 1,
             next_ticket: 1,
             sched: Scheduler::new(),
@@ -401,6 +441,10 @@ impl HeadState {
     /// When [`Input::Tick`] is next due, if anything waits on time.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.first().map(|(at, _)| *at);
+        let timer = match (timer, self.rejoin_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let liveness = self.liveness.first().map(|(at, _)| *at);
         match (timer, liveness) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -484,6 +528,31 @@ impl HeadState {
                 return Err(format!("{id} is both alive and starting"));
             }
         }
+        for &id in self.restoring.keys() {
+            match self.actors.get(&id) {
+                Some(a) if a.start.is_none() && a.life.live().is_none() => {}
+                other => return Err(format!("{id} is being restored but is {other:?}")),
+            }
+        }
+        let waiting = !self.expected.is_empty() || !self.restoring.is_empty();
+        if waiting != self.rejoin_deadline.is_some() {
+            return Err(format!(
+                "{} nodes expected and {} actors restoring, but the re-join deadline is {:?}",
+                self.expected.len(),
+                self.restoring.len(),
+                self.rejoin_deadline
+            ));
+        }
+        if let Some(node) = self.expected.keys().find(|n| self.nodes.contains_key(n)) {
+            return Err(format!("{node} is both expected and joined"));
+        }
+        if self.next_id > self.ids_reserved {
+            return Err(format!(
+                "id {} was given out beyond the journaled reservation {}",
+                self.next_id - 1,
+                self.ids_reserved
+            ));
+        }
         for (request, open) in &self.requests {
             let ok = match &open.wait {
                 Wait::Now => false,
@@ -507,10 +576,29 @@ impl HeadState {
 
     // ---- ids, effects and timers ----
 
+    /// A fresh id for a node, actor, lease or job. Ids are reserved in the journal a block at
+    /// a time, so none is given again by a later head life.
     fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        if id >= self.ids_reserved {
+            self.ids_reserved = id + ID_BLOCK;
+            self.journal(Change::IdsReserved(self.ids_reserved));
+        }
         id
+    }
+
+    /// Asks for a change to be committed before what follows it in this batch goes out.
+    fn journal(&mut self, change: Change) {
+        self.out.push(Effect::Journal(change));
+    }
+
+    /// A connection of this head life, as an owner.
+    fn owner(&self, conn: ConnId) -> Owner {
+        Owner {
+            epoch: self.epoch,
+            conn: conn.0,
+        }
     }
 
     /// Sends a command to a worker; its answer comes back as [`Input::Replied`].
@@ -720,7 +808,7 @@ impl HeadState {
         let owned: Vec<ActorId> = self
             .actors
             .iter()
-            .filter(|(_, a)| a.owner == conn)
+            .filter(|(_, a)| a.owner == self.owner(conn))
             .map(|(id, _)| *id)
             .collect();
         for actor in owned {
@@ -729,6 +817,9 @@ impl HeadState {
     }
 
     fn tick(&mut self, now: Instant) {
+        if self.rejoin_deadline.is_some_and(|at| at <= now) {
+            self.rejoin_window_ended(now);
+        }
         while let Some(&(at, node)) = self.liveness.first() {
             if at > now {
                 break;
@@ -754,6 +845,7 @@ impl HeadState {
                 }
                 Timer::Probe(command) => self.probe_window_ended(now, command),
                 Timer::Drain(node) => self.finish_drain(now, node),
+                Timer::Unclaimed => self.stop_unclaimed(now),
             }
         }
     }
@@ -826,6 +918,9 @@ impl HeadState {
         self.fail(request, error);
     }
 }
+
+/// How many ids one journaled reservation covers.
+const ID_BLOCK: u64 = 1024;
 
 /// Milliseconds as a duration.
 fn ms(millis: u64) -> Duration {

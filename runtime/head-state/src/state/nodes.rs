@@ -8,9 +8,15 @@ use ember_core::resources::{actor_label, task_label};
 
 use super::{died, HeadState, Node, Probing, Purpose, Timer, Wait, Work};
 use crate::io::{CommandId, ConnId, Effect};
+use crate::journal::{Change, NodeRecord};
 
 impl HeadState {
-    pub(super) fn worker_joined(&mut self, now: Instant, conn: ConnId, hello: Box<WorkerHello>) {
+    pub(super) fn worker_joined(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        mut hello: Box<WorkerHello>,
+    ) {
         if self.conns.contains_key(&conn) {
             tracing::warn!(
                 ?conn,
@@ -18,7 +24,25 @@ impl HeadState {
             );
             return;
         }
-        let node = NodeId(self.next_id());
+        let rejoin = hello.rejoin.take();
+        let old = rejoin.as_ref().map(|r| r.node);
+        let matched = old.filter(|n| self.expected.remove(n).is_some());
+        let node = match matched {
+            Some(node) => {
+                tracing::info!(%node, "worker {} re-joined as the node it was", hello.name);
+                node
+            }
+            None => {
+                if let Some(old) = old {
+                    tracing::warn!(
+                        %old,
+                        "worker {} claims a node this head does not expect: it joins as a new node",
+                        hello.name
+                    );
+                }
+                NodeId(self.next_id())
+            }
+        };
         let mut resources = hello.resources.clone();
         resources.labels = hello
             .task_types
@@ -43,7 +67,14 @@ impl HeadState {
         );
         self.liveness
             .insert((now + self.config.heartbeat_timeout, node));
+        let record = NodeRecord {
+            hello: (*self.nodes[&node].hello).clone(),
+        };
+        self.journal(Change::Node { node, record });
         self.out.push(Effect::Welcome { conn, node });
+        if let Some(rejoin) = rejoin {
+            self.reconcile(now, node, matched.is_some(), rejoin);
+        }
         self.place_queued(now);
         let count = self.nodes.len() as u32;
         let ready: Vec<_> = self
@@ -149,6 +180,11 @@ impl HeadState {
             } => self.probed(now, pending.node, actor, incarnation, request, reply),
             Purpose::Seal { actor } => self.sealed(now, pending.node, actor, reply),
             Purpose::RunJob(lease) => self.job_replied(now, lease, reply, last),
+            Purpose::StopStray { held } => {
+                if let Some(held) = held {
+                    self.release(now, held);
+                }
+            }
         }
     }
 
@@ -209,6 +245,7 @@ impl HeadState {
         let Some(n) = self.nodes.remove(&node) else {
             return 0;
         };
+        self.journal(Change::NodeGone { node });
         self.conns.remove(&n.conn);
         self.liveness
             .remove(&(n.last_heard + self.config.heartbeat_timeout, node));
@@ -235,7 +272,7 @@ impl HeadState {
                     }
                     self.actor_lost(now, actor, incarnation, &format!("its worker {node} {why}"));
                 }
-                None => {}
+                Some(Work::Stray) | None => {}
             }
         }
         let unanswered: Vec<CommandId> = self

@@ -49,7 +49,7 @@ impl HeadState {
                     &j.spec.command.join(" "),
                     &j.spec.placement,
                 )),
-                Work::Actor { .. } => {}
+                Work::Actor { .. } | Work::Stray => {}
             }
         }
         for (&id, a) in &self.actors {
@@ -100,7 +100,7 @@ impl HeadState {
                     ),
                     None => continue,
                 },
-                None => continue,
+                Some(Work::Stray) | None => continue,
             };
             status.queue.push(entry);
         }

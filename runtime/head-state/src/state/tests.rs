@@ -15,35 +15,86 @@ use ember_core::security::Fingerprint;
 
 use super::{Config, HeadState};
 use crate::io::{CommandId, ConnId, Effect, Input, LoadedCheckpoint, RequestId, Ticket};
+use crate::journal::{Journaled, MemoryTables};
 
-/// The head and the shell's numbering, at a time the test moves on.
+/// The head and the shell's numbering, at a time the test moves on, and the journal the
+/// shell commits to.
 struct Scene {
     head: HeadState,
     now: Instant,
     next_conn: u64,
     next_request: u64,
+    journal: MemoryTables,
+    /// Every effect of the last input, `Journal` effects included, in order.
+    batch: Vec<Effect>,
 }
 
 impl Scene {
-    /// An empty cluster with a 2 s heartbeat window (a 500 ms probe window).
+    /// An empty cluster with a 2 s heartbeat window (a 500 ms probe window) and a 2 s window
+    /// for re-joins after a restart.
     fn new() -> Self {
-        Scene {
-            head: HeadState::new(Config::default()),
+        let config = Config {
+            rejoin_window: Duration::from_secs(2),
+            ..Config::default()
+        };
+        let (head, effects) = HeadState::restore(config, Instant::now(), Journaled::default());
+        let mut scene = Scene {
+            head,
             now: Instant::now(),
             next_conn: 1,
             next_request: 1,
-        }
+            journal: MemoryTables::new(),
+            batch: Vec::new(),
+        };
+        scene.commit(&effects);
+        scene
     }
 
     fn later(&mut self, by: Duration) {
         self.now += by;
     }
 
+    /// Hands the head an input as the shell does: commits the batch's `Journal` effects, and
+    /// returns the others. After every input, the state a head restarted now would read back
+    /// from the journal agrees with itself too.
     fn handle(&mut self, input: Input) -> Vec<Effect> {
         let effects = self.head.handle(self.now, input);
         if let Err(e) = self.head.check_invariants() {
             panic!("the state disagrees with itself: {e}");
         }
+        self.commit(&effects);
+        self.batch = effects.clone();
+        let (restored, _) = HeadState::restore(
+            self.head.config().clone(),
+            self.now,
+            self.journal.read().expect("the journal reads back"),
+        );
+        if let Err(e) = restored.check_invariants() {
+            panic!("a head restored now would disagree with itself: {e}");
+        }
+        effects
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Journal(_)))
+            .collect()
+    }
+
+    fn commit(&mut self, effects: &[Effect]) {
+        let changes = effects.iter().filter_map(|e| match e {
+            Effect::Journal(change) => Some(change),
+            _ => None,
+        });
+        self.journal.commit(changes).expect("records archive");
+    }
+
+    /// The head crashes and starts again on what its journal committed.
+    fn restart(&mut self) -> Vec<Effect> {
+        let journaled = self.journal.read().expect("the journal reads back");
+        let (head, effects) = HeadState::restore(self.head.config().clone(), self.now, journaled);
+        self.head = head;
+        if let Err(e) = self.head.check_invariants() {
+            panic!("the restored state disagrees with itself: {e}");
+        }
+        self.commit(&effects);
         effects
     }
 
@@ -54,6 +105,16 @@ impl Scene {
 
     /// A worker with one 80 GiB H100 that can run `train` and host `Trainer` joins.
     fn join(&mut self) -> (ConnId, NodeId) {
+        let (conn, node, _) = self.join_as(None);
+        (conn, node)
+    }
+
+    /// Such a worker joins, as a node it was if `rejoin` says so; returns its connection, its
+    /// node and the effects after the welcome.
+    fn join_as(
+        &mut self,
+        rejoin: Option<ember_core::proto::Rejoin>,
+    ) -> (ConnId, NodeId, Vec<Effect>) {
         let conn = self.conn();
         let hello = WorkerHello {
             name: format!("worker-{}", conn.0),
@@ -73,13 +134,16 @@ impl Scene {
             task_types: vec!["train".into()],
             actor_types: vec!["Trainer".into()],
             address: "10.0.0.1:7100".into(),
+            rejoin,
         };
         let effects = self.handle(Input::WorkerJoined {
             conn,
             hello: Box::new(hello),
         });
         match effects.as_slice() {
-            [Effect::Welcome { conn: c, node }, ..] if *c == conn => (conn, *node),
+            [Effect::Welcome { conn: c, node }, rest @ ..] if *c == conn => {
+                (conn, *node, rest.to_vec())
+            }
             other => panic!("expected a welcome, got {other:?}"),
         }
     }
@@ -147,6 +211,9 @@ impl Scene {
         })
     }
 }
+
+#[path = "restore_tests.rs"]
+mod restore_tests;
 
 fn placement(gpus: u32) -> Placement {
     Placement {
@@ -254,6 +321,7 @@ fn a_worker_that_joins_is_welcomed_with_a_node_id() {
             task_types: Vec::new(),
             actor_types: Vec::new(),
             address: String::new(),
+            rejoin: None,
         }),
     });
     assert!(

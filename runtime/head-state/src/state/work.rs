@@ -104,7 +104,7 @@ impl HeadState {
                 let (actor, incarnation) = (*actor, *incarnation);
                 self.actor_placed(now, actor, incarnation, granted);
             }
-            None => {
+            Some(Work::Stray) | None => {
                 // Nothing is waiting for it any more.
                 self.release(now, lease);
             }

@@ -1,0 +1,272 @@
+//! A head's next life: the state rebuilt from what its journal committed, the nodes of the last
+//! life given up if they do not re-join in time, and the records the state journals of its
+//! actors.
+//!
+//! A worker that loses the head keeps its executors and joins again as the node it was, saying
+//! what it still runs ([`Rejoin`]). Every node of the last life is expected for one heartbeat
+//! window. A node that re-joins in it is matched to its id and reconciled: an actor it runs
+//! that matches the journal (that actor, that incarnation, on this node or being started) is
+//! adopted as it runs, with no restart; one the journal does not know, or knows otherwise, is
+//! stopped (a `KillActor` of that incarnation); its task leases are closed (the journal does
+//! not hold task leases); an actor the journal had on it and it no longer runs is lost and
+//! restarts. A worker claiming a node the journal does not expect joins as a new node and
+//! everything it runs is stopped. When the window ends, the nodes that did not re-join are
+//! given up and every actor not adopted starts again: one whose incarnation was alive has lost
+//! it (a restart, counted against its policy) and comes back from its newest checkpoint; one
+//! that was being started starts under a new incarnation number, uncounted.
+
+use std::time::Instant;
+
+use ember_core::ids::{ActorId, LeaseId, NodeId};
+use ember_core::proto::{Rejoin, WorkerCommand};
+
+use super::{Actor, Config, HeadState, Incarnate, Purpose, Work};
+use crate::actor_life::ActorLife;
+use crate::io::Effect;
+use crate::journal::{ActorRecord, Change, Journaled};
+use crate::placement::Lease;
+
+impl HeadState {
+    /// The state of a head starting on a journal: what the last life committed, in a new life
+    /// (its epoch one more than the last). The effects journal the new epoch; the shell commits
+    /// them before it serves. Nodes of the last life are expected until one heartbeat window
+    /// from `now` (`Config::rejoin_window`); ids continue where the last life's reservation ended.
+    pub fn restore(config: Config, now: Instant, journaled: Journaled) -> (HeadState, Vec<Effect>) {
+        let window = config.rejoin_window;
+        let mut state = HeadState::new(config);
+        state.epoch = journaled.epoch + 1;
+        state.next_id = journaled.ids_reserved.max(1);
+        state.ids_reserved = state.next_id;
+        state.journal(Change::Epoch(state.epoch));
+        state.expected = journaled.nodes;
+        for (id, record) in journaled.actors {
+            let checkpoint = journaled.checkpoints.get(&id).map(|c| (c.seq, now));
+            let life = ActorLife::restored(
+                record.spec.restart,
+                record.incarnation,
+                record.restarts,
+                record.dead,
+            );
+            if life.live().is_none() && !matches!(life.phase(), crate::actor_life::Phase::Dead(_)) {
+                state.restoring.insert(id, record.node);
+            }
+            state.actors.insert(
+                id,
+                Actor {
+                    spec: record.spec,
+                    owner: record.owner,
+                    life,
+                    create: None,
+                    start: None,
+                    checkpoint,
+                    stores: 0,
+                },
+            );
+        }
+        if !state.expected.is_empty() || !state.restoring.is_empty() {
+            state.rejoin_deadline = Some(now + window);
+        }
+        if !state.actors.is_empty() {
+            state.arm(now + window, super::Timer::Unclaimed);
+        }
+        tracing::info!(
+            epoch = state.epoch,
+            nodes = state.expected.len(),
+            actors = state.actors.len(),
+            "head state restored from its journal"
+        );
+        let effects = std::mem::take(&mut state.out);
+        (state, effects)
+    }
+
+    /// This head life's number.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Nodes of the last head life that have not re-joined (yet), in id order.
+    pub fn expected_nodes(&self) -> Vec<ember_core::ids::NodeId> {
+        self.expected.keys().copied().collect()
+    }
+
+    /// Whether the state knows `actor` (alive, starting, restoring or dead, not stopped).
+    pub fn knows_actor(&self, actor: ActorId) -> bool {
+        self.actors.contains_key(&actor)
+    }
+
+    /// The nodes of the last life that did not re-join are gone; the actors read back start
+    /// again.
+    pub(super) fn rejoin_window_ended(&mut self, now: Instant) {
+        self.rejoin_deadline = None;
+        for node in std::mem::take(&mut self.expected).into_keys() {
+            tracing::warn!(%node, "the node did not re-join after the head restarted");
+            self.journal(Change::NodeGone { node });
+        }
+        for (actor, was_on) in std::mem::take(&mut self.restoring) {
+            let Some(a) = self.actors.get_mut(&actor) else {
+                continue;
+            };
+            if was_on.is_some() {
+                let incarnation = a.life.incarnation();
+                let why = "its worker did not re-join after the head restarted";
+                self.actor_lost(now, actor, incarnation, why);
+            } else if a.life.resume().is_some() {
+                self.journal_actor(actor);
+                self.start_actor(now, actor);
+                self.notify(now, actor);
+            }
+        }
+    }
+
+    /// A client connection of this life asked where an actor of an earlier life is: it owns
+    /// the actor from now on (the actor dies with it, as with the connection that created it).
+    pub(super) fn claim(&mut self, request: super::RequestId, actor: ActorId) {
+        let Some(conn) = self.requests.get(&request).map(|o| o.conn) else {
+            return;
+        };
+        let owner = crate::journal::Owner {
+            epoch: self.epoch,
+            conn: conn.0,
+        };
+        if let Some(a) = self.actors.get_mut(&actor) {
+            tracing::info!(%actor, ?conn, "a client of this head life claims an actor of an earlier one");
+            a.owner = owner;
+            self.journal_actor(actor);
+        }
+    }
+
+    /// The rejoin window after a restart ended: the actors of an earlier life that no client
+    /// connection of this one claimed (by locating them) are stopped, as their owners'
+    /// connections would have stopped them when they closed.
+    pub(super) fn stop_unclaimed(&mut self, now: Instant) {
+        let unclaimed: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| a.owner.epoch < self.epoch)
+            .map(|(&actor, _)| actor)
+            .collect();
+        for actor in unclaimed {
+            tracing::warn!(%actor, "no client of this head life claimed the actor: stopping it");
+            self.kill_actor(now, actor, None);
+        }
+    }
+
+    /// Journals an acknowledged actor's record as it stands now.
+    pub(super) fn journal_actor(&mut self, actor: ActorId) {
+        let Some(a) = self.actors.get(&actor) else {
+            return;
+        };
+        let node = a
+            .life
+            .live()
+            .and_then(|live| self.sched.lease(live.lease))
+            .map(|lease| lease.node);
+        let dead = match a.life.phase() {
+            crate::actor_life::Phase::Dead(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        let record = ActorRecord {
+            spec: a.spec.clone(),
+            owner: a.owner,
+            incarnation: a.life.incarnation(),
+            restarts: a.life.restarts(),
+            node,
+            dead,
+        };
+        self.journal(Change::Actor { actor, record });
+    }
+
+    /// Reconciles what a worker that joined as `node` still runs (its [`Rejoin`]) with the
+    /// journal. `matched`: it was expected and got its old node id back; otherwise it joined
+    /// as a new node and everything it runs is stopped.
+    pub(super) fn reconcile(&mut self, now: Instant, node: NodeId, matched: bool, rejoin: Rejoin) {
+        let expected = |s: &HeadState, running: &ember_core::proto::RunningActor| {
+            matched
+                && !running.sealed
+                && s.restoring
+                    .get(&running.actor)
+                    .is_some_and(|was_on| was_on.is_none_or(|n| n == node))
+                && s.actors
+                    .get(&running.actor)
+                    .is_some_and(|a| a.life.incarnation() == running.incarnation)
+        };
+        // What is adopted claims its capacity first: a stray may overlap it (one the last
+        // life was stopping when it ended).
+        let mut actors = rejoin.actors;
+        actors.sort_by_key(|running| !expected(self, running));
+        for running in actors {
+            let (actor, incarnation) = (running.actor, running.incarnation);
+            let expected_here = expected(self, &running);
+            let lease = LeaseId(self.next_id());
+            let claimed = self.sched.adopt(Lease {
+                id: lease,
+                node,
+                allocation: running.allocation,
+            });
+            if expected_here && claimed {
+                self.work.insert(lease, Work::Actor { actor, incarnation });
+                self.restoring.remove(&actor);
+                let endpoints = running.endpoints;
+                if let Some(a) = self.actors.get_mut(&actor) {
+                    a.life.started(incarnation, Incarnate { lease, endpoints });
+                }
+                tracing::info!(%actor, incarnation, %node, "actor adopted after the head restarted");
+                self.journal_actor(actor);
+                self.notify(now, actor);
+            } else {
+                tracing::warn!(
+                    %actor, incarnation, %node,
+                    "a re-joining worker runs an actor incarnation the journal does not have: stopping it"
+                );
+                let kill = WorkerCommand::KillActor { actor, incarnation };
+                self.stop_stray(node, lease, claimed, kill);
+            }
+        }
+        for running in rejoin.leases {
+            let lease = running.lease;
+            tracing::info!(%lease, %node, "closing a task lease of the head's last life");
+            let held = LeaseId(self.next_id());
+            let claimed = self.sched.adopt(Lease {
+                id: held,
+                node,
+                allocation: running.allocation,
+            });
+            self.stop_stray(node, held, claimed, WorkerCommand::CloseLease { lease });
+        }
+        if matched {
+            // What the journal had on this node and it no longer runs is lost.
+            let gone: Vec<ActorId> = self
+                .restoring
+                .iter()
+                .filter(|(_, was_on)| **was_on == Some(node))
+                .map(|(actor, _)| *actor)
+                .collect();
+            for actor in gone {
+                let Some(incarnation) = self.actors.get(&actor).map(|a| a.life.incarnation())
+                else {
+                    continue;
+                };
+                let why = "its worker re-joined after the head restarted without it";
+                self.actor_lost(now, actor, incarnation, why);
+            }
+        }
+        self.rejoin_settled();
+    }
+
+    /// Stops something a re-joining worker still runs with `command`, holding its capacity
+    /// under `held` (when it could be `claimed`) until the worker confirms.
+    fn stop_stray(&mut self, node: NodeId, held: LeaseId, claimed: bool, command: WorkerCommand) {
+        if claimed {
+            self.work.insert(held, Work::Stray);
+        }
+        let held = claimed.then_some(held);
+        self.command(node, command, Purpose::StopStray { held });
+    }
+
+    /// Clears the re-join deadline once nothing waits for it.
+    pub(super) fn rejoin_settled(&mut self) {
+        if self.expected.is_empty() && self.restoring.is_empty() {
+            self.rejoin_deadline = None;
+        }
+    }
+}
