@@ -819,7 +819,6 @@ mod tests {
     use super::*;
 
     #[test]
-    #[test]
     fn only_a_head_that_gave_the_node_up_makes_it_stop_at_once() {
         let closed = |code: u32| {
             quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
