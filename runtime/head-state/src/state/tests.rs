@@ -159,6 +159,19 @@ impl Scene {
         (request, effects)
     }
 
+    /// `owner` lost incarnation 1 of `actor` and asks where it is now, suspecting its worker.
+    fn suspect(&mut self, owner: ConnId, actor: ActorId) -> (RequestId, Vec<Effect>) {
+        self.ask(
+            owner,
+            ClientRequest::LocateActor {
+                actor,
+                known: 1,
+                suspect: true,
+                timeout_ms: 5000,
+            },
+        )
+    }
+
     fn reply(&mut self, command: CommandId, reply: WorkerReply) -> Vec<Effect> {
         self.handle(Input::Replied {
             command,
@@ -484,15 +497,7 @@ fn a_suspect_locate_probes_and_a_silent_worker_is_declared_dead_after_the_probe_
     let window = s.head.config().probe_window();
     assert_eq!(window, Duration::from_millis(500));
 
-    let (request, effects) = s.ask(
-        owner,
-        ClientRequest::LocateActor {
-            actor,
-            known: 1,
-            suspect: true,
-            timeout_ms: 5000,
-        },
-    );
+    let (request, effects) = s.suspect(owner, actor);
     let (to, probe, body) = command(&effects);
     assert_eq!(to, a);
     assert!(matches!(body, WorkerCommand::Probe { incarnation: 1, .. }));
@@ -545,15 +550,7 @@ fn packets_that_came_before_a_probe_do_not_answer_it() {
     let window = s.head.config().probe_window();
     let last_packets = s.now;
     s.later(Duration::from_millis(30));
-    let (_, effects) = s.ask(
-        owner,
-        ClientRequest::LocateActor {
-            actor,
-            known: 1,
-            suspect: true,
-            timeout_ms: 5000,
-        },
-    );
+    let (_, effects) = s.suspect(owner, actor);
     let (to, _, _) = command(&effects);
     assert_eq!(to, a);
     s.later(Duration::from_millis(70));
@@ -587,15 +584,7 @@ fn packets_that_came_after_a_probe_show_a_busy_worker_alive() {
     let owner = s.conn();
     let (actor, _) = s.actor(owner, false);
     let window = s.head.config().probe_window();
-    let (_, effects) = s.ask(
-        owner,
-        ClientRequest::LocateActor {
-            actor,
-            known: 1,
-            suspect: true,
-            timeout_ms: 5000,
-        },
-    );
+    let (_, effects) = s.suspect(owner, actor);
     let (to, _, _) = command(&effects);
     assert_eq!(to, a);
     let probed = s.now;
