@@ -2,14 +2,18 @@
 //! actors that checkpoint after every call is SIGKILLed and started again on the same state
 //! directory and address. The workers keep their actors running through the gap and re-join as
 //! the nodes they were; the new head adopts the actors as they run, so they keep their state,
-//! their process and their incarnation, and record checkpoints again. A client of the new head
-//! life takes them over by id (`Cluster::actor`).
+//! their process and their incarnation, and record checkpoints again. The client rides
+//! through: the same `Cluster` connects again by itself, claims the actors it owns from the
+//! head's new life (which stops, at the end of its re-join window, those nobody claimed), and
+//! its actor handles keep working. `ember status` says, while the head is down, since when.
 
 use std::collections::BTreeMap;
 
+use std::time::{Duration, Instant};
+
 use ember::{Cluster, ClusterStatus};
-use ember_tests::tasks::{Ledger, LedgerHandle};
-use ember_tests::{until, within, TestCluster, WorkerSpec};
+use ember_tests::tasks::{nap, Ledger, LedgerHandle};
+use ember_tests::{ember_exe, run_cli, until, within, TestCluster, WorkerSpec};
 
 fn gpu() -> WorkerSpec {
     WorkerSpec::gpus(1, "H100", "80GiB")
@@ -35,7 +39,7 @@ fn actor_lives(status: &ClusterStatus) -> BTreeMap<String, (String, u32, u32)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_and_their_actors_live_through_a_head_restart() {
+async fn clients_and_their_actors_ride_through_a_head_restart() {
     let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
     let mut ledgers: Vec<LedgerHandle> = Vec::new();
     for _ in 0..4 {
@@ -53,47 +57,86 @@ async fn workers_and_their_actors_live_through_a_head_restart() {
         let pid = within("pid", ledger.pid()).await.expect("pid");
         expected.push((total, pid));
     }
+    // An actor of another client, one that goes away during the gap: no client of the head's
+    // next life claims it, so that life stops it at the end of its re-join window.
+    let other = tc.connect().await;
+    let orphan = within("spawn", other.spawn(Ledger::remote(0)))
+        .await
+        .expect("the other client's ledger");
+    let orphan_id = orphan.actor().id().to_string();
     let before = status(&cluster).await;
     let nodes_before: Vec<String> = before.nodes.iter().map(|n| n.id.clone()).collect();
-    let lives_before = actor_lives(&before);
-    assert_eq!(lives_before.len(), 4, "{before:?}");
+    let mut lives_before = actor_lives(&before);
+    assert_eq!(lives_before.len(), 5, "{before:?}");
     assert!(
         lives_before
             .values()
             .all(|(state, inc, _)| state == "alive" && *inc == 1),
         "{lives_before:?}"
     );
+    lives_before.remove(&orphan_id);
 
     // Every call to a Ledger records a checkpoint at the head, so none is made while the head
     // is away: its processes must simply outlive the gap.
     tc.kill_head();
-    tc.restart_head(&[]).await;
+    // A task submitted in the gap: its lease request waits for the head's next life.
+    let in_gap = cluster.submit(nap::remote(10));
+    // The client and the workers notice the loss when the QUIC connection times out. The
+    // head's next life gets a short re-join window, so it starts once they look for it.
+    until("the client notices the head is gone", || async {
+        cluster.head_link().lost_since.is_some()
+    })
+    .await;
+    until("the workers notice the head is gone", || async {
+        ["w0", "w1"]
+            .iter()
+            .all(|w| tc.worker_log(w).contains("lost the head"))
+    })
+    .await;
+    drop(orphan);
+    drop(other);
+    tc.restart_head(&["--rejoin-window", "5s"]).await;
 
-    // The old client's connection died with the head's first life: connect again.
-    let fresh = tc.connect().await;
-    tc.wait_for_nodes(&fresh, 2).await;
+    // The same client, not a new one: the task submitted in the gap ran on the head's next
+    // life, and the client's requests reach it.
+    within("the task submitted in the gap", in_gap)
+        .await
+        .unwrap_or_else(|e| panic!("the task submitted in the gap: {e}\n{}", tc.logs()));
+    let link = cluster.head_link();
+    assert!(link.lost_since.is_none(), "{link:?}");
+    assert!(
+        link.reconnects >= 1 && link.back_since.is_some(),
+        "{link:?}"
+    );
+    tc.wait_for_nodes(&cluster, 2).await;
     until(
         "the workers re-join and their actors are adopted",
         || async {
-            let now = status(&fresh).await;
+            let now = status(&cluster).await;
             let mut nodes: Vec<String> = now.nodes.iter().map(|n| n.id.clone()).collect();
             nodes.sort();
             let mut wanted = nodes_before.clone();
             wanted.sort();
-            nodes == wanted && actor_lives(&now) == lives_before
+            let mut lives = actor_lives(&now);
+            lives.remove(&orphan_id);
+            nodes == wanted && lives == lives_before
         },
     )
     .await;
+    // The window ends: the orphan, which nobody claimed, is stopped; this client's actors,
+    // which it claimed again, are not.
+    until("the unclaimed actor is stopped", || async {
+        let now = status(&cluster).await;
+        actor_lives(&now)
+            .get(&orphan_id)
+            .is_none_or(|(state, _, _)| state != "alive")
+    })
+    .await;
 
-    // The new client takes the actors over by id (they would be stopped at the end of the
-    // re-join window otherwise). Every actor answers with its state, from the same process,
-    // in the same incarnation, and records checkpoints at the new head again (a Ledger
-    // checkpoints after every call). The old handles reach the same processes directly.
-    for (i, (old, (total, pid))) in ledgers.iter().zip(&expected).enumerate() {
-        let ledger: LedgerHandle = within("take over", fresh.actor(old.actor().id()))
-            .await
-            .expect("a handle to the actor");
-        assert_eq!(ledger.actor().incarnation(), 1);
+    // The handles made before the restart answer with each actor's state, from the same
+    // process, in the same incarnation, and the actors record checkpoints at the new head
+    // again (a Ledger checkpoints after every call).
+    for (i, (ledger, (total, pid))) in ledgers.iter().zip(&expected).enumerate() {
         let after = within("add after the restart", ledger.add(100))
             .await
             .unwrap_or_else(|e| panic!("ledger {i} after the restart: {e}\n{}", tc.logs()));
@@ -103,22 +146,57 @@ async fn workers_and_their_actors_live_through_a_head_restart() {
             *pid,
             "ledger {i} kept its process"
         );
-        let (again, _) = within("an old handle", old.totals())
-            .await
-            .expect("the old handle reaches the same process");
-        assert_eq!(again, total + 100);
+        assert_eq!(ledger.actor().incarnation(), 1);
     }
-    let after = status(&fresh).await;
-    for (id, (state, incarnation, restarts)) in actor_lives(&after) {
+    let after = status(&cluster).await;
+    let lives = actor_lives(&after);
+    for id in lives_before.keys() {
         assert_eq!(
-            (state.as_str(), incarnation, restarts),
-            ("alive", 1, 0),
-            "{id} was restarted instead of adopted"
+            lives.get(id).map(|(s, i, r)| (s.as_str(), *i, *r)),
+            Some(("alive", 1, 0)),
+            "{id} was restarted or stopped instead of adopted and claimed"
         );
     }
+    let log = tc.head_log();
+    assert!(log.contains("adopted"), "the new head adopted them:\n{log}");
     assert!(
-        tc.head_log().contains("adopted"),
-        "the new head says it adopted them:\n{}",
-        tc.head_log()
+        log.contains("claims an actor of an earlier one"),
+        "the client claimed them:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ember_status_says_since_when_the_head_is_unreachable() {
+    let mut tc = TestCluster::start().await;
+    tc.kill_head();
+    let addr = tc.file.address.to_string();
+    for json in [false, true] {
+        let mut cmd = tokio::process::Command::new(ember_exe());
+        cmd.args(["status", "--wait", "1s", "--cluster"])
+            .arg(tc.state_dir())
+            .env_remove("EMBER_ROLE")
+            .env("RUST_LOG", "warn");
+        if json {
+            cmd.arg("--json");
+        }
+        let started = Instant::now();
+        let (code, out, err) = run_cli(cmd).await;
+        let took = started.elapsed();
+        assert_ne!(code, 0, "{out}\n{err}");
+        let said = format!("the head at {addr} has been unreachable since ");
+        assert!(err.contains(&said) && err.contains(" UTC ("), "{err}");
+        // It tried for the time asked, and not much longer.
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+        if json {
+            let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+            assert_eq!(v["head_unreachable"]["address"], addr.as_str(), "{v}");
+            assert!(
+                v["head_unreachable"]["since_unix_ms"].as_u64().is_some(),
+                "{v}"
+            );
+        }
+    }
 }

@@ -20,9 +20,11 @@
 mod actor;
 mod call;
 mod checkpoint;
+mod claims;
 mod cluster;
 mod error;
 mod gpu_actor;
+mod head_link;
 pub mod kernel_check;
 mod lease_pool;
 mod leases;
@@ -54,6 +56,7 @@ pub use ember_worker::gpu_actor::{
 };
 pub use error::Error;
 pub use gpu_actor::{GpuActor, GpuActorHandle};
+pub use head_link::{ConnectOptions, HeadLinkStatus};
 #[cfg(feature = "local")]
 pub use local::LocalOptions;
 pub use options::Options;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ember::{Cluster, ClusterStatus, JobOutput, LocalOptions, Options};
+use ember::{Cluster, ClusterStatus, ConnectOptions, JobOutput, LocalOptions, Options};
 use ember_core::resources::{format_millis, ByteSize};
 use ember_core::security::{default_state_dir, ClusterFile, Fingerprint};
 use ember_head::HeadConfig;
@@ -84,9 +84,14 @@ enum Command {
     Status {
         #[command(flatten)]
         cluster: ClusterArg,
-        /// Print one JSON object with the keys nodes, actors, tasks and queue.
+        /// Print one JSON object with the keys nodes, actors, tasks and queue (or, when the
+        /// head cannot be reached, one with the key head_unreachable).
         #[arg(long)]
         json: bool,
+        /// How long to keep trying a head that does not answer (it may be restarting) before
+        /// saying it is unreachable, e.g. 2s, 500ms.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        wait: Duration,
     },
     /// Batch jobs.
     Job {
@@ -333,9 +338,27 @@ async fn run(command: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Kernel { command } => kernel::run(command).await,
-        Command::Status { cluster, json } => {
-            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
-            let status = c.status().await?;
+        Command::Status {
+            cluster,
+            json,
+            wait,
+        } => {
+            let file = ClusterFile::discover(cluster.cluster.as_deref())?;
+            let options = ConnectOptions {
+                head_wait: wait,
+                connect_wait: wait,
+            };
+            let status = match Cluster::connect_with(file, options).await {
+                Ok(c) => c.status().await,
+                Err(e) => Err(e),
+            };
+            let status = match status {
+                Ok(status) => status,
+                Err(e @ ember::Error::HeadUnreachable { .. }) => {
+                    return Ok(head_unreachable(&e, json))
+                }
+                Err(e) => return Err(e.into()),
+            };
             if json {
                 println!("{}", status.to_json());
             } else {
@@ -399,6 +422,29 @@ async fn run(command: Command) -> Result<i32> {
             }
         }
     }
+}
+
+/// Says that the head cannot be reached, and since when (`e` is
+/// [`ember::Error::HeadUnreachable`]); the exit code of `ember status` then.
+fn head_unreachable(e: &ember::Error, json: bool) -> i32 {
+    if json {
+        if let ember::Error::HeadUnreachable { addr, since } = e {
+            let since_ms = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let out = serde_json::json!({
+                "head_unreachable": {
+                    "address": addr,
+                    "since_unix_ms": since_ms,
+                    "message": e.to_string(),
+                }
+            });
+            println!("{out}");
+        }
+    }
+    eprintln!("ember: {e}");
+    3
 }
 
 fn print_status(s: &ClusterStatus) {
