@@ -24,8 +24,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long one attempt to reach a lost head waits for its handshake. A head that is down
 /// does not answer at all (a QUIC client hears nothing of a closed UDP port), so each
-/// attempt ends on this bound.
-const ATTEMPT: Duration = Duration::from_secs(1);
+/// attempt ends on this bound. QUIC sends its first packet again after about 1 s: an attempt
+/// lasts a little longer, so that a head that came back meanwhile completes the handshake.
+const ATTEMPT: Duration = Duration::from_millis(1500);
 /// The shortest attempt, when little of the window is left.
 const MIN_ATTEMPT: Duration = Duration::from_millis(200);
 
@@ -496,7 +497,7 @@ mod tests {
         // Early in the window: a full attempt.
         assert_eq!(attempt_limit(s(0), s(60), false), Some(ATTEMPT));
         // Near its end: what is left, but never too short to connect.
-        assert_eq!(attempt_limit(ms(59_500), s(60), false), Some(ms(500)));
+        assert_eq!(attempt_limit(ms(59_300), s(60), false), Some(ms(700)));
         assert_eq!(attempt_limit(ms(59_950), s(60), false), Some(MIN_ATTEMPT));
         // Past it: one attempt, then none.
         assert_eq!(attempt_limit(s(61), s(60), false), Some(ATTEMPT));

@@ -207,39 +207,42 @@ impl Scheduler {
     /// Places now if it fits somewhere; queues if some schedulable node's total capacity could
     /// satisfy it (or, for a hard affinity, that node's); rejects at once, naming the missing
     /// resource, if no node of the cluster could ever satisfy it. Draining nodes count as absent.
-    pub fn request(&mut self, mut req: PlacementRequest) -> Decision {
+    pub fn request(&mut self, req: PlacementRequest) -> Decision {
+        self.request_as(req, false)
+    }
+
+    /// [`Scheduler::request`], for a cluster whose nodes are not all there yet (a head just
+    /// restarted, its workers re-joining): a well-formed request that no node present could
+    /// ever satisfy waits in the queue instead of being rejected, for the nodes to come.
+    pub fn request_waiting(&mut self, req: PlacementRequest) -> Decision {
+        self.request_as(req, true)
+    }
+
+    fn request_as(&mut self, mut req: PlacementRequest, wait: bool) -> Decision {
         if let Err(e) = self.validate(&mut req) {
             return Decision::Rejected(e);
         }
-        if self.nodes.is_empty() {
-            return Decision::Rejected(PlacementError::NoNodes);
+        match self.place_or_queue(&req) {
+            Decision::Rejected(e) if wait => {
+                tracing::debug!(lease = %req.lease, "waiting for the nodes to come: {e}");
+                self.queue.push(req);
+                Decision::Queued
+            }
+            Decision::Queued => {
+                self.queue.push(req);
+                Decision::Queued
+            }
+            decided => decided,
         }
-        if let Some(NodeAffinity { node, soft: false }) = req.affinity {
-            let Some(i) = self.position(node) else {
-                return Decision::Rejected(PlacementError::AffinityUnknownNode(node));
-            };
-            let n = &self.nodes[i];
-            if !n.schedulable {
-                return Decision::Rejected(PlacementError::AffinityNodeDraining(node));
-            }
-            if !n.has_labels(&req.labels) {
-                let missing = req
-                    .labels
-                    .iter()
-                    .find(|l| !n.has_labels(std::slice::from_ref(l)));
-                return Decision::Rejected(PlacementError::MissingLabel(
-                    missing.cloned().unwrap_or_default(),
-                ));
-            }
-            if !n.fits_total(&req.demand) {
-                let reason = explain(std::slice::from_ref(n).iter(), &req.demand);
-                return Decision::Rejected(PlacementError::AffinityNeverFits {
-                    node,
-                    reason: Box::new(reason),
-                });
-            }
+    }
+
+    /// Places a validated request now, or says it may wait (`Queued`, not yet queued), or
+    /// rejects it.
+    fn place_or_queue(&mut self, req: &PlacementRequest) -> Decision {
+        if let Some(e) = self.hard_refusal(req) {
+            return Decision::Rejected(e);
         }
-        if let Some(lease) = self.try_place(&req) {
+        if let Some(lease) = self.try_place(req) {
             self.leases.insert(lease.id, lease.clone());
             return Decision::Placed(lease);
         }
@@ -248,8 +251,65 @@ impl Scheduler {
                 return Decision::Rejected(e);
             }
         }
-        self.queue.push(req);
         Decision::Queued
+    }
+
+    /// Why no node could take `req` whatever frees up, found without scanning the nodes: the
+    /// cluster has none, or its hard affinity's node cannot.
+    fn hard_refusal(&self, req: &PlacementRequest) -> Option<PlacementError> {
+        if self.nodes.is_empty() {
+            return Some(PlacementError::NoNodes);
+        }
+        let Some(NodeAffinity { node, soft: false }) = req.affinity else {
+            return None;
+        };
+        let Some(i) = self.position(node) else {
+            return Some(PlacementError::AffinityUnknownNode(node));
+        };
+        let n = &self.nodes[i];
+        if !n.schedulable {
+            return Some(PlacementError::AffinityNodeDraining(node));
+        }
+        if !n.has_labels(&req.labels) {
+            let missing = req
+                .labels
+                .iter()
+                .find(|l| !n.has_labels(std::slice::from_ref(l)));
+            return Some(PlacementError::MissingLabel(
+                missing.cloned().unwrap_or_default(),
+            ));
+        }
+        if !n.fits_total(&req.demand) {
+            let reason = explain(std::slice::from_ref(n).iter(), &req.demand);
+            return Some(PlacementError::AffinityNeverFits {
+                node,
+                reason: Box::new(reason),
+            });
+        }
+        None
+    }
+
+    /// Takes out of the queue the requests no node could ever take (those queued by
+    /// [`Scheduler::request_waiting`] for nodes that did not come), each with why, in queue
+    /// order. Scans every node: for the end of a wait, not for every request.
+    pub fn take_unplaceable(&mut self) -> Vec<(LeaseId, PlacementError)> {
+        let refused: Vec<(LeaseId, PlacementError)> = self
+            .queue
+            .iter()
+            .filter_map(|(_, req)| {
+                let hard = matches!(req.affinity, Some(NodeAffinity { soft: false, .. }));
+                let why = self.hard_refusal(req).or_else(|| {
+                    (!hard)
+                        .then(|| self.never_fits(&req.demand, &req.labels))
+                        .flatten()
+                })?;
+                Some((req.lease, why))
+            })
+            .collect();
+        for (lease, _) in &refused {
+            self.queue.remove(*lease);
+        }
+        refused
     }
 
     /// Checks a request's form and normalises it (custom resources sorted by name).

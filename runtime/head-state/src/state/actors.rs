@@ -269,7 +269,7 @@ impl HeadState {
 
     /// An incarnation could not be started: a first one fails its creation (the actor never
     /// existed); a later one leaves the actor dead.
-    fn start_failed(
+    pub(super) fn start_failed(
         &mut self,
         now: Instant,
         actor: ActorId,

@@ -29,7 +29,8 @@ pub(super) fn rejection(e: PlacementError) -> RemoteError {
 impl HeadState {
     /// Asks the scheduler for `lease`, filed as `work`: granted now (handed to
     /// [`HeadState::placed`]), queued, or rejected (the work is forgotten and the error
-    /// returned).
+    /// returned). While nodes of the last head life are expected, it is queued rather than
+    /// rejected.
     pub(super) fn place(
         &mut self,
         now: Instant,
@@ -47,7 +48,14 @@ impl HeadState {
             priority: placement.priority,
             labels: label.into_iter().collect(),
         };
-        match self.sched.request(request) {
+        // While nodes of the head's last life are expected back, what they could take waits
+        // for them rather than failing on the nodes already back.
+        let decision = if self.expected.is_empty() {
+            self.sched.request(request)
+        } else {
+            self.sched.request_waiting(request)
+        };
+        match decision {
             Decision::Placed(granted) => {
                 self.placed(now, granted);
                 Ok(())
@@ -59,6 +67,30 @@ impl HeadState {
             Decision::Rejected(e) => {
                 self.work.remove(&lease);
                 Err(rejection(e))
+            }
+        }
+    }
+
+    /// Refuses what waits for capacity and no node could ever take, as it would have been
+    /// refused when asked: once the nodes of the last head life it waited for are all back or
+    /// given up.
+    pub(super) fn refuse_unplaceable(&mut self, now: Instant) {
+        for (lease, e) in self.sched.take_unplaceable() {
+            let e = rejection(e);
+            match self.work.remove(&lease) {
+                Some(Work::Lease(l)) => self.fail(l.request, e),
+                Some(Work::Job(job)) => {
+                    if let Some(request) = job.request {
+                        self.fail(request, e);
+                    }
+                }
+                Some(Work::Actor { actor, incarnation }) => {
+                    if let Some(a) = self.actors.get_mut(&actor) {
+                        a.start = None;
+                    }
+                    self.start_failed(now, actor, incarnation, e, "cannot place it: ");
+                }
+                Some(Work::Stray) | None => {}
             }
         }
     }
