@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use std::time::{Duration, Instant};
 
-use ember::{Cluster, ClusterStatus};
+use ember::{Cluster, ClusterStatus, ConnectOptions};
 use ember_tests::tasks::{nap, Ledger, LedgerHandle};
 use ember_tests::{ember_exe, run_cli, until, within, TestCluster, WorkerSpec};
 
@@ -83,6 +83,16 @@ async fn clients_and_their_actors_ride_through_a_head_restart() {
     tc.kill_head();
     // A task submitted in the gap: its lease request waits for the head's next life.
     let in_gap = cluster.submit(nap::remote(10));
+    // An actor created in the gap, before the client knows: the head may or may not have
+    // created it, so the creation fails, saying so, and is not sent again.
+    let created = within("a creation in the gap", cluster.spawn(Ledger::remote(0))).await;
+    match created {
+        Err(ember::Error::HeadLost { addr, request }) => {
+            assert_eq!(addr, tc.file.address.to_string());
+            assert_eq!(request, "creating an actor");
+        }
+        other => panic!("a creation in the gap: {:?}", other.map(|_| ())),
+    }
     // The client and the workers notice the loss when the QUIC connection times out. The
     // head's next life gets a short re-join window, so it starts once they look for it.
     until("the client notices the head is gone", || async {
@@ -170,6 +180,15 @@ async fn clients_and_their_actors_ride_through_a_head_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ember_status_says_since_when_the_head_is_unreachable() {
     let mut tc = TestCluster::start().await;
+    // A client that waits one second for a lost head.
+    let options = ConnectOptions {
+        head_wait: Duration::from_secs(1),
+        ..ConnectOptions::default()
+    };
+    let client = within("connect", Cluster::connect_with(tc.file.clone(), options))
+        .await
+        .expect("connect");
+    within("status", client.status()).await.expect("status");
     tc.kill_head();
     let addr = tc.file.address.to_string();
     for json in [false, true] {
@@ -200,5 +219,19 @@ async fn ember_status_says_since_when_the_head_is_unreachable() {
                 "{v}"
             );
         }
+    }
+    // The client notices the loss when its connection times out, waits its second, and
+    // fails, naming the head and since when it has been lost.
+    match within("status with the head gone", client.status()).await {
+        Err(e @ ember::Error::HeadUnreachable { .. }) => {
+            let lost = client.head_link().lost_since.expect("a lost head");
+            let ember::Error::HeadUnreachable { ref addr, since } = e else {
+                unreachable!()
+            };
+            assert_eq!(addr, &tc.file.address.to_string());
+            assert_eq!(since, lost);
+            assert!(e.to_string().contains(" UTC ("), "{e}");
+        }
+        other => panic!("status with the head gone: {other:?}"),
     }
 }
