@@ -78,6 +78,14 @@ async fn clients_and_their_actors_ride_through_a_head_restart() {
     );
     lives_before.remove(&orphan_id);
 
+    // A task running on its lease when the head dies, and still running when the client
+    // notices (the lease's stream at the head ends with the connection): it is answered.
+    let running = cluster.submit(nap::remote(12_000));
+    until("the long task's lease is granted", || async {
+        status(&cluster).await.leases.len() == 1
+    })
+    .await;
+
     // Every call to a Ledger records a checkpoint at the head, so none is made while the head
     // is away: its processes must simply outlive the gap.
     tc.kill_head();
@@ -114,6 +122,9 @@ async fn clients_and_their_actors_ride_through_a_head_restart() {
     within("the task submitted in the gap", in_gap)
         .await
         .unwrap_or_else(|e| panic!("the task submitted in the gap: {e}\n{}", tc.logs()));
+    within("the task running when the head died", running)
+        .await
+        .unwrap_or_else(|e| panic!("the task running when the head died: {e}\n{}", tc.logs()));
     let link = cluster.head_link();
     assert!(link.lost_since.is_none(), "{link:?}");
     assert!(
