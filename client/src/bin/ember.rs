@@ -89,7 +89,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// How long to keep trying a head that does not answer (it may be restarting) before
-        /// saying it is unreachable, e.g. 2s, 500ms.
+        /// saying it is unreachable and since when (exit code 3), e.g. 2s, 500ms.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         wait: Duration,
     },
