@@ -232,8 +232,16 @@ async fn ember_status_says_since_when_the_head_is_unreachable() {
         }
     }
     // The client notices the loss when its connection times out, waits its second, and
-    // fails, naming the head and since when it has been lost.
-    match within("status with the head gone", client.status()).await {
+    // fails, naming the head and since when it has been lost: every request waiting for it.
+    let (first, second) = within("status with the head gone", async {
+        tokio::join!(client.status(), client.status())
+    })
+    .await;
+    assert!(
+        matches!(second, Err(ember::Error::HeadUnreachable { .. })),
+        "{second:?}"
+    );
+    match first {
         Err(e @ ember::Error::HeadUnreachable { .. }) => {
             let lost = client.head_link().lost_since.expect("a lost head");
             let ember::Error::HeadUnreachable { ref addr, since } = e else {

@@ -7,8 +7,10 @@
 //! and is then sent. A request already written when the connection died is sent again only
 //! when it is idempotent (status, locate, waiting for nodes, a lease request); any other fails
 //! with [`Error::HeadLost`], since the head may or may not have carried it out. Past the
-//! window, requests fail with [`Error::HeadUnreachable`], each after one more attempt.
+//! window, requests fail with [`Error::HeadUnreachable`]: those that waited for the reconnect
+//! at once, each later one after one more attempt (the head may be back by then).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -133,6 +135,9 @@ pub(crate) struct HeadLink {
     state: Mutex<LinkState>,
     /// One reconnect at a time; the others wait for it and use its connection.
     reconnecting: tokio::sync::Mutex<()>,
+    /// How many reconnects gave up: those that waited for one that gave up fail with it
+    /// rather than try again, one after the other.
+    give_ups: AtomicU64,
     /// The generation of the current connection, for those waiting for a new one.
     generations: watch::Sender<u64>,
 }
@@ -176,6 +181,7 @@ impl HeadLink {
                 closed: false,
             }),
             reconnecting: tokio::sync::Mutex::new(()),
+            give_ups: AtomicU64::new(0),
             generations: watch::channel(0).0,
         })
     }
@@ -246,7 +252,9 @@ impl HeadLink {
     /// Connects again, with backoff, until the head answers or the window since it was lost
     /// has passed.
     pub(crate) async fn reconnect(&self) -> Result<(quinn::Connection, u64), Error> {
+        let give_ups = self.give_ups.load(Ordering::Acquire);
         let _one = self.reconnecting.lock().await;
+        let waited_for_one = self.give_ups.load(Ordering::Acquire) != give_ups;
         let since = {
             let mut s = lock(&self.state);
             if s.closed {
@@ -259,11 +267,15 @@ impl HeadLink {
             }
             *s.lost.get_or_insert_with(LostAt::now)
         };
+        if waited_for_one {
+            return Err(unreachable(&self.file, since));
+        }
         let mut backoff = Backoff::new();
         let mut attempted = false;
         loop {
             let elapsed = since.mono.elapsed();
             let Some(limit) = attempt_limit(elapsed, self.head_wait, attempted) else {
+                self.give_ups.fetch_add(1, Ordering::AcqRel);
                 return Err(unreachable(&self.file, since));
             };
             attempted = true;
