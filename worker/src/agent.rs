@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ember_core::backoff::Backoff;
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, EpochCommand, ErrorKind,
@@ -214,11 +215,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The first wait between attempts to reach a lost head; it doubles up to [`BACKOFF_MAX`].
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between attempts to reach a lost head.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
 /// The codes with which a live head closes a worker's connection when it gives the node up
 /// (declared dead: 4; malformed events: 3). Any other end (a reset, a timeout, the head's
 /// endpoint going away) may be a head restarting.
@@ -244,7 +240,7 @@ pub async fn run(
     let window = Duration::from_millis(config.rejoin_ms);
     let mut session: Option<Session> = None;
     let mut lost_at: Option<tokio::time::Instant> = None;
-    let mut backoff = BACKOFF_FIRST;
+    let mut backoff = Backoff::new();
     loop {
         let joined = std::cell::Cell::new(false);
         let give_up_at = lost_at.filter(|_| session.is_some()).map(|t| t + window);
@@ -265,7 +261,7 @@ pub async fn run(
                     tracing::warn!("{e}: joining again as a new node");
                 }
                 lost_at = Some(tokio::time::Instant::now());
-                backoff = BACKOFF_FIRST;
+                backoff.reset();
             }
             Err(e) => {
                 let elapsed = lost_at.map(|t| t.elapsed());
@@ -286,9 +282,9 @@ pub async fn run(
                     }
                     return Err(e);
                 }
-                tracing::debug!("cannot join yet ({e}); trying again in {backoff:?}");
-                let retry = tokio::time::sleep(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let wait = backoff.next_wait();
+                tracing::debug!("cannot join yet ({e}); trying again in {wait:?}");
+                let retry = tokio::time::sleep(wait);
                 tokio::select! {
                     _ = retry => {}
                     _ = shutdown.as_mut() => {
