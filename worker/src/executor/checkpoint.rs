@@ -66,10 +66,12 @@ impl ReplyLog {
     /// [`REPLY_BYTES_KEPT`] bytes.
     pub(crate) fn record(&mut self, caller: u64, seq: u64, reply: CallReply) {
         self.bytes += reply_bytes(&reply);
-        match self.replies.insert((caller, seq), reply) {
-            Some(old) => self.bytes -= reply_bytes(&old),
-            None => self.order.push_back((caller, seq)),
+        if let Some(old) = self.replies.insert((caller, seq), reply) {
+            // Recorded again: it is the newest now, not where it first was.
+            self.bytes -= reply_bytes(&old);
+            self.order.retain(|&k| k != (caller, seq));
         }
+        self.order.push_back((caller, seq));
         while self.order.len() > REPLIES_KEPT
             || (self.bytes > REPLY_BYTES_KEPT && self.order.len() > 1)
         {
@@ -161,6 +163,19 @@ mod tests {
         let again = ReplyLog::from_image(log.to_image());
         assert_eq!(again.to_image(), log.to_image());
         assert!(again.get(8, 10).is_none(), "callers are told apart");
+    }
+
+    #[test]
+    fn a_reply_recorded_again_is_the_newest() {
+        let mut log = ReplyLog::default();
+        let big = REPLY_BYTES_KEPT / 2;
+        log.record(1, 1, Ok(vec![1; big]));
+        log.record(1, 2, Ok(vec![2; 8]));
+        log.record(1, 1, Ok(vec![1; big]));
+        log.record(1, 3, Ok(vec![3; big]));
+        assert!(log.get(1, 1).is_some(), "recorded again, so not the oldest");
+        assert!(log.get(1, 3).is_some(), "the newest stays");
+        assert!(log.get(1, 2).is_none(), "the oldest goes");
     }
 
     #[test]
