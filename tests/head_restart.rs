@@ -254,3 +254,57 @@ async fn ember_status_says_since_when_the_head_is_unreachable() {
         other => panic!("status with the head gone: {other:?}"),
     }
 }
+
+/// A call that records a checkpoint while the head is away waits for the head instead of
+/// failing, and is answered once the restarted head has recorded its checkpoint: nothing is
+/// acknowledged that a restart from that checkpoint would lose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_made_while_the_head_is_away_is_answered_once_recorded() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[gpu()]).await;
+    let ledger = within("spawn", cluster.spawn(Ledger::remote(10)))
+        .await
+        .expect("a ledger");
+    assert_eq!(within("add", ledger.add(1)).await.expect("add"), 11);
+    let id = ledger.actor().id();
+
+    tc.kill_head();
+    let in_gap = tokio::spawn({
+        let ledger = ledger.clone();
+        async move { ledger.add(2).await }
+    });
+    until("the call's checkpoint waits for the head", || async {
+        tc.logs().contains("a checkpoint waits for the head")
+    })
+    .await;
+    assert!(
+        !in_gap.is_finished(),
+        "answered before its checkpoint was recorded"
+    );
+    tc.restart_head(&[]).await;
+
+    let total = within("the call made in the gap", in_gap)
+        .await
+        .expect("the call's task")
+        .unwrap_or_else(|e| panic!("the call made in the gap: {e}\n{}", tc.logs()));
+    assert_eq!(total, 13);
+    let fresh = tc.connect().await;
+    let after = status(&fresh).await;
+    let life = after
+        .actors
+        .iter()
+        .find_map(|a| a.actor.as_ref().filter(|_| a.id == id.to_string()))
+        .expect("the ledger in the status");
+    assert_eq!((life.incarnation, life.restarts), (1, 0), "{after:?}");
+    assert_eq!(
+        life.checkpoint_seq,
+        Some(2),
+        "the call's checkpoint is recorded at the new head: {after:?}"
+    );
+    let taken: LedgerHandle = within("take over", fresh.actor(id))
+        .await
+        .expect("a handle");
+    assert_eq!(
+        within("totals", taken.totals()).await.expect("totals"),
+        (13, 2)
+    );
+}

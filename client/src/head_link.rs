@@ -1,7 +1,7 @@
 //! The client's link to the head: the current connection, opened again when it is lost.
 //!
 //! A head that restarts on its state directory comes back at the same address. Every request
-//! to the head goes through the [`HeadLink`], which connects again with backoff (100 ms
+//! to the head goes through the [`HeadLink`], which connects again with `ember_core::backoff` (100 ms
 //! doubling to 1 s) for [`ConnectOptions::head_wait`] after the connection was lost, one
 //! reconnect at a time. A request whose stream could not be opened waits for the reconnect
 //! and is then sent. A request already written when the connection died is sent again only
@@ -14,16 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use ember_core::backoff::Backoff;
 use ember_core::proto::{read_frame, write_frame, ClientReply, ClientRequest, MAX_FRAME};
 use ember_core::security::{connect_client, ClusterFile, ConnectError};
 use tokio::sync::watch;
 
 use crate::Error;
 
-/// The first pause between two attempts to reach a lost head.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest pause between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long one attempt to reach a lost head waits for its handshake. A head that is down
 /// does not answer at all (a QUIC client hears nothing of a closed UDP port), so each
 /// attempt ends on this bound. QUIC sends its first packet again after about 1 s: an attempt
@@ -66,27 +63,6 @@ pub struct HeadLinkStatus {
     pub back_since: Option<SystemTime>,
     /// How many times the connection was opened again after a loss.
     pub reconnects: u64,
-}
-
-/// Pauses between attempts: 100 ms, doubling up to 1 s.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff {
-            next: FIRST_BACKOFF,
-        }
-    }
-
-    /// The next pause.
-    pub(crate) fn next_pause(&mut self) -> Duration {
-        let pause = self.next;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
-        pause
-    }
 }
 
 /// When the head was lost: on the wall clock (for messages) and on the monotonic one (for
@@ -458,7 +434,7 @@ fn refused(e: &Error) -> bool {
 /// Sleeps the next pause, no further than the end of the window (the last attempt follows).
 async fn pause(backoff: &mut Backoff, since: LostAt, wait: Duration) {
     let left = wait.saturating_sub(since.mono.elapsed());
-    let pause = backoff.next_pause().min(left);
+    let pause = backoff.next_wait().min(left);
     if !pause.is_zero() {
         tokio::time::sleep(pause).await;
     }
@@ -494,13 +470,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_from_100_ms_to_1_s() {
-        let mut b = Backoff::new();
-        let pauses: Vec<u64> = (0..7).map(|_| b.next_pause().as_millis() as u64).collect();
-        assert_eq!(pauses, vec![100, 200, 400, 800, 1000, 1000, 1000]);
-    }
 
     #[test]
     fn attempts_stay_within_the_window_then_one_more() {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ember_core::backoff::Backoff;
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorEndpoints, CheckpointPolicy, EpochCommand, ErrorKind,
@@ -18,7 +19,8 @@ use ember_core::security::{
 };
 use tokio::sync::mpsc;
 
-use crate::executor::{socket_dir, ExecRequest, ExecutorPool};
+use crate::epoch::check_epoch;
+use crate::executor::{socket_dir, ExecRequest, Executor, ExecutorPool};
 use crate::gpu::{self, GpuError, GpuMonitor};
 use crate::{job, registry};
 
@@ -163,6 +165,20 @@ struct WorkerState {
     events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
+impl WorkerState {
+    /// Passes on to an executor what a command of head life `epoch` asks of it, unless this
+    /// worker has re-joined a newer head life since the command arrived.
+    async fn forward(
+        &self,
+        exec: &Executor,
+        epoch: u64,
+        make: impl FnOnce(u64) -> ExecRequest,
+    ) -> Result<Vec<u8>, RemoteError> {
+        check_epoch(self.epoch.load(std::sync::atomic::Ordering::SeqCst), epoch)?;
+        exec.request(epoch, make).await
+    }
+}
+
 /// What a worker keeps while it has no head: its node, its executors and the events they
 /// raise, so that it can join again as the same node and keep running its work.
 struct Session {
@@ -199,11 +215,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The first wait between attempts to reach a lost head; it doubles up to [`BACKOFF_MAX`].
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between attempts to reach a lost head.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
 /// The codes with which a live head closes a worker's connection when it gives the node up
 /// (declared dead: 4; malformed events: 3). Any other end (a reset, a timeout, the head's
 /// endpoint going away) may be a head restarting.
@@ -214,18 +225,6 @@ const LET_GO_CODES: [u32; 2] = [3, 4];
 fn head_let_go(reason: &quinn::ConnectionError) -> bool {
     matches!(reason, quinn::ConnectionError::ApplicationClosed(close)
         if LET_GO_CODES.iter().any(|&code| close.error_code == quinn::VarInt::from_u32(code)))
-}
-
-/// Refuses a command, or a head's terms, from a head of an older life (`sent`) than the one
-/// this worker joined under (`joined`): a stale head, or a stream of an earlier life.
-fn check_epoch(joined: u64, sent: u64) -> Result<(), RemoteError> {
-    if sent < joined {
-        return Err(RemoteError::new(
-            ErrorKind::Unauthorized,
-            format!("head life {sent} is older than life {joined} this worker joined under"),
-        ));
-    }
-    Ok(())
 }
 
 /// Runs a worker until `shutdown` resolves: then the head drains it (moves its actors away and
@@ -241,7 +240,7 @@ pub async fn run(
     let window = Duration::from_millis(config.rejoin_ms);
     let mut session: Option<Session> = None;
     let mut lost_at: Option<tokio::time::Instant> = None;
-    let mut backoff = BACKOFF_FIRST;
+    let mut backoff = Backoff::new();
     loop {
         let joined = std::cell::Cell::new(false);
         let give_up_at = lost_at.filter(|_| session.is_some()).map(|t| t + window);
@@ -262,7 +261,7 @@ pub async fn run(
                     tracing::warn!("{e}: joining again as a new node");
                 }
                 lost_at = Some(tokio::time::Instant::now());
-                backoff = BACKOFF_FIRST;
+                backoff.reset();
             }
             Err(e) => {
                 let elapsed = lost_at.map(|t| t.elapsed());
@@ -283,9 +282,9 @@ pub async fn run(
                     }
                     return Err(e);
                 }
-                tracing::debug!("cannot join yet ({e}); trying again in {backoff:?}");
-                let retry = tokio::time::sleep(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let wait = backoff.next_wait();
+                tracing::debug!("cannot join yet ({e}); trying again in {wait:?}");
+                let retry = tokio::time::sleep(wait);
                 tokio::select! {
                     _ = retry => {}
                     _ = shutdown.as_mut() => {
@@ -567,7 +566,7 @@ async fn handle_command(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let cmd = match read_frame::<_, EpochCommand>(&mut recv, MAX_FRAME).await {
+    let (epoch, cmd) = match read_frame::<_, EpochCommand>(&mut recv, MAX_FRAME).await {
         Ok(Some(fenced)) => {
             let joined = state.epoch.load(std::sync::atomic::Ordering::SeqCst);
             if let Err(e) = check_epoch(joined, fenced.epoch) {
@@ -576,7 +575,7 @@ async fn handle_command(
                 let _ = send.finish();
                 return;
             }
-            fenced.command
+            (fenced.epoch, fenced.command)
         }
         Ok(None) => return,
         Err(e) => {
@@ -588,7 +587,7 @@ async fn handle_command(
     let reply = match cmd {
         WorkerCommand::OpenLease { lease, allocation } => {
             tracing::debug!(%lease, "opening a task lease");
-            match open_lease(&state, lease, allocation).await {
+            match open_lease(&state, epoch, lease, allocation).await {
                 Ok(endpoints) => WorkerReply::LeaseOpened(endpoints),
                 Err(e) => WorkerReply::Error(e),
             }
@@ -596,8 +595,8 @@ async fn handle_command(
         WorkerCommand::CloseLease { lease } => {
             lock(&state.leases).remove(&lease);
             if let Some(exec) = state.pool.remove_lease(lease) {
-                let _ = exec
-                    .request(|id| ExecRequest::CloseLease { id, lease })
+                let _ = state
+                    .forward(&exec, epoch, |id| ExecRequest::CloseLease { id, lease })
                     .await;
             }
             WorkerReply::LeaseClosed
@@ -620,7 +619,7 @@ async fn handle_command(
                 checkpoint,
                 restore,
             };
-            match create_actor(&state, start).await {
+            match create_actor(&state, epoch, start).await {
                 Ok(endpoints) => WorkerReply::ActorReady(endpoints),
                 Err(e) => WorkerReply::Error(e),
             }
@@ -631,7 +630,7 @@ async fn handle_command(
                 .actor(actor)
                 .is_some_and(|(i, exec)| i == incarnation && exec.is_alive()),
         },
-        WorkerCommand::SealActor { actor } => match seal_actor(&state, actor).await {
+        WorkerCommand::SealActor { actor } => match seal_actor(&state, epoch, actor).await {
             Ok(seq) => {
                 if let Some(running) = lock(&state.running).get_mut(&actor) {
                     running.sealed = true;
@@ -668,6 +667,7 @@ async fn handle_command(
 /// Opens a task lease on the executor for the allocation's GPUs (started on first use).
 async fn open_lease(
     state: &WorkerState,
+    epoch: u64,
     lease: LeaseId,
     allocation: Allocation,
 ) -> Result<LeaseEndpoints, RemoteError> {
@@ -680,8 +680,8 @@ async fn open_lease(
             RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}"))
         })?;
     let node = state.node;
-    let endpoints = exec
-        .request(|id| ExecRequest::OpenLease {
+    let endpoints = state
+        .forward(&exec, epoch, |id| ExecRequest::OpenLease {
             id,
             lease,
             node,
@@ -713,6 +713,7 @@ struct ActorStart {
 
 async fn create_actor(
     state: &Arc<WorkerState>,
+    epoch: u64,
     start: ActorStart,
 ) -> Result<ActorEndpoints, RemoteError> {
     let ActorStart {
@@ -733,8 +734,8 @@ async fn create_actor(
             RemoteError::new(ErrorKind::Internal, format!("cannot start executor: {e}"))
         })?;
     let node = state.node;
-    let created = exec
-        .request(|id| ExecRequest::CreateActor {
+    let created = state
+        .forward(&exec, epoch, |id| ExecRequest::CreateActor {
             id,
             actor,
             type_name,
@@ -803,14 +804,20 @@ fn forget_running(state: &WorkerState, actor: ActorId, incarnation: u32) {
 }
 
 /// Seals an actor for a move: its final checkpoint's sequence number, if its type can make one.
-async fn seal_actor(state: &WorkerState, actor: ActorId) -> Result<Option<u64>, RemoteError> {
+async fn seal_actor(
+    state: &WorkerState,
+    epoch: u64,
+    actor: ActorId,
+) -> Result<Option<u64>, RemoteError> {
     let Some((_, exec)) = state.pool.actor(actor) else {
         return Err(RemoteError::new(
             ErrorKind::Unknown,
             format!("no actor {actor} on this worker"),
         ));
     };
-    let bytes = exec.request(|id| ExecRequest::Seal { id }).await?;
+    let bytes = state
+        .forward(&exec, epoch, |id| ExecRequest::Seal { id })
+        .await?;
     decode::<Option<u64>>(&bytes).map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
 }
 
@@ -831,15 +838,6 @@ mod tests {
         assert!(!head_let_go(&closed(0)), "the head stopping (a restart)");
         assert!(!head_let_go(&quinn::ConnectionError::TimedOut));
         assert!(!head_let_go(&quinn::ConnectionError::Reset));
-    }
-
-    #[test]
-    fn commands_of_an_older_head_life_are_refused() {
-        assert!(check_epoch(3, 3).is_ok(), "the life joined under");
-        assert!(check_epoch(3, 4).is_ok(), "a newer life");
-        let refused = check_epoch(3, 2).expect_err("an older life");
-        assert_eq!(refused.kind, ErrorKind::Unauthorized);
-        assert!(refused.message.contains("life 2"), "{}", refused.message);
     }
 
     #[test]

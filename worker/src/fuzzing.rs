@@ -15,7 +15,7 @@ use ember_kernels::Device;
 
 use crate::collective::link::{recv_segment, send_segment, Rx, Tag, Tx, HEADER};
 use crate::executor::checkpoint::{CheckpointImage, ReplyLog, REPLIES_KEPT};
-use crate::executor::protocol::{ExecReply, ExecRequest};
+use crate::executor::protocol::{ExecCommand, ExecReply, ExecRequest};
 use crate::gpu_actor::actor::GpuActor;
 use crate::gpu_actor::methods::{
     Alloc, CompileUser, Free, Get, GpuMethod, Info, Launch, LaunchUser, Put,
@@ -69,11 +69,11 @@ fn archive<T: Wire>(value: &T) -> Vec<u8> {
 }
 
 /// An executor reads a request from its worker (`executor/process.rs`): decodes it as an
-/// `ExecRequest` and takes its id. Returns whether the bytes decoded.
+/// `ExecCommand` and takes its epoch and its request's id. Returns whether the bytes decoded.
 pub fn exec_request(bytes: &[u8]) -> bool {
-    match round_trip::<ExecRequest>(bytes) {
-        Some(request) => {
-            std::hint::black_box(request.id());
+    match round_trip::<ExecCommand>(bytes) {
+        Some(command) => {
+            std::hint::black_box((command.epoch, command.request.id()));
             true
         }
         None => false,
@@ -767,7 +767,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         },
         ExecRequest::Seal { id: 4 },
     ] {
-        seeds.push(("exec_request", bytes(&request)));
+        let command = ExecCommand { epoch: 2, request };
+        seeds.push(("exec_request", bytes(&command)));
     }
     for result in [
         Ok(bytes(&lease_endpoints)),
@@ -937,8 +938,11 @@ mod tests {
         assert!(hello(&wrong), "a wrong token decodes, and is refused");
         assert!(!hello(&[0xff; 9]));
 
-        let request = ExecRequest::Seal { id: 7 };
-        assert!(exec_request(&encode(&request).unwrap()));
+        let command = ExecCommand {
+            epoch: 3,
+            request: ExecRequest::Seal { id: 7 },
+        };
+        assert!(exec_request(&encode(&command).unwrap()));
         let reply = ExecReply {
             id: 7,
             result: Ok(encode(&Some(3u64)).unwrap().to_vec()),

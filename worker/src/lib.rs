@@ -8,6 +8,7 @@ pub mod agent;
 pub mod collective;
 pub mod context;
 mod device;
+mod epoch;
 mod executor;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -5,6 +5,7 @@
 //! machine identity ([`host`]). It knows nothing of the head, of CUDA or of Python: workers,
 //! clients and the Python wheel link it without the head's dependencies.
 
+pub mod backoff;
 pub mod collective;
 pub mod host;
 pub mod ids;

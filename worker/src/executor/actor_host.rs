@@ -177,9 +177,15 @@ impl ActorCore {
                 .await
                 .and_then(|seq| encode(&seq).map(|b| b.to_vec()).map_err(internal));
         }
-        if let Some(reply) = self.replies.borrow().get(call.caller, call.seq) {
-            // Sent again after a restart, and its effect is in the restored state.
-            return reply.clone();
+        let recorded = self.replies.borrow().get(call.caller, call.seq).cloned();
+        if let Some(reply) = recorded {
+            // Sent again: after a restart (its effect is in the restored state), or after its
+            // answer was lost. Its effect may not be in a recorded checkpoint yet: answer only
+            // once it is.
+            if self.policy.every_calls > 0 && self.calls_since.get() > 0 {
+                self.checkpoint().await?;
+            }
+            return reply;
         }
         let reply = {
             let mut instance = self.instance.borrow_mut();

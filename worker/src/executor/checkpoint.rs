@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use ember_core::backoff::Backoff;
 use ember_core::proto::{
     CallReply, CheckpointSave, ClientReply, ClientRequest, ErrorKind, RemoteError,
 };
@@ -65,10 +66,12 @@ impl ReplyLog {
     /// [`REPLY_BYTES_KEPT`] bytes.
     pub(crate) fn record(&mut self, caller: u64, seq: u64, reply: CallReply) {
         self.bytes += reply_bytes(&reply);
-        match self.replies.insert((caller, seq), reply) {
-            Some(old) => self.bytes -= reply_bytes(&old),
-            None => self.order.push_back((caller, seq)),
+        if let Some(old) = self.replies.insert((caller, seq), reply) {
+            // Recorded again: it is the newest now, not where it first was.
+            self.bytes -= reply_bytes(&old);
+            self.order.retain(|&k| k != (caller, seq));
         }
+        self.order.push_back((caller, seq));
         while self.order.len() > REPLIES_KEPT
             || (self.bytes > REPLY_BYTES_KEPT && self.order.len() > 1)
         {
@@ -97,21 +100,52 @@ pub(crate) struct SaveJob {
 
 /// Records checkpoints at the head, one at a time, in the order the actor took them. Runs on
 /// the executor's main runtime.
+///
+/// A head that cannot be reached, or that restarted and has not taken this incarnation back
+/// yet, is asked again with [`Backoff`] until it records the checkpoint or refuses it: the call
+/// that triggered it is answered late rather than answered unrecorded. This waits no longer
+/// than the worker does: a worker that gives its head up stops its executors.
 pub(crate) async fn serve_saves(head: HeadLink, mut jobs: mpsc::UnboundedReceiver<SaveJob>) {
     while let Some(job) = jobs.recv().await {
-        let result = match head
-            .request(&ClientRequest::SaveCheckpoint(job.save.clone()))
-            .await
-        {
-            Ok(ClientReply::CheckpointSaved { seq }) => Ok(seq),
-            Ok(other) => Err(RemoteError::new(
-                ErrorKind::Internal,
-                format!("unexpected answer to a checkpoint: {other:?}"),
-            )),
-            Err(e) => Err(e),
+        let mut backoff = Backoff::new();
+        let mut attempts = 0u32;
+        let result = loop {
+            attempts += 1;
+            match record(&head, &job.save).await {
+                Err(e) if head_away(&e) => {
+                    let actor = job.save.actor;
+                    if attempts == 1 {
+                        tracing::warn!(%actor, "a checkpoint waits for the head: {e}");
+                    } else {
+                        tracing::debug!(%actor, attempts, "a checkpoint still waits: {e}");
+                    }
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+                result => break result,
+            }
         };
         let _ = job.done.send(result);
     }
+}
+
+/// Asks the head to record one checkpoint.
+async fn record(head: &HeadLink, save: &CheckpointSave) -> Result<u64, RemoteError> {
+    match head
+        .request(&ClientRequest::SaveCheckpoint(save.clone()))
+        .await?
+    {
+        ClientReply::CheckpointSaved { seq } => Ok(seq),
+        other => Err(RemoteError::new(
+            ErrorKind::Internal,
+            format!("unexpected answer to a checkpoint: {other:?}"),
+        )),
+    }
+}
+
+/// Whether a checkpoint failed only because the head is away: unreachable ([`HeadLink`]'s
+/// `WorkerDied`), or restarted and waiting for this actor's worker to re-join (`Timeout`).
+fn head_away(e: &RemoteError) -> bool {
+    matches!(e.kind, ErrorKind::WorkerDied | ErrorKind::Timeout)
 }
 
 #[cfg(test)]
@@ -129,6 +163,19 @@ mod tests {
         let again = ReplyLog::from_image(log.to_image());
         assert_eq!(again.to_image(), log.to_image());
         assert!(again.get(8, 10).is_none(), "callers are told apart");
+    }
+
+    #[test]
+    fn a_reply_recorded_again_is_the_newest() {
+        let mut log = ReplyLog::default();
+        let big = REPLY_BYTES_KEPT / 2;
+        log.record(1, 1, Ok(vec![1; big]));
+        log.record(1, 2, Ok(vec![2; 8]));
+        log.record(1, 1, Ok(vec![1; big]));
+        log.record(1, 3, Ok(vec![3; big]));
+        assert!(log.get(1, 1).is_some(), "recorded again, so not the oldest");
+        assert!(log.get(1, 3).is_some(), "the newest stays");
+        assert!(log.get(1, 2).is_none(), "the oldest goes");
     }
 
     #[test]

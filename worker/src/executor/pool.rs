@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use super::gro_switch::GroSwitch;
-use super::protocol::{ExecReply, ExecRequest};
+use super::protocol::{ExecCommand, ExecReply, ExecRequest};
 use super::warm::{WarmExecutors, WARM_LIMIT};
 use crate::context::GpuKind;
 use crate::role::{ROLE_EXECUTOR, ROLE_VAR, SOCKET_VAR, WORKER_PID_VAR};
@@ -26,7 +26,7 @@ type Pending = Arc<DashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteError>>>>;
 
 /// One executor process and the connection to it.
 pub(crate) struct Executor {
-    requests: mpsc::UnboundedSender<ExecRequest>,
+    requests: mpsc::UnboundedSender<ExecCommand>,
     pending: Pending,
     next_id: AtomicU64,
     exited: watch::Receiver<Option<String>>,
@@ -78,7 +78,7 @@ impl Executor {
             .map_err(|_| std::io::Error::other("executor process did not connect within 20 s"))??;
         let (mut rd, mut wr) = stream.into_split();
 
-        let (req_tx, mut req_rx) = mpsc::unbounded_channel::<ExecRequest>();
+        let (req_tx, mut req_rx) = mpsc::unbounded_channel::<ExecCommand>();
         tokio::spawn(async move {
             while let Some(req) = req_rx.recv().await {
                 if write_frame(&mut wr, &req).await.is_err() {
@@ -139,9 +139,11 @@ impl Executor {
         }))
     }
 
-    /// Sends one request built around a fresh id and waits for its reply.
+    /// Sends one request built around a fresh id, on behalf of a command of head life
+    /// `epoch`, and waits for its reply.
     pub(crate) async fn request(
         &self,
+        epoch: u64,
         make: impl FnOnce(u64) -> ExecRequest,
     ) -> Result<Vec<u8>, RemoteError> {
         if let Some(reason) = self.exited.borrow().clone() {
@@ -152,7 +154,14 @@ impl Executor {
         self.pending.insert(id, tx);
         let req = make(id);
         debug_assert_eq!(req.id(), id);
-        if self.requests.send(req).is_err() {
+        if self
+            .requests
+            .send(ExecCommand {
+                epoch,
+                request: req,
+            })
+            .is_err()
+        {
             self.pending.remove(&id);
             return Err(RemoteError::new(
                 ErrorKind::WorkerDied,

@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 use super::actor_host;
 use super::head_link::HeadAddress;
 use super::lease_host::{LeaseSpec, Leases};
-use super::protocol::{ExecReply, ExecRequest};
+use super::protocol::{ExecCommand, ExecReply, ExecRequest};
 use crate::context::{self, GpuKind, TaskContext};
+use crate::epoch::EpochFence;
 use crate::role::WORKER_PID_VAR;
 
 /// Makes the kernel kill this executor when the worker thread that started it exits
@@ -44,15 +45,25 @@ pub(crate) async fn serve(socket: &str) -> std::io::Result<()> {
     });
     let mut hosted: Option<std::sync::Arc<actor_host::ActorHandle>> = None;
     let leases = std::sync::Arc::new(Leases::new(gpu_kind));
+    let fence = EpochFence::default();
     loop {
-        let req: ExecRequest = match read_frame(&mut rd, MAX_FRAME).await {
-            Ok(Some(r)) => r,
+        let command: ExecCommand = match read_frame(&mut rd, MAX_FRAME).await {
+            Ok(Some(c)) => c,
             Ok(None) => break,
             Err(e) => {
                 tracing::error!("executor: bad request from worker: {e}");
                 break;
             }
         };
+        let req = command.request;
+        if let Err(stale) = fence.admit(command.epoch) {
+            tracing::warn!("executor: refused a request: {}", stale.message);
+            let _ = tx.send(ExecReply {
+                id: req.id(),
+                result: Err(stale),
+            });
+            continue;
+        }
         match req {
             ExecRequest::OpenLease {
                 id,

@@ -69,6 +69,16 @@ impl ExecRequest {
     }
 }
 
+/// A request as it travels: with the life of the head whose command it carries out. An
+/// executor refuses one of an older life than the newest it has been sent.
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+pub(crate) struct ExecCommand {
+    /// The head life (epoch) of the command this request carries out.
+    pub(crate) epoch: u64,
+    /// What to do.
+    pub(crate) request: ExecRequest,
+}
+
 /// An executor's answer.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub(crate) struct ExecReply {

@@ -79,6 +79,9 @@ where
     }
 }
 
+/// The first part of a frame's body read before the rest is given room.
+const FIRST_CHUNK: usize = 64 << 10;
+
 /// Reads one frame's body, of at most `max` bytes. `Ok(None)` is a clean end of stream before
 /// any byte of a frame.
 pub(crate) async fn read_frame_bytes<R>(
@@ -105,21 +108,49 @@ where
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = rkyv::util::AlignedVec::<16>::with_capacity(len);
-    body.resize(len, 0);
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
+    // Memory follows the bytes that arrive, not the length announced: the body grows as it
+    // is read, doubling from 64 KiB, so a peer announcing a large frame and sending little
+    // holds little.
+    let mut body = rkyv::util::AlignedVec::<16>::with_capacity(len.min(FIRST_CHUNK));
+    while body.len() < len {
+        let start = body.len();
+        let end = len.min((2 * start).max(FIRST_CHUNK));
+        body.resize(end, 0);
+        r.read_exact(&mut body[start..end]).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                FrameError::Truncated
+            } else {
+                FrameError::Io(e)
+            }
+        })?;
+    }
     Ok(Some(body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_frame_larger_than_its_first_chunk_arrives_whole() {
+        let big: Vec<u8> = (0..(5 * FIRST_CHUNK + 17)).map(|i| i as u8).collect();
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move { write_frame(&mut a, &big).await.map(|()| big) });
+        let got: Option<Vec<u8>> = read_frame(&mut b, MAX_FRAME).await.unwrap();
+        assert_eq!(got, Some(writer.await.unwrap().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_after_its_first_chunk_is_truncated() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let announced = (3 * FIRST_CHUNK) as u32;
+        tokio::spawn(async move {
+            a.write_all(&announced.to_le_bytes()).await.unwrap();
+            a.write_all(&vec![0u8; FIRST_CHUNK + 5]).await.unwrap();
+        });
+        let got = read_frame::<_, Vec<u8>>(&mut b, MAX_FRAME).await;
+        assert!(matches!(got, Err(FrameError::Truncated)), "{got:?}");
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_limits_hold() {
