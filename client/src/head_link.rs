@@ -129,21 +129,7 @@ impl HeadLink {
             open(&endpoint, &file, None).await?
         } else {
             let since = LostAt::now();
-            let mut backoff = Backoff::new();
-            let mut attempted = false;
-            loop {
-                let elapsed = since.mono.elapsed();
-                let Some(limit) = attempt_limit(elapsed, options.connect_wait, attempted) else {
-                    return Err(unreachable(&file, since));
-                };
-                attempted = true;
-                match open(&endpoint, &file, Some(limit)).await {
-                    Ok(conn) => break conn,
-                    Err(e @ Error::Connect { .. }) if refused(&e) => return Err(e),
-                    Err(e) => tracing::debug!("the head is not reachable yet: {e}"),
-                }
-                pause(&mut backoff, since, options.connect_wait).await;
-            }
+            attempt(&endpoint, &file, since, options.connect_wait, || false).await?
         };
         Ok(HeadLink {
             endpoint,
@@ -246,26 +232,18 @@ impl HeadLink {
         if waited_for_one {
             return Err(unreachable(&self.file, since));
         }
-        let mut backoff = Backoff::new();
-        let mut attempted = false;
-        loop {
-            let elapsed = since.mono.elapsed();
-            let Some(limit) = attempt_limit(elapsed, self.head_wait, attempted) else {
-                self.give_ups.fetch_add(1, Ordering::AcqRel);
-                return Err(unreachable(&self.file, since));
-            };
-            attempted = true;
-            match open(&self.endpoint, &self.file, Some(limit)).await {
-                Ok(conn) => return Ok(self.install(conn, since)),
-                Err(e @ Error::Connect { .. }) if refused(&e) => return Err(e),
-                Err(e) => tracing::debug!("the head is not reachable yet: {e}"),
+        let outcome = attempt(&self.endpoint, &self.file, since, self.head_wait, || {
+            self.is_closed()
+        })
+        .await;
+        match outcome {
+            Ok(conn) => Ok(self.install(conn, since)),
+            Err(e) => {
+                if matches!(e, Error::HeadUnreachable { .. }) {
+                    self.give_ups.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(e)
             }
-            if self.is_closed() {
-                return Err(Error::ConnectionLost(
-                    "this client closed its connection to the head".into(),
-                ));
-            }
-            pause(&mut backoff, since, self.head_wait).await;
         }
     }
 
@@ -429,6 +407,37 @@ pub(crate) fn connect_error(e: ConnectError) -> Error {
 /// trying again changes nothing.
 fn refused(e: &Error) -> bool {
     matches!(e, Error::Connect { reason, .. } if reason.starts_with("refused: "))
+}
+
+/// Connects to the head `file` names, with backoff, until `wait` has passed since `since`
+/// (one attempt at least): [`Error::HeadUnreachable`] then. Stops at once when the head
+/// refuses this client, or when `stop` says so between two attempts.
+async fn attempt(
+    endpoint: &quinn::Endpoint,
+    file: &ClusterFile,
+    since: LostAt,
+    wait: Duration,
+    stop: impl Fn() -> bool,
+) -> Result<quinn::Connection, Error> {
+    let mut backoff = Backoff::new();
+    let mut attempted = false;
+    loop {
+        let Some(limit) = attempt_limit(since.mono.elapsed(), wait, attempted) else {
+            return Err(unreachable(file, since));
+        };
+        attempted = true;
+        match open(endpoint, file, Some(limit)).await {
+            Ok(conn) => return Ok(conn),
+            Err(e @ Error::Connect { .. }) if refused(&e) => return Err(e),
+            Err(e) => tracing::debug!("the head is not reachable yet: {e}"),
+        }
+        if stop() {
+            return Err(Error::ConnectionLost(
+                "this client closed its connection to the head".into(),
+            ));
+        }
+        pause(&mut backoff, since, wait).await;
+    }
 }
 
 /// Sleeps the next pause, no further than the end of the window (the last attempt follows).
