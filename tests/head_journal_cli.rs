@@ -29,13 +29,21 @@ async fn refused(state: &Path, also: &[&str]) -> String {
     let path = journal(state);
     let before = std::fs::read(&path).expect("the journal");
     let (code, stderr) = head_on(state).await;
-    assert_ne!(code, 0, "`ember head` started on {}:\n{stderr}", path.display());
+    assert_ne!(
+        code,
+        0,
+        "`ember head` started on {}:\n{stderr}",
+        path.display()
+    );
     assert!(
         stderr.contains(&path.display().to_string()),
         "the refusal names the file:\n{stderr}"
     );
     for word in also {
-        assert!(stderr.contains(word), "the refusal says {word:?}:\n{stderr}");
+        assert!(
+            stderr.contains(word),
+            "the refusal says {word:?}:\n{stderr}"
+        );
     }
     assert!(
         std::fs::read(&path).expect("the journal") == before,
@@ -65,7 +73,11 @@ async fn a_journal_cut_short_is_refused() {
     let tc = used_state_dir().await;
     let state = tc.state_dir();
     let bytes = std::fs::read(journal(&state)).unwrap();
-    assert!(bytes.len() > 4096, "a real journal of {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 4096,
+        "a real journal of {} bytes",
+        bytes.len()
+    );
     std::fs::write(journal(&state), &bytes[..bytes.len() / 2]).unwrap();
     refused(&state, &["cannot open the head's journal"]).await;
 }
@@ -77,7 +89,8 @@ async fn a_journal_of_another_format_version_is_refused_naming_both() {
     {
         // The meta row as a head of version 99 would have written it.
         let db = redb::Database::open(journal(&state)).expect("a real journal");
-        let meta: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new(Table::Meta.name());
+        let meta: redb::TableDefinition<u64, &[u8]> =
+            redb::TableDefinition::new(Table::Meta.name());
         let txn = db.begin_write().unwrap();
         {
             let mut table = txn.open_table(meta).unwrap();

@@ -407,7 +407,11 @@ async fn checkpoints_in_s3_survive_a_head_restart() {
     // The new head keeps every checkpoint of the actors its journal has.
     let (status, listing) = s3.request("GET", &objects);
     assert_eq!(status, 200, "{listing}");
-    assert_eq!(keys(&listing), before, "the checkpoints in the bucket are kept");
+    assert_eq!(
+        keys(&listing),
+        before,
+        "the checkpoints in the bucket are kept"
+    );
 
     let fresh = tc.connect().await;
     tc.wait_for_nodes(&fresh, 2).await;

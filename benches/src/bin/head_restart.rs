@@ -199,7 +199,10 @@ impl SimWorker {
 
     /// One join: hello (with a `Rejoin` if it was a node before), welcome, terms.
     async fn join(&self) -> anyhow::Result<quinn::Connection> {
-        let conn = self.endpoint.connect(self.file.address, SERVER_NAME)?.await?;
+        let conn = self
+            .endpoint
+            .connect(self.file.address, SERVER_NAME)?
+            .await?;
         let previous = *lock(&self.joined);
         let rejoin = previous.map(|(node, epoch)| Rejoin {
             node,
@@ -300,7 +303,10 @@ impl SimWorker {
                 WorkerReply::ActorReady(self.actor_endpoints.clone())
             }
             WorkerCommand::KillActor { actor, incarnation } => {
-                if running.get(&actor).is_some_and(|r| r.incarnation == incarnation) {
+                if running
+                    .get(&actor)
+                    .is_some_and(|r| r.incarnation == incarnation)
+                {
                     running.remove(&actor);
                 }
                 WorkerReply::ActorKilled
@@ -318,9 +324,12 @@ impl SimWorker {
                 None => WorkerReply::Error(RemoteError::new(ErrorKind::Unknown, "no such actor")),
             },
             WorkerCommand::CloseLease { .. } => WorkerReply::LeaseClosed,
-            WorkerCommand::OpenLease { .. } | WorkerCommand::RunJob { .. } => WorkerReply::Error(
-                RemoteError::new(ErrorKind::Unknown, "a simulated worker runs no tasks or jobs"),
-            ),
+            WorkerCommand::OpenLease { .. } | WorkerCommand::RunJob { .. } => {
+                WorkerReply::Error(RemoteError::new(
+                    ErrorKind::Unknown,
+                    "a simulated worker runs no tasks or jobs",
+                ))
+            }
         }
     }
 }
@@ -394,9 +403,27 @@ fn quantile(xs: &[f64], q: f64) -> f64 {
     v[i]
 }
 
+/// `text` without its terminal colour codes (`ESC [ ... m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The numbers `key=N` on the head's log lines that contain `what`.
 fn logged(log: &Path, what: &str, key: &str) -> Vec<f64> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let text = plain(&std::fs::read_to_string(log).unwrap_or_default());
     let key = format!("{key}=");
     text.lines()
         .filter(|l| l.contains(what))
@@ -512,7 +539,10 @@ fn report_saves(saves: &[f64]) {
 fn commits_since(log: &Path, from: usize) -> (Vec<f64>, usize) {
     let all = logged(log, "journal commit", "micros");
     let now = all.len();
-    (all[from.min(now)..].iter().map(|us| us / 1e3).collect(), now)
+    (
+        all[from.min(now)..].iter().map(|us| us / 1e3).collect(),
+        now,
+    )
 }
 
 fn report_commits(what: &str, commits: &[f64]) {
@@ -638,7 +668,12 @@ async fn bench(args: &Args, exe: &Path, dir: &Path) -> anyhow::Result<()> {
     for n in 0..args.restarts {
         let killed = Instant::now();
         head.kill().await?;
-        head = start_head(exe, &state, file.address, dir.join(format!("head-{}.log", n + 2)))?;
+        head = start_head(
+            exe,
+            &state,
+            file.address,
+            dir.join(format!("head-{}.log", n + 2)),
+        )?;
         head.wait_listening().await?;
         let listened = killed.elapsed();
         let fresh = Cluster::connect(file.clone()).await?;
@@ -689,7 +724,10 @@ async fn bench(args: &Args, exe: &Path, dir: &Path) -> anyhow::Result<()> {
     };
     row("SIGKILL → listening", &listening);
     row("SIGKILL → status answered", &serving);
-    row("SIGKILL → every node re-joined, every actor adopted", &rejoined);
+    row(
+        "SIGKILL → every node re-joined, every actor adopted",
+        &rejoined,
+    );
     println!(
         "  journal read and restored at start: {:.1} ms / {:.1} ms",
         quantile(&read, 0.5),
