@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use ember_head_state::journal::Table;
+use redb::ReadableTable;
 use ember_tests::{ember_exe, run_cli, within, TestCluster};
 
 /// Runs `ember head` on `state` (on a free port) to its exit: (exit code, stderr).
@@ -89,7 +90,7 @@ async fn a_journal_of_another_format_version_is_refused_naming_both() {
     {
         // The meta row as a head of version 99 would have written it.
         let db = redb::Database::open(journal(&state)).expect("a real journal");
-        let meta: redb::TableDefinition<u64, &[u8]> =
+        let meta: redb::TableDefinition<'_, u64, &[u8]> =
             redb::TableDefinition::new(Table::Meta.name());
         let txn = db.begin_write().unwrap();
         {

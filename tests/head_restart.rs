@@ -116,6 +116,14 @@ async fn workers_and_their_actors_live_through_a_head_restart() {
             "{id} was restarted instead of adopted"
         );
     }
+    // The new head reset the workers' connections to its last life as soon as it heard from
+    // them (its reset key is the same in every life), rather than leaving them to time out.
+    let logs = tc.logs();
+    assert_eq!(
+        logs.matches("lost the head: reset by peer").count(),
+        2,
+        "each worker was reset by the new head:\n{logs}"
+    );
     assert!(
         tc.head_log().contains("adopted"),
         "the new head says it adopted them:\n{}",

@@ -46,7 +46,20 @@ impl Journal {
     /// what it holds.
     pub fn open(path: &Path) -> Result<(Journal, Journaled), JournalError> {
         let path = path.to_path_buf();
-        let db = Database::create(&path).map_err(|e| match e {
+        // `redb` asserts rather than errs on some damage (a file cut shorter than its header
+        // says): that too is a file that cannot be read, not a reason to die without its name.
+        let created = std::panic::catch_unwind(|| Database::create(&path)).map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a failed check".into());
+            JournalError::Unreadable {
+                path: path.clone(),
+                reason: format!("the store stopped reading it: {what}"),
+            }
+        })?;
+        let db = created.map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => JournalError::InUse { path: path.clone() },
             other => JournalError::Unreadable {
                 path: path.clone(),

@@ -135,6 +135,26 @@ fn a_file_that_is_not_a_journal_is_refused_with_its_path() {
 }
 
 #[test]
+fn a_journal_cut_short_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(super::FILE_NAME);
+    {
+        let (journal, _) = Journal::open(&path).unwrap();
+        journal.commit(&every_kind_of_change()).unwrap();
+    }
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+    let e = Journal::open(&path).unwrap_err();
+    assert!(matches!(e, JournalError::Unreadable { .. }), "{e:?}");
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        whole[..whole.len() / 2],
+        "the file is left as it was"
+    );
+}
+
+#[test]
 fn a_journal_of_another_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(super::FILE_NAME);
