@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use ember_head_state::journal::Table;
-use redb::ReadableTable;
 use ember_tests::{ember_exe, run_cli, within, TestCluster};
+use redb::ReadableTable;
 
 /// Runs `ember head` on `state` (on a free port) to its exit: (exit code, stderr).
 async fn head_on(state: &Path) -> (i32, String) {
