@@ -169,6 +169,8 @@ struct SimWorker {
     running: Mutex<BTreeMap<ActorId, RunningActor>>,
     /// The node it joined as, and the head life it joined.
     joined: Mutex<Option<(NodeId, u64)>>,
+    /// When it last lost the head, and when it last joined.
+    times: Mutex<(Option<Instant>, Option<Instant>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -187,7 +189,9 @@ impl SimWorker {
             match self.join().await {
                 Ok(conn) => {
                     backoff = BACKOFF_FIRST;
+                    lock(&self.times).1 = Some(Instant::now());
                     self.serve(conn).await;
+                    lock(&self.times).0 = Some(Instant::now());
                 }
                 Err(_) => {
                     tokio::time::sleep(backoff).await;
@@ -628,6 +632,7 @@ async fn bench(args: &Args, exe: &Path, dir: &Path) -> anyhow::Result<()> {
             actor_endpoints: actor_endpoints.clone(),
             running: Mutex::new(BTreeMap::new()),
             joined: Mutex::new(None),
+            times: Mutex::new((None, None)),
         });
         tokio::spawn(worker.clone().run());
         workers.push(worker);
@@ -696,12 +701,24 @@ async fn bench(args: &Args, exe: &Path, dir: &Path) -> anyhow::Result<()> {
         }
         let back = killed.elapsed();
         let journal = logged(&head.log, "journal read", "restored_ms");
+        // When the workers saw the head go (the new head's reset, or a timeout), and when the
+        // last of them was welcomed again.
+        let (mut noticed, mut welcomed) = (Duration::ZERO, Duration::ZERO);
+        for w in &workers {
+            let (lost, joined) = *lock(&w.times);
+            noticed =
+                noticed.max(lost.map_or(Duration::ZERO, |t| t.saturating_duration_since(killed)));
+            welcomed = welcomed
+                .max(joined.map_or(Duration::ZERO, |t| t.saturating_duration_since(killed)));
+        }
         println!(
-            "restart {}: listening {:.0} ms, status answered {:.0} ms, every node and actor back {:.0} ms; journal read and restored in {:.1} ms",
+            "restart {}: listening {:.0} ms, status answered {:.0} ms, every node and actor back {:.0} ms (the last worker lost the head at {:.0} ms, was welcomed at {:.0} ms); journal read and restored in {:.1} ms",
             n + 1,
             ms(listened),
             ms(answered),
             ms(back),
+            ms(noticed),
+            ms(welcomed),
             journal.first().copied().unwrap_or(f64::NAN)
         );
         listening.push(ms(listened));

@@ -104,10 +104,13 @@ impl RunningHead {
     }
 }
 
-/// The longest a restarted head takes to reset a worker's connection to its last life: at
-/// most one stateless reset is sent per this interval, so 1,000 workers are reset within about
-/// a second of their next packets (quinn's default, 20 ms, would take 20 s).
-const MIN_RESET_INTERVAL: Duration = Duration::from_millis(1);
+/// The least time between two stateless resets: none. A restarted head must reset every
+/// worker's connection of its last life, and their packets come in bursts (heartbeats of
+/// workers started together): with quinn's default (20 ms) every packet of a burst but one is
+/// dropped unanswered, and with 100 workers the last re-joined seconds later. A reset is sent
+/// only for a packet whose connection id this head signed (the key is secret), and is smaller
+/// than that packet, so it can neither be provoked by others nor loop.
+const MIN_RESET_INTERVAL: Duration = Duration::ZERO;
 
 /// A secret of the head's that is the same in every life: SHA-256 of `label` and the
 /// cluster's private key.
