@@ -641,10 +641,7 @@ async fn bench(args: &Args, exe: &Path, dir: &Path) -> anyhow::Result<()> {
     cluster
         .wait_for_nodes(args.nodes as u32, Duration::from_secs(60))
         .await?;
-    println!(
-        "{} simulated nodes joined; creating {} actors ({} in flight)",
-        args.nodes, args.actors, args.concurrency
-    );
+    println!("{} simulated nodes joined", args.nodes);
 
     if args.mode == Mode::Journal {
         return journal_cost(args, &cluster, &file, head).await;
