@@ -48,6 +48,12 @@ use tokio::io::AsyncBufReadExt;
 /// The actor type the simulated workers host; nothing runs it.
 pub struct Sim;
 
+impl Default for Sim {
+    fn default() -> Self {
+        Sim::new()
+    }
+}
+
 #[ember::actor]
 impl Sim {
     /// A new one.
