@@ -10,7 +10,7 @@
 //! "ready" at once, at endpoints of one QUIC endpoint that takes callers' hellos; probes,
 //! kills and seals as a worker answers them; no task leases or jobs). A worker that loses the
 //! head joins again as the node it was, listing what it runs in a `Rejoin`, trying at once and
-//! then with the agent's backoff (100 ms doubling to 1 s), with the same QUIC settings.
+//! then with the agent's `Backoff` (100 ms doubling to 1 s), with the same QUIC settings.
 //! Actors are created by a real client (`ember::Cluster::spawn`), and some record a
 //! checkpoint as an actor's process does (`SaveCheckpoint`).
 //!
@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use ember::{Cluster, ClusterStatus};
+use ember_core::backoff::Backoff;
 use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{
     read_frame, write_frame, ActorEndpoints, CheckpointSave, ClientReply, ClientRequest,
@@ -183,26 +184,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
 impl SimWorker {
     /// Joins, serves until the head is lost, and joins again, for ever.
     async fn run(self: Arc<Self>) {
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new();
         loop {
             match self.join().await {
                 Ok(conn) => {
-                    backoff = BACKOFF_FIRST;
+                    backoff.reset();
                     lock(&self.times).1 = Some(Instant::now());
                     self.serve(conn).await;
                     lock(&self.times).0 = Some(Instant::now());
                 }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
+                Err(_) => tokio::time::sleep(backoff.next_wait()).await,
             }
         }
     }
