@@ -108,8 +108,8 @@ impl RunningHead {
 /// worker's connection of its last life, and their packets come in bursts (heartbeats of
 /// workers started together): with quinn's default (20 ms) every packet of a burst but one is
 /// dropped unanswered, and with 100 workers the last re-joined seconds later. A reset is sent
-/// only for a packet whose connection id this head signed (the key is secret), and is smaller
-/// than that packet, so it can neither be provoked by others nor loop.
+/// only for a packet whose connection id carries this head's signature (under a secret key),
+/// and is smaller than that packet, so resets cannot loop or amplify.
 const MIN_RESET_INTERVAL: Duration = Duration::ZERO;
 
 /// A secret of the head's that is the same in every life: SHA-256 of `label` and the
