@@ -13,7 +13,8 @@
 //! everything it runs is stopped. When the window ends, the nodes that did not re-join are
 //! given up and every actor not adopted starts again: one whose incarnation was alive has lost
 //! it (a restart, counted against its policy) and comes back from its newest checkpoint; one
-//! that was being started starts under a new incarnation number, uncounted.
+//! that was being started starts under a new incarnation number, uncounted. Collective groups
+//! come back at their newest generation with the same members (see `groups.rs`).
 
 use std::time::Instant;
 
@@ -38,6 +39,7 @@ impl HeadState {
         state.next_id = journaled.ids_reserved.max(1);
         state.ids_reserved = state.next_id;
         state.journal(Change::Epoch(state.epoch));
+        state.restore_groups(&journaled);
         state.expected = journaled.nodes;
         for (id, record) in journaled.actors {
             let checkpoint = journaled.checkpoints.get(&id).map(|c| (c.seq, now));
@@ -73,6 +75,7 @@ impl HeadState {
             epoch = state.epoch,
             nodes = state.expected.len(),
             actors = state.actors.len(),
+            groups = state.group_keys.len(),
             "head state restored from its journal"
         );
         let effects = std::mem::take(&mut state.out);
