@@ -491,3 +491,67 @@ fn actors_of_an_earlier_life_belong_to_the_client_that_claims_them_and_the_rest_
     );
     assert!(!s.head.knows_actor(claimed));
 }
+
+#[test]
+fn an_actor_sealed_when_the_head_stopped_restarts_from_its_final_checkpoint() {
+    let mut s = Scene::new();
+    s.join();
+    let (actor, node, mut running) = running_actor(&mut s);
+    let (_, ticket) = s.save(actor, 1, 2);
+    s.stored(ticket);
+    let (_, other) = s.join();
+    let owner = s.conn();
+    let drain = ClientRequest::DrainNode {
+        node,
+        grace_ms: 10_000,
+    };
+    let (_, effects) = s.ask(owner, drain);
+    assert!(
+        matches!(command(&effects).2, WorkerCommand::SealActor { actor: a } if a == actor),
+        "{effects:?}"
+    );
+    // The seal's final checkpoint is acknowledged (so journaled); the head dies before the
+    // worker's `Sealed` reaches it.
+    let (saved, ticket) = s.save(actor, 1, 5);
+    let effects = s.stored(ticket);
+    assert!(matches!(
+        reply_to(&effects, saved),
+        ClientReply::CheckpointSaved { seq: 5 }
+    ));
+    s.restart();
+    claim(&mut s, actor);
+    s.join_as(rejoin(other, vec![], vec![]));
+    // Its worker re-joins, reporting the actor sealed: the sealed process is stopped, and the
+    // actor starts again from the final checkpoint.
+    running.sealed = true;
+    let (_, back, effects) = s.join_as(rejoin(node, vec![running], vec![]));
+    assert_eq!(back, node);
+    assert!(
+        commands(&effects).iter().any(
+            |c| matches!(c, WorkerCommand::KillActor { actor: a, incarnation: 1 } if *a == actor)
+        ),
+        "{effects:?}"
+    );
+    assert_eq!(s.head.recorded_checkpoint(actor), Some(5));
+    let load = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LoadCheckpoint { ticket, actor: a } if *a == actor => Some(*ticket),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the actor reads its checkpoints: {effects:?}"));
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(Some(LoadedCheckpoint {
+            seq: 5,
+            image: image(5),
+        })),
+    });
+    let (to, create, body) = command(&effects);
+    assert!(
+        matches!(&body, WorkerCommand::CreateActor { incarnation: 2, restore: Some(r), .. } if *r == image(5)),
+        "{body:?}"
+    );
+    s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
+    assert_eq!(s.head.live_incarnations(), vec![(actor, 2, to)]);
+}
