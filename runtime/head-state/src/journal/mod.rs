@@ -52,12 +52,18 @@ pub enum Change {
         /// The actor.
         actor: ActorId,
     },
-    /// A checkpoint was recorded as an actor's newest.
+    /// A checkpoint was recorded as an actor's newest (or, when newer ones were found
+    /// damaged, an older one is its newest again).
     Checkpoint {
         /// The actor.
         actor: ActorId,
         /// The checkpoint.
         record: CheckpointRecord,
+    },
+    /// Every checkpoint of an actor was found damaged: it has none.
+    CheckpointGone {
+        /// The actor.
+        actor: ActorId,
     },
     /// A collective group's new generation was formed, or its generation was broken.
     Group {

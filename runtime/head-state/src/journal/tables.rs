@@ -102,6 +102,7 @@ impl Change {
             Change::Checkpoint { actor, record } => {
                 tables.put(Table::Checkpoints, actor.0, &archive(record)?)
             }
+            Change::CheckpointGone { actor } => tables.remove(Table::Checkpoints, actor.0),
             Change::Group { key, record } => tables.put(Table::Groups, *key, &archive(record)?),
         }
     }

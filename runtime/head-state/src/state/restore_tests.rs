@@ -555,3 +555,86 @@ fn an_actor_sealed_when_the_head_stopped_restarts_from_its_final_checkpoint() {
     s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
     assert_eq!(s.head.live_incarnations(), vec![(actor, 2, to)]);
 }
+
+/// An actor on a node that then dies with its worker, with checkpoints 1 to 3 recorded; a
+/// second node to restart it on. Returns the actor and the ticket of its checkpoint read.
+fn lost_with_three_checkpoints(s: &mut Scene) -> (ember_core::ids::ActorId, crate::io::Ticket) {
+    let (conn, _) = s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, true);
+    for seq in 1..=3 {
+        let (_, ticket) = s.save(actor, 1, seq);
+        s.stored(ticket);
+    }
+    s.join();
+    let effects = s.handle(Input::Closed { conn });
+    let load = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LoadCheckpoint { ticket, actor: a } if *a == actor => Some(*ticket),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the actor reads its checkpoints: {effects:?}"));
+    (actor, load)
+}
+
+#[test]
+fn falling_back_to_an_older_checkpoint_journals_the_one_used() {
+    let mut s = Scene::new();
+    let (actor, load) = lost_with_three_checkpoints(&mut s);
+    // Checkpoint 3 failed its hash: the store gives 2.
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(Some(LoadedCheckpoint {
+            seq: 2,
+            image: image(2),
+        })),
+    });
+    let (_, _, body) = command(&effects);
+    assert!(
+        matches!(&body, WorkerCommand::CreateActor { restore: Some(r), .. } if *r == image(2)),
+        "{body:?}"
+    );
+    let journaled = position(
+        &s,
+        "journaled fallback",
+        |e| matches!(e, Effect::Journal(Change::Checkpoint { actor: a, record }) if *a == actor && record.seq == 2),
+    );
+    let create = position(&s, "creation", |e| matches!(e, Effect::Command { .. }));
+    assert!(journaled < create, "{:?}", s.batch);
+    let record = s.journal.read().unwrap().checkpoints[&actor].clone();
+    let sha256: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(image(2)).into();
+    assert_eq!(
+        record.sha256, sha256,
+        "the store names checkpoint 2 by this hash"
+    );
+    assert_eq!(s.head.recorded_checkpoint(actor), Some(2));
+    s.restart();
+    assert_eq!(s.head.recorded_checkpoint(actor), Some(2));
+}
+
+#[test]
+fn finding_every_checkpoint_damaged_journals_that_there_is_none() {
+    let mut s = Scene::new();
+    let (actor, load) = lost_with_three_checkpoints(&mut s);
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(None),
+    });
+    let (_, _, body) = command(&effects);
+    assert!(
+        matches!(&body, WorkerCommand::CreateActor { restore: None, .. }),
+        "{body:?}"
+    );
+    assert!(
+        s.batch.iter().any(
+            |e| matches!(e, Effect::Journal(Change::CheckpointGone { actor: a }) if *a == actor)
+        ),
+        "{:?}",
+        s.batch
+    );
+    assert_eq!(s.head.recorded_checkpoint(actor), None);
+    s.restart();
+    assert_eq!(s.head.recorded_checkpoint(actor), None);
+    assert!(s.head.knows_actor(actor));
+}

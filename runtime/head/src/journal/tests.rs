@@ -85,6 +85,7 @@ fn every_kind_of_change() -> Vec<Change> {
             record: actor(1, Some(NodeId(1)), None),
         },
         Change::ActorGone { actor: ActorId(5) },
+        Change::CheckpointGone { actor: ActorId(4) },
         Change::Group {
             key: 6,
             record: GroupRecord {
@@ -144,6 +145,7 @@ fn every_kind_of_record_comes_back_as_memory_tables_read_it() {
     );
     assert_eq!(on_disk.actors[&ActorId(3)].incarnation, 2);
     assert_eq!(on_disk.checkpoints[&ActorId(3)].seq, 5);
+    assert!(!on_disk.checkpoints.contains_key(&ActorId(4)));
     assert_eq!(
         on_disk.groups.values().cloned().collect::<Vec<_>>(),
         [
