@@ -247,8 +247,16 @@ fn an_actor_being_restarted_when_the_head_stopped_starts_under_a_new_incarnation
 /// An actor created on a fresh node (checkpointing); what its worker would report of it when
 /// re-joining.
 fn running_actor(s: &mut Scene) -> (ember_core::ids::ActorId, NodeId, RunningActor) {
+    running_actor_of(s, spec(true))
+}
+
+/// `running_actor`, of `spec`.
+fn running_actor_of(
+    s: &mut Scene,
+    spec: ember_core::proto::ActorSpec,
+) -> (ember_core::ids::ActorId, NodeId, RunningActor) {
     let owner = s.conn();
-    let (request, effects) = s.ask(owner, ClientRequest::CreateActor(spec(true)));
+    let (request, effects) = s.ask(owner, ClientRequest::CreateActor(spec));
     let (node, create, body) = command(&effects);
     let WorkerCommand::CreateActor {
         actor,
@@ -493,10 +501,13 @@ fn actors_of_an_earlier_life_belong_to_the_client_that_claims_them_and_the_rest_
 }
 
 #[test]
-fn an_actor_sealed_when_the_head_stopped_restarts_from_its_final_checkpoint() {
+fn an_actor_sealed_when_the_head_stopped_moves_from_its_final_checkpoint_uncounted() {
     let mut s = Scene::new();
     s.join();
-    let (actor, node, mut running) = running_actor(&mut s);
+    // No restarts allowed: a move is not one.
+    let mut no_restarts = spec(true);
+    no_restarts.restart.max_restarts = 0;
+    let (actor, node, mut running) = running_actor_of(&mut s, no_restarts);
     let (_, ticket) = s.save(actor, 1, 2);
     s.stored(ticket);
     let (_, other) = s.join();
@@ -554,6 +565,8 @@ fn an_actor_sealed_when_the_head_stopped_restarts_from_its_final_checkpoint() {
     );
     s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
     assert_eq!(s.head.live_incarnations(), vec![(actor, 2, to)]);
+    let record = s.journal.read().unwrap().actors[&actor].clone();
+    assert_eq!((record.incarnation, record.restarts), (2, 0));
 }
 
 /// An actor on a node that then dies with its worker, with checkpoints 1 to 3 recorded; a
