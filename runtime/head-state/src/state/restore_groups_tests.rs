@@ -177,6 +177,31 @@ fn a_generation_formed_or_broken_is_journaled_before_anyone_hears_of_it() {
         (2, vec![a], None)
     );
     assert_eq!(s.journal.read().unwrap().groups.len(), 1);
+
+    // A generation formed by joins is journaled before the joiners hear of it, in a row of its
+    // own; one still waiting for joiners is not.
+    let join = |actor, world| ClientRequest::JoinGroup {
+        name: "tp".into(),
+        actor,
+        world,
+        timeout_ms: 5_000,
+    };
+    s.ask(client, join(a, 2));
+    assert!(journaled_group(&s, "tp").is_none(), "{:?}", s.batch);
+    let (request, effects) = s.ask(client, join(b, 2));
+    assert!(matches!(reply_to(&effects, request), ClientReply::Group(v) if v.generation == 1));
+    let journaled = s
+        .batch
+        .iter()
+        .position(|e| matches!(e, Effect::Journal(Change::Group { record, .. }) if record.name == "tp" && record.members == [a, b]))
+        .unwrap_or_else(|| panic!("the joined generation is journaled: {:?}", s.batch));
+    let answered = s
+        .batch
+        .iter()
+        .position(|e| matches!(e, Effect::Reply { .. }))
+        .expect("answered");
+    assert!(journaled < answered, "{:?}", s.batch);
+    assert_eq!(s.journal.read().unwrap().groups.len(), 2);
 }
 
 #[test]
