@@ -3,7 +3,8 @@
 //! directory and address. The workers keep their actors running through the gap and re-join as
 //! the nodes they were; the new head adopts the actors as they run, so they keep their state,
 //! their process and their incarnation, and record checkpoints again. A client of the new head
-//! life takes them over by id (`Cluster::actor`).
+//! life takes them over by id (`Cluster::actor`). A collective group of them comes back at
+//! its generation, so forming it again gives the next number.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +53,14 @@ async fn workers_and_their_actors_live_through_a_head_restart() {
         }
         let pid = within("pid", ledger.pid()).await.expect("pid");
         expected.push((total, pid));
+    }
+    // A collective group of them, formed twice: generation 2 is the one the head journals.
+    let members: Vec<_> = ledgers.iter().map(|l| l.actor()).collect();
+    for generation in 1..=2 {
+        let formed = within("form a group", cluster.form_group("ledgers", &members))
+            .await
+            .expect("a group");
+        assert_eq!(formed, generation);
     }
     let before = status(&cluster).await;
     let nodes_before: Vec<String> = before.nodes.iter().map(|n| n.id.clone()).collect();
@@ -108,6 +117,27 @@ async fn workers_and_their_actors_live_through_a_head_restart() {
             .expect("the old handle reaches the same process");
         assert_eq!(again, total + 100);
     }
+    // The group came back at its generation: forming it again starts the next one, never a
+    // number handed out before the restart.
+    let taken: Vec<LedgerHandle> = {
+        let mut taken = Vec::new();
+        for old in &ledgers {
+            taken.push(
+                within("take over", fresh.actor(old.actor().id()))
+                    .await
+                    .expect("a handle to the actor"),
+            );
+        }
+        taken
+    };
+    let members: Vec<_> = taken.iter().map(|l| l.actor()).collect();
+    let formed = within(
+        "form the group again",
+        fresh.form_group("ledgers", &members),
+    )
+    .await
+    .expect("a group");
+    assert_eq!(formed, 3, "generation numbers go on past the journaled one");
     let after = status(&fresh).await;
     for (id, (state, incarnation, restarts)) in actor_lives(&after) {
         assert_eq!(

@@ -19,8 +19,9 @@ pub use error::JournalError;
 pub const FILE_NAME: &str = "journal.redb";
 
 /// The layout of the tables this build writes; another is refused. Bump it whenever a record's
-/// layout changes, a worker's hello (kept in node records) included: 2 added `rejoin` to it.
-pub const FORMAT_VERSION: u64 = 2;
+/// layout changes, a worker's hello (kept in node records) included: 2 added `rejoin` to it,
+/// 3 the table of collective groups.
+pub const FORMAT_VERSION: u64 = 3;
 
 /// The key in the meta table of the format version.
 const META_FORMAT: u64 = 0;
