@@ -2,13 +2,14 @@
 //! actors that checkpoint after every call is SIGKILLed and started again on the same state
 //! directory and address. The workers keep their actors running through the gap and re-join as
 //! the nodes they were; the new head adopts the actors as they run, so they keep their state,
-//! their process and their incarnation, and record checkpoints again. The client rides
-//! through: the same `Cluster` connects again by itself, claims the actors it owns from the
-//! head's new life (which stops, at the end of its re-join window, those nobody claimed), and
-//! its actor handles keep working. `ember status` says, while the head is down, since when.
+//! their process and their incarnation, and record checkpoints again. A client of the new head
+//! life takes them over by id (`Cluster::actor`). A collective group of them comes back at
+//! its generation, so forming it again gives the next number. A client rides through: the
+//! same `Cluster` connects again by itself, claims the actors it owns from the head's new life
+//! (which stops, at the end of its re-join window, those nobody claimed), and its actor
+//! handles keep working. `ember status` says, while the head is down, since when.
 
 use std::collections::BTreeMap;
-
 use std::time::{Duration, Instant};
 
 use ember::{Cluster, ClusterStatus, ConnectOptions};
@@ -36,6 +37,133 @@ fn actor_lives(status: &ClusterStatus) -> BTreeMap<String, (String, u32, u32)> {
             ))
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_their_actors_live_through_a_head_restart() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[gpu(), gpu()]).await;
+    let mut ledgers: Vec<LedgerHandle> = Vec::new();
+    for _ in 0..4 {
+        let ledger = within("spawn", cluster.spawn(Ledger::remote(0)))
+            .await
+            .expect("a ledger");
+        ledgers.push(ledger);
+    }
+    let mut expected = Vec::new();
+    for (i, ledger) in ledgers.iter().enumerate() {
+        let mut total = 0;
+        for n in 1..=(i as u64 + 2) {
+            total = within("add", ledger.add(n)).await.expect("add");
+        }
+        let pid = within("pid", ledger.pid()).await.expect("pid");
+        expected.push((total, pid));
+    }
+    // A collective group of them, formed twice: generation 2 is the one the head journals.
+    let members: Vec<_> = ledgers.iter().map(|l| l.actor()).collect();
+    for generation in 1..=2 {
+        let formed = within("form a group", cluster.form_group("ledgers", &members))
+            .await
+            .expect("a group");
+        assert_eq!(formed, generation);
+    }
+    let before = status(&cluster).await;
+    let nodes_before: Vec<String> = before.nodes.iter().map(|n| n.id.clone()).collect();
+    let lives_before = actor_lives(&before);
+    assert_eq!(lives_before.len(), 4, "{before:?}");
+    assert!(
+        lives_before
+            .values()
+            .all(|(state, inc, _)| state == "alive" && *inc == 1),
+        "{lives_before:?}"
+    );
+
+    // Every call to a Ledger records a checkpoint at the head, so none is made while the head
+    // is away: its processes must simply outlive the gap.
+    tc.kill_head();
+    tc.restart_head(&[]).await;
+
+    // A client of the new head life, as a program started after the restart: it takes the
+    // actors over by id (the old client rides through and claims them too).
+    let fresh = tc.connect().await;
+    tc.wait_for_nodes(&fresh, 2).await;
+    until(
+        "the workers re-join and their actors are adopted",
+        || async {
+            let now = status(&fresh).await;
+            let mut nodes: Vec<String> = now.nodes.iter().map(|n| n.id.clone()).collect();
+            nodes.sort();
+            let mut wanted = nodes_before.clone();
+            wanted.sort();
+            nodes == wanted && actor_lives(&now) == lives_before
+        },
+    )
+    .await;
+
+    // The new client takes the actors over by id (they would be stopped at the end of the
+    // re-join window otherwise). Every actor answers with its state, from the same process,
+    // in the same incarnation, and records checkpoints at the new head again (a Ledger
+    // checkpoints after every call). The old handles reach the same processes directly.
+    for (i, (old, (total, pid))) in ledgers.iter().zip(&expected).enumerate() {
+        let ledger: LedgerHandle = within("take over", fresh.actor(old.actor().id()))
+            .await
+            .expect("a handle to the actor");
+        assert_eq!(ledger.actor().incarnation(), 1);
+        let after = within("add after the restart", ledger.add(100))
+            .await
+            .unwrap_or_else(|e| panic!("ledger {i} after the restart: {e}\n{}", tc.logs()));
+        assert_eq!(after, total + 100, "ledger {i} kept its state");
+        assert_eq!(
+            within("pid", ledger.pid()).await.expect("pid"),
+            *pid,
+            "ledger {i} kept its process"
+        );
+        let (again, _) = within("an old handle", old.totals())
+            .await
+            .expect("the old handle reaches the same process");
+        assert_eq!(again, total + 100);
+    }
+    // The group came back at its generation: forming it again starts the next one, never a
+    // number handed out before the restart.
+    let taken: Vec<LedgerHandle> = {
+        let mut taken = Vec::new();
+        for old in &ledgers {
+            taken.push(
+                within("take over", fresh.actor(old.actor().id()))
+                    .await
+                    .expect("a handle to the actor"),
+            );
+        }
+        taken
+    };
+    let members: Vec<_> = taken.iter().map(|l| l.actor()).collect();
+    let formed = within(
+        "form the group again",
+        fresh.form_group("ledgers", &members),
+    )
+    .await
+    .expect("a group");
+    assert_eq!(formed, 3, "generation numbers go on past the journaled one");
+    let after = status(&fresh).await;
+    for (id, (state, incarnation, restarts)) in actor_lives(&after) {
+        assert_eq!(
+            (state.as_str(), incarnation, restarts),
+            ("alive", 1, 0),
+            "{id} was restarted instead of adopted"
+        );
+    }
+    // The new head reset the workers' connections to its last life as soon as it heard from
+    // them (its reset key is the same in every life), rather than leaving them to time out.
+    let logs = tc.logs();
+    assert_eq!(
+        logs.matches("lost the head: reset by peer").count(),
+        2,
+        "each worker was reset by the new head:\n{logs}"
+    );
+    assert!(
+        tc.head_log().contains("adopted"),
+        "the new head says it adopted them:\n{}",
+        tc.head_log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,6 +382,10 @@ async fn ember_status_says_since_when_the_head_is_unreachable() {
         other => panic!("status with the head gone: {other:?}"),
     }
 }
+
+/// A call that records a checkpoint while the head is away waits for the head instead of
+/// failing, and is answered once the restarted head has recorded its checkpoint: nothing is
+/// acknowledged that a restart from that checkpoint would lose.
 
 /// A call that records a checkpoint while the head is away waits for the head instead of
 /// failing, and is answered once the restarted head has recorded its checkpoint: nothing is

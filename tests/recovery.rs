@@ -361,6 +361,86 @@ async fn checkpoints_in_s3_outlive_the_worker() {
     assert_eq!(ledger.actor().incarnation(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto's S3 server: pip install 'moto[server]' (.ci/run installs it and runs this)"]
+async fn checkpoints_in_s3_survive_a_head_restart() {
+    let s3 = S3Server::start()
+        .await
+        .expect("moto_server is not installed: pip install 'moto[server]'");
+    let (status, body) = s3.request("PUT", "/ember");
+    assert_eq!(status, 200, "cannot create the bucket: {body}");
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let store = ["--checkpoint-store", "s3://ember/run"];
+    let mut tc = TestCluster::start_head("127.0.0.1:0", &store, &env).await;
+    tc.add_worker("w0", &gpu());
+    tc.add_worker("w1", &gpu());
+    let cluster = tc.connect().await;
+    tc.wait_for_nodes(&cluster, 2).await;
+
+    let ledger = ledger(&cluster).await;
+    for n in 1..=5 {
+        within("add", ledger.add(n)).await.expect("add");
+    }
+    let actor = ledger.actor().id();
+    let objects = format!("/ember?list-type=2&prefix=run/{actor}/");
+    let keys = |listing: &str| -> Vec<String> {
+        listing
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next().map(String::from))
+            .collect()
+    };
+    let (status, listing) = s3.request("GET", &objects);
+    assert_eq!(status, 200, "{listing}");
+    let before = keys(&listing);
+    assert_eq!(before.len(), 3, "{listing}");
+    assert!(
+        before
+            .iter()
+            .any(|k| k.starts_with(&format!("run/{actor}/00000000000000000005-"))),
+        "{listing}"
+    );
+
+    tc.kill_head();
+    tc.restart_head_with(&store, &env).await;
+    // The new head keeps every checkpoint of the actors its journal has.
+    let (status, listing) = s3.request("GET", &objects);
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(
+        keys(&listing),
+        before,
+        "the checkpoints in the bucket are kept"
+    );
+
+    let fresh = tc.connect().await;
+    tc.wait_for_nodes(&fresh, 2).await;
+    until("the actor is adopted, its checkpoint known", || async {
+        let status = within("status", fresh.status()).await.expect("status");
+        status.actors.iter().any(|a| {
+            a.id == actor.to_string()
+                && a.actor.as_ref().is_some_and(|life| {
+                    life.state == "alive" && life.incarnation == 1 && life.checkpoint_seq == Some(5)
+                })
+        })
+    })
+    .await;
+    // Its worker dies: the actor comes back elsewhere from the checkpoint in S3 written before
+    // the restart (nothing was called since), with its state.
+    let taken: LedgerHandle = within("take over", fresh.actor(actor))
+        .await
+        .expect("a handle to the actor");
+    tc.kill_worker(&worker_of(&fresh, taken.actor().node()).await);
+    assert_eq!(
+        within("totals", taken.totals())
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", tc.logs())),
+        (15, 5)
+    );
+    assert_eq!(taken.actor().incarnation(), 2);
+    assert!(!tc.state_dir().join("checkpoints").exists());
+}
+
 /// The sequence number of an actor's newest recorded checkpoint, from the head's status.
 async fn checkpoint_seq(cluster: &Cluster, actor: ember::ActorId) -> Option<u64> {
     let status = within("status", cluster.status()).await.expect("status");

@@ -278,6 +278,11 @@ impl TestCluster {
     /// and address with extra `args`, and waits until it says it listens (it prints that once
     /// it has restored its journal and serves).
     pub async fn restart_head(&mut self, args: &[&str]) {
+        self.restart_head_with(args, &[]).await;
+    }
+
+    /// [`TestCluster::restart_head`] with extra environment too (an S3 store's `AWS_*`).
+    pub async fn restart_head_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
         self.head_starts += 1;
         let n = self.head_starts;
         let log = self.dir.path().join(format!("head-{n}.log"));
@@ -291,6 +296,7 @@ impl TestCluster {
             ])
             .arg(self.state_dir())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn,ember_head_state=info")
             .env_remove("EMBER_ROLE")
             .stdin(Stdio::null())

@@ -4,9 +4,11 @@
 //! A group is formed by the driver from a list of actors (ranks follow the list) or by actors
 //! joining it by name with a world size (ranks follow the actors' ids, which grow in creation
 //! order, so the ranks do not depend on who joined first). Every formation is a new
-//! **generation**; data from one generation is never mixed with another's.
+//! **generation**; data from one generation is never mixed with another's. A head started
+//! again brings each group's newest generation back from its journal ([`Groups::restore`]), so
+//! the next generation is numbered past every one handed out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ember_core::ids::ActorId;
 
@@ -90,7 +92,7 @@ impl Group {
 /// Every group the head knows, by name.
 #[derive(Debug, Default)]
 pub struct Groups {
-    groups: HashMap<String, Group>,
+    groups: BTreeMap<String, Group>,
 }
 
 impl Groups {
@@ -160,6 +162,19 @@ impl Groups {
         }
     }
 
+    /// Brings back generation `membership` of `name` as a head's last life left it (`broken`:
+    /// why it can no longer complete an operation, if a member said): the next formation of
+    /// `name` is generation `membership.generation + 1`.
+    pub fn restore(&mut self, name: &str, membership: Membership, broken: Option<String>) {
+        let group = self.groups.entry(name.to_string()).or_default();
+        if group.generations >= membership.generation {
+            return;
+        }
+        group.generations = membership.generation;
+        group.current = Some(membership);
+        group.broken = broken;
+    }
+
     /// The newest generation of `name`, if it was ever formed.
     pub fn current(&self, name: &str) -> Option<&Membership> {
         self.groups.get(name).and_then(|g| g.current.as_ref())
@@ -198,9 +213,7 @@ impl Groups {
 
     /// The names of every group, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.groups.keys().cloned().collect();
-        names.sort();
-        names
+        self.groups.keys().cloned().collect()
     }
 }
 
@@ -290,6 +303,35 @@ mod tests {
         g.form("dp", ids(&[1])).unwrap();
         assert_eq!(g.broken("dp"), None);
         assert!(!g.fail("nobody", 1, "x"));
+    }
+
+    #[test]
+    fn a_restored_group_goes_on_at_its_generation_and_numbers_the_next_past_it() {
+        let mut g = Groups::new();
+        let m = Membership {
+            generation: 7,
+            members: ids(&[4, 2]),
+        };
+        g.restore("dp", m.clone(), Some("rank 0 left".into()));
+        assert_eq!(g.current("dp"), Some(&m));
+        assert_eq!(g.broken("dp"), Some("rank 0 left"));
+        assert!(!g.fail("dp", 7, "again"), "already broken");
+        // An older generation read back later changes nothing.
+        g.restore(
+            "dp",
+            Membership {
+                generation: 3,
+                members: ids(&[1]),
+            },
+            None,
+        );
+        assert_eq!(g.current("dp"), Some(&m));
+        assert_eq!(g.form("dp", ids(&[2, 4])).unwrap().generation, 8);
+        assert_eq!(g.broken("dp"), None);
+        let Ok(Joined::Formed(joined)) = g.join("dp", ActorId(4), 1) else {
+            panic!("a world of one forms at once");
+        };
+        assert_eq!(joined.generation, 9);
     }
 
     #[test]

@@ -157,9 +157,19 @@ impl Owner {
             }
             if !changes.is_empty() {
                 let journal = self.journal.clone();
+                let count = changes.len();
+                let started = Instant::now();
                 let committed = tokio::task::spawn_blocking(move || journal.commit(&changes)).await;
                 match committed {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        // Off by default; `RUST_LOG=ember_head::shell=debug` shows what each
+                        // group commit (one fsync) costs on this disk.
+                        tracing::debug!(
+                            changes = count,
+                            micros = started.elapsed().as_micros() as u64,
+                            "journal commit"
+                        );
+                    }
                     Ok(Err(e)) => {
                         tracing::error!("stopping the head: {e}");
                         return;

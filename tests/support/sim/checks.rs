@@ -257,6 +257,20 @@ impl Sim {
                     }
                     truth.told = m.incarnation;
                 }
+                let members: Vec<ActorId> = view.members.iter().map(|m| m.actor).collect();
+                let told = self
+                    .generations
+                    .entry(view.name.clone())
+                    .or_default()
+                    .entry(view.generation)
+                    .or_insert_with(|| members.clone());
+                if *told != members {
+                    return Err(format!(
+                        "generation {} of group `{}` was handed out twice: as {told:?}, then \
+                         as {members:?}",
+                        view.generation, view.name
+                    ));
+                }
                 last
             }
             (Kind::Health, ClientReply::GroupHealth { .. }) => last,

@@ -1,11 +1,14 @@
 //! The head crashes: everything in flight to or from it is lost, every connection closes, and
 //! a new head is rebuilt from what the journal committed. First the journal is checked: every
-//! acknowledged join, actor and checkpoint is in it.
+//! acknowledged join, actor and checkpoint is in it, and every group's newest generation as
+//! the head has it. The head rebuilt has those groups, at no generation older than one it
+//! told anyone of.
 
 use std::time::Duration;
 
 use ember_core::ids::ActorId;
 use ember_core::proto::ClientRequest;
+use ember_head_state::journal::{GroupRecord, Journaled};
 use ember_head_state::{Config, HeadState};
 
 use super::queue::Ev;
@@ -44,6 +47,14 @@ impl Sim {
                     self.head.recorded_checkpoint(*actor)
                 ));
             }
+        }
+
+        let journaled_groups = journaled_groups(&journaled);
+        let groups = self.head.group_records();
+        if groups != journaled_groups {
+            return Err(format!(
+                "the head has the groups {groups:?}, but the journal has {journaled_groups:?}"
+            ));
         }
 
         // What was in flight to or from the head dies with it.
@@ -95,6 +106,27 @@ impl Sim {
         };
         let (head, effects) = HeadState::restore(config, self.base + self.now, journaled);
         self.head = head;
+        let restored = self.head.group_records();
+        self.counts.groups_restored += restored.len() as u64;
+        if restored != journaled_groups {
+            return Err(format!(
+                "the head rebuilt has the groups {restored:?}, but the journal has \
+                 {journaled_groups:?}"
+            ));
+        }
+        for (name, told) in &self.generations {
+            let newest = told.keys().next_back().copied().unwrap_or(0);
+            let restored = restored
+                .iter()
+                .find(|g| &g.name == name)
+                .map_or(0, |g| g.generation);
+            if restored < newest {
+                return Err(format!(
+                    "group `{name}` was told of generation {newest}, but the head rebuilt \
+                     goes on from generation {restored}"
+                ));
+            }
+        }
         self.journal
             .commit(effects.iter().filter_map(journal_change))
             .map_err(|e| format!("a journal change cannot be written: {e}"))?;
@@ -126,4 +158,11 @@ impl Sim {
             self.send(conn, ClientRequest::KillActor { actor }, None);
         }
     }
+}
+
+/// The groups a journal holds, in name order (as [`HeadState::group_records`] lists them).
+fn journaled_groups(journaled: &Journaled) -> Vec<GroupRecord> {
+    let mut groups: Vec<GroupRecord> = journaled.groups.values().cloned().collect();
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    groups
 }

@@ -229,6 +229,8 @@ pub struct Counts {
     pub rejoined: u64,
     /// Actor incarnations adopted as they ran by a restarted head.
     pub adopted: u64,
+    /// Collective groups a restarted head brought back from its journal.
+    pub groups_restored: u64,
 }
 
 /// Runs `scenario` from `seed` and checks it; `Err` is the failure's report (with the seed,
@@ -409,6 +411,9 @@ struct Sim {
     granted_leases: BTreeMap<RequestId, LeaseId>,
     /// The status request that checks progress after the calm spell.
     progress: Option<RequestId>,
+    /// Every generation of each group the head told anyone of, with its members, in every
+    /// head life: a generation is never handed out twice.
+    generations: BTreeMap<String, BTreeMap<u64, Vec<ActorId>>>,
 }
 
 impl Sim {
@@ -460,6 +465,7 @@ impl Sim {
             lost_leases: BTreeSet::new(),
             granted_leases: BTreeMap::new(),
             progress: None,
+            generations: BTreeMap::new(),
             scenario,
         }
     }

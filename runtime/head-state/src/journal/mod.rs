@@ -5,7 +5,8 @@
 //!
 //! The journal holds the current value of each record, keyed by id, never an ever-growing
 //! log: a node's row from its join until it leaves, an actor's row from its first incarnation
-//! up until it is stopped, the newest recorded checkpoint of each actor, and a few numbers
+//! up until it is stopped, the newest recorded checkpoint of each actor, the newest generation
+//! of each collective group (groups are never removed), and a few numbers
 //! (the head's epoch, how far ids were given out). `ember-head` keeps these tables in `redb`;
 //! the simulation keeps them in memory ([`MemoryTables`]); both write them with
 //! [`Change::apply`], so there is one way.
@@ -13,7 +14,7 @@
 mod records;
 mod tables;
 
-pub use records::{ActorRecord, CheckpointRecord, NodeRecord, Owner};
+pub use records::{ActorRecord, CheckpointRecord, GroupRecord, NodeRecord, Owner};
 pub use tables::{Journaled, MemoryTables, RecordError, Table, Tables, META_EPOCH, META_IDS};
 
 use ember_core::ids::{ActorId, NodeId};
@@ -51,11 +52,25 @@ pub enum Change {
         /// The actor.
         actor: ActorId,
     },
-    /// A checkpoint was recorded as an actor's newest.
+    /// A checkpoint was recorded as an actor's newest (or, when newer ones were found
+    /// damaged, an older one is its newest again).
     Checkpoint {
         /// The actor.
         actor: ActorId,
         /// The checkpoint.
         record: CheckpointRecord,
+    },
+    /// Every checkpoint of an actor was found damaged: it has none.
+    CheckpointGone {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// A collective group's new generation was formed, or its generation was broken.
+    Group {
+        /// The group's row: a number given to its name when it was first formed (the names
+        /// themselves are in the records).
+        key: u64,
+        /// Its newest generation.
+        record: GroupRecord,
     },
 }

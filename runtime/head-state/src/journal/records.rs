@@ -1,6 +1,6 @@
 //! The records the journal keeps, archived with `rkyv` (checked when read back).
 
-use ember_core::ids::NodeId;
+use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{ActorSpec, WorkerHello};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -45,4 +45,19 @@ pub struct CheckpointRecord {
     pub seq: u64,
     /// The SHA-256 of its image.
     pub sha256: [u8; 32],
+}
+
+/// A collective group's newest generation, as it stands: what a later head life needs to go
+/// on answering its members (their views and whether the generation is whole) and to number
+/// the group's next generation past every one handed out.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The group's name.
+    pub name: String,
+    /// Its newest generation (generations count formations of the name, from 1).
+    pub generation: u64,
+    /// That generation's members; a member's rank is its index.
+    pub members: Vec<ActorId>,
+    /// Why that generation can no longer complete an operation, once a member said.
+    pub broken: Option<String>,
 }

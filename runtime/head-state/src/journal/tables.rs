@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{decode, encode, Wire};
 
-use super::{ActorRecord, Change, CheckpointRecord, NodeRecord};
+use super::{ActorRecord, Change, CheckpointRecord, GroupRecord, NodeRecord};
 
 /// The journal's tables. Every row is keyed by a `u64`: an id, or a `META_*` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,13 +17,21 @@ pub enum Table {
     Actors,
     /// Each actor's newest recorded checkpoint: [`CheckpointRecord`] by actor id.
     Checkpoints,
+    /// Collective groups: [`GroupRecord`] by the key given to the group's name.
+    Groups,
     /// Numbers, little-endian `u64`, by `META_*` key.
     Meta,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 4] = [Table::Nodes, Table::Actors, Table::Checkpoints, Table::Meta];
+    pub const ALL: [Table; 5] = [
+        Table::Nodes,
+        Table::Actors,
+        Table::Checkpoints,
+        Table::Groups,
+        Table::Meta,
+    ];
 
     /// Its name in a store.
     pub fn name(self) -> &'static str {
@@ -31,6 +39,7 @@ impl Table {
             Table::Nodes => "nodes",
             Table::Actors => "actors",
             Table::Checkpoints => "checkpoints",
+            Table::Groups => "groups",
             Table::Meta => "meta",
         }
     }
@@ -93,6 +102,8 @@ impl Change {
             Change::Checkpoint { actor, record } => {
                 tables.put(Table::Checkpoints, actor.0, &archive(record)?)
             }
+            Change::CheckpointGone { actor } => tables.remove(Table::Checkpoints, actor.0),
+            Change::Group { key, record } => tables.put(Table::Groups, *key, &archive(record)?),
         }
     }
 }
@@ -110,6 +121,8 @@ pub struct Journaled {
     pub actors: BTreeMap<ActorId, ActorRecord>,
     /// Each actor's newest recorded checkpoint.
     pub checkpoints: BTreeMap<ActorId, CheckpointRecord>,
+    /// Each collective group's newest generation, by its row's key.
+    pub groups: BTreeMap<u64, GroupRecord>,
 }
 
 impl Journaled {
@@ -138,6 +151,10 @@ impl Journaled {
                 Table::Checkpoints => {
                     let checkpoint = decode(value).map_err(|e| bad(e.to_string()))?;
                     journaled.checkpoints.insert(ActorId(key), checkpoint);
+                }
+                Table::Groups => {
+                    let group: GroupRecord = decode(value).map_err(|e| bad(e.to_string()))?;
+                    journaled.groups.insert(key, group);
                 }
                 Table::Meta => {
                     let number = u64::from_le_bytes(value.try_into().map_err(|_| record(value))?);

@@ -138,12 +138,16 @@ impl HeadState {
         }
         match result {
             Ok(found) => {
-                if let (Some(found), Some((recorded, at))) = (&found, a.checkpoint) {
-                    if found.seq < recorded {
-                        // Newer ones failed their hash and were dropped: the index says
-                        // what is really there.
-                        a.checkpoint = Some((found.seq, at));
-                    }
+                let fell_back = match (&found, a.checkpoint) {
+                    (Some(found), Some((recorded, _))) => found.seq < recorded,
+                    (None, recorded) => recorded.is_some(),
+                    (Some(_), None) => false,
+                };
+                if fell_back {
+                    // Newer ones failed their hash and were dropped: the store says what is
+                    // really there, and the journal must too, or a later head life would take
+                    // a dropped checkpoint for the newest.
+                    self.fell_back(now, actor, found.as_ref());
                 }
                 self.construct(actor, found);
             }
@@ -161,6 +165,31 @@ impl HeadState {
                 );
             }
         }
+    }
+
+    /// The newest checkpoint readable is older than the one recorded (`found`, or none at
+    /// all): it is recorded, and journaled, as the actor's newest.
+    fn fell_back(&mut self, now: Instant, actor: ActorId, found: Option<&LoadedCheckpoint>) {
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return;
+        };
+        let at = a.checkpoint.map_or(now, |(_, at)| at);
+        a.checkpoint = found.map(|f| (f.seq, at));
+        let change = match found {
+            Some(f) => {
+                tracing::warn!(%actor, seq = f.seq, "newer checkpoints are damaged: restoring an older one");
+                let record = CheckpointRecord {
+                    seq: f.seq,
+                    sha256: Sha256::digest(&f.image).into(),
+                };
+                Change::Checkpoint { actor, record }
+            }
+            None => {
+                tracing::warn!(%actor, "every checkpoint is damaged: starting it anew");
+                Change::CheckpointGone { actor }
+            }
+        };
+        self.journal(change);
     }
 
     /// Asks the starting incarnation's worker to construct it.

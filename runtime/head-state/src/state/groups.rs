@@ -1,6 +1,14 @@
 //! Collective groups at the head: forming and joining them (the table is
 //! [`crate::groups::Groups`]), telling members where their peers are, and answering whether a
 //! generation is still whole. The head arranges groups; their data never passes through it.
+//!
+//! Each group's newest generation is journaled ([`Change::Group`]) in the batch that forms it
+//! or breaks it, before any member hears of it, so a head started again goes on with the same
+//! generation and the same members, and numbers the next one past it. While a member read back
+//! from the journal is expected to re-join (its node's re-join window), it is not lost yet: a
+//! view waits for it and the generation's health does not count it against the generation.
+//! Once it is lost (it restarts elsewhere from its checkpoint, or is stopped), the generation
+//! fails as it does when any member's process is lost.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +19,7 @@ use super::{no_actor, HeadState, Wait};
 use crate::actor_life::Phase;
 use crate::groups::{GroupError, Joined, Membership};
 use crate::io::RequestId;
+use crate::journal::{Change, GroupRecord, Journaled};
 
 fn refused(e: GroupError) -> RemoteError {
     RemoteError::new(ErrorKind::BadRequest, e.to_string())
@@ -41,6 +50,7 @@ impl HeadState {
         match self.groups.form(&name, members) {
             Ok(m) => {
                 tracing::info!(group = %name, generation = m.generation, size = m.members.len(), "group formed");
+                self.journal_group(&name);
                 self.view(now, request, &name, m, self.config.form_wait);
                 self.formed(now, &name);
             }
@@ -77,6 +87,7 @@ impl HeadState {
                 self.arm_request(request, now + timeout);
                 if let Joined::Formed(m) = joined {
                     tracing::info!(group = %name, generation = m.generation, "group formed by joins");
+                    self.journal_group(&name);
                     self.formed(now, &name);
                 }
             }
@@ -222,6 +233,10 @@ impl HeadState {
                 let Some(a) = self.actors.get(actor) else {
                     return Some(format!("rank {rank} ({actor}) was stopped"));
                 };
+                if self.restoring.contains_key(actor) && a.life.incarnation() == incarnation {
+                    // Expected back after the head restarted: not lost (yet).
+                    return None;
+                }
                 match a.life.phase() {
                     Phase::Alive(_) if a.life.incarnation() == incarnation => None,
                     Phase::Alive(_) | Phase::Starting => Some(format!(
@@ -251,6 +266,7 @@ impl HeadState {
                 generation,
                 "group generation broken: {reason}"
             );
+            self.journal_group(name);
         }
         let suspect = self
             .groups
@@ -264,6 +280,60 @@ impl HeadState {
         }
         let broken = self.groups.broken(name).map(str::to_string);
         self.reply(request, ClientReply::GroupHealth { broken });
+    }
+
+    /// Journals the newest generation of `name` as it stands, giving the group its row the
+    /// first time.
+    fn journal_group(&mut self, name: &str) {
+        let Some(m) = self.groups.current(name).cloned() else {
+            return;
+        };
+        let key = match self.group_keys.get(name) {
+            Some(&key) => key,
+            None => {
+                let key = self.next_id();
+                self.group_keys.insert(name.to_string(), key);
+                key
+            }
+        };
+        let record = GroupRecord {
+            name: name.to_string(),
+            generation: m.generation,
+            members: m.members,
+            broken: self.groups.broken(name).map(str::to_string),
+        };
+        self.journal(Change::Group { key, record });
+    }
+
+    /// Brings back the groups a journal holds, each at its newest generation.
+    pub(super) fn restore_groups(&mut self, journaled: &Journaled) {
+        for (&key, record) in &journaled.groups {
+            let membership = Membership {
+                generation: record.generation,
+                members: record.members.clone(),
+            };
+            self.groups
+                .restore(&record.name, membership, record.broken.clone());
+            self.group_keys.insert(record.name.clone(), key);
+        }
+    }
+
+    /// Every formed group's newest generation as the journal should hold it, in name order.
+    pub fn group_records(&self) -> Vec<GroupRecord> {
+        self.groups
+            .names()
+            .into_iter()
+            .filter_map(|name| {
+                let m = self.groups.current(&name)?.clone();
+                let broken = self.groups.broken(&name).map(str::to_string);
+                Some(GroupRecord {
+                    name,
+                    generation: m.generation,
+                    members: m.members,
+                    broken,
+                })
+            })
+            .collect()
     }
 
     /// Answered once at least `count` workers have joined, or with an error after `timeout`.

@@ -369,6 +369,8 @@ pub struct HeadState {
     /// Requests to look at again when an actor's life changes.
     watchers: BTreeMap<ActorId, BTreeSet<RequestId>>,
     groups: Groups,
+    /// The journal row of each group formed, by name ([`Change::Group`]).
+    group_keys: BTreeMap<String, u64>,
     /// Requests waiting in a group's rendezvous.
     joins: BTreeMap<String, BTreeSet<RequestId>>,
     /// Requests waiting for more workers.
@@ -405,6 +407,7 @@ impl HeadState {
             timers: BTreeSet::new(),
             watchers: BTreeMap::new(),
             groups: Groups::new(),
+            group_keys: BTreeMap::new(),
             joins: BTreeMap::new(),
             node_waits: BTreeSet::new(),
             drains: BTreeMap::new(),
@@ -545,6 +548,13 @@ impl HeadState {
         }
         if let Some(node) = self.expected.keys().find(|n| self.nodes.contains_key(n)) {
             return Err(format!("{node} is both expected and joined"));
+        }
+        if let Some(name) =
+            self.groups.names().into_iter().find(|name| {
+                self.groups.current(name).is_some() && !self.group_keys.contains_key(name)
+            })
+        {
+            return Err(format!("group `{name}` was formed but has no journal row"));
         }
         if self.next_id > self.ids_reserved {
             return Err(format!(

@@ -7,13 +7,15 @@
 //! window. A node that re-joins in it is matched to its id and reconciled: an actor it runs
 //! that matches the journal (that actor, that incarnation, on this node or being started) is
 //! adopted as it runs, with no restart; one the journal does not know, or knows otherwise, is
-//! stopped (a `KillActor` of that incarnation); its task leases are closed (the journal does
-//! not hold task leases); an actor the journal had on it and it no longer runs is lost and
-//! restarts. A worker claiming a node the journal does not expect joins as a new node and
+//! stopped (a `KillActor` of that incarnation), and the journal's incarnation reported sealed
+//! (a drain of the last life sealed it) moves, uncounted, from its final checkpoint; its task
+//! leases are closed (the journal does not hold task leases); an actor the journal had on it
+//! and it no longer runs is lost and restarts. A worker claiming a node the journal does not expect joins as a new node and
 //! everything it runs is stopped. When the window ends, the nodes that did not re-join are
 //! given up and every actor not adopted starts again: one whose incarnation was alive has lost
 //! it (a restart, counted against its policy) and comes back from its newest checkpoint; one
-//! that was being started starts under a new incarnation number, uncounted.
+//! that was being started starts under a new incarnation number, uncounted. Collective groups
+//! come back at their newest generation with the same members (see `groups.rs`).
 
 use std::time::Instant;
 
@@ -38,6 +40,7 @@ impl HeadState {
         state.next_id = journaled.ids_reserved.max(1);
         state.ids_reserved = state.next_id;
         state.journal(Change::Epoch(state.epoch));
+        state.restore_groups(&journaled);
         state.expected = journaled.nodes;
         for (id, record) in journaled.actors {
             let checkpoint = journaled.checkpoints.get(&id).map(|c| (c.seq, now));
@@ -73,6 +76,7 @@ impl HeadState {
             epoch = state.epoch,
             nodes = state.expected.len(),
             actors = state.actors.len(),
+            groups = state.group_keys.len(),
             "head state restored from its journal"
         );
         let effects = std::mem::take(&mut state.out);
@@ -181,15 +185,18 @@ impl HeadState {
     /// journal. `matched`: it was expected and got its old node id back; otherwise it joined
     /// as a new node and everything it runs is stopped.
     pub(super) fn reconcile(&mut self, now: Instant, node: NodeId, matched: bool, rejoin: Rejoin) {
-        let expected = |s: &HeadState, running: &ember_core::proto::RunningActor| {
+        // The incarnation the journal has, where the journal has it.
+        let journaled = |s: &HeadState, running: &ember_core::proto::RunningActor| {
             matched
-                && !running.sealed
                 && s.restoring
                     .get(&running.actor)
                     .is_some_and(|was_on| was_on.is_none_or(|n| n == node))
                 && s.actors
                     .get(&running.actor)
                     .is_some_and(|a| a.life.incarnation() == running.incarnation)
+        };
+        let expected = |s: &HeadState, running: &ember_core::proto::RunningActor| {
+            !running.sealed && journaled(s, running)
         };
         // What is adopted claims its capacity first: a stray may overlap it (one the last
         // life was stopping when it ended).
@@ -198,6 +205,7 @@ impl HeadState {
         for running in actors {
             let (actor, incarnation) = (running.actor, running.incarnation);
             let expected_here = expected(self, &running);
+            let sealed_here = running.sealed && journaled(self, &running);
             let lease = LeaseId(self.next_id());
             let claimed = self.sched.adopt(Lease {
                 id: lease,
@@ -221,6 +229,9 @@ impl HeadState {
                 );
                 let kill = WorkerCommand::KillActor { actor, incarnation };
                 self.stop_stray(node, lease, claimed, kill);
+                if sealed_here {
+                    self.sealed_in_last_life(now, actor);
+                }
             }
         }
         for running in rejoin.leases {
@@ -257,6 +268,23 @@ impl HeadState {
             }
         }
         self.rejoin_settled();
+    }
+
+    /// A re-joining worker runs the journal's incarnation of `actor` sealed: a drain of the
+    /// last life sealed it, and its final checkpoint was acknowledged (so journaled) before
+    /// it sealed. It moves as the drain would have moved it: the next incarnation starts from
+    /// that checkpoint, not counted as a restart.
+    fn sealed_in_last_life(&mut self, now: Instant, actor: ActorId) {
+        self.restoring.remove(&actor);
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return;
+        };
+        if let Some(incarnation) = a.life.resume() {
+            tracing::info!(%actor, incarnation, "sealed before the head restarted: it moves");
+            self.journal_actor(actor);
+            self.start_actor(now, actor);
+            self.notify(now, actor);
+        }
     }
 
     /// Stops something a re-joining worker still runs with `command`, holding its capacity

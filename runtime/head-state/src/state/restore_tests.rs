@@ -247,8 +247,16 @@ fn an_actor_being_restarted_when_the_head_stopped_starts_under_a_new_incarnation
 /// An actor created on a fresh node (checkpointing); what its worker would report of it when
 /// re-joining.
 fn running_actor(s: &mut Scene) -> (ember_core::ids::ActorId, NodeId, RunningActor) {
+    running_actor_of(s, spec(true))
+}
+
+/// `running_actor`, of `spec`.
+fn running_actor_of(
+    s: &mut Scene,
+    spec: ember_core::proto::ActorSpec,
+) -> (ember_core::ids::ActorId, NodeId, RunningActor) {
     let owner = s.conn();
-    let (request, effects) = s.ask(owner, ClientRequest::CreateActor(spec(true)));
+    let (request, effects) = s.ask(owner, ClientRequest::CreateActor(spec));
     let (node, create, body) = command(&effects);
     let WorkerCommand::CreateActor {
         actor,
@@ -541,4 +549,156 @@ fn a_lease_asked_for_before_the_nodes_re_join_waits_for_them() {
         matches!(reply_to(&effects, request), ClientReply::Error(e) if e.kind == ErrorKind::Infeasible),
         "{effects:?}"
     );
+}
+
+#[test]
+fn an_actor_sealed_when_the_head_stopped_moves_from_its_final_checkpoint_uncounted() {
+    let mut s = Scene::new();
+    s.join();
+    // No restarts allowed: a move is not one.
+    let mut no_restarts = spec(true);
+    no_restarts.restart.max_restarts = 0;
+    let (actor, node, mut running) = running_actor_of(&mut s, no_restarts);
+    let (_, ticket) = s.save(actor, 1, 2);
+    s.stored(ticket);
+    let (_, other) = s.join();
+    let owner = s.conn();
+    let drain = ClientRequest::DrainNode {
+        node,
+        grace_ms: 10_000,
+    };
+    let (_, effects) = s.ask(owner, drain);
+    assert!(
+        matches!(command(&effects).2, WorkerCommand::SealActor { actor: a } if a == actor),
+        "{effects:?}"
+    );
+    // The seal's final checkpoint is acknowledged (so journaled); the head dies before the
+    // worker's `Sealed` reaches it.
+    let (saved, ticket) = s.save(actor, 1, 5);
+    let effects = s.stored(ticket);
+    assert!(matches!(
+        reply_to(&effects, saved),
+        ClientReply::CheckpointSaved { seq: 5 }
+    ));
+    s.restart();
+    claim(&mut s, actor);
+    s.join_as(rejoin(other, vec![], vec![]));
+    // Its worker re-joins, reporting the actor sealed: the sealed process is stopped, and the
+    // actor starts again from the final checkpoint.
+    running.sealed = true;
+    let (_, back, effects) = s.join_as(rejoin(node, vec![running], vec![]));
+    assert_eq!(back, node);
+    assert!(
+        commands(&effects).iter().any(
+            |c| matches!(c, WorkerCommand::KillActor { actor: a, incarnation: 1 } if *a == actor)
+        ),
+        "{effects:?}"
+    );
+    assert_eq!(s.head.recorded_checkpoint(actor), Some(5));
+    let load = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LoadCheckpoint { ticket, actor: a } if *a == actor => Some(*ticket),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the actor reads its checkpoints: {effects:?}"));
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(Some(LoadedCheckpoint {
+            seq: 5,
+            image: image(5),
+        })),
+    });
+    let (to, create, body) = command(&effects);
+    assert!(
+        matches!(&body, WorkerCommand::CreateActor { incarnation: 2, restore: Some(r), .. } if *r == image(5)),
+        "{body:?}"
+    );
+    s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
+    assert_eq!(s.head.live_incarnations(), vec![(actor, 2, to)]);
+    let record = s.journal.read().unwrap().actors[&actor].clone();
+    assert_eq!((record.incarnation, record.restarts), (2, 0));
+}
+
+/// An actor on a node that then dies with its worker, with checkpoints 1 to 3 recorded; a
+/// second node to restart it on. Returns the actor and the ticket of its checkpoint read.
+fn lost_with_three_checkpoints(s: &mut Scene) -> (ember_core::ids::ActorId, crate::io::Ticket) {
+    let (conn, _) = s.join();
+    let owner = s.conn();
+    let (actor, _) = s.actor(owner, true);
+    for seq in 1..=3 {
+        let (_, ticket) = s.save(actor, 1, seq);
+        s.stored(ticket);
+    }
+    s.join();
+    let effects = s.handle(Input::Closed { conn });
+    let load = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LoadCheckpoint { ticket, actor: a } if *a == actor => Some(*ticket),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the actor reads its checkpoints: {effects:?}"));
+    (actor, load)
+}
+
+#[test]
+fn falling_back_to_an_older_checkpoint_journals_the_one_used() {
+    let mut s = Scene::new();
+    let (actor, load) = lost_with_three_checkpoints(&mut s);
+    // Checkpoint 3 failed its hash: the store gives 2.
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(Some(LoadedCheckpoint {
+            seq: 2,
+            image: image(2),
+        })),
+    });
+    let (_, _, body) = command(&effects);
+    assert!(
+        matches!(&body, WorkerCommand::CreateActor { restore: Some(r), .. } if *r == image(2)),
+        "{body:?}"
+    );
+    let journaled = position(
+        &s,
+        "journaled fallback",
+        |e| matches!(e, Effect::Journal(Change::Checkpoint { actor: a, record }) if *a == actor && record.seq == 2),
+    );
+    let create = position(&s, "creation", |e| matches!(e, Effect::Command { .. }));
+    assert!(journaled < create, "{:?}", s.batch);
+    let record = s.journal.read().unwrap().checkpoints[&actor].clone();
+    let sha256: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(image(2)).into();
+    assert_eq!(
+        record.sha256, sha256,
+        "the store names checkpoint 2 by this hash"
+    );
+    assert_eq!(s.head.recorded_checkpoint(actor), Some(2));
+    s.restart();
+    assert_eq!(s.head.recorded_checkpoint(actor), Some(2));
+}
+
+#[test]
+fn finding_every_checkpoint_damaged_journals_that_there_is_none() {
+    let mut s = Scene::new();
+    let (actor, load) = lost_with_three_checkpoints(&mut s);
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(None),
+    });
+    let (_, _, body) = command(&effects);
+    assert!(
+        matches!(&body, WorkerCommand::CreateActor { restore: None, .. }),
+        "{body:?}"
+    );
+    assert!(
+        s.batch.iter().any(
+            |e| matches!(e, Effect::Journal(Change::CheckpointGone { actor: a }) if *a == actor)
+        ),
+        "{:?}",
+        s.batch
+    );
+    assert_eq!(s.head.recorded_checkpoint(actor), None);
+    s.restart();
+    assert_eq!(s.head.recorded_checkpoint(actor), None);
+    assert!(s.head.knows_actor(actor));
 }

@@ -228,6 +228,9 @@ impl Scene {
 #[path = "restore_tests.rs"]
 mod restore_tests;
 
+#[path = "restore_groups_tests.rs"]
+mod restore_groups_tests;
+
 fn placement(gpus: u32) -> Placement {
     Placement {
         demand: ResourceDemand {

@@ -19,8 +19,9 @@ pub use error::JournalError;
 pub const FILE_NAME: &str = "journal.redb";
 
 /// The layout of the tables this build writes; another is refused. Bump it whenever a record's
-/// layout changes, a worker's hello (kept in node records) included: 2 added `rejoin` to it.
-pub const FORMAT_VERSION: u64 = 2;
+/// layout changes, a worker's hello (kept in node records) included: 2 added `rejoin` to it,
+/// 3 the table of collective groups.
+pub const FORMAT_VERSION: u64 = 3;
 
 /// The key in the meta table of the format version.
 const META_FORMAT: u64 = 0;
@@ -46,7 +47,20 @@ impl Journal {
     /// what it holds.
     pub fn open(path: &Path) -> Result<(Journal, Journaled), JournalError> {
         let path = path.to_path_buf();
-        let db = Database::create(&path).map_err(|e| match e {
+        // `redb` asserts rather than errs on some damage (a file cut shorter than its header
+        // says): that too is a file that cannot be read, not a reason to die without its name.
+        let created = std::panic::catch_unwind(|| Database::create(&path)).map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a failed check".into());
+            JournalError::Unreadable {
+                path: path.clone(),
+                reason: format!("the store stopped reading it: {what}"),
+            }
+        })?;
+        let db = created.map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => JournalError::InUse { path: path.clone() },
             other => JournalError::Unreadable {
                 path: path.clone(),

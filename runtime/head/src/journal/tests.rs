@@ -4,7 +4,7 @@
 use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{ActorSpec, CheckpointPolicy, Placement, RestartPolicy, WorkerHello};
 use ember_head_state::journal::{
-    ActorRecord, Change, CheckpointRecord, MemoryTables, NodeRecord, Owner, Table,
+    ActorRecord, Change, CheckpointRecord, GroupRecord, MemoryTables, NodeRecord, Owner, Table,
 };
 
 use super::{definition, Journal, JournalError, META_FORMAT};
@@ -85,6 +85,34 @@ fn every_kind_of_change() -> Vec<Change> {
             record: actor(1, Some(NodeId(1)), None),
         },
         Change::ActorGone { actor: ActorId(5) },
+        Change::CheckpointGone { actor: ActorId(4) },
+        Change::Group {
+            key: 6,
+            record: GroupRecord {
+                name: "dp".into(),
+                generation: 1,
+                members: vec![ActorId(4), ActorId(3)],
+                broken: None,
+            },
+        },
+        Change::Group {
+            key: 6,
+            record: GroupRecord {
+                name: "dp".into(),
+                generation: 1,
+                members: vec![ActorId(4), ActorId(3)],
+                broken: Some("rank 1 left".into()),
+            },
+        },
+        Change::Group {
+            key: 7,
+            record: GroupRecord {
+                name: "tp".into(),
+                generation: 12,
+                members: vec![ActorId(3)],
+                broken: None,
+            },
+        },
     ]
 }
 
@@ -117,6 +145,24 @@ fn every_kind_of_record_comes_back_as_memory_tables_read_it() {
     );
     assert_eq!(on_disk.actors[&ActorId(3)].incarnation, 2);
     assert_eq!(on_disk.checkpoints[&ActorId(3)].seq, 5);
+    assert!(!on_disk.checkpoints.contains_key(&ActorId(4)));
+    assert_eq!(
+        on_disk.groups.values().cloned().collect::<Vec<_>>(),
+        [
+            GroupRecord {
+                name: "dp".into(),
+                generation: 1,
+                members: vec![ActorId(4), ActorId(3)],
+                broken: Some("rank 1 left".into()),
+            },
+            GroupRecord {
+                name: "tp".into(),
+                generation: 12,
+                members: vec![ActorId(3)],
+                broken: None,
+            },
+        ]
+    );
 }
 
 #[test]
@@ -135,25 +181,49 @@ fn a_file_that_is_not_a_journal_is_refused_with_its_path() {
 }
 
 #[test]
-fn a_journal_of_another_format_version_is_refused() {
+fn a_journal_cut_short_is_refused_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(super::FILE_NAME);
     {
         let (journal, _) = Journal::open(&path).unwrap();
-        journal.commit(&[Change::Epoch(3)]).unwrap();
-        let txn = journal.db.begin_write().unwrap();
-        {
-            let mut meta = txn.open_table(definition(Table::Meta)).unwrap();
-            meta.insert(META_FORMAT, &99u64.to_le_bytes()[..]).unwrap();
-        }
-        txn.commit().unwrap();
+        journal.commit(&every_kind_of_change()).unwrap();
     }
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
     let e = Journal::open(&path).unwrap_err();
-    assert!(
-        matches!(e, JournalError::WrongVersion { found: 99, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, JournalError::Unreadable { .. }), "{e:?}");
     assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        whole[..whole.len() / 2],
+        "the file is left as it was"
+    );
+}
+
+#[test]
+fn a_journal_of_another_format_version_is_refused() {
+    // A later version, and the one before this (it has no table of groups).
+    for version in [99, super::FORMAT_VERSION - 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(super::FILE_NAME);
+        {
+            let (journal, _) = Journal::open(&path).unwrap();
+            journal.commit(&[Change::Epoch(3)]).unwrap();
+            let txn = journal.db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(definition(Table::Meta)).unwrap();
+                meta.insert(META_FORMAT, &version.to_le_bytes()[..])
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let e = Journal::open(&path).unwrap_err();
+        assert!(
+            matches!(e, JournalError::WrongVersion { found, .. } if found == version),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    }
 }
 
 #[test]
