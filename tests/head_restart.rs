@@ -386,10 +386,6 @@ async fn ember_status_says_since_when_the_head_is_unreachable() {
 /// A call that records a checkpoint while the head is away waits for the head instead of
 /// failing, and is answered once the restarted head has recorded its checkpoint: nothing is
 /// acknowledged that a restart from that checkpoint would lose.
-
-/// A call that records a checkpoint while the head is away waits for the head instead of
-/// failing, and is answered once the restarted head has recorded its checkpoint: nothing is
-/// acknowledged that a restart from that checkpoint would lose.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_made_while_the_head_is_away_is_answered_once_recorded() {
     let (mut tc, cluster) = TestCluster::with_workers(&[gpu()]).await;
