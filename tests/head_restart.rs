@@ -171,5 +171,8 @@ async fn a_call_made_while_the_head_is_away_is_answered_once_recorded() {
     let taken: LedgerHandle = within("take over", fresh.actor(id))
         .await
         .expect("a handle");
-    assert_eq!(within("totals", taken.totals()).await.expect("totals"), (13, 2));
+    assert_eq!(
+        within("totals", taken.totals()).await.expect("totals"),
+        (13, 2)
+    );
 }
