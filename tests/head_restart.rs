@@ -436,3 +436,47 @@ async fn a_call_made_while_the_head_is_away_is_answered_once_recorded() {
         (13, 2)
     );
 }
+
+/// `ember job submit` started while the head is down waits for it (`--wait`, 60 s by
+/// default), saying so, and runs the job once the head is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_while_the_head_is_down_runs_once_it_is_back() {
+    let (mut tc, _cluster) = TestCluster::with_workers(&[WorkerSpec::cpu()]).await;
+    tc.kill_head();
+    let err_path = tc.state_dir().join("submit.err");
+    let mut submit = tokio::process::Command::new(ember_exe())
+        .args(["job", "submit", "--cluster"])
+        .arg(tc.state_dir())
+        .args(["--", "echo", "after the gap"])
+        .env_remove("EMBER_ROLE")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).expect("a log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ember job submit");
+    until("the command says it waits for the head", || async {
+        std::fs::read_to_string(&err_path).is_ok_and(|e| e.contains("does not answer"))
+    })
+    .await;
+    assert!(
+        submit.try_wait().expect("its status").is_none(),
+        "it gave up: {}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    tc.restart_head(&[]).await;
+    let mut stdout = submit.stdout.take().expect("its output");
+    let status = within("the job runs", submit.wait())
+        .await
+        .expect("its exit");
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut out)
+        .await
+        .expect("its output");
+    assert!(
+        status.success() && out.contains("after the gap"),
+        "{status:?}\n{out}\n{}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+}

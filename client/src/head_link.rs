@@ -425,10 +425,14 @@ async fn attempt(
         let Some(limit) = attempt_limit(since.mono.elapsed(), wait, attempted) else {
             return Err(unreachable(file, since));
         };
-        attempted = true;
+        let first = !std::mem::replace(&mut attempted, true);
         match open(endpoint, file, Some(limit)).await {
             Ok(conn) => return Ok(conn),
             Err(e @ Error::Connect { .. }) if refused(&e) => return Err(e),
+            Err(e) if first => tracing::warn!(
+                "the head at {} does not answer ({e}): trying again for up to {wait:?}",
+                file.address
+            ),
             Err(e) => tracing::debug!("the head is not reachable yet: {e}"),
         }
         if stop() {

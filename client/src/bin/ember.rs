@@ -103,6 +103,8 @@ enum Command {
     Drain {
         #[command(flatten)]
         cluster: ClusterArg,
+        #[command(flatten)]
+        head: HeadWaitArg,
         /// The node, as `ember status` names it (e.g. node-3).
         node: ember::NodeId,
         /// How long its running tasks may take to finish, e.g. 30s, 2m, 500ms.
@@ -123,6 +125,8 @@ enum JobCommand {
     Submit {
         #[command(flatten)]
         cluster: ClusterArg,
+        #[command(flatten)]
+        head: HeadWaitArg,
         /// GPUs: a fraction of one, or a whole number.
         #[arg(long)]
         gpus: Option<f64>,
@@ -146,6 +150,29 @@ struct ClusterArg {
     /// The cluster's state directory or cluster file (default: $EMBER_CLUSTER, then ~/.ember).
     #[arg(long)]
     cluster: Option<PathBuf>,
+}
+
+impl ClusterArg {
+    /// Connects, waiting up to `wait` for a head that does not answer (it may be restarting),
+    /// both now and whenever the connection is lost while the command runs.
+    async fn connect(&self, wait: Duration) -> Result<Cluster, ember::Error> {
+        let file = ClusterFile::discover(self.cluster.as_deref())?;
+        let options = ConnectOptions {
+            head_wait: wait,
+            connect_wait: wait,
+        };
+        Cluster::connect_with(file, options).await
+    }
+}
+
+/// How long a command rides through a head that does not answer.
+#[derive(Args)]
+struct HeadWaitArg {
+    /// How long to wait for a head that does not answer (it may be restarting), when
+    /// connecting and whenever the connection is lost, before failing with since when it has
+    /// been unreachable, e.g. 30s, 2m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    wait: Duration,
 }
 
 #[derive(Args)]
@@ -329,10 +356,11 @@ async fn run(command: Command) -> Result<i32> {
         }
         Command::Drain {
             cluster,
+            head,
             node,
             grace,
         } => {
-            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
+            let c = cluster.connect(head.wait).await?;
             let moved = c.drain(node, grace).await?;
             println!("{node} drained: {moved} actor(s) moved to other nodes");
             Ok(0)
@@ -343,12 +371,7 @@ async fn run(command: Command) -> Result<i32> {
             json,
             wait,
         } => {
-            let file = ClusterFile::discover(cluster.cluster.as_deref())?;
-            let options = ConnectOptions {
-                head_wait: wait,
-                connect_wait: wait,
-            };
-            let status = match Cluster::connect_with(file, options).await {
+            let status = match cluster.connect(wait).await {
                 Ok(c) => c.status().await,
                 Err(e) => Err(e),
             };
@@ -370,6 +393,7 @@ async fn run(command: Command) -> Result<i32> {
             command:
                 JobCommand::Submit {
                     cluster,
+                    head,
                     gpus,
                     gpu_memory,
                     accelerator,
@@ -377,7 +401,7 @@ async fn run(command: Command) -> Result<i32> {
                     command,
                 },
         } => {
-            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
+            let c = cluster.connect(head.wait).await?;
             let mut options = Options::new();
             if let Some(g) = gpus {
                 options = options.gpus(g);
