@@ -476,7 +476,8 @@ async fn a_job_submitted_while_the_head_is_down_runs_once_it_is_back() {
         .expect("its output");
     assert!(
         status.success() && out.contains("after the gap"),
-        "{status:?}\n{out}\n{}",
-        std::fs::read_to_string(&err_path).unwrap_or_default()
+        "{status:?}\n{out}\n{}\n{}",
+        std::fs::read_to_string(&err_path).unwrap_or_default(),
+        tc.logs()
     );
 }
