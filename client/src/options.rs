@@ -137,11 +137,17 @@ impl Options {
         self
     }
 
-    /// The placement to send, or the first invalid value given.
+    /// The placement to send, or the first invalid value given. Every request of the Rust
+    /// API and the command line goes through here: GPU memory or an accelerator type without
+    /// GPUs is refused ([`ResourceError::GpuMemoryWithoutGpus`],
+    /// [`ResourceError::AcceleratorWithoutGpus`]), never dropped and never turned into a GPU.
     pub(crate) fn placement(&self) -> Result<Placement, ResourceError> {
         match &self.error {
             Some(e) => Err(e.clone()),
-            None => Ok(self.placement.clone()),
+            None => {
+                self.placement.demand.check()?;
+                Ok(self.placement.clone())
+            }
         }
     }
 }

@@ -215,28 +215,8 @@ impl Scheduler {
             return Decision::Rejected(PlacementError::NoNodes);
         }
         if let Some(NodeAffinity { node, soft: false }) = req.affinity {
-            let Some(i) = self.position(node) else {
-                return Decision::Rejected(PlacementError::AffinityUnknownNode(node));
-            };
-            let n = &self.nodes[i];
-            if !n.schedulable {
-                return Decision::Rejected(PlacementError::AffinityNodeDraining(node));
-            }
-            if !n.has_labels(&req.labels) {
-                let missing = req
-                    .labels
-                    .iter()
-                    .find(|l| !n.has_labels(std::slice::from_ref(l)));
-                return Decision::Rejected(PlacementError::MissingLabel(
-                    missing.cloned().unwrap_or_default(),
-                ));
-            }
-            if !n.fits_total(&req.demand) {
-                let reason = explain(std::slice::from_ref(n).iter(), &req.demand);
-                return Decision::Rejected(PlacementError::AffinityNeverFits {
-                    node,
-                    reason: Box::new(reason),
-                });
+            if let Some(e) = self.affinity_never_fits(node, &req) {
+                return Decision::Rejected(e);
             }
         }
         if let Some(lease) = self.try_place(&req) {
@@ -250,6 +230,61 @@ impl Scheduler {
         }
         self.queue.push(req);
         Decision::Queued
+    }
+
+    /// Why the node a hard affinity names could never hold `req`, even entirely free; `None`
+    /// when it could.
+    fn affinity_never_fits(&self, node: NodeId, req: &PlacementRequest) -> Option<PlacementError> {
+        let Some(i) = self.position(node) else {
+            return Some(PlacementError::AffinityUnknownNode(node));
+        };
+        let n = &self.nodes[i];
+        if !n.schedulable {
+            return Some(PlacementError::AffinityNodeDraining(node));
+        }
+        if !n.has_labels(&req.labels) {
+            let missing = req
+                .labels
+                .iter()
+                .find(|l| !n.has_labels(std::slice::from_ref(l)));
+            return Some(PlacementError::MissingLabel(
+                missing.cloned().unwrap_or_default(),
+            ));
+        }
+        if !n.fits_total(&req.demand) {
+            let reason = explain(std::slice::from_ref(n).iter(), &req.demand);
+            return Some(PlacementError::AffinityNeverFits {
+                node,
+                reason: Box::new(reason),
+            });
+        }
+        None
+    }
+
+    /// Why no schedulable node of the cluster could ever hold `req`, even entirely free,
+    /// naming what is missing as a rejection does; `None` when some node could. Linear in the
+    /// nodes: meant for when nodes leave or stop taking work, not for every queue pass.
+    pub fn never_fits_anywhere(&self, req: &PlacementRequest) -> Option<PlacementError> {
+        if self.nodes.is_empty() {
+            return Some(PlacementError::NoNodes);
+        }
+        match req.affinity {
+            Some(NodeAffinity { node, soft: false }) => self.affinity_never_fits(node, req),
+            _ => self.never_fits(&req.demand, &req.labels),
+        }
+    }
+
+    /// Whether node `id`, entirely free, could hold `req`: it is schedulable, carries the
+    /// request's labels, its totals cover the demand, and no hard affinity names another node.
+    /// Constant in the cluster's size. Unknown node: false.
+    pub fn could_hold(&self, id: NodeId, req: &PlacementRequest) -> bool {
+        if matches!(req.affinity, Some(NodeAffinity { node, soft: false }) if node != id) {
+            return false;
+        }
+        self.position(id).is_some_and(|i| {
+            let n = &self.nodes[i];
+            n.schedulable && n.has_labels(&req.labels) && n.fits_total(&req.demand)
+        })
     }
 
     /// Checks a request's form and normalises it (custom resources sorted by name).
@@ -408,6 +443,11 @@ impl Scheduler {
     /// The queued requests, in priority order (the order [`Scheduler::place_queued`] tries them).
     pub fn queued(&self) -> impl Iterator<Item = &PlacementRequest> {
         self.queue.iter().map(|(_, r)| r)
+    }
+
+    /// A queued request, by its lease.
+    pub fn queued_request(&self, lease: LeaseId) -> Option<&PlacementRequest> {
+        self.queue.get(lease)
     }
 
     /// How many requests are queued.
