@@ -11,7 +11,7 @@ use ember_core::ids::{ActorId, JobId, NodeId};
 use ember_core::proto::ClusterStatus;
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorSpec, CallReply, ClientReply, ClientRequest, ErrorKind,
-    FrameError, JobEvent, JobSpec, RemoteError, Wire, MAX_FRAME,
+    FrameError, JobEvent, JobSpec, RemoteError, WaitReason, Wire, MAX_FRAME,
 };
 use ember_core::resources::Allocation;
 use ember_core::security::{connect_client, ClusterFile, ConnectError, Fingerprint};
@@ -219,12 +219,27 @@ impl Cluster {
         Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
     }
 
-    /// Runs a command as a batch job on a worker chosen by placement.
+    /// Runs a command as a batch job on a worker chosen by placement. Returns once it started;
+    /// while it waits for a node, see [`Cluster::submit_job_watching`] to learn why.
     pub async fn submit_job(
         &self,
         command: Vec<String>,
         env: Vec<(String, String)>,
         options: Options,
+    ) -> Result<Job, Error> {
+        self.submit_job_watching(command, env, options, |_| {})
+            .await
+    }
+
+    /// Like [`Cluster::submit_job`], calling `waiting` with the reason each time the job
+    /// starts waiting or its reason changes: waiting for capacity, or infeasible (no live node
+    /// could ever hold it, naming what is missing, with the time left before it fails).
+    pub async fn submit_job_watching(
+        &self,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        options: Options,
+        mut waiting: impl FnMut(&WaitReason),
     ) -> Result<Job, Error> {
         let spec = JobSpec {
             command,
@@ -233,23 +248,29 @@ impl Cluster {
         };
         let (mut send, mut recv) = self.open_head_stream().await?;
         write_frame(&mut send, &ClientRequest::SubmitJob(spec)).await?;
-        match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await? {
-            Some(ClientReply::Job(JobEvent::Started {
-                job,
-                node,
-                allocation,
-            })) => Ok(Job {
-                id: job,
-                node,
-                allocation,
-                _send: send,
-                recv,
-            }),
-            Some(ClientReply::Error(e)) => Err(e.into()),
-            Some(other) => Err(unexpected(other)),
-            None => Err(Error::ConnectionLost(
-                "the head closed the job's stream".into(),
-            )),
+        loop {
+            return match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await? {
+                Some(ClientReply::Job(JobEvent::Waiting(why))) => {
+                    waiting(&why);
+                    continue;
+                }
+                Some(ClientReply::Job(JobEvent::Started {
+                    job,
+                    node,
+                    allocation,
+                })) => Ok(Job {
+                    id: job,
+                    node,
+                    allocation,
+                    _send: send,
+                    recv,
+                }),
+                Some(ClientReply::Error(e)) => Err(e.into()),
+                Some(other) => Err(unexpected(other)),
+                None => Err(Error::ConnectionLost(
+                    "the head closed the job's stream".into(),
+                )),
+            };
         }
     }
 

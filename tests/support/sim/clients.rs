@@ -330,7 +330,7 @@ impl Sim {
                 self.rng.gen_range(-2..=2)
             } else {
                 0
-            },            },
+            },
             // The head's default: the simulation's draws stay as they were.
             pending_timeout_ms: None,
         }

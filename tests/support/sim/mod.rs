@@ -422,6 +422,8 @@ impl Sim {
             heartbeat_timeout: scenario.heartbeat_timeout,
             form_wait: Duration::from_secs(5),
             rejoin_window: scenario.rejoin_window(),
+            // Short, so that requests stranded by the nodes that die fail within a run.
+            pending_timeout: Duration::from_secs(3),
         };
         let base = Instant::now();
         let (head, first) = HeadState::restore(config, base, Journaled::default());

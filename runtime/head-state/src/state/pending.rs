@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ember_core::ids::{LeaseId, NodeId};
 use ember_core::proto::{ClientReply, ErrorKind, JobEvent, Placement, RemoteError, WaitReason};
+use ember_core::resources::ResourceDemand;
 
 use super::{ms, HeadState, LeasePhase, Timer, Work};
 use crate::placement::PlacementError;
@@ -118,11 +119,10 @@ impl HeadState {
                 fails_in_ms: Some(s.deadline.saturating_duration_since(now).as_millis() as u64),
             },
             None => {
-                let demand = request.demand.to_string();
-                let needs = if demand.is_empty() {
-                    "its needs".to_string()
+                let needs = if request.demand == ResourceDemand::default() {
+                    "its labels".to_string()
                 } else {
-                    demand
+                    request.demand.to_string()
                 };
                 WaitReason {
                     infeasible: false,
