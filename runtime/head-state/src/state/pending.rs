@@ -17,12 +17,13 @@ use ember_core::resources::ResourceDemand;
 use super::{ms, HeadState, LeasePhase, Timer, Work};
 use crate::placement::PlacementError;
 
-/// A queued lease that no live node could hold any more: what it lacks and when it fails.
+/// A queued lease that no live node could hold any more: what it lacks, and when it fails
+/// with the timeout it was given (none for an actor's restart or move: an actor that exists
+/// waits for a node however long it takes, its reason shown).
 #[derive(Debug, Clone)]
 pub(super) struct Stranded {
     reason: PlacementError,
-    deadline: Instant,
-    timeout: Duration,
+    deadline: Option<(Instant, Duration)>,
 }
 
 impl HeadState {
@@ -51,17 +52,12 @@ impl HeadState {
                 .placement_of(lease)
                 .and_then(|p| p.pending_timeout_ms)
                 .map_or(self.config.pending_timeout, ms);
-            let deadline = now + timeout;
-            tracing::warn!(%lease, ?timeout, "no live node can hold it any more: {reason}");
-            self.stranded.insert(
-                lease,
-                Stranded {
-                    reason,
-                    deadline,
-                    timeout,
-                },
-            );
-            self.arm(deadline, Timer::Stranded(lease));
+            let deadline = self.may_fail(lease).then(|| (now + timeout, timeout));
+            tracing::warn!(%lease, ?deadline, "no live node can hold it any more: {reason}");
+            if let Some((at, _)) = deadline {
+                self.arm(at, Timer::Stranded(lease));
+            }
+            self.stranded.insert(lease, Stranded { reason, deadline });
             self.tell_waiting(now, lease);
         }
     }
@@ -94,8 +90,25 @@ impl HeadState {
 
     /// A lease left the queue (placed, withdrawn, failed): it is stranded no more.
     pub(super) fn forget_stranded(&mut self, lease: LeaseId) {
-        if let Some(s) = self.stranded.remove(&lease) {
-            self.timers.remove(&(s.deadline, Timer::Stranded(lease)));
+        if let Some(Stranded {
+            deadline: Some((at, _)),
+            ..
+        }) = self.stranded.remove(&lease)
+        {
+            self.timers.remove(&(at, Timer::Stranded(lease)));
+        }
+    }
+
+    /// Whether a stranded lease fails at its pending timeout: a task lease, a job, or an
+    /// actor's first incarnation (its creation fails). An actor that exists, restarting or
+    /// moving off a draining node, keeps waiting: failing it would lose it.
+    fn may_fail(&self, lease: LeaseId) -> bool {
+        match self.work.get(&lease) {
+            Some(Work::Lease(_) | Work::Job(_)) => true,
+            Some(Work::Actor { actor, .. }) => {
+                self.actors.get(actor).is_some_and(|a| a.create.is_some())
+            }
+            Some(Work::Stray) | None => false,
         }
     }
 
@@ -116,7 +129,9 @@ impl HeadState {
             Some(s) => WaitReason {
                 infeasible: true,
                 reason: s.reason.to_string(),
-                fails_in_ms: Some(s.deadline.saturating_duration_since(now).as_millis() as u64),
+                fails_in_ms: s
+                    .deadline
+                    .map(|(at, _)| at.saturating_duration_since(now).as_millis() as u64),
             },
             None => {
                 let needs = if request.demand == ResourceDemand::default() {
@@ -151,15 +166,18 @@ impl HeadState {
     /// A stranded lease's deadline came with no node that fits: what waited on it fails,
     /// naming what is missing.
     pub(super) fn stranded_timed_out(&mut self, now: Instant, lease: LeaseId) {
-        let Some(s) = self.stranded.remove(&lease) else {
+        let Some(Stranded {
+            reason,
+            deadline: Some((_, timeout)),
+        }) = self.stranded.remove(&lease)
+        else {
             return;
         };
         let error = RemoteError::new(
             ErrorKind::Infeasible,
             format!(
-                "no live node can hold it: {} (no node that fits joined within {} ms)",
-                s.reason,
-                s.timeout.as_millis()
+                "no live node can hold it: {reason} (no node that fits joined within {} ms)",
+                timeout.as_millis()
             ),
         );
         match self.work.get(&lease) {
@@ -184,14 +202,16 @@ impl HeadState {
         }
     }
 
-    /// Checks that every stranded lease is queued and due at its timer.
+    /// Checks that every stranded lease is queued and, if it may fail, due at its timer.
     pub(super) fn check_stranded(&self) -> Result<(), String> {
         for (lease, s) in &self.stranded {
             if self.sched.queued_request(*lease).is_none() {
                 return Err(format!("{lease} is stranded but not queued"));
             }
-            if !self.timers.contains(&(s.deadline, Timer::Stranded(*lease))) {
-                return Err(format!("{lease} is stranded without its timer"));
+            if let Some((at, _)) = s.deadline {
+                if !self.timers.contains(&(at, Timer::Stranded(*lease))) {
+                    return Err(format!("{lease} is stranded without its timer"));
+                }
             }
         }
         Ok(())

@@ -375,3 +375,55 @@ fn gpu_memory_or_an_accelerator_without_gpus_is_a_bad_request() {
         );
     }
 }
+
+#[test]
+fn a_restarting_actor_left_with_no_fitting_node_waits_for_one_however_long_it_takes() {
+    let mut s = Scene::new();
+    s.head.config.pending_timeout = Duration::from_millis(500);
+    let (first, _, _) = s.join_gpu("A100");
+    let owner = s.conn();
+    let mut whole = spec(false);
+    whole.placement = gpu_of("A100", None);
+    let (request, effects) = s.ask(owner, ClientRequest::CreateActor(whole));
+    let (_, command_id, _) = command(&effects);
+    let effects = s.reply(
+        command_id,
+        ember_core::proto::WorkerReply::ActorReady(super::actor_endpoints()),
+    );
+    assert!(matches!(
+        reply_to(&effects, request),
+        ClientReply::ActorCreated(_)
+    ));
+    let (second, _, _) = s.join_gpu("A100");
+    let client = s.conn();
+    s.ask(client, job(gpu_of("A100", None)));
+
+    // Its node dies: it restarts, waiting for the A100 the job holds; then that node dies too.
+    s.handle(Input::Closed { conn: first });
+    s.handle(Input::Closed { conn: second });
+    let (status, effects) = s.ask(client, ClientRequest::Status);
+    let ClientReply::Status(status) = reply_to(&effects, status) else {
+        panic!("expected the status");
+    };
+    let actor = &status.actors[0];
+    assert_eq!(
+        actor.waiting.as_deref(),
+        Some("infeasible: the cluster has no nodes"),
+        "{actor:?}"
+    );
+    assert_eq!(
+        actor.fails_in_ms, None,
+        "an actor that exists is not given up"
+    );
+
+    s.later(Duration::from_secs(5));
+    s.handle(Input::Tick);
+    assert_eq!(s.head.actor_count(), 1);
+    let (_, node, effects) = s.join_gpu("A100");
+    let (to, _, body) = command(&effects);
+    assert_eq!(to, node);
+    assert!(
+        matches!(body, WorkerCommand::CreateActor { incarnation: 2, .. }),
+        "{body:?}"
+    );
+}
