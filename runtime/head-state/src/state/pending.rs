@@ -70,13 +70,15 @@ impl HeadState {
             let Some(request) = self.sched.queued_request(lease) else {
                 continue;
             };
-            if self.sched.could_hold(node, request) {
+            let reason = if self.sched.could_hold(node, request) {
+                None
+            } else {
+                self.sched.never_fits_anywhere(request)
+            };
+            let Some(reason) = reason else {
                 tracing::info!(%lease, %node, "a node that can hold it joined");
                 self.forget_stranded(lease);
                 self.tell_waiting(now, lease);
-                continue;
-            }
-            let Some(reason) = self.sched.never_fits_anywhere(request) else {
                 continue;
             };
             if let Some(s) = self.stranded.get_mut(&lease) {
