@@ -11,7 +11,7 @@ use ember_core::ids::{ActorId, JobId, NodeId};
 use ember_core::proto::ClusterStatus;
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorSpec, CallReply, ClientReply, ClientRequest, ErrorKind,
-    FrameError, JobEvent, JobSpec, RemoteError, Wire, MAX_FRAME,
+    FrameError, JobEvent, JobSpec, RemoteError, WaitReason, Wire, MAX_FRAME,
 };
 use ember_core::resources::Allocation;
 use ember_core::security::{connect_client, ClusterFile, Fingerprint};
@@ -248,12 +248,27 @@ impl Cluster {
         Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
     }
 
-    /// Runs a command as a batch job on a worker chosen by placement.
+    /// Runs a command as a batch job on a worker chosen by placement. Returns once it started;
+    /// while it waits for a node, see [`Cluster::submit_job_watching`] to learn why.
     pub async fn submit_job(
         &self,
         command: Vec<String>,
         env: Vec<(String, String)>,
         options: Options,
+    ) -> Result<Job, Error> {
+        self.submit_job_watching(command, env, options, |_| {})
+            .await
+    }
+
+    /// Like [`Cluster::submit_job`], calling `waiting` with the reason each time the job
+    /// starts waiting or its reason changes: waiting for capacity, or infeasible (no live node
+    /// could ever hold it, naming what is missing, with the time left before it fails).
+    pub async fn submit_job_watching(
+        &self,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        options: Options,
+        mut waiting: impl FnMut(&WaitReason),
     ) -> Result<Job, Error> {
         let spec = JobSpec {
             command,
@@ -262,34 +277,42 @@ impl Cluster {
         };
         let req = ClientRequest::SubmitJob(spec);
         let (mut send, mut recv, generation) = self.open_head_stream().await?;
-        let started = async {
-            write_frame(&mut send, &req).await?;
-            read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await
+        if let Err(e) = write_frame(&mut send, &req).await {
+            return Err(if self.head_lost(generation) {
+                self.inner.link.lost_during(&req)
+            } else {
+                e.into()
+            });
         }
-        .await;
-        let started = match started {
-            Err(_) | Ok(None) if self.head_lost(generation) => {
-                return Err(self.inner.link.lost_during(&req))
-            }
-            other => other?,
-        };
-        match started {
-            Some(ClientReply::Job(JobEvent::Started {
-                job,
-                node,
-                allocation,
-            })) => Ok(Job {
-                id: job,
-                node,
-                allocation,
-                _send: send,
-                recv,
-            }),
-            Some(ClientReply::Error(e)) => Err(e.into()),
-            Some(other) => Err(unexpected(other)),
-            None => Err(Error::ConnectionLost(
-                "the head closed the job's stream".into(),
-            )),
+        loop {
+            let reply = match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await {
+                Err(_) | Ok(None) if self.head_lost(generation) => {
+                    return Err(self.inner.link.lost_during(&req))
+                }
+                other => other?,
+            };
+            return match reply {
+                Some(ClientReply::Job(JobEvent::Waiting(why))) => {
+                    waiting(&why);
+                    continue;
+                }
+                Some(ClientReply::Job(JobEvent::Started {
+                    job,
+                    node,
+                    allocation,
+                })) => Ok(Job {
+                    id: job,
+                    node,
+                    allocation,
+                    _send: send,
+                    recv,
+                }),
+                Some(ClientReply::Error(e)) => Err(e.into()),
+                Some(other) => Err(unexpected(other)),
+                None => Err(Error::ConnectionLost(
+                    "the head closed the job's stream".into(),
+                )),
+            };
         }
     }
 

@@ -41,6 +41,7 @@ pub use ember_core::ids::{ActorId, JobId, NodeId, TaskId};
 pub use ember_core::proto::ClusterStatus;
 pub use ember_core::proto::ErrorKind;
 pub use ember_core::proto::Strategy;
+pub use ember_core::proto::WaitReason;
 pub use ember_core::resources::{Allocation, GpuGrant, GpuShare};
 /// Ember's GPU kernels: the registry of kernels by name, their CPU references, the PTX cache.
 pub use ember_kernels as kernels;

@@ -4,7 +4,7 @@
 #[path = "ember/kernel.rs"]
 mod kernel;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +53,10 @@ enum Command {
         /// --rejoin-window.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         rejoin_window: Duration,
+        /// How long a waiting request that no live node could hold any more (its only fitting
+        /// node left or drains) keeps waiting for one to join before it fails, e.g. 60s.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        pending_timeout: Duration,
     },
     /// Join a cluster as a worker.
     Worker(WorkerArgs),
@@ -139,6 +143,10 @@ enum JobCommand {
         /// CPUs.
         #[arg(long)]
         cpus: Option<f64>,
+        /// Once no live node could hold the job any more (its only fitting node left), how long
+        /// to wait for one to join before failing, e.g. 30s (default: the head's).
+        #[arg(long, value_parser = parse_duration)]
+        pending_timeout: Option<Duration>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -306,8 +314,10 @@ async fn run(command: Command) -> Result<i32> {
             keep_checkpoints,
             checkpoint_store,
             rejoin_window,
+            pending_timeout,
         } => {
             let mut config = HeadConfig::new(state_dir.unwrap_or_else(default_state_dir));
+            config.pending_timeout = pending_timeout;
             config.listen = listen;
             config.heartbeat_timeout = heartbeat_timeout;
             config.keep_checkpoints = keep_checkpoints;
@@ -398,6 +408,7 @@ async fn run(command: Command) -> Result<i32> {
                     gpu_memory,
                     accelerator,
                     cpus,
+                    pending_timeout,
                     command,
                 },
         } => {
@@ -415,7 +426,15 @@ async fn run(command: Command) -> Result<i32> {
             if let Some(n) = cpus {
                 options = options.cpus(n);
             }
-            let mut job = c.submit_job(command, Vec::new(), options).await?;
+            if let Some(t) = pending_timeout {
+                options = options.pending_timeout(t);
+            }
+            let mut waiting = Waiting::new();
+            let submitted = c
+                .submit_job_watching(command, Vec::new(), options, |why| waiting.show(why))
+                .await;
+            waiting.finish();
+            let mut job = submitted?;
             let gpus: Vec<String> = job
                 .allocation
                 .gpus
@@ -469,6 +488,38 @@ fn head_unreachable(e: &ember::Error, json: bool) -> i32 {
     }
     eprintln!("ember: {e}");
     3
+}
+
+/// What `ember job submit` shows while its job waits: a spinner with the reason on a
+/// terminal, a plain line for each new reason otherwise.
+struct Waiting {
+    spinner: Option<indicatif::ProgressBar>,
+}
+
+impl Waiting {
+    fn new() -> Self {
+        Waiting { spinner: None }
+    }
+
+    fn show(&mut self, why: &ember::WaitReason) {
+        if !std::io::stderr().is_terminal() {
+            eprintln!("ember: job waiting: {why}");
+            return;
+        }
+        let spinner = self.spinner.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        spinner.set_message(format!("job waiting: {why}"));
+    }
+
+    /// The job started or failed: the spinner goes, its last reason stays on screen.
+    fn finish(&mut self) {
+        if let Some(spinner) = self.spinner.take() {
+            spinner.finish();
+        }
+    }
 }
 
 fn print_status(s: &ClusterStatus) {
@@ -544,6 +595,9 @@ fn print_status(s: &ClusterStatus) {
                 w.node.as_deref().unwrap_or("-"),
                 gpus.join(", ")
             );
+            if let Some(why) = &w.waiting {
+                println!("    {why}");
+            }
         }
     }
 }

@@ -239,8 +239,13 @@ impl Scheduler {
     /// Places a validated request now, or says it may wait (`Queued`, not yet queued), or
     /// rejects it.
     fn place_or_queue(&mut self, req: &PlacementRequest) -> Decision {
-        if let Some(e) = self.hard_refusal(req) {
-            return Decision::Rejected(e);
+        if self.nodes.is_empty() {
+            return Decision::Rejected(PlacementError::NoNodes);
+        }
+        if let Some(NodeAffinity { node, soft: false }) = req.affinity {
+            if let Some(e) = self.affinity_never_fits(node, req) {
+                return Decision::Rejected(e);
+            }
         }
         if let Some(lease) = self.try_place(req) {
             self.leases.insert(lease.id, lease.clone());
@@ -254,15 +259,9 @@ impl Scheduler {
         Decision::Queued
     }
 
-    /// Why no node could take `req` whatever frees up, found without scanning the nodes: the
-    /// cluster has none, or its hard affinity's node cannot.
-    fn hard_refusal(&self, req: &PlacementRequest) -> Option<PlacementError> {
-        if self.nodes.is_empty() {
-            return Some(PlacementError::NoNodes);
-        }
-        let Some(NodeAffinity { node, soft: false }) = req.affinity else {
-            return None;
-        };
+    /// Why the node a hard affinity names could never hold `req`, even entirely free; `None`
+    /// when it could.
+    fn affinity_never_fits(&self, node: NodeId, req: &PlacementRequest) -> Option<PlacementError> {
         let Some(i) = self.position(node) else {
             return Some(PlacementError::AffinityUnknownNode(node));
         };
@@ -296,20 +295,38 @@ impl Scheduler {
         let refused: Vec<(LeaseId, PlacementError)> = self
             .queue
             .iter()
-            .filter_map(|(_, req)| {
-                let hard = matches!(req.affinity, Some(NodeAffinity { soft: false, .. }));
-                let why = self.hard_refusal(req).or_else(|| {
-                    (!hard)
-                        .then(|| self.never_fits(&req.demand, &req.labels))
-                        .flatten()
-                })?;
-                Some((req.lease, why))
-            })
+            .filter_map(|(_, req)| Some((req.lease, self.never_fits_anywhere(req)?)))
             .collect();
         for (lease, _) in &refused {
             self.queue.remove(*lease);
         }
         refused
+    }
+
+    /// Why no schedulable node of the cluster could ever hold `req`, even entirely free,
+    /// naming what is missing as a rejection does; `None` when some node could. Linear in the
+    /// nodes: meant for when nodes leave or stop taking work, not for every queue pass.
+    pub fn never_fits_anywhere(&self, req: &PlacementRequest) -> Option<PlacementError> {
+        if self.nodes.is_empty() {
+            return Some(PlacementError::NoNodes);
+        }
+        match req.affinity {
+            Some(NodeAffinity { node, soft: false }) => self.affinity_never_fits(node, req),
+            _ => self.never_fits(&req.demand, &req.labels),
+        }
+    }
+
+    /// Whether node `id`, entirely free, could hold `req`: it is schedulable, carries the
+    /// request's labels, its totals cover the demand, and no hard affinity names another node.
+    /// Constant in the cluster's size. Unknown node: false.
+    pub fn could_hold(&self, id: NodeId, req: &PlacementRequest) -> bool {
+        if matches!(req.affinity, Some(NodeAffinity { node, soft: false }) if node != id) {
+            return false;
+        }
+        self.position(id).is_some_and(|i| {
+            let n = &self.nodes[i];
+            n.schedulable && n.has_labels(&req.labels) && n.fits_total(&req.demand)
+        })
     }
 
     /// Checks a request's form and normalises it (custom resources sorted by name).
@@ -468,6 +485,11 @@ impl Scheduler {
     /// The queued requests, in priority order (the order [`Scheduler::place_queued`] tries them).
     pub fn queued(&self) -> impl Iterator<Item = &PlacementRequest> {
         self.queue.iter().map(|(_, r)| r)
+    }
+
+    /// A queued request, by its lease.
+    pub fn queued_request(&self, lease: LeaseId) -> Option<&PlacementRequest> {
+        self.queue.get(lease)
     }
 
     /// How many requests are queued.

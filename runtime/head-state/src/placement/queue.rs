@@ -39,6 +39,10 @@ impl PendingQueue {
         self.order.insert(key, req);
     }
 
+    pub(crate) fn get(&self, lease: LeaseId) -> Option<&PlacementRequest> {
+        self.order.get(self.by_lease.get(&lease)?)
+    }
+
     pub(crate) fn remove(&mut self, lease: LeaseId) -> Option<PlacementRequest> {
         let key = self.by_lease.remove(&lease)?;
         self.order.remove(&key)

@@ -19,8 +19,10 @@ use crate::placement::{Decision, Lease, PlacementError, PlacementRequest};
 /// The error a rejected placement is answered with.
 pub(super) fn rejection(e: PlacementError) -> RemoteError {
     // No node has the type at all: the request names something unknown.
+    // A malformed demand is the sender's mistake, whatever the cluster holds.
     let kind = match e {
         PlacementError::MissingLabel(_) => ErrorKind::Unknown,
+        _ if e.is_malformed() => ErrorKind::BadRequest,
         _ => ErrorKind::Infeasible,
     };
     RemoteError::new(kind, e.to_string())
@@ -62,6 +64,7 @@ impl HeadState {
             }
             Decision::Queued => {
                 tracing::debug!(%lease, "waiting for capacity");
+                self.tell_waiting(now, lease);
                 Ok(())
             }
             Decision::Rejected(e) => {
@@ -111,6 +114,7 @@ impl HeadState {
     /// A lease was granted: start what it is for.
     fn placed(&mut self, now: Instant, granted: Lease) {
         let lease = granted.id;
+        self.forget_stranded(lease);
         match self.work.get_mut(&lease) {
             Some(Work::Lease(l)) => {
                 l.phase = LeasePhase::Opening;
@@ -148,6 +152,7 @@ impl HeadState {
     pub(super) fn release(&mut self, now: Instant, lease: LeaseId) {
         let node = self.sched.lease(lease).map(|l| l.node);
         self.work.remove(&lease);
+        self.forget_stranded(lease);
         if self.sched.release(lease) {
             self.place_queued(now);
         } else {
@@ -255,6 +260,7 @@ impl HeadState {
         match phase {
             LeasePhase::Waiting => {
                 self.sched.cancel(lease);
+                self.forget_stranded(lease);
                 self.work.remove(&lease);
                 self.finish_lease(request, end, None);
             }
@@ -385,6 +391,7 @@ impl HeadState {
             Some(command) => self.out.push(crate::io::Effect::Cancel { command }),
             None => {
                 self.sched.cancel(lease);
+                self.forget_stranded(lease);
                 self.work.remove(&lease);
             }
         }
