@@ -79,6 +79,7 @@ impl HeadState {
     /// given up.
     pub(super) fn refuse_unplaceable(&mut self, now: Instant) {
         for (lease, e) in self.sched.take_unplaceable() {
+            self.forget_stranded(lease);
             let e = rejection(e);
             match self.work.remove(&lease) {
                 Some(Work::Lease(l)) => self.fail(l.request, e),
