@@ -28,6 +28,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         "a late ActorReady for a replaced incarnation stopped its successor on the same worker \
          (first found by seed 183)",
     ),
+    (
+        8,
+        "the simulation took a client's actors for owned when its going had not reached the          head before the head crashed (the head stopped them, rightly, as unclaimed)",
+    ),
 ];
 
 /// Runs `seed` and fails the test with the simulation's report if it fails.

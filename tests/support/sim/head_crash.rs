@@ -90,6 +90,10 @@ impl Sim {
         }
         for c in 0..self.clients.len() {
             if !self.clients[c].open {
+                // Its going may not have reached the head before the crash: its actors are
+                // then read back owned by a dead connection, for the new life to stop.
+                let owned: Vec<ActorId> = self.clients[c].actors.keys().copied().collect();
+                self.unowned.extend(owned);
                 continue;
             }
             self.clients[c].conn = self.new_conn(Peer::Client(c));
