@@ -23,7 +23,8 @@ mod simulation;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 pub use ember_core::proto::{CustomUsage, GpuUsage, NodeAffinity, NodeUsage, Strategy};
 pub use error::PlacementError;
@@ -34,7 +35,7 @@ use ember_core::resources::{
 };
 use index::NodeIndex;
 use node::NodeState;
-use queue::{PendingQueue, QueueKey};
+use queue::{PendingQueue, QueueKey, ShapeId};
 
 /// One request for resources: a task, an actor or a job asking to be placed.
 #[derive(
@@ -125,6 +126,17 @@ pub struct Scheduler {
     /// reference the differential test compares the index against.
     #[cfg(test)]
     choose_by_scan: bool,
+    /// Pass over the queue by trying every request ([`Scheduler::place_queued_by_walk`]), as
+    /// passes did before requests were grouped: the reference for the grouped pass.
+    #[cfg(test)]
+    walk_whole_queue: bool,
+    /// Requests that passes over the queue looked at, for tests of what a pass costs.
+    #[cfg(test)]
+    pub(crate) pass_visits: u64,
+    /// Attempts to place a request (each one query of the index, or of one node for an
+    /// affinity), for tests of what a pass costs.
+    #[cfg(test)]
+    pub(crate) tries: u64,
 }
 
 impl Scheduler {
@@ -133,12 +145,24 @@ impl Scheduler {
         Self::default()
     }
 
-    /// An empty cluster that chooses nodes by scanning them all, as placement did before the
-    /// index: the reference for the differential test.
+    /// An empty cluster that chooses nodes by scanning them all and passes over the queue by
+    /// trying every request, as placement did before the index and the grouped queue: the
+    /// reference for the differential test.
     #[cfg(test)]
     pub(crate) fn choosing_by_scan() -> Self {
         Scheduler {
             choose_by_scan: true,
+            walk_whole_queue: true,
+            ..Self::default()
+        }
+    }
+
+    /// An empty cluster that chooses through the index but passes over the queue by trying
+    /// every request, as passes did before the queue grouped requests.
+    #[cfg(test)]
+    pub(crate) fn walking_whole_queue() -> Self {
+        Scheduler {
+            walk_whole_queue: true,
             ..Self::default()
         }
     }
@@ -356,18 +380,81 @@ impl Scheduler {
     /// equals); a request that does not fit does not block smaller ones behind it. Call after
     /// [`release`](Scheduler::release), [`add_node`](Scheduler::add_node) or
     /// [`set_schedulable`](Scheduler::set_schedulable). Returns the new leases in the order placed.
+    ///
+    /// The result is exactly that of trying every queued request in turn, but the pass does
+    /// not walk the queue: requests are grouped by what decides whether they fit (demand,
+    /// labels, hard affinity), and since capacity only shrinks while a pass places, a group
+    /// is dropped at its first request that fits nowhere. A pass costs one attempt per group
+    /// plus one per request placed, whatever the queue's length. After it, no waiting request
+    /// fits anywhere, so a second pass at once places nothing.
     pub fn place_queued(&mut self) -> Vec<Lease> {
+        #[cfg(test)]
+        if self.walk_whole_queue {
+            return self.place_queued_by_walk();
+        }
         let mut placed = Vec::new();
         if self.queue.is_empty() || self.index.is_empty() {
             return placed;
         }
-        // Taken out while it is walked, so that placing can borrow the scheduler.
+        // Taken out while it is worked on, so that placing can borrow the scheduler.
+        let mut queue = std::mem::take(&mut self.queue);
+        // The first request of every group still in the pass, the earliest in queue order on
+        // top: popping it always gives the next request a walk of the whole queue would try
+        // among those not known to miss.
+        let mut heads: BinaryHeap<Reverse<(QueueKey, ShapeId)>> =
+            queue.heads().map(Reverse).collect();
+        let mut failed: Vec<(ResourceDemand, Vec<String>)> = Vec::new();
+        while let Some(Reverse((key, shape))) = heads.pop() {
+            #[cfg(test)]
+            {
+                self.pass_visits += 1;
+            }
+            let req = queue.get(&key).expect("a group's head is queued");
+            if failed
+                .iter()
+                .any(|(f, labels)| *labels == req.labels && dominates(&req.demand, f))
+            {
+                // Needs at least what missed everywhere in this pass: the whole group misses.
+                continue;
+            }
+            match self.try_place(req) {
+                Some(lease) => {
+                    self.leases.insert(lease.id, lease.clone());
+                    placed.push(lease);
+                    queue.remove_key(&key);
+                    if let Some(next) = queue.first_of(shape) {
+                        debug_assert_eq!(queue.shape_of(&next), Some(shape));
+                        heads.push(Reverse((next, shape)));
+                    }
+                }
+                None => {
+                    // The rest of the group needs the same and cannot fit either.
+                    let hard = matches!(req.affinity, Some(NodeAffinity { soft: false, .. }));
+                    if !hard && failed.len() < FAILED_SHAPES {
+                        failed.push((req.demand.clone(), req.labels.clone()));
+                    }
+                }
+            }
+        }
+        self.queue = queue;
+        placed
+    }
+
+    /// [`Scheduler::place_queued`] as it was before groups: tries every queued request in
+    /// queue order. The reference the differential test compares the grouped pass against.
+    #[cfg(test)]
+    fn place_queued_by_walk(&mut self) -> Vec<Lease> {
+        let mut placed = Vec::new();
+        if self.queue.is_empty() || self.index.is_empty() {
+            return placed;
+        }
         let queue = std::mem::take(&mut self.queue);
         let mut to_remove: Vec<QueueKey> = Vec::new();
         // Demands that fitted nowhere during this pass: capacity only shrinks while it runs,
         // so any request needing at least as much of everything cannot fit either.
         let mut failed: Vec<(ResourceDemand, Vec<String>)> = Vec::new();
         for (key, req) in queue.iter() {
+            self.pass_visits += 1;
             if failed
                 .iter()
                 .any(|(f, labels)| *labels == req.labels && dominates(&req.demand, f))
@@ -415,6 +502,13 @@ impl Scheduler {
         self.queue.len()
     }
 
+    /// How many groups the queued requests form: requests of one group have the same demand,
+    /// labels and hard affinity, so they fit exactly the same nodes. A pass over the queue
+    /// ([`Scheduler::place_queued`]) makes at most one attempt per group beyond what it places.
+    pub fn queued_groups(&self) -> usize {
+        self.queue.shape_count()
+    }
+
     /// The nodes, in id order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.nodes.iter().map(|n| n.id)
@@ -458,6 +552,10 @@ impl Scheduler {
     /// the node its strategy prefers among those where it fits now (hard affinity: only that
     /// node).
     fn try_place(&mut self, req: &PlacementRequest) -> Option<Lease> {
+        #[cfg(test)]
+        {
+            self.tries += 1;
+        }
         let d = &req.demand;
         let i = match req.affinity {
             Some(NodeAffinity { node, soft }) => {
