@@ -25,6 +25,7 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 pub use ember_core::proto::{CustomUsage, GpuUsage, NodeAffinity, NodeUsage, Strategy};
 pub use error::PlacementError;
@@ -110,6 +111,35 @@ pub enum Decision {
     Rejected(PlacementError),
 }
 
+/// A map keyed by ids, hashed with [`IdHasher`].
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes ids for the scheduler's maps with one multiply (a Fibonacci hash) instead of SipHash.
+/// Lease ids are chosen by the head, not by whoever asks, and nothing depends on the order in
+/// which these maps iterate.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        // The multiply mixes upwards; fold the high bits down for the bucket index.
+        self.0 ^ (self.0 >> 32)
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Most distinct failed demands remembered during one [`Scheduler::place_queued`] pass.
 const FAILED_SHAPES: usize = 32;
 
@@ -118,9 +148,12 @@ const FAILED_SHAPES: usize = 32;
 pub struct Scheduler {
     /// Sorted by id, each id once.
     nodes: Vec<NodeState>,
+    /// The ids of `nodes`, in the same order: looking a node up searches these, which lie
+    /// close together, rather than the nodes themselves.
+    ids: Vec<NodeId>,
     /// The schedulable nodes by usage, for choosing among them without a scan.
     index: NodeIndex,
-    leases: HashMap<LeaseId, Lease>,
+    leases: IdMap<LeaseId, Lease>,
     queue: PendingQueue,
     /// Choose by scanning every node ([`choose_linear`]) instead of through the index: the
     /// reference the differential test compares the index against.
@@ -168,19 +201,20 @@ impl Scheduler {
     }
 
     fn position(&self, id: NodeId) -> Option<usize> {
-        self.nodes.binary_search_by_key(&id, |n| n.id).ok()
+        self.ids.binary_search(&id).ok()
     }
 
     /// Adds a node with all its capacity free, schedulable. Adding an id that is already
     /// present does nothing (ids are never reused: a worker that rejoins gets a new one).
     /// Call [`Scheduler::place_queued`] afterwards to place what was waiting.
     pub fn add_node(&mut self, id: NodeId, resources: NodeResources) {
-        match self.nodes.binary_search_by_key(&id, |n| n.id) {
+        match self.ids.binary_search(&id) {
             Ok(_) => {}
             Err(i) => {
                 let node = NodeState::new(id, resources);
                 self.index.insert(&node);
                 self.nodes.insert(i, node);
+                self.ids.insert(i, id);
             }
         }
     }
@@ -192,6 +226,7 @@ impl Scheduler {
             return Vec::new();
         };
         let node = self.nodes.remove(i);
+        self.ids.remove(i);
         if node.schedulable {
             self.index.remove(&node);
         }
@@ -605,6 +640,9 @@ impl Scheduler {
     pub fn check_invariants(&self) -> Result<(), String> {
         if !self.nodes.windows(2).all(|w| w[0].id < w[1].id) {
             return Err("nodes are not sorted by id, each once".into());
+        }
+        if !self.ids.iter().copied().eq(self.nodes.iter().map(|n| n.id)) {
+            return Err("the ids of the nodes are stale".into());
         }
         let mut cpu = vec![0u64; self.nodes.len()];
         let mut count = vec![0usize; self.nodes.len()];

@@ -11,9 +11,9 @@
 //! queue would, and skips only requests that such a walk would have found not to fit.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{NodeAffinity, PlacementRequest};
+use super::{IdMap, NodeAffinity, PlacementRequest};
 use ember_core::ids::{LeaseId, NodeId};
 
 /// Where a request sits in the queue: priority (higher first), then arrival.
@@ -74,7 +74,7 @@ struct ShapeSlot {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PendingQueue {
     order: BTreeMap<QueueKey, Waiting>,
-    by_lease: HashMap<LeaseId, QueueKey>,
+    by_lease: IdMap<LeaseId, QueueKey>,
     /// Slots of shapes; those listed in `vacant` have no members.
     shapes: Vec<ShapeSlot>,
     vacant: Vec<ShapeId>,
