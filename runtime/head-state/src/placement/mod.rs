@@ -140,6 +140,9 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Most nodes listed as grown between passes; past it, a pass asks the index for every group.
+const GROWN_LISTED: usize = 64;
+
 /// Most distinct failed demands remembered during one [`Scheduler::place_queued`] pass.
 const FAILED_SHAPES: usize = 32;
 
@@ -155,6 +158,13 @@ pub struct Scheduler {
     index: NodeIndex,
     leases: IdMap<LeaseId, Lease>,
     queue: PendingQueue,
+    /// The nodes whose free capacity grew (a release, a join, a return from draining) since
+    /// the last pass over the queue, each once (its `grown` flag set), unless more than
+    /// [`GROWN_LISTED`] did (`grown_overflow`). After a pass nothing that waits fits anywhere,
+    /// and a request is queued only when it fits nowhere, so a waiting request can fit now
+    /// only on a node listed here: the pass asks these nodes before it asks the index.
+    grown: Vec<NodeId>,
+    grown_overflow: bool,
     /// Choose by scanning every node ([`choose_linear`]) instead of through the index: the
     /// reference the differential test compares the index against.
     #[cfg(test)]
@@ -215,6 +225,7 @@ impl Scheduler {
                 self.index.insert(&node);
                 self.nodes.insert(i, node);
                 self.ids.insert(i, id);
+                self.note_growth(i);
             }
         }
     }
@@ -258,9 +269,54 @@ impl Scheduler {
         node.schedulable = schedulable;
         if schedulable {
             self.index.insert(node);
+            self.note_growth(i);
         } else {
             self.index.remove(node);
         }
+    }
+
+    /// Lists a node whose free capacity grew since the last pass (see `Scheduler::grown`).
+    fn note_growth(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.grown || self.grown_overflow {
+            return;
+        }
+        if self.grown.len() >= GROWN_LISTED {
+            self.grown_overflow = true;
+            return;
+        }
+        node.grown = true;
+        self.grown.push(node.id);
+    }
+
+    /// Empties the list of grown nodes: called when a pass ends, after which nothing that
+    /// waits fits anywhere.
+    fn forget_growth(&mut self) {
+        for id in std::mem::take(&mut self.grown) {
+            if let Some(i) = self.position(id) {
+                self.nodes[i].grown = false;
+            }
+        }
+        self.grown_overflow = false;
+    }
+
+    /// Whether a request could fit now on some node whose capacity grew since the last pass;
+    /// when not, it fits nowhere (see `Scheduler::grown`). True when too many grew to list.
+    fn fits_some_grown(&self, req: &PlacementRequest) -> bool {
+        if self.grown_overflow {
+            return true;
+        }
+        let pinned = match req.affinity {
+            Some(NodeAffinity { node, soft: false }) => Some(node),
+            _ => None,
+        };
+        self.grown.iter().any(|&id| {
+            pinned.is_none_or(|p| p == id)
+                && self.position(id).is_some_and(|i| {
+                    let n = &self.nodes[i];
+                    n.schedulable && n.has_labels(&req.labels) && n.fits_now(&req.demand)
+                })
+        })
     }
 
     /// Places now if it fits somewhere; queues if some schedulable node's total capacity could
@@ -381,6 +437,7 @@ impl Scheduler {
             let usage_before = node.usage_key;
             node.free(&l.allocation);
             self.index.update(usage_before, node);
+            self.note_growth(i);
         }
         true
     }
@@ -419,16 +476,23 @@ impl Scheduler {
     /// The result is exactly that of trying every queued request in turn, but the pass does
     /// not walk the queue: requests are grouped by what decides whether they fit (demand,
     /// labels, hard affinity), and since capacity only shrinks while a pass places, a group
-    /// is dropped at its first request that fits nowhere. A pass costs one attempt per group
-    /// plus one per request placed, whatever the queue's length. After it, no waiting request
-    /// fits anywhere, so a second pass at once places nothing.
+    /// is dropped at its first request that fits nowhere. And since after a pass no waiting
+    /// request fits anywhere, a group can fit only on a node whose capacity grew since (a
+    /// release, a join, a return from draining): it is asked of those nodes first, and the
+    /// index only when one of them has room. A pass costs one look per group plus one attempt
+    /// per request placed, whatever the queue's length; a second pass at once asks nothing.
     pub fn place_queued(&mut self) -> Vec<Lease> {
         #[cfg(test)]
         if self.walk_whole_queue {
-            return self.place_queued_by_walk();
+            let placed = self.place_queued_by_walk();
+            self.forget_growth();
+            return placed;
         }
         let mut placed = Vec::new();
-        if self.queue.is_empty() || self.index.is_empty() {
+        if self.queue.is_empty() || self.index.is_empty() || self.grown.is_empty() {
+            // Nothing waits, nothing is schedulable, or nothing grew since the last pass
+            // (or since the requests that wait were found not to fit).
+            self.forget_growth();
             return placed;
         }
         // Taken out while it is worked on, so that placing can borrow the scheduler.
@@ -452,6 +516,10 @@ impl Scheduler {
                 // Needs at least what missed everywhere in this pass: the whole group misses.
                 continue;
             }
+            if !self.fits_some_grown(req) {
+                // It missed everywhere before, and no node where it did not has grown since.
+                continue;
+            }
             match self.try_place(req) {
                 Some(lease) => {
                     self.leases.insert(lease.id, lease.clone());
@@ -472,6 +540,7 @@ impl Scheduler {
             }
         }
         self.queue = queue;
+        self.forget_growth();
         placed
     }
 
@@ -643,6 +712,45 @@ impl Scheduler {
         }
         if !self.ids.iter().copied().eq(self.nodes.iter().map(|n| n.id)) {
             return Err("the ids of the nodes are stale".into());
+        }
+        let listed = self
+            .grown
+            .iter()
+            .filter(|&&id| self.position(id).is_some())
+            .count();
+        if self.grown.len() > GROWN_LISTED
+            || self
+                .grown
+                .iter()
+                .any(|&id| self.position(id).is_some_and(|i| !self.nodes[i].grown))
+            || self.nodes.iter().filter(|n| n.grown).count() != listed
+        {
+            return Err("the list of grown nodes and their flags disagree".into());
+        }
+        if !self.queue.is_empty() && !self.grown_overflow {
+            // Nothing that waits fits on a node that has not grown since the last pass. The
+            // requests of a group fit the same nodes: one of each stands for its group.
+            let mut heads = self
+                .queue
+                .heads()
+                .filter_map(|(key, _)| self.queue.get(&key));
+            if let Some(r) = heads.find(|r| {
+                self.nodes.iter().any(|n| {
+                    !n.grown
+                        && n.schedulable
+                        && n.has_labels(&r.labels)
+                        && n.fits_now(&r.demand)
+                        && match r.affinity {
+                            Some(NodeAffinity { node, soft: false }) => node == n.id,
+                            _ => true,
+                        }
+                })
+            }) {
+                return Err(format!(
+                    "{} waits and fits on a node that has not grown since the last pass",
+                    r.lease
+                ));
+            }
         }
         let mut cpu = vec![0u64; self.nodes.len()];
         let mut count = vec![0usize; self.nodes.len()];

@@ -574,7 +574,8 @@ fn adopting_claims_exactly_a_free_allocation_and_nothing_twice() {
 
 /// 100 full nodes and 100,000 requests waiting, of five shapes at two priorities. A pass after
 /// one release looks at no more requests than it places plus one per shape, where a walk of
-/// the queue looks at them all, and both place exactly the same.
+/// the queue looks at them all, and both place exactly the same. A pass after capacity grew
+/// only where nothing fits asks the index nothing.
 #[test]
 fn a_pass_after_a_release_costs_what_it_places_not_the_queue_length() {
     let mut s = Scheduler::new();
@@ -659,10 +660,22 @@ fn a_pass_after_a_release_costs_what_it_places_not_the_queue_length() {
                 .eq(walk.queued().map(|r| r.lease)),
             "pass {pass} left a different queue"
         );
-        // What waits fits nowhere now: a second pass places nothing.
+        // What waits fits nowhere now: a second pass places nothing, and asks nothing.
+        s.tries = 0;
         assert!(s.place_queued().is_empty());
+        assert_eq!(s.tries, 0);
         s.check_invariants().unwrap();
     }
+
+    // Node 8 drains and comes back, full: it grew, but nothing fits on it, so a pass places
+    // nothing without asking the index.
+    s.set_schedulable(NodeId(8), false);
+    s.set_schedulable(NodeId(8), true);
+    (s.pass_visits, s.tries) = (0, 0);
+    assert!(s.place_queued().is_empty());
+    assert_eq!(s.tries, 0);
+    assert!(s.pass_visits <= 5);
+    s.check_invariants().unwrap();
 }
 
 /// Like [`placed`], without checking every invariant after each request.
