@@ -1,10 +1,15 @@
 //! Batch jobs through the `ember` command-line tool against a real cluster: output, GPU
-//! index and node id reach the terminal, the job's exit code becomes the tool's, and an
-//! infeasible job fails at once.
+//! index and node id reach the terminal, the job's exit code becomes the tool's, an
+//! infeasible job fails at once, needs without GPUs are refused, and a waiting job says why
+//! (and fails at its pending timeout once its only fitting node left, unless one joins).
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use ember::Cluster;
 use ember_tests::{ember_exe, gpus_in_use, run_cli, until, within, TestCluster, WorkerSpec};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_submit_streams_output_and_exit_code() {
@@ -86,4 +91,195 @@ async fn a_job_whose_client_dies_is_stopped_before_its_gpus_are_freed() {
         started.elapsed() < Duration::from_secs(25),
         "the job ran on after its client died"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_submit_refuses_an_accelerator_or_gpu_memory_without_gpus() {
+    let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
+    for (flag, value, needs) in [
+        ("--accelerator", "L4", "accelerator needs gpus"),
+        ("--gpu-memory", "40GiB", "gpu_memory needs gpus"),
+    ] {
+        let mut cmd = tokio::process::Command::new(ember_exe());
+        cmd.args(["job", "submit", "--cluster"])
+            .arg(tc.state_dir())
+            .args([flag, value, "--", "true"]);
+        let (code, stdout, stderr) = run_cli(cmd).await;
+        assert_ne!(code, 0, "{flag} without --gpus must be refused");
+        assert!(stdout.is_empty(), "nothing ran: {stdout}");
+        assert!(
+            stderr.contains(needs) && stderr.contains("--gpus 1"),
+            "{flag}: {stderr}"
+        );
+    }
+    let status = within("status", cluster.status()).await.expect("status");
+    assert!(status.jobs.is_empty() && status.queue.is_empty());
+}
+
+/// `ember job submit` running in the background, its standard error read line by line.
+struct Submitted {
+    child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Submitted {
+    fn start(tc: &TestCluster, args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(ember_exe())
+            .args(["job", "submit", "--cluster"])
+            .arg(tc.state_dir())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ember job submit");
+        let (send, lines) = mpsc::unbounded_channel();
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Submitted {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line of its standard error that contains `text`.
+    async fn line_with(&mut self, text: &str) -> String {
+        let what = format!("ember job submit to print a line with {text:?}");
+        let line = within(&what, async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if line.contains(text) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        line.unwrap_or_else(|| panic!("no line with {text:?} in {:#?}", self.seen))
+    }
+
+    /// Its exit code and the rest of its standard error.
+    async fn exit(mut self) -> (i32, String) {
+        let status = within("ember job submit to exit", self.child.wait())
+            .await
+            .expect("wait");
+        while let Some(line) = within("its standard error to end", self.lines.recv()).await {
+            self.seen.push(line);
+        }
+        (status.code().unwrap_or(-1), self.seen.join("\n"))
+    }
+}
+
+/// One A100 worker running a long A100 job and one H100 worker; a second A100 job waits for
+/// capacity and says so, and `ember status` shows why it waits. Returns both jobs' clients
+/// (the first one's job stops if its client goes).
+async fn second_a100_job_waits(
+    pending_timeout: &str,
+) -> (TestCluster, Cluster, Submitted, Submitted) {
+    let (tc, cluster) = TestCluster::with_workers(&[
+        WorkerSpec::gpus(1, "A100", "80GiB"),
+        WorkerSpec::gpus(1, "H100", "80GiB"),
+    ])
+    .await;
+    let mut first = Submitted::start(
+        &tc,
+        &["--gpus", "1", "--accelerator", "A100", "--", "sleep", "60"],
+    );
+    first.line_with("running on").await;
+    let mut second = Submitted::start(
+        &tc,
+        &[
+            "--gpus",
+            "1",
+            "--accelerator",
+            "A100",
+            "--pending-timeout",
+            pending_timeout,
+            "--",
+            "sh",
+            "-c",
+            "echo ran on $EMBER_NODE_ID",
+        ],
+    );
+    let line = second.line_with("job waiting").await;
+    assert!(
+        line.contains("waiting for resources: no live node has gpus=1, accelerator=A100 free now"),
+        "{line}"
+    );
+    let mut cmd = tokio::process::Command::new(ember_exe());
+    cmd.args(["status", "--cluster"]).arg(tc.state_dir());
+    let (code, stdout, stderr) = run_cli(cmd).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("QUEUE (1)") && stdout.contains("waiting for resources: no live node has"),
+        "{stdout}"
+    );
+    (tc, cluster, first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_only_fitting_worker_dies_says_why_and_fails_at_its_pending_timeout() {
+    let (mut tc, cluster, first, mut second) = second_a100_job_waits("3s").await;
+    tc.kill_worker("w0");
+    let (code, stderr) = first.exit().await;
+    assert_ne!(code, 0, "the first job went with its worker: {stderr}");
+    let line = second.line_with("infeasible").await;
+    let died = Instant::now();
+    assert!(
+        line.contains(
+            "job waiting: infeasible: no GPU has accelerator type A100 (the cluster has: H100)"
+        ) && line.contains("unless a node that fits joins"),
+        "{line}"
+    );
+    let cluster = &cluster;
+    until("status to show the job infeasible", || async move {
+        let status = within("status", cluster.status()).await.expect("status");
+        status.queue.len() == 1
+            && status.queue[0].fails_in_ms.is_some()
+            && status.queue[0]
+                .waiting
+                .as_deref()
+                .is_some_and(|w| w.starts_with("infeasible: no GPU has accelerator type A100"))
+    })
+    .await;
+
+    let (code, stderr) = second.exit().await;
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("no live node can hold it: no GPU has accelerator type A100")
+            && stderr.contains("within 3000 ms"),
+        "{stderr}"
+    );
+    let waited = died.elapsed();
+    assert!(
+        waited > Duration::from_millis(2000),
+        "failed {waited:?} after its node left, before its 3 s"
+    );
+    let status = within("status", cluster.status()).await.expect("status");
+    assert!(status.queue.is_empty(), "{:?}", status.queue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranded_job_runs_on_a_fitting_worker_that_joins_in_time() {
+    let (mut tc, cluster, _first, mut second) = second_a100_job_waits("60s").await;
+    tc.kill_worker("w0");
+    second
+        .line_with("infeasible: no GPU has accelerator type A100")
+        .await;
+    tc.add_worker("w2", &WorkerSpec::gpus(1, "A100", "80GiB"));
+    tc.wait_for_nodes(&cluster, 2).await;
+    let node = tc.node_id(&cluster, "w2").await;
+    let line = second.line_with("running on").await;
+    assert!(line.contains(&node), "{line}");
+    let (code, stderr) = second.exit().await;
+    assert_eq!(code, 0, "{stderr}");
 }

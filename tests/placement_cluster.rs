@@ -1,7 +1,8 @@
 //! Placement across real processes: a head and three workers (A: 2×H100 80 GiB, B: 1×L4
 //! 24 GiB, C: no GPU) on 127.0.0.1. Tasks and actors land where their needs say, fractional
 //! actors pack onto one GPU, infeasible requests fail at once, queued requests run when
-//! capacity frees or a worker joins, and `ember status --json` shows the cluster.
+//! capacity frees or a worker joins (or fail at their pending timeout once no worker left
+//! could hold them), and `ember status --json` shows the cluster.
 
 use std::time::{Duration, Instant};
 
@@ -298,4 +299,75 @@ async fn a_running_task_keeps_its_gpus_after_its_client_leaves() {
     })
     .await;
     assert!(started.elapsed() >= Duration::from_secs(6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_and_a_task_left_with_no_fitting_worker_fail_at_their_pending_timeout() {
+    let (mut tc, cluster) = TestCluster::with_workers(&[
+        WorkerSpec::gpus(1, "A100", "80GiB"),
+        WorkerSpec::gpus(1, "H100", "80GiB"),
+    ])
+    .await;
+    let a100 = || {
+        Options::new()
+            .gpus(1.0)
+            .accelerator("A100")
+            .pending_timeout(Duration::from_secs(2))
+    };
+    let _blocker = within(
+        "spawning the actor that holds the A100",
+        cluster.spawn(Counter::remote(0).with(|o| o.gpus(1.0).accelerator("A100"))),
+    )
+    .await
+    .expect("spawn on the A100");
+    let c = cluster.clone();
+    let spawn = tokio::spawn(async move {
+        let counter = Counter::remote(1).with(|o| {
+            o.gpus(1.0)
+                .accelerator("A100")
+                .pending_timeout(Duration::from_secs(2))
+        });
+        c.spawn(counter).await.map(|_| ())
+    });
+    let task = spawn_run(&cluster, tasks::whole_gpu::remote().options(a100()));
+    wait_for_queue(&cluster, 2).await;
+    let status = within("status", cluster.status()).await.expect("status");
+    for w in &status.queue {
+        assert!(
+            w.waiting
+                .as_deref()
+                .is_some_and(|r| r.starts_with("waiting for resources: no live node has")),
+            "{w:?}"
+        );
+    }
+
+    tc.kill_worker("w0");
+    let cluster_ref = &cluster;
+    until("both to be shown infeasible", || async move {
+        let status = within("status", cluster_ref.status())
+            .await
+            .expect("status");
+        status.queue.len() == 2
+            && status.queue.iter().all(|w| {
+                w.fails_in_ms.is_some()
+                    && w.waiting.as_deref().is_some_and(|r| {
+                        r.starts_with("infeasible: no GPU has accelerator type A100")
+                    })
+            })
+    })
+    .await;
+    let spawned = within("the spawn to fail", spawn).await.expect("join");
+    let ran = within("the task to fail", task).await.expect("join");
+    for (what, e) in [
+        ("spawn", spawned.expect_err("no A100 is left")),
+        ("task", ran.map(|_| ()).expect_err("no A100 is left")),
+    ] {
+        assert_eq!(e.kind(), Some(ember::ErrorKind::Infeasible), "{what}: {e}");
+        assert!(
+            e.to_string()
+                .contains("no live node can hold it: no GPU has accelerator type A100")
+                && e.to_string().contains("within 2000 ms"),
+            "{what}: {e}"
+        );
+    }
 }

@@ -284,6 +284,8 @@ enum Lost {
     Process,
 }
 
+/// A head that went away is none of these: the head is not on a call's path, and a request
+/// to it ([`Error::HeadUnreachable`], [`Error::HeadLost`]) says nothing of the actor's process.
 fn lost(e: &Error) -> Lost {
     match e {
         Error::Remote(r) if r.kind == ErrorKind::Moved => Lost::Moved,

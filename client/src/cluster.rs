@@ -11,14 +11,16 @@ use ember_core::ids::{ActorId, JobId, NodeId};
 use ember_core::proto::ClusterStatus;
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorSpec, CallReply, ClientReply, ClientRequest, ErrorKind,
-    FrameError, JobEvent, JobSpec, RemoteError, Wire, MAX_FRAME,
+    FrameError, JobEvent, JobSpec, RemoteError, WaitReason, Wire, MAX_FRAME,
 };
 use ember_core::resources::Allocation;
-use ember_core::security::{connect_client, ClusterFile, ConnectError, Fingerprint};
+use ember_core::security::{connect_client, ClusterFile, Fingerprint};
 
 use crate::actor::MAX_CALL_ARGS;
 use crate::actor::{ActorRef, Caller, RemoteActor};
 use crate::call::{ActorSpawn, TaskCall, TaskRef};
+use crate::claims::OwnedActors;
+use crate::head_link::{connect_error, ConnectOptions, HeadLink, HeadLinkStatus};
 use crate::leases::{TaskLeases, TaskRun};
 #[cfg(feature = "local")]
 use crate::local::LocalCluster;
@@ -30,15 +32,30 @@ use ember_core::host::host_id;
 use ember_core::proto::ActorLocation;
 
 /// A connected cluster. Cheap to clone; every clone shares one connection.
+///
+/// The connection to the head is opened again when it is lost (the head restarted), for
+/// [`ConnectOptions::head_wait`]: requests wait for it, actor handles keep working, and the
+/// actors this client owns are claimed again from the head's next life.
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
 }
 
+/// A [`Cluster`] that does not keep it alive.
+#[derive(Clone)]
+pub(crate) struct WeakCluster(std::sync::Weak<Inner>);
+
+impl WeakCluster {
+    /// The cluster, while a clone of it lives.
+    pub(crate) fn upgrade(&self) -> Option<Cluster> {
+        self.0.upgrade().map(|inner| Cluster { inner })
+    }
+}
+
 struct Inner {
-    endpoint: quinn::Endpoint,
-    head: quinn::Connection,
+    link: Arc<HeadLink>,
     file: ClusterFile,
+    owned: OwnedActors,
     peers: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
     #[cfg(feature = "local")]
     local: std::sync::Mutex<Option<LocalCluster>>,
@@ -48,7 +65,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.head.close(0u32.into(), b"client done");
+        self.link.close();
     }
 }
 
@@ -99,8 +116,15 @@ impl Job {
 }
 
 impl Cluster {
-    /// Connects to the cluster a cluster file describes.
+    /// Connects to the cluster a cluster file describes, riding through a restart of its head
+    /// for 60 s (see [`Cluster::connect_with`]).
     pub async fn connect(file: ClusterFile) -> Result<Self, Error> {
+        Cluster::connect_with(file, ConnectOptions::default()).await
+    }
+
+    /// Connects to the cluster a cluster file describes, waiting for its head and riding
+    /// through its restarts as `options` say.
+    pub async fn connect_with(file: ClusterFile, options: ConnectOptions) -> Result<Self, Error> {
         let bind: SocketAddr = if file.address.is_ipv6() {
             "[::]:0".parse().expect("a valid address")
         } else {
@@ -110,19 +134,22 @@ impl Cluster {
             addr: file.address.to_string(),
             reason: e.to_string(),
         })?;
-        let head = open(&endpoint, file.address, file.fingerprint, &file.token).await?;
-        Ok(Cluster {
+        let link = Arc::new(HeadLink::connect(endpoint, file.clone(), options).await?);
+        let cluster = Cluster {
             inner: Arc::new(Inner {
-                endpoint,
-                head,
+                link: link.clone(),
                 file,
+                owned: OwnedActors::default(),
                 peers: tokio::sync::Mutex::new(HashMap::new()),
                 #[cfg(feature = "local")]
                 local: std::sync::Mutex::new(None),
                 same_host_calls: AtomicBool::new(true),
                 leases: Arc::default(),
             }),
-        })
+        };
+        let weak = WeakCluster(Arc::downgrade(&cluster.inner));
+        tokio::spawn(crate::claims::keep(link, weak));
+        Ok(cluster)
     }
 
     /// Connects to the cluster found at `path` (a state directory or cluster file), else through
@@ -203,6 +230,7 @@ impl Cluster {
             ClientReply::Error(e) => return Err(e.into()),
             other => return Err(unexpected(other)),
         };
+        self.inner.owned.insert(location.actor);
         let caller = self.caller(&location).await?;
         Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
     }
@@ -215,41 +243,76 @@ impl Cluster {
     /// stopped.
     pub async fn actor<H: RemoteActor>(&self, id: ActorId) -> Result<H, Error> {
         let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
+        self.inner.owned.insert(id);
         let caller = self.caller(&location).await?;
         Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
     }
 
-    /// Runs a command as a batch job on a worker chosen by placement.
+    /// Runs a command as a batch job on a worker chosen by placement. Returns once it started;
+    /// while it waits for a node, see [`Cluster::submit_job_watching`] to learn why.
     pub async fn submit_job(
         &self,
         command: Vec<String>,
         env: Vec<(String, String)>,
         options: Options,
     ) -> Result<Job, Error> {
+        self.submit_job_watching(command, env, options, |_| {})
+            .await
+    }
+
+    /// Like [`Cluster::submit_job`], calling `waiting` with the reason each time the job
+    /// starts waiting or its reason changes: waiting for capacity, or infeasible (no live node
+    /// could ever hold it, naming what is missing, with the time left before it fails).
+    pub async fn submit_job_watching(
+        &self,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        options: Options,
+        mut waiting: impl FnMut(&WaitReason),
+    ) -> Result<Job, Error> {
         let spec = JobSpec {
             command,
             env,
             placement: options.placement()?,
         };
-        let (mut send, mut recv) = self.open_head_stream().await?;
-        write_frame(&mut send, &ClientRequest::SubmitJob(spec)).await?;
-        match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await? {
-            Some(ClientReply::Job(JobEvent::Started {
-                job,
-                node,
-                allocation,
-            })) => Ok(Job {
-                id: job,
-                node,
-                allocation,
-                _send: send,
-                recv,
-            }),
-            Some(ClientReply::Error(e)) => Err(e.into()),
-            Some(other) => Err(unexpected(other)),
-            None => Err(Error::ConnectionLost(
-                "the head closed the job's stream".into(),
-            )),
+        let req = ClientRequest::SubmitJob(spec);
+        let (mut send, mut recv, generation) = self.open_head_stream().await?;
+        if let Err(e) = write_frame(&mut send, &req).await {
+            return Err(if self.head_lost(generation) {
+                self.inner.link.lost_during(&req)
+            } else {
+                e.into()
+            });
+        }
+        loop {
+            let reply = match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await {
+                Err(_) | Ok(None) if self.head_lost(generation) => {
+                    return Err(self.inner.link.lost_during(&req))
+                }
+                other => other?,
+            };
+            return match reply {
+                Some(ClientReply::Job(JobEvent::Waiting(why))) => {
+                    waiting(&why);
+                    continue;
+                }
+                Some(ClientReply::Job(JobEvent::Started {
+                    job,
+                    node,
+                    allocation,
+                })) => Ok(Job {
+                    id: job,
+                    node,
+                    allocation,
+                    _send: send,
+                    recv,
+                }),
+                Some(ClientReply::Error(e)) => Err(e.into()),
+                Some(other) => Err(unexpected(other)),
+                None => Err(Error::ConnectionLost(
+                    "the head closed the job's stream".into(),
+                )),
+            };
         }
     }
 
@@ -285,7 +348,7 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        self.inner.head.close(0u32.into(), b"client done");
+        self.inner.link.close();
         #[cfg(feature = "local")]
         if let Some(local) = local {
             local.shutdown().await;
@@ -294,7 +357,10 @@ impl Cluster {
 
     pub(crate) async fn kill_actor(&self, actor: ActorId) -> Result<(), Error> {
         match self.request(&ClientRequest::KillActor { actor }).await? {
-            ClientReply::ActorKilled => Ok(()),
+            ClientReply::ActorKilled => {
+                self.inner.owned.remove(actor);
+                Ok(())
+            }
             ClientReply::Error(e) => Err(e.into()),
             other => Err(unexpected(other)),
         }
@@ -377,26 +443,35 @@ impl Cluster {
         }
     }
 
+    /// A stream to the head (waiting for it to come back when it was lost), and the
+    /// generation of the connection it is on, for [`Cluster::head_lost`].
     pub(crate) async fn open_head_stream(
         &self,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
-        self.inner
-            .head
-            .open_bi()
-            .await
-            .map_err(|e| Error::ConnectionLost(e.to_string()))
+    ) -> Result<(quinn::SendStream, quinn::RecvStream, u64), Error> {
+        self.inner.link.open_stream().await
     }
 
-    /// One request to the head and its one reply.
+    /// True when connection `generation` to the head is known to be gone: a stream on it
+    /// ended because the head went away.
+    pub(crate) fn head_lost(&self, generation: u64) -> bool {
+        self.inner.link.lost_connection(generation)
+    }
+
+    /// One request to the head and its one reply, through the link that rides through the
+    /// head's restarts.
     async fn request(&self, req: &ClientRequest) -> Result<ClientReply, Error> {
-        let (mut send, mut recv) = self.open_head_stream().await?;
-        write_frame(&mut send, req).await?;
-        let _ = send.finish();
-        read_frame::<_, ClientReply>(&mut recv, MAX_FRAME)
-            .await?
-            .ok_or_else(|| {
-                Error::ConnectionLost("the head closed the stream without a reply".into())
-            })
+        self.inner.link.request(req).await
+    }
+
+    /// What this client knows of its connection to the head: since when it is lost, when it
+    /// came back.
+    pub fn head_link(&self) -> HeadLinkStatus {
+        self.inner.link.status()
+    }
+
+    /// The actors this client owns, to be claimed again from the head's next life.
+    pub(crate) fn owned_actors(&self) -> Vec<ActorId> {
+        self.inner.owned.list()
     }
 
     /// Calls to actors on this machine go through their Unix sockets (the default) or, when
@@ -445,34 +520,17 @@ impl Cluster {
             addr: addr.to_string(),
             reason: "not a socket address".into(),
         })?;
-        let conn = open(
-            &self.inner.endpoint,
+        let conn = connect_client(
+            self.inner.link.endpoint(),
             sock,
             fingerprint,
             &self.inner.file.token,
         )
-        .await?;
+        .await
+        .map_err(connect_error)?;
         peers.insert(addr.to_string(), conn.clone());
         Ok(conn)
     }
-}
-
-/// Connects, pins the certificate, and says hello with the token.
-async fn open(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    fingerprint: Fingerprint,
-    token: &str,
-) -> Result<quinn::Connection, Error> {
-    connect_client(endpoint, addr, fingerprint, token)
-        .await
-        .map_err(|e| match e {
-            ConnectError::Unreachable { addr, reason } => Error::Connect { addr, reason },
-            ConnectError::Refused { addr, reason } => Error::Connect {
-                addr,
-                reason: format!("refused: {reason}"),
-            },
-        })
 }
 
 fn bad_args(reason: String) -> Error {

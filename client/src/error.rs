@@ -23,6 +23,28 @@ pub enum Error {
     /// The connection broke during a request.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
+    /// The head could not be reached for the whole time this client waits for it
+    /// ([`ConnectOptions`](crate::ConnectOptions)).
+    #[error("the head at {addr} has been unreachable since {}", crate::head_link::since_text(*since, std::time::SystemTime::now()))]
+    HeadUnreachable {
+        /// The head's address.
+        addr: String,
+        /// Since when (wall-clock time): when the connection was lost, or when this client
+        /// began trying to connect.
+        since: std::time::SystemTime,
+    },
+    /// The head went away after a request that must not run twice was sent (creating an
+    /// actor, a job, a kill, a drain, ...): it may or may not have been carried out.
+    #[error(
+        "the head at {addr} went away during the request ({request}); it may or may not have \
+         been carried out"
+    )]
+    HeadLost {
+        /// The head's address.
+        addr: String,
+        /// What was asked.
+        request: String,
+    },
     /// A message could not be read or written.
     #[error("protocol error: {0}")]
     Protocol(#[from] FrameError),

@@ -57,7 +57,10 @@ pub(crate) struct Lease {
 /// What the head has said of a lease, on the lease's stream.
 #[derive(Clone, Copy, Debug, Default)]
 struct LeaseState {
-    /// The lease takes no more tasks: the head took it back or lost its worker.
+    /// The lease takes no more tasks: the head took it back or lost its worker, or the
+    /// connection to the head was lost. In that last case the head's next life closes the
+    /// lease on its worker: the tasks already sent on it are answered, or answered `Moved`
+    /// and sent on another lease, one the next life grants.
     revoked: bool,
     /// The head took it back (its node drains). Its executor sent the replies of the tasks it
     /// ran before closing, so a task it left without a reply did not run.
@@ -388,20 +391,27 @@ impl TaskLeases {
 impl Cluster {
     /// Asks the head for a task lease and connects to its executor.
     pub(crate) async fn lease(&self, name: String, placement: Placement) -> Result<Lease, Error> {
-        let (mut send, mut recv) = self.open_head_stream().await?;
-        write_frame(
-            &mut send,
-            &ClientRequest::LeaseTask(LeaseSpec { name, placement }),
-        )
-        .await?;
-        let grant = match read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await? {
-            Some(ClientReply::TaskLeased(grant)) => grant,
-            Some(ClientReply::Error(e)) => return Err(e.into()),
-            Some(other) => return Err(crate::cluster::unexpected(other)),
-            None => {
-                return Err(Error::ConnectionLost(
-                    "the head closed the lease's stream".into(),
-                ))
+        let req = ClientRequest::LeaseTask(LeaseSpec { name, placement });
+        let (send, mut recv, grant) = loop {
+            let (mut send, mut recv, generation) = self.open_head_stream().await?;
+            let reply = async {
+                write_frame(&mut send, &req).await?;
+                read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await
+            }
+            .await;
+            match reply {
+                Ok(Some(ClientReply::TaskLeased(grant))) => break (send, recv, grant),
+                Ok(Some(ClientReply::Error(e))) => return Err(e.into()),
+                Ok(Some(other)) => return Err(crate::cluster::unexpected(other)),
+                // The head went away before it granted the lease: ask its next life (a lease
+                // the lost one granted is closed by the next).
+                Err(_) | Ok(None) if self.head_lost(generation) => continue,
+                Ok(None) => {
+                    return Err(Error::ConnectionLost(
+                        "the head closed the lease's stream".into(),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
             }
         };
         let ep = &grant.endpoints;

@@ -20,9 +20,11 @@
 mod actor;
 mod call;
 mod checkpoint;
+mod claims;
 mod cluster;
 mod error;
 mod gpu_actor;
+mod head_link;
 pub mod kernel_check;
 mod lease_pool;
 mod leases;
@@ -39,6 +41,7 @@ pub use ember_core::ids::{ActorId, JobId, NodeId, TaskId};
 pub use ember_core::proto::ClusterStatus;
 pub use ember_core::proto::ErrorKind;
 pub use ember_core::proto::Strategy;
+pub use ember_core::proto::WaitReason;
 pub use ember_core::resources::{Allocation, GpuGrant, GpuShare};
 /// Ember's GPU kernels: the registry of kernels by name, their CPU references, the PTX cache.
 pub use ember_kernels as kernels;
@@ -54,6 +57,7 @@ pub use ember_worker::gpu_actor::{
 };
 pub use error::Error;
 pub use gpu_actor::{GpuActor, GpuActorHandle};
+pub use head_link::{ConnectOptions, HeadLinkStatus};
 #[cfg(feature = "local")]
 pub use local::LocalOptions;
 pub use options::Options;

@@ -87,6 +87,14 @@ impl Options {
         self
     }
 
+    /// How long it keeps waiting once no live node could ever hold it (its only fitting node
+    /// left or drains) before it fails naming what is missing, unless a node that fits joins
+    /// first. Without it, the head's `--pending-timeout` (60 s by default) applies.
+    pub fn pending_timeout(mut self, timeout: Duration) -> Self {
+        self.placement.pending_timeout_ms = Some(timeout.as_millis() as u64);
+        self
+    }
+
     /// Actors: how many times it is restarted after losing its process (0, the default:
     /// never; -1: without limit).
     pub fn max_restarts(mut self, n: i32) -> Self {
@@ -137,11 +145,43 @@ impl Options {
         self
     }
 
-    /// The placement to send, or the first invalid value given.
+    /// The placement to send, or the first invalid value given. Every request of the Rust
+    /// API and the command line goes through here: GPU memory or an accelerator type without
+    /// GPUs is refused ([`ResourceError::GpuMemoryWithoutGpus`],
+    /// [`ResourceError::AcceleratorWithoutGpus`]), never dropped and never turned into a GPU.
     pub(crate) fn placement(&self) -> Result<Placement, ResourceError> {
         match &self.error {
             Some(e) => Err(e.clone()),
-            None => Ok(self.placement.clone()),
+            None => {
+                self.placement.demand.check()?;
+                Ok(self.placement.clone())
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_memory_or_an_accelerator_without_gpus_is_refused_not_ignored() {
+        let e = Options::new().accelerator("L4").placement().unwrap_err();
+        assert_eq!(e, ResourceError::AcceleratorWithoutGpus);
+        assert!(e.to_string().starts_with("accelerator needs gpus"), "{e}");
+        let e = Options::new().gpu_memory("40GiB").placement().unwrap_err();
+        assert_eq!(e, ResourceError::GpuMemoryWithoutGpus);
+        assert!(e.to_string().contains("--gpus 1"), "{e}");
+
+        let p = Options::new()
+            .gpus(1.0)
+            .accelerator("L4")
+            .gpu_memory("40GiB")
+            .pending_timeout(Duration::from_secs(5))
+            .placement()
+            .expect("with GPUs, both are meaningful");
+        assert_eq!(p.demand.accelerator.as_deref(), Some("L4"));
+        assert_eq!(p.demand.gpu_memory, 40 << 30);
+        assert_eq!(p.pending_timeout_ms, Some(5000));
     }
 }

@@ -533,6 +533,16 @@ impl TestCluster {
             .clone()
     }
 
+    /// The whole log so far of the worker named `name` (not of its executors).
+    pub fn worker_log(&self, name: &str) -> String {
+        let w = self
+            .workers
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no worker {name}"));
+        std::fs::read_to_string(&w.log).unwrap_or_default()
+    }
+
     /// The head's whole log so far.
     pub fn head_log(&self) -> String {
         std::fs::read_to_string(&self.head.log).unwrap_or_default()

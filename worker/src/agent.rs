@@ -242,19 +242,19 @@ pub async fn run(
     let mut lost_at: Option<tokio::time::Instant> = None;
     let mut backoff = Backoff::new();
     loop {
-        let joined = std::cell::Cell::new(false);
+        let reached = std::cell::Cell::new(Reached::Nothing);
         let give_up_at = lost_at.filter(|_| session.is_some()).map(|t| t + window);
         let outcome = serve_once(
             &config,
             shutdown.as_mut(),
-            &joined,
+            &reached,
             &mut session,
             give_up_at,
         )
         .await;
         match outcome {
             Ok(()) => return Ok(()),
-            Err(e) if joined.get() => {
+            Err(e) if lost_the_head(reached.get(), &e) => {
                 if session.is_some() {
                     tracing::warn!("{e}: joining again as the same node, its executors kept");
                 } else {
@@ -299,13 +299,36 @@ pub async fn run(
     }
 }
 
+/// How far one attempt to join got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reached {
+    /// Not to the head.
+    Nothing,
+    /// A connection to the head, which may have taken this worker in before it was lost.
+    Head,
+    /// The head accepted this worker.
+    Joined,
+}
+
+/// Whether an attempt that ended with `e` lost a head it had reached, to be joined again,
+/// rather than found none or been refused by it: a head that took this worker in may have
+/// died before its welcome arrived.
+fn lost_the_head(reached: Reached, e: &WorkerError) -> bool {
+    match reached {
+        Reached::Joined => true,
+        Reached::Head => !matches!(e, WorkerError::Refused(_)),
+        Reached::Nothing => false,
+    }
+}
+
 /// Joins once (as the node of `session`, if there is one) and serves until shutdown (`Ok`) or
-/// until the head is lost. `joined` is set once the head accepted this worker. `session` is
+/// until the head is lost. `reached` says how far it got: the head, then joined once the head
+/// accepted this worker. `session` is
 /// what lives on after a lost head: set on joining, taken (its executors stopped) on shutdown.
 async fn serve_once(
     config: &WorkerConfig,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-    joined: &std::cell::Cell<bool>,
+    reached: &std::cell::Cell<Reached>,
     session: &mut Option<Session>,
     give_up_at: Option<tokio::time::Instant>,
 ) -> Result<(), WorkerError> {
@@ -357,6 +380,7 @@ async fn serve_once(
         None => connecting.await,
     }
     .map_err(|e| connect_err(e.to_string()))?;
+    reached.set(Reached::Head);
 
     let name = config.name.clone().unwrap_or_else(default_name);
     let hello = Hello::new(
@@ -380,8 +404,10 @@ async fn serve_once(
         Err(HelloError::Refused(reason)) => return Err(WorkerError::Refused(reason)),
         Err(e) => {
             return Err(match conn.close_reason() {
-                Some(reason) => WorkerError::Refused(reason.to_string()),
-                None => connect_err(format!("no welcome: {e}")),
+                Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+                    WorkerError::Refused(close.to_string())
+                }
+                _ => connect_err(format!("no welcome: {e}")),
             })
         }
     };
@@ -404,7 +430,7 @@ async fn serve_once(
         return Err(WorkerError::Refused(stale.message));
     }
     let _ = send.finish();
-    joined.set(true);
+    reached.set(Reached::Joined);
     let same_node = session.as_ref().is_some_and(|s| s.state.node == node);
     if !same_node {
         if let Some(old) = session.take() {
@@ -838,6 +864,20 @@ mod tests {
         assert!(!head_let_go(&closed(0)), "the head stopping (a restart)");
         assert!(!head_let_go(&quinn::ConnectionError::TimedOut));
         assert!(!head_let_go(&quinn::ConnectionError::Reset));
+    }
+
+    #[test]
+    fn a_head_lost_before_its_welcome_is_joined_again_but_a_refusal_ends_it() {
+        let head = "127.0.0.1:7700".parse().unwrap();
+        let reset = WorkerError::Connect {
+            addr: head,
+            reason: "no welcome: reset by peer".into(),
+        };
+        let refused = WorkerError::Refused("wrong token".into());
+        assert!(lost_the_head(Reached::Joined, &reset));
+        assert!(lost_the_head(Reached::Head, &reset), "taken in, maybe");
+        assert!(!lost_the_head(Reached::Head, &refused));
+        assert!(!lost_the_head(Reached::Nothing, &reset), "no head there");
     }
 
     #[test]

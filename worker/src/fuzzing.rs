@@ -298,8 +298,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         GroupMember, GroupView, Hello, HelloRole, JobEvent, JobSpec, LeaseSpec, LeasedTask,
         LocalCall, LocalReply, LocalTask, NodeAffinity, NodeStatus, NodeUsage, PeerHello,
         Placement, Rejoin, RemoteError, RestartPolicy, RunningActor, RunningLease, Strategy,
-        TaskLease, Welcome, WorkStatus, WorkerCommand, WorkerEvent, WorkerHello, WorkerReply,
-        WorkerTerms,
+        TaskLease, WaitReason, Welcome, WorkStatus, WorkerCommand, WorkerEvent, WorkerHello,
+        WorkerReply, WorkerTerms,
     };
     use ember_core::resources::{
         Allocation, GpuDevice, GpuGrant, GpuShare, GpuStat, NodeResources, ResourceDemand,
@@ -360,6 +360,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             soft: true,
         }),
         priority: -2,
+        pending_timeout_ms: Some(30_000),
     };
     let actor_endpoints = ActorEndpoints {
         peer_addr: "10.0.0.2:4000".into(),
@@ -476,6 +477,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             checkpoint_age_ms: Some(1200),
             reason: None,
         }),
+        waiting: None,
+        fails_in_ms: None,
     };
     let status = ClusterStatus {
         nodes: vec![NodeStatus {
@@ -518,6 +521,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             node: None,
             gpus: vec![],
             actor: None,
+            waiting: Some("infeasible: no GPU has accelerator type A100".into()),
+            fails_in_ms: Some(60_000),
             ..actor_status
         }],
     };
@@ -644,6 +649,16 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             node: NodeId(4),
             allocation: allocation.clone(),
         }),
+        ClientReply::Job(JobEvent::Waiting(WaitReason {
+            infeasible: false,
+            reason: "no live node has gpus=1 free now".into(),
+            fails_in_ms: None,
+        })),
+        ClientReply::Job(JobEvent::Waiting(WaitReason {
+            infeasible: true,
+            reason: "no GPU has accelerator type A100 (the cluster has: H100)".into(),
+            fails_in_ms: Some(60_000),
+        })),
         ClientReply::Job(JobEvent::Stdout(b"out\n".to_vec())),
         ClientReply::Job(JobEvent::Stderr(b"err\n".to_vec())),
         ClientReply::Job(JobEvent::Exited(137)),

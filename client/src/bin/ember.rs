@@ -4,14 +4,14 @@
 #[path = "ember/kernel.rs"]
 mod kernel;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ember::{Cluster, ClusterStatus, JobOutput, LocalOptions, Options};
+use ember::{Cluster, ClusterStatus, ConnectOptions, JobOutput, LocalOptions, Options};
 use ember_core::resources::{format_millis, ByteSize};
 use ember_core::security::{default_state_dir, ClusterFile, Fingerprint};
 use ember_head::HeadConfig;
@@ -53,6 +53,10 @@ enum Command {
         /// --rejoin-window.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         rejoin_window: Duration,
+        /// How long a waiting request that no live node could hold any more (its only fitting
+        /// node left or drains) keeps waiting for one to join before it fails, e.g. 60s.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        pending_timeout: Duration,
     },
     /// Join a cluster as a worker.
     Worker(WorkerArgs),
@@ -84,9 +88,14 @@ enum Command {
     Status {
         #[command(flatten)]
         cluster: ClusterArg,
-        /// Print one JSON object with the keys nodes, actors, tasks and queue.
+        /// Print one JSON object with the keys nodes, actors, tasks and queue (or, when the
+        /// head cannot be reached, one with the key head_unreachable).
         #[arg(long)]
         json: bool,
+        /// How long to keep trying a head that does not answer (it may be restarting) before
+        /// saying it is unreachable and since when (exit code 3), e.g. 2s, 500ms.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        wait: Duration,
     },
     /// Batch jobs.
     Job {
@@ -98,6 +107,8 @@ enum Command {
     Drain {
         #[command(flatten)]
         cluster: ClusterArg,
+        #[command(flatten)]
+        head: HeadWaitArg,
         /// The node, as `ember status` names it (e.g. node-3).
         node: ember::NodeId,
         /// How long its running tasks may take to finish, e.g. 30s, 2m, 500ms.
@@ -118,6 +129,8 @@ enum JobCommand {
     Submit {
         #[command(flatten)]
         cluster: ClusterArg,
+        #[command(flatten)]
+        head: HeadWaitArg,
         /// GPUs: a fraction of one, or a whole number.
         #[arg(long)]
         gpus: Option<f64>,
@@ -130,6 +143,10 @@ enum JobCommand {
         /// CPUs.
         #[arg(long)]
         cpus: Option<f64>,
+        /// Once no live node could hold the job any more (its only fitting node left), how long
+        /// to wait for one to join before failing, e.g. 30s (default: the head's).
+        #[arg(long, value_parser = parse_duration)]
+        pending_timeout: Option<Duration>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -141,6 +158,29 @@ struct ClusterArg {
     /// The cluster's state directory or cluster file (default: $EMBER_CLUSTER, then ~/.ember).
     #[arg(long)]
     cluster: Option<PathBuf>,
+}
+
+impl ClusterArg {
+    /// Connects, waiting up to `wait` for a head that does not answer (it may be restarting),
+    /// both now and whenever the connection is lost while the command runs.
+    async fn connect(&self, wait: Duration) -> Result<Cluster, ember::Error> {
+        let file = ClusterFile::discover(self.cluster.as_deref())?;
+        let options = ConnectOptions {
+            head_wait: wait,
+            connect_wait: wait,
+        };
+        Cluster::connect_with(file, options).await
+    }
+}
+
+/// How long a command rides through a head that does not answer.
+#[derive(Args)]
+struct HeadWaitArg {
+    /// How long to wait for a head that does not answer (it may be restarting), when
+    /// connecting and whenever the connection is lost, before failing with since when it has
+    /// been unreachable, e.g. 30s, 2m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    wait: Duration,
 }
 
 #[derive(Args)]
@@ -274,8 +314,10 @@ async fn run(command: Command) -> Result<i32> {
             keep_checkpoints,
             checkpoint_store,
             rejoin_window,
+            pending_timeout,
         } => {
             let mut config = HeadConfig::new(state_dir.unwrap_or_else(default_state_dir));
+            config.pending_timeout = pending_timeout;
             config.listen = listen;
             config.heartbeat_timeout = heartbeat_timeout;
             config.keep_checkpoints = keep_checkpoints;
@@ -324,18 +366,32 @@ async fn run(command: Command) -> Result<i32> {
         }
         Command::Drain {
             cluster,
+            head,
             node,
             grace,
         } => {
-            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
+            let c = cluster.connect(head.wait).await?;
             let moved = c.drain(node, grace).await?;
             println!("{node} drained: {moved} actor(s) moved to other nodes");
             Ok(0)
         }
         Command::Kernel { command } => kernel::run(command).await,
-        Command::Status { cluster, json } => {
-            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
-            let status = c.status().await?;
+        Command::Status {
+            cluster,
+            json,
+            wait,
+        } => {
+            let status = match cluster.connect(wait).await {
+                Ok(c) => c.status().await,
+                Err(e) => Err(e),
+            };
+            let status = match status {
+                Ok(status) => status,
+                Err(e @ ember::Error::HeadUnreachable { .. }) => {
+                    return Ok(head_unreachable(&e, json))
+                }
+                Err(e) => return Err(e.into()),
+            };
             if json {
                 println!("{}", status.to_json());
             } else {
@@ -347,14 +403,16 @@ async fn run(command: Command) -> Result<i32> {
             command:
                 JobCommand::Submit {
                     cluster,
+                    head,
                     gpus,
                     gpu_memory,
                     accelerator,
                     cpus,
+                    pending_timeout,
                     command,
                 },
         } => {
-            let c = Cluster::discover(cluster.cluster.as_deref()).await?;
+            let c = cluster.connect(head.wait).await?;
             let mut options = Options::new();
             if let Some(g) = gpus {
                 options = options.gpus(g);
@@ -368,7 +426,15 @@ async fn run(command: Command) -> Result<i32> {
             if let Some(n) = cpus {
                 options = options.cpus(n);
             }
-            let mut job = c.submit_job(command, Vec::new(), options).await?;
+            if let Some(t) = pending_timeout {
+                options = options.pending_timeout(t);
+            }
+            let mut waiting = Waiting::new();
+            let submitted = c
+                .submit_job_watching(command, Vec::new(), options, |why| waiting.show(why))
+                .await;
+            waiting.finish();
+            let mut job = submitted?;
             let gpus: Vec<String> = job
                 .allocation
                 .gpus
@@ -397,6 +463,61 @@ async fn run(command: Command) -> Result<i32> {
                     None => bail!("the job's stream ended without an exit code"),
                 }
             }
+        }
+    }
+}
+
+/// Says that the head cannot be reached, and since when (`e` is
+/// [`ember::Error::HeadUnreachable`]); the exit code of `ember status` then.
+fn head_unreachable(e: &ember::Error, json: bool) -> i32 {
+    if json {
+        if let ember::Error::HeadUnreachable { addr, since } = e {
+            let since_ms = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let out = serde_json::json!({
+                "head_unreachable": {
+                    "address": addr,
+                    "since_unix_ms": since_ms,
+                    "message": e.to_string(),
+                }
+            });
+            println!("{out}");
+        }
+    }
+    eprintln!("ember: {e}");
+    3
+}
+
+/// What `ember job submit` shows while its job waits: a spinner with the reason on a
+/// terminal, a plain line for each new reason otherwise.
+struct Waiting {
+    spinner: Option<indicatif::ProgressBar>,
+}
+
+impl Waiting {
+    fn new() -> Self {
+        Waiting { spinner: None }
+    }
+
+    fn show(&mut self, why: &ember::WaitReason) {
+        if !std::io::stderr().is_terminal() {
+            eprintln!("ember: job waiting: {why}");
+            return;
+        }
+        let spinner = self.spinner.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        spinner.set_message(format!("job waiting: {why}"));
+    }
+
+    /// The job started or failed: the spinner goes, its last reason stays on screen.
+    fn finish(&mut self) {
+        if let Some(spinner) = self.spinner.take() {
+            spinner.finish();
         }
     }
 }
@@ -474,6 +595,9 @@ fn print_status(s: &ClusterStatus) {
                 w.node.as_deref().unwrap_or("-"),
                 gpus.join(", ")
             );
+            if let Some(why) = &w.waiting {
+                println!("    {why}");
+            }
         }
     }
 }

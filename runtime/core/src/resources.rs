@@ -23,6 +23,13 @@ pub enum ResourceError {
         "invalid size {0:?}: write bytes or a number with a unit such as 512MiB, 8GiB or 24GB"
     )]
     InvalidSize(String),
+    /// GPU memory was asked for without any GPUs: refused rather than ignored (or a GPU
+    /// implied), since the request cannot say how much of a GPU it means.
+    #[error("gpu_memory needs gpus: ask for a GPU share along with it (e.g. gpus=1 or gpus=0.25; `--gpus 1` on the command line)")]
+    GpuMemoryWithoutGpus,
+    /// An accelerator type was asked for without any GPUs: refused rather than ignored.
+    #[error("accelerator needs gpus: ask for a GPU share along with it (e.g. gpus=1; `--gpus 1` on the command line)")]
+    AcceleratorWithoutGpus,
 }
 
 /// A share of GPUs in hundredths of a GPU: `GpuShare::from_units(25)` is a quarter GPU.
@@ -224,6 +231,19 @@ pub struct ResourceDemand {
 }
 
 impl ResourceDemand {
+    /// Checks that every need is meaningful on its own: GPU memory or an accelerator type
+    /// asked for without any GPUs is refused, never ignored. The client checks this before it
+    /// sends a request and the head checks it again on what arrives.
+    pub fn check(&self) -> Result<(), ResourceError> {
+        if self.gpus.units() == 0 && self.gpu_memory > 0 {
+            return Err(ResourceError::GpuMemoryWithoutGpus);
+        }
+        if self.gpus.units() == 0 && self.accelerator.is_some() {
+            return Err(ResourceError::AcceleratorWithoutGpus);
+        }
+        Ok(())
+    }
+
     /// Sets a custom resource, keeping the list sorted and each name once.
     pub fn set_custom(&mut self, name: &str, millis: u64) {
         match self.custom.binary_search_by(|(n, _)| n.as_str().cmp(name)) {

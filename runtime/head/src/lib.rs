@@ -46,11 +46,15 @@ pub struct HeadConfig {
     /// After a restart, how long the workers of the last head life are waited for before their
     /// actors restart elsewhere; at least the workers' `--rejoin-window`.
     pub rejoin_window: Duration,
+    /// How long a queued request waits once no live node could ever hold it (its only fitting
+    /// node left or drains) before it fails naming what is missing; 60 s by default.
+    pub pending_timeout: Duration,
 }
 
 impl HeadConfig {
     /// The defaults: `127.0.0.1:7700`, the default state directory, 2 s heartbeat timeout,
-    /// three checkpoints kept per actor, 60 s for workers to re-join after a restart.
+    /// three checkpoints kept per actor, 60 s for workers to re-join after a restart, 60 s
+    /// for a request no live node can hold any more.
     pub fn new(state_dir: PathBuf) -> Self {
         HeadConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
@@ -59,6 +63,7 @@ impl HeadConfig {
             keep_checkpoints: 3,
             checkpoint_store: None,
             rejoin_window: Duration::from_secs(60),
+            pending_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -167,6 +172,7 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
         ember_head_state::Config {
             heartbeat_timeout: config.heartbeat_timeout,
             rejoin_window: config.rejoin_window,
+            pending_timeout: config.pending_timeout,
             ..Default::default()
         },
         Instant::now(),

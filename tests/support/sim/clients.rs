@@ -331,6 +331,8 @@ impl Sim {
             } else {
                 0
             },
+            // The head's default: the simulation's draws stay as they were.
+            pending_timeout_ms: None,
         }
     }
 

@@ -103,6 +103,7 @@ impl Sim {
             heartbeat_timeout: self.scenario.heartbeat_timeout,
             form_wait: self.head.config().form_wait,
             rejoin_window: self.scenario.rejoin_window(),
+            pending_timeout: self.head.config().pending_timeout,
         };
         let (head, effects) = HeadState::restore(config, self.base + self.now, journaled);
         self.head = head;

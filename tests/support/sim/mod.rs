@@ -422,6 +422,8 @@ impl Sim {
             heartbeat_timeout: scenario.heartbeat_timeout,
             form_wait: Duration::from_secs(5),
             rejoin_window: scenario.rejoin_window(),
+            // The head's default: a shorter one changes the runs the recorded seeds replay.
+            pending_timeout: Config::default().pending_timeout,
         };
         let base = Instant::now();
         let (head, first) = HeadState::restore(config, base, Journaled::default());

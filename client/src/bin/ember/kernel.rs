@@ -5,10 +5,10 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use ember::kernel_check::{check_kernel, KernelCheck, KernelCheckReport};
 use ember::kernels::registry::KERNELS;
-use ember::{Cluster, GpuActor};
+use ember::GpuActor;
 use ember_core::resources::ByteSize;
 
-use crate::ClusterArg;
+use crate::{ClusterArg, HeadWaitArg};
 
 #[derive(Subcommand)]
 pub(crate) enum KernelCommand {
@@ -24,6 +24,8 @@ pub(crate) enum KernelCommand {
 pub(crate) struct RunArgs {
     #[command(flatten)]
     cluster: ClusterArg,
+    #[command(flatten)]
+    head: HeadWaitArg,
     /// The kernel, e.g. axpy (see `ember kernel list`).
     kernel: String,
     /// Elements of the element-wise kernels' and the reductions' inputs (each buffer travels
@@ -74,7 +76,7 @@ pub(crate) async fn run(command: KernelCommand) -> Result<i32> {
 }
 
 async fn run_check(args: RunArgs) -> Result<i32> {
-    let cluster = Cluster::discover(args.cluster.cluster.as_deref()).await?;
+    let cluster = args.cluster.connect(args.head.wait).await?;
     let check = KernelCheck {
         kernel: args.kernel,
         len: args.len,

@@ -233,6 +233,9 @@ pub struct ActorLocation {
 /// One event in a job's life.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub enum JobEvent {
+    /// Not placed yet, and why: the head sends it when the job starts waiting and each time
+    /// the reason changes (waiting for capacity, or no live node could ever hold it).
+    Waiting(WaitReason),
     /// Placed and started.
     Started {
         /// The job.
@@ -248,6 +251,37 @@ pub enum JobEvent {
     Stderr(Vec<u8>),
     /// The command ended with this exit code (128 + signal number when killed by a signal).
     Exited(i32),
+}
+
+/// Why a request waits instead of running.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct WaitReason {
+    /// False: it fits a live node once capacity frees there. True: no live node could ever
+    /// hold it (for instance its only fitting node left), and it fails in `fails_in_ms` unless
+    /// a node that fits joins first.
+    pub infeasible: bool,
+    /// The reason in words, naming what is missing when infeasible.
+    pub reason: String,
+    /// When infeasible: milliseconds until it fails.
+    pub fails_in_ms: Option<u64>,
+}
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.infeasible {
+            write!(f, "infeasible: {}", self.reason)?;
+            if let Some(ms) = self.fails_in_ms {
+                write!(
+                    f,
+                    " (fails in {:.1} s unless a node that fits joins)",
+                    ms as f64 / 1e3
+                )?;
+            }
+            Ok(())
+        } else {
+            write!(f, "waiting for resources: {}", self.reason)
+        }
+    }
 }
 
 /// The kind of a failure, so that a caller can decide what to do.

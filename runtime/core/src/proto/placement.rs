@@ -62,4 +62,8 @@ pub struct Placement {
     pub affinity: Option<NodeAffinity>,
     /// Higher runs first when requests wait for capacity.
     pub priority: i32,
+    /// How long, in milliseconds, it keeps waiting once no live node could ever hold it (its
+    /// only fitting node left or drains) before it fails naming what is missing, unless a
+    /// node that fits joins first. `None`: the head's default (`ember head --pending-timeout`).
+    pub pending_timeout_ms: Option<u64>,
 }

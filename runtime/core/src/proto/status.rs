@@ -76,6 +76,13 @@ pub struct WorkStatus {
     /// For an actor: its life and checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<ActorLifeStatus>,
+    /// While it waits: why (`waiting for resources: …`, or `infeasible: …` naming what is
+    /// missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// While it waits infeasible: milliseconds until it fails unless a node that fits joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fails_in_ms: Option<u64>,
 }
 
 /// Where an actor is in its life.

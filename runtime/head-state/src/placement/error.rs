@@ -1,7 +1,9 @@
 //! Why a request cannot be placed, in words that name the missing resource.
 
 use ember_core::ids::{LeaseId, NodeId};
-use ember_core::resources::{describe_missing_label, format_millis, ByteSize, GpuShare};
+use ember_core::resources::{
+    describe_missing_label, format_millis, ByteSize, GpuShare, ResourceError,
+};
 
 /// Why the scheduler refused a request outright. Each message names what is missing, so that
 /// a user reading it knows which part of the request to change (or which node to add).
@@ -99,10 +101,10 @@ pub enum PlacementError {
         reason: Box<PlacementError>,
     },
     /// `gpu_memory` was asked for without any GPUs.
-    #[error("gpu_memory needs gpus: ask for a GPU share (e.g. gpus=0.25) along with gpu_memory")]
+    #[error("{}", ResourceError::GpuMemoryWithoutGpus)]
     GpuMemoryWithoutGpus,
     /// An accelerator type was asked for without any GPUs.
-    #[error("accelerator needs gpus: ask for a GPU share (e.g. gpus=1) along with accelerator")]
+    #[error("{}", ResourceError::AcceleratorWithoutGpus)]
     AcceleratorWithoutGpus,
     /// A GPU share above one GPU that is not a whole number of GPUs.
     #[error("invalid GPU request {0}: use a fraction of one GPU or a whole number of GPUs")]
@@ -113,4 +115,18 @@ pub enum PlacementError {
     /// The lease id is already placed or queued.
     #[error("{0} is already known")]
     AlreadyKnown(LeaseId),
+}
+
+impl PlacementError {
+    /// True when the request itself is malformed (whatever the cluster holds), so that the
+    /// head answers it as a bad request rather than as one the cluster cannot place.
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            PlacementError::GpuMemoryWithoutGpus
+                | PlacementError::AcceleratorWithoutGpus
+                | PlacementError::InvalidGpus(_)
+                | PlacementError::DuplicateCustom(_)
+        )
+    }
 }

@@ -322,39 +322,47 @@ impl Scheduler {
     /// Places now if it fits somewhere; queues if some schedulable node's total capacity could
     /// satisfy it (or, for a hard affinity, that node's); rejects at once, naming the missing
     /// resource, if no node of the cluster could ever satisfy it. Draining nodes count as absent.
-    pub fn request(&mut self, mut req: PlacementRequest) -> Decision {
+    pub fn request(&mut self, req: PlacementRequest) -> Decision {
+        self.request_as(req, false)
+    }
+
+    /// [`Scheduler::request`], for a cluster whose nodes are not all there yet (a head just
+    /// restarted, its workers re-joining): a well-formed request that no node present could
+    /// ever satisfy waits in the queue instead of being rejected, for the nodes to come.
+    pub fn request_waiting(&mut self, req: PlacementRequest) -> Decision {
+        self.request_as(req, true)
+    }
+
+    fn request_as(&mut self, mut req: PlacementRequest, wait: bool) -> Decision {
         if let Err(e) = self.validate(&mut req) {
             return Decision::Rejected(e);
         }
+        match self.place_or_queue(&req) {
+            Decision::Rejected(e) if wait => {
+                tracing::debug!(lease = %req.lease, "waiting for the nodes to come: {e}");
+                self.queue.push(req);
+                Decision::Queued
+            }
+            Decision::Queued => {
+                self.queue.push(req);
+                Decision::Queued
+            }
+            decided => decided,
+        }
+    }
+
+    /// Places a validated request now, or says it may wait (`Queued`, not yet queued), or
+    /// rejects it.
+    fn place_or_queue(&mut self, req: &PlacementRequest) -> Decision {
         if self.nodes.is_empty() {
             return Decision::Rejected(PlacementError::NoNodes);
         }
         if let Some(NodeAffinity { node, soft: false }) = req.affinity {
-            let Some(i) = self.position(node) else {
-                return Decision::Rejected(PlacementError::AffinityUnknownNode(node));
-            };
-            let n = &self.nodes[i];
-            if !n.schedulable {
-                return Decision::Rejected(PlacementError::AffinityNodeDraining(node));
-            }
-            if !n.has_labels(&req.labels) {
-                let missing = req
-                    .labels
-                    .iter()
-                    .find(|l| !n.has_labels(std::slice::from_ref(l)));
-                return Decision::Rejected(PlacementError::MissingLabel(
-                    missing.cloned().unwrap_or_default(),
-                ));
-            }
-            if !n.fits_total(&req.demand) {
-                let reason = explain(std::slice::from_ref(n).iter(), &req.demand);
-                return Decision::Rejected(PlacementError::AffinityNeverFits {
-                    node,
-                    reason: Box::new(reason),
-                });
+            if let Some(e) = self.affinity_never_fits(node, req) {
+                return Decision::Rejected(e);
             }
         }
-        if let Some(lease) = self.try_place(&req) {
+        if let Some(lease) = self.try_place(req) {
             self.leases.insert(lease.id, lease.clone());
             return Decision::Placed(lease);
         }
@@ -363,8 +371,77 @@ impl Scheduler {
                 return Decision::Rejected(e);
             }
         }
-        self.queue.push(req);
         Decision::Queued
+    }
+
+    /// Why the node a hard affinity names could never hold `req`, even entirely free; `None`
+    /// when it could.
+    fn affinity_never_fits(&self, node: NodeId, req: &PlacementRequest) -> Option<PlacementError> {
+        let Some(i) = self.position(node) else {
+            return Some(PlacementError::AffinityUnknownNode(node));
+        };
+        let n = &self.nodes[i];
+        if !n.schedulable {
+            return Some(PlacementError::AffinityNodeDraining(node));
+        }
+        if !n.has_labels(&req.labels) {
+            let missing = req
+                .labels
+                .iter()
+                .find(|l| !n.has_labels(std::slice::from_ref(l)));
+            return Some(PlacementError::MissingLabel(
+                missing.cloned().unwrap_or_default(),
+            ));
+        }
+        if !n.fits_total(&req.demand) {
+            let reason = explain(std::slice::from_ref(n).iter(), &req.demand);
+            return Some(PlacementError::AffinityNeverFits {
+                node,
+                reason: Box::new(reason),
+            });
+        }
+        None
+    }
+
+    /// Takes out of the queue the requests no node could ever take (those queued by
+    /// [`Scheduler::request_waiting`] for nodes that did not come), each with why, in queue
+    /// order. Scans every node: for the end of a wait, not for every request.
+    pub fn take_unplaceable(&mut self) -> Vec<(LeaseId, PlacementError)> {
+        let refused: Vec<(LeaseId, PlacementError)> = self
+            .queue
+            .iter()
+            .filter_map(|(_, req)| Some((req.lease, self.never_fits_anywhere(req)?)))
+            .collect();
+        for (lease, _) in &refused {
+            self.queue.remove(*lease);
+        }
+        refused
+    }
+
+    /// Why no schedulable node of the cluster could ever hold `req`, even entirely free,
+    /// naming what is missing as a rejection does; `None` when some node could. Linear in the
+    /// nodes: meant for when nodes leave or stop taking work, not for every queue pass.
+    pub fn never_fits_anywhere(&self, req: &PlacementRequest) -> Option<PlacementError> {
+        if self.nodes.is_empty() {
+            return Some(PlacementError::NoNodes);
+        }
+        match req.affinity {
+            Some(NodeAffinity { node, soft: false }) => self.affinity_never_fits(node, req),
+            _ => self.never_fits(&req.demand, &req.labels),
+        }
+    }
+
+    /// Whether node `id`, entirely free, could hold `req`: it is schedulable, carries the
+    /// request's labels, its totals cover the demand, and no hard affinity names another node.
+    /// Constant in the cluster's size. Unknown node: false.
+    pub fn could_hold(&self, id: NodeId, req: &PlacementRequest) -> bool {
+        if matches!(req.affinity, Some(NodeAffinity { node, soft: false }) if node != id) {
+            return false;
+        }
+        self.position(id).is_some_and(|i| {
+            let n = &self.nodes[i];
+            n.schedulable && n.has_labels(&req.labels) && n.fits_total(&req.demand)
+        })
     }
 
     /// Checks a request's form and normalises it (custom resources sorted by name).
@@ -508,7 +585,7 @@ impl Scheduler {
             {
                 self.pass_visits += 1;
             }
-            let req = queue.get(&key).expect("a group's head is queued");
+            let req = queue.at(&key).expect("a group's head is queued");
             if failed
                 .iter()
                 .any(|(f, labels)| *labels == req.labels && dominates(&req.demand, f))
@@ -599,6 +676,11 @@ impl Scheduler {
     /// The queued requests, in priority order (the order [`Scheduler::place_queued`] tries them).
     pub fn queued(&self) -> impl Iterator<Item = &PlacementRequest> {
         self.queue.iter().map(|(_, r)| r)
+    }
+
+    /// A queued request, by its lease.
+    pub fn queued_request(&self, lease: LeaseId) -> Option<&PlacementRequest> {
+        self.queue.get(lease)
     }
 
     /// How many requests are queued.
@@ -733,7 +815,7 @@ impl Scheduler {
             let mut heads = self
                 .queue
                 .heads()
-                .filter_map(|(key, _)| self.queue.get(&key));
+                .filter_map(|(key, _)| self.queue.at(&key));
             if let Some(r) = heads.find(|r| {
                 self.nodes.iter().any(|n| {
                     !n.grown

@@ -132,6 +132,10 @@ impl PendingQueue {
         self.order.insert(key, Waiting { req, shape: id });
     }
 
+    pub(crate) fn get(&self, lease: LeaseId) -> Option<&PlacementRequest> {
+        self.at(self.by_lease.get(&lease)?)
+    }
+
     pub(crate) fn remove(&mut self, lease: LeaseId) -> Option<PlacementRequest> {
         let key = *self.by_lease.get(&lease)?;
         self.remove_key(&key)
@@ -150,7 +154,7 @@ impl PendingQueue {
     }
 
     /// The queued request at `key`.
-    pub(crate) fn get(&self, key: &QueueKey) -> Option<&PlacementRequest> {
+    pub(crate) fn at(&self, key: &QueueKey) -> Option<&PlacementRequest> {
         self.order.get(key).map(|w| &w.req)
     }
 

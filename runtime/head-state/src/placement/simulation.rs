@@ -304,7 +304,7 @@ fn fits_anywhere_now(s: &Scheduler, req: &PlacementRequest) -> bool {
 /// once capacity frees.
 fn check_waiting(s: &Scheduler, pass: usize) {
     for (key, _) in s.queue.heads() {
-        let req = s.queue.get(&key).expect("a group's head is queued");
+        let req = s.queue.at(&key).expect("a group's head is queued");
         assert!(
             !fits_anywhere_now(s, req),
             "pass {pass}: {} waits but fits now",

@@ -686,3 +686,47 @@ fn placed_quietly(s: &mut Scheduler, r: PlacementRequest) -> Lease {
         other => panic!("expected Placed, got {other:?}"),
     }
 }
+
+#[test]
+fn whether_a_queued_request_could_ever_fit_is_asked_of_one_node_or_of_all() {
+    let mut s = Scheduler::new();
+    s.add_node(NodeId(1), node_res(8, vec![gpu(0, "A100", 80 * GIB)]));
+    s.add_node(NodeId(2), node_res(8, h100s(1)));
+    let mut a100 = demand(0, 100);
+    a100.accelerator = Some("A100".into());
+    placed(&mut s, req(1, a100.clone()));
+    let waiting = req(2, a100.clone());
+    queued(&mut s, waiting.clone());
+    assert_eq!(s.queued_request(LeaseId(2)), Some(&waiting));
+    assert!(s.could_hold(NodeId(1), &waiting), "once it is free");
+    assert!(!s.could_hold(NodeId(2), &waiting));
+    assert!(!s.could_hold(NodeId(9), &waiting), "an unknown node");
+    assert_eq!(s.never_fits_anywhere(&waiting), None);
+
+    let pinned = PlacementRequest {
+        affinity: Some(NodeAffinity {
+            node: NodeId(2),
+            soft: false,
+        }),
+        ..req(3, demand(1, 0))
+    };
+    assert!(!s.could_hold(NodeId(1), &pinned), "pinned elsewhere");
+    assert!(s.could_hold(NodeId(2), &pinned));
+
+    s.set_schedulable(NodeId(1), false);
+    assert!(
+        !s.could_hold(NodeId(1), &waiting),
+        "a draining node holds nothing new"
+    );
+    s.remove_node(NodeId(1));
+    assert_eq!(
+        s.never_fits_anywhere(&waiting).map(|e| e.to_string()),
+        Some("no GPU has accelerator type A100 (the cluster has: H100)".into())
+    );
+    s.remove_node(NodeId(2));
+    assert_eq!(
+        s.never_fits_anywhere(&pinned),
+        Some(PlacementError::NoNodes)
+    );
+    s.check_invariants().unwrap();
+}

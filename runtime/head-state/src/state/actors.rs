@@ -284,7 +284,13 @@ impl HeadState {
     }
 
     /// The start of `incarnation` failed for a reason a retry would not fix.
-    fn give_up_start(&mut self, now: Instant, actor: ActorId, incarnation: u32, e: RemoteError) {
+    pub(super) fn give_up_start(
+        &mut self,
+        now: Instant,
+        actor: ActorId,
+        incarnation: u32,
+        e: RemoteError,
+    ) {
         let lease = self
             .actors
             .get_mut(&actor)
@@ -298,7 +304,7 @@ impl HeadState {
 
     /// An incarnation could not be started: a first one fails its creation (the actor never
     /// existed); a later one leaves the actor dead.
-    fn start_failed(
+    pub(super) fn start_failed(
         &mut self,
         now: Instant,
         actor: ActorId,

@@ -37,7 +37,9 @@ impl HeadState {
             return;
         }
         tracing::info!(%node, ?grace, "draining");
+        let may_strand = self.could_strand(node);
         self.sched.set_schedulable(node, false);
+        self.strand(now, may_strand);
         let mut drain = Drain::default();
         drain.requests.extend(request);
         self.drains.insert(node, drain);

@@ -15,6 +15,7 @@ mod actors;
 mod drain;
 mod groups;
 mod nodes;
+mod pending;
 mod restore;
 mod status;
 mod work;
@@ -51,6 +52,10 @@ pub struct Config {
     /// own window (`WorkerConfig::rejoin_ms`): a worker that has not re-joined by then has
     /// stopped its executors, so no actor is restarted while its old incarnation still runs.
     pub rejoin_window: Duration,
+    /// How long a queued request waits once no live node could ever hold it (its only
+    /// fitting node left or drains) before it fails naming what is missing, unless a node that
+    /// fits joins first; a request's own `pending_timeout_ms` overrides it.
+    pub pending_timeout: Duration,
 }
 
 impl Config {
@@ -63,12 +68,13 @@ impl Config {
 
 impl Default for Config {
     /// A 2 s heartbeat window; 30 s for group members to come back; 60 s for the workers of
-    /// the last head life to re-join.
+    /// the last head life to re-join; 60 s for a request no live node can hold any more.
     fn default() -> Self {
         Config {
             heartbeat_timeout: Duration::from_secs(2),
             form_wait: Duration::from_secs(30),
             rejoin_window: Duration::from_secs(60),
+            pending_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -319,6 +325,8 @@ enum Timer {
     /// The actors of an earlier head life that no client connection of this one claimed are
     /// stopped.
     Unclaimed,
+    /// A queued lease that no live node can hold fails, unless a node that fits joined.
+    Stranded(LeaseId),
 }
 
 /// A node being drained.
@@ -376,6 +384,9 @@ pub struct HeadState {
     /// Requests waiting for more workers.
     node_waits: BTreeSet<RequestId>,
     drains: BTreeMap<NodeId, Drain>,
+    /// Queued leases no live node could hold any more, until a fitting node joins or their
+    /// deadline.
+    stranded: BTreeMap<LeaseId, pending::Stranded>,
     out: Vec<Effect>,
 }
 
@@ -411,6 +422,7 @@ impl HeadState {
             joins: BTreeMap::new(),
             node_waits: BTreeSet::new(),
             drains: BTreeMap::new(),
+            stranded: BTreeMap::new(),
             out: Vec::new(),
         }
     }
@@ -563,6 +575,7 @@ impl HeadState {
                 self.ids_reserved
             ));
         }
+        self.check_stranded()?;
         for (request, open) in &self.requests {
             let ok = match &open.wait {
                 Wait::Now => false,
@@ -856,6 +869,7 @@ impl HeadState {
                 Timer::Probe(command) => self.probe_window_ended(now, command),
                 Timer::Drain(node) => self.finish_drain(now, node),
                 Timer::Unclaimed => self.stop_unclaimed(now),
+                Timer::Stranded(lease) => self.stranded_timed_out(now, lease),
             }
         }
     }

@@ -76,6 +76,7 @@ impl HeadState {
             self.reconcile(now, node, matched.is_some(), rejoin);
         }
         self.place_queued(now);
+        self.unstrand(now, node);
         let count = self.nodes.len() as u32;
         let ready: Vec<_> = self
             .node_waits
@@ -249,7 +250,9 @@ impl HeadState {
         self.conns.remove(&n.conn);
         self.liveness
             .remove(&(n.last_heard + self.config.heartbeat_timeout, node));
+        let may_strand = self.could_strand(node);
         let lost = self.sched.remove_node(node);
+        self.strand(now, may_strand);
         if why == "left" {
             tracing::info!(%node, "worker left");
         } else {

@@ -106,6 +106,7 @@ impl HeadState {
             tracing::warn!(%node, "the node did not re-join after the head restarted");
             self.journal(Change::NodeGone { node });
         }
+        self.refuse_unplaceable(now);
         for (actor, was_on) in std::mem::take(&mut self.restoring) {
             let Some(a) = self.actors.get_mut(&actor) else {
                 continue;
@@ -243,6 +244,11 @@ impl HeadState {
                 allocation: running.allocation,
             });
             self.stop_stray(node, held, claimed, WorkerCommand::CloseLease { lease });
+        }
+        if matched && self.expected.is_empty() {
+            // The last node expected is back: what waited for the nodes and none can take
+            // is refused now.
+            self.refuse_unplaceable(now);
         }
         if matched {
             // What the journal had on this node and it no longer runs is lost.

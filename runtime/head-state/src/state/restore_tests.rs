@@ -501,6 +501,57 @@ fn actors_of_an_earlier_life_belong_to_the_client_that_claims_them_and_the_rest_
 }
 
 #[test]
+fn a_lease_asked_for_before_the_nodes_re_join_waits_for_them() {
+    let mut s = Scene::new();
+    s.join();
+    let (_, node, running) = running_actor(&mut s);
+    s.restart();
+    // A client of the new life asks for a task lease before any node is back: it waits,
+    // where a cluster that never had nodes refuses at once.
+    let client = s.conn();
+    let spec = ember_core::proto::LeaseSpec {
+        name: "train".into(),
+        placement: super::placement(50),
+    };
+    let (request, effects) = s.ask(client, ClientRequest::LeaseTask(spec.clone()));
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Reply { request: r, .. } if *r == request)),
+        "{effects:?}"
+    );
+    // The node re-joins, with its actor on half its GPU: the lease opens there.
+    let (_, back, effects) = s.join_as(rejoin(node, vec![running], vec![]));
+    assert_eq!(back, node);
+    assert!(
+        commands(&effects)
+            .iter()
+            .any(|c| matches!(c, WorkerCommand::OpenLease { .. })),
+        "{effects:?}"
+    );
+    // One that no node of the cluster could ever take (two whole GPUs) waits only until
+    // every node expected is back or given up.
+    s.restart();
+    let big = ember_core::proto::LeaseSpec {
+        name: "train".into(),
+        placement: super::placement(200),
+    };
+    let (request, effects) = s.ask(client, ClientRequest::LeaseTask(big));
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Reply { request: r, .. } if *r == request)),
+        "{effects:?}"
+    );
+    s.later(Duration::from_secs(3));
+    let effects = s.handle(Input::Tick);
+    assert!(
+        matches!(reply_to(&effects, request), ClientReply::Error(e) if e.kind == ErrorKind::Infeasible),
+        "{effects:?}"
+    );
+}
+
+#[test]
 fn an_actor_sealed_when_the_head_stopped_moves_from_its_final_checkpoint_uncounted() {
     let mut s = Scene::new();
     s.join();

@@ -75,6 +75,9 @@ impl HeadState {
                 checkpoint_age_ms: a.checkpoint.map(|(_, at)| millis_since(now, at)),
                 reason,
             });
+            if let Some(start) = a.start {
+                self.add_wait_reason(now, start.lease, &mut entry);
+            }
             status.actors.push(entry);
         }
         for queued in self.sched.queued() {
@@ -102,9 +105,19 @@ impl HeadState {
                 },
                 Some(Work::Stray) | None => continue,
             };
+            let mut entry = entry;
+            self.add_wait_reason(now, lease, &mut entry);
             status.queue.push(entry);
         }
         status
+    }
+
+    /// Why `lease` waits, if it is queued.
+    fn add_wait_reason(&self, now: Instant, lease: LeaseId, entry: &mut WorkStatus) {
+        if let Some(why) = self.wait_reason(now, lease) {
+            entry.fails_in_ms = why.fails_in_ms;
+            entry.waiting = Some(why.to_string());
+        }
     }
 
     /// One entry, placed where `lease` is granted (nowhere when it is not).
@@ -128,6 +141,8 @@ impl HeadState {
                 .unwrap_or_default(),
             priority: placement.priority,
             actor: None,
+            waiting: None,
+            fails_in_ms: None,
         }
     }
 }

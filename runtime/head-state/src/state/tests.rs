@@ -920,3 +920,6 @@ fn a_request_with_a_deadline_times_out_with_the_right_message() {
         format!("{actor} did not come back within 500 ms")
     );
 }
+
+#[path = "pending_tests.rs"]
+mod pending_tests;

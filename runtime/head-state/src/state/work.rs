@@ -19,8 +19,10 @@ use crate::placement::{Decision, Lease, PlacementError, PlacementRequest};
 /// The error a rejected placement is answered with.
 pub(super) fn rejection(e: PlacementError) -> RemoteError {
     // No node has the type at all: the request names something unknown.
+    // A malformed demand is the sender's mistake, whatever the cluster holds.
     let kind = match e {
         PlacementError::MissingLabel(_) => ErrorKind::Unknown,
+        _ if e.is_malformed() => ErrorKind::BadRequest,
         _ => ErrorKind::Infeasible,
     };
     RemoteError::new(kind, e.to_string())
@@ -29,7 +31,8 @@ pub(super) fn rejection(e: PlacementError) -> RemoteError {
 impl HeadState {
     /// Asks the scheduler for `lease`, filed as `work`: granted now (handed to
     /// [`HeadState::placed`]), queued, or rejected (the work is forgotten and the error
-    /// returned).
+    /// returned). While nodes of the last head life are expected, it is queued rather than
+    /// rejected.
     pub(super) fn place(
         &mut self,
         now: Instant,
@@ -47,18 +50,50 @@ impl HeadState {
             priority: placement.priority,
             labels: label.into_iter().collect(),
         };
-        match self.sched.request(request) {
+        // While nodes of the head's last life are expected back, what they could take waits
+        // for them rather than failing on the nodes already back.
+        let decision = if self.expected.is_empty() {
+            self.sched.request(request)
+        } else {
+            self.sched.request_waiting(request)
+        };
+        match decision {
             Decision::Placed(granted) => {
                 self.placed(now, granted);
                 Ok(())
             }
             Decision::Queued => {
                 tracing::debug!(%lease, "waiting for capacity");
+                self.tell_waiting(now, lease);
                 Ok(())
             }
             Decision::Rejected(e) => {
                 self.work.remove(&lease);
                 Err(rejection(e))
+            }
+        }
+    }
+
+    /// Refuses what waits for capacity and no node could ever take, as it would have been
+    /// refused when asked: once the nodes of the last head life it waited for are all back or
+    /// given up.
+    pub(super) fn refuse_unplaceable(&mut self, now: Instant) {
+        for (lease, e) in self.sched.take_unplaceable() {
+            let e = rejection(e);
+            match self.work.remove(&lease) {
+                Some(Work::Lease(l)) => self.fail(l.request, e),
+                Some(Work::Job(job)) => {
+                    if let Some(request) = job.request {
+                        self.fail(request, e);
+                    }
+                }
+                Some(Work::Actor { actor, incarnation }) => {
+                    if let Some(a) = self.actors.get_mut(&actor) {
+                        a.start = None;
+                    }
+                    self.start_failed(now, actor, incarnation, e, "cannot place it: ");
+                }
+                Some(Work::Stray) | None => {}
             }
         }
     }
@@ -79,6 +114,7 @@ impl HeadState {
     /// A lease was granted: start what it is for.
     fn placed(&mut self, now: Instant, granted: Lease) {
         let lease = granted.id;
+        self.forget_stranded(lease);
         match self.work.get_mut(&lease) {
             Some(Work::Lease(l)) => {
                 l.phase = LeasePhase::Opening;
@@ -116,6 +152,7 @@ impl HeadState {
     pub(super) fn release(&mut self, now: Instant, lease: LeaseId) {
         let node = self.sched.lease(lease).map(|l| l.node);
         self.work.remove(&lease);
+        self.forget_stranded(lease);
         if self.sched.release(lease) {
             self.place_queued(now);
         } else {
@@ -223,6 +260,7 @@ impl HeadState {
         match phase {
             LeasePhase::Waiting => {
                 self.sched.cancel(lease);
+                self.forget_stranded(lease);
                 self.work.remove(&lease);
                 self.finish_lease(request, end, None);
             }
@@ -353,6 +391,7 @@ impl HeadState {
             Some(command) => self.out.push(crate::io::Effect::Cancel { command }),
             None => {
                 self.sched.cancel(lease);
+                self.forget_stranded(lease);
                 self.work.remove(&lease);
             }
         }

@@ -1,0 +1,221 @@
+//! Why queued requests wait: for capacity (some live node could hold them once it frees), or
+//! infeasible (no live node could ever hold them any more, since a node left or drains).
+//!
+//! Feasibility is decided when the cluster shrinks or grows, never in a queue pass: when a
+//! node leaves or drains, only the queued requests that node could hold are checked against
+//! the nodes left; when a node joins, only the stranded requests are checked against it. A
+//! stranded request waits until its deadline (its placement's `pending_timeout_ms`, else
+//! [`Config::pending_timeout`](super::Config::pending_timeout)) and then fails naming what is
+//! missing, unless a node that fits joins first.
+
+use std::time::{Duration, Instant};
+
+use ember_core::ids::{LeaseId, NodeId};
+use ember_core::proto::{ClientReply, ErrorKind, JobEvent, Placement, RemoteError, WaitReason};
+use ember_core::resources::ResourceDemand;
+
+use super::{ms, HeadState, LeasePhase, Timer, Work};
+use crate::placement::PlacementError;
+
+/// A queued lease that no live node could hold any more: what it lacks, and when it fails
+/// with the timeout it was given (none for an actor's restart or move: an actor that exists
+/// waits for a node however long it takes, its reason shown).
+#[derive(Debug, Clone)]
+pub(super) struct Stranded {
+    reason: PlacementError,
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl HeadState {
+    /// The queued leases, not stranded yet, that `node` could hold entirely free: those that
+    /// may be stranded once it leaves or drains. Linear in the queue.
+    pub(super) fn could_strand(&self, node: NodeId) -> Vec<LeaseId> {
+        self.sched
+            .queued()
+            .filter(|r| !self.stranded.contains_key(&r.lease) && self.sched.could_hold(node, r))
+            .map(|r| r.lease)
+            .collect()
+    }
+
+    /// After nodes left or stopped taking work: each of `candidates` still queued that no live
+    /// node could hold any more waits, with that reason, until its deadline.
+    pub(super) fn strand(&mut self, now: Instant, candidates: Vec<LeaseId>) {
+        for lease in candidates {
+            let Some(reason) = self
+                .sched
+                .queued_request(lease)
+                .and_then(|r| self.sched.never_fits_anywhere(r))
+            else {
+                continue;
+            };
+            let timeout = self
+                .placement_of(lease)
+                .and_then(|p| p.pending_timeout_ms)
+                .map_or(self.config.pending_timeout, ms);
+            let deadline = self.may_fail(lease).then(|| (now + timeout, timeout));
+            tracing::warn!(%lease, ?deadline, "no live node can hold it any more: {reason}");
+            if let Some((at, _)) = deadline {
+                self.arm(at, Timer::Stranded(lease));
+            }
+            self.stranded.insert(lease, Stranded { reason, deadline });
+            self.tell_waiting(now, lease);
+        }
+    }
+
+    /// A node joined: the stranded requests it could hold wait for capacity again; the others
+    /// keep their deadline, with their reason said again against the cluster as it is now.
+    pub(super) fn unstrand(&mut self, now: Instant, node: NodeId) {
+        let stranded: Vec<LeaseId> = self.stranded.keys().copied().collect();
+        for lease in stranded {
+            let Some(request) = self.sched.queued_request(lease) else {
+                continue;
+            };
+            let reason = if self.sched.could_hold(node, request) {
+                None
+            } else {
+                self.sched.never_fits_anywhere(request)
+            };
+            let Some(reason) = reason else {
+                tracing::info!(%lease, %node, "a node that can hold it joined");
+                self.forget_stranded(lease);
+                self.tell_waiting(now, lease);
+                continue;
+            };
+            if let Some(s) = self.stranded.get_mut(&lease) {
+                if s.reason != reason {
+                    s.reason = reason;
+                    self.tell_waiting(now, lease);
+                }
+            }
+        }
+    }
+
+    /// A lease left the queue (placed, withdrawn, failed): it is stranded no more.
+    pub(super) fn forget_stranded(&mut self, lease: LeaseId) {
+        if let Some(Stranded {
+            deadline: Some((at, _)),
+            ..
+        }) = self.stranded.remove(&lease)
+        {
+            self.timers.remove(&(at, Timer::Stranded(lease)));
+        }
+    }
+
+    /// Whether a stranded lease fails at its pending timeout: a task lease, a job, or an
+    /// actor's first incarnation (its creation fails). An actor that exists, restarting or
+    /// moving off a draining node, keeps waiting: failing it would lose it.
+    fn may_fail(&self, lease: LeaseId) -> bool {
+        match self.work.get(&lease) {
+            Some(Work::Lease(_) | Work::Job(_)) => true,
+            Some(Work::Actor { actor, .. }) => {
+                self.actors.get(actor).is_some_and(|a| a.create.is_some())
+            }
+            Some(Work::Stray) | None => false,
+        }
+    }
+
+    /// What the lease was asked for with.
+    fn placement_of(&self, lease: LeaseId) -> Option<&Placement> {
+        match self.work.get(&lease)? {
+            Work::Lease(l) => Some(&l.placement),
+            Work::Job(j) => Some(&j.spec.placement),
+            Work::Actor { actor, .. } => self.actors.get(actor).map(|a| &a.spec.placement),
+            Work::Stray => None,
+        }
+    }
+
+    /// Why a queued lease waits at `now`; `None` when it is not queued.
+    pub(super) fn wait_reason(&self, now: Instant, lease: LeaseId) -> Option<WaitReason> {
+        let request = self.sched.queued_request(lease)?;
+        Some(match self.stranded.get(&lease) {
+            Some(s) => WaitReason {
+                infeasible: true,
+                reason: s.reason.to_string(),
+                fails_in_ms: s
+                    .deadline
+                    .map(|(at, _)| at.saturating_duration_since(now).as_millis() as u64),
+            },
+            None => {
+                let needs = if request.demand == ResourceDemand::default() {
+                    "its labels".to_string()
+                } else {
+                    request.demand.to_string()
+                };
+                WaitReason {
+                    infeasible: false,
+                    reason: format!(
+                        "no live node has {needs} free now; it fits one once capacity frees"
+                    ),
+                    fails_in_ms: None,
+                }
+            }
+        })
+    }
+
+    /// Tells a waiting job's client why it waits (task leases and actors show it in status).
+    pub(super) fn tell_waiting(&mut self, now: Instant, lease: LeaseId) {
+        let Some(Work::Job(job)) = self.work.get(&lease) else {
+            return;
+        };
+        let Some(request) = job.request else {
+            return;
+        };
+        if let Some(reason) = self.wait_reason(now, lease) {
+            self.stream(request, ClientReply::Job(JobEvent::Waiting(reason)));
+        }
+    }
+
+    /// A stranded lease's deadline came with no node that fits: what waited on it fails,
+    /// naming what is missing.
+    pub(super) fn stranded_timed_out(&mut self, now: Instant, lease: LeaseId) {
+        let Some(Stranded {
+            reason,
+            deadline: Some((_, timeout)),
+        }) = self.stranded.remove(&lease)
+        else {
+            return;
+        };
+        let error = RemoteError::new(
+            ErrorKind::Infeasible,
+            format!(
+                "no live node can hold it: {reason} (no node that fits joined within {} ms)",
+                timeout.as_millis()
+            ),
+        );
+        match self.work.get(&lease) {
+            Some(Work::Lease(l)) if l.phase == LeasePhase::Waiting => {
+                let request = l.request;
+                self.sched.cancel(lease);
+                self.work.remove(&lease);
+                self.fail(request, error);
+            }
+            Some(Work::Job(job)) if job.command.is_none() => {
+                let request = job.request;
+                self.sched.cancel(lease);
+                self.work.remove(&lease);
+                if let Some(request) = request {
+                    self.fail(request, error);
+                }
+            }
+            Some(&Work::Actor { actor, incarnation }) => {
+                self.give_up_start(now, actor, incarnation, error);
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks that every stranded lease is queued and, if it may fail, due at its timer.
+    pub(super) fn check_stranded(&self) -> Result<(), String> {
+        for (lease, s) in &self.stranded {
+            if self.sched.queued_request(*lease).is_none() {
+                return Err(format!("{lease} is stranded but not queued"));
+            }
+            if let Some((at, _)) = s.deadline {
+                if !self.timers.contains(&(at, Timer::Stranded(*lease))) {
+                    return Err(format!("{lease} is stranded without its timer"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
