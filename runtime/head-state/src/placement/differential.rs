@@ -1,9 +1,15 @@
 //! The differential test of the index: two schedulers take the same random sequence of joins,
-//! requests, releases, cancels, drains and deaths, one choosing nodes through its index and one
-//! by scanning every node ([`choose_linear`], placement as it was before the index). Every
+//! requests, releases, cancels, drains and deaths, one choosing nodes through its index (and
+//! passing over its queue by groups) and one by scanning every node ([`choose_linear`]) and
+//! trying every queued request in turn, placement as it was before the index. Every
 //! answer must be the same, lease for lease and GPU for GPU. Before every request the indexed
 //! scheduler is also asked to choose for that demand under both strategies, and must name the
 //! node the scan names.
+//!
+//! A second test drives a long queue with many passes and compares the grouped pass over the
+//! queue ([`Scheduler::place_queued`]) with a walk of every queued request (the pass as it was
+//! before requests were grouped): the same leases, in the same order, and the same requests
+//! left waiting.
 //!
 //! Nodes and demands come from small menus, so that many nodes are used exactly alike (ties go
 //! to the lowest id), many are full, and labels, accelerator types, GPU memory and custom
@@ -172,6 +178,8 @@ enum Op {
     RemoveNode(usize),
     SetSchedulable(usize, bool),
     PlaceQueued,
+    /// A release followed by a pass, as the head does.
+    ReleaseAndPass(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -183,6 +191,22 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::RemoveNode),
         2 => (any::<usize>(), prop::bool::weighted(0.6)).prop_map(|(n, b)| Op::SetSchedulable(n, b)),
         3 => Just(Op::PlaceQueued),
+    ]
+}
+
+/// Operations that keep a long queue and pass over it often: many requests (of few priorities,
+/// so that groups interleave), releases each followed by a pass, and drains and joins that
+/// make whole groups fit or miss at once.
+fn queue_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        14 => demand_spec().prop_map(Op::Request),
+        8 => any::<usize>().prop_map(Op::ReleaseAndPass),
+        1 => any::<usize>().prop_map(Op::Release),
+        2 => any::<usize>().prop_map(Op::Cancel),
+        1 => node_spec().prop_map(Op::AddNode),
+        1 => any::<usize>().prop_map(Op::RemoveNode),
+        2 => (any::<usize>(), prop::bool::weighted(0.6)).prop_map(|(n, b)| Op::SetSchedulable(n, b)),
+        2 => Just(Op::PlaceQueued),
     ]
 }
 
@@ -201,9 +225,26 @@ fn same_choice(s: &Scheduler, req: &PlacementRequest) -> Result<(), TestCaseErro
     Ok(())
 }
 
-fn run(specs: Vec<NodeSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Drives the scheduler under test (`Scheduler::new`) and `reference` through the same
+/// operations; every answer, and the queue after every pass, must be the same.
+/// Checks that both schedulers hold the same requests waiting, in the same order.
+fn same_queue(s: &Scheduler, reference: &Scheduler) -> Result<(), TestCaseError> {
+    let waiting = |s: &Scheduler| s.queued().map(|r| r.lease).collect::<Vec<_>>();
+    prop_assert_eq!(
+        waiting(s),
+        waiting(reference),
+        "the queues differ after a pass"
+    );
+    Ok(())
+}
+
+fn run(
+    specs: Vec<NodeSpec>,
+    ops: Vec<Op>,
+    reference: fn() -> Scheduler,
+) -> Result<(), TestCaseError> {
     let mut indexed = Scheduler::new();
-    let mut scan = Scheduler::choosing_by_scan();
+    let mut scan = reference();
     let mut next_node = 0;
     let mut next_lease = 0;
     for spec in &specs {
@@ -254,6 +295,16 @@ fn run(specs: Vec<NodeSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::PlaceQueued => {
                 prop_assert_eq!(indexed.place_queued(), scan.place_queued());
+                same_queue(&indexed, &scan)?;
+            }
+            Op::ReleaseAndPass(i) => {
+                if let Some(&id) = live.get(i % live.len().max(1)) {
+                    prop_assert_eq!(indexed.release(id), scan.release(id));
+                    prop_assert_eq!(indexed.place_queued(), scan.place_queued());
+                    same_queue(&indexed, &scan)?;
+                    // A pass leaves nothing that fits: a second one at once places nothing.
+                    prop_assert_eq!(indexed.place_queued(), Vec::new());
+                }
             }
         }
         indexed.check_invariants().map_err(TestCaseError::fail)?;
@@ -270,6 +321,17 @@ proptest! {
         specs in prop::collection::vec(node_spec(), 1..=40),
         ops in prop::collection::vec(op(), 1..=300),
     ) {
-        run(specs, ops)?;
+        run(specs, ops, Scheduler::choosing_by_scan)?;
+    }
+
+    /// The grouped pass over the queue against a walk of every queued request (both choosing
+    /// through the index): the same requests placed, in the same order, on the same nodes and
+    /// GPUs, and the same requests left waiting in the same order.
+    #[test]
+    fn a_grouped_pass_places_what_a_walk_of_the_whole_queue_places(
+        specs in prop::collection::vec(node_spec(), 1..=24),
+        ops in prop::collection::vec(queue_op(), 1..=400),
+    ) {
+        run(specs, ops, Scheduler::walking_whole_queue)?;
     }
 }

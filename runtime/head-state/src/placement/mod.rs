@@ -23,7 +23,9 @@ mod simulation;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 pub use ember_core::proto::{CustomUsage, GpuUsage, NodeAffinity, NodeUsage, Strategy};
 pub use error::PlacementError;
@@ -34,7 +36,7 @@ use ember_core::resources::{
 };
 use index::NodeIndex;
 use node::NodeState;
-use queue::{PendingQueue, QueueKey};
+use queue::{PendingQueue, QueueKey, ShapeId};
 
 /// One request for resources: a task, an actor or a job asking to be placed.
 #[derive(
@@ -109,6 +111,38 @@ pub enum Decision {
     Rejected(PlacementError),
 }
 
+/// A map keyed by ids, hashed with [`IdHasher`].
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes ids for the scheduler's maps with one multiply (a Fibonacci hash) instead of SipHash.
+/// Lease ids are chosen by the head, not by whoever asks, and nothing depends on the order in
+/// which these maps iterate.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        // The multiply mixes upwards; fold the high bits down for the bucket index.
+        self.0 ^ (self.0 >> 32)
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Most nodes listed as grown between passes; past it, a pass asks the index for every group.
+const GROWN_LISTED: usize = 64;
+
 /// Most distinct failed demands remembered during one [`Scheduler::place_queued`] pass.
 const FAILED_SHAPES: usize = 32;
 
@@ -117,14 +151,35 @@ const FAILED_SHAPES: usize = 32;
 pub struct Scheduler {
     /// Sorted by id, each id once.
     nodes: Vec<NodeState>,
+    /// The ids of `nodes`, in the same order: looking a node up searches these, which lie
+    /// close together, rather than the nodes themselves.
+    ids: Vec<NodeId>,
     /// The schedulable nodes by usage, for choosing among them without a scan.
     index: NodeIndex,
-    leases: HashMap<LeaseId, Lease>,
+    leases: IdMap<LeaseId, Lease>,
     queue: PendingQueue,
+    /// The nodes whose free capacity grew (a release, a join, a return from draining) since
+    /// the last pass over the queue, each once (its `grown` flag set), unless more than
+    /// [`GROWN_LISTED`] did (`grown_overflow`). After a pass nothing that waits fits anywhere,
+    /// and a request is queued only when it fits nowhere, so a waiting request can fit now
+    /// only on a node listed here: the pass asks these nodes before it asks the index.
+    grown: Vec<NodeId>,
+    grown_overflow: bool,
     /// Choose by scanning every node ([`choose_linear`]) instead of through the index: the
     /// reference the differential test compares the index against.
     #[cfg(test)]
     choose_by_scan: bool,
+    /// Pass over the queue by trying every request ([`Scheduler::place_queued_by_walk`]), as
+    /// passes did before requests were grouped: the reference for the grouped pass.
+    #[cfg(test)]
+    walk_whole_queue: bool,
+    /// Requests that passes over the queue looked at, for tests of what a pass costs.
+    #[cfg(test)]
+    pub(crate) pass_visits: u64,
+    /// Attempts to place a request (each one query of the index, or of one node for an
+    /// affinity), for tests of what a pass costs.
+    #[cfg(test)]
+    pub(crate) tries: u64,
 }
 
 impl Scheduler {
@@ -133,30 +188,44 @@ impl Scheduler {
         Self::default()
     }
 
-    /// An empty cluster that chooses nodes by scanning them all, as placement did before the
-    /// index: the reference for the differential test.
+    /// An empty cluster that chooses nodes by scanning them all and passes over the queue by
+    /// trying every request, as placement did before the index and the grouped queue: the
+    /// reference for the differential test.
     #[cfg(test)]
     pub(crate) fn choosing_by_scan() -> Self {
         Scheduler {
             choose_by_scan: true,
+            walk_whole_queue: true,
+            ..Self::default()
+        }
+    }
+
+    /// An empty cluster that chooses through the index but passes over the queue by trying
+    /// every request, as passes did before the queue grouped requests.
+    #[cfg(test)]
+    pub(crate) fn walking_whole_queue() -> Self {
+        Scheduler {
+            walk_whole_queue: true,
             ..Self::default()
         }
     }
 
     fn position(&self, id: NodeId) -> Option<usize> {
-        self.nodes.binary_search_by_key(&id, |n| n.id).ok()
+        self.ids.binary_search(&id).ok()
     }
 
     /// Adds a node with all its capacity free, schedulable. Adding an id that is already
     /// present does nothing (ids are never reused: a worker that rejoins gets a new one).
     /// Call [`Scheduler::place_queued`] afterwards to place what was waiting.
     pub fn add_node(&mut self, id: NodeId, resources: NodeResources) {
-        match self.nodes.binary_search_by_key(&id, |n| n.id) {
+        match self.ids.binary_search(&id) {
             Ok(_) => {}
             Err(i) => {
                 let node = NodeState::new(id, resources);
                 self.index.insert(&node);
                 self.nodes.insert(i, node);
+                self.ids.insert(i, id);
+                self.note_growth(i);
             }
         }
     }
@@ -168,6 +237,7 @@ impl Scheduler {
             return Vec::new();
         };
         let node = self.nodes.remove(i);
+        self.ids.remove(i);
         if node.schedulable {
             self.index.remove(&node);
         }
@@ -199,9 +269,54 @@ impl Scheduler {
         node.schedulable = schedulable;
         if schedulable {
             self.index.insert(node);
+            self.note_growth(i);
         } else {
             self.index.remove(node);
         }
+    }
+
+    /// Lists a node whose free capacity grew since the last pass (see `Scheduler::grown`).
+    fn note_growth(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.grown || self.grown_overflow {
+            return;
+        }
+        if self.grown.len() >= GROWN_LISTED {
+            self.grown_overflow = true;
+            return;
+        }
+        node.grown = true;
+        self.grown.push(node.id);
+    }
+
+    /// Empties the list of grown nodes: called when a pass ends, after which nothing that
+    /// waits fits anywhere.
+    fn forget_growth(&mut self) {
+        for id in std::mem::take(&mut self.grown) {
+            if let Some(i) = self.position(id) {
+                self.nodes[i].grown = false;
+            }
+        }
+        self.grown_overflow = false;
+    }
+
+    /// Whether a request could fit now on some node whose capacity grew since the last pass;
+    /// when not, it fits nowhere (see `Scheduler::grown`). True when too many grew to list.
+    fn fits_some_grown(&self, req: &PlacementRequest) -> bool {
+        if self.grown_overflow {
+            return true;
+        }
+        let pinned = match req.affinity {
+            Some(NodeAffinity { node, soft: false }) => Some(node),
+            _ => None,
+        };
+        self.grown.iter().any(|&id| {
+            pinned.is_none_or(|p| p == id)
+                && self.position(id).is_some_and(|i| {
+                    let n = &self.nodes[i];
+                    n.schedulable && n.has_labels(&req.labels) && n.fits_now(&req.demand)
+                })
+        })
     }
 
     /// Places now if it fits somewhere; queues if some schedulable node's total capacity could
@@ -399,6 +514,7 @@ impl Scheduler {
             let usage_before = node.usage_key;
             node.free(&l.allocation);
             self.index.update(usage_before, node);
+            self.note_growth(i);
         }
         true
     }
@@ -433,18 +549,93 @@ impl Scheduler {
     /// equals); a request that does not fit does not block smaller ones behind it. Call after
     /// [`release`](Scheduler::release), [`add_node`](Scheduler::add_node) or
     /// [`set_schedulable`](Scheduler::set_schedulable). Returns the new leases in the order placed.
+    ///
+    /// The result is exactly that of trying every queued request in turn, but the pass does
+    /// not walk the queue: requests are grouped by what decides whether they fit (demand,
+    /// labels, hard affinity), and since capacity only shrinks while a pass places, a group
+    /// is dropped at its first request that fits nowhere. And since after a pass no waiting
+    /// request fits anywhere, a group can fit only on a node whose capacity grew since (a
+    /// release, a join, a return from draining): it is asked of those nodes first, and the
+    /// index only when one of them has room. A pass costs one look per group plus one attempt
+    /// per request placed, whatever the queue's length; a second pass at once asks nothing.
     pub fn place_queued(&mut self) -> Vec<Lease> {
+        #[cfg(test)]
+        if self.walk_whole_queue {
+            let placed = self.place_queued_by_walk();
+            self.forget_growth();
+            return placed;
+        }
+        let mut placed = Vec::new();
+        if self.queue.is_empty() || self.index.is_empty() || self.grown.is_empty() {
+            // Nothing waits, nothing is schedulable, or nothing grew since the last pass
+            // (or since the requests that wait were found not to fit).
+            self.forget_growth();
+            return placed;
+        }
+        // Taken out while it is worked on, so that placing can borrow the scheduler.
+        let mut queue = std::mem::take(&mut self.queue);
+        // The first request of every group still in the pass, the earliest in queue order on
+        // top: popping it always gives the next request a walk of the whole queue would try
+        // among those not known to miss.
+        let mut heads: BinaryHeap<Reverse<(QueueKey, ShapeId)>> =
+            queue.heads().map(Reverse).collect();
+        let mut failed: Vec<(ResourceDemand, Vec<String>)> = Vec::new();
+        while let Some(Reverse((key, shape))) = heads.pop() {
+            #[cfg(test)]
+            {
+                self.pass_visits += 1;
+            }
+            let req = queue.at(&key).expect("a group's head is queued");
+            if failed
+                .iter()
+                .any(|(f, labels)| *labels == req.labels && dominates(&req.demand, f))
+            {
+                // Needs at least what missed everywhere in this pass: the whole group misses.
+                continue;
+            }
+            if !self.fits_some_grown(req) {
+                // It missed everywhere before, and no node where it did not has grown since.
+                continue;
+            }
+            match self.try_place(req) {
+                Some(lease) => {
+                    self.leases.insert(lease.id, lease.clone());
+                    placed.push(lease);
+                    queue.remove_key(&key);
+                    if let Some(next) = queue.first_of(shape) {
+                        debug_assert_eq!(queue.shape_of(&next), Some(shape));
+                        heads.push(Reverse((next, shape)));
+                    }
+                }
+                None => {
+                    // The rest of the group needs the same and cannot fit either.
+                    let hard = matches!(req.affinity, Some(NodeAffinity { soft: false, .. }));
+                    if !hard && failed.len() < FAILED_SHAPES {
+                        failed.push((req.demand.clone(), req.labels.clone()));
+                    }
+                }
+            }
+        }
+        self.queue = queue;
+        self.forget_growth();
+        placed
+    }
+
+    /// [`Scheduler::place_queued`] as it was before groups: tries every queued request in
+    /// queue order. The reference the differential test compares the grouped pass against.
+    #[cfg(test)]
+    fn place_queued_by_walk(&mut self) -> Vec<Lease> {
         let mut placed = Vec::new();
         if self.queue.is_empty() || self.index.is_empty() {
             return placed;
         }
-        // Taken out while it is walked, so that placing can borrow the scheduler.
         let queue = std::mem::take(&mut self.queue);
         let mut to_remove: Vec<QueueKey> = Vec::new();
         // Demands that fitted nowhere during this pass: capacity only shrinks while it runs,
         // so any request needing at least as much of everything cannot fit either.
         let mut failed: Vec<(ResourceDemand, Vec<String>)> = Vec::new();
         for (key, req) in queue.iter() {
+            self.pass_visits += 1;
             if failed
                 .iter()
                 .any(|(f, labels)| *labels == req.labels && dominates(&req.demand, f))
@@ -497,6 +688,13 @@ impl Scheduler {
         self.queue.len()
     }
 
+    /// How many groups the queued requests form: requests of one group have the same demand,
+    /// labels and hard affinity, so they fit exactly the same nodes. A pass over the queue
+    /// ([`Scheduler::place_queued`]) makes at most one attempt per group beyond what it places.
+    pub fn queued_groups(&self) -> usize {
+        self.queue.shape_count()
+    }
+
     /// The nodes, in id order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.nodes.iter().map(|n| n.id)
@@ -540,6 +738,10 @@ impl Scheduler {
     /// the node its strategy prefers among those where it fits now (hard affinity: only that
     /// node).
     fn try_place(&mut self, req: &PlacementRequest) -> Option<Lease> {
+        #[cfg(test)]
+        {
+            self.tries += 1;
+        }
         let d = &req.demand;
         let i = match req.affinity {
             Some(NodeAffinity { node, soft }) => {
@@ -589,6 +791,48 @@ impl Scheduler {
     pub fn check_invariants(&self) -> Result<(), String> {
         if !self.nodes.windows(2).all(|w| w[0].id < w[1].id) {
             return Err("nodes are not sorted by id, each once".into());
+        }
+        if !self.ids.iter().copied().eq(self.nodes.iter().map(|n| n.id)) {
+            return Err("the ids of the nodes are stale".into());
+        }
+        let listed = self
+            .grown
+            .iter()
+            .filter(|&&id| self.position(id).is_some())
+            .count();
+        if self.grown.len() > GROWN_LISTED
+            || self
+                .grown
+                .iter()
+                .any(|&id| self.position(id).is_some_and(|i| !self.nodes[i].grown))
+            || self.nodes.iter().filter(|n| n.grown).count() != listed
+        {
+            return Err("the list of grown nodes and their flags disagree".into());
+        }
+        if !self.queue.is_empty() && !self.grown_overflow {
+            // Nothing that waits fits on a node that has not grown since the last pass. The
+            // requests of a group fit the same nodes: one of each stands for its group.
+            let mut heads = self
+                .queue
+                .heads()
+                .filter_map(|(key, _)| self.queue.at(&key));
+            if let Some(r) = heads.find(|r| {
+                self.nodes.iter().any(|n| {
+                    !n.grown
+                        && n.schedulable
+                        && n.has_labels(&r.labels)
+                        && n.fits_now(&r.demand)
+                        && match r.affinity {
+                            Some(NodeAffinity { node, soft: false }) => node == n.id,
+                            _ => true,
+                        }
+                })
+            }) {
+                return Err(format!(
+                    "{} waits and fits on a node that has not grown since the last pass",
+                    r.lease
+                ));
+            }
         }
         let mut cpu = vec![0u64; self.nodes.len()];
         let mut count = vec![0usize; self.nodes.len()];

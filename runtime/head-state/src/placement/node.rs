@@ -38,6 +38,9 @@ pub(crate) struct CustomSlot {
 pub(crate) struct NodeState {
     pub(crate) id: NodeId,
     pub(crate) schedulable: bool,
+    /// Listed among the nodes whose free capacity grew since the last pass over the queue
+    /// (see `Scheduler::grown`).
+    pub(crate) grown: bool,
     pub(crate) cpu_total: u64,
     pub(crate) cpu_free: u64,
     /// Sum of every GPU's units (100 per GPU).
@@ -97,6 +100,7 @@ impl NodeState {
         let mut node = NodeState {
             id,
             schedulable: true,
+            grown: false,
             cpu_total: resources.cpu_millis,
             cpu_free: resources.cpu_millis,
             gpu_units_total: gpus.len() as u64 * u64::from(GPU_UNITS),

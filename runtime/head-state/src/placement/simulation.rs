@@ -1,7 +1,7 @@
 //! A simulated cluster of thousands of nodes driving the pure scheduler: nodes join, die and
 //! drain, requests arrive and finish, all from a seed so that a failure can be replayed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -190,4 +190,184 @@ fn a_small_churning_cluster_never_overcommits_or_leaks() {
     for seed in 100..120 {
         simulate(seed, 20, 5_000, 55);
     }
+}
+
+/// A node of the large queue simulation: 8 CPUs and four H100s, two A100s, one L4 or none.
+fn small_node(rng: &mut StdRng) -> NodeResources {
+    let (count, accel, memory) = match rng.gen_range(0..4) {
+        0 => (4, "H100", 80 * GIB),
+        1 => (2, "A100", 40 * GIB),
+        2 => (1, "L4", 24 * GIB),
+        _ => (0, "", 0),
+    };
+    NodeResources {
+        cpu_millis: 8_000,
+        gpus: (0..count)
+            .map(|i| GpuDevice {
+                index: i,
+                uuid: format!("GPU-{i}"),
+                name: accel.to_string(),
+                memory,
+                accelerator: accel.to_string(),
+                logical: true,
+            })
+            .collect(),
+        custom: Vec::new(),
+        labels: if rng.gen_bool(0.9) {
+            vec!["task:t".to_string()]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// A request of the large queue simulation, from a menu of a dozen shapes (fractions, whole
+/// GPUs with memory, accelerator types, CPU only, labels, a few hard affinities).
+fn menu_request(rng: &mut StdRng, lease: LeaseId) -> PlacementRequest {
+    let cpus = |c: u64| ResourceDemand {
+        cpu_millis: c * 1_000,
+        ..ResourceDemand::default()
+    };
+    let mut d = match rng.gen_range(0..8) {
+        0 => cpus(2),
+        1 => cpus(4),
+        2 => ResourceDemand {
+            gpus: GpuShare::from_units(25),
+            ..cpus(1)
+        },
+        3 => ResourceDemand {
+            gpus: GpuShare::from_units(50),
+            accelerator: Some("H100".into()),
+            ..cpus(1)
+        },
+        4 => ResourceDemand {
+            gpus: GpuShare::ONE,
+            ..cpus(2)
+        },
+        5 => ResourceDemand {
+            gpus: GpuShare::whole(2),
+            gpu_memory: 20 * GIB,
+            ..cpus(2)
+        },
+        6 => ResourceDemand {
+            gpus: GpuShare::ONE,
+            accelerator: Some("L4".into()),
+            ..cpus(1)
+        },
+        _ => ResourceDemand {
+            gpus: GpuShare::from_units(50),
+            gpu_memory: 30 * GIB,
+            ..cpus(1)
+        },
+    };
+    if rng.gen_bool(0.01) {
+        // A CPU-only request pinned to one of five nodes.
+        d = cpus(1);
+    }
+    let mut req = PlacementRequest::new(lease, d);
+    if req.demand.gpus.units() == 0 && req.demand.cpu_millis == 1_000 {
+        req.affinity = Some(NodeAffinity {
+            node: NodeId(rng.gen_range(0..5)),
+            soft: false,
+        });
+    } else if rng.gen_bool(0.05) {
+        req.affinity = Some(NodeAffinity {
+            node: NodeId(rng.gen_range(0..10_000)),
+            soft: true,
+        });
+    }
+    if rng.gen_bool(0.3) {
+        req.labels = vec!["task:t".to_string()];
+    }
+    req.strategy = if rng.gen_bool(0.3) {
+        Strategy::Spread
+    } else {
+        Strategy::Pack
+    };
+    req.priority = rng.gen_range(0..3);
+    req
+}
+
+/// Whether a request fits anywhere now, by visiting every node (its hard affinity's only).
+fn fits_anywhere_now(s: &Scheduler, req: &PlacementRequest) -> bool {
+    match req.affinity {
+        Some(NodeAffinity { node, soft: false }) => s.position(node).is_some_and(|i| {
+            let n = &s.nodes[i];
+            n.schedulable && n.has_labels(&req.labels) && n.fits_now(&req.demand)
+        }),
+        _ => choose_linear(&s.nodes, req).is_some(),
+    }
+}
+
+/// Checks why every request still waits: none of them fits anywhere now (one request of each
+/// group stands for the group, whose requests fit exactly the same nodes), and each could fit
+/// once capacity frees.
+fn check_waiting(s: &Scheduler, pass: usize) {
+    for (key, _) in s.queue.heads() {
+        let req = s.queue.at(&key).expect("a group's head is queued");
+        assert!(
+            !fits_anywhere_now(s, req),
+            "pass {pass}: {} waits but fits now",
+            req.lease
+        );
+        match req.affinity {
+            Some(NodeAffinity { node, soft: false }) => {
+                let i = s.position(node).expect("the pinned node is in the cluster");
+                assert!(s.nodes[i].fits_total(&req.demand));
+            }
+            _ => assert_eq!(s.never_fits(&req.demand, &req.labels), None),
+        }
+    }
+}
+
+/// 10,000 nodes fill up and 100,000 requests of a dozen shapes wait; then leases end a
+/// thousand at a time, each batch followed by one pass, until every request has been placed.
+/// After every pass nothing that waits fits now; every queued request is placed exactly once;
+/// capacity is never over-committed.
+#[test]
+fn ten_thousand_nodes_work_off_a_hundred_thousand_waiting_requests() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut s = Scheduler::new();
+    for n in 0..10_000 {
+        s.add_node(NodeId(n), small_node(&mut rng));
+    }
+    let mut live: Vec<LeaseId> = Vec::new();
+    let mut waiting: BTreeSet<LeaseId> = BTreeSet::new();
+    let mut next = 0u64;
+    while waiting.len() < 100_000 {
+        let req = menu_request(&mut rng, LeaseId(next));
+        next += 1;
+        match s.request(req) {
+            Decision::Placed(l) => live.push(l.id),
+            Decision::Queued => {
+                waiting.insert(LeaseId(next - 1));
+            }
+            Decision::Rejected(e) => panic!("a request of the menu was rejected: {e}"),
+        }
+    }
+    assert_eq!(s.queued_len(), 100_000);
+    assert!(s.queued_groups() <= 30, "{} groups", s.queued_groups());
+    s.check_invariants().unwrap();
+    check_waiting(&s, 0);
+
+    let mut pass = 0;
+    while !waiting.is_empty() {
+        pass += 1;
+        assert!(pass < 1_000, "{} requests still wait", waiting.len());
+        for _ in 0..1_000.min(live.len()) {
+            let id = live.swap_remove(rng.gen_range(0..live.len()));
+            assert!(s.release(id));
+        }
+        for lease in s.place_queued() {
+            assert!(waiting.remove(&lease.id), "{} placed twice", lease.id);
+            live.push(lease.id);
+        }
+        if pass % 10 == 0 {
+            check_waiting(&s, pass);
+        }
+        assert_eq!(s.queued_len(), waiting.len());
+    }
+    s.check_invariants().unwrap();
+    assert_eq!(s.queued_groups(), 0);
+    assert_eq!(s.leases().count(), live.len());
 }

@@ -572,6 +572,121 @@ fn adopting_claims_exactly_a_free_allocation_and_nothing_twice() {
     assert_eq!(s.usage(NodeId(1)).unwrap().cpu_millis_free, 8000);
 }
 
+/// 100 full nodes and 100,000 requests waiting, of five shapes at two priorities. A pass after
+/// one release looks at no more requests than it places plus one per shape, where a walk of
+/// the queue looks at them all, and both place exactly the same. A pass after capacity grew
+/// only where nothing fits asks the index nothing.
+#[test]
+fn a_pass_after_a_release_costs_what_it_places_not_the_queue_length() {
+    let mut s = Scheduler::new();
+    for n in 1..=100 {
+        s.add_node(NodeId(n), node_res(8, h100s(8)));
+    }
+    for lease in 0..800 {
+        placed_quietly(&mut s, req(lease, demand(1, 100)));
+    }
+    let shapes = |i: u64| -> PlacementRequest {
+        let mut r = match i % 5 {
+            0 => req(i, demand(1, 100)),
+            1 => req(i, demand(1, 50)),
+            2 => req(i, demand(2, 200)),
+            3 => req(i, demand(1, 0)),
+            _ => {
+                let mut r = req(i, demand(1, 25));
+                r.affinity = Some(NodeAffinity {
+                    node: NodeId(7),
+                    soft: false,
+                });
+                r
+            }
+        };
+        r.priority = ((i / 5) % 2) as i32;
+        r.strategy = if i % 3 == 0 {
+            Strategy::Spread
+        } else {
+            Strategy::Pack
+        };
+        r
+    };
+    for i in 1_000..101_000 {
+        assert_eq!(s.request(shapes(i)), Decision::Queued);
+    }
+    assert_eq!(s.queued_len(), 100_000);
+    assert_eq!(s.queued_groups(), 5);
+    s.check_invariants().unwrap();
+
+    // One lease of node 7 ends: one GPU and one CPU are free there.
+    let on_7 = s.leases().find(|l| l.node == NodeId(7)).unwrap().id;
+    for pass in 0..2 {
+        if pass == 1 {
+            // Then the rest of node 7's: eight GPUs and eight CPUs.
+            let rest: Vec<LeaseId> = s
+                .leases()
+                .filter(|l| l.node == NodeId(7))
+                .map(|l| l.id)
+                .collect();
+            for id in rest {
+                assert!(s.release(id));
+            }
+        } else {
+            assert!(s.release(on_7));
+        }
+        let mut walk = s.clone();
+        walk.walk_whole_queue = true;
+        (s.pass_visits, s.tries, walk.pass_visits) = (0, 0, 0);
+        let before = s.queued_len();
+        let placed = s.place_queued();
+        assert!(!placed.is_empty(), "pass {pass} placed nothing");
+        assert!(
+            s.pass_visits <= 5 + placed.len() as u64 && s.tries <= 5 + placed.len() as u64,
+            "pass {pass}: {} requests looked at and {} tries to place {}",
+            s.pass_visits,
+            s.tries,
+            placed.len()
+        );
+        assert_eq!(s.queued_len(), before - placed.len());
+        assert_eq!(
+            walk.place_queued(),
+            placed,
+            "pass {pass} placed differently"
+        );
+        assert_eq!(
+            walk.pass_visits, before as u64,
+            "a walk looks at every request"
+        );
+        assert!(
+            s.queued()
+                .map(|r| r.lease)
+                .eq(walk.queued().map(|r| r.lease)),
+            "pass {pass} left a different queue"
+        );
+        // What waits fits nowhere now: a second pass places nothing, and asks nothing.
+        s.tries = 0;
+        assert!(s.place_queued().is_empty());
+        assert_eq!(s.tries, 0);
+        s.check_invariants().unwrap();
+    }
+
+    // Node 8 drains and comes back, full: it grew, but nothing fits on it, so a pass places
+    // nothing without asking the index.
+    s.set_schedulable(NodeId(8), false);
+    s.set_schedulable(NodeId(8), true);
+    (s.pass_visits, s.tries) = (0, 0);
+    assert!(s.place_queued().is_empty());
+    assert_eq!(s.tries, 0);
+    assert!(s.pass_visits <= 5);
+    s.check_invariants().unwrap();
+}
+
+/// Like [`placed`], without checking every invariant after each request.
+#[track_caller]
+fn placed_quietly(s: &mut Scheduler, r: PlacementRequest) -> Lease {
+    match s.request(r) {
+        Decision::Placed(l) => l,
+        other => panic!("expected Placed, got {other:?}"),
+    }
+}
+
 #[test]
 fn whether_a_queued_request_could_ever_fit_is_asked_of_one_node_or_of_all() {
     let mut s = Scheduler::new();
