@@ -126,7 +126,7 @@ impl HeadLink {
         options: ConnectOptions,
     ) -> Result<Self, Error> {
         let conn = if options.connect_wait.is_zero() {
-            open(&endpoint, &file, None).await?
+            open(&endpoint, &file, None).await.map_err(connect_error)?
         } else {
             let since = LostAt::now();
             attempt(&endpoint, &file, since, options.connect_wait, || false).await?
@@ -376,7 +376,7 @@ async fn open(
     endpoint: &quinn::Endpoint,
     file: &ClusterFile,
     limit: Option<Duration>,
-) -> Result<quinn::Connection, Error> {
+) -> Result<quinn::Connection, ConnectError> {
     let connecting = connect_client(endpoint, file.address, file.fingerprint, &file.token);
     let connected = match limit {
         None => connecting.await,
@@ -389,7 +389,7 @@ async fn open(
                 })
             }),
     };
-    connected.map_err(connect_error)
+    connected
 }
 
 /// The client's error for a connection that could not be opened.
@@ -401,12 +401,6 @@ pub(crate) fn connect_error(e: ConnectError) -> Error {
             reason: format!("refused: {reason}"),
         },
     }
-}
-
-/// True for a head that answered and refused this client (another version, a wrong token):
-/// trying again changes nothing.
-fn refused(e: &Error) -> bool {
-    matches!(e, Error::Connect { reason, .. } if reason.starts_with("refused: "))
 }
 
 /// Connects to the head `file` names, with backoff, until `wait` has passed since `since`
@@ -428,12 +422,15 @@ async fn attempt(
         let first = !std::mem::replace(&mut attempted, true);
         match open(endpoint, file, Some(limit)).await {
             Ok(conn) => return Ok(conn),
-            Err(e @ Error::Connect { .. }) if refused(&e) => return Err(e),
+            // The head answered and refused this client (another version, a wrong token):
+            // trying again changes nothing.
+            Err(e @ ConnectError::Refused { .. }) => return Err(connect_error(e)),
             Err(e) if first => tracing::warn!(
-                "the head at {} does not answer ({e}): trying again for up to {wait:?}",
-                file.address
+                "the head at {} does not answer ({}): trying again for up to {wait:?}",
+                file.address,
+                connect_error(e)
             ),
-            Err(e) => tracing::debug!("the head is not reachable yet: {e}"),
+            Err(e) => tracing::debug!("the head is not reachable yet: {}", connect_error(e)),
         }
         if stop() {
             return Err(Error::ConnectionLost(
