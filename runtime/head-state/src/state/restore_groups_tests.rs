@@ -5,51 +5,12 @@
 use std::time::Duration;
 
 use ember_core::ids::{ActorId, NodeId};
-use ember_core::proto::{
-    ClientReply, ClientRequest, GroupView, Rejoin, RunningActor, WorkerCommand, WorkerReply,
-};
+use ember_core::proto::{ClientReply, ClientRequest, GroupView};
 
-use super::{actor_endpoints, command, reply_to, spec, Scene};
-use crate::io::{ConnId, Effect, Input};
+use super::restore_tests::{rejoin, running_actor_of};
+use super::{reply_to, spec, Scene};
+use crate::io::{Effect, Input};
 use crate::journal::{Change, GroupRecord};
-
-/// An actor created wherever it fits (checkpointing); what its worker would report of it when
-/// re-joining.
-fn running_actor(s: &mut Scene, owner: ConnId) -> (ActorId, NodeId, RunningActor) {
-    let (request, effects) = s.ask(owner, ClientRequest::CreateActor(spec(true)));
-    let (node, create, body) = command(&effects);
-    let WorkerCommand::CreateActor {
-        actor,
-        incarnation,
-        allocation,
-        ..
-    } = body
-    else {
-        panic!("{body:?}");
-    };
-    let effects = s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
-    assert!(matches!(
-        reply_to(&effects, request),
-        ClientReply::ActorCreated(_)
-    ));
-    let running = RunningActor {
-        actor,
-        incarnation,
-        allocation,
-        endpoints: actor_endpoints(),
-        sealed: false,
-    };
-    (actor, node, running)
-}
-
-fn rejoin(node: NodeId, actors: Vec<RunningActor>) -> Option<Rejoin> {
-    Some(Rejoin {
-        node,
-        epoch: 1,
-        actors,
-        leases: Vec::new(),
-    })
-}
 
 /// A client of the new life claims `actor` (its locate may wait for the actor to come back).
 fn claim(s: &mut Scene, actor: ActorId) {
@@ -113,8 +74,8 @@ fn a_generation_formed_or_broken_is_journaled_before_anyone_hears_of_it() {
     let mut s = Scene::new();
     s.join();
     let owner = s.conn();
-    let (a, _, _) = running_actor(&mut s, owner);
-    let (b, _, _) = running_actor(&mut s, owner);
+    let (a, _, _) = running_actor_of(&mut s, owner, spec(true));
+    let (b, _, _) = running_actor_of(&mut s, owner, spec(true));
     let client = s.conn();
     let body = ClientRequest::FormGroup {
         name: "dp".into(),
@@ -209,8 +170,8 @@ fn a_restarted_head_goes_on_with_the_generation_of_its_adopted_members() {
     let mut s = Scene::new();
     s.join();
     let owner = s.conn();
-    let (a, node, ra) = running_actor(&mut s, owner);
-    let (b, same, rb) = running_actor(&mut s, owner);
+    let (a, node, ra) = running_actor_of(&mut s, owner, spec(true));
+    let (b, same, rb) = running_actor_of(&mut s, owner, spec(true));
     assert_eq!(node, same);
     let view = form(&mut s, "dp", &[b, a]);
     assert_eq!(view.generation, 1);
@@ -231,7 +192,7 @@ fn a_restarted_head_goes_on_with_the_generation_of_its_adopted_members() {
         "{effects:?}"
     );
     // Their worker re-joins with both: the view is the same generation, the same ranks.
-    let (_, back, effects) = s.join_as(rejoin(node, vec![ra, rb]));
+    let (_, back, effects) = s.join_as(rejoin(node, vec![ra, rb], vec![]));
     assert_eq!(back, node);
     let ClientReply::Group(after) = reply_to(&effects, waiting) else {
         panic!("{effects:?}");
@@ -251,10 +212,10 @@ fn a_generation_with_a_member_not_adopted_fails_and_no_generation_is_handed_out_
     let mut s = Scene::new();
     s.join();
     let owner = s.conn();
-    let (a, first, ra) = running_actor(&mut s, owner);
-    let (filler, _, rf) = running_actor(&mut s, owner);
+    let (a, first, ra) = running_actor_of(&mut s, owner, spec(true));
+    let (filler, _, rf) = running_actor_of(&mut s, owner, spec(true));
     s.join();
-    let (b, second, _) = running_actor(&mut s, owner);
+    let (b, second, _) = running_actor_of(&mut s, owner, spec(true));
     assert_ne!(first, second);
     form(&mut s, "dp", &[a, b]);
     form(&mut s, "dp", &[a, b]);
@@ -270,7 +231,7 @@ fn a_generation_with_a_member_not_adopted_fails_and_no_generation_is_handed_out_
         [("dp", 2), ("solo", 1)]
     );
     // The first worker re-joins; the second never does.
-    s.join_as(rejoin(first, vec![ra, rf]));
+    s.join_as(rejoin(first, vec![ra, rf], vec![]));
     for actor in [a, b, filler] {
         claim(&mut s, actor);
     }
@@ -311,7 +272,7 @@ fn a_broken_generation_stays_broken_after_a_restart() {
     let mut s = Scene::new();
     s.join();
     let owner = s.conn();
-    let (a, node, ra) = running_actor(&mut s, owner);
+    let (a, node, ra) = running_actor_of(&mut s, owner, spec(true));
     form(&mut s, "dp", &[a]);
     let client = s.conn();
     let failed = ClientRequest::GroupFailed {
@@ -322,7 +283,7 @@ fn a_broken_generation_stays_broken_after_a_restart() {
     };
     s.ask(client, failed);
     s.restart();
-    s.join_as(rejoin(node, vec![ra]));
+    s.join_as(rejoin(node, vec![ra], vec![]));
     claim(&mut s, a);
     assert_eq!(
         health(&mut s, "dp", 1, &[1]).as_deref(),

@@ -247,15 +247,16 @@ fn an_actor_being_restarted_when_the_head_stopped_starts_under_a_new_incarnation
 /// An actor created on a fresh node (checkpointing); what its worker would report of it when
 /// re-joining.
 fn running_actor(s: &mut Scene) -> (ember_core::ids::ActorId, NodeId, RunningActor) {
-    running_actor_of(s, spec(true))
+    let owner = s.conn();
+    running_actor_of(s, owner, spec(true))
 }
 
-/// `running_actor`, of `spec`.
-fn running_actor_of(
+/// `running_actor`, of `spec`, created by client connection `owner`.
+pub(super) fn running_actor_of(
     s: &mut Scene,
+    owner: crate::io::ConnId,
     spec: ember_core::proto::ActorSpec,
 ) -> (ember_core::ids::ActorId, NodeId, RunningActor) {
-    let owner = s.conn();
     let (request, effects) = s.ask(owner, ClientRequest::CreateActor(spec));
     let (node, create, body) = command(&effects);
     let WorkerCommand::CreateActor {
@@ -282,7 +283,11 @@ fn running_actor_of(
     (actor, node, running)
 }
 
-fn rejoin(node: NodeId, actors: Vec<RunningActor>, leases: Vec<RunningLease>) -> Option<Rejoin> {
+pub(super) fn rejoin(
+    node: NodeId,
+    actors: Vec<RunningActor>,
+    leases: Vec<RunningLease>,
+) -> Option<Rejoin> {
     Some(Rejoin {
         node,
         epoch: 1,
@@ -558,7 +563,8 @@ fn an_actor_sealed_when_the_head_stopped_moves_from_its_final_checkpoint_uncount
     // No restarts allowed: a move is not one.
     let mut no_restarts = spec(true);
     no_restarts.restart.max_restarts = 0;
-    let (actor, node, mut running) = running_actor_of(&mut s, no_restarts);
+    let owner = s.conn();
+    let (actor, node, mut running) = running_actor_of(&mut s, owner, no_restarts);
     let (_, ticket) = s.save(actor, 1, 2);
     s.stored(ticket);
     let (_, other) = s.join();
