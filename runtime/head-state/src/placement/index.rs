@@ -10,6 +10,12 @@
 //! resources and the GPUs one by one).
 //!
 //! The treap's shape comes from a hash of each node's id, so it is the same on every run.
+//!
+//! Every change of a node's free capacity moves its entry, so the layout is kept small: an
+//! entry (rank, links, priority and its subtree's offer) fills one 64-byte cache line, and
+//! what each node offers itself lies in an array of its own, read only where the subtree's
+//! offer already covers the demand. Offers hold CPUs and GPU memory in 32 bits, rounded so
+//! that an offer still covers every demand that fits ([`Offer::covers`] only prunes).
 
 use std::cmp::Reverse;
 
@@ -44,6 +50,7 @@ impl Rank {
         }
     }
 
+
     /// The last rank a node of this usage can have (that of node id 0).
     fn last_of_usage(usage: u128) -> Rank {
         Rank {
@@ -55,21 +62,36 @@ impl Rank {
 
 /// The most a node, or a set of nodes, offers in each dimension the index prunes by. A demand
 /// fits a node only if the node's offer [covers](Offer::covers) the demand's
-/// [least offer](Offer::least_for); the converse need not hold.
+/// [least offer](Offer::least_for); the converse need not hold. Counts are narrowed to fit 24
+/// bytes, by maps that keep that promise: saturating (CPUs, whole GPUs), and GPU memory in
+/// MiB rounded up for what a node offers and down for what a demand needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Offer {
-    cpu_free: u64,
-    /// The largest free share of one GPU, in hundredths.
-    share_free: u32,
-    /// How many GPUs are entirely free.
-    whole_free: u32,
-    /// The most free memory of one GPU that has some share free.
-    gpu_memory_free: u64,
+    /// Free milli-CPUs, saturating at `u32::MAX`.
+    cpu_free: u32,
+    /// The most free memory of one GPU that has some share free, in MiB (see above).
+    gpu_memory_free: u32,
     /// One bit per label carried (a Bloom filter: bits may be shared).
     labels: u64,
     /// One bit per accelerator type of the GPUs, ASCII case folded (a Bloom filter).
-    accelerators: u64,
+    accelerators: u32,
+    /// The largest free share of one GPU, in hundredths.
+    share_free: u16,
+    /// How many GPUs are entirely free, saturating at `u16::MAX`.
+    whole_free: u16,
 }
+
+/// `n`, or `u32::MAX` where it is larger.
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// `n`, or `u16::MAX` where it is larger.
+fn saturate16(n: u32) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+const MIB: u64 = 1 << 20;
 
 impl Offer {
     /// What a node offers now.
@@ -78,7 +100,7 @@ impl Offer {
         let accelerators = node
             .gpus
             .iter()
-            .fold(0, |bits, g| bits | bit(&g.accelerator, true));
+            .fold(0, |bits, g| bits | bit32(&g.accelerator));
         Offer::refreshed(
             node,
             Offer {
@@ -92,17 +114,18 @@ impl Offer {
     /// What a node offers now, given what it offered before: labels and GPUs never change,
     /// so their bits are kept rather than hashed again.
     fn refreshed(node: &NodeState, before: Offer) -> Offer {
+        let memory = node
+            .gpus
+            .iter()
+            .filter(|g| g.share_free > 0)
+            .map(|g| g.mem_free)
+            .max()
+            .unwrap_or(0);
         Offer {
-            cpu_free: node.cpu_free,
-            share_free: node.max_share_free,
-            whole_free: node.whole_free,
-            gpu_memory_free: node
-                .gpus
-                .iter()
-                .filter(|g| g.share_free > 0)
-                .map(|g| g.mem_free)
-                .max()
-                .unwrap_or(0),
+            cpu_free: saturate(node.cpu_free),
+            share_free: saturate16(node.max_share_free),
+            whole_free: saturate16(node.whole_free),
+            gpu_memory_free: saturate(memory.div_ceil(MIB)),
             labels: before.labels,
             accelerators: before.accelerators,
         }
@@ -118,13 +141,17 @@ impl Offer {
             u => (GPU_UNITS, u / GPU_UNITS),
         };
         Offer {
-            cpu_free: d.cpu_millis,
-            share_free,
-            whole_free,
-            gpu_memory_free: if units > 0 { d.gpu_memory } else { 0 },
+            cpu_free: saturate(d.cpu_millis),
+            share_free: saturate16(share_free),
+            whole_free: saturate16(whole_free),
+            gpu_memory_free: if units > 0 {
+                saturate(d.gpu_memory / MIB)
+            } else {
+                0
+            },
             labels: req.labels.iter().fold(0, |bits, l| bits | bit(l, false)),
             accelerators: match &d.accelerator {
-                Some(a) if units > 0 => bit(a, true),
+                Some(a) if units > 0 => bit32(a),
                 _ => 0,
             },
         }
@@ -164,25 +191,46 @@ fn bit(name: &str, fold_case: bool) -> u64 {
     1 << (hash >> 58)
 }
 
-/// A node's treap priority: a hash of its id (splitmix64), so the shape is deterministic.
-fn priority(id: NodeId) -> u64 {
+/// The Bloom filter bit of an accelerator type, ASCII case folded, among 32.
+fn bit32(name: &str) -> u32 {
+    1 << (bit(name, true).trailing_zeros() & 31)
+}
+
+/// A node's treap priority: a hash of its id (the high half of splitmix64), so the shape is
+/// deterministic.
+fn priority(id: NodeId) -> u32 {
     let mut z = id.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    ((z ^ (z >> 31)) >> 32) as u32
 }
 
-/// One indexed node.
+/// One indexed node: its rank (usage, then id), its links, its priority and what its subtree
+/// offers, in one cache line. What the node offers itself is in [`NodeIndex::own`].
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 struct Entry {
-    rank: Rank,
-    priority: u64,
+    usage: u128,
+    id: NodeId,
     left: u32,
     right: u32,
-    /// What this node offers.
-    own: Offer,
+    priority: u32,
     /// What this node and its subtree offer at most.
     subtree: Offer,
+}
+
+// An entry fills one cache line, and no more.
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+const _: () = assert!(std::mem::size_of::<Offer>() == 24);
+
+impl Entry {
+    #[inline]
+    fn rank(&self) -> Rank {
+        Rank {
+            usage: self.usage,
+            id: Reverse(self.id),
+        }
+    }
 }
 
 /// The schedulable nodes, ordered by usage, with what each subtree offers (see the module
@@ -193,6 +241,8 @@ struct Entry {
 pub(crate) struct NodeIndex {
     /// Slots of the treap; those listed in `vacant` are unused.
     entries: Vec<Entry>,
+    /// What the node of each slot offers.
+    own: Vec<Offer>,
     vacant: Vec<u32>,
     root: u32,
 }
@@ -201,6 +251,7 @@ impl Default for NodeIndex {
     fn default() -> Self {
         NodeIndex {
             entries: Vec::new(),
+            own: Vec::new(),
             vacant: Vec::new(),
             root: NIL,
         }
@@ -270,8 +321,8 @@ impl NodeIndex {
         if let Some(found) = self.first(e.left, least, fits) {
             return Some(found);
         }
-        if e.own.covers(least) && fits(e.rank.id.0) {
-            return Some(e.rank);
+        if self.own[t as usize].covers(least) && fits(e.id) {
+            return Some(e.rank());
         }
         self.first(e.right, least, fits)
     }
@@ -293,17 +344,17 @@ impl NodeIndex {
         if !e.subtree.covers(least) {
             return None;
         }
-        if e.rank > upper {
+        if e.rank() > upper {
             return self.last(e.left, lower, upper, least, fits);
         }
-        if e.rank < lower {
+        if e.rank() < lower {
             return self.last(e.right, lower, upper, least, fits);
         }
         if let Some(found) = self.last(e.right, lower, upper, least, fits) {
             return Some(found);
         }
-        if e.own.covers(least) && fits(e.rank.id.0) {
-            return Some(e.rank);
+        if self.own[t as usize].covers(least) && fits(e.id) {
+            return Some(e.rank());
         }
         self.last(e.left, lower, upper, least, fits)
     }
@@ -311,36 +362,43 @@ impl NodeIndex {
     /// Moves the entry ranked `from` in subtree `t` to the node's current rank, with what it
     /// offers now; returns the subtree's new root. Where both ranks lie on the same side of an
     /// entry the walk goes down that side, so only the subtree where they part is rebuilt,
-    /// and every entry on the way is pulled once.
+    /// and every entry on the way is pulled once, unless what its child below offers did not
+    /// change (then neither did what it offers: the usual case, high in the treap).
     fn rerank(&mut self, t: u32, from: Rank, node: &NodeState) -> u32 {
         if t == NIL {
             return NIL;
         }
         let to = Rank::of(node);
         let e = &self.entries[t as usize];
-        if from != e.rank && (from < e.rank) == (to < e.rank) {
-            if from < e.rank {
-                let left = self.rerank(e.left, from, node);
+        if from != e.rank() && (from < e.rank()) == (to < e.rank()) {
+            if from < e.rank() {
+                let child = e.left;
+                let before = self.subtree_of(child);
+                let left = self.rerank(child, from, node);
                 self.entries[t as usize].left = left;
+                self.pull_unless_same(t, left, before);
             } else {
-                let right = self.rerank(e.right, from, node);
+                let child = e.right;
+                let before = self.subtree_of(child);
+                let right = self.rerank(child, from, node);
                 self.entries[t as usize].right = right;
+                self.pull_unless_same(t, right, before);
             }
-            self.pull(t);
             return t;
         }
         let (t, taken) = self.take_from(t, from);
         let Some(slot) = taken else {
             return t;
         };
+        let own = Offer::refreshed(node, self.own[slot as usize]);
+        self.own[slot as usize] = own;
         let entry = &mut self.entries[slot as usize];
-        let own = Offer::refreshed(node, entry.own);
         *entry = Entry {
-            rank: to,
+            usage: to.usage,
+            id: to.id.0,
             priority: entry.priority,
             left: NIL,
             right: NIL,
-            own,
             subtree: own,
         };
         self.insert_into(t, slot)
@@ -353,7 +411,7 @@ impl NodeIndex {
         }
         let (rank, priority) = {
             let e = &self.entries[slot as usize];
-            (e.rank, e.priority)
+            (e.rank(), e.priority)
         };
         let e = &self.entries[t as usize];
         if priority > e.priority {
@@ -364,33 +422,40 @@ impl NodeIndex {
             self.pull(slot);
             return slot;
         }
-        if rank < e.rank {
-            let left = self.insert_into(e.left, slot);
+        if rank < e.rank() {
+            let child = e.left;
+            let before = self.subtree_of(child);
+            let left = self.insert_into(child, slot);
             self.entries[t as usize].left = left;
+            self.pull_unless_same(t, left, before);
         } else {
-            let right = self.insert_into(e.right, slot);
+            let child = e.right;
+            let before = self.subtree_of(child);
+            let right = self.insert_into(child, slot);
             self.entries[t as usize].right = right;
+            self.pull_unless_same(t, right, before);
         }
-        self.pull(t);
         t
     }
 
     fn insert_offer(&mut self, rank: Rank, own: Offer) {
         let entry = Entry {
-            rank,
+            usage: rank.usage,
+            id: rank.id.0,
             priority: priority(rank.id.0),
             left: NIL,
             right: NIL,
-            own,
             subtree: own,
         };
         let slot = match self.vacant.pop() {
             Some(slot) => {
                 self.entries[slot as usize] = entry;
+                self.own[slot as usize] = own;
                 slot
             }
             None => {
                 self.entries.push(entry);
+                self.own.push(own);
                 (self.entries.len() - 1) as u32
             }
         };
@@ -403,7 +468,7 @@ impl NodeIndex {
         self.root = root;
         let slot = taken?;
         self.vacant.push(slot);
-        Some(self.entries[slot as usize].own)
+        Some(self.own[slot as usize])
     }
 
     /// Removes the entry of that rank from subtree `t`; returns the subtree's new root and the
@@ -416,18 +481,20 @@ impl NodeIndex {
             self.entries[t as usize].left,
             self.entries[t as usize].right,
         );
-        match rank.cmp(&self.entries[t as usize].rank) {
+        match rank.cmp(&self.entries[t as usize].rank()) {
             std::cmp::Ordering::Equal => (self.merge(left, right), Some(t)),
             std::cmp::Ordering::Less => {
+                let before = self.subtree_of(left);
                 let (left, taken) = self.take_from(left, rank);
                 self.entries[t as usize].left = left;
-                self.pull(t);
+                self.pull_unless_same(t, left, before);
                 (t, taken)
             }
             std::cmp::Ordering::Greater => {
+                let before = self.subtree_of(right);
                 let (right, taken) = self.take_from(right, rank);
                 self.entries[t as usize].right = right;
-                self.pull(t);
+                self.pull_unless_same(t, right, before);
                 (t, taken)
             }
         }
@@ -439,7 +506,7 @@ impl NodeIndex {
             return (NIL, NIL);
         }
         let e = &self.entries[t as usize];
-        if e.rank < at {
+        if e.rank() < at {
             let (below, above) = self.split(e.right, at);
             self.entries[t as usize].right = below;
             self.pull(t);
@@ -473,10 +540,29 @@ impl NodeIndex {
         }
     }
 
+    /// What subtree `t` offers (nothing, for no subtree).
+    #[inline]
+    fn subtree_of(&self, t: u32) -> Offer {
+        if t == NIL {
+            Offer::default()
+        } else {
+            self.entries[t as usize].subtree
+        }
+    }
+
+    /// Recomputes what subtree `t` offers after its child subtree `child` changed, which
+    /// offered `before`; where that child offers just as much, so does `t`, and it is left.
+    #[inline]
+    fn pull_unless_same(&mut self, t: u32, child: u32, before: Offer) {
+        if self.subtree_of(child) != before {
+            self.pull(t);
+        }
+    }
+
     /// Recomputes what subtree `t` offers from its node and its children.
     fn pull(&mut self, t: u32) {
         let e = &self.entries[t as usize];
-        let mut offer = e.own;
+        let mut offer = self.own[t as usize];
         for child in [e.left, e.right] {
             if child != NIL {
                 offer = offer.join(self.entries[child as usize].subtree);
@@ -529,11 +615,11 @@ impl NodeIndex {
             return Err(format!("index slot {t} is linked twice"));
         }
         let mut count = self.check_subtree(e.left, nodes, seen, previous)?;
-        let id = e.rank.id.0;
-        if previous.is_some_and(|p| p >= e.rank) {
+        let id = e.id;
+        if previous.is_some_and(|p| p >= e.rank()) {
             return Err(format!("index is out of order at {id}"));
         }
-        *previous = Some(e.rank);
+        *previous = Some(e.rank());
         let Ok(i) = nodes.binary_search_by_key(&id, |n| n.id) else {
             return Err(format!("index holds {id}, which is not in the cluster"));
         };
@@ -541,16 +627,16 @@ impl NodeIndex {
         if !node.schedulable {
             return Err(format!("index holds {id}, which is not schedulable"));
         }
-        if e.rank != Rank::of(node) {
+        if e.rank() != Rank::of(node) {
             return Err(format!("index holds {id} at a stale usage"));
         }
-        if e.own != Offer::of(node) {
+        if self.own[t as usize] != Offer::of(node) {
             return Err(format!("index holds a stale offer for {id}"));
         }
         if e.priority != priority(id) {
             return Err(format!("index holds a wrong priority for {id}"));
         }
-        let mut subtree = e.own;
+        let mut subtree = self.own[t as usize];
         for child in [e.left, e.right] {
             if child != NIL {
                 let c = self

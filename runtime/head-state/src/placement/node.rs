@@ -15,6 +15,9 @@ pub(crate) struct GpuSlot {
     pub(crate) mem_free: u64,
     /// Hundredths of this GPU not granted to any lease.
     pub(crate) share_free: u32,
+    /// Which of the node's accelerator types this GPU is: its position in
+    /// [`NodeState::accelerators`], so that matching a demand compares numbers, not names.
+    pub(crate) kind: u32,
 }
 
 impl GpuSlot {
@@ -53,6 +56,9 @@ pub(crate) struct NodeState {
     pub(crate) max_share_free: u32,
     /// GPUs sorted by index, each index once.
     pub(crate) gpus: Vec<GpuSlot>,
+    /// The accelerator types of the GPUs, each once (ASCII case folded), in the order of the
+    /// first GPU of each: [`GpuSlot::kind`] indexes it.
+    pub(crate) accelerators: Vec<String>,
     /// Custom resources sorted by name, each name once.
     pub(crate) custom: Vec<CustomSlot>,
     /// How many leases this node holds.
@@ -74,10 +80,24 @@ impl NodeState {
                 mem_total: g.memory,
                 mem_free: g.memory,
                 share_free: GPU_UNITS,
+                kind: 0,
             })
             .collect();
         gpus.sort_by_key(|g| g.index);
         gpus.dedup_by_key(|g| g.index);
+        let mut accelerators: Vec<String> = Vec::new();
+        for g in &mut gpus {
+            g.kind = match accelerators
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(&g.accelerator))
+            {
+                Some(k) => k as u32,
+                None => {
+                    accelerators.push(g.accelerator.clone());
+                    (accelerators.len() - 1) as u32
+                }
+            };
+        }
         let mut custom: Vec<CustomSlot> = resources
             .custom
             .into_iter()
@@ -108,6 +128,7 @@ impl NodeState {
             whole_free: 0,
             max_share_free: 0,
             gpus,
+            accelerators,
             custom,
             leases: 0,
             labels: {
@@ -158,6 +179,28 @@ impl NodeState {
     /// Whether the demand fits in what is free now (ignores `schedulable`).
     #[inline]
     pub(crate) fn fits_now(&self, d: &ResourceDemand) -> bool {
+        if !self.fits_counts(d) {
+            return false;
+        }
+        let units = d.gpus.units();
+        if units > 0 && (d.gpu_memory > 0 || d.accelerator.is_some()) {
+            let Some(kind) = self.accelerator_kind(d.accelerator.as_deref()) else {
+                return false;
+            };
+            return if units < GPU_UNITS {
+                self.best_fraction(units, d.gpu_memory, kind).is_some()
+            } else {
+                self.whole_available(units / GPU_UNITS, d.gpu_memory, kind)
+            };
+        }
+        true
+    }
+
+    /// Whether the demand fits what is free now as far as the CPUs, the custom resources and
+    /// the cached GPU figures tell (the largest free share, how many GPUs are entirely free):
+    /// all of the check but the GPUs' memory and accelerator types.
+    #[inline]
+    fn fits_counts(&self, d: &ResourceDemand) -> bool {
         if self.cpu_free < d.cpu_millis {
             return false;
         }
@@ -176,10 +219,54 @@ impl NodeState {
                 return false;
             }
         }
-        if units > 0 && (d.gpu_memory > 0 || d.accelerator.is_some()) {
-            return self.pick_gpus(d, |_, _| {}).is_some();
-        }
         true
+    }
+
+    /// Which GPUs an accelerator type allows: `Some(None)` any of them (no type asked),
+    /// `Some(Some(kind))` those of that [`GpuSlot::kind`], `None` none of this node's.
+    #[inline]
+    fn accelerator_kind(&self, accelerator: Option<&str>) -> Option<Option<u32>> {
+        match accelerator {
+            None => Some(None),
+            Some(a) => self
+                .accelerators
+                .iter()
+                .position(|k| k.eq_ignore_ascii_case(a))
+                .map(|k| Some(k as u32)),
+        }
+    }
+
+    /// The GPU a fraction of `units` goes to: the one with the least free share that still
+    /// fits, with `memory` free and of the kind allowed (lowest index among equals).
+    #[inline]
+    fn best_fraction(&self, units: u32, memory: u64, kind: Option<u32>) -> Option<usize> {
+        let mut best: Option<(usize, u32)> = None;
+        for (i, g) in self.gpus.iter().enumerate() {
+            if g.share_free >= units
+                && g.mem_free >= memory
+                && kind.is_none_or(|k| g.kind == k)
+                && best.is_none_or(|(_, free)| g.share_free < free)
+            {
+                best = Some((i, g.share_free));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Whether `wanted` GPUs are entirely free, each with `memory` free and of the kind allowed.
+    #[inline]
+    fn whole_available(&self, wanted: u32, memory: u64, kind: Option<u32>) -> bool {
+        let mut found = 0;
+        for g in &self.gpus {
+            if g.share_free == GPU_UNITS && g.mem_free >= memory && kind.is_none_or(|k| g.kind == k)
+            {
+                found += 1;
+                if found == wanted {
+                    return true;
+                }
+            }
+        }
+        wanted == 0
     }
 
     /// Whether the demand would fit on this node if it were entirely free.
@@ -207,87 +294,59 @@ impl NodeState {
         true
     }
 
-    /// Chooses the GPUs for a demand from what is free now, calling `each(position, share)` for
-    /// every chosen GPU; returns how many were chosen, or `None` when the demand does not fit.
-    /// A fraction goes to the GPU with the least free share that still fits (best fit, lowest
-    /// index among equals); whole GPUs go to the lowest-indexed entirely free GPUs.
-    #[inline]
-    fn pick_gpus(&self, d: &ResourceDemand, mut each: impl FnMut(usize, u32)) -> Option<u32> {
-        let units = d.gpus.units();
-        let accel = d.accelerator.as_deref();
-        if units == 0 {
-            return Some(0);
+    /// Takes the demand from what is free and returns what was granted, or `None` (changing
+    /// nothing) when it does not fit now. A fraction goes to the GPU with the least free share
+    /// that still fits (best fit, lowest index among equals); whole GPUs go to the
+    /// lowest-indexed entirely free GPUs.
+    pub(crate) fn allocate(&mut self, d: &ResourceDemand) -> Option<Allocation> {
+        if !self.fits_counts(d) {
+            return None;
         }
-        if units < GPU_UNITS {
-            let mut best: Option<(usize, u32)> = None;
-            for (i, g) in self.gpus.iter().enumerate() {
-                if g.share_free >= units
-                    && g.mem_free >= d.gpu_memory
-                    && g.matches(accel)
-                    && best.is_none_or(|(_, free)| g.share_free < free)
+        let units = d.gpus.units();
+        let mut grants = Vec::new();
+        if units > 0 {
+            let kind = self.accelerator_kind(d.accelerator.as_deref())?;
+            if units < GPU_UNITS {
+                let i = self.best_fraction(units, d.gpu_memory, kind)?;
+                let g = &mut self.gpus[i];
+                g.share_free -= units;
+                g.mem_free -= d.gpu_memory;
+                grants.push(GpuGrant {
+                    index: g.index,
+                    share: d.gpus,
+                    memory: d.gpu_memory,
+                });
+            } else {
+                let wanted = units / GPU_UNITS;
+                if (d.gpu_memory > 0 || kind.is_some())
+                    && !self.whole_available(wanted, d.gpu_memory, kind)
                 {
-                    best = Some((i, g.share_free));
+                    return None;
                 }
-            }
-            let (i, _) = best?;
-            each(i, units);
-            Some(1)
-        } else {
-            let wanted = units / GPU_UNITS;
-            let mut found = 0;
-            for g in &self.gpus {
-                if g.share_free == GPU_UNITS && g.mem_free >= d.gpu_memory && g.matches(accel) {
-                    found += 1;
-                    if found == wanted {
+                grants.reserve_exact(wanted as usize);
+                for g in &mut self.gpus {
+                    if grants.len() == wanted as usize {
                         break;
+                    }
+                    if g.share_free == GPU_UNITS
+                        && g.mem_free >= d.gpu_memory
+                        && kind.is_none_or(|k| g.kind == k)
+                    {
+                        g.share_free = 0;
+                        g.mem_free -= d.gpu_memory;
+                        grants.push(GpuGrant {
+                            index: g.index,
+                            share: GpuShare::ONE,
+                            memory: d.gpu_memory,
+                        });
                     }
                 }
             }
-            if found < wanted {
-                return None;
-            }
-            let mut taken = 0;
-            for (i, g) in self.gpus.iter().enumerate() {
-                if taken == wanted {
-                    break;
-                }
-                if g.share_free == GPU_UNITS && g.mem_free >= d.gpu_memory && g.matches(accel) {
-                    each(i, GPU_UNITS);
-                    taken += 1;
-                }
-            }
-            Some(wanted)
+            self.gpu_units_used += u64::from(units);
+            self.refresh_gpu_cache();
         }
-    }
-
-    /// Takes the demand from what is free and returns what was granted, or `None` (changing
-    /// nothing) when it does not fit now.
-    pub(crate) fn allocate(&mut self, d: &ResourceDemand) -> Option<Allocation> {
-        if !self.fits_now(d) {
-            return None;
-        }
-        let mut positions: Vec<usize> = Vec::new();
-        self.pick_gpus(d, |i, _| positions.push(i))?;
-        let n = positions.len();
-        let share = if d.gpus.is_fraction() {
-            d.gpus
-        } else {
-            GpuShare::ONE
-        };
-        let mut grants = Vec::with_capacity(n);
-        for i in positions {
-            let g = &mut self.gpus[i];
-            g.share_free -= share.units();
-            g.mem_free -= d.gpu_memory;
-            grants.push(GpuGrant {
-                index: g.index,
-                share,
-                memory: d.gpu_memory,
-            });
-        }
-        self.gpu_units_used += u64::from(share.units()) * n as u64;
         self.cpu_free -= d.cpu_millis;
-        let mut custom = Vec::with_capacity(d.custom.len());
+        let mut custom = Vec::new();
         for (name, amount) in &d.custom {
             if *amount == 0 {
                 continue;
@@ -296,9 +355,6 @@ impl NodeState {
                 self.custom[i].free -= *amount;
                 custom.push((name.clone(), *amount));
             }
-        }
-        if n > 0 {
-            self.refresh_gpu_cache();
         }
         self.usage_key = self.compute_usage_key();
         self.leases += 1;
@@ -391,6 +447,9 @@ impl NodeState {
         fn frac(used: u64, total: u64) -> u128 {
             if total == 0 {
                 0
+            } else if used < 1 << 24 {
+                // The same quotient, by a 64-bit division rather than a 128-bit one.
+                u128::from((used << 40) / total)
             } else {
                 (u128::from(used) << 40) / u128::from(total)
             }
