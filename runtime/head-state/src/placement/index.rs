@@ -50,7 +50,6 @@ impl Rank {
         }
     }
 
-
     /// The last rank a node of this usage can have (that of node id 0).
     fn last_of_usage(usage: u128) -> Rank {
         Rank {

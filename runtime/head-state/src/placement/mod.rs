@@ -13,6 +13,7 @@ mod error;
 mod index;
 mod node;
 mod queue;
+mod shapes;
 
 #[cfg(test)]
 mod differential;
@@ -29,6 +30,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 pub use ember_core::proto::{CustomUsage, GpuUsage, NodeAffinity, NodeUsage, Strategy};
 pub use error::PlacementError;
+pub use shapes::QueuedGroup;
 
 use ember_core::ids::{LeaseId, NodeId};
 use ember_core::resources::{

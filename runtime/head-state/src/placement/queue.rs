@@ -182,6 +182,19 @@ impl PendingQueue {
             .and_then(|s| s.members.first().copied())
     }
 
+    /// The shape a queued request is filed under, by its lease.
+    pub(crate) fn shape_of_lease(&self, lease: LeaseId) -> Option<ShapeId> {
+        self.shape_of(self.by_lease.get(&lease)?)
+    }
+
+    /// The members of a shape in queue order (none for a vacant or unknown slot).
+    pub(crate) fn members(&self, shape: ShapeId) -> impl Iterator<Item = &QueueKey> + '_ {
+        self.shapes
+            .get(shape as usize)
+            .into_iter()
+            .flat_map(|s| s.members.iter())
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&QueueKey, &PlacementRequest)> {
         self.order.iter().map(|(k, w)| (k, &w.req))
     }

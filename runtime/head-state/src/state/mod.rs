@@ -388,6 +388,10 @@ pub struct HeadState {
     /// deadline.
     stranded: BTreeMap<LeaseId, pending::Stranded>,
     out: Vec<Effect>,
+    /// Whether-it-fits checks (`could_hold`, `never_fits_anywhere`) made to strand or
+    /// unstrand requests, for tests of what a node leaving or joining costs.
+    #[cfg(test)]
+    pub(super) fit_checks: u64,
 }
 
 impl HeadState {
@@ -424,6 +428,8 @@ impl HeadState {
             drains: BTreeMap::new(),
             stranded: BTreeMap::new(),
             out: Vec::new(),
+            #[cfg(test)]
+            fit_checks: 0,
         }
     }
 

@@ -3,11 +3,15 @@
 //!
 //! Feasibility is decided when the cluster shrinks or grows, never in a queue pass: when a
 //! node leaves or drains, only the queued requests that node could hold are checked against
-//! the nodes left; when a node joins, only the stranded requests are checked against it. A
+//! the nodes left; when a node joins, only the stranded requests are checked against it. The
+//! checks go by the queue's groups ([`QueuedGroup`]): requests of one group fit exactly the same
+//! nodes, so one check answers for the whole group, and a node leaving costs a check per group,
+//! not per queued request (plus the bookkeeping of each request it does strand). A
 //! stranded request waits until its deadline (its placement's `pending_timeout_ms`, else
 //! [`Config::pending_timeout`](super::Config::pending_timeout)) and then fails naming what is
 //! missing, unless a node that fits joins first.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ember_core::ids::{LeaseId, NodeId};
@@ -15,7 +19,7 @@ use ember_core::proto::{ClientReply, ErrorKind, JobEvent, Placement, RemoteError
 use ember_core::resources::ResourceDemand;
 
 use super::{ms, HeadState, LeasePhase, Timer, Work};
-use crate::placement::PlacementError;
+use crate::placement::{PlacementError, QueuedGroup};
 
 /// A queued lease that no live node could hold any more: what it lacks, and when it fails
 /// with the timeout it was given (none for an actor's restart or move: an actor that exists
@@ -27,27 +31,54 @@ pub(super) struct Stranded {
 }
 
 impl HeadState {
-    /// The queued leases, not stranded yet, that `node` could hold entirely free: those that
-    /// may be stranded once it leaves or drains. Linear in the queue.
-    pub(super) fn could_strand(&self, node: NodeId) -> Vec<LeaseId> {
-        self.sched
-            .queued()
-            .filter(|r| !self.stranded.contains_key(&r.lease) && self.sched.could_hold(node, r))
-            .map(|r| r.lease)
-            .collect()
+    /// The groups of queued requests that `node` could hold entirely free: those whose
+    /// requests may be stranded once it leaves or drains. One check per group, whatever the
+    /// queue's length.
+    pub(super) fn could_strand(&mut self, node: NodeId) -> Vec<QueuedGroup> {
+        let mut groups = Vec::new();
+        for (group, first) in self.sched.queued_group_firsts() {
+            #[cfg(test)]
+            {
+                self.fit_checks += 1;
+            }
+            if self.sched.could_hold(node, first) {
+                groups.push(group);
+            }
+        }
+        groups
     }
 
-    /// After nodes left or stopped taking work: each of `candidates` still queued that no live
-    /// node could hold any more waits, with that reason, until its deadline.
-    pub(super) fn strand(&mut self, now: Instant, candidates: Vec<LeaseId>) {
-        for lease in candidates {
-            let Some(reason) = self
-                .sched
-                .queued_request(lease)
-                .and_then(|r| self.sched.never_fits_anywhere(r))
-            else {
+    /// After nodes left or stopped taking work: the requests of `candidates` (groups named by
+    /// [`HeadState::could_strand`] since, the queue unchanged) that no live node could hold any
+    /// more wait, with that reason, until their deadline; in queue order, those stranded
+    /// already left as they are. One check per group.
+    pub(super) fn strand(&mut self, now: Instant, candidates: Vec<QueuedGroup>) {
+        let mut doomed: Vec<(QueuedGroup, PlacementError)> = Vec::new();
+        for group in candidates {
+            let Some(first) = self.sched.queued_group_first(group) else {
                 continue;
             };
+            #[cfg(test)]
+            {
+                self.fit_checks += 1;
+            }
+            if let Some(reason) = self.sched.never_fits_anywhere(first) {
+                doomed.push((group, reason));
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        doomed.sort_unstable_by_key(|(group, _)| *group);
+        let groups: Vec<QueuedGroup> = doomed.iter().map(|(group, _)| *group).collect();
+        for (group, lease) in self.sched.queued_in_groups(&groups) {
+            if self.stranded.contains_key(&lease) {
+                continue;
+            }
+            let Ok(at) = doomed.binary_search_by_key(&group, |(g, _)| *g) else {
+                continue;
+            };
+            let reason = doomed[at].1.clone();
             let timeout = self
                 .placement_of(lease)
                 .and_then(|p| p.pending_timeout_ms)
@@ -64,16 +95,33 @@ impl HeadState {
 
     /// A node joined: the stranded requests it could hold wait for capacity again; the others
     /// keep their deadline, with their reason said again against the cluster as it is now.
+    /// One check per group of stranded requests.
     pub(super) fn unstrand(&mut self, now: Instant, node: NodeId) {
         let stranded: Vec<LeaseId> = self.stranded.keys().copied().collect();
+        // What the cluster says of each group: `None`, some node could hold it now.
+        let mut verdicts: BTreeMap<QueuedGroup, Option<PlacementError>> = BTreeMap::new();
         for lease in stranded {
-            let Some(request) = self.sched.queued_request(lease) else {
+            let Some(group) = self.sched.queued_group(lease) else {
                 continue;
             };
-            let reason = if self.sched.could_hold(node, request) {
-                None
-            } else {
-                self.sched.never_fits_anywhere(request)
+            let reason = match verdicts.get(&group) {
+                Some(reason) => reason.clone(),
+                None => {
+                    let Some(first) = self.sched.queued_group_first(group) else {
+                        continue;
+                    };
+                    #[cfg(test)]
+                    {
+                        self.fit_checks += 1;
+                    }
+                    let reason = if self.sched.could_hold(node, first) {
+                        None
+                    } else {
+                        self.sched.never_fits_anywhere(first)
+                    };
+                    verdicts.insert(group, reason.clone());
+                    reason
+                }
             };
             let Some(reason) = reason else {
                 tracing::info!(%lease, %node, "a node that can hold it joined");

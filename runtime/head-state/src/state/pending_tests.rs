@@ -2,7 +2,7 @@
 //! that could hold them left or drains, failing at their pending timeout unless a node that
 //! fits joins first; and needs that are never ignored.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ember_core::ids::NodeId;
 use ember_core::proto::{
@@ -13,6 +13,8 @@ use ember_core::resources::{GpuDevice, GpuShare, NodeResources, ResourceDemand};
 
 use super::{command, error_of, reply_to, spec, Scene};
 use crate::io::{ConnId, Effect, Input, RequestId};
+use crate::journal::Journaled;
+use crate::state::{Config, HeadState};
 
 impl Scene {
     /// A worker with one 80 GiB GPU of `accelerator`, which runs any job, joins.
@@ -426,4 +428,142 @@ fn a_restarting_actor_left_with_no_fitting_node_waits_for_one_however_long_it_ta
         matches!(body, WorkerCommand::CreateActor { incarnation: 2, .. }),
         "{body:?}"
     );
+}
+
+/// A worker with one 80 GiB GPU of `accelerator` that runs `train`, straight into `head`
+/// (no scene: its checks after every input are linear in the cluster); returns its node.
+fn join_bare(head: &mut HeadState, now: Instant, conn: ConnId, accelerator: &str) -> NodeId {
+    let hello = WorkerHello {
+        name: format!("worker-{}", conn.0),
+        resources: NodeResources {
+            cpu_millis: 8000,
+            gpus: vec![GpuDevice {
+                index: 0,
+                uuid: format!("GPU-{}", conn.0),
+                name: format!("NVIDIA {accelerator}"),
+                memory: 80 << 30,
+                accelerator: accelerator.into(),
+                logical: true,
+            }],
+            custom: Vec::new(),
+            labels: Vec::new(),
+        },
+        task_types: vec!["train".into()],
+        actor_types: Vec::new(),
+        address: "10.0.0.1:7100".into(),
+        rejoin: None,
+    };
+    let effects = head.handle(
+        now,
+        Input::WorkerJoined {
+            conn,
+            hello: Box::new(hello),
+        },
+    );
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Welcome { conn: c, node } if *c == conn => Some(*node),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("expected a welcome: {effects:?}"))
+}
+
+#[test]
+fn a_node_leaving_a_big_cluster_checks_each_group_of_waiting_requests_once() {
+    let now = Instant::now();
+    let (mut head, _) = HeadState::restore(Config::default(), now, Journaled::default());
+    let mut conns = 0;
+    let mut next_conn = || {
+        conns += 1;
+        ConnId(conns)
+    };
+    // One H100 node and 9,999 A100 nodes, each GPU then taken by a task lease.
+    let h100_conn = next_conn();
+    let h100 = join_bare(&mut head, now, h100_conn, "H100");
+    for _ in 1..10_000 {
+        let conn = next_conn();
+        join_bare(&mut head, now, conn, "A100");
+    }
+    let client = next_conn();
+    let mut requests = 0;
+    let mut lease = |head: &mut HeadState, accelerator: Option<&str>, units: u32| {
+        requests += 1;
+        head.handle(
+            now,
+            Input::Request {
+                conn: client,
+                request: RequestId(requests),
+                body: ClientRequest::LeaseTask(LeaseSpec {
+                    name: "train".into(),
+                    placement: Placement {
+                        demand: ResourceDemand {
+                            gpus: GpuShare::from_units(units),
+                            accelerator: accelerator.map(Into::into),
+                            ..ResourceDemand::default()
+                        },
+                        ..Placement::default()
+                    },
+                }),
+            },
+        );
+    };
+    for _ in 0..10_000 {
+        lease(&mut head, None, 100);
+    }
+    assert_eq!(head.sched.queued_len(), 0, "every GPU is leased");
+    // 100,000 requests wait, in four groups: any GPU, an H100, an A100, half an A100.
+    let shapes = [
+        (None, 100),
+        (Some("H100"), 100),
+        (Some("A100"), 100),
+        (Some("A100"), 50),
+    ];
+    for i in 0..100_000 {
+        let (accelerator, units) = shapes[i % shapes.len()];
+        lease(&mut head, accelerator, units);
+    }
+    assert_eq!(head.sched.queued_len(), 100_000);
+    assert_eq!(head.sched.queued_groups(), shapes.len());
+
+    // The H100 node leaves: every group is asked once whether it could hold them, and the two
+    // it could (any GPU, an H100) once whether any node left could.
+    head.fit_checks = 0;
+    head.handle(now, Input::Closed { conn: h100_conn });
+    assert!(head.sched.usage(h100).is_none());
+    assert_eq!(head.fit_checks, 4 + 2);
+    let h100_waiting = head
+        .sched
+        .queued()
+        .filter(|r| r.demand.accelerator.as_deref() == Some("H100"))
+        .count();
+    assert_eq!(h100_waiting, 25_000);
+    assert_eq!(
+        head.stranded.len(),
+        h100_waiting,
+        "exactly the H100 requests"
+    );
+    assert!(head
+        .stranded
+        .keys()
+        .all(|lease| head.sched.queued_request(*lease).is_some_and(|r| r
+            .demand
+            .accelerator
+            .as_deref()
+            == Some("H100"))));
+    let first = *head.stranded.keys().next().expect("stranded");
+    let why = head.wait_reason(now, first).expect("it waits");
+    assert!(
+        why.infeasible && why.reason.starts_with("no GPU has accelerator type H100"),
+        "{why:?}"
+    );
+
+    // An H100 node joins: the one group stranded is asked once, and waits for capacity again.
+    head.fit_checks = 0;
+    let conn = next_conn();
+    join_bare(&mut head, now, conn, "H100");
+    assert_eq!(head.fit_checks, 1);
+    assert!(head.stranded.is_empty());
+    head.check_invariants()
+        .expect("the state agrees with itself");
 }
