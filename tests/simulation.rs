@@ -69,6 +69,29 @@ fn a_thousand_nodes_and_ten_thousand_actors() {
 }
 
 #[test]
+fn stranded_requests_fail_at_their_pending_timeout() {
+    // Every request that fails at its pending timeout is checked to have been stranded (no
+    // live node could hold it); these seeds must have some.
+    let scenario = Scenario::stranded().with_env();
+    let mut stranded = 0;
+    for seed in 1..=4 {
+        match run(seed, &scenario) {
+            Ok(report) => {
+                println!("{} {report}", scenario.name);
+                stranded += report.counts.stranded_timeouts;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    if scenario.steps >= Scenario::stranded().steps {
+        assert!(
+            stranded > 0,
+            "no request failed at its pending timeout in seeds 1 to 4"
+        );
+    }
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     let scenario = Scenario::small().with_env();
     let first = run(42, &scenario).unwrap_or_else(|f| panic!("{f}"));
@@ -100,7 +123,7 @@ fn replay() {
     };
     let name = std::env::var("EMBER_SIM_SCENARIO").unwrap_or_else(|_| "small".into());
     let scenario = Scenario::by_name(&name)
-        .unwrap_or_else(|| panic!("no scenario `{name}`: small or large"))
+        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large or stranded"))
         .with_env();
     check(seed, &scenario);
 }
@@ -117,7 +140,7 @@ fn sweep() {
         .unwrap_or_else(|| panic!("EMBER_SIM_SWEEP is FROM..TO, not {range}"));
     let name = std::env::var("EMBER_SIM_SCENARIO").unwrap_or_else(|_| "small".into());
     let scenario = Scenario::by_name(&name)
-        .unwrap_or_else(|| panic!("no scenario `{name}`: small or large"))
+        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large or stranded"))
         .with_env();
     let mut failed = Vec::new();
     for seed in from..to {

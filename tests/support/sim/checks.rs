@@ -7,14 +7,41 @@
 use std::collections::BTreeSet;
 
 use ember_core::ids::{ActorId, LeaseId};
-use ember_core::proto::{ClientReply, ClientRequest, ClusterStatus, JobEvent};
+use ember_core::proto::{ClientReply, ClientRequest, ClusterStatus, ErrorKind, JobEvent};
+use ember_head_state::placement::PlacementRequest;
 use ember_head_state::{ConnId, Input, RequestId};
 
 use super::shell::{Kind, Open, Peer};
 use super::workers::image_seq;
 use super::Sim;
 
+/// How the head words a request that failed at its pending timeout, stranded.
+const STRANDED_TIMEOUT: &str = "(no node that fits joined within";
+
 impl Sim {
+    /// A request failed at its pending timeout: it must have been stranded, so no live node
+    /// the head places on (joined, not draining) could hold it, even entirely free.
+    fn check_stranded_timeout(
+        &mut self,
+        request: RequestId,
+        asked: Option<&PlacementRequest>,
+        message: &str,
+    ) -> Result<(), String> {
+        let Some(asked) = asked else {
+            return Err(format!(
+                "{request:?} failed at its pending timeout but asked for no placement: {message}"
+            ));
+        };
+        let sched = self.head.scheduler();
+        if let Some(node) = sched.node_ids().find(|&node| sched.could_hold(node, asked)) {
+            return Err(format!(
+                "{request:?} failed at its pending timeout, but {node} could hold it: {message}"
+            ));
+        }
+        self.counts.stranded_timeouts += 1;
+        Ok(())
+    }
+
     /// The cheap checks, after every step.
     pub(super) fn check_step(&mut self) -> Result<(), String> {
         let open = self.head.open_requests();
@@ -165,9 +192,19 @@ impl Sim {
                 }
             }
         }
+        let asked = if last {
+            self.asked.remove(&request)
+        } else {
+            self.asked.get(&request).cloned()
+        };
         let Some(reply) = reply else {
             return Ok(());
         };
+        if let ClientReply::Error(e) = reply {
+            if e.kind == ErrorKind::Infeasible && e.message.contains(STRANDED_TIMEOUT) {
+                self.check_stranded_timeout(request, asked.as_ref(), &e.message)?;
+            }
+        }
         let fits = match (kind, reply) {
             (_, ClientReply::Error(_)) => last,
             (Kind::Lease, ClientReply::TaskLeased(granted)) => {

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use ember_core::ids::{ActorId, LeaseId, NodeId};
 use ember_head_state::journal::{Change, Journaled, MemoryTables};
+use ember_head_state::placement::PlacementRequest;
 use ember_head_state::{CommandId, Config, Effect, HeadState, Input, RequestId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -72,6 +73,9 @@ pub struct Scenario {
     pub heartbeat_timeout: Duration,
     /// The chance that a fault is a crash of the head (rebuilt from its journal).
     pub head_crash: f64,
+    /// How long a request no live node could hold any more (stranded) waits for a node that
+    /// fits before it fails: the head's `Config::pending_timeout`.
+    pub pending_timeout: Duration,
 }
 
 impl Scenario {
@@ -95,6 +99,21 @@ impl Scenario {
             check_every: 1,
             heartbeat_timeout: Duration::from_secs(2),
             head_crash: 0.02,
+            // The head's default: a shorter one changes the runs the recorded seeds replay.
+            pending_timeout: Config::default().pending_timeout,
+        }
+    }
+
+    /// A small cluster (6 workers, 4 clients) with many faults and a 2 s pending timeout:
+    /// with few workers, the only nodes that could hold some requests (an accelerator type, a
+    /// rare task type, a node named by a hard affinity) often all leave or drain, and the
+    /// requests they strand fail at their timeout unless a node that fits joins first.
+    pub fn stranded() -> Self {
+        Scenario {
+            name: "stranded",
+            workers: 6,
+            pending_timeout: Duration::from_secs(2),
+            ..Self::small()
         }
     }
 
@@ -112,14 +131,16 @@ impl Scenario {
             check_every: 1_000,
             heartbeat_timeout: Duration::from_secs(2),
             head_crash: 0.0005,
+            pending_timeout: Config::default().pending_timeout,
         }
     }
 
-    /// The scenario named `name` (`small` or `large`).
+    /// The scenario named `name` (`small`, `large` or `stranded`).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "small" => Some(Self::small()),
             "large" => Some(Self::large()),
+            "stranded" => Some(Self::stranded()),
             _ => None,
         }
     }
@@ -221,6 +242,8 @@ pub struct Counts {
     pub errors: u64,
     /// Requests that ran out of time.
     pub timeouts: u64,
+    /// Requests that failed at their pending timeout, stranded (no live node could hold them).
+    pub stranded_timeouts: u64,
     /// Head crashes, each followed by a head rebuilt from its journal.
     pub head_crashes: u64,
     /// Workers that lost the head, kept their executors and asked to re-join as their node.
@@ -409,6 +432,9 @@ struct Sim {
     lost_leases: BTreeSet<LeaseId>,
     /// The lease granted on each task lease request still open.
     granted_leases: BTreeMap<RequestId, LeaseId>,
+    /// What each open request for a placement (task lease, job, actor creation) asks the
+    /// scheduler for, as the head files it.
+    asked: BTreeMap<RequestId, PlacementRequest>,
     /// The status request that checks progress after the calm spell.
     progress: Option<RequestId>,
     /// Every generation of each group the head told anyone of, with its members, in every
@@ -422,8 +448,7 @@ impl Sim {
             heartbeat_timeout: scenario.heartbeat_timeout,
             form_wait: Duration::from_secs(5),
             rejoin_window: scenario.rejoin_window(),
-            // The head's default: a shorter one changes the runs the recorded seeds replay.
-            pending_timeout: Config::default().pending_timeout,
+            pending_timeout: scenario.pending_timeout,
         };
         let base = Instant::now();
         let (head, first) = HeadState::restore(config, base, Journaled::default());
@@ -466,6 +491,7 @@ impl Sim {
             tickets: BTreeMap::new(),
             lost_leases: BTreeSet::new(),
             granted_leases: BTreeMap::new(),
+            asked: BTreeMap::new(),
             progress: None,
             generations: BTreeMap::new(),
             scenario,

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use ember_core::ids::ActorId;
+use ember_core::ids::{ActorId, LeaseId};
 use ember_core::proto::{ClientReply, ClientRequest, ErrorKind, RemoteError, WorkerCommand};
+use ember_core::resources::{actor_label, task_label};
+use ember_head_state::placement::PlacementRequest;
 use ember_head_state::{CommandId, ConnId, Effect, Input, LoadedCheckpoint, RequestId};
 
 use super::queue::Ev;
@@ -164,6 +166,27 @@ impl Sim {
         }
         if let ClientRequest::KillActor { actor } = &body {
             self.actors.entry(*actor).or_default().gone = true;
+        }
+        let asked = match &body {
+            ClientRequest::LeaseTask(spec) => Some((&spec.placement, Some(task_label(&spec.name)))),
+            ClientRequest::SubmitJob(spec) => Some((&spec.placement, None)),
+            ClientRequest::CreateActor(spec) => {
+                Some((&spec.placement, Some(actor_label(&spec.type_name))))
+            }
+            _ => None,
+        };
+        if let Some((placement, label)) = asked {
+            let mut demand = placement.demand.clone();
+            demand.custom.sort();
+            let asked = PlacementRequest {
+                lease: LeaseId(0),
+                demand,
+                strategy: placement.strategy,
+                affinity: placement.affinity,
+                priority: placement.priority,
+                labels: label.into_iter().collect(),
+            };
+            self.asked.insert(request, asked);
         }
         self.ledger.insert(request, Open { conn, kind });
         self.deliver(Input::Request {
