@@ -130,6 +130,24 @@ impl Offer {
         }
     }
 
+    /// Whether a node's offer covering the request's [least offer](Offer::least_for) means
+    /// that the request fits the node, not only that it could: for a request with no labels,
+    /// no custom resources, no GPU memory and no accelerator type, whose CPUs and whole GPUs
+    /// the offer's narrow counts hold exactly. Then whether it fits is free CPUs, the largest
+    /// free share of one GPU or how many GPUs are entirely free ([`NodeState::fits_now`]),
+    /// which the offer holds as they are (a count saturated in the offer is at least the
+    /// request's, which is below saturation).
+    #[inline]
+    fn decides(req: &PlacementRequest) -> bool {
+        let d = &req.demand;
+        req.labels.is_empty()
+            && d.custom.iter().all(|&(_, amount)| amount == 0)
+            && d.gpu_memory == 0
+            && d.accelerator.is_none()
+            && d.cpu_millis < u64::from(u32::MAX)
+            && d.gpus.units() / GPU_UNITS < u32::from(u16::MAX)
+    }
+
     /// The least offer of a node where the request could fit.
     fn least_for(req: &PlacementRequest) -> Offer {
         let d = &req.demand;
@@ -284,7 +302,8 @@ impl NodeIndex {
     }
 
     /// The node the strategy prefers among the indexed ones that pass `fits`, which is asked
-    /// only about nodes whose offer could hold the request: Pack the most used, Spread the
+    /// only about nodes whose offer could hold the request (and not at all where the offer
+    /// says exactly whether it fits, see [`Offer::decides`]): Pack the most used, Spread the
     /// least used, the lowest id among equally used nodes.
     pub(crate) fn choose(
         &self,
@@ -292,6 +311,7 @@ impl NodeIndex {
         mut fits: impl FnMut(NodeId) -> bool,
     ) -> Option<NodeId> {
         let least = Offer::least_for(req);
+        let mut fits = |id| Offer::decides(req) || fits(id);
         let found = match req.strategy {
             Strategy::Pack => {
                 let most = Rank::last_of_usage(u128::MAX);

@@ -786,13 +786,21 @@ impl Scheduler {
         if self.choose_by_scan {
             return choose_linear(&self.nodes, req);
         }
+        // The position of the node found to fit last, which is the node chosen unless the
+        // index decided without asking.
+        let mut last_fit = None;
         let id = self.index.choose(req, |id| {
-            self.position(id).is_some_and(|i| {
+            let found = self.position(id).filter(|&i| {
                 let n = &self.nodes[i];
                 n.schedulable && n.has_labels(&req.labels) && n.fits_now(&req.demand)
-            })
+            });
+            last_fit = found.map(|i| (id, i));
+            found.is_some()
         })?;
-        self.position(id)
+        match last_fit {
+            Some((fit, i)) if fit == id => Some(i),
+            _ => self.position(id),
+        }
     }
 
     /// Checks the bookkeeping: for every node and GPU, free plus what live leases hold equals

@@ -730,3 +730,39 @@ fn whether_a_queued_request_could_ever_fit_is_asked_of_one_node_or_of_all() {
     );
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn memory_not_in_whole_mib_and_counts_past_32_bits_still_fit_exactly() {
+    // The index holds GPU memory in MiB and CPUs in 32 bits: a demand that fits to the byte,
+    // or past 2^32 milli-CPUs, is still found, and one a byte or a milli-CPU over is not.
+    const MIB: u64 = 1 << 20;
+    let odd = 5 * MIB + 1;
+    let mut s = Scheduler::new();
+    s.add_node(
+        NodeId(1),
+        NodeResources {
+            cpu_millis: 5_000_000_000,
+            gpus: vec![gpu(0, "H100", odd)],
+            custom: Vec::new(),
+            labels: Vec::new(),
+        },
+    );
+    let mut over = demand(0, 50);
+    over.gpu_memory = odd + 1;
+    assert!(rejected(&mut s, req(1, over)).contains("memory"));
+    let mut exact = demand(0, 50);
+    exact.gpu_memory = odd;
+    let lease = placed(&mut s, req(2, exact));
+    assert_eq!(lease.allocation.gpus[0].memory, odd);
+    let cpus = ResourceDemand {
+        cpu_millis: 4_999_999_999,
+        ..Default::default()
+    };
+    placed(&mut s, req(3, cpus));
+    let one_more = ResourceDemand {
+        cpu_millis: 2,
+        ..Default::default()
+    };
+    assert_eq!(s.request(req(4, one_more)), Decision::Queued);
+    s.check_invariants().unwrap();
+}
