@@ -117,23 +117,30 @@ pub enum Decision {
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// Hashes ids for the scheduler's maps without SipHash. The head hands out lease ids from a
-/// counter, so the ids alive together lie close together: the hash keeps an id's low bits as
-/// they are, so that those ids take neighbouring buckets (an insertion lands next to the last
-/// one, in a cache line already loaded), and mixes the rest (a multiply, a Fibonacci hash) into
-/// the top bits, which the map compares to tell ids of one bucket group apart. Lease ids are
-/// chosen by the head, not by whoever asks, and nothing depends on the order in which these
-/// maps iterate.
+/// counter, so ids alive together often lie close together: the hash keeps each run of 16
+/// consecutive ids in 16 neighbouring buckets (an insertion lands next to the last one, in
+/// memory already loaded) and scatters the runs (a multiply and a shift), so that no long run
+/// of full buckets forms however the live ids cluster. The top seven bits, which the map
+/// compares to tell the ids of one bucket group apart, mix the whole id. Lease ids are chosen
+/// by the head, not by whoever asks, and nothing depends on the order in which these maps
+/// iterate.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct IdHasher(u64);
 
 /// The bits of a hash that the map compares within a group of buckets (its top seven).
 const HASH_TAG: u64 = 0xFE00_0000_0000_0000;
 
+/// Fibonacci hashing's multiplier: 2^64 over the golden ratio.
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl Hasher for IdHasher {
     #[inline]
     fn finish(&self) -> u64 {
-        let mixed = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (self.0 & !HASH_TAG) | (mixed & HASH_TAG)
+        let id = self.0;
+        let run = (id >> 4).wrapping_mul(FIBONACCI);
+        let run = run ^ (run >> 29);
+        let bucket = (run << 4) | (id & 15);
+        (bucket & !HASH_TAG) | (id.wrapping_mul(FIBONACCI) & HASH_TAG)
     }
 
     #[inline]
@@ -145,8 +152,8 @@ impl Hasher for IdHasher {
 
     #[inline]
     fn write_u64(&mut self, n: u64) {
-        // One id (the usual key) hashes as itself; several are mixed together.
-        self.0 = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ n;
+        // One id (the usual key) is kept as it is for `finish`; several are mixed together.
+        self.0 = self.0.wrapping_mul(FIBONACCI).rotate_left(29) ^ n;
     }
 }
 
