@@ -34,7 +34,7 @@ pub use hello::{
 };
 pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease, LEASE_LOST};
 pub use messages::*;
-pub use placement::{NodeAffinity, Placement, Strategy};
+pub use placement::{BundleRef, GangStrategy, NodeAffinity, Placement, Strategy};
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};
 pub use status::{
     ActorLifeStatus, ClusterStatus, CustomUsage, GpuUsage, NodeStatus, NodeUsage, WorkStatus,
