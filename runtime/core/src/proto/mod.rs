@@ -37,5 +37,6 @@ pub use messages::*;
 pub use placement::{BundleRef, GangStrategy, NodeAffinity, Placement, Strategy};
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};
 pub use status::{
-    ActorLifeStatus, ClusterStatus, CustomUsage, GpuUsage, NodeStatus, NodeUsage, WorkStatus,
+    ActorLifeStatus, BundleStatus, ClusterStatus, CustomUsage, GangStatus, GpuUsage, NodeStatus,
+    NodeUsage, WorkStatus,
 };

@@ -40,6 +40,7 @@ impl HeadState {
         let may_strand = self.could_strand(node);
         self.sched.set_schedulable(node, false);
         self.strand(now, may_strand);
+        self.strand_gangs(now);
         let mut drain = Drain::default();
         drain.requests.extend(request);
         self.drains.insert(node, drain);

@@ -77,6 +77,7 @@ impl HeadState {
         }
         self.place_queued(now);
         self.unstrand(now, node);
+        self.unstrand_gangs();
         let count = self.nodes.len() as u32;
         let ready: Vec<_> = self
             .node_waits
@@ -253,6 +254,7 @@ impl HeadState {
         let may_strand = self.could_strand(node);
         let lost = self.sched.remove_node(node);
         self.strand(now, may_strand);
+        self.strand_gangs(now);
         if why == "left" {
             tracing::info!(%node, "worker left");
         } else {
@@ -290,6 +292,8 @@ impl HeadState {
         if self.drains.contains_key(&node) {
             self.finish_drain(now, node);
         }
+        // Gangs place the bundles lost with it again.
+        self.place_queued(now);
         lost.len()
     }
 }

@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use ember_core::ids::LeaseId;
-use ember_core::proto::{ActorLifeStatus, ClusterStatus, NodeStatus, Placement, WorkStatus};
+use ember_core::proto::{
+    ActorLifeStatus, BundleStatus, ClusterStatus, GangStatus, NodeStatus, Placement, WorkStatus,
+};
 
 use super::{HeadState, Work};
 use crate::actor_life::Phase;
@@ -108,6 +110,35 @@ impl HeadState {
             let mut entry = entry;
             self.add_wait_reason(now, lease, &mut entry);
             status.queue.push(entry);
+        }
+        for gang in self.sched.gangs() {
+            let (waiting, fails_in_ms) = self.gang_wait(now, gang.id);
+            let state = if gang.removing {
+                "removing"
+            } else if !gang.placed_once {
+                "waiting"
+            } else if gang.bundles.iter().any(|b| b.node.is_none()) {
+                "replacing"
+            } else {
+                "placed"
+            };
+            status.gangs.push(GangStatus {
+                id: gang.id.to_string(),
+                strategy: gang.strategy.to_string(),
+                state: state.to_string(),
+                waiting,
+                fails_in_ms,
+                bundles: gang
+                    .bundles
+                    .iter()
+                    .map(|b| BundleStatus {
+                        demand: b.demand.to_string(),
+                        node: b.node.map(|n| n.to_string()),
+                        leases: b.leases as u32,
+                        waiting: b.waiting as u32,
+                    })
+                    .collect(),
+            });
         }
         status
     }

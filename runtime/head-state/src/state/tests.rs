@@ -923,3 +923,6 @@ fn a_request_with_a_deadline_times_out_with_the_right_message() {
 
 #[path = "pending_tests.rs"]
 mod pending_tests;
+
+#[path = "gang_tests.rs"]
+mod gang_tests;

@@ -52,7 +52,9 @@ impl HeadState {
         };
         // While nodes of the head's last life are expected back, what they could take waits
         // for them rather than failing on the nodes already back.
-        let decision = if self.expected.is_empty() {
+        let decision = if let Some(bundle) = placement.bundle {
+            self.sched.request_in_bundle(bundle, request)
+        } else if self.expected.is_empty() {
             self.sched.request(request)
         } else {
             self.sched.request_waiting(request)
@@ -78,7 +80,13 @@ impl HeadState {
     /// refused when asked: once the nodes of the last head life it waited for are all back or
     /// given up.
     pub(super) fn refuse_unplaceable(&mut self, now: Instant) {
-        for (lease, e) in self.sched.take_unplaceable() {
+        let refused = self.sched.take_unplaceable();
+        self.refuse(now, refused);
+    }
+
+    /// Fails what was taken out of the queue as never placeable, each with why.
+    fn refuse(&mut self, now: Instant, refused: Vec<(LeaseId, PlacementError)>) {
+        for (lease, e) in refused {
             self.forget_stranded(lease);
             let e = rejection(e);
             match self.work.remove(&lease) {
@@ -103,6 +111,9 @@ impl HeadState {
     pub(super) fn place_queued(&mut self, now: Instant) {
         loop {
             let placed = self.sched.place_queued();
+            self.gangs_placed();
+            let refused = self.sched.take_refused();
+            self.refuse(now, refused);
             if placed.is_empty() {
                 return;
             }
@@ -326,6 +337,10 @@ impl HeadState {
                     ),
                 );
             }
+            LeaseEnd::GangRemoved(gang) => self.fail(
+                request,
+                RemoteError::new(ErrorKind::Moved, format!("{gang} was removed")),
+            ),
             LeaseEnd::Returned | LeaseEnd::Lost | LeaseEnd::ClientGone => self.end(request),
         }
     }
