@@ -84,11 +84,11 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
-    /// Show nodes, GPUs, actors, tasks and the queue.
+    /// Show nodes, GPUs, actors, tasks, the queue and gangs.
     Status {
         #[command(flatten)]
         cluster: ClusterArg,
-        /// Print one JSON object with the keys nodes, actors, tasks and queue (or, when the
+        /// Print one JSON object with the keys nodes, actors, leases, jobs, queue and gangs (or, when the
         /// head cannot be reached, one with the key head_unreachable).
         #[arg(long)]
         json: bool,
@@ -598,6 +598,26 @@ fn print_status(s: &ClusterStatus) {
             if let Some(why) = &w.waiting {
                 println!("    {why}");
             }
+        }
+    }
+    println!("GANGS ({})", s.gangs.len());
+    for g in &s.gangs {
+        println!("  {} {} {}", g.id, g.strategy, g.state);
+        if let Some(why) = &g.waiting {
+            let fails = g
+                .fails_in_ms
+                .map(|ms| format!(" (fails in {ms} ms)"))
+                .unwrap_or_default();
+            println!("    {why}{fails}");
+        }
+        for (i, b) in g.bundles.iter().enumerate() {
+            println!(
+                "    bundle {i} [{}]  on {}  {} running, {} waiting",
+                b.demand,
+                b.node.as_deref().unwrap_or("-"),
+                b.leases,
+                b.waiting
+            );
         }
     }
 }

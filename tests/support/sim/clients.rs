@@ -333,6 +333,7 @@ impl Sim {
             },
             // The head's default: the simulation's draws stay as they were.
             pending_timeout_ms: None,
+            bundle: None,
         }
     }
 

@@ -57,6 +57,7 @@ pub(super) enum Kind {
     Group,
     Health,
     Nodes(u32),
+    Gang,
 }
 
 impl Kind {
@@ -89,6 +90,7 @@ impl Kind {
             | ClientRequest::GetGroup { .. } => Kind::Group,
             ClientRequest::GroupHealth { .. } | ClientRequest::GroupFailed { .. } => Kind::Health,
             ClientRequest::WaitForNodes { count, .. } => Kind::Nodes(*count),
+            ClientRequest::CreateGang(_) | ClientRequest::RemoveGang { .. } => Kind::Gang,
         }
     }
 }
