@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use ember::{ClusterStatus, ErrorKind, GangOptions, GangStrategy, Options};
 use ember_tests::ranks::{Member, MemberHandle};
 use ember_tests::tasks::Counter;
-use ember_tests::{until, within, worker_of, TestCluster, WorkerSpec};
+use ember_tests::{ember_exe, run_cli, until, within, worker_of, TestCluster, WorkerSpec};
 
 fn one_gpu() -> Options {
     Options::new().gpus(1.0).cpus(0.5)
@@ -164,7 +164,7 @@ async fn a_strict_spread_gang_runs_a_collective_group_one_rank_per_node_and_remo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gang_that_does_not_fit_whole_waits_holding_nothing_and_is_placed_when_capacity_frees() {
-    let (_tc, cluster) =
+    let (tc, cluster) =
         TestCluster::with_workers(&vec![WorkerSpec::gpus(1, "H100", "80GiB"); 2]).await;
     // A counter holds half of one node's GPU.
     let counter = within("spawn a counter", cluster.spawn(Counter::remote(0)))
@@ -197,6 +197,14 @@ async fn a_gang_that_does_not_fit_whole_waits_holding_nothing_and_is_placed_when
         .sum();
     assert_eq!(free, 150, "only the counter's half is taken");
     assert!(!creating.is_finished());
+    // `ember status` shows the gang and why it waits.
+    let mut cmd = tokio::process::Command::new(ember_exe());
+    cmd.args(["status", "--cluster"]).arg(tc.state_dir());
+    let (code, stdout, stderr) = run_cli(cmd).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("GANGS (1)"), "{stdout}");
+    assert!(stdout.contains("strict_spread waiting"), "{stdout}");
+    assert!(stdout.contains("waiting for capacity"), "{stdout}");
 
     within("kill the counter", counter.actor().kill())
         .await
