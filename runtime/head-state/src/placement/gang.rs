@@ -13,7 +13,9 @@
 //! and waits in the bundle's own queue when the bundle is full (or not placed). When a node
 //! dies, only the bundles on it are lost: the work in them is lost with the node, and the
 //! gang places just those bundles again, keeping its strategy against the bundles it still
-//! has (a `strict_spread` bundle avoids their nodes). Removing a gang refuses what waits in
+//! has (a `strict_spread` bundle avoids their nodes). A node that stops taking work (it
+//! drains) hands its bundles on the same way, except that the holding there stays, *leaving*,
+//! until the work still running in it ends. Removing a gang refuses what waits in
 //! it and gives back each bundle once the work in it has ended: capacity never returns
 //! while work the head has not stopped yet still runs on it.
 
@@ -112,6 +114,23 @@ impl Gang {
     fn waits(&self) -> bool {
         !self.removed && self.bundles.iter().any(|b| b.placed.is_none())
     }
+
+    /// Holds nothing anywhere.
+    fn holds_nothing(&self) -> bool {
+        self.bundles
+            .iter()
+            .all(|b| b.placed.is_none() && b.leaving.is_empty())
+    }
+}
+
+impl Bundle {
+    /// Its holding on `node`: where it is placed, or one it is leaving.
+    fn holding_on(&mut self, node: NodeId) -> Option<&mut Placed> {
+        match &mut self.placed {
+            Some(p) if p.node == node => Some(p),
+            _ => self.leaving.iter_mut().find(|p| p.node == node),
+        }
+    }
 }
 
 /// One bundle of a gang.
@@ -119,6 +138,9 @@ impl Gang {
 struct Bundle {
     demand: ResourceDemand,
     placed: Option<Placed>,
+    /// Holdings on nodes that stopped taking work, kept until the leases in them end: the
+    /// bundle is placed again elsewhere meanwhile.
+    leaving: Vec<Placed>,
     /// Requests waiting to run in it, in queue order.
     queue: BTreeMap<QueueKey, PlacementRequest>,
 }
@@ -173,9 +195,12 @@ impl Gangs {
     /// The placed bundles as leases of their nodes, for the scheduler's accounting.
     pub(crate) fn holdings(&self) -> impl Iterator<Item = (NodeId, &Allocation)> {
         self.by_id.values().flat_map(|g| {
-            g.bundles
-                .iter()
-                .filter_map(|b| b.placed.as_ref().map(|p| (p.node, &p.allocation)))
+            g.bundles.iter().flat_map(|b| {
+                b.placed
+                    .iter()
+                    .chain(&b.leaving)
+                    .map(|p| (p.node, &p.allocation))
+            })
         })
     }
 }
@@ -314,6 +339,7 @@ impl Scheduler {
             bundles.push(Bundle {
                 demand,
                 placed: None,
+                leaving: Vec::new(),
                 queue: BTreeMap::new(),
             });
         }
@@ -467,17 +493,9 @@ impl Scheduler {
         }
         let b = &mut gang.bundles[bundle.index as usize];
         let idle = b.placed.take_if(|p| p.room.leases == 0);
-        let empty = gang.bundles.iter().all(|b| b.placed.is_none());
+        let empty = gang.holds_nothing();
         if let Some(p) = idle {
-            if let Some(i) = self.position(p.node) {
-                let node = &mut self.nodes[i];
-                let usage_before = node.usage_key;
-                node.free(&p.allocation);
-                if node.schedulable {
-                    self.index.update(usage_before, node);
-                }
-                self.note_growth(i);
-            }
+            self.give_back_holding(&p);
         }
         if empty {
             self.gangs.by_id.remove(&bundle.gang);
@@ -485,23 +503,91 @@ impl Scheduler {
         }
     }
 
-    /// Releases a lease placed in a bundle; false when no such lease is in a bundle.
+    /// Gives a bundle's holding back to its node.
+    fn give_back_holding(&mut self, p: &Placed) {
+        if let Some(i) = self.position(p.node) {
+            let node = &mut self.nodes[i];
+            let usage_before = node.usage_key;
+            node.free(&p.allocation);
+            if node.schedulable {
+                self.index.update(usage_before, node);
+            }
+            self.note_growth(i);
+        }
+    }
+
+    /// Releases a lease placed in a bundle; false when no such lease is in a bundle. A
+    /// holding the bundle is leaving goes back to its node with its last lease.
     pub(super) fn release_in_bundle(&mut self, lease: LeaseId) -> bool {
         let Some((bundle, l)) = self.gangs.leases.remove(&lease) else {
             return false;
         };
-        if let Some(p) = self
+        let Some(b) = self
             .gangs
             .by_id
             .get_mut(&bundle.gang)
-            .and_then(|g| g.bundles[bundle.index as usize].placed.as_mut())
-            .filter(|p| p.node == l.node)
-        {
+            .map(|g| &mut g.bundles[bundle.index as usize])
+        else {
+            return true;
+        };
+        let placed_here = b.placed.as_ref().is_some_and(|p| p.node == l.node);
+        let mut drained = false;
+        if let Some(p) = b.holding_on(l.node) {
             p.room.free(&l.allocation);
+            drained = !placed_here && p.room.leases == 0;
+        }
+        if placed_here {
             self.gangs.grown.insert(bundle);
+        }
+        if drained {
+            let at = b
+                .leaving
+                .iter()
+                .position(|p| p.node == l.node)
+                .expect("found above");
+            let p = b.leaving.remove(at);
+            self.give_back_holding(&p);
+            let removed = self
+                .gangs
+                .by_id
+                .get(&bundle.gang)
+                .is_some_and(|g| g.removed && g.holds_nothing());
+            if removed {
+                self.gangs.by_id.remove(&bundle.gang);
+            }
         }
         self.give_back_bundle_if_idle(bundle);
         true
+    }
+
+    /// A node stopped taking work (it drains): the bundles placed there are placed again
+    /// elsewhere at the next pass, and their holdings there stay, leaving, until the leases
+    /// in them end (a holding with none goes back at once).
+    pub(super) fn move_bundles_off(&mut self, node: NodeId) {
+        let mut idle = Vec::new();
+        for (id, g) in self.gangs.by_id.iter_mut() {
+            for (i, b) in g.bundles.iter_mut().enumerate() {
+                let Some(p) = b.placed.take_if(|p| p.node == node) else {
+                    continue;
+                };
+                g.fresh = true;
+                self.gangs.grown.remove(&BundleRef {
+                    gang: *id,
+                    index: i as u32,
+                });
+                if p.room.leases == 0 {
+                    idle.push(p);
+                } else {
+                    b.leaving.push(p);
+                }
+            }
+        }
+        for p in &idle {
+            self.give_back_holding(p);
+        }
+        self.gangs
+            .by_id
+            .retain(|_, g| !(g.removed && g.holds_nothing()));
     }
 
     /// Withdraws a request waiting in a bundle; false when none waits there.
@@ -518,44 +604,30 @@ impl Scheduler {
     /// A node is gone: the bundles on it are lost, and the leases in them with it (added to
     /// `gone`). Their gangs place those bundles again at the next pass.
     pub(super) fn lose_bundles_on(&mut self, node: NodeId, gone: &mut Vec<Lease>) {
-        let lost: Vec<BundleRef> = self
-            .gangs
-            .by_id
-            .iter()
-            .flat_map(|(id, g)| {
-                g.bundles.iter().enumerate().filter_map(move |(i, b)| {
-                    b.placed
-                        .as_ref()
-                        .filter(|p| p.node == node)
-                        .map(|_| BundleRef {
-                            gang: *id,
-                            index: i as u32,
-                        })
-                })
-            })
-            .collect();
-        if lost.is_empty() {
-            return;
-        }
-        self.gangs.leases.retain(|_, (b, lease)| {
-            if lost.contains(b) {
+        // Every lease in a bundle runs on the node of the bundle's holding it draws on.
+        self.gangs.leases.retain(|_, (_, lease)| {
+            if lease.node == node {
                 gone.push(lease.clone());
                 false
             } else {
                 true
             }
         });
-        for bundle in lost {
-            self.gangs.grown.remove(&bundle);
-            let Some(gang) = self.gangs.by_id.get_mut(&bundle.gang) else {
-                continue;
-            };
-            gang.bundles[bundle.index as usize].placed = None;
-            gang.fresh = true;
-            if gang.removed && gang.bundles.iter().all(|b| b.placed.is_none()) {
-                self.gangs.by_id.remove(&bundle.gang);
+        for (id, gang) in self.gangs.by_id.iter_mut() {
+            for (i, b) in gang.bundles.iter_mut().enumerate() {
+                b.leaving.retain(|p| p.node != node);
+                if b.placed.take_if(|p| p.node == node).is_some() {
+                    gang.fresh = true;
+                    self.gangs.grown.remove(&BundleRef {
+                        gang: *id,
+                        index: i as u32,
+                    });
+                }
             }
         }
+        self.gangs
+            .by_id
+            .retain(|_, g| !(g.removed && g.holds_nothing()));
     }
 
     /// Tries the waiting gangs (those just created or that lost bundles, and, when capacity
@@ -656,7 +728,12 @@ impl Scheduler {
             }
         }
         for (bundle, demand) in &todo {
-            let Some(i) = self.choose_for_bundle(strategy, demand, &used) else {
+            let leaving: Vec<NodeId> = self.gangs.by_id[&id].bundles[*bundle]
+                .leaving
+                .iter()
+                .map(|p| p.node)
+                .collect();
+            let Some(i) = self.choose_for_bundle(strategy, demand, &used, &leaving) else {
                 self.give_back(&taken);
                 return false;
             };
@@ -707,11 +784,13 @@ impl Scheduler {
         strategy: GangStrategy,
         demand: &ResourceDemand,
         used: &[NodeId],
+        leaving: &[NodeId],
     ) -> Option<usize> {
+        // Never on a node where the bundle still has a holding it is leaving.
         let fits_at = |id: NodeId| {
             self.position(id).filter(|&i| {
                 let n = &self.nodes[i];
-                n.schedulable && n.fits_now(demand)
+                n.schedulable && n.fits_now(demand) && !leaving.contains(&id)
             })
         };
         let pick = |order: Strategy, avoid: &[NodeId]| {
@@ -874,7 +953,12 @@ impl Scheduler {
                 .map(|b| BundleView {
                     demand: b.demand.clone(),
                     node: b.placed.as_ref().map(|p| p.node),
-                    leases: b.placed.as_ref().map_or(0, |p| p.room.leases),
+                    leases: b
+                        .placed
+                        .iter()
+                        .chain(&b.leaving)
+                        .map(|p| p.room.leases)
+                        .sum(),
                     waiting: b.queue.len(),
                 })
                 .collect(),
@@ -913,7 +997,7 @@ impl Scheduler {
                     "{id} is partly placed before it was ever placed whole"
                 ));
             }
-            if g.removed && nodes.is_empty() {
+            if g.removed && g.holds_nothing() {
                 return Err(format!("{id} is removed and holds nothing, yet is kept"));
             }
             match g.strategy {
@@ -944,55 +1028,67 @@ impl Scheduler {
                         ));
                     }
                 }
-                let mut held = Allocation::default();
-                let mut count = 0;
-                for (_, (b2, lease)) in self.gangs.leases.iter().filter(|(_, (b2, _))| *b2 == here)
-                {
-                    let _ = b2;
-                    count += 1;
-                    held.cpu_millis += lease.allocation.cpu_millis;
-                    held.gpus.extend(lease.allocation.gpus.iter().cloned());
-                    held.custom.extend(lease.allocation.custom.iter().cloned());
+                let holdings: Vec<&Placed> = b.placed.iter().chain(&b.leaving).collect();
+                let mut nodes_held: Vec<NodeId> = holdings.iter().map(|p| p.node).collect();
+                nodes_held.sort();
+                if nodes_held.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(format!("{here} holds twice on one node: {nodes_held:?}"));
                 }
-                let Some(p) = &b.placed else {
-                    if count > 0 {
-                        return Err(format!("{count} leases run in unplaced {here}"));
-                    }
-                    continue;
-                };
-                if p.room.leases != count {
+                if b.leaving.iter().any(|p| p.room.leases == 0) {
                     return Err(format!(
-                        "{here} counts {} leases, holds {count}",
-                        p.room.leases
+                        "{here} keeps a holding it left with no lease in it"
                     ));
                 }
-                if p.room.cpu_free + held.cpu_millis != p.allocation.cpu_millis {
-                    return Err(format!("{here}: cpu free + leased != reserved"));
+                let mine = || {
+                    self.gangs
+                        .leases
+                        .iter()
+                        .filter(move |(_, (b2, _))| *b2 == here)
+                };
+                if let Some((lease, (_, l))) =
+                    mine().find(|(id, (_, l))| l.id != **id || !nodes_held.contains(&l.node))
+                {
+                    return Err(format!(
+                        "{lease} in {here} is on {}, where it holds nothing",
+                        l.node
+                    ));
                 }
-                for slot in &p.room.gpus {
-                    let used: u32 = held
-                        .gpus
-                        .iter()
-                        .filter(|g| g.index == slot.index)
-                        .map(|g| g.share.units())
-                        .sum();
-                    let reserved = p
-                        .allocation
-                        .gpus
-                        .iter()
-                        .find(|g| g.index == slot.index)
-                        .map_or(0, |g| g.share.units());
-                    if slot.share_free + used != reserved {
+                for p in holdings {
+                    let on_it: Vec<&Lease> = mine()
+                        .map(|(_, (_, l))| l)
+                        .filter(|l| l.node == p.node)
+                        .collect();
+                    if p.room.leases != on_it.len() {
                         return Err(format!(
-                            "{here} GPU {}: share free + leased != reserved",
-                            slot.index
+                            "{here} on {} counts {} leases, holds {}",
+                            p.node,
+                            p.room.leases,
+                            on_it.len()
                         ));
                     }
-                }
-                for (lease, (b2, l)) in self.gangs.leases.iter().filter(|(_, (b2, _))| *b2 == here)
-                {
-                    if l.node != p.node || l.id != *lease || *b2 != here {
-                        return Err(format!("{lease} in {here} is filed on the wrong node"));
+                    let cpu: u64 = on_it.iter().map(|l| l.allocation.cpu_millis).sum();
+                    if p.room.cpu_free + cpu != p.allocation.cpu_millis {
+                        return Err(format!("{here}: cpu free + leased != reserved"));
+                    }
+                    for slot in &p.room.gpus {
+                        let used: u32 = on_it
+                            .iter()
+                            .flat_map(|l| &l.allocation.gpus)
+                            .filter(|g| g.index == slot.index)
+                            .map(|g| g.share.units())
+                            .sum();
+                        let reserved = p
+                            .allocation
+                            .gpus
+                            .iter()
+                            .find(|g| g.index == slot.index)
+                            .map_or(0, |g| g.share.units());
+                        if slot.share_free + used != reserved {
+                            return Err(format!(
+                                "{here} GPU {}: share free + leased != reserved",
+                                slot.index
+                            ));
+                        }
                     }
                 }
             }

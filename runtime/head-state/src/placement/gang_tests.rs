@@ -367,6 +367,51 @@ fn a_dead_node_places_only_its_bundles_again() {
 }
 
 #[test]
+fn a_draining_node_hands_its_bundles_on_and_keeps_what_runs_there_until_it_ends() {
+    let mut s = cluster(&[(8, 2), (8, 2), (8, 2)]);
+    let nodes = placed(
+        &mut s,
+        gang(1, GangStrategy::StrictSpread, vec![demand(1, 100); 2]),
+    );
+    let (b, r) = in_bundle(10, 1, 0, demand(1, 100));
+    let running = match s.request_in_bundle(b, r) {
+        Decision::Placed(l) => l,
+        other => panic!("{other:?}"),
+    };
+    s.set_schedulable(nodes[0], false);
+    s.check_invariants().unwrap();
+    // Bundle 0 is placed again on the third node at the next pass...
+    assert!(s.place_queued().is_empty());
+    assert_eq!(s.take_placed_gangs(), vec![GangId(1)]);
+    let third = s.node_ids().find(|n| !nodes.contains(n)).unwrap();
+    let view = s.gang(GangId(1)).unwrap();
+    assert_eq!(view.bundles[0].node, Some(third));
+    assert_eq!(view.bundles[1].node, Some(nodes[1]), "untouched");
+    // ...while the lease still running on the draining node keeps its GPU there.
+    assert_eq!(s.lease(running.id).map(|l| l.node), Some(nodes[0]));
+    let used = |s: &Scheduler, n: NodeId| {
+        s.usage(n)
+            .unwrap()
+            .gpus
+            .iter()
+            .map(|g| g.share_used.units())
+            .sum::<u32>()
+    };
+    assert_eq!(used(&s, nodes[0]), 100);
+    // New work in bundle 0 goes to its new node.
+    let (b, r) = in_bundle(11, 1, 0, demand(1, 100));
+    match s.request_in_bundle(b, r) {
+        Decision::Placed(l) => assert_eq!(l.node, third),
+        other => panic!("{other:?}"),
+    }
+    // The old holding goes back with its last lease.
+    assert!(s.release(running.id));
+    s.check_invariants().unwrap();
+    assert_eq!(used(&s, nodes[0]), 0);
+    assert_eq!(used(&s, third), 100);
+}
+
+#[test]
 fn work_waiting_in_a_lost_bundle_runs_once_it_is_placed_again() {
     let mut s = cluster(&[(8, 1), (8, 1)]);
     let nodes = placed(&mut s, gang(1, GangStrategy::Pack, vec![demand(1, 100)]));
@@ -392,6 +437,7 @@ enum Op {
     Remove(usize),
     AddNode(u8),
     RemoveNode(usize),
+    SetSchedulable(usize, bool),
     Pass,
 }
 
@@ -404,6 +450,7 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Remove),
         1 => (0u8..3).prop_map(Op::AddNode),
         1 => any::<usize>().prop_map(Op::RemoveNode),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(n, on)| Op::SetSchedulable(n, on)),
         2 => Just(Op::Pass),
     ]
 }
@@ -514,6 +561,12 @@ proptest! {
                         for l in s.remove_node(ids[i % ids.len()]) {
                             live.retain(|x| *x != l.id);
                         }
+                    }
+                }
+                Op::SetSchedulable(i, on) => {
+                    let ids: Vec<NodeId> = s.node_ids().collect();
+                    if !ids.is_empty() {
+                        s.set_schedulable(ids[i % ids.len()], on);
                     }
                 }
                 Op::Pass => {

@@ -279,6 +279,7 @@ impl Scheduler {
             self.note_growth(i);
         } else {
             self.index.remove(node);
+            self.move_bundles_off(id);
         }
     }
 

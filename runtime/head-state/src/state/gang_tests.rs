@@ -283,3 +283,72 @@ fn lease_endpoints() -> ember_core::proto::LeaseEndpoints {
         local_socket: "/tmp/l.sock".into(),
     }
 }
+
+#[test]
+fn a_drain_moves_a_bundle_and_its_actor_to_another_node_without_waiting_out_the_grace() {
+    let mut s = Scene::new();
+    let (_, a) = s.join();
+    let (_, b) = s.join();
+    let client = s.conn();
+    let (request, effects) = s.ask(client, gang(GangStrategy::StrictSpread, 2, None));
+    let (gang, nodes) = created(reply_to(&effects, request));
+    assert_eq!(nodes, vec![a, b]);
+    let mut checkpointing = spec(true);
+    checkpointing.placement.bundle = Some(BundleRef { gang, index: 0 });
+    let (request, effects) = s.ask(client, ClientRequest::CreateActor(checkpointing));
+    let (_, create, body) = command(&effects);
+    let WorkerCommand::CreateActor { actor, .. } = body else {
+        panic!("expected the actor to be built, got {body:?}");
+    };
+    let effects = s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
+    assert!(matches!(
+        reply_to(&effects, request),
+        ClientReply::ActorCreated(_)
+    ));
+    let (_, c) = s.join();
+
+    let (drain, effects) = s.ask(
+        client,
+        ClientRequest::DrainNode {
+            node: a,
+            grace_ms: 600_000,
+        },
+    );
+    let (_, seal, _) = command(&effects);
+    // The bundle is placed again on the one node the gang does not use.
+    let view = s.head.scheduler().gang(gang).unwrap();
+    assert_eq!(
+        (view.bundles[0].node, view.bundles[1].node),
+        (Some(c), Some(b))
+    );
+    let (_, ticket) = s.save(actor, 1, 3);
+    s.stored(ticket);
+    let effects = s.reply(seal, WorkerReply::Sealed { seq: Some(3) });
+    assert_eq!(
+        share_used(&s.head, a),
+        0,
+        "the bundle's old holding went with its actor"
+    );
+    let load = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LoadCheckpoint { ticket, .. } => Some(*ticket),
+            _ => None,
+        })
+        .expect("the moved actor reads its final checkpoint");
+    let effects = s.handle(Input::CheckpointLoaded {
+        ticket: load,
+        result: Ok(Some(crate::io::LoadedCheckpoint {
+            seq: 3,
+            image: super::image(3),
+        })),
+    });
+    let (to, create, _) = command(&effects);
+    assert_eq!(to, c, "the actor follows its bundle");
+    let effects = s.reply(create, WorkerReply::ActorReady(actor_endpoints()));
+    assert!(matches!(
+        reply_to(&effects, drain),
+        ClientReply::Drained { moved: 1 }
+    ));
+    assert_eq!(share_used(&s.head, c), 100);
+}
