@@ -217,6 +217,8 @@ pub struct Counts {
     pub drains: u64,
     /// Group views answered.
     pub groups: u64,
+    /// Gangs placed whole and answered.
+    pub gangs: u64,
     /// Requests answered with an error.
     pub errors: u64,
     /// Requests that ran out of time.
@@ -331,6 +333,8 @@ struct ActorTruth {
     checkpoints: bool,
     /// A kill was asked for, or its owner went away: the head may forget it.
     gone: bool,
+    /// The gang it was created in: removing that gang stops it.
+    gang: Option<ember_core::ids::GangId>,
     /// The newest incarnation the head asked a worker to start.
     created: u32,
     /// The newest incarnation the head told anyone about.

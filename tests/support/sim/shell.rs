@@ -37,7 +37,8 @@ pub(super) struct Conn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Kind {
     Lease,
-    Create,
+    /// An actor's creation, in the gang it asked to run in.
+    Create(Option<ember_core::ids::GangId>),
     Kill,
     Job,
     Status,
@@ -64,7 +65,7 @@ impl Kind {
     fn of(body: &ClientRequest) -> Kind {
         match body {
             ClientRequest::LeaseTask(_) => Kind::Lease,
-            ClientRequest::CreateActor(_) => Kind::Create,
+            ClientRequest::CreateActor(spec) => Kind::Create(spec.placement.bundle.map(|b| b.gang)),
             ClientRequest::KillActor { .. } => Kind::Kill,
             ClientRequest::SubmitJob(_) => Kind::Job,
             ClientRequest::Status => Kind::Status,
@@ -166,6 +167,14 @@ impl Sim {
         }
         if let ClientRequest::KillActor { actor } = &body {
             self.actors.entry(*actor).or_default().gone = true;
+        }
+        // Removing a gang stops the actors in it.
+        if let ClientRequest::RemoveGang { gang } = &body {
+            for truth in self.actors.values_mut() {
+                if truth.gang == Some(*gang) {
+                    truth.gone = true;
+                }
+            }
         }
         self.ledger.insert(request, Open { conn, kind });
         self.deliver(Input::Request {

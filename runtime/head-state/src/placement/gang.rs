@@ -972,6 +972,14 @@ impl Scheduler {
         self.gangs.by_id.keys().filter_map(|id| self.gang(*id))
     }
 
+    /// The requests waiting in bundles, gang by gang, bundle by bundle, in queue order.
+    pub fn queued_in_bundles(&self) -> impl Iterator<Item = &PlacementRequest> {
+        self.gangs
+            .by_id
+            .values()
+            .flat_map(|g| g.bundles.iter().flat_map(|b| b.queue.values()))
+    }
+
     /// The bundle a lease runs or waits in, if any.
     pub fn bundle_of(&self, lease: LeaseId) -> Option<BundleRef> {
         self.gangs

@@ -82,7 +82,7 @@ impl HeadState {
             }
             status.actors.push(entry);
         }
-        for queued in self.sched.queued() {
+        for queued in self.sched.queued().chain(self.sched.queued_in_bundles()) {
             let lease = queued.lease;
             let entry = match self.work.get(&lease) {
                 Some(Work::Lease(l)) => {
