@@ -160,6 +160,7 @@ async fn a_strict_spread_gang_runs_a_collective_group_one_rank_per_node_and_remo
         .await
         .expect_err("gone");
     assert!(e.to_string().contains("is not in the cluster"), "{e}");
+    assert_eq!(e.kind(), Some(ErrorKind::Unknown), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,9 @@ pub(super) fn rejection(e: PlacementError) -> RemoteError {
     // No node has the type at all: the request names something unknown.
     // A malformed demand is the sender's mistake, whatever the cluster holds.
     let kind = match e {
-        PlacementError::MissingLabel(_) => ErrorKind::Unknown,
+        PlacementError::MissingLabel(_)
+        | PlacementError::UnknownGang(_)
+        | PlacementError::GangRemoved(_) => ErrorKind::Unknown,
         _ if e.is_malformed() => ErrorKind::BadRequest,
         _ => ErrorKind::Infeasible,
     };
