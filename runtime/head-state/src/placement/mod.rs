@@ -12,7 +12,7 @@
 mod error;
 mod gang;
 mod index;
-mod node;
+pub(crate) mod node;
 mod queue;
 
 #[cfg(test)]
