@@ -392,6 +392,7 @@ async fn serve_once(
             actor_types: registry::actor_names(),
             address: address.to_string(),
             rejoin: session.as_ref().map(Session::rejoin),
+            launch: None,
         })),
     );
     let (mut send, mut recv) = conn

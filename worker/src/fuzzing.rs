@@ -424,6 +424,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 actor_types: vec!["A".into()],
                 address: "10.0.0.2:0".into(),
                 rejoin: None,
+                launch: Some(ember_core::proto::LaunchTicket {
+                    launch: 3,
+                    node_type: "h100x8".into(),
+                }),
             })),
         ),
         Hello::client(HELLO_TOKEN),
@@ -542,6 +546,17 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 waiting: 0,
             }],
         }],
+        autoscaler: Some(ember_core::proto::AutoscalerStatus {
+            launching: vec![ember_core::proto::LaunchStatus {
+                launch: 3,
+                node_type: "h100x8".into(),
+                age_ms: 1200,
+            }],
+            decisions: vec![ember_core::proto::DecisionStatus {
+                age_ms: 1300,
+                decision: "launch h100x8 (launch 3): waiting work needs [gpus=1]".into(),
+            }],
+        }),
     };
     let mut seeds: Vec<(&'static str, Vec<u8>)> = Vec::new();
     // A worker re-joining after a head restart, with what it still runs.

@@ -308,6 +308,17 @@ impl Owner {
                 let store = self.checkpoints.clone();
                 tokio::spawn(async move { store.remove(actor).await });
             }
+            // The head's shell has no node provider yet, so it gives its state no autoscaler
+            // (`Config::autoscaler` stays `None`) and these never come.
+            Effect::LaunchNode { launch, node_type } => {
+                tracing::error!(launch, node_type, "no node provider to launch a node with");
+            }
+            Effect::CancelLaunch { launch } => {
+                tracing::error!(launch, "no node provider to cancel a launch with");
+            }
+            Effect::ReleaseNode { node, launch } => {
+                tracing::error!(%node, ?launch, "no node provider to release a node with");
+            }
         }
     }
 

@@ -428,6 +428,7 @@ impl Sim {
             rejoin_window: scenario.rejoin_window(),
             // The head's default: a shorter one changes the runs the recorded seeds replay.
             pending_timeout: Config::default().pending_timeout,
+            ..Config::default()
         };
         let base = Instant::now();
         let (head, first) = HeadState::restore(config, base, Journaled::default());

@@ -359,6 +359,12 @@ impl Sim {
             Effect::ForgetCheckpoints { actor } => self.forgets.push(actor),
             // Committed with its batch, before any of the batch's other effects.
             Effect::Journal(_) => {}
+            // The simulated head has no autoscaler.
+            Effect::LaunchNode { .. }
+            | Effect::CancelLaunch { .. }
+            | Effect::ReleaseNode { .. } => {
+                return Err(format!("a head without an autoscaler asked for {effect:?}"));
+            }
         }
         Ok(())
     }

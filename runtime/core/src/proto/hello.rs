@@ -114,6 +114,17 @@ pub struct WorkerHello {
     /// Set when the worker lost the head and joins again as the node it was, with what it
     /// still runs; `None` for a worker joining as a new node.
     pub rejoin: Option<Rejoin>,
+    /// Set when the autoscaler launched this worker: the launch it answers and its node type.
+    pub launch: Option<LaunchTicket>,
+}
+
+/// Which autoscaler launch a worker answers (`ember worker --launch ID --node-type NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct LaunchTicket {
+    /// The launch's number, as the head asked for it.
+    pub launch: u64,
+    /// The node type launched.
+    pub node_type: String,
 }
 
 /// What a worker that lost the head says when it joins again as the same node: which node it

@@ -33,6 +33,43 @@ pub struct ClusterStatus {
     pub queue: Vec<WorkStatus>,
     /// Every gang (placement group), in id order.
     pub gangs: Vec<GangStatus>,
+    /// The autoscaler, when the cluster scales itself.
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// What the autoscaler is doing: its launches not joined yet and its latest decisions.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct AutoscalerStatus {
+    /// Launches asked of the node provider whose worker has not joined yet.
+    pub launching: Vec<LaunchStatus>,
+    /// Its latest decisions, oldest first, each with why.
+    pub decisions: Vec<DecisionStatus>,
+}
+
+/// A launch not joined yet.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct LaunchStatus {
+    /// The launch's number.
+    pub launch: u64,
+    /// Its node type.
+    pub node_type: String,
+    /// How long ago it was asked for, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// One decision of the autoscaler.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct DecisionStatus {
+    /// How long ago, in milliseconds.
+    pub age_ms: u64,
+    /// What and why, e.g. `launch h100x8 (launch 3): waiting work needs [gpus=1]: …`.
+    pub decision: String,
 }
 
 /// One gang: its bundles, where each is, and why it waits.

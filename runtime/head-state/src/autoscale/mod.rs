@@ -38,7 +38,8 @@ pub use pack::Waiting;
 pub struct NodeType {
     /// Its name, e.g. `h100x8-spot`.
     pub name: String,
-    /// What one node of it has.
+    /// What one node of it has. Its labels are those its workers carry; with none, its
+    /// workers run the cluster's own executable and carry every task and actor type.
     pub resources: NodeResources,
     /// Nodes of it always kept.
     pub min: u32,
@@ -248,13 +249,6 @@ impl Autoscaler {
             (l, Some(_)) if l > 0 => n.idle_since = None,
             _ => {}
         }
-    }
-
-    /// Launches not joined yet, with their type.
-    pub fn launching(&self) -> impl Iterator<Item = (LaunchId, &str)> {
-        self.launches
-            .iter()
-            .map(|(id, l)| (*id, l.node_type.as_str()))
     }
 
     /// One pass: what to launch and what to drain now, given what waits (`waiting`: requests
@@ -480,6 +474,19 @@ impl Autoscaler {
             }
             actions.push(Action::Drain { node, reason });
         }
+    }
+
+    /// Whether a node of some type could hold `demand` on its own, carrying `labels`: such a
+    /// request waits for a launch rather than being refused.
+    pub fn could_serve(&self, demand: &ResourceDemand, labels: &[String]) -> bool {
+        pack::cheapest_for(&self.policy.types, &[demand], labels).is_some()
+    }
+
+    /// Launches not joined yet: their number, type and since when.
+    pub fn pending_launches(&self) -> impl Iterator<Item = (LaunchId, &str, Instant)> {
+        self.launches
+            .iter()
+            .map(|(id, l)| (*id, l.node_type.as_str(), l.since))
     }
 
     /// Demands the autoscaler can never serve: no type fits them. For telling users.

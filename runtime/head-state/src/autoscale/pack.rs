@@ -90,6 +90,12 @@ fn suits(t: &NodeType, d: &ResourceDemand) -> bool {
     needs_gpus == has_gpus
 }
 
+/// Whether a node of this type carries `labels`. A type that lists no labels runs the
+/// cluster's own executable, with every task and actor type: it carries them all.
+fn carries(t: &NodeType, labels: &[String]) -> bool {
+    t.resources.labels.is_empty() || labels.iter().all(|l| t.resources.labels.contains(l))
+}
+
 /// Whether every demand fits on `node` together, allocated in order; on success `node`
 /// holds them.
 fn take_all(node: &mut NodeState, demands: &[&ResourceDemand]) -> bool {
@@ -117,7 +123,7 @@ pub(super) fn cheapest_gpu_type(types: &[NodeType], d: &ResourceDemand) -> Optio
 
 /// The cheapest type that suits every demand, carries `labels`, and whose fresh node holds
 /// all of them together.
-fn cheapest_for(
+pub(super) fn cheapest_for(
     types: &[NodeType],
     demands: &[&ResourceDemand],
     labels: &[String],
@@ -128,7 +134,7 @@ fn cheapest_for(
         .filter(|(_, t)| demands.iter().all(|d| suits(t, d)))
         .filter(|(_, t)| {
             let mut node = fresh(t);
-            node.has_labels(labels) && take_all(&mut node, demands)
+            carries(t, labels) && take_all(&mut node, demands)
         })
         .min_by_key(|(_, t)| (t.price_micros_per_hour, t.name.as_str()))
         .map(|(i, _)| i)
@@ -167,7 +173,8 @@ pub(super) fn plan(types: &[NodeType], coming: Vec<usize>, waiting: &[Waiting]) 
         let mut used: Vec<usize> = Vec::new();
         for demands in groups {
             let fits = |b: &Bin| {
-                demands.iter().all(|d| suits(&types[b.type_index], d)) && b.node.has_labels(labels)
+                let t = &types[b.type_index];
+                demands.iter().all(|d| suits(t, d)) && carries(t, labels)
             };
             let found = (0..bins.len()).find(|&i| {
                 !(distinct && used.contains(&i))

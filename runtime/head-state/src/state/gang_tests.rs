@@ -11,7 +11,10 @@ use ember_core::proto::{
 };
 use ember_core::resources::{GpuShare, ResourceDemand};
 
-use super::{actor_endpoints, command, error_of, placement, reply_to, share_used, spec, Scene};
+use super::{
+    actor_endpoints, command, error_of, lease_endpoints, placement, reply_to, share_used, spec,
+    Scene,
+};
 use crate::io::{Effect, Input};
 
 fn one_gpu() -> ResourceDemand {
@@ -273,15 +276,6 @@ fn a_waiting_gang_no_live_nodes_can_hold_fails_at_its_pending_timeout() {
     assert_eq!(e.kind, ErrorKind::Infeasible);
     assert!(e.message.contains("waited too long"), "{e}");
     assert_eq!(s.head.scheduler().gangs().count(), 0);
-}
-
-fn lease_endpoints() -> ember_core::proto::LeaseEndpoints {
-    ember_core::proto::LeaseEndpoints {
-        peer_addr: "10.0.0.1:7300".into(),
-        peer_fingerprint: ember_core::security::Fingerprint([2; 32]),
-        host: "h".into(),
-        local_socket: "/tmp/l.sock".into(),
-    }
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! every pass over them is in id order and a run replays exactly from the same inputs.
 
 mod actors;
+mod autoscaling;
 mod drain;
 mod gangs;
 mod groups;
@@ -58,6 +59,11 @@ pub struct Config {
     /// fitting node left or drains) before it fails naming what is missing, unless a node that
     /// fits joins first; a request's own `pending_timeout_ms` overrides it.
     pub pending_timeout: Duration,
+    /// The autoscaler, when the cluster scales itself (its node types and policy); `None`:
+    /// the nodes are what joins.
+    pub autoscaler: Option<crate::autoscale::Autoscaler>,
+    /// How often the autoscaler decides.
+    pub autoscale_interval: Duration,
 }
 
 impl Config {
@@ -65,6 +71,11 @@ impl Config {
     /// dead: a quarter of the heartbeat window, at least 200 ms.
     pub fn probe_window(&self) -> Duration {
         (self.heartbeat_timeout / 4).max(Duration::from_millis(200))
+    }
+
+    /// How often the autoscaler decides, when there is one.
+    pub fn autoscale_every(&self) -> Option<Duration> {
+        self.autoscaler.as_ref().map(|_| self.autoscale_interval)
     }
 }
 
@@ -77,6 +88,8 @@ impl Default for Config {
             form_wait: Duration::from_secs(30),
             rejoin_window: Duration::from_secs(60),
             pending_timeout: Duration::from_secs(60),
+            autoscaler: None,
+            autoscale_interval: Duration::from_secs(1),
         }
     }
 }
@@ -335,6 +348,8 @@ enum Timer {
     Stranded(LeaseId),
     /// A waiting gang that no set of live nodes can hold fails, unless a node that fits joined.
     GangStranded(GangId),
+    /// The autoscaler's next pass.
+    Autoscale,
 }
 
 /// A node being drained.
@@ -397,6 +412,8 @@ pub struct HeadState {
     stranded: BTreeMap<LeaseId, pending::Stranded>,
     /// The gangs, beside the scheduler's placement of them (`gangs.rs`).
     gangs: BTreeMap<GangId, gangs::GangEntry>,
+    /// The autoscaler, when the cluster scales itself (`autoscaling.rs`).
+    autoscaling: Option<autoscaling::Autoscaling>,
     out: Vec<Effect>,
 }
 
@@ -404,6 +421,7 @@ impl HeadState {
     /// An empty cluster in the first head life, with nothing journaled. A head with a journal
     /// starts with [`HeadState::restore`] instead (an empty journal gives this same state).
     pub fn new(config: Config) -> Self {
+        let autoscaling = config.autoscaler.clone().map(autoscaling::Autoscaling::new);
         HeadState {
             config,
             epoch: 1,
@@ -434,6 +452,7 @@ impl HeadState {
             drains: BTreeMap::new(),
             stranded: BTreeMap::new(),
             gangs: BTreeMap::new(),
+            autoscaling,
             out: Vec::new(),
         }
     }
@@ -918,6 +937,7 @@ impl HeadState {
                 Timer::Unclaimed => self.stop_unclaimed(now),
                 Timer::Stranded(lease) => self.stranded_timed_out(now, lease),
                 Timer::GangStranded(gang) => self.gang_stranded_timed_out(now, gang),
+                Timer::Autoscale => self.autoscale(now),
             }
         }
     }

@@ -75,6 +75,8 @@ impl HeadState {
         if let Some(rejoin) = rejoin {
             self.reconcile(now, node, matched.is_some(), rejoin);
         }
+        let ticket = self.nodes[&node].hello.launch.clone();
+        self.autoscaled_join(now, node, ticket);
         self.place_queued(now);
         self.unstrand(now, node);
         self.unstrand_gangs();
@@ -294,6 +296,7 @@ impl HeadState {
         }
         // Gangs place the bundles lost with it again.
         self.place_queued(now);
+        self.autoscaled_gone(node);
         lost.len()
     }
 }

@@ -37,6 +37,7 @@ impl Scene {
             actor_types: vec!["Trainer".into()],
             address: "10.0.0.1:7100".into(),
             rejoin: None,
+            launch: None,
         };
         let effects = self.handle(Input::WorkerJoined {
             conn,

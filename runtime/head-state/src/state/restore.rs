@@ -76,6 +76,9 @@ impl HeadState {
         if !state.actors.is_empty() {
             state.arm(now + window, super::Timer::Unclaimed);
         }
+        if let Some(every) = state.config.autoscale_every() {
+            state.arm(now + every, super::Timer::Autoscale);
+        }
         tracing::info!(
             epoch = state.epoch,
             nodes = state.expected.len(),

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use ember_core::ids::LeaseId;
 use ember_core::proto::{
-    ActorLifeStatus, BundleStatus, ClusterStatus, GangStatus, NodeStatus, Placement, WorkStatus,
+    ActorLifeStatus, AutoscalerStatus, BundleStatus, ClusterStatus, DecisionStatus, GangStatus,
+    LaunchStatus, NodeStatus, Placement, WorkStatus,
 };
 
 use super::{HeadState, Work};
@@ -140,6 +141,25 @@ impl HeadState {
                     .collect(),
             });
         }
+        status.autoscaler = self.autoscaling.as_ref().map(|a| AutoscalerStatus {
+            launching: a
+                .autoscaler
+                .pending_launches()
+                .map(|(launch, node_type, since)| LaunchStatus {
+                    launch,
+                    node_type: node_type.to_string(),
+                    age_ms: millis_since(now, since),
+                })
+                .collect(),
+            decisions: a
+                .decisions
+                .iter()
+                .map(|(at, decision)| DecisionStatus {
+                    age_ms: millis_since(now, *at),
+                    decision: decision.clone(),
+                })
+                .collect(),
+        });
         status
     }
 

@@ -54,9 +54,14 @@ impl HeadState {
         };
         // While nodes of the head's last life are expected back, what they could take waits
         // for them rather than failing on the nodes already back.
+        // So does what a node the autoscaler can launch could take.
+        let launchable = self
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.autoscaler.could_serve(&request.demand, &request.labels));
         let decision = if let Some(bundle) = placement.bundle {
             self.sched.request_in_bundle(bundle, request)
-        } else if self.expected.is_empty() {
+        } else if self.expected.is_empty() && !launchable {
             self.sched.request(request)
         } else {
             self.sched.request_waiting(request)
@@ -129,6 +134,7 @@ impl HeadState {
     fn placed(&mut self, now: Instant, granted: Lease) {
         let lease = granted.id;
         self.forget_stranded(lease);
+        self.autoscaled_leases(now, granted.node);
         match self.work.get_mut(&lease) {
             Some(Work::Lease(l)) => {
                 l.phase = LeasePhase::Opening;
@@ -173,6 +179,7 @@ impl HeadState {
             self.sched.cancel(lease);
         }
         if let Some(node) = node {
+            self.autoscaled_leases(now, node);
             if self.drains.contains_key(&node) {
                 self.check_drain(now, node);
             }
