@@ -31,6 +31,8 @@ mod lease_pool;
 mod leases;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "local")]
+mod local_provider;
 mod options;
 mod unix_caller;
 

@@ -3,6 +3,8 @@
 
 #[path = "ember/kernel.rs"]
 mod kernel;
+#[path = "ember/node_types.rs"]
+mod node_types;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -83,6 +85,11 @@ enum Command {
         /// State directory. Default: ~/.ember
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Scale with demand from zero workers (instead of --workers): a JSON file of node
+        /// types (resources, min, max, warm, price, idle timeout), whose nodes start as worker
+        /// processes on this machine.
+        #[arg(long, value_name = "NODE_TYPES_FILE", conflicts_with = "workers")]
+        autoscale: Option<PathBuf>,
     },
     /// Show nodes, GPUs, actors, tasks, the queue and gangs.
     Status {
@@ -341,8 +348,12 @@ async fn run(command: Command) -> Result<i32> {
             cpus_per_worker,
             listen,
             state_dir,
+            autoscale,
         } => {
+            let policy = autoscale.as_deref().map(node_types::read).transpose()?;
+            let workers = if policy.is_some() { 0 } else { workers };
             let mut options = LocalOptions::new(workers).gpus_per_worker(gpus_per_worker);
+            options.autoscale = policy;
             options.gpu_memory = gpu_memory;
             options.accelerator = accelerator;
             options.cpus_per_worker = cpus_per_worker;

@@ -118,8 +118,18 @@ pub struct WorkerHello {
     pub launch: Option<LaunchTicket>,
 }
 
-/// Which autoscaler launch a worker answers (`ember worker --launch ID --node-type NAME`).
-#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+/// Which autoscaler launch a worker answers.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct LaunchTicket {
     /// The launch's number, as the head asked for it.
     pub launch: u64,
