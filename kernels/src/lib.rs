@@ -29,6 +29,7 @@
 mod arg_kind;
 pub mod cache;
 mod cuda;
+pub mod cuda_libs;
 mod device;
 mod error;
 pub mod reference;
