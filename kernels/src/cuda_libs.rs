@@ -137,8 +137,7 @@ impl Library {
 /// Whether the CUDA driver library (`libcuda`) loads by cudarc's names.
 pub fn driver_loadable() -> bool {
     // SAFETY: as in `Library::loadable_by_cudarc`.
-    std::panic::catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() })
-        .unwrap_or(false)
+    std::panic::catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
 }
 
 /// A library file found in a folder.
@@ -571,10 +570,14 @@ mod tests {
     #[test]
     fn a_library_without_the_symbols_names_them() {
         // The C library loads, and has none of NVRTC's functions.
-        let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib/libc.so.6"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists());
+        let libc = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/libc.so.6",
+            "/usr/lib/libc.so.6",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists());
         let Some(libc) = libc else {
             panic!("no libc.so.6 found to load");
         };

@@ -214,3 +214,13 @@ fn gpu_combining_gives_the_reference_bits() {
     }
     common::combining::check_partial_copies(&device);
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_copies_keep_the_bits_and_refuse_mismatches() {
+    let cache = tempfile::tempdir().unwrap();
+    let device = gpu(&cache);
+    for (seed, n) in [0usize, 1, 1000, 1 << 22].into_iter().enumerate() {
+        common::check_copy(&device, n, seed as u64);
+    }
+}
