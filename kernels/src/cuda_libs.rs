@@ -140,6 +140,16 @@ pub fn driver_loadable() -> bool {
     std::panic::catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
 }
 
+/// The first of cudarc's names for `library` that loads here, as cudarc picks it (e.g.
+/// `libnvrtc.so.12`); `None` when none does.
+pub fn cudarc_loaded_name(library: Library) -> Option<String> {
+    let short = library.stem().trim_start_matches("lib");
+    cudarc::get_lib_name_candidates(short)
+        .into_iter()
+        // SAFETY: as in `check_symbols`; the library is dropped at once.
+        .find(|name| unsafe { libloading::Library::new(name) }.is_ok())
+}
+
 /// A library file found in a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {

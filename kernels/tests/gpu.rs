@@ -61,7 +61,7 @@ fn gpu_reductions_are_bit_exact_with_the_fixed_order() {
         check_reductions(&device, n, seed as u64);
     }
     // The same bits on every run.
-    let x: Vec<f32> = (0..1_000_003)
+    let x: Vec<f32> = (0..1_000_003u64)
         .map(|i| ((i * 7919) % 1000) as f32 * 0.37 - 150.0)
         .collect();
     let xb = device.upload(&x).unwrap();
