@@ -50,6 +50,67 @@ struct Args {
     torch_json: Option<PathBuf>,
 }
 
+/// Runs the cluster checks (items 3a, 3c, 3d, 3e) on a local cluster of one worker.
+fn cluster_checks(mut kit: Kit, dry: bool) -> Kit {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            kit.check("3", "cluster", || Err(format!("no runtime: {error}")));
+            return kit;
+        }
+    };
+    runtime.block_on(async move {
+        let options = if dry {
+            LocalOptions::new(1).gpus_per_worker(1)
+        } else {
+            LocalOptions::new(1)
+        };
+        match Cluster::local(options).await {
+            Ok(cluster) => {
+                let limit = Duration::from_secs(120);
+                kit.check_async("3a", "nvml-worker-reports-gpu", limit, async {
+                    cluster::worker_reports_gpu(&cluster, dry).await
+                })
+                .await;
+                kit.check_async("3c", "gpu-actor", limit, cluster::gpu_actor(&cluster, dry))
+                    .await;
+                kit.check_async(
+                    "3d",
+                    "shared-gpu-tasks",
+                    limit,
+                    cluster::shared_gpu_tasks(&cluster, dry),
+                )
+                .await;
+                kit.check_async(
+                    "3e",
+                    "allreduce-device",
+                    limit,
+                    cluster::allreduce_device(&cluster, dry),
+                )
+                .await;
+                cluster.shutdown().await;
+            }
+            Err(error) => {
+                let why = format!("the local cluster did not start: {error}");
+                for name in [
+                    "nvml-worker-reports-gpu",
+                    "gpu-actor",
+                    "shared-gpu-tasks",
+                    "allreduce-device",
+                ] {
+                    let why = why.clone();
+                    kit.check("3", name, move || Err(why));
+                }
+            }
+        }
+        kit
+    })
+}
+
 #[ember::main]
 async fn main() {
     // First: this may start the program again with the libraries on its search path.
@@ -119,50 +180,17 @@ async fn main() {
         }
     }
 
-    let options = if args.dry_run {
-        LocalOptions::new(1).gpus_per_worker(1)
-    } else {
-        LocalOptions::new(1)
+    // The cluster's head runs in this process: on a runtime of its own with several
+    // threads, so that the checks' CPU work (references, comparisons) never holds up its
+    // heartbeats.
+    let dry = args.dry_run;
+    let kit = match std::thread::spawn(move || cluster_checks(kit, dry)).join() {
+        Ok(kit) => kit,
+        Err(_) => {
+            eprintln!("the cluster checks' thread panicked");
+            std::process::exit(2);
+        }
     };
-    match Cluster::local(options).await {
-        Ok(cluster) => {
-            let limit = Duration::from_secs(120);
-            let dry = args.dry_run;
-            kit.check_async("3a", "nvml-worker-reports-gpu", limit, async {
-                cluster::worker_reports_gpu(&cluster, dry).await
-            })
-            .await;
-            kit.check_async("3c", "gpu-actor", limit, cluster::gpu_actor(&cluster, dry))
-                .await;
-            kit.check_async(
-                "3d",
-                "shared-gpu-tasks",
-                limit,
-                cluster::shared_gpu_tasks(&cluster, dry),
-            )
-            .await;
-            kit.check_async(
-                "3e",
-                "allreduce-device",
-                limit,
-                cluster::allreduce_device(&cluster, dry),
-            )
-            .await;
-            cluster.shutdown().await;
-        }
-        Err(error) => {
-            let why = format!("the local cluster did not start: {error}");
-            for name in [
-                "nvml-worker-reports-gpu",
-                "gpu-actor",
-                "shared-gpu-tasks",
-                "allreduce-device",
-            ] {
-                let why = why.clone();
-                kit.check("3", name, move || Err(why));
-            }
-        }
-    }
 
     if let Err(error) = kit.write(&args.out) {
         eprintln!(
