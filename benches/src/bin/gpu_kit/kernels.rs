@@ -296,6 +296,9 @@ fn time(
     Ok(start.elapsed().as_secs_f64() / f64::from(iters))
 }
 
+/// One timed launch.
+type Launch<'a> = Box<dyn Fn() -> Result<(), KernelError> + 'a>;
+
 /// Bandwidth of the element-wise kernels and reductions as a fraction of a device-to-device
 /// copy's, measured in the same run on buffers of 2^26 f32 (2^22 on the CPU backend).
 pub(crate) fn bandwidth(t: &Target) -> Outcome {
@@ -311,7 +314,7 @@ pub(crate) fn bandwidth(t: &Target) -> Outcome {
     let copy = time(d, iters, || d.copy(&x, &out))?;
     let copy_bw = 2.0 * bytes / copy / 1e9;
     let mut metrics = vec![Metric::new("device-to-device copy", copy_bw, "GB/s")];
-    let runs: [(&str, f64, Box<dyn Fn() -> Result<(), KernelError>>); 6] = [
+    let runs: [(&str, f64, Launch<'_>); 6] = [
         (
             "add",
             3.0,
