@@ -38,9 +38,9 @@ echo "== building Ember's microbench (release) in $target" >&2
 # Ember's row names (as in Ray's release-test metrics) and the display names that Ray's
 # `ray microbenchmark` prints and filters on (TESTS_TO_RUN is a substring of these).
 rows=(single_client_tasks_sync single_client_tasks_async 1_1_actor_calls_sync
-      1_1_actor_calls_async n_n_actor_calls_async)
+      1_1_actor_calls_async n_n_actor_calls_async placement_group_create_removal)
 ray_names=("single client tasks sync" "single client tasks async" "1:1 actor calls sync"
-           "1:1 actor calls async" "n:n actor calls async")
+           "1:1 actor calls async" "n:n actor calls async" "placement group create/removal")
 
 # Ray's microbenchmark also runs Ray Client variants ("client: 1:1 actor calls sync", ...) of
 # matching rows, each costing minutes; skip them unless asked otherwise.

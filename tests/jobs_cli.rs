@@ -94,6 +94,48 @@ async fn a_job_whose_client_dies_is_stopped_before_its_gpus_are_freed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_dies_with_its_worker_killed_outright() {
+    let (mut tc, _observer) =
+        TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
+    let pid_file = tc.scratch().join("job.pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let _submit = tokio::process::Command::new(ember_exe())
+        .args(["job", "submit", "--cluster"])
+        .arg(tc.state_dir())
+        .args(["--gpus", "1", "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ember job submit");
+    let job_pid = within("the job to start", async {
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let alive = |pid: i32| {
+        // A zombie waits for a parent that is gone; count only a process still running.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+    };
+    assert!(alive(job_pid));
+    // SIGKILL: the worker runs no clean-up, yet its job must not outlive it holding GPUs.
+    tc.kill_worker("w0");
+    until("the job to die with its worker", || async move {
+        !alive(job_pid)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_submit_refuses_an_accelerator_or_gpu_memory_without_gpus() {
     let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
     for (flag, value, needs) in [

@@ -76,6 +76,7 @@ fn hellos(token: &str, version: u32) -> Vec<Hello> {
         actor_types: Vec::new(),
         address: "127.0.0.1:9".into(),
         rejoin: None,
+        launch: None,
     }));
     let peer = HelloRole::Peer(PeerHello {
         group: "g".into(),

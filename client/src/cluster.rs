@@ -459,7 +459,7 @@ impl Cluster {
 
     /// One request to the head and its one reply, through the link that rides through the
     /// head's restarts.
-    async fn request(&self, req: &ClientRequest) -> Result<ClientReply, Error> {
+    pub(crate) async fn request(&self, req: &ClientRequest) -> Result<ClientReply, Error> {
         self.inner.link.request(req).await
     }
 

@@ -48,6 +48,9 @@ pub enum Error {
     /// A message could not be read or written.
     #[error("protocol error: {0}")]
     Protocol(#[from] FrameError),
+    /// A gang's bundles were given something other than resources.
+    #[error("invalid gang: {0}")]
+    Gang(String),
     /// A declared resource was invalid (e.g. `gpus = 1.5`).
     #[error("invalid options: {0}")]
     Options(#[from] ResourceError),

@@ -368,6 +368,8 @@ fn what(req: &ClientRequest) -> &'static str {
         ClientRequest::GroupHealth { .. } => "a group's health",
         ClientRequest::GroupFailed { .. } => "reporting a group failure",
         ClientRequest::WaitForNodes { .. } => "waiting for nodes",
+        ClientRequest::CreateGang(_) => "creating a gang",
+        ClientRequest::RemoveGang { .. } => "removing a gang",
     }
 }
 

@@ -23,6 +23,7 @@ mod checkpoint;
 mod claims;
 mod cluster;
 mod error;
+mod gang;
 mod gpu_actor;
 mod head_link;
 pub mod kernel_check;
@@ -30,6 +31,8 @@ mod lease_pool;
 mod leases;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "local")]
+mod local_provider;
 mod options;
 mod unix_caller;
 
@@ -37,11 +40,11 @@ pub use actor::{ActorRef, RemoteActor, RESTART_WAIT};
 pub use call::{Actor, ActorSpawn, Remote, Task, TaskCall, TaskRef};
 pub use checkpoint::Checkpoint;
 pub use cluster::{Cluster, Job, JobOutput};
-pub use ember_core::ids::{ActorId, JobId, NodeId, TaskId};
-pub use ember_core::proto::ClusterStatus;
+pub use ember_core::ids::{ActorId, GangId, JobId, NodeId, TaskId};
 pub use ember_core::proto::ErrorKind;
 pub use ember_core::proto::Strategy;
 pub use ember_core::proto::WaitReason;
+pub use ember_core::proto::{BundleRef, ClusterStatus, GangStrategy};
 pub use ember_core::resources::{Allocation, GpuGrant, GpuShare};
 /// Ember's GPU kernels: the registry of kernels by name, their CPU references, the PTX cache.
 pub use ember_kernels as kernels;
@@ -56,6 +59,7 @@ pub use ember_worker::gpu_actor::{
     BufferElement, BufferInfo, GpuActorError, GpuInfo, HostData, LaunchArg, UserKernelInfo,
 };
 pub use error::Error;
+pub use gang::{Gang, GangOptions};
 pub use gpu_actor::{GpuActor, GpuActorHandle};
 pub use head_link::{ConnectOptions, HeadLinkStatus};
 #[cfg(feature = "local")]

@@ -2,15 +2,18 @@
 //! executable. `ember up` and [`Cluster::local`](crate::Cluster::local) both use it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ember_core::security::ClusterFile;
-use ember_head::{HeadConfig, RunningHead};
+use ember_head::autoscale::Autoscaler;
+use ember_head::{Autoscale, HeadConfig, RunningHead};
 use ember_worker::agent::WorkerConfig;
 use ember_worker::role::{ROLE_VAR, ROLE_WORKER, WORKER_CONFIG_VAR};
 use tokio::process::{Child, Command};
 
+use crate::local_provider::LocalProvider;
 use crate::Error;
 
 /// How many workers to start and what each offers.
@@ -32,6 +35,10 @@ pub struct LocalOptions {
     pub state_dir: Option<PathBuf>,
     /// The workers' executable; this one when `None`.
     pub worker_exe: Option<PathBuf>,
+    /// Scale the cluster with demand: the autoscaler's policy, whose launches start worker
+    /// processes here (logical GPUs as each node type declares). `None`: `workers` workers,
+    /// fixed.
+    pub autoscale: Option<ember_head::autoscale::Policy>,
 }
 
 impl LocalOptions {
@@ -46,6 +53,7 @@ impl LocalOptions {
             listen: None,
             state_dir: None,
             worker_exe: None,
+            autoscale: None,
         }
     }
 
@@ -78,6 +86,8 @@ impl LocalOptions {
 pub struct LocalCluster {
     head: Option<RunningHead>,
     workers: Vec<Child>,
+    /// Where the autoscaler's workers come from, when it scales.
+    provider: Option<Arc<LocalProvider>>,
     file: ClusterFile,
     temp_dir: Option<PathBuf>,
 }
@@ -109,14 +119,31 @@ impl LocalCluster {
         config.listen = options
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let head = ember_head::start(config)
-            .await
-            .map_err(|e| Error::Local(e.to_string()))?;
-        let file = head.cluster.clone();
         let exe = match &options.worker_exe {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(|e| Error::Local(e.to_string()))?,
         };
+        let provider = match &options.autoscale {
+            Some(policy) => {
+                let autoscaler = Autoscaler::new(policy.clone())
+                    .map_err(|e| Error::Local(format!("autoscaling: {e}")))?;
+                let provider = Arc::new(LocalProvider::new(exe.clone()));
+                config.autoscale = Some(Autoscale {
+                    autoscaler,
+                    interval: Duration::from_secs(1),
+                    provider: provider.clone(),
+                });
+                Some(provider)
+            }
+            None => None,
+        };
+        let head = ember_head::start(config)
+            .await
+            .map_err(|e| Error::Local(e.to_string()))?;
+        let file = head.cluster.clone();
+        if let Some(p) = &provider {
+            p.set_cluster(file.clone());
+        }
         let mut workers = Vec::new();
         for i in 0..options.workers {
             let mut wc = WorkerConfig::new(file.address, file.token.clone(), file.fingerprint);
@@ -129,16 +156,7 @@ impl LocalCluster {
                 wc.gpu_memory = options.gpu_memory.clone();
                 wc.accelerator = options.accelerator.clone();
             }
-            let json = serde_json::to_string(&wc).map_err(|e| Error::Local(e.to_string()))?;
-            let mut cmd = Command::new(&exe);
-            cmd.env(ROLE_VAR, ROLE_WORKER)
-                .env(WORKER_CONFIG_VAR, json)
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true);
-            if std::env::var_os("RUST_LOG").is_none() {
-                cmd.env("RUST_LOG", "warn");
-            }
-            let child = cmd
+            let child = worker_command(&exe, &wc)?
                 .spawn()
                 .map_err(|e| Error::Local(format!("cannot start worker {}: {e}", exe.display())))?;
             workers.push(child);
@@ -146,6 +164,7 @@ impl LocalCluster {
         Ok(LocalCluster {
             head: Some(head),
             workers,
+            provider,
             file,
             temp_dir,
         })
@@ -159,6 +178,9 @@ impl LocalCluster {
     /// Asks every worker to leave (SIGTERM), waits for them (killing stragglers after 5 s),
     /// then stops the head.
     pub async fn shutdown(mut self) {
+        if let Some(p) = &self.provider {
+            self.workers.extend(p.take_all());
+        }
         for w in &self.workers {
             if let Some(pid) = w.id() {
                 let _ = nix::sys::signal::kill(
@@ -187,6 +209,21 @@ impl Drop for LocalCluster {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// The command that starts a worker process of this executable with `wc`: the one way local
+/// workers start, fixed ones and the autoscaler's alike.
+pub(crate) fn worker_command(exe: &Path, wc: &WorkerConfig) -> Result<Command, Error> {
+    let json = serde_json::to_string(wc).map_err(|e| Error::Local(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.env(ROLE_VAR, ROLE_WORKER)
+        .env(WORKER_CONFIG_VAR, json)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    Ok(cmd)
 }
 
 fn next_local() -> u64 {

@@ -5,7 +5,7 @@ use ember_core::proto::{NodeAffinity, Strategy};
 use std::time::Duration;
 
 use ember_core::proto::{CheckpointPolicy, Placement, RestartPolicy, TaskRetry};
-use ember_core::resources::{to_millis, ByteSize, GpuShare, ResourceError};
+use ember_core::resources::{to_millis, ByteSize, GpuShare, ResourceDemand, ResourceError};
 
 /// What a task or actor needs and how to place it. Declared in the attribute, overridable per
 /// call; an invalid value is reported when the call is submitted.
@@ -95,6 +95,15 @@ impl Options {
         self
     }
 
+    /// Run inside a bundle of a gang ([`Gang::bundle`](crate::Gang::bundle)): the needs are
+    /// taken from what the bundle reserved on its node, and must fit within it. Strategy and
+    /// node affinity do not apply (the bundle's node is the place); a need past the bundle's
+    /// is refused by the head, naming the bundle.
+    pub fn in_bundle(mut self, bundle: ember_core::proto::BundleRef) -> Self {
+        self.placement.bundle = Some(bundle);
+        self
+    }
+
     /// Actors: how many times it is restarted after losing its process (0, the default:
     /// never; -1: without limit).
     pub fn max_restarts(mut self, n: i32) -> Self {
@@ -150,6 +159,36 @@ impl Options {
     /// GPUs is refused ([`ResourceError::GpuMemoryWithoutGpus`],
     /// [`ResourceError::AcceleratorWithoutGpus`]), never dropped and never turned into a GPU.
     pub(crate) fn placement(&self) -> Result<Placement, ResourceError> {
+        self.placement_checked()
+    }
+
+    /// The resources alone, for a gang's bundle: refused (saying which) when anything else is
+    /// set, since a bundle has no strategy, node, priority, retries or checkpoints of its own.
+    pub(crate) fn bundle_demand(&self) -> Result<ResourceDemand, String> {
+        let p = self.placement_checked().map_err(|e| e.to_string())?;
+        let extra = [
+            (p.strategy != Strategy::default(), "a strategy"),
+            (p.affinity.is_some(), "a node"),
+            (p.priority != 0, "a priority"),
+            (p.pending_timeout_ms.is_some(), "a pending timeout"),
+            (p.bundle.is_some(), "a bundle"),
+            (self.restart != RestartPolicy::default(), "restarts"),
+            (
+                self.checkpoint != CheckpointPolicy::default(),
+                "checkpoints",
+            ),
+            (self.retry != TaskRetry::default(), "retries"),
+        ];
+        match extra.iter().find(|(set, _)| *set) {
+            Some((_, what)) => Err(format!(
+                "a bundle takes only resources (GPUs, GPU memory, accelerator, CPUs, custom \
+                 resources), not {what}"
+            )),
+            None => Ok(p.demand),
+        }
+    }
+
+    fn placement_checked(&self) -> Result<Placement, ResourceError> {
         match &self.error {
             Some(e) => Err(e.clone()),
             None => {

@@ -17,6 +17,9 @@
 //!   registered name, arguments checked against the registry and the buffers' lengths),
 //!   `synchronize`, a per-handle memory limit ([`Device::with_memory_limit`]), and user
 //!   kernels compiled from CUDA C ([`Device::compile_user`], [`Device::launch_user`]).
+//! - [`Nvrtc`]: the NVRTC compiler (a [`cache::PtxCompiler`]), usable without a GPU, and
+//!   [`cuda_libs`]: finding NVRTC and cuBLAS where cudarc's CUDA 12 names miss them (CUDA 13,
+//!   NVIDIA's pip wheels).
 //! - [`KernelError`]: the one error type.
 //!
 //! CUDA is reached through `cudarc` with dynamic loading: building needs no CUDA toolkit, and
@@ -29,6 +32,7 @@
 mod arg_kind;
 pub mod cache;
 mod cuda;
+pub mod cuda_libs;
 mod device;
 mod error;
 pub mod reference;
@@ -36,6 +40,7 @@ pub mod registry;
 pub mod sources;
 
 pub use arg_kind::ArgKind;
+pub use cuda::nvrtc::{registered_kernel_options, Nvrtc};
 pub use device::{
     Backend, Buffer, BufferId, Device, Element, ElementSlice, ElementSliceMut, ElementType,
     ElementVec, KernelArg, LaunchGeometry, UserKernel,

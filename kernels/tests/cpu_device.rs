@@ -417,3 +417,11 @@ fn combining_refuses_what_it_cannot_do_with_a_typed_error() {
     // Nothing refused touched the buffer.
     assert_eq!(device.download::<f32>(&four).unwrap(), [1.0; 4]);
 }
+
+#[test]
+fn copies_on_the_cpu_backend_keep_the_bits_and_refuse_mismatches() {
+    let device = Device::cpu();
+    for (seed, n) in [0usize, 1, 1000, 100_003].into_iter().enumerate() {
+        common::check_copy(&device, n, seed as u64);
+    }
+}

@@ -61,7 +61,7 @@ fn gpu_reductions_are_bit_exact_with_the_fixed_order() {
         check_reductions(&device, n, seed as u64);
     }
     // The same bits on every run.
-    let x: Vec<f32> = (0..1_000_003)
+    let x: Vec<f32> = (0..1_000_003u64)
         .map(|i| ((i * 7919) % 1000) as f32 * 0.37 - 150.0)
         .collect();
     let xb = device.upload(&x).unwrap();
@@ -213,4 +213,14 @@ fn gpu_combining_gives_the_reference_bits() {
         common::combining::check_combining(&device, n, seed as u64);
     }
     common::combining::check_partial_copies(&device);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_copies_keep_the_bits_and_refuse_mismatches() {
+    let cache = tempfile::tempdir().unwrap();
+    let device = gpu(&cache);
+    for (seed, n) in [0usize, 1, 1000, 1 << 22].into_iter().enumerate() {
+        common::check_copy(&device, n, seed as u64);
+    }
 }

@@ -60,6 +60,9 @@ pub struct WorkerConfig {
     /// stops its executors and tries as long again to join as a new node before giving up.
     #[serde(default = "default_rejoin_ms")]
     pub rejoin_ms: u64,
+    /// The autoscaler launch this worker answers, when a node provider started it.
+    #[serde(default)]
+    pub launch: Option<ember_core::proto::LaunchTicket>,
 }
 
 fn default_grace_ms() -> u64 {
@@ -87,6 +90,7 @@ impl WorkerConfig {
             heartbeat_ms: 500,
             grace_ms: default_grace_ms(),
             rejoin_ms: default_rejoin_ms(),
+            launch: None,
         }
     }
 }
@@ -392,6 +396,7 @@ async fn serve_once(
             actor_types: registry::actor_names(),
             address: address.to_string(),
             rejoin: session.as_ref().map(Session::rejoin),
+            launch: config.launch.clone(),
         })),
     );
     let (mut send, mut recv) = conn

@@ -361,6 +361,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         }),
         priority: -2,
         pending_timeout_ms: Some(30_000),
+        bundle: Some(ember_core::proto::BundleRef {
+            gang: ember_core::ids::GangId(6),
+            index: 1,
+        }),
     };
     let actor_endpoints = ActorEndpoints {
         peer_addr: "10.0.0.2:4000".into(),
@@ -420,6 +424,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 actor_types: vec!["A".into()],
                 address: "10.0.0.2:0".into(),
                 rejoin: None,
+                launch: Some(ember_core::proto::LaunchTicket {
+                    launch: 3,
+                    node_type: "h100x8".into(),
+                }),
             })),
         ),
         Hello::client(HELLO_TOKEN),
@@ -525,6 +533,30 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             fails_in_ms: Some(60_000),
             ..actor_status
         }],
+        gangs: vec![ember_core::proto::GangStatus {
+            id: "gang-6".into(),
+            strategy: "strict_spread".into(),
+            state: "replacing".into(),
+            waiting: Some("waiting for capacity: bundle 1 (gpus=1) fits on no node now".into()),
+            fails_in_ms: None,
+            bundles: vec![ember_core::proto::BundleStatus {
+                demand: "gpus=1".into(),
+                node: Some("node-4".into()),
+                leases: 1,
+                waiting: 0,
+            }],
+        }],
+        autoscaler: Some(ember_core::proto::AutoscalerStatus {
+            launching: vec![ember_core::proto::LaunchStatus {
+                launch: 3,
+                node_type: "h100x8".into(),
+                age_ms: 1200,
+            }],
+            decisions: vec![ember_core::proto::DecisionStatus {
+                age_ms: 1300,
+                decision: "launch h100x8 (launch 3): waiting work needs [gpus=1]".into(),
+            }],
+        }),
     };
     let mut seeds: Vec<(&'static str, Vec<u8>)> = Vec::new();
     // A worker re-joining after a head restart, with what it still runs.
@@ -629,6 +661,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             count: 2,
             timeout_ms: 1000,
         },
+        ClientRequest::CreateGang(ember_core::proto::GangSpec {
+            bundles: vec![placement.demand.clone(), ResourceDemand::default()],
+            strategy: ember_core::proto::GangStrategy::StrictSpread,
+            priority: 1,
+            pending_timeout_ms: Some(500),
+        }),
+        ClientRequest::RemoveGang {
+            gang: ember_core::ids::GangId(6),
+        },
     ] {
         seeds.push(("client_request", bytes(&request)));
     }
@@ -668,6 +709,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             broken: Some("rank 1 died".into()),
         },
         ClientReply::NodesReady { count: 2 },
+        ClientReply::GangCreated {
+            gang: ember_core::ids::GangId(6),
+            nodes: vec![NodeId(4), NodeId(5)],
+        },
+        ClientReply::GangRemoved,
         ClientReply::Error(error.clone()),
     ] {
         seeds.push(("client_reply", bytes(&reply)));

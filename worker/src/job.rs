@@ -34,8 +34,8 @@ pub(crate) async fn run(
         let _ = write_frame(out, &WorkerReply::Job(JobEvent::Exited(127))).await;
         return;
     };
-    let spawned = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .envs(env)
         .env("CUDA_VISIBLE_DEVICES", allocation.cuda_visible_devices())
         .env("EMBER_NODE_ID", node.to_string())
@@ -43,8 +43,11 @@ pub(crate) async fn run(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
+        .kill_on_drop(true);
+    kill_with_worker(&mut cmd);
+    // From the spawner thread, which lives as long as the worker: `PR_SET_PDEATHSIG` fires
+    // when the thread that started the child exits.
+    let spawned = crate::executor::spawn_child(cmd).await;
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -131,4 +134,24 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1)
+}
+
+/// Makes the job's process die with its worker (`PR_SET_PDEATHSIG`, SIGKILL), so that a
+/// worker killed outright leaves no job holding its GPUs; a job whose worker died between
+/// fork and exec does not start.
+fn kill_with_worker(cmd: &mut Command) {
+    let worker = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec and makes only the
+    // `prctl` and `getppid` system calls, which are async-signal-safe; it allocates nothing
+    // on success.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != worker {
+                return Err(std::io::Error::other("the worker is gone"));
+            }
+            Ok(())
+        });
+    }
 }

@@ -78,8 +78,27 @@ fn run_worker_from_env() -> i32 {
 /// every worker agent runs, whoever started it: `ember worker`, or a local cluster through
 /// [`ROLE_VAR`]. It runs on the calling thread, on the single-threaded runtime every role
 /// uses.
+///
+/// Where a CUDA driver is, it first makes NVRTC and cuBLAS loadable when cudarc's CUDA 12
+/// names miss them (CUDA 13, NVIDIA's wheels): the process then starts again once, with an
+/// alias folder in `LD_LIBRARY_PATH` that its executors inherit
+/// ([`ember_kernels::cuda_libs::prepare`]).
 pub fn run_worker(config: WorkerConfig) -> i32 {
+    use ember_kernels::cuda_libs::{prepare, Preparation, When};
+    let preparation = prepare(When::DriverPresent);
     init_logging();
+    match preparation {
+        Ok(Preparation::Prepared { alias_dir }) => tracing::info!(
+            alias_dir = %alias_dir.display(),
+            "NVRTC and cuBLAS loaded through an alias folder"
+        ),
+        Ok(Preparation::NotFound { missing }) => tracing::warn!(
+            ?missing,
+            "CUDA libraries not found (set EMBER_CUDA_LIB_DIRS); kernels needing them will fail"
+        ),
+        Ok(Preparation::Loadable | Preparation::NoDriver) => {}
+        Err(error) => tracing::warn!(%error, "could not prepare the CUDA libraries"),
+    }
     let Some(rt) = runtime("worker") else {
         return 1;
     };

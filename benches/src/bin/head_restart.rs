@@ -230,6 +230,7 @@ impl SimWorker {
                 actor_types: self.actor_types.clone(),
                 address: self.endpoint.local_addr()?.to_string(),
                 rejoin,
+                launch: None,
             })),
         );
         let (mut send, mut recv) = conn.open_bi().await?;

@@ -79,6 +79,7 @@ fn hello(i: u64) -> Box<WorkerHello> {
         actor_types: vec!["bench::Actor".into()],
         address: format!("10.0.{}.{}:7000", i / 256, i % 256),
         rejoin: None,
+        launch: None,
     })
 }
 

@@ -11,6 +11,9 @@
 //! - `n_n_actor_calls_async`: N actors (N = workers, by default the machine's cores), each
 //!   driven by its own concurrent client loop sending batches of 1,000 calls.
 //! - `actor_creations` (Ember only): actors created one at a time (each killed after the trial).
+//! - `placement_group_create_removal`: as Ray's `placement group create/removal`, 100 gangs
+//!   of one bundle (0.001 CPU; Ray's asks 0.001 of a custom resource) created at once, each
+//!   awaited until placed, then all 100 removed.
 //!
 //! Like Ray's `timeit`, each row warms up for a second, then runs `--trials` trials of
 //! `--duration-secs` each and reports the mean and standard deviation of the trials' rates.
@@ -22,7 +25,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ember::{Cluster, LocalOptions};
+use ember::{Cluster, GangOptions, GangStrategy, LocalOptions, Options};
 use futures::future::join_all;
 
 /// The trivial task: no arguments, no result.
@@ -70,14 +73,18 @@ struct Args {
     quic: bool,
 }
 
-const ROWS: [&str; 6] = [
+const ROWS: [&str; 7] = [
     "single_client_tasks_sync",
     "single_client_tasks_async",
     "1_1_actor_calls_sync",
     "1_1_actor_calls_async",
     "n_n_actor_calls_async",
     "actor_creations",
+    "placement_group_create_removal",
 ];
+
+/// Gangs per operation of the `placement_group_create_removal` row, as in Ray's.
+const GANGS_PER_OP: usize = 100;
 
 /// Runs `op` (which does `per_op` calls) repeatedly: a warm-up second, then `trials` trials of
 /// `duration`, with `after_trial` run outside the timing after each; returns mean and standard
@@ -264,6 +271,28 @@ async fn main() -> anyhow::Result<()> {
                         }
                         Ok(())
                     },
+                )
+                .await?
+            }
+            "placement_group_create_removal" => {
+                timeit(
+                    duration,
+                    trials,
+                    GANGS_PER_OP,
+                    || async {
+                        let bundle = || {
+                            GangOptions::new(GangStrategy::Pack).bundle(Options::new().cpus(0.001))
+                        };
+                        let created =
+                            join_all((0..GANGS_PER_OP).map(|_| cluster.create_gang(bundle())))
+                                .await;
+                        let gangs = created.into_iter().collect::<Result<Vec<_>, _>>()?;
+                        for r in join_all(gangs.into_iter().map(|g| g.remove())).await {
+                            r?;
+                        }
+                        Ok(())
+                    },
+                    nothing,
                 )
                 .await?
             }

@@ -3,6 +3,8 @@
 
 #[path = "ember/kernel.rs"]
 mod kernel;
+#[path = "ember/node_types.rs"]
+mod node_types;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -83,12 +85,17 @@ enum Command {
         /// State directory. Default: ~/.ember
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Scale with demand from zero workers (instead of --workers): a JSON file of node
+        /// types (resources, min, max, warm, price, idle timeout), whose nodes start as worker
+        /// processes on this machine.
+        #[arg(long, value_name = "NODE_TYPES_FILE", conflicts_with = "workers")]
+        autoscale: Option<PathBuf>,
     },
-    /// Show nodes, GPUs, actors, tasks and the queue.
+    /// Show nodes, GPUs, actors, tasks, the queue and gangs.
     Status {
         #[command(flatten)]
         cluster: ClusterArg,
-        /// Print one JSON object with the keys nodes, actors, tasks and queue (or, when the
+        /// Print one JSON object with the keys nodes, actors, leases, jobs, queue and gangs (or, when the
         /// head cannot be reached, one with the key head_unreachable).
         #[arg(long)]
         json: bool,
@@ -341,8 +348,12 @@ async fn run(command: Command) -> Result<i32> {
             cpus_per_worker,
             listen,
             state_dir,
+            autoscale,
         } => {
+            let policy = autoscale.as_deref().map(node_types::read).transpose()?;
+            let workers = if policy.is_some() { 0 } else { workers };
             let mut options = LocalOptions::new(workers).gpus_per_worker(gpus_per_worker);
+            options.autoscale = policy;
             options.gpu_memory = gpu_memory;
             options.accelerator = accelerator;
             options.cpus_per_worker = cpus_per_worker;
@@ -598,6 +609,26 @@ fn print_status(s: &ClusterStatus) {
             if let Some(why) = &w.waiting {
                 println!("    {why}");
             }
+        }
+    }
+    println!("GANGS ({})", s.gangs.len());
+    for g in &s.gangs {
+        println!("  {} {} {}", g.id, g.strategy, g.state);
+        if let Some(why) = &g.waiting {
+            let fails = g
+                .fails_in_ms
+                .map(|ms| format!(" (fails in {ms} ms)"))
+                .unwrap_or_default();
+            println!("    {why}{fails}");
+        }
+        for (i, b) in g.bundles.iter().enumerate() {
+            println!(
+                "    bundle {i} [{}]  on {}  {} running, {} waiting",
+                b.demand,
+                b.node.as_deref().unwrap_or("-"),
+                b.leases,
+                b.waiting
+            );
         }
     }
 }

@@ -144,6 +144,29 @@ impl CudaBackend {
         });
     }
 
+    /// Copies buffer `src` into `dst` on the device (checked: one element type, one length).
+    pub(crate) fn copy(&self, src: BufferId, dst: BufferId) -> Result<(), KernelError> {
+        guarded("cuMemcpyDtoDAsync", || {
+            self.buffers.with_output_data(dst, |map, out| {
+                let data = map
+                    .get(&src)
+                    .ok_or(KernelError::ForeignBuffer { id: src.0 })?;
+                match (data, out) {
+                    (CudaData::F32(s), CudaData::F32(d)) => self.stream.memcpy_dtod(s, d),
+                    (CudaData::F16(s), CudaData::F16(d)) => self.stream.memcpy_dtod(s, d),
+                    (CudaData::Bf16(s), CudaData::Bf16(d)) => self.stream.memcpy_dtod(s, d),
+                    (s, d) => {
+                        return Err(KernelError::ElementType {
+                            requested: d.element_name(),
+                            actual: s.element_name(),
+                        })
+                    }
+                }
+                .map_err(driver("cuMemcpyDtoDAsync"))
+            })
+        })
+    }
+
     pub(crate) fn synchronize(&self) -> Result<(), KernelError> {
         guarded("cuStreamSynchronize", || {
             self.stream

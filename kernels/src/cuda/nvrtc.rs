@@ -8,7 +8,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
 /// The NVRTC options of the registered kernels: IEEE division and square root, denormals
 /// kept (`--ftz=false`), so results match the CPU references; `--fmad=true` only lets the
 /// compiler fuse `a * b + c` written as such, which the kernels never rely on.
-pub(crate) fn registered_kernel_options() -> Vec<String> {
+pub fn registered_kernel_options() -> Vec<String> {
     [
         "--ftz=false",
         "--prec-div=true",
@@ -20,9 +20,30 @@ pub(crate) fn registered_kernel_options() -> Vec<String> {
     .collect()
 }
 
-/// Compiles with the NVRTC library found at run time.
+/// Compiles with the NVRTC library found at run time (see [`crate::cuda_libs`]); needs no
+/// GPU. A machine without NVRTC gets [`KernelError::NoCuda`].
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Nvrtc;
+pub struct Nvrtc;
+
+impl Nvrtc {
+    /// The NVRTC library's version, `(major, minor)`, e.g. `(13, 0)`.
+    pub fn version() -> Result<(i32, i32), KernelError> {
+        require(CudaLibrary::Nvrtc)?;
+        guarded("nvrtcVersion", || {
+            let (mut major, mut minor) = (0, 0);
+            // SAFETY: nvrtcVersion writes two ints through the pointers given.
+            let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+            if status == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+                Ok((major, minor))
+            } else {
+                Err(KernelError::Cuda {
+                    operation: "nvrtcVersion",
+                    message: format!("{status:?}"),
+                })
+            }
+        })
+    }
+}
 
 impl PtxCompiler for Nvrtc {
     fn compile(&self, request: &CompileRequest<'_>) -> Result<String, KernelError> {

@@ -150,6 +150,32 @@ impl CpuBackend {
         Ok(())
     }
 
+    /// Copies buffer `src` into `dst` (checked: one element type, one length).
+    pub(crate) fn copy(&self, src: BufferId, dst: BufferId) -> Result<(), KernelError> {
+        let mut buffers = self.buffers();
+        let mut out = buffers
+            .remove(&dst)
+            .ok_or(KernelError::ForeignBuffer { id: dst.0 })?;
+        let result = match (buffers.get(&src), &mut out) {
+            (Some(ElementVec::F32(s)), ElementVec::F32(d)) => {
+                d.copy_from_slice(s);
+                Ok(())
+            }
+            (Some(ElementVec::F16(s)), ElementVec::F16(d)) => {
+                d.copy_from_slice(s);
+                Ok(())
+            }
+            (Some(ElementVec::Bf16(s)), ElementVec::Bf16(d)) => {
+                d.copy_from_slice(s);
+                Ok(())
+            }
+            (Some(s), d) => Err(type_error(d.element(), s.element())),
+            (None, _) => Err(KernelError::ForeignBuffer { id: src.0 }),
+        };
+        buffers.insert(dst, out);
+        result
+    }
+
     /// A checked combine or divide, by [`reference::combine`] and [`reference::divide`].
     pub(crate) fn combine(&self, combining: &Combining) -> Result<(), KernelError> {
         fn typed<T: Element>(buffers: &mut Buffers, c: &Combining) -> Result<(), KernelError> {

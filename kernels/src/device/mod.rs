@@ -308,6 +308,33 @@ impl Device {
         }
     }
 
+    /// Copies every element of `src` into `dst` on the device (a device-to-device copy on
+    /// CUDA, asynchronous like a launch). Both buffers must be this handle's, of one element
+    /// type and one length; copying a buffer onto itself does nothing.
+    pub fn copy(&self, src: &Buffer, dst: &Buffer) -> Result<(), KernelError> {
+        self.check_owner(src)?;
+        self.check_owner(dst)?;
+        if src.element != dst.element {
+            return Err(KernelError::ElementType {
+                requested: dst.element.name(),
+                actual: src.element.name(),
+            });
+        }
+        if src.len != dst.len {
+            return Err(KernelError::LengthMismatch {
+                x: src.len,
+                y: dst.len,
+            });
+        }
+        if src.id == dst.id || src.len == 0 {
+            return Ok(());
+        }
+        match &self.shared.backend {
+            BackendImpl::Cpu(cpu) => cpu.copy(src.id, dst.id),
+            BackendImpl::Cuda(cuda) => cuda.copy(src.id, dst.id),
+        }
+    }
+
     /// Waits for every kernel launched on this handle; reports an error a kernel hit.
     pub fn synchronize(&self) -> Result<(), KernelError> {
         match &self.shared.backend {

@@ -339,3 +339,61 @@ fn compare_half(what: &str, got: &[f32], want: &[f32], bounds: &[f64], one_ulp: 
         );
     }
 }
+
+/// A device-to-device copy: every element type, the same bits; refusals of other types,
+/// other lengths and another handle's buffer; a buffer onto itself and empty buffers.
+pub(crate) fn check_copy(device: &Device, n: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let x = rng.vec(n, -1e30, 1e30);
+    let (src, dst) = (device.upload(&x).unwrap(), device.alloc::<f32>(n).unwrap());
+    device.copy(&src, &dst).unwrap();
+    assert_eq!(device.download::<f32>(&dst).unwrap(), x, "copy of {n} f32");
+    let halves: Vec<f16> = x
+        .iter()
+        .map(|v| f16::from_bits(v.to_bits() as u16))
+        .collect();
+    let (src16, dst16) = (
+        device.upload(&halves).unwrap(),
+        device.alloc::<f16>(n).unwrap(),
+    );
+    device.copy(&src16, &dst16).unwrap();
+    let got: Vec<u16> = device
+        .download::<f16>(&dst16)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    let want: Vec<u16> = halves.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(got, want, "copy of {n} f16 (bits)");
+    let brains: Vec<bf16> = x.iter().map(|v| bf16::from_f32(*v)).collect();
+    let (srcb, dstb) = (
+        device.upload(&brains).unwrap(),
+        device.alloc::<bf16>(n).unwrap(),
+    );
+    device.copy(&srcb, &dstb).unwrap();
+    assert_eq!(device.download::<bf16>(&dstb).unwrap(), brains);
+    // Onto itself: nothing changes.
+    device.copy(&src, &src).unwrap();
+    assert_eq!(device.download::<f32>(&src).unwrap(), x);
+    // Refusals.
+    assert!(matches!(
+        device.copy(&src, &dst16),
+        Err(KernelError::ElementType { .. })
+    ));
+    let longer = device.alloc::<f32>(n + 1).unwrap();
+    assert!(matches!(
+        device.copy(&src, &longer),
+        Err(KernelError::LengthMismatch { .. })
+    ));
+    let other = Device::cpu();
+    let foreign = other.alloc::<f32>(n).unwrap();
+    assert!(matches!(
+        device.copy(&foreign, &dst),
+        Err(KernelError::ForeignBuffer { .. })
+    ));
+    let (e1, e2) = (
+        device.alloc::<f32>(0).unwrap(),
+        device.alloc::<f32>(0).unwrap(),
+    );
+    device.copy(&e1, &e2).unwrap();
+}

@@ -48,3 +48,7 @@ id_type!(
     /// One request for resources held by the scheduler: a task, an actor or a job.
     LeaseId, "lease"
 );
+id_type!(
+    /// One gang (placement group): bundles of resources placed all or nothing.
+    GangId, "gang"
+);

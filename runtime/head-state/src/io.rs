@@ -209,6 +209,26 @@ pub enum Effect {
         /// The actor.
         actor: ActorId,
     },
+    /// Ask the node provider for a node of this type; the worker it starts says `launch` in
+    /// its hello ([`LaunchTicket`](ember_core::proto::LaunchTicket)).
+    LaunchNode {
+        /// The launch's number.
+        launch: u64,
+        /// The node type.
+        node_type: String,
+    },
+    /// The autoscaler gave up a launch that never joined: the provider stops it, if it runs.
+    CancelLaunch {
+        /// The launch.
+        launch: u64,
+    },
+    /// The autoscaler let this node go and it has left: the provider releases its machine.
+    ReleaseNode {
+        /// The node.
+        node: NodeId,
+        /// The launch it answered, if the autoscaler launched it.
+        launch: Option<u64>,
+    },
     /// Make a change durable: committed, with every other `Journal` effect of its batch,
     /// before any other effect of the batch is carried out (see the module's docs).
     Journal(Change),

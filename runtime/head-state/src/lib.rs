@@ -6,11 +6,12 @@
 //! effects. The async shell in `ember-head` feeds it what arrives over QUIC and carries out its
 //! effects; the simulation in `tests/` drives it with a thousand simulated workers.
 //!
-//! Its parts: [`placement`] (the scheduler), [`groups`] (the table of collective groups),
+//! Its parts: [`placement`] (the scheduler), [`autoscale`] (the autoscaler's decisions), [`groups`] (the table of collective groups),
 //! [`actor_life`] (one actor's restarts), [`journal`] (what the head makes durable, and how it
 //! is read back), and the state machine itself.
 
 pub mod actor_life;
+pub mod autoscale;
 pub mod groups;
 mod io;
 pub mod journal;

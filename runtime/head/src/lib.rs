@@ -4,11 +4,13 @@
 //! crate runs it: one task owns it (`shell.rs`) and carries out its effects, each connection
 //! (`conn.rs`) turns what arrives over QUIC into its inputs, what the state promises is
 //! committed to a journal in the state directory first (`journal/`), and checkpoints are kept
-//! on disk or in S3-compatible object storage (`checkpoints.rs`).
+//! on disk or in S3-compatible object storage (`checkpoints.rs`), and an autoscaled cluster's
+//! launches go to a node provider (`provider.rs`).
 
 mod checkpoints;
 mod conn;
 pub mod journal;
+pub mod provider;
 mod shell;
 
 use std::net::SocketAddr;
@@ -26,7 +28,9 @@ use checkpoints::CheckpointStore;
 use journal::Journal;
 
 pub use checkpoints::CheckpointError;
+pub use ember_head_state::autoscale;
 pub use journal::JournalError;
+pub use provider::{NodeProvider, ProviderError};
 
 /// How a head is started.
 #[derive(Debug, Clone)]
@@ -49,6 +53,29 @@ pub struct HeadConfig {
     /// How long a queued request waits once no live node could ever hold it (its only fitting
     /// node left or drains) before it fails naming what is missing; 60 s by default.
     pub pending_timeout: Duration,
+    /// Scale the cluster itself: the autoscaler and the provider that carries out its
+    /// launches and releases. `None` (the default): the nodes are whatever workers join.
+    pub autoscale: Option<Autoscale>,
+}
+
+/// An autoscaled cluster's autoscaler and node provider.
+#[derive(Clone)]
+pub struct Autoscale {
+    /// The node types and policy.
+    pub autoscaler: ember_head_state::autoscale::Autoscaler,
+    /// How often it decides.
+    pub interval: Duration,
+    /// Where its launches go.
+    pub provider: std::sync::Arc<dyn NodeProvider>,
+}
+
+impl std::fmt::Debug for Autoscale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Autoscale")
+            .field("autoscaler", &self.autoscaler)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HeadConfig {
@@ -64,6 +91,7 @@ impl HeadConfig {
             checkpoint_store: None,
             rejoin_window: Duration::from_secs(60),
             pending_timeout: Duration::from_secs(60),
+            autoscale: None,
         }
     }
 }
@@ -173,6 +201,11 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
             heartbeat_timeout: config.heartbeat_timeout,
             rejoin_window: config.rejoin_window,
             pending_timeout: config.pending_timeout,
+            autoscaler: config.autoscale.as_ref().map(|a| a.autoscaler.clone()),
+            autoscale_interval: config
+                .autoscale
+                .as_ref()
+                .map_or(Duration::from_secs(1), |a| a.interval),
             ..Default::default()
         },
         Instant::now(),
@@ -220,7 +253,8 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
     }
     tracing::info!(epoch = state.epoch(), journal = %journal.path().display(), "head state ready");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (shell, owner) = shell::spawn(state, journal, checkpoints, stop_rx.clone());
+    let provider = config.autoscale.as_ref().map(|a| a.provider.clone());
+    let (shell, owner) = shell::spawn(state, journal, checkpoints, provider, stop_rx.clone());
     let token = secrets.token;
     let mut stop_rx = stop_rx;
     let task = tokio::spawn(async move {

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::checkpoints::CheckpointStore;
 use crate::journal::Journal;
+use crate::provider::NodeProvider;
 
 /// The most inputs handled, and committed, together.
 const GROUP_COMMIT: usize = 256;
@@ -86,6 +87,7 @@ pub(crate) fn spawn(
     state: HeadState,
     journal: Journal,
     checkpoints: CheckpointStore,
+    provider: Option<Arc<dyn NodeProvider>>,
     stop: watch::Receiver<bool>,
 ) -> (Shell, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -103,6 +105,7 @@ pub(crate) fn spawn(
         welcomes: HashMap::new(),
         streams: HashMap::new(),
         cancels: HashMap::new(),
+        provider,
     };
     let task = tokio::spawn(owner.run(rx, stop));
     (shell, task)
@@ -120,6 +123,8 @@ struct Owner {
     welcomes: HashMap<ConnId, (quinn::Connection, oneshot::Sender<(NodeId, WorkerTerms)>)>,
     streams: HashMap<RequestId, mpsc::UnboundedSender<Frame>>,
     cancels: HashMap<CommandId, oneshot::Sender<()>>,
+    /// Where the autoscaler's launches go, when the cluster scales itself.
+    provider: Option<Arc<dyn NodeProvider>>,
 }
 
 impl Owner {
@@ -307,6 +312,33 @@ impl Owner {
             Effect::ForgetCheckpoints { actor } => {
                 let store = self.checkpoints.clone();
                 tokio::spawn(async move { store.remove(actor).await });
+            }
+            // The state has an autoscaler only when `HeadConfig::autoscale` gave it one, with
+            // its provider: a launch it cannot start never joins, and the autoscaler gives it
+            // up at its timeout and launches again.
+            Effect::LaunchNode { launch, node_type } => {
+                let types = &self.state.config().autoscaler;
+                let found = types
+                    .as_ref()
+                    .and_then(|a| a.policy().types.iter().find(|t| t.name == node_type));
+                match (&self.provider, found) {
+                    (Some(provider), Some(t)) => {
+                        if let Err(e) = provider.launch(launch, t) {
+                            tracing::error!(launch, "{e}");
+                        }
+                    }
+                    _ => tracing::error!(launch, node_type, "no node provider for this launch"),
+                }
+            }
+            Effect::CancelLaunch { launch } => {
+                if let Some(provider) = &self.provider {
+                    provider.cancel(launch);
+                }
+            }
+            Effect::ReleaseNode { node, launch } => {
+                if let Some(provider) = &self.provider {
+                    provider.release(node, launch);
+                }
             }
         }
     }

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ember_core::ids::{ActorId, LeaseId, NodeId};
+use ember_core::ids::{ActorId, GangId, LeaseId, NodeId};
 use ember_core::proto::{
-    ActorSpec, CheckpointPolicy, ClientReply, ClientRequest, JobEvent, JobSpec, LeaseSpec,
-    NodeAffinity, Placement, RestartPolicy, Strategy,
+    ActorSpec, BundleRef, CheckpointPolicy, ClientReply, ClientRequest, GangSpec, GangStrategy,
+    JobEvent, JobSpec, LeaseSpec, NodeAffinity, Placement, RestartPolicy, Strategy,
 };
 use ember_core::resources::{GpuShare, ResourceDemand};
 use ember_head_state::{ConnId, Input, RequestId};
@@ -33,6 +33,8 @@ pub(super) struct Client {
     views: BTreeMap<String, (u64, Vec<u32>)>,
     /// Actors left to create in its opening burst.
     to_create: usize,
+    /// The gangs it created (placed whole at least once).
+    gangs: Vec<GangId>,
 }
 
 impl Sim {
@@ -47,6 +49,7 @@ impl Sim {
             leases: BTreeMap::new(),
             views: BTreeMap::new(),
             to_create: self.scenario.actors_per_client,
+            gangs: Vec::new(),
         });
         let at = self.now + self.jitter(self.scenario.op_interval);
         self.queue.push(at, Ev::Act(c));
@@ -100,7 +103,8 @@ impl Sim {
             return Ok(());
         }
         self.clients[c].to_create -= 1;
-        let spec = self.actor_spec();
+        let mut spec = self.actor_spec();
+        self.maybe_in_gang(c, &mut spec.placement);
         let conn = self.clients[c].conn;
         self.send(conn, ClientRequest::CreateActor(spec), None);
         let at = self.now + self.exp(self.scenario.op_interval.as_secs_f64() / 20.0);
@@ -119,10 +123,11 @@ impl Sim {
         let actor = self.some_actor(c);
         let body = match self.rng.gen_range(0..100) {
             0..=24 => {
-                let spec = LeaseSpec {
+                let mut spec = LeaseSpec {
                     name: self.task_name(),
                     placement: self.placement(),
                 };
+                self.maybe_in_gang(c, &mut spec.placement);
                 let request = self.send(conn, ClientRequest::LeaseTask(spec), None);
                 self.clients[c].leases.insert(request, None);
                 if self.chance(0.15) {
@@ -138,7 +143,11 @@ impl Sim {
                 }
                 return Ok(());
             }
-            25..=29 => ClientRequest::CreateActor(self.actor_spec()),
+            25..=29 => {
+                let mut spec = self.actor_spec();
+                self.maybe_in_gang(c, &mut spec.placement);
+                ClientRequest::CreateActor(spec)
+            }
             30..=33 => match actor {
                 Some((actor, _)) => ClientRequest::KillActor { actor },
                 None => ClientRequest::KillActor {
@@ -166,12 +175,24 @@ impl Sim {
             }
             56..=60 => self.group_request(c),
             61..=68 => {
-                let spec = JobSpec {
+                let mut spec = JobSpec {
                     command: vec!["python".into(), "train.py".into()],
                     env: vec![("SEED".into(), "1".into())],
                     placement: self.placement(),
                 };
+                self.maybe_in_gang(c, &mut spec.placement);
                 ClientRequest::SubmitJob(spec)
+            }
+            73..=75 => self.gang_spec(),
+            76 => {
+                let count = self.clients[c].gangs.len();
+                let gang = if count == 0 || self.chance(0.1) {
+                    GangId(u64::MAX)
+                } else {
+                    let i = self.rng.gen_range(0..count);
+                    self.clients[c].gangs.remove(i)
+                };
+                ClientRequest::RemoveGang { gang }
             }
             69..=70 => ClientRequest::WaitForNodes {
                 count: self.head.node_count() as u32 + self.rng.gen_range(0..3),
@@ -189,6 +210,57 @@ impl Sim {
         };
         self.send(conn, body, None);
         Ok(())
+    }
+
+    /// A gang of one to four bundles, each a small GPU or CPU demand, with a random strategy.
+    fn gang_spec(&mut self) -> ClientRequest {
+        let menu = |units: u32, cpu_millis: u64| ResourceDemand {
+            cpu_millis,
+            gpus: GpuShare::from_units(units),
+            ..ResourceDemand::default()
+        };
+        let count = self.rng.gen_range(1..=4);
+        let bundles = (0..count)
+            .map(|_| match self.rng.gen_range(0..4) {
+                0 => menu(100, 500),
+                1 => menu(50, 250),
+                2 => menu(25, 0),
+                _ => menu(0, 500),
+            })
+            .collect();
+        let strategy = [
+            GangStrategy::Pack,
+            GangStrategy::Spread,
+            GangStrategy::StrictPack,
+            GangStrategy::StrictSpread,
+        ][self.rng.gen_range(0..4)];
+        ClientRequest::CreateGang(GangSpec {
+            bundles,
+            strategy,
+            priority: self.rng.gen_range(-1..=1),
+            pending_timeout_ms: self.chance(0.5).then(|| self.rng.gen_range(100..3000)),
+        })
+    }
+
+    /// Sometimes runs what `placement` is for in a bundle of one of client `c`'s gangs (an
+    /// index past the last bundle now and then): its strategy and affinity are dropped, and
+    /// its demand is often one the bundle holds.
+    fn maybe_in_gang(&mut self, c: usize, placement: &mut Placement) {
+        let count = self.clients[c].gangs.len();
+        if count == 0 || !self.chance(0.3) {
+            return;
+        }
+        let gang = self.clients[c].gangs[self.rng.gen_range(0..count)];
+        let index = self.rng.gen_range(0..4);
+        placement.bundle = Some(BundleRef { gang, index });
+        placement.affinity = None;
+        if self.chance(0.7) {
+            placement.demand = ResourceDemand {
+                cpu_millis: 0,
+                gpus: GpuShare::from_units([0, 10, 25][self.rng.gen_range(0..3)]),
+                ..ResourceDemand::default()
+            };
+        }
     }
 
     /// One of client `c`'s actors and the incarnation it knows, at random.
@@ -333,6 +405,7 @@ impl Sim {
             },
             // The head's default: the simulation's draws stay as they were.
             pending_timeout_ms: None,
+            bundle: None,
         }
     }
 
@@ -392,13 +465,14 @@ impl Sim {
             (Kind::Lease, _) if last => {
                 self.clients[c].leases.remove(&request);
             }
-            (Kind::Create, Some(ClientReply::ActorCreated(location))) => {
+            (Kind::Create(gang), Some(ClientReply::ActorCreated(location))) => {
                 self.counts.actors += 1;
                 self.clients[c]
                     .actors
                     .insert(location.actor, location.incarnation);
                 let truth = self.actors.entry(location.actor).or_default();
                 truth.owner = Some(c);
+                truth.gang = *gang;
                 if !self.clients[c].open {
                     truth.gone = true;
                 }
@@ -422,6 +496,10 @@ impl Sim {
                     .insert(view.name.clone(), (view.generation, incarnations));
             }
             (Kind::Drain, Some(ClientReply::Drained { .. })) => self.counts.drains += 1,
+            (Kind::Gang, Some(ClientReply::GangCreated { gang, .. })) => {
+                self.counts.gangs += 1;
+                self.clients[c].gangs.push(gang);
+            }
             (Kind::Job, Some(ClientReply::Job(JobEvent::Exited(_)))) => self.counts.jobs += 1,
             _ => {}
         }

@@ -108,6 +108,7 @@ impl Sim {
             form_wait: self.head.config().form_wait,
             rejoin_window: self.scenario.rejoin_window(),
             pending_timeout: self.head.config().pending_timeout,
+            ..Config::default()
         };
         let (head, effects) = HeadState::restore(config, self.base + self.now, journaled);
         self.head = head;

@@ -238,6 +238,8 @@ pub struct Counts {
     pub drains: u64,
     /// Group views answered.
     pub groups: u64,
+    /// Gangs placed whole and answered.
+    pub gangs: u64,
     /// Requests answered with an error.
     pub errors: u64,
     /// Requests that ran out of time.
@@ -354,6 +356,8 @@ struct ActorTruth {
     checkpoints: bool,
     /// A kill was asked for, or its owner went away: the head may forget it.
     gone: bool,
+    /// The gang it was created in: removing that gang stops it.
+    gang: Option<ember_core::ids::GangId>,
     /// The newest incarnation the head asked a worker to start.
     created: u32,
     /// The newest incarnation the head told anyone about.
@@ -449,6 +453,7 @@ impl Sim {
             form_wait: Duration::from_secs(5),
             rejoin_window: scenario.rejoin_window(),
             pending_timeout: scenario.pending_timeout,
+            ..Config::default()
         };
         let base = Instant::now();
         let (head, first) = HeadState::restore(config, base, Journaled::default());

@@ -39,7 +39,8 @@ pub(super) struct Conn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Kind {
     Lease,
-    Create,
+    /// An actor's creation, in the gang it asked to run in.
+    Create(Option<ember_core::ids::GangId>),
     Kill,
     Job,
     Status,
@@ -59,13 +60,14 @@ pub(super) enum Kind {
     Group,
     Health,
     Nodes(u32),
+    Gang,
 }
 
 impl Kind {
     fn of(body: &ClientRequest) -> Kind {
         match body {
             ClientRequest::LeaseTask(_) => Kind::Lease,
-            ClientRequest::CreateActor(_) => Kind::Create,
+            ClientRequest::CreateActor(spec) => Kind::Create(spec.placement.bundle.map(|b| b.gang)),
             ClientRequest::KillActor { .. } => Kind::Kill,
             ClientRequest::SubmitJob(_) => Kind::Job,
             ClientRequest::Status => Kind::Status,
@@ -91,6 +93,7 @@ impl Kind {
             | ClientRequest::GetGroup { .. } => Kind::Group,
             ClientRequest::GroupHealth { .. } | ClientRequest::GroupFailed { .. } => Kind::Health,
             ClientRequest::WaitForNodes { count, .. } => Kind::Nodes(*count),
+            ClientRequest::CreateGang(_) | ClientRequest::RemoveGang { .. } => Kind::Gang,
         }
     }
 }
@@ -167,6 +170,14 @@ impl Sim {
         if let ClientRequest::KillActor { actor } = &body {
             self.actors.entry(*actor).or_default().gone = true;
         }
+        // Removing a gang stops the actors in it.
+        if let ClientRequest::RemoveGang { gang } = &body {
+            for truth in self.actors.values_mut() {
+                if truth.gang == Some(*gang) {
+                    truth.gone = true;
+                }
+            }
+        }
         let asked = match &body {
             ClientRequest::LeaseTask(spec) => Some((&spec.placement, Some(task_label(&spec.name)))),
             ClientRequest::SubmitJob(spec) => Some((&spec.placement, None)),
@@ -175,7 +186,8 @@ impl Sim {
             }
             _ => None,
         };
-        if let Some((placement, label)) = asked {
+        // A request in a gang's bundle is placed in what the bundle holds, not on a node.
+        if let Some((placement, label)) = asked.filter(|(p, _)| p.bundle.is_none()) {
             let mut demand = placement.demand.clone();
             demand.custom.sort();
             let asked = PlacementRequest {
@@ -371,6 +383,12 @@ impl Sim {
             Effect::ForgetCheckpoints { actor } => self.forgets.push(actor),
             // Committed with its batch, before any of the batch's other effects.
             Effect::Journal(_) => {}
+            // The simulated head has no autoscaler.
+            Effect::LaunchNode { .. }
+            | Effect::CancelLaunch { .. }
+            | Effect::ReleaseNode { .. } => {
+                return Err(format!("a head without an autoscaler asked for {effect:?}"));
+            }
         }
         Ok(())
     }

@@ -159,6 +159,7 @@ impl Sim {
             actor_types,
             address: format!("10.0.{}.{}:7100", w / 250, w % 250),
             rejoin: None,
+            launch: None,
         }
     }
 

@@ -20,6 +20,6 @@ pub(crate) mod socket_dir;
 mod warm;
 
 pub(crate) use head_link::HeadLink;
-pub(crate) use pool::{Executor, ExecutorPool};
+pub(crate) use pool::{spawn_child, Executor, ExecutorPool};
 pub(crate) use process::{die_with_worker, serve};
 pub(crate) use protocol::ExecRequest;

@@ -215,7 +215,7 @@ type SpawnJob = (
 static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>> =
     std::sync::Mutex::new(None);
 
-/// Starts `cmd` from the spawner thread: one thread of the worker process that does nothing
+/// Starts `cmd` (an executor, or a job) from the spawner thread: one thread of the worker process that does nothing
 /// else and never exits (its queue's sender lives in a static, so its loop never ends, and a
 /// panicking spawn is caught). `PR_SET_PDEATHSIG` fires when the *thread* that started the
 /// child exits, not its process: started from a runtime's or the blocking pool's threads, an
@@ -223,7 +223,7 @@ static SPAWNER: std::sync::Mutex<Option<std::sync::mpsc::Sender<SpawnJob>>> =
 /// a few seconds; a multi-thread runtime hands its workers between threads) while its worker
 /// lives on. Started here, it dies exactly when the worker process does, whatever runtime or
 /// thread asked for it.
-async fn spawn_child(cmd: Command) -> std::io::Result<tokio::process::Child> {
+pub(crate) async fn spawn_child(cmd: Command) -> std::io::Result<tokio::process::Child> {
     let gone = || std::io::Error::other("the executor spawner thread is gone");
     let queue = {
         let mut slot = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());

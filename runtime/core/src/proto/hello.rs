@@ -31,7 +31,7 @@ use super::{decode, encode, FrameError, PeerHello};
 /// requests, replies, commands, events, calls, leases, group messages), a changed frame
 /// limit or framing, or an exchange that now expects another answer. Two processes of one
 /// version must understand every frame the other sends; nothing else is checked.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest hello accepted, and the largest welcome: a worker's hello, with its resources
 /// and the names of all its task and actor types, fits easily.
@@ -114,6 +114,27 @@ pub struct WorkerHello {
     /// Set when the worker lost the head and joins again as the node it was, with what it
     /// still runs; `None` for a worker joining as a new node.
     pub rejoin: Option<Rejoin>,
+    /// Set when the autoscaler launched this worker: the launch it answers and its node type.
+    pub launch: Option<LaunchTicket>,
+}
+
+/// Which autoscaler launch a worker answers.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct LaunchTicket {
+    /// The launch's number, as the head asked for it.
+    pub launch: u64,
+    /// The node type launched.
+    pub node_type: String,
 }
 
 /// What a worker that lost the head says when it joins again as the same node: which node it

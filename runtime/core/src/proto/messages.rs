@@ -3,13 +3,13 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::ids::{ActorId, JobId, LeaseId, NodeId};
-use crate::resources::{Allocation, GpuStat};
+use crate::ids::{ActorId, GangId, JobId, LeaseId, NodeId};
+use crate::resources::{Allocation, GpuStat, ResourceDemand};
 use crate::security::Fingerprint;
 
 use super::{
-    CheckpointPolicy, CheckpointSave, ClusterStatus, GroupView, LeaseEndpoints, Placement,
-    RestartPolicy, TaskLease,
+    CheckpointPolicy, CheckpointSave, ClusterStatus, GangStrategy, GroupView, LeaseEndpoints,
+    Placement, RestartPolicy, TaskLease,
 };
 
 /// What a task lease is for: tasks of one function with one set of needs.
@@ -45,6 +45,20 @@ pub struct JobSpec {
     pub env: Vec<(String, String)>,
     /// Its needs, held while it runs.
     pub placement: Placement,
+}
+
+/// A gang (placement group) to create: bundles of resources placed all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct GangSpec {
+    /// What each bundle reserves, in bundle order.
+    pub bundles: Vec<ResourceDemand>,
+    /// How the bundles are spread over nodes.
+    pub strategy: GangStrategy,
+    /// Order among waiting gangs: higher first.
+    pub priority: i32,
+    /// How long, in milliseconds, it keeps waiting once no set of live nodes could ever hold
+    /// it (a node it needed left) before it fails naming why. `None`: the head's default.
+    pub pending_timeout_ms: Option<u64>,
 }
 
 /// What a client asks of the head.
@@ -147,6 +161,18 @@ pub enum ClientRequest {
         /// The rank whose link broke, if that was the failure.
         suspect: Option<u32>,
     },
+    /// Create a gang; answered with [`ClientReply::GangCreated`] once every bundle is placed
+    /// (waiting, holding nothing, while it does not fit whole), or with an error at once when
+    /// no set of nodes could ever hold it. The gang belongs to this connection: it is removed
+    /// when the connection closes, placed or still waiting.
+    CreateGang(GangSpec),
+    /// Remove a gang: what waits in it fails, the tasks and actors running in it are stopped,
+    /// and each bundle's resources return once its work has stopped. Answered with
+    /// [`ClientReply::GangRemoved`].
+    RemoveGang {
+        /// Which.
+        gang: GangId,
+    },
     /// Answered once at least `count` workers have joined, or with an error after the timeout.
     WaitForNodes {
         /// How many workers.
@@ -188,6 +214,15 @@ pub enum ClientReply {
         /// Why the generation can no longer complete an operation.
         broken: Option<String>,
     },
+    /// The gang is placed whole: its id and the node of each bundle, in bundle order.
+    GangCreated {
+        /// Its id, for running work in its bundles and removing it.
+        gang: GangId,
+        /// Each bundle's node.
+        nodes: Vec<NodeId>,
+    },
+    /// The gang is removed.
+    GangRemoved,
     /// Enough workers have joined.
     NodesReady {
         /// How many are in the cluster now.

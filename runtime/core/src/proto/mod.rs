@@ -29,13 +29,14 @@ pub use codec::{decode, encode, Wire};
 pub use collective::{GroupMember, GroupView, PeerHello};
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use hello::{
-    decode_hello, encode_hello, read_hello, write_hello, Hello, HelloRole, Rejoin, RunningActor,
-    RunningLease, Welcome, WorkerHello, WorkerTerms, HELLO_LIMIT, PROTOCOL_VERSION,
+    decode_hello, encode_hello, read_hello, write_hello, Hello, HelloRole, LaunchTicket, Rejoin,
+    RunningActor, RunningLease, Welcome, WorkerHello, WorkerTerms, HELLO_LIMIT, PROTOCOL_VERSION,
 };
 pub use lease::{LeaseEndpoints, LeasedTask, LocalTask, TaskLease, LEASE_LOST};
 pub use messages::*;
-pub use placement::{NodeAffinity, Placement, Strategy};
+pub use placement::{BundleRef, GangStrategy, NodeAffinity, Placement, Strategy};
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};
 pub use status::{
-    ActorLifeStatus, ClusterStatus, CustomUsage, GpuUsage, NodeStatus, NodeUsage, WorkStatus,
+    ActorLifeStatus, AutoscalerStatus, BundleStatus, ClusterStatus, CustomUsage, DecisionStatus,
+    GangStatus, GpuUsage, LaunchStatus, NodeStatus, NodeUsage, WorkStatus,
 };

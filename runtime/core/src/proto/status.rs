@@ -31,6 +31,81 @@ pub struct ClusterStatus {
     pub jobs: Vec<WorkStatus>,
     /// Requests waiting for capacity, first to be placed first.
     pub queue: Vec<WorkStatus>,
+    /// Every gang (placement group), in id order.
+    pub gangs: Vec<GangStatus>,
+    /// The autoscaler, when the cluster scales itself.
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// What the autoscaler is doing: its launches not joined yet and its latest decisions.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct AutoscalerStatus {
+    /// Launches asked of the node provider whose worker has not joined yet.
+    pub launching: Vec<LaunchStatus>,
+    /// Its latest decisions, oldest first, each with why.
+    pub decisions: Vec<DecisionStatus>,
+}
+
+/// A launch not joined yet.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct LaunchStatus {
+    /// The launch's number.
+    pub launch: u64,
+    /// Its node type.
+    pub node_type: String,
+    /// How long ago it was asked for, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// One decision of the autoscaler.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct DecisionStatus {
+    /// How long ago, in milliseconds.
+    pub age_ms: u64,
+    /// What and why, e.g. `launch h100x8 (launch 3): waiting work needs [gpus=1]: …`.
+    pub decision: String,
+}
+
+/// One gang: its bundles, where each is, and why it waits.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct GangStatus {
+    /// Its id, as `gang-N`.
+    pub id: String,
+    /// `pack`, `spread`, `strict_pack` or `strict_spread`.
+    pub strategy: String,
+    /// `placed` (every bundle placed), `waiting` (never placed whole yet: holds nothing),
+    /// `replacing` (bundles lost with a node are being placed again) or `removing` (its
+    /// removal waits for the work still running in it to stop).
+    pub state: String,
+    /// Why it waits, naming what is missing, when it does.
+    pub waiting: Option<String>,
+    /// When it fails unless a node that can hold it joins first, in milliseconds from now.
+    pub fails_in_ms: Option<u64>,
+    /// Its bundles, in order.
+    pub bundles: Vec<BundleStatus>,
+}
+
+/// One bundle of a gang.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct BundleStatus {
+    /// What it reserves, as `cpus=2, gpus=1, …`.
+    pub demand: String,
+    /// Its node, once placed.
+    pub node: Option<String>,
+    /// Leases (tasks, actors) running in it.
+    pub leases: u32,
+    /// Requests waiting in it.
+    pub waiting: u32,
 }
 
 /// One node.

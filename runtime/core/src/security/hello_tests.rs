@@ -25,6 +25,7 @@ fn worker() -> HelloRole {
         actor_types: Vec::new(),
         address: "127.0.0.1:1".into(),
         rejoin: None,
+        launch: None,
     }))
 }
 

@@ -1,6 +1,7 @@
 //! Why a request cannot be placed, in words that name the missing resource.
 
-use ember_core::ids::{LeaseId, NodeId};
+use ember_core::ids::{GangId, LeaseId, NodeId};
+use ember_core::proto::{BundleRef, GangStrategy};
 use ember_core::resources::{
     describe_missing_label, format_millis, ByteSize, GpuShare, ResourceError,
 };
@@ -115,6 +116,69 @@ pub enum PlacementError {
     /// The lease id is already placed or queued.
     #[error("{0} is already known")]
     AlreadyKnown(LeaseId),
+    /// The gang id is already in use.
+    #[error("{0} is already known")]
+    GangAlreadyKnown(GangId),
+    /// A gang with no bundles.
+    #[error("a gang needs at least one bundle")]
+    EmptyGang,
+    /// A bundle that asks for nothing.
+    #[error(
+        "bundle {0} of the gang asks for nothing: a bundle needs CPUs, GPUs or a custom resource"
+    )]
+    EmptyBundle(u32),
+    /// One bundle of a gang is malformed, or no node could ever hold it.
+    #[error("bundle {index} of the gang: {reason}")]
+    Bundle {
+        /// Its position in the gang.
+        index: u32,
+        /// What is wrong with it.
+        reason: Box<PlacementError>,
+    },
+    /// No node, entirely free, could hold every bundle of a `strict_pack` gang together.
+    #[error("no node could hold all {bundles} bundles of this strict_pack gang together")]
+    StrictPackNoNode {
+        /// How many bundles the gang has.
+        bundles: usize,
+    },
+    /// Too few nodes could each hold a bundle of a `strict_spread` gang.
+    #[error("a strict_spread gang of {bundles} bundles needs as many distinct nodes that each hold one; at most {most} could")]
+    StrictSpreadTooFewNodes {
+        /// How many bundles the gang has.
+        bundles: usize,
+        /// How many could be placed on distinct nodes, the cluster entirely free.
+        most: usize,
+    },
+    /// The cluster, entirely free, could not hold every bundle of the gang at once.
+    #[error("the cluster could not hold all {bundles} bundles of this {strategy} gang at once, even entirely free")]
+    GangNeverFits {
+        /// How many bundles the gang has.
+        bundles: usize,
+        /// The gang's strategy.
+        strategy: GangStrategy,
+    },
+    /// The gang named is not in the cluster (never created, or removed).
+    #[error("{0} is not in the cluster (never created, or removed)")]
+    UnknownGang(GangId),
+    /// The gang named is being removed and takes no more work.
+    #[error("{0} is being removed and takes no more work")]
+    GangRemoved(GangId),
+    /// The gang has no bundle of that index.
+    #[error("there is no {bundle}: the gang has {bundles} bundles")]
+    NoSuchBundle {
+        /// The bundle asked for.
+        bundle: BundleRef,
+        /// How many bundles the gang has.
+        bundles: u32,
+    },
+    /// What a bundle reserves can never hold the request.
+    #[error("{bundle} can never hold this request: {why}")]
+    BundleNeverFits {
+        /// The bundle asked for.
+        bundle: BundleRef,
+        /// What it lacks.
+        why: String,
+    },
 }
 
 impl PlacementError {
@@ -127,6 +191,10 @@ impl PlacementError {
                 | PlacementError::AcceleratorWithoutGpus
                 | PlacementError::InvalidGpus(_)
                 | PlacementError::DuplicateCustom(_)
-        )
+                | PlacementError::EmptyGang
+                | PlacementError::EmptyBundle(_)
+                | PlacementError::NoSuchBundle { .. }
+                | PlacementError::BundleNeverFits { .. }
+        ) || matches!(self, PlacementError::Bundle { reason, .. } if reason.is_malformed())
     }
 }

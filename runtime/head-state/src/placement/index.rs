@@ -301,9 +301,20 @@ impl NodeIndex {
         self.take(Rank::of(node)).is_some()
     }
 
+    /// [`NodeIndex::choose`] where `fits` says only whether the request fits the node now
+    /// ([`NodeState::fits_now`]): then it is not asked where the offer says exactly whether
+    /// the request fits (see [`Offer::decides`]).
+    pub(crate) fn choose_fitting(
+        &self,
+        req: &PlacementRequest,
+        mut fits: impl FnMut(NodeId) -> bool,
+    ) -> Option<NodeId> {
+        let decided = Offer::decides(req);
+        self.choose(req, |id| decided || fits(id))
+    }
+
     /// The node the strategy prefers among the indexed ones that pass `fits`, which is asked
-    /// only about nodes whose offer could hold the request (and not at all where the offer
-    /// says exactly whether it fits, see [`Offer::decides`]): Pack the most used, Spread the
+    /// only about nodes whose offer could hold the request: Pack the most used, Spread the
     /// least used, the lowest id among equally used nodes.
     pub(crate) fn choose(
         &self,
@@ -311,7 +322,6 @@ impl NodeIndex {
         mut fits: impl FnMut(NodeId) -> bool,
     ) -> Option<NodeId> {
         let least = Offer::least_for(req);
-        let mut fits = |id| Offer::decides(req) || fits(id);
         let found = match req.strategy {
             Strategy::Pack => {
                 let most = Rank::last_of_usage(u128::MAX);

@@ -10,13 +10,16 @@
 //! the missing resource, when no node of the cluster ever could.
 
 mod error;
+mod gang;
 mod index;
-mod node;
+pub(crate) mod node;
 mod queue;
 mod shapes;
 
 #[cfg(test)]
 mod differential;
+#[cfg(test)]
+mod gang_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -30,6 +33,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 pub use ember_core::proto::{CustomUsage, GpuUsage, NodeAffinity, NodeUsage, Strategy};
 pub use error::PlacementError;
+pub use gang::{BundleView, GangDecision, GangRequest, GangView, RemovedGang};
 pub use shapes::QueuedGroup;
 
 use ember_core::ids::{LeaseId, NodeId};
@@ -182,6 +186,8 @@ pub struct Scheduler {
     /// only on a node listed here: the pass asks these nodes before it asks the index.
     grown: Vec<NodeId>,
     grown_overflow: bool,
+    /// The gangs and the work in their bundles (`gang.rs`).
+    gangs: gang::Gangs,
     /// Choose by scanning every node ([`choose_linear`]) instead of through the index: the
     /// reference the differential test compares the index against.
     #[cfg(test)]
@@ -269,6 +275,7 @@ impl Scheduler {
                 }
             });
         }
+        self.lose_bundles_on(id, &mut gone);
         gone.sort_by_key(|l| l.id);
         gone
     }
@@ -289,6 +296,7 @@ impl Scheduler {
             self.note_growth(i);
         } else {
             self.index.remove(node);
+            self.move_bundles_off(id);
         }
     }
 
@@ -463,10 +471,17 @@ impl Scheduler {
 
     /// Checks a request's form and normalises it (custom resources sorted by name).
     fn validate(&self, req: &mut PlacementRequest) -> Result<(), PlacementError> {
-        if self.leases.contains_key(&req.lease) || self.queue.contains(req.lease) {
+        if self.leases.contains_key(&req.lease)
+            || self.queue.contains(req.lease)
+            || self.gangs.knows(req.lease)
+        {
             return Err(PlacementError::AlreadyKnown(req.lease));
         }
-        let d = &mut req.demand;
+        Self::check_demand(&mut req.demand)
+    }
+
+    /// Checks a demand's form and normalises it (custom resources sorted by name).
+    fn check_demand(d: &mut ResourceDemand) -> Result<(), PlacementError> {
         let units = d.gpus.units();
         if units > GPU_UNITS && units % GPU_UNITS != 0 {
             return Err(PlacementError::InvalidGpus(d.gpus));
@@ -524,7 +539,7 @@ impl Scheduler {
     /// second release of the same lease is harmless. Call [`Scheduler::place_queued`] afterwards.
     pub fn release(&mut self, lease: LeaseId) -> bool {
         let Some(l) = self.leases.remove(&lease) else {
-            return false;
+            return self.release_in_bundle(lease);
         };
         if let Some(i) = self.position(l.node) {
             let node = &mut self.nodes[i];
@@ -559,7 +574,7 @@ impl Scheduler {
 
     /// Removes a queued request. Returns whether it was queued.
     pub fn cancel(&mut self, lease: LeaseId) -> bool {
-        self.queue.remove(lease).is_some()
+        self.queue.remove(lease).is_some() || self.cancel_in_bundle(lease)
     }
 
     /// Places queued requests that fit now, in priority order (higher first, FIFO among
@@ -576,13 +591,13 @@ impl Scheduler {
     /// index only when one of them has room. A pass costs one look per group plus one attempt
     /// per request placed, whatever the queue's length; a second pass at once asks nothing.
     pub fn place_queued(&mut self) -> Vec<Lease> {
+        let mut placed = self.place_in_gangs();
         #[cfg(test)]
         if self.walk_whole_queue {
-            let placed = self.place_queued_by_walk();
+            placed.extend(self.place_queued_by_walk());
             self.forget_growth();
             return placed;
         }
-        let mut placed = Vec::new();
         if self.queue.is_empty() || self.index.is_empty() || self.grown.is_empty() {
             // Nothing waits, nothing is schedulable, or nothing grew since the last pass
             // (or since the requests that wait were found not to fit).
@@ -680,14 +695,14 @@ impl Scheduler {
         placed
     }
 
-    /// A live lease.
+    /// A live lease (placed on its own or in a gang's bundle).
     pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
-        self.leases.get(&id)
+        self.leases.get(&id).or_else(|| self.gangs.lease(id))
     }
 
-    /// Every live lease, in no particular order.
+    /// Every live lease (placed on its own or in a gang's bundle), in no particular order.
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
-        self.leases.values()
+        self.leases.values().chain(self.gangs.leases())
     }
 
     /// The queued requests, in priority order (the order [`Scheduler::place_queued`] tries them).
@@ -695,9 +710,11 @@ impl Scheduler {
         self.queue.iter().map(|(_, r)| r)
     }
 
-    /// A queued request, by its lease.
+    /// A queued request (waiting on its own or in a gang's bundle), by its lease.
     pub fn queued_request(&self, lease: LeaseId) -> Option<&PlacementRequest> {
-        self.queue.get(lease)
+        self.queue
+            .get(lease)
+            .or_else(|| self.gangs.queued_request(lease))
     }
 
     /// How many requests are queued.
@@ -796,7 +813,7 @@ impl Scheduler {
         // The position of the node found to fit last, which is the node chosen unless the
         // index decided without asking.
         let mut last_fit = None;
-        let id = self.index.choose(req, |id| {
+        let id = self.index.choose_fitting(req, |id| {
             let found = self.position(id).filter(|&i| {
                 let n = &self.nodes[i];
                 n.schedulable && n.has_labels(&req.labels) && n.fits_now(&req.demand)
@@ -869,16 +886,25 @@ impl Scheduler {
             if *id != lease.id {
                 return Err(format!("{id} is filed as {}", lease.id));
             }
-            let Some(i) = self.position(lease.node) else {
-                return Err(format!(
-                    "{id} is on {}, which is not in the cluster",
-                    lease.node
-                ));
+        }
+        // Leases and gangs' placed bundles hold capacity on their nodes alike.
+        let held = self
+            .leases
+            .values()
+            .map(|l| (l.id.to_string(), l.node, &l.allocation))
+            .chain(
+                self.gangs
+                    .holdings()
+                    .map(|(node, a)| ("a gang's bundle".to_string(), node, a)),
+            );
+        for (id, node, allocation) in held {
+            let Some(i) = self.position(node) else {
+                return Err(format!("{id} is on {node}, which is not in the cluster"));
             };
             let n = &self.nodes[i];
-            cpu[i] += lease.allocation.cpu_millis;
+            cpu[i] += allocation.cpu_millis;
             count[i] += 1;
-            for g in &lease.allocation.gpus {
+            for g in &allocation.gpus {
                 let Ok(j) = n.gpus.binary_search_by_key(&g.index, |s| s.index) else {
                     return Err(format!("{id} holds GPU {} that {} lacks", g.index, n.id));
                 };
@@ -888,7 +914,7 @@ impl Scheduler {
                 share[i][j] += u64::from(g.share.units());
                 mem[i][j] += g.memory;
             }
-            for (name, amount) in &lease.allocation.custom {
+            for (name, amount) in &allocation.custom {
                 let Ok(j) = n.custom.binary_search_by(|c| c.name.as_str().cmp(name)) else {
                     return Err(format!("{id} holds custom `{name}` that {} lacks", n.id));
                 };
@@ -950,6 +976,7 @@ impl Scheduler {
         }
         self.index.check(&self.nodes)?;
         self.queue.check()?;
+        self.check_gangs()?;
         if let Some(r) = self.queued().find(|r| self.leases.contains_key(&r.lease)) {
             return Err(format!("{} is both queued and placed", r.lease));
         }

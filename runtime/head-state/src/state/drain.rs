@@ -40,6 +40,9 @@ impl HeadState {
         let may_strand = self.could_strand(node);
         self.sched.set_schedulable(node, false);
         self.strand(now, may_strand);
+        self.strand_gangs(now);
+        // Gangs place their bundles on it elsewhere, for the actors moving off it.
+        self.place_queued(now);
         let mut drain = Drain::default();
         drain.requests.extend(request);
         self.drains.insert(node, drain);

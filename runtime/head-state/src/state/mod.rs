@@ -3,6 +3,7 @@
 //! The files beside this one each take one concern: `nodes.rs` (joins, liveness, probes,
 //! losses), `work.rs` (placement, task leases, jobs), `actors.rs` (creation, restarts,
 //! locating, checkpoints, stopping), `drain.rs`, `groups.rs` (collective groups),
+//! `gangs.rs` (placement groups: creation, removal, a waiting gang that cannot be placed),
 //! `status.rs` (`ember status`), `restore.rs` (a head's restart from its journal, and what
 //! the state journals).
 //!
@@ -12,7 +13,9 @@
 //! every pass over them is in id order and a run replays exactly from the same inputs.
 
 mod actors;
+mod autoscaling;
 mod drain;
+mod gangs;
 mod groups;
 mod nodes;
 mod pending;
@@ -26,7 +29,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use ember_core::ids::{ActorId, JobId, LeaseId, NodeId};
+use ember_core::ids::{ActorId, GangId, JobId, LeaseId, NodeId};
 use ember_core::proto::{
     ActorEndpoints, ActorSpec, ClientReply, ClientRequest, ErrorKind, JobSpec, Placement,
     RemoteError, WorkerCommand, WorkerHello,
@@ -56,6 +59,11 @@ pub struct Config {
     /// fitting node left or drains) before it fails naming what is missing, unless a node that
     /// fits joins first; a request's own `pending_timeout_ms` overrides it.
     pub pending_timeout: Duration,
+    /// The autoscaler, when the cluster scales itself (its node types and policy); `None`:
+    /// the nodes are what joins.
+    pub autoscaler: Option<crate::autoscale::Autoscaler>,
+    /// How often the autoscaler decides.
+    pub autoscale_interval: Duration,
 }
 
 impl Config {
@@ -63,6 +71,11 @@ impl Config {
     /// dead: a quarter of the heartbeat window, at least 200 ms.
     pub fn probe_window(&self) -> Duration {
         (self.heartbeat_timeout / 4).max(Duration::from_millis(200))
+    }
+
+    /// How often the autoscaler decides, when there is one.
+    pub fn autoscale_every(&self) -> Option<Duration> {
+        self.autoscaler.as_ref().map(|_| self.autoscale_interval)
     }
 }
 
@@ -75,6 +88,8 @@ impl Default for Config {
             form_wait: Duration::from_secs(30),
             rejoin_window: Duration::from_secs(60),
             pending_timeout: Duration::from_secs(60),
+            autoscaler: None,
+            autoscale_interval: Duration::from_secs(1),
         }
     }
 }
@@ -142,6 +157,8 @@ enum LeaseEnd {
     ClientGone,
     /// Its node drains: the client is told it moved.
     TakenBack,
+    /// Its gang was removed: the client is told so.
+    GangRemoved(GangId),
 }
 
 #[derive(Debug)]
@@ -251,6 +268,8 @@ enum Wait {
     },
     /// This many joined workers.
     Nodes { count: u32, timeout: Duration },
+    /// A gang's creation, until it is placed whole.
+    Gang(GangId),
 }
 
 /// A command sent to a worker and not answered yet, and what its answer is for.
@@ -327,6 +346,10 @@ enum Timer {
     Unclaimed,
     /// A queued lease that no live node can hold fails, unless a node that fits joined.
     Stranded(LeaseId),
+    /// A waiting gang that no set of live nodes can hold fails, unless a node that fits joined.
+    GangStranded(GangId),
+    /// The autoscaler's next pass.
+    Autoscale,
 }
 
 /// A node being drained.
@@ -387,6 +410,10 @@ pub struct HeadState {
     /// Queued leases no live node could hold any more, until a fitting node joins or their
     /// deadline.
     stranded: BTreeMap<LeaseId, pending::Stranded>,
+    /// The gangs, beside the scheduler's placement of them (`gangs.rs`).
+    gangs: BTreeMap<GangId, gangs::GangEntry>,
+    /// The autoscaler, when the cluster scales itself (`autoscaling.rs`).
+    autoscaling: Option<autoscaling::Autoscaling>,
     out: Vec<Effect>,
     /// Whether-it-fits checks (`could_hold`, `never_fits_anywhere`) made to strand or
     /// unstrand requests, for tests of what a node leaving or joining costs.
@@ -398,6 +425,7 @@ impl HeadState {
     /// An empty cluster in the first head life, with nothing journaled. A head with a journal
     /// starts with [`HeadState::restore`] instead (an empty journal gives this same state).
     pub fn new(config: Config) -> Self {
+        let autoscaling = config.autoscaler.clone().map(autoscaling::Autoscaling::new);
         HeadState {
             config,
             epoch: 1,
@@ -427,6 +455,8 @@ impl HeadState {
             node_waits: BTreeSet::new(),
             drains: BTreeMap::new(),
             stranded: BTreeMap::new(),
+            gangs: BTreeMap::new(),
+            autoscaling,
             out: Vec::new(),
             #[cfg(test)]
             fit_checks: 0,
@@ -517,7 +547,17 @@ impl HeadState {
     /// that exists. For tests and the simulation; linear in the state's size.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.sched.check_invariants()?;
-        let queued: BTreeSet<LeaseId> = self.sched.queued().map(|r| r.lease).collect();
+        let queued: BTreeSet<LeaseId> = self
+            .sched
+            .queued()
+            .map(|r| r.lease)
+            .chain(
+                self.work
+                    .keys()
+                    .copied()
+                    .filter(|l| self.sched.bundle_of(*l).is_some()),
+            )
+            .collect();
         for lease in self
             .sched
             .leases()
@@ -582,6 +622,18 @@ impl HeadState {
             ));
         }
         self.check_stranded()?;
+        for view in self.sched.gangs() {
+            if !self.gangs.contains_key(&view.id) && !view.removing {
+                return Err(format!("{} is placed for no one", view.id));
+            }
+        }
+        if let Some(gang) = self
+            .gangs
+            .keys()
+            .find(|g| self.sched.gang(**g).is_none_or(|v| v.removing))
+        {
+            return Err(format!("{gang} is kept but not placed, or being removed"));
+        }
         for (request, open) in &self.requests {
             let ok = match &open.wait {
                 Wait::Now => false,
@@ -591,6 +643,10 @@ impl HeadState {
                     .get(a)
                     .is_some_and(|a| a.create == Some(*request)),
                 Wait::Drain(n) => self.drains.contains_key(n),
+                Wait::Gang(g) => self
+                    .gangs
+                    .get(g)
+                    .is_some_and(|g| g.create == Some(*request)),
                 _ => true,
             };
             if !ok {
@@ -773,6 +829,8 @@ impl HeadState {
                 reason,
                 suspect,
             } => self.group_failed(now, request, &name, generation, &reason, suspect),
+            ClientRequest::CreateGang(spec) => self.create_gang(conn, request, spec),
+            ClientRequest::RemoveGang { gang } => self.remove_gang_request(now, request, gang),
             ClientRequest::WaitForNodes { count, timeout_ms } => {
                 self.wait_for_nodes(now, request, count, ms(timeout_ms))
             }
@@ -800,6 +858,13 @@ impl HeadState {
                 if let Some(d) = self.drains.get_mut(&node) {
                     d.requests.retain(|r| *r != request);
                 }
+            }
+            // A creation dropped before the gang was placed withdraws the gang.
+            Wait::Gang(gang) => {
+                if let Some(g) = self.gangs.get_mut(&gang) {
+                    g.create = None;
+                }
+                self.remove_gang(now, gang);
             }
             // The rest end by themselves; their answers go nowhere.
             Wait::Now
@@ -843,6 +908,7 @@ impl HeadState {
         for actor in owned {
             self.kill_actor(now, actor, None);
         }
+        self.remove_gangs_of(now, self.owner(conn));
     }
 
     fn tick(&mut self, now: Instant) {
@@ -876,6 +942,8 @@ impl HeadState {
                 Timer::Drain(node) => self.finish_drain(now, node),
                 Timer::Unclaimed => self.stop_unclaimed(now),
                 Timer::Stranded(lease) => self.stranded_timed_out(now, lease),
+                Timer::GangStranded(gang) => self.gang_stranded_timed_out(now, gang),
+                Timer::Autoscale => self.autoscale(now),
             }
         }
     }

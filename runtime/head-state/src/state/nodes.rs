@@ -75,8 +75,11 @@ impl HeadState {
         if let Some(rejoin) = rejoin {
             self.reconcile(now, node, matched.is_some(), rejoin);
         }
+        let ticket = self.nodes[&node].hello.launch.clone();
+        self.autoscaled_join(now, node, ticket);
         self.place_queued(now);
         self.unstrand(now, node);
+        self.unstrand_gangs();
         let count = self.nodes.len() as u32;
         let ready: Vec<_> = self
             .node_waits
@@ -253,6 +256,7 @@ impl HeadState {
         let may_strand = self.could_strand(node);
         let lost = self.sched.remove_node(node);
         self.strand(now, may_strand);
+        self.strand_gangs(now);
         if why == "left" {
             tracing::info!(%node, "worker left");
         } else {
@@ -290,6 +294,9 @@ impl HeadState {
         if self.drains.contains_key(&node) {
             self.finish_drain(now, node);
         }
+        // Gangs place the bundles lost with it again.
+        self.place_queued(now);
+        self.autoscaled_gone(node);
         lost.len()
     }
 }

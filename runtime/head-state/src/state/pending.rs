@@ -183,6 +183,26 @@ impl HeadState {
                     .deadline
                     .map(|(at, _)| at.saturating_duration_since(now).as_millis() as u64),
             },
+            None if self.sched.bundle_of(lease).is_some() => {
+                let bundle = self.sched.bundle_of(lease)?;
+                let placed = self
+                    .sched
+                    .gang(bundle.gang)
+                    .and_then(|g| g.bundles.get(bundle.index as usize)?.node);
+                WaitReason {
+                    infeasible: false,
+                    reason: match placed {
+                        Some(node) => format!(
+                            "{bundle} (on {node}) has not {} free now; it fits once work in it ends",
+                            request.demand
+                        ),
+                        None => format!(
+                            "{bundle} is not placed now; it runs once the gang places the bundle"
+                        ),
+                    },
+                    fails_in_ms: None,
+                }
+            }
             None => {
                 let needs = if request.demand == ResourceDemand::default() {
                     "its labels".to_string()

@@ -39,6 +39,7 @@ impl Scene {
             actor_types: vec!["Trainer".into()],
             address: "10.0.0.1:7100".into(),
             rejoin: None,
+            launch: None,
         };
         let effects = self.handle(Input::WorkerJoined {
             conn,
@@ -452,6 +453,7 @@ fn join_bare(head: &mut HeadState, now: Instant, conn: ConnId, accelerator: &str
         actor_types: Vec::new(),
         address: "10.0.0.1:7100".into(),
         rejoin: None,
+        launch: None,
     };
     let effects = head.handle(
         now,

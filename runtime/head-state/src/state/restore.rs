@@ -53,10 +53,14 @@ impl HeadState {
             if life.live().is_none() && !matches!(life.phase(), crate::actor_life::Phase::Dead(_)) {
                 state.restoring.insert(id, record.node);
             }
+            // Gangs do not outlive a head life (they are not journaled): an actor that ran in
+            // one goes on with the same needs outside any gang.
+            let mut spec = record.spec;
+            spec.placement.bundle = None;
             state.actors.insert(
                 id,
                 Actor {
-                    spec: record.spec,
+                    spec,
                     owner: record.owner,
                     life,
                     create: None,
@@ -71,6 +75,9 @@ impl HeadState {
         }
         if !state.actors.is_empty() {
             state.arm(now + window, super::Timer::Unclaimed);
+        }
+        if let Some(every) = state.config.autoscale_every() {
+            state.arm(now + every, super::Timer::Autoscale);
         }
         tracing::info!(
             epoch = state.epoch,

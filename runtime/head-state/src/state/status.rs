@@ -3,7 +3,10 @@
 use std::time::Instant;
 
 use ember_core::ids::LeaseId;
-use ember_core::proto::{ActorLifeStatus, ClusterStatus, NodeStatus, Placement, WorkStatus};
+use ember_core::proto::{
+    ActorLifeStatus, AutoscalerStatus, BundleStatus, ClusterStatus, DecisionStatus, GangStatus,
+    LaunchStatus, NodeStatus, Placement, WorkStatus,
+};
 
 use super::{HeadState, Work};
 use crate::actor_life::Phase;
@@ -80,7 +83,7 @@ impl HeadState {
             }
             status.actors.push(entry);
         }
-        for queued in self.sched.queued() {
+        for queued in self.sched.queued().chain(self.sched.queued_in_bundles()) {
             let lease = queued.lease;
             let entry = match self.work.get(&lease) {
                 Some(Work::Lease(l)) => {
@@ -109,6 +112,54 @@ impl HeadState {
             self.add_wait_reason(now, lease, &mut entry);
             status.queue.push(entry);
         }
+        for gang in self.sched.gangs() {
+            let (waiting, fails_in_ms) = self.gang_wait(now, gang.id);
+            let state = if gang.removing {
+                "removing"
+            } else if !gang.placed_once {
+                "waiting"
+            } else if gang.bundles.iter().any(|b| b.node.is_none()) {
+                "replacing"
+            } else {
+                "placed"
+            };
+            status.gangs.push(GangStatus {
+                id: gang.id.to_string(),
+                strategy: gang.strategy.to_string(),
+                state: state.to_string(),
+                waiting,
+                fails_in_ms,
+                bundles: gang
+                    .bundles
+                    .iter()
+                    .map(|b| BundleStatus {
+                        demand: b.demand.to_string(),
+                        node: b.node.map(|n| n.to_string()),
+                        leases: b.leases as u32,
+                        waiting: b.waiting as u32,
+                    })
+                    .collect(),
+            });
+        }
+        status.autoscaler = self.autoscaling.as_ref().map(|a| AutoscalerStatus {
+            launching: a
+                .autoscaler
+                .pending_launches()
+                .map(|(launch, node_type, since)| LaunchStatus {
+                    launch,
+                    node_type: node_type.to_string(),
+                    age_ms: millis_since(now, since),
+                })
+                .collect(),
+            decisions: a
+                .decisions
+                .iter()
+                .map(|(at, decision)| DecisionStatus {
+                    age_ms: millis_since(now, *at),
+                    decision: decision.clone(),
+                })
+                .collect(),
+        });
         status
     }
 

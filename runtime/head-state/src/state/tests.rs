@@ -33,10 +33,14 @@ impl Scene {
     /// An empty cluster with a 2 s heartbeat window (a 500 ms probe window) and a 2 s window
     /// for re-joins after a restart.
     fn new() -> Self {
-        let config = Config {
+        Scene::with_config(Config {
             rejoin_window: Duration::from_secs(2),
             ..Config::default()
-        };
+        })
+    }
+
+    /// An empty cluster with this configuration.
+    fn with_config(config: Config) -> Self {
         let (head, effects) = HeadState::restore(config, Instant::now(), Journaled::default());
         let mut scene = Scene {
             head,
@@ -115,6 +119,16 @@ impl Scene {
         &mut self,
         rejoin: Option<ember_core::proto::Rejoin>,
     ) -> (ConnId, NodeId, Vec<Effect>) {
+        self.join_with(rejoin, None)
+    }
+
+    /// Such a worker joins, as a node it was if `rejoin` says so, answering an autoscaler's
+    /// `launch` if given.
+    fn join_with(
+        &mut self,
+        rejoin: Option<ember_core::proto::Rejoin>,
+        launch: Option<ember_core::proto::LaunchTicket>,
+    ) -> (ConnId, NodeId, Vec<Effect>) {
         let conn = self.conn();
         let hello = WorkerHello {
             name: format!("worker-{}", conn.0),
@@ -135,6 +149,7 @@ impl Scene {
             actor_types: vec!["Trainer".into()],
             address: "10.0.0.1:7100".into(),
             rejoin,
+            launch,
         };
         let effects = self.handle(Input::WorkerJoined {
             conn,
@@ -272,6 +287,16 @@ fn actor_endpoints() -> ActorEndpoints {
     }
 }
 
+/// The endpoints a worker answers a lease's opening with.
+fn lease_endpoints() -> ember_core::proto::LeaseEndpoints {
+    ember_core::proto::LeaseEndpoints {
+        peer_addr: "10.0.0.1:7300".into(),
+        peer_fingerprint: ember_core::security::Fingerprint([2; 32]),
+        host: "h".into(),
+        local_socket: "/tmp/l.sock".into(),
+    }
+}
+
 /// The one command among `effects`.
 fn command(effects: &[Effect]) -> (NodeId, CommandId, WorkerCommand) {
     let mut commands = effects.iter().filter_map(|e| match e {
@@ -338,6 +363,7 @@ fn a_worker_that_joins_is_welcomed_with_a_node_id() {
             actor_types: Vec::new(),
             address: String::new(),
             rejoin: None,
+            launch: None,
         }),
     });
     assert!(
@@ -923,3 +949,9 @@ fn a_request_with_a_deadline_times_out_with_the_right_message() {
 
 #[path = "pending_tests.rs"]
 mod pending_tests;
+
+#[path = "gang_tests.rs"]
+mod gang_tests;
+
+#[path = "autoscaling_tests.rs"]
+mod autoscaling_tests;

@@ -21,7 +21,9 @@ pub(super) fn rejection(e: PlacementError) -> RemoteError {
     // No node has the type at all: the request names something unknown.
     // A malformed demand is the sender's mistake, whatever the cluster holds.
     let kind = match e {
-        PlacementError::MissingLabel(_) => ErrorKind::Unknown,
+        PlacementError::MissingLabel(_)
+        | PlacementError::UnknownGang(_)
+        | PlacementError::GangRemoved(_) => ErrorKind::Unknown,
         _ if e.is_malformed() => ErrorKind::BadRequest,
         _ => ErrorKind::Infeasible,
     };
@@ -52,7 +54,14 @@ impl HeadState {
         };
         // While nodes of the head's last life are expected back, what they could take waits
         // for them rather than failing on the nodes already back.
-        let decision = if self.expected.is_empty() {
+        // So does what a node the autoscaler can launch could take.
+        let launchable = self
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.autoscaler.could_serve(&request.demand, &request.labels));
+        let decision = if let Some(bundle) = placement.bundle {
+            self.sched.request_in_bundle(bundle, request)
+        } else if self.expected.is_empty() && !launchable {
             self.sched.request(request)
         } else {
             self.sched.request_waiting(request)
@@ -78,7 +87,13 @@ impl HeadState {
     /// refused when asked: once the nodes of the last head life it waited for are all back or
     /// given up.
     pub(super) fn refuse_unplaceable(&mut self, now: Instant) {
-        for (lease, e) in self.sched.take_unplaceable() {
+        let refused = self.sched.take_unplaceable();
+        self.refuse(now, refused);
+    }
+
+    /// Fails what was taken out of the queue as never placeable, each with why.
+    fn refuse(&mut self, now: Instant, refused: Vec<(LeaseId, PlacementError)>) {
+        for (lease, e) in refused {
             self.forget_stranded(lease);
             let e = rejection(e);
             match self.work.remove(&lease) {
@@ -103,6 +118,9 @@ impl HeadState {
     pub(super) fn place_queued(&mut self, now: Instant) {
         loop {
             let placed = self.sched.place_queued();
+            self.gangs_placed();
+            let refused = self.sched.take_refused();
+            self.refuse(now, refused);
             if placed.is_empty() {
                 return;
             }
@@ -116,6 +134,7 @@ impl HeadState {
     fn placed(&mut self, now: Instant, granted: Lease) {
         let lease = granted.id;
         self.forget_stranded(lease);
+        self.autoscaled_leases(now, granted.node);
         match self.work.get_mut(&lease) {
             Some(Work::Lease(l)) => {
                 l.phase = LeasePhase::Opening;
@@ -160,6 +179,7 @@ impl HeadState {
             self.sched.cancel(lease);
         }
         if let Some(node) = node {
+            self.autoscaled_leases(now, node);
             if self.drains.contains_key(&node) {
                 self.check_drain(now, node);
             }
@@ -326,6 +346,10 @@ impl HeadState {
                     ),
                 );
             }
+            LeaseEnd::GangRemoved(gang) => self.fail(
+                request,
+                RemoteError::new(ErrorKind::Moved, format!("{gang} was removed")),
+            ),
             LeaseEnd::Returned | LeaseEnd::Lost | LeaseEnd::ClientGone => self.end(request),
         }
     }

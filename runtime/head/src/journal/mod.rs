@@ -21,8 +21,8 @@ pub const FILE_NAME: &str = "journal.redb";
 /// The layout of the tables this build writes; another is refused. Bump it whenever a record's
 /// layout changes, a worker's hello (kept in node records) included: 2 added `rejoin` to it,
 /// 3 the table of collective groups, 4 `pending_timeout_ms` to a placement (kept in actor
-/// records).
-pub const FORMAT_VERSION: u64 = 4;
+/// records), 5 a placement's gang `bundle`.
+pub const FORMAT_VERSION: u64 = 5;
 
 /// The key in the meta table of the format version.
 const META_FORMAT: u64 = 0;

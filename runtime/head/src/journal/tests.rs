@@ -17,6 +17,7 @@ fn every_kind_of_change() -> Vec<Change> {
         actor_types: vec!["Trainer".into()],
         address: "10.0.0.1:7100".into(),
         rejoin: None,
+        launch: None,
     };
     let spec = ActorSpec {
         type_name: "Trainer".into(),

@@ -1,0 +1,506 @@
+//! The autoscaler's decisions, as a pure core: no I/O, time passed in. It knows the node
+//! types the cluster may launch, the nodes it has (their type, and since when each is idle),
+//! the launches not joined yet, and what waits; [`Autoscaler::decide`] says which nodes to
+//! launch and which to drain, each with its reason. The head feeds it and carries its actions
+//! out through a node provider.
+//!
+//! How it decides:
+//! - **Waiting work** is bin-packed onto nodes, GPU by GPU (a fraction and its GPU memory live
+//!   on one GPU; 0.4 free on two GPUs is never 0.6), first onto the capacity already coming
+//!   (launches not joined yet), then onto new nodes of the cheapest type that fits, never a GPU
+//!   type for work that needs no GPU. Each type's `max`, the cluster's `max_nodes` and the
+//!   upscaling speed (launches pending at once) bound the launches.
+//! - **Floors**: every type keeps `min` nodes and `warm` idle ones (a warm pool).
+//! - **Busy GPUs**: optionally, a mean GPU utilisation above a threshold with at least N
+//!   requests waiting, for M passes in a row, launches one more node, then waits a cooldown;
+//!   the streak ends only once utilisation falls below the threshold by a margin.
+//! - **Idle nodes**: a node idle for its type's `idle_timeout` is drained, unless that would
+//!   take its type under `min` or its warm pool. A node's idle clock starts when its last lease
+//!   ends and restarts only when work lands on it; nothing else (work waiting elsewhere, a
+//!   pass) touches it.
+//! - **Launches that never join** are given up after `launch_timeout`, reported, and no longer
+//!   count as coming capacity, so the next pass launches again if the work still waits.
+
+mod pack;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ember_core::ids::NodeId;
+use ember_core::resources::{NodeResources, ResourceDemand};
+
+pub use pack::Waiting;
+
+/// A kind of node the cluster may launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeType {
+    /// Its name, e.g. `h100x8-spot`.
+    pub name: String,
+    /// What one node of it has. Its labels are those its workers carry; with none, its
+    /// workers run the cluster's own executable and carry every task and actor type.
+    pub resources: NodeResources,
+    /// Nodes of it always kept.
+    pub min: u32,
+    /// Nodes of it at most.
+    pub max: u32,
+    /// Idle nodes of it kept ready beyond what is used (a warm pool).
+    pub warm: u32,
+    /// Its price, in millionths of a currency unit per hour.
+    pub price_micros_per_hour: u64,
+    /// Spot (preemptible) or on-demand.
+    pub spot: bool,
+    /// How long a node of it may sit idle before it is drained.
+    pub idle_timeout: Duration,
+}
+
+/// Scale up on busy GPUs: mean utilisation at least `percent` with at least `min_waiting`
+/// requests waiting, for `samples` passes in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtilisationRule {
+    /// The threshold, in percent of each GPU's time busy.
+    pub percent: u8,
+    /// How far below the threshold utilisation must fall to end a streak.
+    pub margin: u8,
+    /// Requests that must be waiting.
+    pub min_waiting: usize,
+    /// Consecutive passes over the threshold.
+    pub samples: u32,
+    /// After a launch for busy GPUs, how long before another.
+    pub cooldown: Duration,
+}
+
+/// What the autoscaler may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The node types, each name once.
+    pub types: Vec<NodeType>,
+    /// Nodes in the cluster at most, launching ones included.
+    pub max_nodes: u32,
+    /// Launches pending (asked, not joined) at once: at most `max(5, upscaling_speed ×
+    /// nodes)`, as Ray's `upscaling_speed`.
+    pub upscaling_speed: f64,
+    /// How long a launch may take to join before it is given up.
+    pub launch_timeout: Duration,
+    /// Scale up on busy GPUs, when set.
+    pub utilisation: Option<UtilisationRule>,
+}
+
+/// Why a policy cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// Two types share a name.
+    #[error("node type `{0}` is declared twice")]
+    DuplicateType(String),
+    /// A type's min is above its max.
+    #[error("node type `{name}`: min {min} is above max {max}")]
+    MinAboveMax {
+        /// The type.
+        name: String,
+        /// Its min.
+        min: u32,
+        /// Its max.
+        max: u32,
+    },
+    /// The types' minimums add up past the cluster's max.
+    #[error("the node types' minimums add up to {sum}, above the cluster's max of {max_nodes}")]
+    MinimumsAboveMax {
+        /// Their sum.
+        sum: u32,
+        /// The cluster's max.
+        max_nodes: u32,
+    },
+}
+
+/// A launch the autoscaler asked for, until its node joins or it is given up.
+pub type LaunchId = u64;
+
+/// What the autoscaler decided, each with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Launch a node of this type.
+    Launch {
+        /// Names the launch, for matching the node that joins.
+        launch: LaunchId,
+        /// The type's name.
+        node_type: String,
+        /// Why.
+        reason: String,
+    },
+    /// Drain this node (its actors move with their checkpoints), then release it.
+    Drain {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// A launch did not join in time: it no longer counts as coming capacity.
+    LaunchTimedOut {
+        /// The launch.
+        launch: LaunchId,
+        /// Its type.
+        node_type: String,
+    },
+}
+
+/// A node the autoscaler knows.
+#[derive(Debug, Clone)]
+struct Tracked {
+    node_type: String,
+    /// Since when it holds no lease; `None` while it holds some.
+    idle_since: Option<Instant>,
+    /// A drain was asked for: it is on its way out.
+    draining: bool,
+}
+
+/// A launch not joined yet.
+#[derive(Debug, Clone)]
+struct Launching {
+    node_type: String,
+    since: Instant,
+}
+
+/// The autoscaler: a policy and what it has seen.
+#[derive(Debug, Clone)]
+pub struct Autoscaler {
+    policy: Policy,
+    nodes: BTreeMap<NodeId, Tracked>,
+    launches: BTreeMap<LaunchId, Launching>,
+    next_launch: LaunchId,
+    /// Consecutive passes with busy GPUs and enough waiting.
+    busy_streak: u32,
+    /// The last launch for busy GPUs.
+    last_busy_launch: Option<Instant>,
+}
+
+impl Autoscaler {
+    /// An autoscaler with no nodes yet; refuses a policy it cannot keep.
+    pub fn new(policy: Policy) -> Result<Self, PolicyError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &policy.types {
+            if !seen.insert(t.name.as_str()) {
+                return Err(PolicyError::DuplicateType(t.name.clone()));
+            }
+            if t.min > t.max {
+                return Err(PolicyError::MinAboveMax {
+                    name: t.name.clone(),
+                    min: t.min,
+                    max: t.max,
+                });
+            }
+        }
+        let sum: u32 = policy.types.iter().map(|t| t.min).sum();
+        if sum > policy.max_nodes {
+            return Err(PolicyError::MinimumsAboveMax {
+                sum,
+                max_nodes: policy.max_nodes,
+            });
+        }
+        Ok(Autoscaler {
+            policy,
+            nodes: BTreeMap::new(),
+            launches: BTreeMap::new(),
+            next_launch: 1,
+            busy_streak: 0,
+            last_busy_launch: None,
+        })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// A node joined, of `node_type`, answering `launch` if it came from one. It starts idle.
+    pub fn node_joined(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        node_type: &str,
+        launch: Option<LaunchId>,
+    ) {
+        if let Some(l) = launch {
+            self.launches.remove(&l);
+        }
+        self.nodes.insert(
+            node,
+            Tracked {
+                node_type: node_type.to_string(),
+                idle_since: Some(now),
+                draining: false,
+            },
+        );
+    }
+
+    /// A node is gone (released, or lost).
+    pub fn node_left(&mut self, node: NodeId) {
+        self.nodes.remove(&node);
+    }
+
+    /// How many leases a node holds now: work landing on an idle node stops its idle clock;
+    /// its last lease ending starts it again. Nothing else moves it.
+    pub fn node_leases(&mut self, now: Instant, node: NodeId, leases: usize) {
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        match (leases, n.idle_since) {
+            (0, None) => n.idle_since = Some(now),
+            (l, Some(_)) if l > 0 => n.idle_since = None,
+            _ => {}
+        }
+    }
+
+    /// One pass: what to launch and what to drain now, given what waits (`waiting`: requests
+    /// and gangs that fit no live node now) and the mean GPU utilisation, in percent, if
+    /// known.
+    pub fn decide(
+        &mut self,
+        now: Instant,
+        waiting: &[Waiting],
+        gpu_utilisation: Option<f64>,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.give_up_launches(now, &mut actions);
+        let live = self.nodes.values().filter(|n| !n.draining).count() as u32;
+        let pending = self.launches.len() as u32;
+        // As Ray's `upscaling_speed`: launches pending at once, at most max(5, speed × nodes).
+        let speed_cap = ((self.policy.upscaling_speed * f64::from(live)).floor() as u32).max(5);
+        let mut budget = Budget {
+            cluster_room: self.policy.max_nodes.saturating_sub(live + pending),
+            pass_room: speed_cap.saturating_sub(pending),
+        };
+        self.keep_floors(now, &mut budget, &mut actions);
+        let plan = pack::plan(&self.policy.types, self.coming(), waiting);
+        for (type_index, reason) in plan.launches {
+            self.launch(now, type_index, reason, &mut budget, &mut actions);
+        }
+        self.scale_on_busy_gpus(now, waiting, gpu_utilisation, &mut budget, &mut actions);
+        self.drain_idle(now, &mut actions);
+        actions
+    }
+
+    /// Launches that did not join within the launch timeout are given up.
+    fn give_up_launches(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let timeout = self.policy.launch_timeout;
+        let late: Vec<LaunchId> = self
+            .launches
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.since) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for launch in late {
+            if let Some(l) = self.launches.remove(&launch) {
+                actions.push(Action::LaunchTimedOut {
+                    launch,
+                    node_type: l.node_type,
+                });
+            }
+        }
+    }
+
+    /// How many nodes of a type there are or are coming (draining ones excluded).
+    fn count_of(&self, name: &str) -> u32 {
+        let live = self
+            .nodes
+            .values()
+            .filter(|n| !n.draining && n.node_type == name)
+            .count();
+        let coming = self
+            .launches
+            .values()
+            .filter(|l| l.node_type == name)
+            .count();
+        (live + coming) as u32
+    }
+
+    /// Idle nodes of a type, and launches of it not joined yet (they join idle).
+    fn idle_of(&self, name: &str) -> u32 {
+        let idle = self
+            .nodes
+            .values()
+            .filter(|n| !n.draining && n.node_type == name && n.idle_since.is_some())
+            .count();
+        let coming = self
+            .launches
+            .values()
+            .filter(|l| l.node_type == name)
+            .count();
+        (idle + coming) as u32
+    }
+
+    /// The types of launches not joined yet, as indexes into the policy's types.
+    fn coming(&self) -> Vec<usize> {
+        self.launches
+            .values()
+            .filter_map(|l| self.type_index(&l.node_type))
+            .collect()
+    }
+
+    fn type_index(&self, name: &str) -> Option<usize> {
+        self.policy.types.iter().position(|t| t.name == name)
+    }
+
+    /// Every type keeps its `min` nodes and `warm` idle ones.
+    fn keep_floors(&mut self, now: Instant, budget: &mut Budget, actions: &mut Vec<Action>) {
+        for i in 0..self.policy.types.len() {
+            let t = &self.policy.types[i];
+            let (name, min, warm) = (t.name.clone(), t.min, t.warm);
+            while self.count_of(&name) < min {
+                let reason = format!("node type {name} keeps at least {min} nodes");
+                if !self.launch(now, i, reason, budget, actions) {
+                    break;
+                }
+            }
+            while self.idle_of(&name) < warm {
+                let reason = format!("node type {name} keeps {warm} idle nodes warm");
+                if !self.launch(now, i, reason, budget, actions) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Launches a node of type `i` if its max, the cluster's and this pass's allow; returns
+    /// whether it did.
+    fn launch(
+        &mut self,
+        now: Instant,
+        i: usize,
+        reason: String,
+        budget: &mut Budget,
+        actions: &mut Vec<Action>,
+    ) -> bool {
+        let t = &self.policy.types[i];
+        if budget.cluster_room == 0 || budget.pass_room == 0 || self.count_of(&t.name) >= t.max {
+            return false;
+        }
+        budget.cluster_room -= 1;
+        budget.pass_room -= 1;
+        let launch = self.next_launch;
+        self.next_launch += 1;
+        let node_type = t.name.clone();
+        self.launches.insert(
+            launch,
+            Launching {
+                node_type: node_type.clone(),
+                since: now,
+            },
+        );
+        actions.push(Action::Launch {
+            launch,
+            node_type,
+            reason,
+        });
+        true
+    }
+
+    /// The utilisation rule: a busy pass ending a streak of `samples` busy passes (a pass
+    /// just under the threshold, within the margin, neither adds to the streak nor ends it)
+    /// launches one node of the cheapest GPU type that fits the first waiting request, at
+    /// most once per cooldown.
+    fn scale_on_busy_gpus(
+        &mut self,
+        now: Instant,
+        waiting: &[Waiting],
+        utilisation: Option<f64>,
+        budget: &mut Budget,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(rule) = self.policy.utilisation else {
+            return;
+        };
+        let Some(util) = utilisation else {
+            return;
+        };
+        let count = waiting.iter().map(Waiting::requests).sum::<usize>();
+        let busy = util >= f64::from(rule.percent) && count >= rule.min_waiting;
+        if busy {
+            self.busy_streak += 1;
+        } else if util < f64::from(rule.percent.saturating_sub(rule.margin))
+            || count < rule.min_waiting
+        {
+            self.busy_streak = 0;
+        }
+        let cooled = self
+            .last_busy_launch
+            .is_none_or(|at| now.saturating_duration_since(at) >= rule.cooldown);
+        if !busy || self.busy_streak < rule.samples || !cooled {
+            return;
+        }
+        let first = waiting.iter().flat_map(Waiting::demands).next();
+        let Some(i) = first.and_then(|d| pack::cheapest_gpu_type(&self.policy.types, d)) else {
+            return;
+        };
+        let reason = format!(
+            "GPUs {util:.0}% busy (at least {}%) for {} passes with {count} requests waiting",
+            rule.percent, rule.samples
+        );
+        if self.launch(now, i, reason, budget, actions) {
+            self.last_busy_launch = Some(now);
+            self.busy_streak = 0;
+        }
+    }
+
+    /// Drains nodes idle past their type's timeout, keeping each type's min and warm pool.
+    fn drain_idle(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let mut idle: Vec<(Instant, NodeId)> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.draining)
+            .filter_map(|(id, n)| Some((n.idle_since?, *id)))
+            .collect();
+        // The longest idle go first.
+        idle.sort();
+        for (since, node) in idle {
+            let name = self.nodes[&node].node_type.clone();
+            let Some(t) = self.type_index(&name).map(|i| &self.policy.types[i]) else {
+                continue;
+            };
+            let idle_for = now.saturating_duration_since(since);
+            if idle_for < t.idle_timeout
+                || self.count_of(&name) <= t.min
+                || self.idle_of(&name) <= t.warm
+            {
+                continue;
+            }
+            let reason = format!(
+                "idle for {} s (node type {name} drains after {} s idle)",
+                idle_for.as_secs(),
+                t.idle_timeout.as_secs()
+            );
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.draining = true;
+            }
+            actions.push(Action::Drain { node, reason });
+        }
+    }
+
+    /// Whether a node of some type could hold `demand` on its own, carrying `labels`: such a
+    /// request waits for a launch rather than being refused.
+    pub fn could_serve(&self, demand: &ResourceDemand, labels: &[String]) -> bool {
+        pack::cheapest_for(&self.policy.types, &[demand], labels).is_some()
+    }
+
+    /// Launches not joined yet: their number, type and since when.
+    pub fn pending_launches(&self) -> impl Iterator<Item = (LaunchId, &str, Instant)> {
+        self.launches
+            .iter()
+            .map(|(id, l)| (*id, l.node_type.as_str(), l.since))
+    }
+
+    /// Demands the autoscaler can never serve: no type fits them. For telling users.
+    pub fn unservable<'a>(&self, waiting: &'a [Waiting]) -> Vec<&'a ResourceDemand> {
+        waiting
+            .iter()
+            .flat_map(Waiting::demands)
+            .filter(|d| pack::cheapest_type(&self.policy.types, d).is_none())
+            .collect()
+    }
+}
+
+/// What one pass may still launch.
+struct Budget {
+    cluster_room: u32,
+    pass_room: u32,
+}

@@ -1,0 +1,156 @@
+//! The autoscaler driven by the head: work no node can take waits (rather than failing) for
+//! a node the autoscaler launches; the worker that joins answering the launch takes it; once
+//! idle past its type's timeout the node is drained and released.
+
+use std::time::Duration;
+
+use ember_core::proto::{ClientReply, ClientRequest, LaunchTicket, LeaseSpec, WorkerReply};
+use ember_core::resources::{GpuDevice, NodeResources};
+
+use super::{command, lease_endpoints, placement, reply_to, Scene};
+use crate::autoscale::{Autoscaler, NodeType, Policy};
+use crate::io::{Effect, Input};
+use crate::state::Config;
+
+fn autoscaled() -> Scene {
+    let h100 = NodeType {
+        name: "h100".into(),
+        resources: NodeResources {
+            cpu_millis: 8000,
+            gpus: vec![GpuDevice {
+                index: 0,
+                uuid: "GPU-0".into(),
+                name: "NVIDIA H100".into(),
+                memory: 80 << 30,
+                accelerator: "H100".into(),
+                logical: true,
+            }],
+            custom: Vec::new(),
+            labels: Vec::new(),
+        },
+        min: 0,
+        max: 4,
+        warm: 0,
+        price_micros_per_hour: 2_000_000,
+        spot: false,
+        idle_timeout: Duration::from_secs(30),
+    };
+    let autoscaler = Autoscaler::new(Policy {
+        types: vec![h100],
+        max_nodes: 10,
+        upscaling_speed: 1.0,
+        launch_timeout: Duration::from_secs(120),
+        utilisation: None,
+    })
+    .expect("a policy it can keep");
+    Scene::with_config(Config {
+        rejoin_window: Duration::from_secs(2),
+        autoscaler: Some(autoscaler),
+        autoscale_interval: Duration::from_secs(1),
+        ..Config::default()
+    })
+}
+
+fn status(s: &mut Scene) -> ember_core::proto::ClusterStatus {
+    let observer = s.conn();
+    let (request, effects) = s.ask(observer, ClientRequest::Status);
+    match reply_to(&effects, request) {
+        ClientReply::Status(status) => *status,
+        other => panic!("expected the status, got {other:?}"),
+    }
+}
+
+#[test]
+fn waiting_work_launches_a_node_which_takes_it_and_goes_once_idle() {
+    let mut s = autoscaled();
+    let client = s.conn();
+    // No node at all: the lease waits for one the autoscaler can launch.
+    let (request, effects) = s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "train".into(),
+            placement: placement(100),
+        }),
+    );
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Reply { request: r, .. } if *r == request)),
+        "it waits rather than failing: {effects:?}"
+    );
+    s.later(Duration::from_secs(1));
+    let effects = s.handle(Input::Tick);
+    let launch = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LaunchNode { launch, node_type } if node_type == "h100" => Some(*launch),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a launch: {effects:?}"));
+    let st = status(&mut s);
+    let a = st.autoscaler.expect("the autoscaler's status");
+    assert_eq!(a.launching.len(), 1);
+    assert!(
+        a.decisions[0].decision.starts_with("launch h100"),
+        "{:?}",
+        a.decisions
+    );
+    // A second pass launches nothing more: the launch is coming capacity.
+    s.later(Duration::from_secs(1));
+    let effects = s.handle(Input::Tick);
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::LaunchNode { .. })));
+
+    // The launched worker joins and takes the lease.
+    let (_, node, effects) = s.join_with(
+        None,
+        Some(LaunchTicket {
+            launch,
+            node_type: "h100".into(),
+        }),
+    );
+    let (to, open, _) = command(&effects);
+    assert_eq!(to, node);
+    s.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
+    assert!(status(&mut s).autoscaler.unwrap().launching.is_empty());
+    // It runs a while, then is given back: the node is idle from then.
+    s.later(Duration::from_secs(100));
+    s.handle(Input::Heard { node, after: s.now });
+    let effects = s.handle(Input::Tick);
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::CloseNode { .. })),
+        "busy: kept"
+    );
+    let effects = s.handle(Input::LeaseReturned {
+        request,
+        lost: false,
+    });
+    let (_, close, _) = command(&effects);
+    s.reply(close, WorkerReply::LeaseClosed);
+    s.later(Duration::from_secs(29));
+    s.handle(Input::Heard { node, after: s.now });
+    let effects = s.handle(Input::Tick);
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::CloseNode { .. })));
+    s.later(Duration::from_secs(2));
+    s.handle(Input::Heard { node, after: s.now });
+    let effects = s.handle(Input::Tick);
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::CloseNode { node: n, .. } if *n == node)),
+        "drained: {effects:?}"
+    );
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::ReleaseNode { node: n, launch: Some(l) } if *n == node && *l == launch
+        )),
+        "released to its provider: {effects:?}"
+    );
+    assert_eq!(s.head.node_count(), 0);
+}
