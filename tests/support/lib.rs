@@ -711,12 +711,13 @@ impl S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
         };
-        // Process start-up: poll for its port with a deadline.
+        // Process start-up: poll with a deadline until it answers a whole request (its port
+        // may accept, then reset, a connection before the server behind it is ready).
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while server.try_request("GET", "/").is_err() {
             assert!(
                 Instant::now() < deadline,
-                "moto_server did not listen within 30 s"
+                "moto_server did not answer within 30 s"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -725,16 +726,20 @@ impl S3Server {
 
     /// One plain HTTP request (moto does not check signatures); the status and body.
     pub fn request(&self, method: &str, path: &str) -> (u16, String) {
+        self.try_request(method, path)
+            .unwrap_or_else(|e| panic!("{method} {path} to moto_server: {e}"))
+    }
+
+    fn try_request(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
         use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
-        )
-        .expect("write");
+        )?;
         let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
+        stream.read_to_string(&mut response)?;
         let status = response
             .split_whitespace()
             .nth(1)
@@ -744,7 +749,7 @@ impl S3Server {
             .split_once("\r\n\r\n")
             .map(|(_, b)| b)
             .unwrap_or("");
-        (status, body.to_string())
+        Ok((status, body.to_string()))
     }
 
     /// The environment that points a head at this server.
