@@ -479,7 +479,14 @@ impl Autoscaler {
     /// Whether a node of some type could hold `demand` on its own, carrying `labels`: such a
     /// request waits for a launch rather than being refused.
     pub fn could_serve(&self, demand: &ResourceDemand, labels: &[String]) -> bool {
-        pack::cheapest_for(&self.policy.types, &[demand], labels).is_some()
+        self.type_for(demand, labels).is_some()
+    }
+
+    /// The cheapest node type a node of which could hold `demand` on its own, carrying
+    /// `labels`.
+    pub fn type_for(&self, demand: &ResourceDemand, labels: &[String]) -> Option<&str> {
+        pack::cheapest_for(&self.policy.types, &[demand], labels)
+            .map(|i| self.policy.types[i].name.as_str())
     }
 
     /// Launches not joined yet: their number, type and since when.

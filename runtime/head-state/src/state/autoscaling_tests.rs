@@ -88,6 +88,11 @@ fn waiting_work_launches_a_node_which_takes_it_and_goes_once_idle() {
         })
         .unwrap_or_else(|| panic!("a launch: {effects:?}"));
     let st = status(&mut s);
+    assert_eq!(
+        st.queue[0].waiting.as_deref(),
+        Some("waiting for resources: a node of type h100 is launching for it"),
+        "{st:?}"
+    );
     let a = st.autoscaler.expect("the autoscaler's status");
     assert_eq!(a.launching.len(), 1);
     assert!(
@@ -153,4 +158,51 @@ fn waiting_work_launches_a_node_which_takes_it_and_goes_once_idle() {
         "released to its provider: {effects:?}"
     );
     assert_eq!(s.head.node_count(), 0);
+}
+
+#[test]
+fn work_left_without_a_node_that_fits_waits_for_a_launch_instead_of_failing() {
+    let mut s = autoscaled();
+    let (conn, _node) = s.join();
+    let client = s.conn();
+    let lease = |s: &mut Scene| {
+        s.ask(
+            client,
+            ClientRequest::LeaseTask(LeaseSpec {
+                name: "train".into(),
+                placement: placement(100),
+            }),
+        )
+    };
+    let (_, effects) = lease(&mut s);
+    let (_, open, _) = command(&effects);
+    s.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
+    // A second lease waits for the GPU; then the only node dies.
+    let (waiting, _) = lease(&mut s);
+    s.handle(Input::Closed { conn });
+    let st = status(&mut s);
+    let queued = &st.queue[0];
+    assert_eq!(
+        queued.fails_in_ms, None,
+        "not stranded: a node type holds it"
+    );
+    assert!(
+        queued
+            .waiting
+            .as_deref()
+            .is_some_and(|w| w.contains("launches a node of type h100")),
+        "{queued:?}"
+    );
+    // Far past the pending timeout it still waits (for the launch the next pass asks for).
+    s.later(Duration::from_secs(600));
+    let effects = s.handle(Input::Tick);
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Reply { request, .. } if *request == waiting)),
+        "{effects:?}"
+    );
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::LaunchNode { node_type, .. } if node_type == "h100")));
 }

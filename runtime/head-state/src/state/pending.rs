@@ -62,7 +62,17 @@ impl HeadState {
             {
                 self.fit_checks += 1;
             }
-            if let Some(reason) = self.sched.never_fits_anywhere(first) {
+            // What a node the autoscaler can launch could hold is not stranded: it waits
+            // for that node.
+            let launchable = self
+                .autoscaling
+                .as_ref()
+                .is_some_and(|a| a.autoscaler.could_serve(&first.demand, &first.labels));
+            if let Some(reason) = self
+                .sched
+                .never_fits_anywhere(first)
+                .filter(|_| !launchable)
+            {
                 doomed.push((group, reason));
             }
         }
@@ -203,6 +213,21 @@ impl HeadState {
                     fails_in_ms: None,
                 }
             }
+            None if self.launch_for(request).is_some() => {
+                let (node_type, launching) = self.launch_for(request)?;
+                WaitReason {
+                    infeasible: false,
+                    reason: if launching {
+                        format!("a node of type {node_type} is launching for it")
+                    } else {
+                        format!(
+                            "the autoscaler launches a node of type {node_type} for it at its \
+                             next pass"
+                        )
+                    },
+                    fails_in_ms: None,
+                }
+            }
             None => {
                 let needs = if request.demand == ResourceDemand::default() {
                     "its labels".to_string()
@@ -218,6 +243,15 @@ impl HeadState {
                 }
             }
         })
+    }
+
+    /// The node type the autoscaler would launch for `request`, and whether one of that type
+    /// is launching now; `None` without an autoscaler or a type that holds it.
+    fn launch_for(&self, request: &crate::placement::PlacementRequest) -> Option<(String, bool)> {
+        let a = &self.autoscaling.as_ref()?.autoscaler;
+        let node_type = a.type_for(&request.demand, &request.labels)?;
+        let launching = a.pending_launches().any(|(_, t, _)| t == node_type);
+        Some((node_type.to_string(), launching))
     }
 
     /// Tells a waiting job's client why it waits (task leases and actors show it in status).
