@@ -348,23 +348,25 @@ impl Scheduler {
     /// satisfy it (or, for a hard affinity, that node's); rejects at once, naming the missing
     /// resource, if no node of the cluster could ever satisfy it. Draining nodes count as absent.
     pub fn request(&mut self, req: PlacementRequest) -> Decision {
-        self.request_as(req, false)
+        self.request_or_wait(req, |_| false)
     }
 
     /// [`Scheduler::request`], for a cluster whose nodes are not all there yet (a head just
-    /// restarted, its workers re-joining): a well-formed request that no node present could
-    /// ever satisfy waits in the queue instead of being rejected, for the nodes to come.
-    pub fn request_waiting(&mut self, req: PlacementRequest) -> Decision {
-        self.request_as(req, true)
-    }
-
-    fn request_as(&mut self, mut req: PlacementRequest, wait: bool) -> Decision {
+    /// restarted, its workers re-joining; an autoscaler that can launch one that fits): a
+    /// well-formed request that no node present could ever satisfy waits in the queue instead
+    /// of being rejected when `wait` says so. `wait` is asked only then, never for a request
+    /// placed or queued: it may cost what a placement should not.
+    pub fn request_or_wait(
+        &mut self,
+        mut req: PlacementRequest,
+        wait: impl FnOnce(&PlacementRequest) -> bool,
+    ) -> Decision {
         if let Err(e) = self.validate(&mut req) {
             return Decision::Rejected(e);
         }
         match self.place_or_queue(&req) {
-            Decision::Rejected(e) if wait => {
-                tracing::debug!(lease = %req.lease, "waiting for the nodes to come: {e}");
+            Decision::Rejected(e) if wait(&req) => {
+                tracing::debug!(lease = %req.lease, "waiting for nodes to come: {e}");
                 self.queue.push(req);
                 Decision::Queued
             }
@@ -429,7 +431,7 @@ impl Scheduler {
     }
 
     /// Takes out of the queue the requests no node could ever take (those queued by
-    /// [`Scheduler::request_waiting`] for nodes that did not come), each with why, in queue
+    /// [`Scheduler::request_or_wait`] for nodes that did not come), each with why, in queue
     /// order. Scans every node: for the end of a wait, not for every request.
     pub fn take_unplaceable(&mut self) -> Vec<(LeaseId, PlacementError)> {
         let refused: Vec<(LeaseId, PlacementError)> = self

@@ -109,6 +109,8 @@ impl HeadState {
         let Some(a) = self.autoscaling.as_mut() else {
             return;
         };
+        // Grants and releases tell it at once (`autoscaled_leases`); this catches holdings
+        // that come another way (a gang's bundles, leases adopted after a head restart).
         for (node, count) in leases {
             a.autoscaler.node_leases(now, node, count);
         }

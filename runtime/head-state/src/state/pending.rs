@@ -185,63 +185,49 @@ impl HeadState {
     /// Why a queued lease waits at `now`; `None` when it is not queued.
     pub(super) fn wait_reason(&self, now: Instant, lease: LeaseId) -> Option<WaitReason> {
         let request = self.sched.queued_request(lease)?;
-        Some(match self.stranded.get(&lease) {
-            Some(s) => WaitReason {
+        if let Some(s) = self.stranded.get(&lease) {
+            return Some(WaitReason {
                 infeasible: true,
                 reason: s.reason.to_string(),
                 fails_in_ms: s
                     .deadline
                     .map(|(at, _)| at.saturating_duration_since(now).as_millis() as u64),
-            },
-            None if self.sched.bundle_of(lease).is_some() => {
-                let bundle = self.sched.bundle_of(lease)?;
-                let placed = self
-                    .sched
-                    .gang(bundle.gang)
-                    .and_then(|g| g.bundles.get(bundle.index as usize)?.node);
-                WaitReason {
-                    infeasible: false,
-                    reason: match placed {
-                        Some(node) => format!(
-                            "{bundle} (on {node}) has not {} free now; it fits once work in it ends",
-                            request.demand
-                        ),
-                        None => format!(
-                            "{bundle} is not placed now; it runs once the gang places the bundle"
-                        ),
-                    },
-                    fails_in_ms: None,
+            });
+        }
+        let reason = if let Some(bundle) = self.sched.bundle_of(lease) {
+            let placed = self
+                .sched
+                .gang(bundle.gang)
+                .and_then(|g| g.bundles.get(bundle.index as usize)?.node);
+            match placed {
+                Some(node) => format!(
+                    "{bundle} (on {node}) has not {} free now; it fits once work in it ends",
+                    request.demand
+                ),
+                None => {
+                    format!("{bundle} is not placed now; it runs once the gang places the bundle")
                 }
             }
-            None if self.launch_for(request).is_some() => {
-                let (node_type, launching) = self.launch_for(request)?;
-                WaitReason {
-                    infeasible: false,
-                    reason: if launching {
-                        format!("a node of type {node_type} is launching for it")
-                    } else {
-                        format!(
-                            "the autoscaler launches a node of type {node_type} for it at its \
-                             next pass"
-                        )
-                    },
-                    fails_in_ms: None,
-                }
+        } else if let Some((node_type, launching)) = self.launch_for(request) {
+            if launching {
+                format!("a node of type {node_type} is launching for it")
+            } else {
+                format!(
+                    "the autoscaler launches a node of type {node_type} for it at its next pass"
+                )
             }
-            None => {
-                let needs = if request.demand == ResourceDemand::default() {
-                    "its labels".to_string()
-                } else {
-                    request.demand.to_string()
-                };
-                WaitReason {
-                    infeasible: false,
-                    reason: format!(
-                        "no live node has {needs} free now; it fits one once capacity frees"
-                    ),
-                    fails_in_ms: None,
-                }
-            }
+        } else {
+            let needs = if request.demand == ResourceDemand::default() {
+                "its labels".to_string()
+            } else {
+                request.demand.to_string()
+            };
+            format!("no live node has {needs} free now; it fits one once capacity frees")
+        };
+        Some(WaitReason {
+            infeasible: false,
+            reason,
+            fails_in_ms: None,
         })
     }
 

@@ -53,18 +53,19 @@ impl HeadState {
             labels: label.into_iter().collect(),
         };
         // While nodes of the head's last life are expected back, what they could take waits
-        // for them rather than failing on the nodes already back.
-        // So does what a node the autoscaler can launch could take.
-        let launchable = self
-            .autoscaling
-            .as_ref()
-            .is_some_and(|a| a.autoscaler.could_serve(&request.demand, &request.labels));
+        // for them rather than failing on the nodes already back; so does what a node the
+        // autoscaler can launch could take (asked only of what no node here can hold).
+        let expected = !self.expected.is_empty();
+        let autoscaling = &self.autoscaling;
         let decision = if let Some(bundle) = placement.bundle {
             self.sched.request_in_bundle(bundle, request)
-        } else if self.expected.is_empty() && !launchable {
-            self.sched.request(request)
         } else {
-            self.sched.request_waiting(request)
+            self.sched.request_or_wait(request, |r| {
+                expected
+                    || autoscaling
+                        .as_ref()
+                        .is_some_and(|a| a.autoscaler.could_serve(&r.demand, &r.labels))
+            })
         };
         match decision {
             Decision::Placed(granted) => {
