@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use ember_core::proto::{ClientReply, ClientRequest, LaunchTicket, LeaseSpec, WorkerReply};
-use ember_core::resources::{GpuDevice, NodeResources};
+use ember_core::proto::{ClientRequest, LaunchTicket, LeaseSpec, WorkerReply};
 
-use super::{command, lease_endpoints, placement, reply_to, Scene};
+use super::{command, lease_endpoints, one_h100, placement, Scene};
 use crate::autoscale::{Autoscaler, NodeType, Policy};
 use crate::io::{Effect, Input};
 use crate::state::Config;
@@ -15,19 +14,8 @@ use crate::state::Config;
 fn autoscaled() -> Scene {
     let h100 = NodeType {
         name: "h100".into(),
-        resources: NodeResources {
-            cpu_millis: 8000,
-            gpus: vec![GpuDevice {
-                index: 0,
-                uuid: "GPU-0".into(),
-                name: "NVIDIA H100".into(),
-                memory: 80 << 30,
-                accelerator: "H100".into(),
-                logical: true,
-            }],
-            custom: Vec::new(),
-            labels: Vec::new(),
-        },
+        // The workers the scene joins.
+        resources: one_h100(),
         min: 0,
         max: 4,
         warm: 0,
@@ -49,15 +37,6 @@ fn autoscaled() -> Scene {
         autoscale_interval: Duration::from_secs(1),
         ..Config::default()
     })
-}
-
-fn status(s: &mut Scene) -> ember_core::proto::ClusterStatus {
-    let observer = s.conn();
-    let (request, effects) = s.ask(observer, ClientRequest::Status);
-    match reply_to(&effects, request) {
-        ClientReply::Status(status) => *status,
-        other => panic!("expected the status, got {other:?}"),
-    }
 }
 
 #[test]
@@ -87,7 +66,7 @@ fn waiting_work_launches_a_node_which_takes_it_and_goes_once_idle() {
             _ => None,
         })
         .unwrap_or_else(|| panic!("a launch: {effects:?}"));
-    let st = status(&mut s);
+    let st = s.status();
     assert_eq!(
         st.queue[0].waiting.as_deref(),
         Some("waiting for resources: a node of type h100 is launching for it"),
@@ -118,7 +97,7 @@ fn waiting_work_launches_a_node_which_takes_it_and_goes_once_idle() {
     let (to, open, _) = command(&effects);
     assert_eq!(to, node);
     s.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
-    assert!(status(&mut s).autoscaler.unwrap().launching.is_empty());
+    assert!(s.status().autoscaler.unwrap().launching.is_empty());
     // It runs a while, then is given back: the node is idle from then.
     s.later(Duration::from_secs(100));
     s.handle(Input::Heard { node, after: s.now });
@@ -165,22 +144,17 @@ fn work_left_without_a_node_that_fits_waits_for_a_launch_instead_of_failing() {
     let mut s = autoscaled();
     let (conn, _node) = s.join();
     let client = s.conn();
-    let lease = |s: &mut Scene| {
-        s.ask(
-            client,
-            ClientRequest::LeaseTask(LeaseSpec {
-                name: "train".into(),
-                placement: placement(100),
-            }),
-        )
-    };
-    let (_, effects) = lease(&mut s);
-    let (_, open, _) = command(&effects);
-    s.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
+    s.held_lease(client, 100);
     // A second lease waits for the GPU; then the only node dies.
-    let (waiting, _) = lease(&mut s);
+    let (waiting, _) = s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "train".into(),
+            placement: placement(100),
+        }),
+    );
     s.handle(Input::Closed { conn });
-    let st = status(&mut s);
+    let st = s.status();
     let queued = &st.queue[0];
     assert_eq!(
         queued.fails_in_ms, None,

@@ -6,15 +6,12 @@ use std::time::Duration;
 
 use ember_core::ids::GangId;
 use ember_core::proto::{
-    BundleRef, ClientReply, ClientRequest, ErrorKind, GangSpec, GangStrategy, LeaseSpec,
-    WorkerCommand, WorkerReply,
+    BundleRef, ClientReply, ClientRequest, ErrorKind, GangSpec, GangStrategy, WorkerCommand,
+    WorkerReply,
 };
 use ember_core::resources::{GpuShare, ResourceDemand};
 
-use super::{
-    actor_endpoints, command, error_of, lease_endpoints, placement, reply_to, share_used, spec,
-    Scene,
-};
+use super::{actor_endpoints, command, error_of, placement, reply_to, share_used, spec, Scene};
 use crate::io::{Effect, Input};
 
 fn one_gpu() -> ResourceDemand {
@@ -120,15 +117,7 @@ fn a_gang_that_does_not_fit_whole_waits_with_its_reason_then_is_placed() {
     let (_, _b) = s.join();
     let client = s.conn();
     // A task lease holds node a's GPU.
-    let (lease_request, effects) = s.ask(
-        client,
-        ClientRequest::LeaseTask(LeaseSpec {
-            name: "train".into(),
-            placement: placement(100),
-        }),
-    );
-    let (_, open, _) = command(&effects);
-    s.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
+    let lease_request = s.held_lease(client, 100);
     let (request, effects) = s.ask(client, gang(GangStrategy::StrictSpread, 2, None));
     assert!(
         !effects
@@ -136,10 +125,7 @@ fn a_gang_that_does_not_fit_whole_waits_with_its_reason_then_is_placed() {
             .any(|e| matches!(e, Effect::Reply { request: r, .. } if *r == request)),
         "it waits: {effects:?}"
     );
-    let (status_request, effects) = s.ask(client, ClientRequest::Status);
-    let ClientReply::Status(status) = reply_to(&effects, status_request) else {
-        panic!("expected the status");
-    };
+    let status = s.status();
     let g = &status.gangs[0];
     assert_eq!(
         (g.state.as_str(), g.strategy.as_str()),
@@ -183,10 +169,7 @@ fn a_dead_node_places_only_its_bundles_again_and_their_actors_follow() {
 
     // Node b dies: its bundle waits to be placed again, and the actor with it.
     s.handle(Input::Closed { conn: conn_b });
-    let (request, effects) = s.ask(client, ClientRequest::Status);
-    let ClientReply::Status(status) = reply_to(&effects, request) else {
-        panic!("expected the status");
-    };
+    let status = s.status();
     assert_eq!(status.gangs[0].state, "replacing");
     assert_eq!(
         status.gangs[0].bundles[0].node,
@@ -245,22 +228,11 @@ fn a_waiting_gang_no_live_nodes_can_hold_fails_at_its_pending_timeout() {
     let (conn_c, _c) = s.join();
     let client = s.conn();
     // Three bundles on distinct nodes: all three nodes needed; a lease holds one GPU.
-    let (_, effects) = s.ask(
-        client,
-        ClientRequest::LeaseTask(LeaseSpec {
-            name: "train".into(),
-            placement: placement(100),
-        }),
-    );
-    let (_, open, _) = command(&effects);
-    s.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
+    s.held_lease(client, 100);
     let (request, _) = s.ask(client, gang(GangStrategy::StrictSpread, 3, Some(1000)));
     // A node leaves: two nodes can never hold three bundles on distinct nodes.
     s.handle(Input::Closed { conn: conn_c });
-    let (status_request, effects) = s.ask(client, ClientRequest::Status);
-    let ClientReply::Status(status) = reply_to(&effects, status_request) else {
-        panic!("expected the status");
-    };
+    let status = s.status();
     let g = &status.gangs[0];
     assert!(
         g.waiting

@@ -55,12 +55,7 @@ impl Scene {
 
     /// The queue as `ember status` shows it.
     fn queue(&mut self) -> Vec<WorkStatus> {
-        let client = self.conn();
-        let (request, effects) = self.ask(client, ClientRequest::Status);
-        let ClientReply::Status(status) = reply_to(&effects, request) else {
-            panic!("expected the status");
-        };
-        status.queue
+        self.status().queue
     }
 
     /// Every worker sends a heartbeat now, so that only the clock the test moves matters.

@@ -132,19 +132,7 @@ impl Scene {
         let conn = self.conn();
         let hello = WorkerHello {
             name: format!("worker-{}", conn.0),
-            resources: ember_core::resources::NodeResources {
-                cpu_millis: 8000,
-                gpus: vec![GpuDevice {
-                    index: 0,
-                    uuid: "GPU-0".into(),
-                    name: "NVIDIA H100".into(),
-                    memory: 80 << 30,
-                    accelerator: "H100".into(),
-                    logical: true,
-                }],
-                custom: Vec::new(),
-                labels: Vec::new(),
-            },
+            resources: one_h100(),
             task_types: vec!["train".into()],
             actor_types: vec!["Trainer".into()],
             address: "10.0.0.1:7100".into(),
@@ -185,6 +173,29 @@ impl Scene {
                 timeout_ms: 5000,
             },
         )
+    }
+
+    /// The cluster as `ember status` shows it, asked on a connection of its own.
+    fn status(&mut self) -> ember_core::proto::ClusterStatus {
+        let observer = self.conn();
+        let (request, effects) = self.ask(observer, ClientRequest::Status);
+        match reply_to(&effects, request) {
+            ClientReply::Status(status) => *status,
+            other => panic!("expected the status, got {other:?}"),
+        }
+    }
+
+    /// `client` leases `gpus` hundredths of a GPU for `train`, and the worker the head picks
+    /// opens it; returns the lease's request.
+    fn held_lease(&mut self, client: ConnId, gpus: u32) -> RequestId {
+        let spec = LeaseSpec {
+            name: "train".into(),
+            placement: placement(gpus),
+        };
+        let (request, effects) = self.ask(client, ClientRequest::LeaseTask(spec));
+        let (_, open, _) = command(&effects);
+        self.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
+        request
     }
 
     fn reply(&mut self, command: CommandId, reply: WorkerReply) -> Vec<Effect> {
@@ -284,6 +295,23 @@ fn actor_endpoints() -> ActorEndpoints {
         host: "h".into(),
         local_socket: "/tmp/a.sock".into(),
         mesh_socket: "/tmp/a.mesh".into(),
+    }
+}
+
+/// What the scene's workers offer: 8 CPUs and one logical 80 GiB H100.
+fn one_h100() -> ember_core::resources::NodeResources {
+    ember_core::resources::NodeResources {
+        cpu_millis: 8000,
+        gpus: vec![GpuDevice {
+            index: 0,
+            uuid: "GPU-0".into(),
+            name: "NVIDIA H100".into(),
+            memory: 80 << 30,
+            accelerator: "H100".into(),
+            logical: true,
+        }],
+        custom: Vec::new(),
+        labels: Vec::new(),
     }
 }
 
