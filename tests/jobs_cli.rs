@@ -46,32 +46,50 @@ async fn job_submit_streams_output_and_exit_code() {
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_whose_client_dies_is_stopped_before_its_gpus_are_freed() {
-    let (tc, observer) = TestCluster::with_workers(&[WorkerSpec::gpus(2, "H100", "80GiB")]).await;
-    let pid_file = tc.scratch().join("job.pid");
-    let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
-    let mut submit = tokio::process::Command::new(ember_exe())
+/// `ember job submit --gpus GPUS` of a silent job that writes its pid to `pid_file`, then
+/// sleeps for a minute; killed when dropped.
+fn submit_sleeper(
+    tc: &TestCluster,
+    gpus: u32,
+    pid_file: &std::path::Path,
+) -> tokio::process::Child {
+    let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    tokio::process::Command::new(ember_exe())
         .args(["job", "submit", "--cluster"])
         .arg(tc.state_dir())
-        .args(["--gpus", "2", "--", "sh", "-c", &script])
+        .args(["--gpus", &gpus.to_string(), "--", "sh", "-c", &script])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("ember job submit");
-    let job_pid = within("the job to start", async {
+        .expect("ember job submit")
+}
+
+/// The pid a job wrote to `pid_file`, once it has.
+async fn pid_written(pid_file: &std::path::Path) -> i32 {
+    within("the job to start", async {
         loop {
-            if let Ok(text) = std::fs::read_to_string(&pid_file) {
-                if let Ok(pid) = text.trim().parse::<i32>() {
-                    if gpus_in_use(&observer).await == vec![100, 100] {
-                        return pid;
-                    }
-                }
+            if let Some(pid) = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                return pid;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_client_dies_is_stopped_before_its_gpus_are_freed() {
+    let (tc, observer) = TestCluster::with_workers(&[WorkerSpec::gpus(2, "H100", "80GiB")]).await;
+    let pid_file = tc.scratch().join("job.pid");
+    let mut submit = submit_sleeper(&tc, 2, &pid_file);
+    let job_pid = pid_written(&pid_file).await;
+    until("the job's GPUs in use", || async {
+        gpus_in_use(&observer).await == vec![100, 100]
     })
     .await;
 
@@ -98,29 +116,8 @@ async fn a_job_dies_with_its_worker_killed_outright() {
     let (mut tc, _observer) =
         TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
     let pid_file = tc.scratch().join("job.pid");
-    let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
-    let _submit = tokio::process::Command::new(ember_exe())
-        .args(["job", "submit", "--cluster"])
-        .arg(tc.state_dir())
-        .args(["--gpus", "1", "--", "sh", "-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ember job submit");
-    let job_pid = within("the job to start", async {
-        loop {
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            {
-                return pid;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let _submit = submit_sleeper(&tc, 1, &pid_file);
+    let job_pid = pid_written(&pid_file).await;
     let alive = |pid: i32| {
         // A zombie waits for a parent that is gone; count only a process still running.
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
