@@ -32,8 +32,8 @@ mod leases;
 #[cfg(feature = "local")]
 pub mod local;
 #[cfg(feature = "local")]
-mod local_provider;
 mod options;
+pub mod provider;
 mod unix_caller;
 
 pub use actor::{ActorRef, RemoteActor, RESTART_WAIT};

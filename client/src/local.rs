@@ -13,7 +13,7 @@ use ember_worker::agent::WorkerConfig;
 use ember_worker::role::{ROLE_VAR, ROLE_WORKER, WORKER_CONFIG_VAR};
 use tokio::process::{Child, Command};
 
-use crate::local_provider::LocalProvider;
+use crate::provider::local::LocalProvider;
 use crate::Error;
 
 /// How many workers to start and what each offers.
@@ -141,9 +141,6 @@ impl LocalCluster {
             .await
             .map_err(|e| Error::Local(e.to_string()))?;
         let file = head.cluster.clone();
-        if let Some(p) = &provider {
-            p.set_cluster(file.clone());
-        }
         let mut workers = Vec::new();
         for i in 0..options.workers {
             let mut wc = WorkerConfig::new(file.address, file.token.clone(), file.fingerprint);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ember::{Cluster, ClusterStatus, ConnectOptions, JobOutput, LocalOptions, Options};
+use ember_core::proto::LaunchTicket;
 use ember_core::resources::{format_millis, ByteSize};
 use ember_core::security::{default_state_dir, ClusterFile, Fingerprint};
 use ember_head::HeadConfig;
@@ -195,8 +196,8 @@ struct WorkerArgs {
     /// The head's address.
     #[arg(long, requires_all = ["token", "fingerprint"])]
     head: Option<SocketAddr>,
-    /// The cluster's join token.
-    #[arg(long)]
+    /// The cluster's join token (or set EMBER_TOKEN, which keeps it off the command line).
+    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The head certificate's fingerprint (sha256:...).
     #[arg(long)]
@@ -235,6 +236,13 @@ struct WorkerArgs {
     /// and joins as a new node.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     rejoin_window: Duration,
+    /// The autoscaler launch this worker answers (a node provider starts it with this), so
+    /// the head matches it to its launch.
+    #[arg(long, requires = "node_type")]
+    launch: Option<u64>,
+    /// The node type of the launch this worker answers.
+    #[arg(long, requires = "launch")]
+    node_type: Option<String>,
 }
 
 /// Reads `500ms`, `30s`, `2m`, or a plain number of seconds.
@@ -309,6 +317,10 @@ fn worker_config(args: WorkerArgs) -> Result<WorkerConfig> {
     config.listen = args.listen;
     config.grace_ms = args.grace.as_millis() as u64;
     config.rejoin_ms = args.rejoin_window.as_millis() as u64;
+    config.launch = args
+        .launch
+        .zip(args.node_type)
+        .map(|(launch, node_type)| LaunchTicket { launch, node_type });
     Ok(config)
 }
 

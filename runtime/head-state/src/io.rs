@@ -128,6 +128,15 @@ pub enum Input {
     /// Time passed: the deadline from [`HeadState::poll_timeout`](crate::HeadState::poll_timeout)
     /// came.
     Tick,
+    /// The node provider answered an [`Effect::LaunchNode`]: the launch is under way as
+    /// `instance` (the provider's name for its machine, process, Slurm job or pod), or it
+    /// could not be started, and why.
+    Launched {
+        /// The launch.
+        launch: u64,
+        /// The instance, or why there is none.
+        result: Result<String, String>,
+    },
 }
 
 /// What the shell is to do.
@@ -217,17 +226,13 @@ pub enum Effect {
         /// The node type.
         node_type: String,
     },
-    /// The autoscaler gave up a launch that never joined: the provider stops it, if it runs.
-    CancelLaunch {
-        /// The launch.
+    /// Stop a node the provider started: a launch given up (it never joined in time), or a
+    /// node the autoscaler let go once it has left.
+    StopNode {
+        /// The launch it answered.
         launch: u64,
-    },
-    /// The autoscaler let this node go and it has left: the provider releases its machine.
-    ReleaseNode {
-        /// The node.
-        node: NodeId,
-        /// The launch it answered, if the autoscaler launched it.
-        launch: Option<u64>,
+        /// The provider's instance, as [`Input::Launched`] named it.
+        instance: String,
     },
     /// Make a change durable: committed, with every other `Journal` effect of its batch,
     /// before any other effect of the batch is carried out (see the module's docs).

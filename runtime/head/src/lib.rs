@@ -30,7 +30,7 @@ use journal::Journal;
 pub use checkpoints::CheckpointError;
 pub use ember_head_state::autoscale;
 pub use journal::JournalError;
-pub use provider::{NodeProvider, ProviderError};
+pub use provider::{LaunchRequest, NodeProvider, ProviderError};
 
 /// How a head is started.
 #[derive(Debug, Clone)]
@@ -253,7 +253,10 @@ pub async fn start(config: HeadConfig) -> Result<RunningHead, HeadError> {
     }
     tracing::info!(epoch = state.epoch(), journal = %journal.path().display(), "head state ready");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let provider = config.autoscale.as_ref().map(|a| a.provider.clone());
+    let provider = config
+        .autoscale
+        .as_ref()
+        .map(|a| (a.provider.clone(), cluster.clone()));
     let (shell, owner) = shell::spawn(state, journal, checkpoints, provider, stop_rx.clone());
     let token = secrets.token;
     let mut stop_rx = stop_rx;

@@ -17,6 +17,7 @@ use ember_core::proto::{
     read_frame, write_frame, ClientReply, ClientRequest, EpochCommand, RemoteError, WorkerCommand,
     WorkerHello, WorkerReply, WorkerTerms, MAX_FRAME,
 };
+use ember_core::security::ClusterFile;
 use ember_head_state::{
     died, CommandId, ConnId, Effect, HeadState, Input, LoadedCheckpoint, RequestId,
 };
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::checkpoints::CheckpointStore;
 use crate::journal::Journal;
-use crate::provider::NodeProvider;
+use crate::provider::{LaunchRequest, NodeProvider};
 
 /// The most inputs handled, and committed, together.
 const GROUP_COMMIT: usize = 256;
@@ -87,7 +88,7 @@ pub(crate) fn spawn(
     state: HeadState,
     journal: Journal,
     checkpoints: CheckpointStore,
-    provider: Option<Arc<dyn NodeProvider>>,
+    provider: Option<(Arc<dyn NodeProvider>, ClusterFile)>,
     stop: watch::Receiver<bool>,
 ) -> (Shell, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -123,8 +124,9 @@ struct Owner {
     welcomes: HashMap<ConnId, (quinn::Connection, oneshot::Sender<(NodeId, WorkerTerms)>)>,
     streams: HashMap<RequestId, mpsc::UnboundedSender<Frame>>,
     cancels: HashMap<CommandId, oneshot::Sender<()>>,
-    /// Where the autoscaler's launches go, when the cluster scales itself.
-    provider: Option<Arc<dyn NodeProvider>>,
+    /// Where the autoscaler's launches go, when the cluster scales itself, and the cluster
+    /// its workers join.
+    provider: Option<(Arc<dyn NodeProvider>, ClusterFile)>,
 }
 
 impl Owner {
@@ -314,30 +316,46 @@ impl Owner {
                 tokio::spawn(async move { store.remove(actor).await });
             }
             // The state has an autoscaler only when `HeadConfig::autoscale` gave it one, with
-            // its provider: a launch it cannot start never joins, and the autoscaler gives it
-            // up at its timeout and launches again.
+            // its provider. Provider calls may block (a cloud CLI, `sbatch`), so they run on a
+            // blocking thread; a launch's answer goes back to the state.
             Effect::LaunchNode { launch, node_type } => {
-                let types = &self.state.config().autoscaler;
-                let found = types
+                let found = self
+                    .state
+                    .config()
+                    .autoscaler
                     .as_ref()
-                    .and_then(|a| a.policy().types.iter().find(|t| t.name == node_type));
-                match (&self.provider, found) {
-                    (Some(provider), Some(t)) => {
-                        if let Err(e) = provider.launch(launch, t) {
-                            tracing::error!(launch, "{e}");
-                        }
+                    .and_then(|a| a.policy().types.iter().find(|t| t.name == node_type))
+                    .cloned();
+                let result = match (&self.provider, found) {
+                    (Some((provider, cluster)), Some(t)) => {
+                        let (provider, cluster) = (provider.clone(), cluster.clone());
+                        let tx = self.tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let request = LaunchRequest {
+                                launch,
+                                node_type: &t,
+                                cluster: &cluster,
+                            };
+                            let result = provider.launch(&request).map_err(|e| {
+                                tracing::warn!(launch, "{e}");
+                                e.to_string()
+                            });
+                            let _ = tx.send(Msg::Input(Input::Launched { launch, result }));
+                        });
+                        return;
                     }
-                    _ => tracing::error!(launch, node_type, "no node provider for this launch"),
-                }
+                    (None, _) => Err("this head has no node provider".to_string()),
+                    (_, None) => Err(format!("no node type `{node_type}`")),
+                };
+                let _ = self.tx.send(Msg::Input(Input::Launched { launch, result }));
             }
-            Effect::CancelLaunch { launch } => {
-                if let Some(provider) = &self.provider {
-                    provider.cancel(launch);
-                }
-            }
-            Effect::ReleaseNode { node, launch } => {
-                if let Some(provider) = &self.provider {
-                    provider.release(node, launch);
+            Effect::StopNode { launch, instance } => {
+                if let Some((provider, _)) = &self.provider {
+                    let provider = provider.clone();
+                    tokio::task::spawn_blocking(move || match provider.stop(&instance) {
+                        Ok(()) => tracing::info!(launch, %instance, "instance stopped"),
+                        Err(e) => tracing::error!(launch, "{e}"),
+                    });
                 }
             }
         }

@@ -384,9 +384,7 @@ impl Sim {
             // Committed with its batch, before any of the batch's other effects.
             Effect::Journal(_) => {}
             // The simulated head has no autoscaler.
-            Effect::LaunchNode { .. }
-            | Effect::CancelLaunch { .. }
-            | Effect::ReleaseNode { .. } => {
+            Effect::LaunchNode { .. } | Effect::StopNode { .. } => {
                 return Err(format!("a head without an autoscaler asked for {effect:?}"));
             }
         }

@@ -161,12 +161,29 @@ struct Launching {
     since: Instant,
 }
 
+/// A type whose launches fail: launched again only after a back-off that doubles with each
+/// failure in a row (up to [`MAX_BACKOFF`]), so a broken provider is not hammered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchFailures {
+    /// Failures in a row (a launch the provider refused, or one that never joined).
+    pub count: u32,
+    /// The latest one's reason.
+    pub reason: String,
+    /// No launch of the type before this.
+    pub retry_at: Instant,
+}
+
+/// The longest back-off between launches of a type that keep failing.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// The autoscaler: a policy and what it has seen.
 #[derive(Debug, Clone)]
 pub struct Autoscaler {
     policy: Policy,
     nodes: BTreeMap<NodeId, Tracked>,
     launches: BTreeMap<LaunchId, Launching>,
+    /// Types whose latest launches failed, by name; a join clears its type.
+    failures: BTreeMap<String, LaunchFailures>,
     next_launch: LaunchId,
     /// Consecutive passes with busy GPUs and enough waiting.
     busy_streak: u32,
@@ -201,6 +218,7 @@ impl Autoscaler {
             policy,
             nodes: BTreeMap::new(),
             launches: BTreeMap::new(),
+            failures: BTreeMap::new(),
             next_launch: 1,
             busy_streak: 0,
             last_busy_launch: None,
@@ -223,6 +241,7 @@ impl Autoscaler {
         if let Some(l) = launch {
             self.launches.remove(&l);
         }
+        self.failures.remove(node_type);
         self.nodes.insert(
             node,
             Tracked {
@@ -231,6 +250,33 @@ impl Autoscaler {
                 draining: false,
             },
         );
+    }
+
+    /// The provider could not start `launch`: it no longer counts as coming capacity, and its
+    /// type backs off before the next launch.
+    pub fn launch_failed(&mut self, now: Instant, launch: LaunchId, reason: &str) {
+        if let Some(l) = self.launches.remove(&launch) {
+            self.failed(now, l.node_type, reason.to_string());
+        }
+    }
+
+    /// Records a failed launch of `node_type`.
+    fn failed(&mut self, now: Instant, node_type: String, reason: String) {
+        let count = self.failures.get(&node_type).map_or(0, |f| f.count) + 1;
+        let backoff = Duration::from_secs(1u64 << (count - 1).min(6)).min(MAX_BACKOFF);
+        self.failures.insert(
+            node_type,
+            LaunchFailures {
+                count,
+                reason,
+                retry_at: now + backoff,
+            },
+        );
+    }
+
+    /// Types whose latest launches failed, by name.
+    pub fn failures(&self) -> &BTreeMap<String, LaunchFailures> {
+        &self.failures
     }
 
     /// A node is gone (released, or lost).
@@ -291,6 +337,8 @@ impl Autoscaler {
             .collect();
         for launch in late {
             if let Some(l) = self.launches.remove(&launch) {
+                let reason = format!("did not join within {} s", timeout.as_secs());
+                self.failed(now, l.node_type.clone(), reason);
                 actions.push(Action::LaunchTimedOut {
                     launch,
                     node_type: l.node_type,
@@ -372,7 +420,12 @@ impl Autoscaler {
         actions: &mut Vec<Action>,
     ) -> bool {
         let t = &self.policy.types[i];
-        if budget.cluster_room == 0 || budget.pass_room == 0 || self.count_of(&t.name) >= t.max {
+        let backing_off = self.failures.get(&t.name).is_some_and(|f| now < f.retry_at);
+        if budget.cluster_room == 0
+            || budget.pass_room == 0
+            || backing_off
+            || self.count_of(&t.name) >= t.max
+        {
             return false;
         }
         budget.cluster_room -= 1;

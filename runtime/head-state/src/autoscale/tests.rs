@@ -314,7 +314,7 @@ fn a_warm_pool_is_kept_idle_and_not_drained() {
 }
 
 #[test]
-fn a_launch_that_never_joins_is_given_up_and_launched_again() {
+fn a_launch_that_never_joins_is_given_up_and_launched_again_after_a_back_off() {
     let mut a = Autoscaler::new(policy(vec![gpu_type("h100", 1, 1_000)])).unwrap();
     let t0 = Instant::now();
     let waiting = [gpus(100)];
@@ -324,10 +324,46 @@ fn a_launch_that_never_joins_is_given_up_and_launched_again() {
         .is_empty());
     let actions = a.decide(t0 + Duration::from_secs(300), &waiting, None);
     assert!(
-        matches!(actions[0], Action::LaunchTimedOut { launch: 1, .. }),
-        "{actions:?}"
+        matches!(actions[..], [Action::LaunchTimedOut { launch: 1, .. }]),
+        "given up, and not launched again in the same pass: {actions:?}"
     );
+    let failed = &a.failures()["h100"];
+    assert_eq!(failed.count, 1);
+    assert_eq!(failed.reason, "did not join within 300 s");
+    let actions = a.decide(t0 + Duration::from_secs(301), &waiting, None);
     assert_eq!(launches(&actions), vec!["h100"], "launched again");
+}
+
+#[test]
+fn launches_the_provider_refuses_back_off_doubling_and_a_join_clears_them() {
+    let mut a = Autoscaler::new(policy(vec![gpu_type("h100", 4, 1_000)])).unwrap();
+    let t0 = Instant::now();
+    let waiting = [gpus(100)];
+    let mut now = t0;
+    let mut launch = 0;
+    for (failure, backoff) in [(1u32, 1u64), (2, 2), (3, 4), (4, 8)] {
+        let actions = a.decide(now, &waiting, None);
+        let Some(Action::Launch { launch: l, .. }) = actions.first() else {
+            panic!("failure {failure}: expected a launch, got {actions:?}");
+        };
+        launch = *l;
+        a.launch_failed(now, launch, "quota exceeded");
+        assert_eq!(a.failures()["h100"].count, failure);
+        assert_eq!(a.failures()["h100"].reason, "quota exceeded");
+        // Not before the back-off, which doubles.
+        let just_before = now + Duration::from_secs(backoff) - Duration::from_millis(1);
+        assert!(launches(&a.decide(just_before, &waiting, None)).is_empty());
+        now += Duration::from_secs(backoff);
+    }
+    // The fifth launch joins: its type is healthy again.
+    let actions = a.decide(now, &waiting, None);
+    assert_eq!(launches(&actions).len(), 1);
+    let Some(Action::Launch { launch: l, .. }) = actions.first() else {
+        unreachable!()
+    };
+    assert_ne!(*l, launch);
+    a.node_joined(now, NodeId(1), "h100", Some(*l));
+    assert!(a.failures().is_empty());
 }
 
 #[test]

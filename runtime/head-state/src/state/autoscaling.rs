@@ -1,12 +1,14 @@
 //! The autoscaler driven by the head: every [`Config::autoscale_every`](super::Config) a pass
 //! tells it which nodes are idle and what waits, and carries out what it decides: a launch
-//! becomes [`Effect::LaunchNode`] (the shell asks its node provider), a node to let go is
-//! drained like any other (its actors move with their checkpoints) and released
-//! ([`Effect::ReleaseNode`]) once it has left, and a launch given up is cancelled
-//! ([`Effect::CancelLaunch`]). A worker the autoscaler launched says so in its hello
-//! ([`LaunchTicket`]), which matches it to its launch. The decisions (`autoscale/`) are pure.
+//! becomes [`Effect::LaunchNode`] (the shell asks its node provider, and answers with
+//! [`Input::Launched`](crate::io::Input::Launched): the provider's instance, or why it could
+//! not start one), a node to let go is drained like any other (its actors move with their
+//! checkpoints) and its instance stopped ([`Effect::StopNode`]) once it has left, and so is a
+//! launch given up. A worker the autoscaler launched says so in its hello ([`LaunchTicket`]),
+//! which matches it to its launch and so to its instance. The decisions (`autoscale/`) are
+//! pure.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ember_core::ids::NodeId;
@@ -30,8 +32,13 @@ pub(super) struct Autoscaling {
     pub(super) decisions: VecDeque<(Instant, String)>,
     /// The nodes it launched, with their launch and type.
     pub(super) launched: BTreeMap<NodeId, LaunchTicket>,
-    /// The nodes it is letting go: released once they have left.
-    pub(super) releasing: BTreeMap<NodeId, Option<LaunchId>>,
+    /// The nodes it is letting go: their instance is stopped once they have left.
+    pub(super) releasing: BTreeMap<NodeId, LaunchId>,
+    /// The provider's instance of each launch it started, until the instance is stopped.
+    pub(super) instances: BTreeMap<LaunchId, String>,
+    /// Launches to stop once the provider names their instance (given up, or their node let
+    /// go, before it answered).
+    pub(super) stop_when_started: BTreeSet<LaunchId>,
 }
 
 impl Autoscaling {
@@ -41,6 +48,8 @@ impl Autoscaling {
             decisions: VecDeque::new(),
             launched: BTreeMap::new(),
             releasing: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            stop_when_started: BTreeSet::new(),
         }
     }
 
@@ -70,7 +79,7 @@ impl HeadState {
         a.launched.insert(node, ticket);
     }
 
-    /// A node is gone: one the autoscaler was letting go is released to its provider.
+    /// A node is gone: one the autoscaler was letting go has its instance stopped.
     pub(super) fn autoscaled_gone(&mut self, node: NodeId) {
         let Some(a) = self.autoscaling.as_mut() else {
             return;
@@ -78,7 +87,59 @@ impl HeadState {
         a.autoscaler.node_left(node);
         a.launched.remove(&node);
         if let Some(launch) = a.releasing.remove(&node) {
-            self.out.push(Effect::ReleaseNode { node, launch });
+            self.stop_instance(launch);
+        }
+    }
+
+    /// The provider answered a launch: with its instance (stopped at once if the launch was
+    /// given up meanwhile), or with why it could not start one (its type backs off).
+    pub(super) fn launched(
+        &mut self,
+        now: Instant,
+        launch: LaunchId,
+        result: Result<String, String>,
+    ) {
+        let Some(a) = self.autoscaling.as_mut() else {
+            return;
+        };
+        match result {
+            Ok(instance) => {
+                tracing::info!(launch, %instance, "launch started");
+                a.instances.insert(launch, instance);
+                if a.stop_when_started.remove(&launch) {
+                    self.stop_instance(launch);
+                }
+            }
+            Err(reason) => {
+                a.stop_when_started.remove(&launch);
+                let node_type = a
+                    .autoscaler
+                    .pending_launches()
+                    .find(|(l, ..)| *l == launch)
+                    .map(|(_, t, _)| t.to_string());
+                if let Some(node_type) = node_type {
+                    a.autoscaler.launch_failed(now, launch, &reason);
+                    let retry = a.autoscaler.failures()[&node_type].retry_at;
+                    let note = format!(
+                        "launch {launch} of {node_type} failed: {reason} (next try in {} s)",
+                        retry.saturating_duration_since(now).as_secs()
+                    );
+                    a.note(now, note);
+                }
+            }
+        }
+    }
+
+    /// Stops a launch's instance, or does so once the provider names it.
+    fn stop_instance(&mut self, launch: LaunchId) {
+        let Some(a) = self.autoscaling.as_mut() else {
+            return;
+        };
+        match a.instances.remove(&launch) {
+            Some(instance) => self.out.push(Effect::StopNode { launch, instance }),
+            None => {
+                a.stop_when_started.insert(launch);
+            }
         }
     }
 
@@ -137,13 +198,14 @@ impl HeadState {
                             format!("launch {launch} of {node_type} never joined: given up"),
                         );
                     }
-                    self.out.push(Effect::CancelLaunch { launch });
+                    self.stop_instance(launch);
                 }
                 Action::Drain { node, reason } => {
                     if let Some(a) = self.autoscaling.as_mut() {
                         a.note(now, format!("release {node}: {reason}"));
-                        let launch = a.launched.get(&node).map(|t| t.launch);
-                        a.releasing.insert(node, launch);
+                        if let Some(t) = a.launched.get(&node) {
+                            a.releasing.insert(node, t.launch);
+                        }
                     }
                     self.drain(now, node, RELEASE_GRACE, None);
                 }

@@ -66,6 +66,10 @@ fn waiting_work_launches_a_node_which_takes_it_and_goes_once_idle() {
             _ => None,
         })
         .unwrap_or_else(|| panic!("a launch: {effects:?}"));
+    s.handle(Input::Launched {
+        launch,
+        result: Ok("i-0abc".into()),
+    });
     let st = s.status();
     assert_eq!(
         st.queue[0].waiting.as_deref(),
@@ -132,9 +136,9 @@ fn waiting_work_launches_a_node_which_takes_it_and_goes_once_idle() {
     assert!(
         effects.iter().any(|e| matches!(
             e,
-            Effect::ReleaseNode { node: n, launch: Some(l) } if *n == node && *l == launch
+            Effect::StopNode { launch: l, instance } if *l == launch && instance == "i-0abc"
         )),
-        "released to its provider: {effects:?}"
+        "its instance stopped: {effects:?}"
     );
     assert_eq!(s.head.node_count(), 0);
 }
@@ -179,4 +183,82 @@ fn work_left_without_a_node_that_fits_waits_for_a_launch_instead_of_failing() {
     assert!(effects
         .iter()
         .any(|e| matches!(e, Effect::LaunchNode { node_type, .. } if node_type == "h100")));
+}
+
+#[test]
+fn a_launch_the_provider_refuses_is_reported_and_tried_again_after_a_back_off() {
+    let mut s = autoscaled();
+    let client = s.conn();
+    s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "train".into(),
+            placement: placement(100),
+        }),
+    );
+    let launch_of = |effects: &[Effect]| {
+        effects.iter().find_map(|e| match e {
+            Effect::LaunchNode { launch, .. } => Some(*launch),
+            _ => None,
+        })
+    };
+    s.later(Duration::from_secs(1));
+    let first = launch_of(&s.handle(Input::Tick)).expect("a launch");
+    s.handle(Input::Launched {
+        launch: first,
+        result: Err("InsufficientInstanceCapacity".into()),
+    });
+    let st = s.status();
+    let a = st.autoscaler.as_ref().unwrap();
+    assert!(a.launching.is_empty(), "no longer coming: {a:?}");
+    assert!(
+        a.decisions.last().unwrap().decision
+            == format!(
+                "launch {first} of h100 failed: InsufficientInstanceCapacity (next try in 1 s)"
+            ),
+        "{:?}",
+        a.decisions
+    );
+    // The next pass is within the back-off only if it comes early; one second on it launches.
+    s.later(Duration::from_secs(1));
+    let second = launch_of(&s.handle(Input::Tick)).expect("launched again");
+    assert_ne!(second, first);
+}
+
+#[test]
+fn a_launch_given_up_before_the_provider_answered_is_stopped_once_it_does() {
+    let mut s = autoscaled();
+    let client = s.conn();
+    s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "train".into(),
+            placement: placement(100),
+        }),
+    );
+    s.later(Duration::from_secs(1));
+    let effects = s.handle(Input::Tick);
+    let launch = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LaunchNode { launch, .. } => Some(*launch),
+            _ => None,
+        })
+        .expect("a launch");
+    // The launch timeout (120 s) passes with the provider still busy starting it.
+    for _ in 0..120 {
+        s.later(Duration::from_secs(1));
+        let effects = s.handle(Input::Tick);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::StopNode { .. })));
+    }
+    let effects = s.handle(Input::Launched {
+        launch,
+        result: Ok("slurm-77".into()),
+    });
+    assert!(
+        effects.iter().any(
+            |e| matches!(e, Effect::StopNode { launch: l, instance } if *l == launch && instance == "slurm-77")
+        ),
+        "stopped as soon as it is named: {effects:?}"
+    );
 }

@@ -485,6 +485,7 @@ impl HeadState {
             Input::CheckpointStored { ticket, result } => self.stored(now, ticket, result),
             Input::CheckpointLoaded { ticket, result } => self.loaded(now, ticket, result),
             Input::Tick => self.tick(now),
+            Input::Launched { launch, result } => self.launched(now, launch, result),
         }
         std::mem::take(&mut self.out)
     }

@@ -1,0 +1,150 @@
+//! Node providers, where the autoscaler's launches become workers (the trait is
+//! [`ember_head::NodeProvider`]):
+//!
+//! - `local` (`local.rs`): worker processes of this executable on this machine, with the node
+//!   type's GPUs as logical ones: `ember up --autoscale` and
+//!   [`LocalOptions::autoscale`](crate::LocalOptions).
+//!
+//! Every provider starts the same thing, `ember worker` joining the head with its launch
+//! ([`WorkerInvocation`]); they differ in where it runs.
+
+pub(crate) mod local;
+
+use ember_core::resources::ByteSize;
+use ember_head::LaunchRequest;
+
+/// The variable a launched worker reads its join token from, so that the token is never on a
+/// command line (where `ps` shows it).
+pub const TOKEN_VAR: &str = "EMBER_TOKEN";
+
+/// How a provider's worker is started: `ember` with these arguments (`worker --head ...
+/// --launch ID --node-type NAME ...`) and these environment variables (the join token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInvocation {
+    /// The arguments after the executable, from `worker` on.
+    pub args: Vec<String>,
+    /// The environment variables to set.
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerInvocation {
+    /// The worker for `request`: it joins the head, answers the launch, and is named
+    /// `TYPE-LAUNCH`. With `logical_gpus` it declares the node type's GPUs (for machines
+    /// without them, as the local provider's are); otherwise it finds its GPUs through NVML,
+    /// as on a real GPU machine.
+    pub fn new(request: &LaunchRequest<'_>, logical_gpus: bool) -> Self {
+        let t = request.node_type;
+        let r = &t.resources;
+        let mut args: Vec<String> = vec![
+            "worker".into(),
+            "--head".into(),
+            request.cluster.address.to_string(),
+            "--fingerprint".into(),
+            request.cluster.fingerprint.to_string(),
+            "--launch".into(),
+            request.launch.to_string(),
+            "--node-type".into(),
+            t.name.clone(),
+            "--name".into(),
+            format!("{}-{}", t.name, request.launch),
+            "--cpus".into(),
+            (r.cpu_millis as f64 / 1000.0).to_string(),
+        ];
+        if let (true, Some(first)) = (logical_gpus, r.gpus.first()) {
+            args.extend([
+                "--gpus".into(),
+                r.gpus.len().to_string(),
+                "--gpu-memory".into(),
+                ByteSize(first.memory).to_string(),
+                "--accelerator".into(),
+                first.accelerator.clone(),
+            ]);
+        }
+        for (name, millis) in &r.custom {
+            args.extend([
+                "--resource".into(),
+                format!("{name}={}", *millis as f64 / 1000.0),
+            ]);
+        }
+        WorkerInvocation {
+            args,
+            env: vec![(TOKEN_VAR.into(), request.cluster.token.clone())],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ember_core::resources::{GpuDevice, NodeResources};
+    use ember_core::security::{ClusterFile, Fingerprint};
+    use ember_head::autoscale::NodeType;
+
+    use super::*;
+
+    fn l4() -> NodeType {
+        NodeType {
+            name: "l4".into(),
+            resources: NodeResources {
+                cpu_millis: 4_000,
+                gpus: vec![GpuDevice {
+                    index: 0,
+                    uuid: "logical-0".into(),
+                    name: "NVIDIA L4".into(),
+                    memory: 24 << 30,
+                    accelerator: "L4".into(),
+                    logical: true,
+                }],
+                custom: vec![("ssd".into(), 2_000)],
+                ..NodeResources::default()
+            },
+            min: 0,
+            max: 2,
+            warm: 0,
+            price_micros_per_hour: 800_000,
+            spot: false,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_worker_joins_with_its_launch_and_the_token_stays_off_its_command_line() {
+        let cluster = ClusterFile {
+            address: "10.0.0.1:7700".parse().unwrap(),
+            token: "s3cret".into(),
+            fingerprint: Fingerprint([7; 32]),
+        };
+        let t = l4();
+        let request = LaunchRequest {
+            launch: 12,
+            node_type: &t,
+            cluster: &cluster,
+        };
+        let real = WorkerInvocation::new(&request, false);
+        let line = real.args.join(" ");
+        assert!(
+            line.starts_with("worker --head 10.0.0.1:7700 --fingerprint sha256:"),
+            "{line}"
+        );
+        assert!(
+            line.contains("--launch 12 --node-type l4 --name l4-12 --cpus 4"),
+            "{line}"
+        );
+        assert!(line.ends_with("--resource ssd=2"), "{line}");
+        assert!(
+            !line.contains("--gpus"),
+            "a real machine finds its GPUs: {line}"
+        );
+        assert!(!line.contains("s3cret"));
+        assert_eq!(
+            real.env,
+            vec![(TOKEN_VAR.to_string(), "s3cret".to_string())]
+        );
+        let logical = WorkerInvocation::new(&request, true).args.join(" ");
+        assert!(
+            logical.contains("--gpus 1 --gpu-memory 24GiB --accelerator L4"),
+            "{logical}"
+        );
+    }
+}
