@@ -529,6 +529,26 @@ impl Autoscaler {
         }
     }
 
+    /// The next moment after `now` at which a pass would decide something with nothing else
+    /// changed: a launch's timeout, a type's back-off ending, a node's idle timeout. The head
+    /// runs a pass then rather than waiting for its next periodic one.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let launches = self
+            .launches
+            .values()
+            .map(|l| l.since + self.policy.launch_timeout);
+        let backoffs = self.failures.values().map(|f| f.retry_at);
+        let idle = self.nodes.values().filter(|n| !n.draining).filter_map(|n| {
+            let t = self.type_index(&n.node_type)?;
+            Some(n.idle_since? + self.policy.types[t].idle_timeout)
+        });
+        launches
+            .chain(backoffs)
+            .chain(idle)
+            .filter(|at| *at > now)
+            .min()
+    }
+
     /// Whether a node of some type could hold `demand` on its own, carrying `labels`: such a
     /// request waits for a launch rather than being refused.
     pub fn could_serve(&self, demand: &ResourceDemand, labels: &[String]) -> bool {

@@ -21,6 +21,10 @@ use crate::io::Effect;
 /// How many of the autoscaler's latest decisions `ember status` shows.
 const DECISIONS_KEPT: usize = 20;
 
+/// Passes asked for by events (work waiting) come at most this often: a burst of requests
+/// makes one pass, and a launch is decided within this of the work arriving.
+const EVENT_PASS_SPACING: Duration = Duration::from_millis(20);
+
 /// How long a node the autoscaler lets go has to finish its tasks.
 const RELEASE_GRACE: Duration = Duration::from_secs(30);
 
@@ -39,6 +43,10 @@ pub(super) struct Autoscaling {
     /// Launches to stop once the provider names their instance (given up, or their node let
     /// go, before it answered).
     pub(super) stop_when_started: BTreeSet<LaunchId>,
+    /// When the next pass is armed.
+    next_pass: Option<Instant>,
+    /// When the latest pass ran.
+    last_pass: Option<Instant>,
 }
 
 impl Autoscaling {
@@ -50,6 +58,8 @@ impl Autoscaling {
             releasing: BTreeMap::new(),
             instances: BTreeMap::new(),
             stop_when_started: BTreeSet::new(),
+            next_pass: None,
+            last_pass: None,
         }
     }
 
@@ -63,6 +73,34 @@ impl Autoscaling {
 }
 
 impl HeadState {
+    /// Arms the autoscaler's next pass at `at`, unless one is armed sooner.
+    pub(super) fn schedule_autoscale(&mut self, at: Instant) {
+        let Some(a) = self.autoscaling.as_mut() else {
+            return;
+        };
+        match a.next_pass {
+            Some(armed) if armed <= at => return,
+            Some(armed) => {
+                self.timers.remove(&(armed, Timer::Autoscale));
+            }
+            None => {}
+        }
+        a.next_pass = Some(at);
+        self.arm(at, Timer::Autoscale);
+    }
+
+    /// Work began to wait: a pass comes now (or within [`EVENT_PASS_SPACING`] of the last),
+    /// not at the next periodic one, so a launch is decided as the work arrives.
+    pub(super) fn autoscale_soon(&mut self, now: Instant) {
+        let Some(a) = self.autoscaling.as_ref() else {
+            return;
+        };
+        let at = a
+            .last_pass
+            .map_or(now, |last| (last + EVENT_PASS_SPACING).max(now));
+        self.schedule_autoscale(at);
+    }
+
     /// A worker joined: one the autoscaler launched is matched to its launch; any other is
     /// not the autoscaler's to let go.
     pub(super) fn autoscaled_join(
@@ -159,7 +197,10 @@ impl HeadState {
         let Some(every) = self.config.autoscale_every() else {
             return;
         };
-        self.arm(now + every, Timer::Autoscale);
+        if let Some(a) = self.autoscaling.as_mut() {
+            a.next_pass = None;
+            a.last_pass = Some(now);
+        }
         let waiting = self.waiting_work();
         let utilisation = self.gpu_utilisation();
         let leases: Vec<(NodeId, usize)> = self
@@ -211,6 +252,14 @@ impl HeadState {
                 }
             }
         }
+        // The next pass: the periodic one (utilisation is sampled then), or sooner when
+        // something falls due (an idle timeout, a launch timeout, a back-off's end).
+        let due = self
+            .autoscaling
+            .as_ref()
+            .and_then(|a| a.autoscaler.next_deadline(now));
+        let next = due.map_or(now + every, |at| at.min(now + every));
+        self.schedule_autoscale(next);
     }
 
     /// What waits and fits no live node now: queued requests with their labels, and gangs

@@ -262,3 +262,63 @@ fn a_launch_given_up_before_the_provider_answered_is_stopped_once_it_does() {
         "stopped as soon as it is named: {effects:?}"
     );
 }
+
+#[test]
+fn work_that_waits_brings_a_pass_at_once_and_an_idle_node_goes_at_its_timeout_not_a_pass_later() {
+    let mut s = autoscaled();
+    let client = s.conn();
+    let asked = s.now;
+    let (request, _) = s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "train".into(),
+            placement: placement(100),
+        }),
+    );
+    // Event-driven: the pass is due now, not at the next periodic one.
+    assert_eq!(s.head.poll_timeout(), Some(asked));
+    let effects = s.handle(Input::Tick);
+    let launch = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LaunchNode { launch, .. } => Some(*launch),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("launched with no time passing: {effects:?}"));
+    s.handle(Input::Launched {
+        launch,
+        result: Ok("i-1".into()),
+    });
+    let (_, node, effects) = s.join_with(
+        None,
+        Some(LaunchTicket {
+            launch,
+            node_type: "h100".into(),
+        }),
+    );
+    let (_, open, _) = command(&effects);
+    s.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
+    let effects = s.handle(Input::LeaseReturned {
+        request,
+        lost: false,
+    });
+    let (_, close, _) = command(&effects);
+    s.reply(close, WorkerReply::LeaseClosed);
+    let idle_from = s.now;
+    // The idle timeout (30 s) is a deadline of its own: a pass falls due exactly then.
+    let mut drained_at = None;
+    for _ in 0..40 {
+        let next = s.head.poll_timeout().expect("a pass is armed");
+        s.now = next;
+        s.handle(Input::Heard { node, after: s.now });
+        let effects = s.handle(Input::Tick);
+        if effects
+            .iter()
+            .any(|e| matches!(e, Effect::CloseNode { node: n, .. } if *n == node))
+        {
+            drained_at = Some(s.now);
+            break;
+        }
+    }
+    assert_eq!(drained_at, Some(idle_from + Duration::from_secs(30)));
+}

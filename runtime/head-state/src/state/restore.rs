@@ -77,7 +77,7 @@ impl HeadState {
             state.arm(now + window, super::Timer::Unclaimed);
         }
         if let Some(every) = state.config.autoscale_every() {
-            state.arm(now + every, super::Timer::Autoscale);
+            state.schedule_autoscale(now + every);
         }
         tracing::info!(
             epoch = state.epoch,

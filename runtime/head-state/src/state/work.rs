@@ -74,6 +74,7 @@ impl HeadState {
             }
             Decision::Queued => {
                 tracing::debug!(%lease, "waiting for capacity");
+                self.autoscale_soon(now);
                 self.tell_waiting(now, lease);
                 Ok(())
             }
