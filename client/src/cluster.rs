@@ -392,9 +392,22 @@ impl Cluster {
     /// state, and its tasks get `grace` to finish before the worker leaves. Returns how many
     /// actors moved.
     pub async fn drain(&self, node: NodeId, grace: Duration) -> Result<u32, Error> {
+        self.drain_node(node, grace, false).await
+    }
+
+    /// Drains a node that is going away within `notice` whatever happens (a spot
+    /// interruption): as [`Cluster::drain`] with `notice` as the grace, and an autoscaled
+    /// cluster launches a node of its type at once to replace it. Returns how many actors
+    /// moved.
+    pub async fn drain_on_notice(&self, node: NodeId, notice: Duration) -> Result<u32, Error> {
+        self.drain_node(node, notice, true).await
+    }
+
+    async fn drain_node(&self, node: NodeId, grace: Duration, notice: bool) -> Result<u32, Error> {
         let req = ClientRequest::DrainNode {
             node,
             grace_ms: grace.as_millis() as u64,
+            notice,
         };
         match self.request(&req).await? {
             ClientReply::Drained { moved } => Ok(moved),

@@ -547,10 +547,41 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             }],
         }],
         autoscaler: Some(ember_core::proto::AutoscalerStatus {
+            types: vec![ember_core::proto::NodeTypeStatus {
+                name: "h100x8".into(),
+                resources: "cpus=64, gpus=8 (H100 80GiB)".into(),
+                min: 0,
+                max: 4,
+                warm: 1,
+                price_micros_per_hour: 24_000_000,
+                spot: true,
+                nodes: 1,
+                launching: 1,
+                failing: Some(
+                    "1 failure(s) in a row, the latest: quota; next try in 900 ms".into(),
+                ),
+            }],
             launching: vec![ember_core::proto::LaunchStatus {
                 launch: 3,
                 node_type: "h100x8".into(),
+                state: "launching".into(),
+                instance: Some("i-0abc".into()),
+                reason: "waiting work needs [gpus=1]".into(),
                 age_ms: 1200,
+            }],
+            nodes: vec![ember_core::proto::AutoscaledNodeStatus {
+                node: NodeId(4),
+                node_type: "h100x8".into(),
+                instance: Some("slurm-12".into()),
+                state: "idle".into(),
+                idle_ms: Some(5_000),
+            }],
+            stopped: vec![ember_core::proto::StoppedStatus {
+                node: Some(NodeId(2)),
+                launch: 1,
+                instance: Some("i-0def".into()),
+                why: "let go: idle for 60 s".into(),
+                age_ms: 9_000,
             }],
             decisions: vec![ember_core::proto::DecisionStatus {
                 age_ms: 1300,
@@ -631,6 +662,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ClientRequest::DrainNode {
             node: NodeId(4),
             grace_ms: 100,
+            notice: false,
         },
         ClientRequest::FormGroup {
             name: "g".into(),

@@ -120,8 +120,13 @@ enum Command {
         /// The node, as `ember status` names it (e.g. node-3).
         node: ember::NodeId,
         /// How long its running tasks may take to finish, e.g. 30s, 2m, 500ms.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = parse_duration, conflicts_with = "notice")]
         grace: Duration,
+        /// The node goes within this whatever happens (a spot interruption notice, e.g. 30s,
+        /// 2m): its tasks get until then, and an autoscaled cluster launches its replacement
+        /// at once.
+        #[arg(long, value_parser = parse_duration)]
+        notice: Option<Duration>,
     },
     /// GPU kernels: list the registered ones, or run one on a cluster GPU as a smoke test.
     Kernel {
@@ -392,9 +397,13 @@ async fn run(command: Command) -> Result<i32> {
             head,
             node,
             grace,
+            notice,
         } => {
             let c = cluster.connect(head.wait).await?;
-            let moved = c.drain(node, grace).await?;
+            let moved = match notice {
+                Some(notice) => c.drain_on_notice(node, notice).await?,
+                None => c.drain(node, grace).await?,
+            };
             println!("{node} drained: {moved} actor(s) moved to other nodes");
             Ok(0)
         }
@@ -642,5 +651,73 @@ fn print_status(s: &ClusterStatus) {
                 b.waiting
             );
         }
+    }
+    if let Some(a) = &s.autoscaler {
+        print_autoscaler(a);
+    }
+}
+
+/// The AUTOSCALER section: node types, launches, its nodes, what it stopped, its decisions.
+fn print_autoscaler(a: &ember_core::proto::AutoscalerStatus) {
+    println!("AUTOSCALER");
+    println!("  node types ({})", a.types.len());
+    for t in &a.types {
+        println!(
+            "    {} [{}]  {} nodes, {} launching  min {} max {} warm {}  {:.2}/h{}",
+            t.name,
+            t.resources,
+            t.nodes,
+            t.launching,
+            t.min,
+            t.max,
+            t.warm,
+            t.price_micros_per_hour as f64 / 1e6,
+            if t.spot { " spot" } else { "" }
+        );
+        if let Some(why) = &t.failing {
+            println!("      failing: {why}");
+        }
+    }
+    println!("  launching ({})", a.launching.len());
+    for l in &a.launching {
+        println!(
+            "    launch {} {} {} {}  {} ms ago: {}",
+            l.launch,
+            l.node_type,
+            l.state,
+            l.instance.as_deref().unwrap_or("-"),
+            l.age_ms,
+            l.reason
+        );
+    }
+    println!("  nodes ({})", a.nodes.len());
+    for n in &a.nodes {
+        let idle = n
+            .idle_ms
+            .map(|ms| format!(" for {ms} ms"))
+            .unwrap_or_default();
+        println!(
+            "    {} {} {}  {}{idle}",
+            n.node,
+            n.node_type,
+            n.instance.as_deref().unwrap_or("-"),
+            n.state
+        );
+    }
+    println!("  stopped ({})", a.stopped.len());
+    for st in &a.stopped {
+        let node = st.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "    launch {} {} {}  {} ms ago: {}",
+            st.launch,
+            node,
+            st.instance.as_deref().unwrap_or("-"),
+            st.age_ms,
+            st.why
+        );
+    }
+    println!("  decisions ({})", a.decisions.len());
+    for d in &a.decisions {
+        println!("    {} ms ago: {}", d.age_ms, d.decision);
     }
 }

@@ -339,6 +339,25 @@ pub struct NodeResources {
     pub labels: Vec<String>,
 }
 
+impl fmt::Display for NodeResources {
+    /// `cpus=8, gpus=2 (H100 80GiB), ssd=2`: what a node offers, in one line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = vec![format!("cpus={}", format_millis(self.cpu_millis))];
+        if let Some(first) = self.gpus.first() {
+            parts.push(format!(
+                "gpus={} ({} {})",
+                self.gpus.len(),
+                first.accelerator,
+                ByteSize(first.memory)
+            ));
+        }
+        for (name, v) in &self.custom {
+            parts.push(format!("{name}={}", format_millis(*v)));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// The label of nodes whose executable has the task function `name`.
 pub fn task_label(name: &str) -> String {
     format!("task:{name}")

@@ -171,6 +171,7 @@ impl Sim {
                 ClientRequest::DrainNode {
                     node,
                     grace_ms: self.rng.gen_range(50..3000),
+                    notice: false,
                 }
             }
             56..=60 => self.group_request(c),

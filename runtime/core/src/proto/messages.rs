@@ -106,6 +106,9 @@ pub enum ClientRequest {
         node: NodeId,
         /// How long its running tasks may take to finish, in milliseconds.
         grace_ms: u64,
+        /// The node is going away within the grace whatever happens (a spot interruption
+        /// notice): an autoscaled cluster launches its replacement at once.
+        notice: bool,
     },
     /// Form a new generation of a collective group from these actors, in rank order; answered
     /// with [`ClientReply::Group`].

@@ -37,6 +37,7 @@ pub use messages::*;
 pub use placement::{BundleRef, GangStrategy, NodeAffinity, Placement, Strategy};
 pub use recovery::{CheckpointPolicy, CheckpointSave, RestartPolicy, TaskRetry, CHECKPOINT_METHOD};
 pub use status::{
-    ActorLifeStatus, AutoscalerStatus, BundleStatus, ClusterStatus, CustomUsage, DecisionStatus,
-    GangStatus, GpuUsage, LaunchStatus, NodeStatus, NodeUsage, WorkStatus,
+    ActorLifeStatus, AutoscaledNodeStatus, AutoscalerStatus, BundleStatus, ClusterStatus,
+    CustomUsage, DecisionStatus, GangStatus, GpuUsage, LaunchStatus, NodeStatus, NodeTypeStatus,
+    NodeUsage, StoppedStatus, WorkStatus,
 };

@@ -37,15 +37,51 @@ pub struct ClusterStatus {
     pub autoscaler: Option<AutoscalerStatus>,
 }
 
-/// What the autoscaler is doing: its launches not joined yet and its latest decisions.
+/// What the autoscaler is doing: the node types it launches, its nodes through their life
+/// (requested, launching, joined idle or busy or warm, draining, stopped), and its latest
+/// decisions.
 #[derive(
     Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
 )]
 pub struct AutoscalerStatus {
-    /// Launches asked of the node provider whose worker has not joined yet.
+    /// The node types it may launch, as the policy declares them, with their counts now.
+    pub types: Vec<NodeTypeStatus>,
+    /// Launches not joined yet: `requested` (the provider has not answered) or `launching`
+    /// (it named an instance), each with why it was asked for.
     pub launching: Vec<LaunchStatus>,
+    /// The joined nodes it launched, in id order.
+    pub nodes: Vec<AutoscaledNodeStatus>,
+    /// The latest instances it had stopped, oldest first, each with why.
+    pub stopped: Vec<StoppedStatus>,
     /// Its latest decisions, oldest first, each with why.
     pub decisions: Vec<DecisionStatus>,
+}
+
+/// A node type, and how many of its nodes there are.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct NodeTypeStatus {
+    /// Its name.
+    pub name: String,
+    /// What one node of it has, e.g. `cpus=8, gpus=1 (H100 80GiB)`.
+    pub resources: String,
+    /// Nodes kept at least.
+    pub min: u32,
+    /// Nodes at most.
+    pub max: u32,
+    /// Idle nodes kept warm.
+    pub warm: u32,
+    /// Its price, in millionths of a currency unit per hour.
+    pub price_micros_per_hour: u64,
+    /// Spot (preemptible) or on-demand.
+    pub spot: bool,
+    /// Joined nodes of it, draining ones included.
+    pub nodes: u32,
+    /// Launches of it not joined yet.
+    pub launching: u32,
+    /// Why its latest launches failed and how many in a row, while it backs off.
+    pub failing: Option<String>,
 }
 
 /// A launch not joined yet.
@@ -57,7 +93,47 @@ pub struct LaunchStatus {
     pub launch: u64,
     /// Its node type.
     pub node_type: String,
+    /// `requested` (the provider has not answered yet) or `launching` (its instance starts).
+    pub state: String,
+    /// The provider's instance, once it named one.
+    pub instance: Option<String>,
+    /// Why it was asked for.
+    pub reason: String,
     /// How long ago it was asked for, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// A joined node the autoscaler launched.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct AutoscaledNodeStatus {
+    /// The node.
+    pub node: NodeId,
+    /// Its node type.
+    pub node_type: String,
+    /// The provider's instance.
+    pub instance: Option<String>,
+    /// `busy` (it holds work), `idle`, `warm` (idle, kept ready) or `draining`.
+    pub state: String,
+    /// How long it has been idle, in milliseconds, when it is.
+    pub idle_ms: Option<u64>,
+}
+
+/// An instance the autoscaler had its provider stop.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize, Serialize, Deserialize,
+)]
+pub struct StoppedStatus {
+    /// Its node, if it joined.
+    pub node: Option<NodeId>,
+    /// Its launch.
+    pub launch: u64,
+    /// The provider's instance, if it named one.
+    pub instance: Option<String>,
+    /// Why it was stopped.
+    pub why: String,
+    /// How long ago, in milliseconds.
     pub age_ms: u64,
 }
 

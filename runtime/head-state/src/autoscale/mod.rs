@@ -159,6 +159,8 @@ struct Tracked {
 struct Launching {
     node_type: String,
     since: Instant,
+    /// Why it was asked for.
+    reason: String,
 }
 
 /// A type whose launches fail: launched again only after a back-off that doubles with each
@@ -308,14 +310,7 @@ impl Autoscaler {
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         self.give_up_launches(now, &mut actions);
-        let live = self.nodes.values().filter(|n| !n.draining).count() as u32;
-        let pending = self.launches.len() as u32;
-        // As Ray's `upscaling_speed`: launches pending at once, at most max(5, speed × nodes).
-        let speed_cap = ((self.policy.upscaling_speed * f64::from(live)).floor() as u32).max(5);
-        let mut budget = Budget {
-            cluster_room: self.policy.max_nodes.saturating_sub(live + pending),
-            pass_room: speed_cap.saturating_sub(pending),
-        };
+        let mut budget = self.budget();
         self.keep_floors(now, &mut budget, &mut actions);
         let plan = pack::plan(&self.policy.types, self.coming(), waiting);
         for (type_index, reason) in plan.launches {
@@ -324,6 +319,44 @@ impl Autoscaler {
         self.scale_on_busy_gpus(now, waiting, gpu_utilisation, &mut budget, &mut actions);
         self.drain_idle(now, &mut actions);
         actions
+    }
+
+    /// What may be launched now: the cluster's room, and the launches that may be pending at
+    /// once (as Ray's `upscaling_speed`: at most max(5, speed × nodes)).
+    fn budget(&self) -> Budget {
+        let live = self.nodes.values().filter(|n| !n.draining).count() as u32;
+        let pending = self.launches.len() as u32;
+        let speed_cap = ((self.policy.upscaling_speed * f64::from(live)).floor() as u32).max(5);
+        Budget {
+            cluster_room: self.policy.max_nodes.saturating_sub(live + pending),
+            pass_room: speed_cap.saturating_sub(pending),
+        }
+    }
+
+    /// A node is draining (a user drained it, or it is leaving on its own): it no longer
+    /// counts as a node of its type.
+    pub fn node_draining(&mut self, node: NodeId) {
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.draining = true;
+        }
+    }
+
+    /// A node is going away on notice (a spot interruption): it stops counting as a node of
+    /// its type, and a node of the same type is launched at once in its place (within the
+    /// type's and the cluster's max), before it is gone.
+    pub fn replace(&mut self, now: Instant, node: NodeId, why: &str) -> Option<Action> {
+        let n = self.nodes.get_mut(&node)?;
+        if n.draining {
+            return None;
+        }
+        n.draining = true;
+        let name = n.node_type.clone();
+        let i = self.type_index(&name)?;
+        let mut budget = self.budget();
+        let mut actions = Vec::new();
+        let reason = format!("replacing {node} ({why})");
+        self.launch(now, i, reason, &mut budget, &mut actions);
+        actions.pop()
     }
 
     /// Launches that did not join within the launch timeout are given up.
@@ -438,6 +471,7 @@ impl Autoscaler {
             Launching {
                 node_type: node_type.clone(),
                 since: now,
+                reason: reason.clone(),
             },
         );
         actions.push(Action::Launch {
@@ -562,11 +596,24 @@ impl Autoscaler {
             .map(|i| self.policy.types[i].name.as_str())
     }
 
-    /// Launches not joined yet: their number, type and since when.
-    pub fn pending_launches(&self) -> impl Iterator<Item = (LaunchId, &str, Instant)> {
-        self.launches
-            .iter()
-            .map(|(id, l)| (*id, l.node_type.as_str(), l.since))
+    /// Launches not joined yet, by number.
+    pub fn pending_launches(&self) -> impl Iterator<Item = PendingLaunch<'_>> {
+        self.launches.iter().map(|(id, l)| PendingLaunch {
+            launch: *id,
+            node_type: &l.node_type,
+            since: l.since,
+            reason: &l.reason,
+        })
+    }
+
+    /// The type of a node it knows, and whether it is idle and since when (`None`: busy) and
+    /// whether it is on its way out.
+    pub fn node(&self, node: NodeId) -> Option<TrackedNode<'_>> {
+        self.nodes.get(&node).map(|n| TrackedNode {
+            node_type: &n.node_type,
+            idle_since: n.idle_since,
+            draining: n.draining,
+        })
     }
 
     /// Demands the autoscaler can never serve: no type fits them. For telling users.
@@ -577,6 +624,30 @@ impl Autoscaler {
             .filter(|d| pack::cheapest_type(&self.policy.types, d).is_none())
             .collect()
     }
+}
+
+/// A launch not joined yet, as [`Autoscaler::pending_launches`] lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingLaunch<'a> {
+    /// Its number.
+    pub launch: LaunchId,
+    /// Its node type.
+    pub node_type: &'a str,
+    /// When it was asked for.
+    pub since: Instant,
+    /// Why.
+    pub reason: &'a str,
+}
+
+/// A node the autoscaler knows, as [`Autoscaler::node`] tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct TrackedNode<'a> {
+    /// Its node type.
+    pub node_type: &'a str,
+    /// Since when it is idle; `None` while it holds work.
+    pub idle_since: Option<Instant>,
+    /// It is on its way out (drained, or going on notice).
+    pub draining: bool,
 }
 
 /// What one pass may still launch.

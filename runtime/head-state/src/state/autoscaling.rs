@@ -12,8 +12,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ember_core::ids::NodeId;
-use ember_core::proto::LaunchTicket;
+use ember_core::proto::{
+    AutoscaledNodeStatus, AutoscalerStatus, DecisionStatus, LaunchStatus, LaunchTicket,
+    NodeTypeStatus, StoppedStatus,
+};
 
+use super::status::millis_since;
 use super::{HeadState, Timer};
 use crate::autoscale::{Action, Autoscaler, LaunchId, Waiting};
 use crate::io::Effect;
@@ -28,6 +32,19 @@ const EVENT_PASS_SPACING: Duration = Duration::from_millis(20);
 /// How long a node the autoscaler lets go has to finish its tasks.
 const RELEASE_GRACE: Duration = Duration::from_secs(30);
 
+/// An instance the head had its provider stop.
+#[derive(Debug, Clone)]
+pub(super) struct Stopped {
+    /// Its node, if it joined.
+    pub(super) node: Option<NodeId>,
+    /// Its launch.
+    pub(super) launch: LaunchId,
+    /// The provider's instance.
+    pub(super) instance: Option<String>,
+    /// Why it was stopped.
+    pub(super) why: String,
+}
+
 /// The autoscaler and what the head keeps around it.
 #[derive(Debug)]
 pub(super) struct Autoscaling {
@@ -36,8 +53,11 @@ pub(super) struct Autoscaling {
     pub(super) decisions: VecDeque<(Instant, String)>,
     /// The nodes it launched, with their launch and type.
     pub(super) launched: BTreeMap<NodeId, LaunchTicket>,
-    /// The nodes it is letting go: their instance is stopped once they have left.
-    pub(super) releasing: BTreeMap<NodeId, LaunchId>,
+    /// Why each node on its way out goes (let go for idleness, a notice): said when it has
+    /// left and its instance is stopped.
+    pub(super) leaving: BTreeMap<NodeId, String>,
+    /// The latest instances stopped, newest last: when, and what.
+    pub(super) stopped: VecDeque<(Instant, Stopped)>,
     /// The provider's instance of each launch it started, until the instance is stopped.
     pub(super) instances: BTreeMap<LaunchId, String>,
     /// Launches to stop once the provider names their instance (given up, or their node let
@@ -55,11 +75,103 @@ impl Autoscaling {
             autoscaler,
             decisions: VecDeque::new(),
             launched: BTreeMap::new(),
-            releasing: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            stopped: VecDeque::new(),
             instances: BTreeMap::new(),
             stop_when_started: BTreeSet::new(),
             next_pass: None,
             last_pass: None,
+        }
+    }
+
+    /// What `ember status` shows of it.
+    pub(super) fn status(&self, now: Instant) -> AutoscalerStatus {
+        let policy = self.autoscaler.policy();
+        let launching: Vec<LaunchStatus> = self
+            .autoscaler
+            .pending_launches()
+            .map(|l| {
+                let instance = self.instances.get(&l.launch).cloned();
+                LaunchStatus {
+                    launch: l.launch,
+                    node_type: l.node_type.to_string(),
+                    state: if instance.is_some() {
+                        "launching"
+                    } else {
+                        "requested"
+                    }
+                    .into(),
+                    instance,
+                    reason: l.reason.to_string(),
+                    age_ms: millis_since(now, l.since),
+                }
+            })
+            .collect();
+        let nodes: Vec<AutoscaledNodeStatus> = self
+            .launched
+            .iter()
+            .filter_map(|(node, ticket)| {
+                let n = self.autoscaler.node(*node)?;
+                let state = match (n.draining, n.idle_since) {
+                    (true, _) => "draining",
+                    (false, None) => "busy",
+                    (false, Some(_)) => "idle",
+                };
+                Some(AutoscaledNodeStatus {
+                    node: *node,
+                    node_type: ticket.node_type.clone(),
+                    instance: self.instances.get(&ticket.launch).cloned(),
+                    state: state.into(),
+                    idle_ms: n.idle_since.map(|since| millis_since(now, since)),
+                })
+            })
+            .collect();
+        let types = policy
+            .types
+            .iter()
+            .map(|t| NodeTypeStatus {
+                name: t.name.clone(),
+                resources: t.resources.to_string(),
+                min: t.min,
+                max: t.max,
+                warm: t.warm,
+                price_micros_per_hour: t.price_micros_per_hour,
+                spot: t.spot,
+                nodes: nodes.iter().filter(|n| n.node_type == t.name).count() as u32,
+                launching: launching.iter().filter(|l| l.node_type == t.name).count() as u32,
+                failing: self.autoscaler.failures().get(&t.name).map(|f| {
+                    format!(
+                        "{} failure(s) in a row, the latest: {}; next try in {} ms",
+                        f.count,
+                        f.reason,
+                        f.retry_at.saturating_duration_since(now).as_millis()
+                    )
+                }),
+            })
+            .collect();
+        AutoscalerStatus {
+            types,
+            launching,
+            nodes,
+            stopped: self
+                .stopped
+                .iter()
+                .map(|(at, s)| StoppedStatus {
+                    node: s.node,
+                    launch: s.launch,
+                    instance: s.instance.clone(),
+                    why: s.why.clone(),
+                    age_ms: millis_since(now, *at),
+                })
+                .collect(),
+            decisions: self
+                .decisions
+                .iter()
+                .map(|(at, decision)| DecisionStatus {
+                    age_ms: millis_since(now, *at),
+                    decision: decision.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -117,15 +229,60 @@ impl HeadState {
         a.launched.insert(node, ticket);
     }
 
-    /// A node is gone: one the autoscaler was letting go has its instance stopped.
-    pub(super) fn autoscaled_gone(&mut self, node: NodeId) {
+    /// A node is gone: one the autoscaler launched has its instance stopped, whether it was
+    /// let go, left on notice or was lost (a machine whose worker is gone still costs).
+    pub(super) fn autoscaled_gone(&mut self, now: Instant, node: NodeId) {
         let Some(a) = self.autoscaling.as_mut() else {
             return;
         };
         a.autoscaler.node_left(node);
-        a.launched.remove(&node);
-        if let Some(launch) = a.releasing.remove(&node) {
-            self.stop_instance(launch);
+        let why = a
+            .leaving
+            .remove(&node)
+            .unwrap_or_else(|| "it left the cluster".into());
+        if let Some(ticket) = a.launched.remove(&node) {
+            self.stop_instance(now, Some(node), ticket.launch, why);
+        }
+    }
+
+    /// A node is draining: it no longer counts as a node of its type. With a `notice` (a
+    /// spot interruption, or `ember drain --notice`), one of its type is launched at once to
+    /// replace it.
+    pub(super) fn autoscaled_draining(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        notice: Option<Duration>,
+    ) {
+        let Some(a) = self.autoscaling.as_mut() else {
+            return;
+        };
+        let Some(notice) = notice else {
+            a.autoscaler.node_draining(node);
+            return;
+        };
+        let why = format!("notice: gone within {} s", notice.as_secs());
+        a.leaving.insert(node, why.clone());
+        match a.autoscaler.replace(now, node, &why) {
+            Some(Action::Launch {
+                launch,
+                node_type,
+                reason,
+            }) => {
+                a.note(
+                    now,
+                    format!("launch {node_type} (launch {launch}): {reason}"),
+                );
+                self.out.push(Effect::LaunchNode { launch, node_type });
+            }
+            _ => {
+                if a.autoscaler.node(node).is_some() {
+                    a.note(
+                        now,
+                        format!("{node} is going ({why}); no replacement within max"),
+                    );
+                }
+            }
         }
     }
 
@@ -145,7 +302,8 @@ impl HeadState {
                 tracing::info!(launch, %instance, "launch started");
                 a.instances.insert(launch, instance);
                 if a.stop_when_started.remove(&launch) {
-                    self.stop_instance(launch);
+                    let why = "its launch was given up".to_string();
+                    self.stop_instance(now, None, launch, why);
                 }
             }
             Err(reason) => {
@@ -153,8 +311,8 @@ impl HeadState {
                 let node_type = a
                     .autoscaler
                     .pending_launches()
-                    .find(|(l, ..)| *l == launch)
-                    .map(|(_, t, _)| t.to_string());
+                    .find(|l| l.launch == launch)
+                    .map(|l| l.node_type.to_string());
                 if let Some(node_type) = node_type {
                     a.autoscaler.launch_failed(now, launch, &reason);
                     let retry = a.autoscaler.failures()[&node_type].retry_at;
@@ -169,16 +327,30 @@ impl HeadState {
     }
 
     /// Stops a launch's instance, or does so once the provider names it.
-    fn stop_instance(&mut self, launch: LaunchId) {
+    fn stop_instance(&mut self, now: Instant, node: Option<NodeId>, launch: LaunchId, why: String) {
         let Some(a) = self.autoscaling.as_mut() else {
             return;
         };
-        match a.instances.remove(&launch) {
-            Some(instance) => self.out.push(Effect::StopNode { launch, instance }),
+        let instance = a.instances.remove(&launch);
+        match &instance {
+            Some(instance) => self.out.push(Effect::StopNode {
+                launch,
+                instance: instance.clone(),
+            }),
             None => {
                 a.stop_when_started.insert(launch);
             }
         }
+        if a.stopped.len() == DECISIONS_KEPT {
+            a.stopped.pop_front();
+        }
+        let stopped = Stopped {
+            node,
+            launch,
+            instance,
+            why,
+        };
+        a.stopped.push_back((now, stopped));
     }
 
     /// The leases on a node changed: work landing on it stops its idle clock, its last lease
@@ -239,16 +411,14 @@ impl HeadState {
                             format!("launch {launch} of {node_type} never joined: given up"),
                         );
                     }
-                    self.stop_instance(launch);
+                    self.stop_instance(now, None, launch, "it never joined".into());
                 }
                 Action::Drain { node, reason } => {
                     if let Some(a) = self.autoscaling.as_mut() {
                         a.note(now, format!("release {node}: {reason}"));
-                        if let Some(t) = a.launched.get(&node) {
-                            a.releasing.insert(node, t.launch);
-                        }
+                        a.leaving.insert(node, format!("let go: {reason}"));
                     }
-                    self.drain(now, node, RELEASE_GRACE, None);
+                    self.drain(now, node, RELEASE_GRACE, None, false);
                 }
             }
         }

@@ -322,3 +322,121 @@ fn work_that_waits_brings_a_pass_at_once_and_an_idle_node_goes_at_its_timeout_no
     }
     assert_eq!(drained_at, Some(idle_from + Duration::from_secs(30)));
 }
+
+/// An autoscaled scene with one `h100` node joined from launch 1 (instance `i-1`), idle.
+fn with_one_launched_node(s: &mut Scene) -> ember_core::ids::NodeId {
+    let client = s.conn();
+    let (request, _) = s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "train".into(),
+            placement: placement(100),
+        }),
+    );
+    let effects = s.handle(Input::Tick);
+    let launch = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LaunchNode { launch, .. } => Some(*launch),
+            _ => None,
+        })
+        .expect("a launch");
+    s.handle(Input::Launched {
+        launch,
+        result: Ok(format!("i-{launch}")),
+    });
+    let (_, node, effects) = s.join_with(
+        None,
+        Some(LaunchTicket {
+            launch,
+            node_type: "h100".into(),
+        }),
+    );
+    let (_, open, _) = command(&effects);
+    s.reply(open, WorkerReply::LeaseOpened(lease_endpoints()));
+    let effects = s.handle(Input::LeaseReturned {
+        request,
+        lost: false,
+    });
+    let (_, close, _) = command(&effects);
+    s.reply(close, WorkerReply::LeaseClosed);
+    node
+}
+
+#[test]
+fn a_spot_notice_launches_the_replacement_at_once_and_the_node_is_stopped_once_gone() {
+    let mut s = autoscaled();
+    let node = with_one_launched_node(&mut s);
+    let st = s.status().autoscaler.unwrap();
+    assert_eq!(st.nodes.len(), 1);
+    assert_eq!(
+        (st.nodes[0].state.as_str(), st.nodes[0].instance.as_deref()),
+        ("idle", Some("i-1"))
+    );
+    assert_eq!((st.types[0].nodes, st.types[0].launching), (1, 0));
+    let client = s.conn();
+    let (_, effects) = s.ask(
+        client,
+        ClientRequest::DrainNode {
+            node,
+            grace_ms: 30_000,
+            notice: true,
+        },
+    );
+    let replacement = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LaunchNode { launch, node_type } if node_type == "h100" => Some(*launch),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a replacement launched with the notice: {effects:?}"));
+    let st = s.status().autoscaler.unwrap();
+    assert_eq!(st.launching.len(), 1);
+    assert_eq!(st.launching[0].launch, replacement);
+    assert_eq!(st.launching[0].state, "requested");
+    assert_eq!(
+        st.launching[0].reason,
+        format!("replacing {node} (notice: gone within 30 s)")
+    );
+    // It had nothing running, so it left at once: its instance is stopped, with why.
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::StopNode { instance, .. } if instance == "i-1")),
+        "{effects:?}"
+    );
+    assert!(st.nodes.is_empty());
+    assert_eq!(st.stopped.len(), 1);
+    assert_eq!(st.stopped[0].node, Some(node));
+    assert_eq!(st.stopped[0].why, "notice: gone within 30 s");
+    // A second notice for it launches nothing more.
+    let (_, effects) = s.ask(
+        client,
+        ClientRequest::DrainNode {
+            node,
+            grace_ms: 30_000,
+            notice: true,
+        },
+    );
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::LaunchNode { .. })));
+}
+
+#[test]
+fn a_launched_node_that_is_lost_has_its_instance_stopped() {
+    let mut s = autoscaled();
+    let node = with_one_launched_node(&mut s);
+    // Silent past the heartbeat timeout: declared dead.
+    for _ in 0..30 {
+        s.later(Duration::from_secs(1));
+        let effects = s.handle(Input::Tick);
+        if effects.iter().any(|e| matches!(e, Effect::StopNode { .. })) {
+            let st = s.status().autoscaler.unwrap();
+            assert_eq!(st.stopped[0].node, Some(node));
+            assert_eq!(st.stopped[0].instance.as_deref(), Some("i-1"));
+            return;
+        }
+    }
+    panic!("the lost node's instance was never stopped");
+}

@@ -12,13 +12,16 @@ use crate::actor_life::Phase;
 use crate::io::{Effect, RequestId};
 
 impl HeadState {
-    /// Drains `node` within `grace`; `request` is answered once it is done.
+    /// Drains `node` within `grace`; `request` is answered once it is done. `on_notice`: the
+    /// node goes within `grace` whatever happens (a spot interruption), so an autoscaled
+    /// cluster replaces it at once.
     pub(super) fn drain(
         &mut self,
         now: Instant,
         node: NodeId,
         grace: Duration,
         request: Option<RequestId>,
+        on_notice: bool,
     ) {
         if !self.nodes.contains_key(&node) {
             if let Some(request) = request {
@@ -37,6 +40,7 @@ impl HeadState {
             return;
         }
         tracing::info!(%node, ?grace, "draining");
+        self.autoscaled_draining(now, node, on_notice.then_some(grace));
         let may_strand = self.could_strand(node);
         self.sched.set_schedulable(node, false);
         self.strand(now, may_strand);

@@ -278,6 +278,7 @@ fn a_drain_moves_a_bundle_and_its_actor_to_another_node_without_waiting_out_the_
         ClientRequest::DrainNode {
             node: a,
             grace_ms: 600_000,
+            notice: false,
         },
     );
     let (_, seal, _) = command(&effects);

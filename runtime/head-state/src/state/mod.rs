@@ -801,8 +801,12 @@ impl HeadState {
                 timeout_ms,
             } => self.locate(now, request, actor, known, suspect, ms(timeout_ms)),
             ClientRequest::SaveCheckpoint(save) => self.save_checkpoint(request, save),
-            ClientRequest::DrainNode { node, grace_ms } => {
-                self.drain(now, node, ms(grace_ms), Some(request))
+            ClientRequest::DrainNode {
+                node,
+                grace_ms,
+                notice,
+            } => {
+                self.drain(now, node, ms(grace_ms), Some(request), notice);
             }
             ClientRequest::FormGroup { name, members } => {
                 self.form_group(now, request, name, members)

@@ -138,7 +138,9 @@ impl HeadState {
                 self.actor_lost(now, actor, incarnation, &reason);
             }
             WorkerEvent::Leaving { grace_ms } => {
-                self.drain(now, node, super::ms(grace_ms), None);
+                // A worker told to stop (SIGTERM: a spot interruption, a pod evicted) is going
+                // within its grace: a notice.
+                self.drain(now, node, super::ms(grace_ms), None, true);
             }
         }
     }
@@ -296,7 +298,7 @@ impl HeadState {
         }
         // Gangs place the bundles lost with it again.
         self.place_queued(now);
-        self.autoscaled_gone(node);
+        self.autoscaled_gone(now, node);
         lost.len()
     }
 }

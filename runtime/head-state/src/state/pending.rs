@@ -236,7 +236,7 @@ impl HeadState {
     fn launch_for(&self, request: &crate::placement::PlacementRequest) -> Option<(String, bool)> {
         let a = &self.autoscaling.as_ref()?.autoscaler;
         let node_type = a.type_for(&request.demand, &request.labels)?;
-        let launching = a.pending_launches().any(|(_, t, _)| t == node_type);
+        let launching = a.pending_launches().any(|l| l.node_type == node_type);
         Some((node_type.to_string(), launching))
     }
 

@@ -282,6 +282,7 @@ fn a_task_lease_stranded_by_a_drain_fails_at_its_timeout() {
         ClientRequest::DrainNode {
             node: a100,
             grace_ms: 10_000,
+            notice: false,
         },
     );
     let queue = s.queue();

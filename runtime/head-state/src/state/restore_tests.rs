@@ -572,6 +572,7 @@ fn an_actor_sealed_when_the_head_stopped_moves_from_its_final_checkpoint_uncount
     let drain = ClientRequest::DrainNode {
         node,
         grace_ms: 10_000,
+        notice: false,
     };
     let (_, effects) = s.ask(owner, drain);
     assert!(

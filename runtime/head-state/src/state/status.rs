@@ -4,14 +4,14 @@ use std::time::Instant;
 
 use ember_core::ids::LeaseId;
 use ember_core::proto::{
-    ActorLifeStatus, AutoscalerStatus, BundleStatus, ClusterStatus, DecisionStatus, GangStatus,
-    LaunchStatus, NodeStatus, Placement, WorkStatus,
+    ActorLifeStatus, BundleStatus, ClusterStatus, GangStatus, NodeStatus, Placement, WorkStatus,
 };
 
 use super::{HeadState, Work};
 use crate::actor_life::Phase;
 
-fn millis_since(now: Instant, then: Instant) -> u64 {
+/// Milliseconds from `then` to `now` (0 if `then` is later).
+pub(super) fn millis_since(now: Instant, then: Instant) -> u64 {
     now.saturating_duration_since(then).as_millis() as u64
 }
 
@@ -141,25 +141,7 @@ impl HeadState {
                     .collect(),
             });
         }
-        status.autoscaler = self.autoscaling.as_ref().map(|a| AutoscalerStatus {
-            launching: a
-                .autoscaler
-                .pending_launches()
-                .map(|(launch, node_type, since)| LaunchStatus {
-                    launch,
-                    node_type: node_type.to_string(),
-                    age_ms: millis_since(now, since),
-                })
-                .collect(),
-            decisions: a
-                .decisions
-                .iter()
-                .map(|(at, decision)| DecisionStatus {
-                    age_ms: millis_since(now, *at),
-                    decision: decision.clone(),
-                })
-                .collect(),
-        });
+        status.autoscaler = self.autoscaling.as_ref().map(|a| a.status(now));
         status
     }
 

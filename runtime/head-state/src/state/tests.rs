@@ -674,6 +674,7 @@ fn a_drain_seals_moves_and_answers_drained() {
         ClientRequest::DrainNode {
             node: a,
             grace_ms: 10_000,
+            notice: false,
         },
     );
     let (to, seal, body) = command(&effects);
@@ -734,6 +735,7 @@ fn a_drain_does_not_start_an_actor_elsewhere_while_it_still_takes_calls() {
         ClientRequest::DrainNode {
             node: a,
             grace_ms: 10_000,
+            notice: false,
         },
     );
     let (_, seal, _) = command(&effects);
@@ -770,6 +772,7 @@ fn a_drain_does_not_move_an_actor_that_already_restarted_elsewhere() {
         ClientRequest::DrainNode {
             node: a,
             grace_ms: 10_000,
+            notice: false,
         },
     );
     let (_, seal, _) = command(&effects);
