@@ -33,6 +33,7 @@ mod leases;
 pub mod local;
 #[cfg(feature = "local")]
 mod options;
+#[cfg(feature = "local")]
 pub mod provider;
 mod unix_caller;
 
