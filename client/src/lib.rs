@@ -31,7 +31,6 @@ mod lease_pool;
 mod leases;
 #[cfg(feature = "local")]
 pub mod local;
-#[cfg(feature = "local")]
 mod options;
 #[cfg(feature = "local")]
 pub mod provider;

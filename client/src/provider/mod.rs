@@ -5,7 +5,7 @@
 //!   type's GPUs as logical ones: `ember up --autoscale` and
 //!   [`LocalOptions::autoscale`](crate::LocalOptions).
 //! - `kubernetes` (`kubernetes/`, the `kubernetes` feature): one pod per launch through the
-//!   Kubernetes API ([`kubernetes::KubernetesProvider`]).
+//!   Kubernetes API (`kubernetes::KubernetesProvider`).
 //!
 //! Every provider starts the same thing, `ember worker` joining the head with its launch
 //! ([`WorkerInvocation`]); they differ in where it runs.
