@@ -61,7 +61,7 @@ const NAME_ATTEMPTS: usize = 3;
 ///   "shm_size": "16Gi"
 /// }
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesConfig {
     /// The container image of the worker pods; it must hold the `ember` executable
@@ -273,6 +273,10 @@ pub enum KubernetesError {
 }
 
 /// Worker pods through the Kubernetes API, one per launch.
+///
+/// Its [`NodeProvider`] calls block on the Tokio runtime it was made in, so they must be made
+/// off that runtime's worker threads: on a blocking thread (`spawn_blocking`), as the head's
+/// shell makes them, or on a thread of one's own.
 pub struct KubernetesProvider {
     config: KubernetesConfig,
     namespace: String,
