@@ -4,10 +4,14 @@
 //! - `local` (`local.rs`): worker processes of this executable on this machine, with the node
 //!   type's GPUs as logical ones: `ember up --autoscale` and
 //!   [`LocalOptions::autoscale`](crate::LocalOptions).
+//! - `kubernetes` (`kubernetes/`, the `kubernetes` feature): one pod per launch through the
+//!   Kubernetes API (`kubernetes::KubernetesProvider`).
 //!
 //! Every provider starts the same thing, `ember worker` joining the head with its launch
 //! ([`WorkerInvocation`]); they differ in where it runs.
 
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub(crate) mod local;
 
 use ember_core::resources::ByteSize;
