@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ember_core::ids::NodeId;
+use ember_core::proto::GangStrategy;
 use ember_core::resources::{NodeResources, ResourceDemand};
 
 pub use pack::Waiting;
@@ -647,6 +648,22 @@ impl Autoscaler {
     /// request waits for a launch rather than being refused.
     pub fn could_serve(&self, demand: &ResourceDemand, labels: &[String]) -> bool {
         self.type_for(demand, labels).is_some()
+    }
+
+    /// Whether nodes it could launch would hold a gang: with `strict_pack` one node of some
+    /// type holds every bundle; otherwise each bundle fits some type (a node of its own, as
+    /// launches may give it). Such a gang waits for launches rather than being refused.
+    pub fn could_serve_gang(&self, bundles: &[ResourceDemand], strategy: GangStrategy) -> bool {
+        let types = &self.policy.types;
+        match strategy {
+            GangStrategy::StrictPack => {
+                let all: Vec<&ResourceDemand> = bundles.iter().collect();
+                pack::cheapest_for(types, &all, &[]).is_some()
+            }
+            _ => bundles
+                .iter()
+                .all(|b| pack::cheapest_for(types, &[b], &[]).is_some()),
+        }
     }
 
     /// The cheapest node type a node of which could hold `demand` on its own, carrying

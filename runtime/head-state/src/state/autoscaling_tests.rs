@@ -502,3 +502,60 @@ fn a_warm_node_is_cordoned_until_work_waits_then_takes_it_at_once_and_the_pool_r
         "{effects:?}"
     );
 }
+
+#[test]
+fn a_gang_that_launched_nodes_would_hold_waits_for_them_and_is_placed_when_they_join() {
+    use ember_core::proto::{ClientReply, GangSpec, GangStrategy};
+    use ember_core::resources::{GpuShare, ResourceDemand};
+
+    let mut s = autoscaled();
+    let client = s.conn();
+    let bundle = ResourceDemand {
+        cpu_millis: 1000,
+        gpus: GpuShare::ONE,
+        ..ResourceDemand::default()
+    };
+    let (request, effects) = s.ask(
+        client,
+        ClientRequest::CreateGang(GangSpec {
+            bundles: vec![bundle; 2],
+            strategy: GangStrategy::StrictSpread,
+            priority: 0,
+            pending_timeout_ms: None,
+        }),
+    );
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Reply { request: r, .. } if *r == request)),
+        "no node yet, but two launched h100 nodes would hold it: it waits: {effects:?}"
+    );
+    let effects = s.handle(Input::Tick);
+    let launches: Vec<u64> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::LaunchNode { launch, .. } => Some(*launch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(launches.len(), 2, "one node per bundle: {effects:?}");
+    let mut placed = Vec::new();
+    for launch in launches {
+        let (_, _, effects) = s.join_with(
+            None,
+            Some(LaunchTicket {
+                launch,
+                node_type: "h100".into(),
+            }),
+        );
+        placed.extend(effects);
+    }
+    assert!(
+        placed.iter().any(|e| matches!(
+            e,
+            Effect::Reply { request: r, reply: ClientReply::GangCreated { nodes, .. }, .. }
+                if *r == request && nodes.len() == 2
+        )),
+        "{placed:?}"
+    );
+}
