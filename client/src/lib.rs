@@ -31,8 +31,8 @@ mod lease_pool;
 mod leases;
 #[cfg(feature = "local")]
 pub mod local;
-#[cfg(feature = "local")]
 mod options;
+#[cfg(feature = "local")]
 pub mod provider;
 mod unix_caller;
 
