@@ -352,14 +352,14 @@ async fn run(command: Command) -> Result<i32> {
             if let Some(path) = &autoscale {
                 let node_types = node_types::read(path)?;
                 let kind = node_types.provider.kind();
-                let (provider, local) = node_types.provider.start()?;
-                local_workers = local;
+                let started = node_types.provider.start()?;
+                local_workers = started.local;
                 let autoscaler = Autoscaler::new(node_types.policy)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 config.autoscale = Some(Autoscale {
                     autoscaler,
                     interval: AUTOSCALE_INTERVAL,
-                    provider,
+                    provider: started.provider,
                 });
                 println!("Autoscaling with the {kind} provider ({})", path.display());
             }

@@ -219,12 +219,9 @@ impl Provider {
         }
     }
 
-    /// Makes the provider (inside the head's Tokio runtime); for `local`, also the handle
-    /// that stops its workers with the head.
-    pub(crate) fn start(
-        self,
-    ) -> anyhow::Result<(Arc<dyn NodeProvider>, Option<Arc<LocalProvider>>)> {
-        Ok(match self {
+    /// Makes the provider (inside the head's Tokio runtime).
+    pub(crate) fn start(self) -> anyhow::Result<Started> {
+        let (provider, local): (Arc<dyn NodeProvider>, _) = match self {
             Provider::Local {
                 ember,
                 logical_gpus,
@@ -247,8 +244,17 @@ impl Provider {
                 }
                 (Arc::new(SlurmProvider::new(config)), None)
             }
-        })
+        };
+        Ok(Started { provider, local })
     }
+}
+
+/// A provider made for the head.
+pub(crate) struct Started {
+    /// The provider.
+    pub(crate) provider: Arc<dyn NodeProvider>,
+    /// For `local`, the same provider, whose workers stop with the head.
+    pub(crate) local: Option<Arc<LocalProvider>>,
 }
 
 fn this_exe() -> anyhow::Result<PathBuf> {
