@@ -15,7 +15,8 @@
 //!
 //! **Stop** is `scancel JOBID`. Slurm signals every process of the job (the worker gets
 //! SIGTERM, then SIGKILL after the cluster's `KillWait`); a job that already ended is not an
-//! error.
+//! error. A job still pending in Slurm's queue when the autoscaler's `launch_timeout` runs
+//! out is cancelled the same way (the launch is given up, and tried again).
 //!
 //! `sbatch` and `scancel` are found on `PATH`, or in `bin_dir`; each call is waited for up to
 //! `timeout`. A failure is reported with the command and the end of its standard error.
