@@ -352,6 +352,15 @@ async fn run(command: Command) -> Result<i32> {
             if let Some(path) = &autoscale {
                 let node_types = node_types::read(path)?;
                 let kind = node_types.provider.kind();
+                let ip = listen.ip();
+                if kind != "local" && (ip.is_unspecified() || ip.is_loopback()) {
+                    eprintln!(
+                        "ember: warning: the {kind} provider's workers are told to join the \
+                         head at its listen address, {listen}, which only this machine \
+                         reaches; for other machines, listen on an address they reach (e.g. \
+                         --listen 10.0.0.5:7700)"
+                    );
+                }
                 let started = node_types.provider.start()?;
                 local_workers = started.local;
                 let autoscaler = Autoscaler::new(node_types.policy)
