@@ -226,6 +226,7 @@ impl HeadState {
                 if let Some(a) = self.actors.get_mut(&actor) {
                     a.life.started(incarnation, Incarnate { lease, endpoints });
                 }
+                self.usage_lease_started(now, lease);
                 tracing::info!(%actor, incarnation, %node, "actor adopted after the head restarted");
                 self.journal_actor(actor);
                 self.notify(now, actor);
