@@ -991,6 +991,75 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     seeds
 }
 
+/// A usage report with one of everything, for the seeds.
+fn usage_report() -> ember_core::proto::UsageReport {
+    use ember_core::proto::{
+        EarlierNodeTime, EarlierUsage, NodeSplit, NodeTime, RecordUsage, UsageAmounts, UsageReport,
+        EARLIER,
+    };
+    let usage = UsageAmounts {
+        gpu_share_seconds: 1.5,
+        gpu_memory_gib_seconds: 24.0,
+        cpu_seconds: 3.0,
+        cost: 0.002,
+    };
+    let split = NodeSplit {
+        life_ns: 10_000,
+        allocated_ns: 6_000,
+        idle_ns: 3_000,
+        warm_ns: 1_000,
+        allocated_cost: 0.01,
+        idle_cost: 0.005,
+        warm_cost: 0.001,
+    };
+    UsageReport {
+        window_ms: 3_600_000,
+        head_started_ms_ago: 7_200_000,
+        records: vec![RecordUsage {
+            kind: "actor".into(),
+            id: "actor-3".into(),
+            incarnation: Some(2),
+            name: "Trainer".into(),
+            job: "client-1.4".into(),
+            node: "node-2".into(),
+            node_type: "h100x8-spot".into(),
+            gpu_model: Some("H100".into()),
+            spot: true,
+            gpus: 0.5,
+            gpu_memory_gib: 8.0,
+            cpus: 1.0,
+            price_share: 0.0625,
+            started_ms_ago: 3_000,
+            ended_ms_ago: Some(1_000),
+            usage,
+        }],
+        earlier: vec![EarlierUsage {
+            job: EARLIER.into(),
+            node_type: "static:cpu".into(),
+            node: EARLIER.into(),
+            records: 40,
+            usage,
+        }],
+        nodes: vec![NodeTime {
+            node: "node-2".into(),
+            node_type: "h100x8-spot".into(),
+            gpu_model: Some("H100".into()),
+            spot: true,
+            price_per_hour: 12.5,
+            joined_ms_ago: 5_000,
+            left_ms_ago: None,
+            from_ms_ago: 5_000,
+            split,
+        }],
+        earlier_nodes: vec![EarlierNodeTime {
+            node_type: "static:cpu".into(),
+            nodes: 3,
+            split,
+        }],
+        partial: vec!["a summary straddles the window".into()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1129,74 +1198,5 @@ mod tests {
             };
             assert!(read, "a seed of {target} is not read: {seed:?}");
         }
-    }
-}
-
-/// A usage report with one of everything, for the seeds.
-fn usage_report() -> ember_core::proto::UsageReport {
-    use ember_core::proto::{
-        EarlierNodeTime, EarlierUsage, NodeSplit, NodeTime, RecordUsage, UsageAmounts, UsageReport,
-        EARLIER,
-    };
-    let usage = UsageAmounts {
-        gpu_share_seconds: 1.5,
-        gpu_memory_gib_seconds: 24.0,
-        cpu_seconds: 3.0,
-        cost: 0.002,
-    };
-    let split = NodeSplit {
-        life_ns: 10_000,
-        allocated_ns: 6_000,
-        idle_ns: 3_000,
-        warm_ns: 1_000,
-        allocated_cost: 0.01,
-        idle_cost: 0.005,
-        warm_cost: 0.001,
-    };
-    UsageReport {
-        window_ms: 3_600_000,
-        head_started_ms_ago: 7_200_000,
-        records: vec![RecordUsage {
-            kind: "actor".into(),
-            id: "actor-3".into(),
-            incarnation: Some(2),
-            name: "Trainer".into(),
-            job: "client-1.4".into(),
-            node: "node-2".into(),
-            node_type: "h100x8-spot".into(),
-            gpu_model: Some("H100".into()),
-            spot: true,
-            gpus: 0.5,
-            gpu_memory_gib: 8.0,
-            cpus: 1.0,
-            price_share: 0.0625,
-            started_ms_ago: 3_000,
-            ended_ms_ago: Some(1_000),
-            usage,
-        }],
-        earlier: vec![EarlierUsage {
-            job: EARLIER.into(),
-            node_type: "static:cpu".into(),
-            node: EARLIER.into(),
-            records: 40,
-            usage,
-        }],
-        nodes: vec![NodeTime {
-            node: "node-2".into(),
-            node_type: "h100x8-spot".into(),
-            gpu_model: Some("H100".into()),
-            spot: true,
-            price_per_hour: 12.5,
-            joined_ms_ago: 5_000,
-            left_ms_ago: None,
-            from_ms_ago: 5_000,
-            split,
-        }],
-        earlier_nodes: vec![EarlierNodeTime {
-            node_type: "static:cpu".into(),
-            nodes: 3,
-            split,
-        }],
-        partial: vec!["a summary straddles the window".into()],
     }
 }
