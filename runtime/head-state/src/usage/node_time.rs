@@ -231,8 +231,7 @@ impl NodeLife {
                 ns_between(self.joined, first.at)
             ));
         }
-        for pair in self.marks.iter().collect::<Vec<_>>().windows(2) {
-            let (a, b) = (pair[0], pair[1]);
+        for (a, b) in self.marks.iter().zip(self.marks.iter().skip(1)) {
             if b.at <= a.at || a.mode == b.mode {
                 return Err(format!(
                     "marks out of order or not changes: {a:?} then {b:?}"
