@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_core::ids::{ActorId, JobId, NodeId};
-use ember_core::proto::ClusterStatus;
 use ember_core::proto::{
     decode, read_frame, write_frame, ActorSpec, CallReply, ClientReply, ClientRequest, ErrorKind,
     FrameError, JobEvent, JobSpec, RemoteError, WaitReason, Wire, MAX_FRAME,
 };
+use ember_core::proto::{ClusterStatus, UsageReport};
 use ember_core::resources::Allocation;
 use ember_core::security::{connect_client, ClusterFile, Fingerprint};
 
@@ -320,6 +320,22 @@ impl Cluster {
     pub async fn status(&self) -> Result<ClusterStatus, Error> {
         match self.request(&ClientRequest::Status).await? {
             ClientReply::Status(status) => Ok(*status),
+            ClientReply::Error(e) => Err(e.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The usage ledger: every job, actor incarnation and task lease that held resources
+    /// since `since` ago (everything the head has when `None`), with its GPU-share-seconds,
+    /// GPU-memory-GiB-seconds, CPU-seconds and cost, and each node's time split into
+    /// allocated, idle and warm. Times in it are ages, in milliseconds before the head
+    /// answered.
+    pub async fn usage(&self, since: Option<Duration>) -> Result<UsageReport, Error> {
+        let req = ClientRequest::Usage {
+            since_ms_ago: since.map(|d| d.as_millis() as u64),
+        };
+        match self.request(&req).await? {
+            ClientReply::Usage(report) => Ok(*report),
             ClientReply::Error(e) => Err(e.into()),
             other => Err(unexpected(other)),
         }

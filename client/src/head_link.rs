@@ -343,6 +343,7 @@ fn idempotent(req: &ClientRequest) -> bool {
     matches!(
         req,
         ClientRequest::Status
+            | ClientRequest::Usage { .. }
             | ClientRequest::LocateActor { .. }
             | ClientRequest::WaitForNodes { .. }
             | ClientRequest::LeaseTask(_)
@@ -359,6 +360,7 @@ fn what(req: &ClientRequest) -> &'static str {
         ClientRequest::KillActor { .. } => "killing an actor",
         ClientRequest::SubmitJob(_) => "submitting a job",
         ClientRequest::Status => "the cluster's status",
+        ClientRequest::Usage { .. } => "the usage ledger",
         ClientRequest::LocateActor { .. } => "locating an actor",
         ClientRequest::SaveCheckpoint(_) => "saving a checkpoint",
         ClientRequest::DrainNode { .. } => "draining a node",
@@ -521,6 +523,7 @@ mod tests {
     #[test]
     fn only_requests_that_may_run_twice_are_sent_again() {
         assert!(idempotent(&ClientRequest::Status));
+        assert!(idempotent(&ClientRequest::Usage { since_ms_ago: None }));
         assert!(idempotent(&ClientRequest::WaitForNodes {
             count: 1,
             timeout_ms: 1

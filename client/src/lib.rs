@@ -44,7 +44,7 @@ pub use ember_core::ids::{ActorId, GangId, JobId, NodeId, TaskId};
 pub use ember_core::proto::ErrorKind;
 pub use ember_core::proto::Strategy;
 pub use ember_core::proto::WaitReason;
-pub use ember_core::proto::{BundleRef, ClusterStatus, GangStrategy};
+pub use ember_core::proto::{BundleRef, ClusterStatus, GangStrategy, UsageBy, UsageReport};
 pub use ember_core::resources::{Allocation, GpuGrant, GpuShare};
 /// Ember's GPU kernels: the registry of kernels by name, their CPU references, the PTX cache.
 pub use ember_kernels as kernels;

@@ -702,6 +702,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ClientRequest::RemoveGang {
             gang: ember_core::ids::GangId(6),
         },
+        ClientRequest::Usage {
+            since_ms_ago: Some(3_600_000),
+        },
+        ClientRequest::Usage { since_ms_ago: None },
     ] {
         seeds.push(("client_request", bytes(&request)));
     }
@@ -746,6 +750,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             nodes: vec![NodeId(4), NodeId(5)],
         },
         ClientReply::GangRemoved,
+        ClientReply::Usage(Box::new(usage_report())),
         ClientReply::Error(error.clone()),
     ] {
         seeds.push(("client_reply", bytes(&reply)));
@@ -1016,6 +1021,75 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         seeds.push(("gpu_actor_reply", seed));
     }
     seeds
+}
+
+/// A usage report with one of everything, for the seeds.
+fn usage_report() -> ember_core::proto::UsageReport {
+    use ember_core::proto::{
+        EarlierNodeTime, EarlierUsage, NodeSplit, NodeTime, RecordUsage, UsageAmounts, UsageReport,
+        EARLIER,
+    };
+    let usage = UsageAmounts {
+        gpu_share_seconds: 1.5,
+        gpu_memory_gib_seconds: 24.0,
+        cpu_seconds: 3.0,
+        cost: 0.002,
+    };
+    let split = NodeSplit {
+        life_ns: 10_000,
+        allocated_ns: 6_000,
+        idle_ns: 3_000,
+        warm_ns: 1_000,
+        allocated_cost: 0.01,
+        idle_cost: 0.005,
+        warm_cost: 0.001,
+    };
+    UsageReport {
+        window_ms: 3_600_000,
+        head_started_ms_ago: 7_200_000,
+        records: vec![RecordUsage {
+            kind: "actor".into(),
+            id: "actor-3".into(),
+            incarnation: Some(2),
+            name: "Trainer".into(),
+            job: "client-1.4".into(),
+            node: "node-2".into(),
+            node_type: "h100x8-spot".into(),
+            gpu_model: Some("H100".into()),
+            spot: true,
+            gpus: 0.5,
+            gpu_memory_gib: 8.0,
+            cpus: 1.0,
+            price_share: 0.0625,
+            started_ms_ago: 3_000,
+            ended_ms_ago: Some(1_000),
+            usage,
+        }],
+        earlier: vec![EarlierUsage {
+            job: EARLIER.into(),
+            node_type: "static:cpu".into(),
+            node: EARLIER.into(),
+            records: 40,
+            usage,
+        }],
+        nodes: vec![NodeTime {
+            node: "node-2".into(),
+            node_type: "h100x8-spot".into(),
+            gpu_model: Some("H100".into()),
+            spot: true,
+            price_per_hour: 12.5,
+            joined_ms_ago: 5_000,
+            left_ms_ago: None,
+            from_ms_ago: 5_000,
+            split,
+        }],
+        earlier_nodes: vec![EarlierNodeTime {
+            node_type: "static:cpu".into(),
+            nodes: 3,
+            split,
+        }],
+        partial: vec!["a summary straddles the window".into()],
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 mod kernel;
 #[path = "ember/node_types.rs"]
 mod node_types;
+#[path = "ember/usage.rs"]
+mod usage;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -111,6 +113,29 @@ enum Command {
         /// saying it is unreachable and since when (exit code 3), e.g. 2s, 500ms.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         wait: Duration,
+    },
+    /// Usage and cost by the second: each job, actor incarnation and task lease with its
+    /// GPU-share-seconds, GPU-memory-GiB-seconds, CPU-seconds and cost, and each node's time
+    /// split into allocated, idle and warm (this head life's; not kept across head restarts).
+    Usage {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        #[command(flatten)]
+        head: HeadWaitArg,
+        /// Only usage since then: a duration ago (30m, 1h, 2d), a UTC date and time
+        /// (2025-01-31T12:00:00Z), or seconds since the Unix epoch. Default: everything the
+        /// head has.
+        #[arg(long, value_parser = usage::parse_since)]
+        since: Option<usage::Since>,
+        /// Totals per job (a batch job, or the client connection owning actors and task
+        /// leases), per node type, or per node (with its time split), instead of each record.
+        #[arg(long, value_name = "job|type|node")]
+        by: Option<ember::UsageBy>,
+        /// Print one JSON object: the report (records, earlier, nodes, earlier_nodes,
+        /// partial), or with --by the groups; times in it are milliseconds before
+        /// answered_unix_ms.
+        #[arg(long)]
+        json: bool,
     },
     /// Batch jobs.
     Job {
@@ -468,6 +493,19 @@ async fn run(command: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Kernel { command } => kernel::run(command).await,
+        Command::Usage {
+            cluster,
+            head,
+            since,
+            by,
+            json,
+        } => {
+            let c = cluster.connect(head.wait).await?;
+            let since = since.map(|s| s.ago(std::time::SystemTime::now()));
+            let report = c.usage(since).await?;
+            usage::print(&report, by, json, std::time::SystemTime::now());
+            Ok(0)
+        }
         Command::Status {
             cluster,
             json,

@@ -8,7 +8,8 @@
 //!
 //! Its parts: [`placement`] (the scheduler), [`autoscale`] (the autoscaler's decisions), [`groups`] (the table of collective groups),
 //! [`actor_life`] (one actor's restarts), [`journal`] (what the head makes durable, and how it
-//! is read back), and the state machine itself.
+//! is read back), [`usage`] (the usage ledger: per-second usage and cost of every job, actor
+//! and task lease, and every node's time), and the state machine itself.
 
 pub mod actor_life;
 pub mod autoscale;
@@ -17,6 +18,7 @@ mod io;
 pub mod journal;
 pub mod placement;
 mod state;
+pub mod usage;
 
 pub use io::{died, CommandId, ConnId, Effect, Input, LoadedCheckpoint, RequestId, Ticket};
 pub use state::{Config, HeadState};

@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 
 use ember_core::ids::{ActorId, LeaseId};
-use ember_core::proto::{ClientReply, ClientRequest, ClusterStatus, ErrorKind, JobEvent};
+use ember_core::proto::{
+    ClientReply, ClientRequest, ClusterStatus, ErrorKind, JobEvent, UsageReport,
+};
 use ember_head_state::placement::PlacementRequest;
 use ember_head_state::{ConnId, Input, RequestId};
 
@@ -327,6 +329,10 @@ impl Sim {
             (Kind::Nodes(count), ClientReply::NodesReady { count: ready }) => {
                 last && ready >= count
             }
+            (Kind::Usage, ClientReply::Usage(report)) => {
+                self.check_usage(report)?;
+                last
+            }
             _ => false,
         };
         if !fits {
@@ -491,7 +497,50 @@ impl Sim {
         if self.progress.is_some() {
             return Err("the status was not answered at once".into());
         }
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.ledger.insert(
+            request,
+            Open {
+                conn,
+                kind: Kind::Usage,
+            },
+        );
+        self.deliver(Input::Request {
+            conn,
+            request,
+            body: ClientRequest::Usage { since_ms_ago: None },
+        })?;
+        if self.ledger.contains_key(&request) {
+            return Err("the usage was not answered at once".into());
+        }
         self.deliver(Input::Closed { conn })
+    }
+
+    /// The usage ledger adds up: every node's allocated, idle and warm time make its life
+    /// exactly, and the nodes in the cluster are those the head has.
+    fn check_usage(&self, report: &UsageReport) -> Result<(), String> {
+        for n in &report.nodes {
+            let s = n.split;
+            if s.allocated_ns + s.idle_ns + s.warm_ns != s.life_ns {
+                return Err(format!(
+                    "{}'s time does not add up to its life: {s:?}",
+                    n.node
+                ));
+            }
+        }
+        let live = report
+            .nodes
+            .iter()
+            .filter(|n| n.left_ms_ago.is_none())
+            .count();
+        if live != self.head.node_count() {
+            return Err(format!(
+                "the usage ledger has {live} nodes in the cluster, the head {}",
+                self.head.node_count()
+            ));
+        }
+        Ok(())
     }
 
     /// The status after a calm spell.

@@ -44,6 +44,7 @@ pub(super) enum Kind {
     Kill,
     Job,
     Status,
+    Usage,
     Locate {
         actor: ActorId,
         known: u32,
@@ -71,6 +72,7 @@ impl Kind {
             ClientRequest::KillActor { .. } => Kind::Kill,
             ClientRequest::SubmitJob(_) => Kind::Job,
             ClientRequest::Status => Kind::Status,
+            ClientRequest::Usage { .. } => Kind::Usage,
             ClientRequest::LocateActor {
                 actor,
                 known,

@@ -9,7 +9,7 @@ use crate::security::Fingerprint;
 
 use super::{
     CheckpointPolicy, CheckpointSave, ClusterStatus, GangStrategy, GroupView, LeaseEndpoints,
-    Placement, RestartPolicy, TaskLease,
+    Placement, RestartPolicy, TaskLease, UsageReport,
 };
 
 /// What a task lease is for: tasks of one function with one set of needs.
@@ -183,6 +183,14 @@ pub enum ClientRequest {
         /// How long to wait at most, in milliseconds.
         timeout_ms: u64,
     },
+    /// The usage ledger: each job, actor incarnation and task lease that held resources in
+    /// the window, and each node's time split into allocated, idle and warm; answered with
+    /// [`ClientReply::Usage`].
+    Usage {
+        /// Where the window starts, in milliseconds before the head answers (the client turns
+        /// a date into this with its own clock); `None`: everything the head has.
+        since_ms_ago: Option<u64>,
+    },
 }
 
 /// What the head answers a client.
@@ -210,6 +218,8 @@ pub enum ClientReply {
     Job(JobEvent),
     /// The cluster's state.
     Status(Box<ClusterStatus>),
+    /// The usage ledger over the window asked for.
+    Usage(Box<UsageReport>),
     /// A generation of a collective group.
     Group(GroupView),
     /// Whether a generation of a group is whole: `None` when it is, or why it is not.

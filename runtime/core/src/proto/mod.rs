@@ -24,6 +24,9 @@ mod placement;
 mod recovery;
 #[allow(missing_docs)]
 mod status;
+// rkyv's derive makes undocumented archived types; every item written here is documented.
+#[allow(missing_docs)]
+mod usage;
 
 pub use codec::{decode, encode, Wire};
 pub use collective::{GroupMember, GroupView, PeerHello};
@@ -40,4 +43,8 @@ pub use status::{
     ActorLifeStatus, AutoscaledNodeStatus, AutoscalerStatus, BundleStatus, ClusterStatus,
     CustomUsage, DecisionStatus, GangStatus, GpuUsage, LaunchStatus, NodeStatus, NodeTypeStatus,
     NodeUsage, StoppedStatus, WorkStatus,
+};
+pub use usage::{
+    EarlierNodeTime, EarlierUsage, NodeSplit, NodeTime, RecordUsage, UsageAmounts, UsageBy,
+    UsageGroup, UsageGroups, UsageReport, EARLIER,
 };

@@ -243,6 +243,7 @@ impl HeadState {
             }
         } else {
             self.sched.set_schedulable(node, false);
+            self.usage_warm(now, node, true);
         }
     }
 
@@ -267,6 +268,7 @@ impl HeadState {
             a.note(now, format!("warm {node} takes waiting work ({lease})"));
         }
         self.sched.set_schedulable(node, true);
+        self.usage_warm(now, node, false);
         self.place_queued(now);
         true
     }
@@ -460,6 +462,7 @@ impl HeadState {
                         a.note(now, format!("keep {node} warm (cordoned): {reason}"));
                     }
                     self.sched.set_schedulable(node, false);
+                    self.usage_warm(now, node, true);
                 }
                 Action::Drain { node, reason } => {
                     if let Some(a) = self.autoscaling.as_mut() {

@@ -5,7 +5,8 @@
 //! locating, checkpoints, stopping), `drain.rs`, `groups.rs` (collective groups),
 //! `gangs.rs` (placement groups: creation, removal, a waiting gang that cannot be placed),
 //! `status.rs` (`ember status`), `restore.rs` (a head's restart from its journal, and what
-//! the state journals).
+//! the state journals), `usage.rs` (the usage ledger fed with joins, grants, releases and
+//! losses, and `ember usage`).
 //!
 //! Everything is stored once. The scheduler owns what runs where (a lease: its node and
 //! allocation); [`Work`] says what each lease is for; an actor keeps only the lease of its
@@ -21,6 +22,7 @@ mod nodes;
 mod pending;
 mod restore;
 mod status;
+mod usage;
 mod work;
 
 #[cfg(test)]
@@ -42,6 +44,7 @@ pub(crate) use crate::io::died;
 use crate::io::{CommandId, ConnId, Effect, Input, RequestId, Ticket};
 use crate::journal::{Change, NodeRecord, Owner};
 use crate::placement::Scheduler;
+use crate::usage::{Ledger, LedgerLimits};
 
 /// How the head behaves; every duration is of the clock passed to [`HeadState::handle`].
 #[derive(Debug, Clone)]
@@ -414,6 +417,9 @@ pub struct HeadState {
     gangs: BTreeMap<GangId, gangs::GangEntry>,
     /// The autoscaler, when the cluster scales itself (`autoscaling.rs`).
     autoscaling: Option<autoscaling::Autoscaling>,
+    /// Usage and cost of every job, actor incarnation and task lease, and every node's time
+    /// (`usage.rs`); in memory only, begun with this head life.
+    ledger: Ledger,
     out: Vec<Effect>,
     /// Whether-it-fits checks (`could_hold`, `never_fits_anywhere`) made to strand or
     /// unstrand requests, for tests of what a node leaving or joining costs.
@@ -457,6 +463,7 @@ impl HeadState {
             stranded: BTreeMap::new(),
             gangs: BTreeMap::new(),
             autoscaling,
+            ledger: Ledger::new(LedgerLimits::default()),
             out: Vec::new(),
             #[cfg(test)]
             fit_checks: 0,
@@ -470,6 +477,7 @@ impl HeadState {
 
     /// Takes in what arrived at `now` and returns what to do, in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Effect> {
+        self.ledger.begin(now);
         match input {
             Input::WorkerJoined { conn, hello } => self.worker_joined(now, conn, hello),
             Input::Closed { conn } => self.closed(now, conn),
@@ -623,6 +631,7 @@ impl HeadState {
             ));
         }
         self.check_stranded()?;
+        self.check_usage()?;
         for view in self.sched.gangs() {
             if !self.gangs.contains_key(&view.id) && !view.removing {
                 return Err(format!("{} is placed for no one", view.id));
@@ -793,6 +802,10 @@ impl HeadState {
             ClientRequest::Status => {
                 let status = self.status(now);
                 self.reply(request, ClientReply::Status(Box::new(status)));
+            }
+            ClientRequest::Usage { since_ms_ago } => {
+                let report = self.usage_report(now, since_ms_ago);
+                self.reply(request, ClientReply::Usage(Box::new(report)));
             }
             ClientRequest::LocateActor {
                 actor,

@@ -67,6 +67,7 @@ impl HeadState {
         );
         self.liveness
             .insert((now + self.config.heartbeat_timeout, node));
+        self.usage_node_joined(now, node);
         let record = NodeRecord {
             hello: (*self.nodes[&node].hello).clone(),
         };
@@ -257,6 +258,7 @@ impl HeadState {
             .remove(&(n.last_heard + self.config.heartbeat_timeout, node));
         let may_strand = self.could_strand(node);
         let lost = self.sched.remove_node(node);
+        self.usage_node_gone(now, node);
         self.strand(now, may_strand);
         self.strand_gangs(now);
         if why == "left" {

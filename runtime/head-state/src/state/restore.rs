@@ -36,6 +36,7 @@ impl HeadState {
     pub fn restore(config: Config, now: Instant, journaled: Journaled) -> (HeadState, Vec<Effect>) {
         let window = config.rejoin_window;
         let mut state = HeadState::new(config);
+        state.ledger.begin(now);
         state.epoch = journaled.epoch + 1;
         state.next_id = journaled.ids_reserved.max(1);
         state.ids_reserved = state.next_id;
@@ -226,6 +227,7 @@ impl HeadState {
                 if let Some(a) = self.actors.get_mut(&actor) {
                     a.life.started(incarnation, Incarnate { lease, endpoints });
                 }
+                self.usage_lease_started(now, lease);
                 tracing::info!(%actor, incarnation, %node, "actor adopted after the head restarted");
                 self.journal_actor(actor);
                 self.notify(now, actor);

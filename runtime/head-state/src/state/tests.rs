@@ -986,3 +986,6 @@ mod gang_tests;
 
 #[path = "autoscaling_tests.rs"]
 mod autoscaling_tests;
+
+#[path = "usage_tests.rs"]
+mod usage_tests;

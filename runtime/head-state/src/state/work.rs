@@ -139,6 +139,7 @@ impl HeadState {
     fn placed(&mut self, now: Instant, granted: Lease) {
         let lease = granted.id;
         self.forget_stranded(lease);
+        self.usage_lease_started(now, lease);
         self.autoscaled_leases(now, granted.node);
         match self.work.get_mut(&lease) {
             Some(Work::Lease(l)) => {
@@ -176,6 +177,7 @@ impl HeadState {
     /// fits now.
     pub(super) fn release(&mut self, now: Instant, lease: LeaseId) {
         let node = self.sched.lease(lease).map(|l| l.node);
+        self.usage_lease_ended(now, lease);
         self.work.remove(&lease);
         self.forget_stranded(lease);
         if self.sched.release(lease) {
