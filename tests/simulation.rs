@@ -92,6 +92,42 @@ fn stranded_requests_fail_at_their_pending_timeout() {
 }
 
 #[test]
+fn autoscaled_peaks_scale_up_and_back_down_without_launch_terminate_cycles() {
+    // Every launch, drain and stop is checked as it happens (bounds, no cycles, stops of
+    // started instances), and the floors after the last peak's quiet spell; these seeds must
+    // exercise what is checked.
+    let scenario = Scenario::autoscaled().with_env();
+    let mut total = ember_tests::sim::AutoscaleCounts::default();
+    for seed in 1..=3 {
+        match run(seed, &scenario) {
+            Ok(report) => {
+                println!("{} {report}", scenario.name);
+                let c = report.counts.autoscale;
+                total.launches += c.launches;
+                total.refused += c.refused;
+                total.never_joined += c.never_joined;
+                total.stopped += c.stopped;
+                total.notices += c.notices;
+                total.idle_drains += c.idle_drains;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    if scenario.steps >= Scenario::autoscaled().steps {
+        let t = &total;
+        assert!(
+            t.launches > 0
+                && t.refused > 0
+                && t.never_joined > 0
+                && t.stopped > 0
+                && t.notices > 0
+                && t.idle_drains > 0,
+            "seeds 1 to 3 did not exercise every part of the autoscaler: {t:?}"
+        );
+    }
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     let scenario = Scenario::small().with_env();
     let first = run(42, &scenario).unwrap_or_else(|f| panic!("{f}"));
@@ -111,8 +147,8 @@ fn a_seed_replays_exactly() {
     );
 }
 
-/// Replays one seed: `EMBER_SIM_SEED` (and `EMBER_SIM_SCENARIO`, `small` by default). Does
-/// nothing without `EMBER_SIM_SEED`.
+/// Replays one seed: `EMBER_SIM_SEED` (and `EMBER_SIM_SCENARIO`: `small` by default,
+/// `large`, `stranded` or `autoscaled`). Does nothing without `EMBER_SIM_SEED`.
 #[test]
 fn replay() {
     let Some(seed) = std::env::var("EMBER_SIM_SEED")
@@ -123,7 +159,7 @@ fn replay() {
     };
     let name = std::env::var("EMBER_SIM_SCENARIO").unwrap_or_else(|_| "small".into());
     let scenario = Scenario::by_name(&name)
-        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large or stranded"))
+        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large, stranded or autoscaled"))
         .with_env();
     check(seed, &scenario);
 }
@@ -140,7 +176,7 @@ fn sweep() {
         .unwrap_or_else(|| panic!("EMBER_SIM_SWEEP is FROM..TO, not {range}"));
     let name = std::env::var("EMBER_SIM_SCENARIO").unwrap_or_else(|_| "small".into());
     let scenario = Scenario::by_name(&name)
-        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large or stranded"))
+        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large, stranded or autoscaled"))
         .with_env();
     let mut failed = Vec::new();
     for seed in from..to {
