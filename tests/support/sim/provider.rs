@@ -13,7 +13,8 @@
 //! - **Bounds**: nodes of a type not on their way out plus its launches not joined yet never
 //!   pass the type's max, nor all of them the cluster's.
 //! - **No launch-terminate cycles**, in two rules. *Drains*: a node the autoscaler drains for
-//!   idleness could hold none of the requests queued just before that step (a node drained
+//!   idleness had been idle (holding no lease) for its type's idle timeout, and could hold
+//!   none of the requests queued just before that step (a node drained
 //!   while work it could take waits is a node that will be launched again). *Launches*: a
 //!   launch for waiting work (or busy GPUs) is decided only when no node of its type is idle
 //!   (holding no lease) and not draining, both before and after that step (the work it is for
@@ -24,8 +25,9 @@
 //! - **Warm pools**: no warm node stays cordoned after a step while a queued request it could
 //!   hold waits (it is handed over at once).
 //! - **Floors**: after the calm spell (longer than every idle timeout) nothing waits, nothing
-//!   drains, and every type has its min plus its warm pool (joined, or launching after a
-//!   failed launch) and the provider runs exactly the instances of those nodes.
+//!   drains, and every type has its min plus its warm pool (joined or launching; fewer only
+//!   while its launches back off after failing in a row), and the provider runs exactly the
+//!   instances of its joined nodes.
 //! - **Instances**: every `StopNode` names an instance the provider started and was not told
 //!   to stop yet; at the end every launch was answered, and every instance the provider
 //!   started was stopped or is the node of a joined worker (or a launch still within its
@@ -176,6 +178,8 @@ pub(super) struct FakeProvider {
 pub(super) struct Before {
     /// Idle nodes not draining, with their type and whether warm.
     idle: BTreeMap<NodeId, (String, bool)>,
+    /// How long each idle node not draining had been idle.
+    idle_for: BTreeMap<NodeId, Duration>,
     /// Nodes draining.
     draining: BTreeSet<NodeId>,
     /// Idle nodes not draining that could hold a queued request, with one such request.
@@ -544,6 +548,10 @@ impl Sim {
                 continue;
             }
             before.idle.insert(node, (n.node_type.to_string(), n.warm));
+            if let Some(since) = n.idle_since {
+                let idle_for = (self.base + self.now).saturating_duration_since(since);
+                before.idle_for.insert(node, idle_for);
+            }
             if let Some(r) = sched.queued().find(|r| sched.would_hold(node, r)) {
                 before.wanted.insert(node, format!("{r:?}"));
             }
@@ -616,6 +624,21 @@ impl Sim {
                 continue;
             }
             self.counts.autoscale.idle_drains += 1;
+            let timeout = a
+                .node(node)
+                .and_then(|n| policy.types.iter().find(|t| t.name == n.node_type))
+                .or_else(|| {
+                    let (name, _) = before.idle.get(&node)?;
+                    policy.types.iter().find(|t| t.name == *name)
+                })
+                .map(|t| t.idle_timeout);
+            let idle_for = before.idle_for.get(&node).copied().unwrap_or_default();
+            if timeout.is_none_or(|timeout| idle_for < timeout) {
+                return Err(format!(
+                    "{node} was drained for idleness after {idle_for:?} idle, under its type's \
+                     idle timeout ({timeout:?})"
+                ));
+            }
             if let Some(request) = before.wanted.get(&node) {
                 return Err(format!(
                     "{node} was drained for idleness while work it could hold waited: {request}"
@@ -680,11 +703,20 @@ impl Sim {
                 .filter(|l| l.node_type == t.name)
                 .count() as u32;
             let floor = t.min + t.warm;
-            if joined > floor || joined + launching != floor {
+            // Under the floor only while its launches back off after failing in a row.
+            let backing_off = a
+                .failures()
+                .get(&t.name)
+                .is_some_and(|f| f.retry_at > self.base + self.now);
+            let short = joined + launching < floor && backing_off;
+            if joined > floor || (joined + launching != floor && !short) {
                 return Err(format!(
                     "type {} has {joined} nodes and {launching} launching after the calm \
-                     spell, not its floor of {floor} (min {}, warm {})",
-                    t.name, t.min, t.warm
+                     spell, not its floor of {floor} (min {}, warm {}; failures: {:?})",
+                    t.name,
+                    t.min,
+                    t.warm,
+                    a.failures().get(&t.name)
                 ));
             }
             let running = self
