@@ -128,6 +128,17 @@ fn autoscaled_peaks_scale_up_and_back_down_without_launch_terminate_cycles() {
 }
 
 #[test]
+#[ignore = "a known bug: work for a task no worker has makes the autoscaler launch nodes of a \
+            type that lists no labels while such nodes sit idle (EMBER_SIM_SEED=1 \
+            EMBER_SIM_SCENARIO=autoscaled-unknown-tasks)"]
+fn autoscaled_work_no_worker_can_take_launches_nothing() {
+    let scenario = Scenario::autoscaled_unknown_tasks().with_env();
+    for seed in 1..=3 {
+        check(seed, &scenario);
+    }
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     let scenario = Scenario::small().with_env();
     let first = run(42, &scenario).unwrap_or_else(|f| panic!("{f}"));
@@ -148,7 +159,7 @@ fn a_seed_replays_exactly() {
 }
 
 /// Replays one seed: `EMBER_SIM_SEED` (and `EMBER_SIM_SCENARIO`: `small` by default,
-/// `large`, `stranded` or `autoscaled`). Does nothing without `EMBER_SIM_SEED`.
+/// `large`, `stranded`, `autoscaled` or `autoscaled-unknown-tasks`). Does nothing without `EMBER_SIM_SEED`.
 #[test]
 fn replay() {
     let Some(seed) = std::env::var("EMBER_SIM_SEED")
@@ -159,7 +170,7 @@ fn replay() {
     };
     let name = std::env::var("EMBER_SIM_SCENARIO").unwrap_or_else(|_| "small".into());
     let scenario = Scenario::by_name(&name)
-        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large, stranded or autoscaled"))
+        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large, stranded, autoscaled or autoscaled-unknown-tasks"))
         .with_env();
     check(seed, &scenario);
 }
@@ -176,7 +187,7 @@ fn sweep() {
         .unwrap_or_else(|| panic!("EMBER_SIM_SWEEP is FROM..TO, not {range}"));
     let name = std::env::var("EMBER_SIM_SCENARIO").unwrap_or_else(|_| "small".into());
     let scenario = Scenario::by_name(&name)
-        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large, stranded or autoscaled"))
+        .unwrap_or_else(|| panic!("no scenario `{name}`: small, large, stranded, autoscaled or autoscaled-unknown-tasks"))
         .with_env();
     let mut failed = Vec::new();
     for seed in from..to {

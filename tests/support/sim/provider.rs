@@ -466,8 +466,14 @@ impl Sim {
             self.send(conn, ClientRequest::SubmitJob(spec), None);
             return;
         }
+        // Now and then a task no worker's executable has (see `Scenario::unknown_tasks`).
+        let name = if self.chance(self.scenario.unknown_tasks) {
+            "nowhere"
+        } else {
+            TASKS[self.rng.gen_range(0..TASKS.len())]
+        };
         let spec = LeaseSpec {
-            name: TASKS[self.rng.gen_range(0..TASKS.len())].to_string(),
+            name: name.to_string(),
             placement,
         };
         let request = self.send(conn, ClientRequest::LeaseTask(spec), None);
