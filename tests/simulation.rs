@@ -98,10 +98,12 @@ fn autoscaled_peaks_scale_up_and_back_down_without_launch_terminate_cycles() {
     // exercise what is checked.
     let scenario = Scenario::autoscaled().with_env();
     let mut total = ember_tests::sim::AutoscaleCounts::default();
+    let mut first = None;
     for seed in 1..=3 {
         match run(seed, &scenario) {
             Ok(report) => {
                 println!("{} {report}", scenario.name);
+                first.get_or_insert(report.trace_hash);
                 let c = report.counts.autoscale;
                 total.launches += c.launches;
                 total.refused += c.refused;
@@ -113,6 +115,12 @@ fn autoscaled_peaks_scale_up_and_back_down_without_launch_terminate_cycles() {
             Err(failure) => panic!("{failure}"),
         }
     }
+    let again = run(1, &scenario).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        first,
+        Some(again.trace_hash),
+        "two runs of seed 1 differ: the provider, the autoscaler or the head is not deterministic"
+    );
     if scenario.steps >= Scenario::autoscaled().steps {
         let t = &total;
         assert!(

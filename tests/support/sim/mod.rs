@@ -509,15 +509,17 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64, scenario: Scenario) -> Self {
-        let config = Config {
+        let mut config = Config {
             heartbeat_timeout: scenario.heartbeat_timeout,
             form_wait: Duration::from_secs(5),
             rejoin_window: scenario.rejoin_window(),
             pending_timeout: scenario.pending_timeout,
-            autoscaler: scenario.autoscale.then(provider::autoscaler),
-            autoscale_interval: provider::AUTOSCALE_INTERVAL,
             ..Config::default()
         };
+        if scenario.autoscale {
+            config.autoscaler = Some(provider::autoscaler());
+            config.autoscale_interval = provider::AUTOSCALE_INTERVAL;
+        }
         let base = Instant::now();
         let (head, first) = HeadState::restore(config, base, Journaled::default());
         let mut journal = MemoryTables::new();

@@ -14,8 +14,9 @@
 //!   pass the type's max, nor all of them the cluster's.
 //! - **No launch-terminate cycles**, in two rules. *Drains*: a node the autoscaler drains for
 //!   idleness had been idle (holding no lease) for its type's idle timeout, and could hold
-//!   none of the requests queued just before that step (a node drained
-//!   while work it could take waits is a node that will be launched again). *Launches*: a
+//!   none of the requests queued just before that step (a node drained while work it could
+//!   take waits is a node that will be launched again); a drain is for idleness when it did
+//!   not begin with a notice for the node, the scenario's only other drains. *Launches*: a
 //!   launch for waiting work (or busy GPUs) is decided only when no node of its type is idle
 //!   (holding no lease) and not draining, both before and after that step (the work it is for
 //!   would fit that node); a launch to refill a warm pool only when no such node is idle outside
