@@ -565,11 +565,7 @@ fn print_status(s: &ClusterStatus) {
             n.address,
             format_millis(u.cpu_millis_free),
             format_millis(u.cpu_millis_total),
-            if u.schedulable {
-                ""
-            } else {
-                "  (cordoned: draining, or warm)"
-            }
+            if u.schedulable { "" } else { "  (cordoned: draining, or warm)" }
         );
         for g in &u.gpus {
             println!(
