@@ -114,7 +114,8 @@ impl Sim {
 
     /// Client `c` does one thing, and plans its next.
     pub(super) fn act(&mut self, c: usize) -> Result<(), String> {
-        if !self.clients[c].open || !self.active() {
+        // The autoscaled scenario's clients act in peaks (`provider.rs`).
+        if !self.clients[c].open || !self.active() || self.scenario.autoscale {
             return Ok(());
         }
         let at = self.now + self.exp(self.scenario.op_interval.as_secs_f64());

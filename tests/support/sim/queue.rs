@@ -81,6 +81,14 @@ pub(super) enum Ev {
     Fault,
     /// A new worker is started.
     Spawn,
+    /// The fake provider answers a launch: started (`ok`) or refused.
+    Launched { launch: u64, ok: bool },
+    /// A launch's instance boots its worker.
+    Boot { launch: u64 },
+    /// A spot instance's notice runs out: the cloud takes it.
+    Reclaim { launch: u64 },
+    /// Clients make a peak of work (autoscaled scenario).
+    Peak,
 }
 
 /// Events by (time, sequence).

@@ -327,6 +327,8 @@ impl Sim {
                 };
                 if reason != "drained" {
                     self.counts.declared_dead += 1;
+                } else if self.scenario.autoscale {
+                    self.provider_closed_drained(node);
                 }
                 self.workers[w].forgotten = true;
                 self.close_worker(w);
@@ -385,9 +387,12 @@ impl Sim {
             Effect::ForgetCheckpoints { actor } => self.forgets.push(actor),
             // Committed with its batch, before any of the batch's other effects.
             Effect::Journal(_) => {}
-            // The simulated head has no autoscaler.
+            // Only the autoscaled scenario's head has an autoscaler, and its shell a provider.
             Effect::LaunchNode { .. } | Effect::StopNode { .. } => {
-                return Err(format!("a head without an autoscaler asked for {effect:?}"));
+                if !self.scenario.autoscale {
+                    return Err(format!("a head without an autoscaler asked for {effect:?}"));
+                }
+                self.provider_effect(effect)?;
             }
         }
         Ok(())

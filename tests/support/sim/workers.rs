@@ -90,6 +90,12 @@ impl Sim {
     pub(super) fn spawn_worker(&mut self, at: Duration) {
         let w = self.workers.len();
         let hello = self.hello(w);
+        self.spawn_worker_with(at, hello);
+    }
+
+    /// Starts a worker that says `hello` at `at`.
+    pub(super) fn spawn_worker_with(&mut self, at: Duration, hello: WorkerHello) {
+        let w = self.workers.len();
         let conn = self.new_conn(Peer::Worker(w));
         let exec = self.new_conn(Peer::Exec(w));
         let slow = if self.chance(0.05) {
@@ -569,7 +575,7 @@ impl Sim {
     }
 
     /// Everything worker `w` runs ends (its process died, or it killed its executors).
-    fn end_all(&mut self, w: usize) {
+    pub(super) fn end_all(&mut self, w: usize) {
         let procs: Vec<(ActorId, u32)> = self.workers[w].procs.keys().copied().collect();
         for (actor, inc) in procs {
             self.end_proc(w, actor, inc);
@@ -606,7 +612,7 @@ impl Sim {
     }
 
     /// Worker `w` died: callers of what ran there notice, some of them soon.
-    fn callers_notice(&mut self, w: usize) {
+    pub(super) fn callers_notice(&mut self, w: usize) {
         let leases: Vec<LeaseId> = self.workers[w].leases.keys().copied().collect();
         for lease in leases {
             self.lease_lost(lease);
@@ -751,6 +757,9 @@ impl Sim {
         self.queue.push(self.now + next, Ev::Fault);
         if self.chance(self.scenario.head_crash) {
             return self.head_crash();
+        }
+        if self.scenario.autoscale {
+            return self.autoscaled_fault();
         }
         let live: Vec<usize> = (0..self.workers.len())
             .filter(|&w| {

@@ -527,6 +527,12 @@ impl HeadState {
         &self.sched
     }
 
+    /// The autoscaler, when the cluster scales itself: the nodes it launched (their type, idle
+    /// or not, warm, draining) and its launches not joined yet, for the simulation's checks.
+    pub fn autoscaler(&self) -> Option<&crate::autoscale::Autoscaler> {
+        self.autoscaling.as_ref().map(|a| &a.autoscaler)
+    }
+
     /// How many requests wait for an answer.
     pub fn open_requests(&self) -> usize {
         self.requests.len()
