@@ -66,6 +66,18 @@ struct Args {
     /// Skip the scaling lines.
     #[arg(long)]
     no_scaling: bool,
+    /// Measure only the pure pass (`decide`) or only the head's (`head`), e.g. to profile one.
+    #[arg(long)]
+    only: Option<Only>,
+}
+
+/// One of the two measurements.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    /// The pure `Autoscaler::decide`.
+    Decide,
+    /// The head's whole pass.
+    Head,
 }
 
 /// xorshift64: a fixed, cheap sequence of choices.
@@ -171,7 +183,10 @@ fn shape(rng: &mut Rand) -> (ResourceDemand, &'static str) {
             let memory = [0, 0, 4, 8, 16, 20][pick(6, 16)] * GIB;
             let accelerator = [None, None, Some("L4"), Some("H100")][pick(4, 24)];
             let task = ["train", "serve"][pick(2, 32)];
-            (gpu(1 + pick(2, 36) as u64, units, memory, accelerator), task)
+            (
+                gpu(1 + pick(2, 36) as u64, units, memory, accelerator),
+                task,
+            )
         }
         // Whole GPUs, 1 to 8 (1, 2, 4 and 8 the most), some with 40 GiB on each.
         35..=59 => {
@@ -555,8 +570,9 @@ fn main() {
     );
     let w = waiting(args.waiting);
     let shapes = distinct_shapes(&w);
-    let d = decide(args.nodes, &w, args.passes);
-    println!(
+    if args.only != Some(Only::Head) {
+        let d = decide(args.nodes, &w, args.passes);
+        println!(
         "decide nodes={} waiting={} gangs={} distinct_shapes={shapes} first: passes={} {} launches={} drains={}",
         args.nodes,
         args.waiting,
@@ -566,17 +582,19 @@ fn main() {
         d.launches,
         d.drains,
     );
-    println!(
-        "decide nodes={} waiting={} steady ({} launches pending): passes={} {} launches={}",
-        args.nodes,
-        args.waiting,
-        d.pending,
-        args.passes,
-        summary(d.steady),
-        d.steady_launches,
-    );
-    let h = head(args.nodes, args.waiting, args.passes);
-    println!(
+        println!(
+            "decide nodes={} waiting={} steady ({} launches pending): passes={} {} launches={}",
+            args.nodes,
+            args.waiting,
+            d.pending,
+            args.passes,
+            summary(d.steady),
+            d.steady_launches,
+        );
+    }
+    if args.only != Some(Only::Decide) {
+        let h = head(args.nodes, args.waiting, args.passes);
+        println!(
         "head nodes={} busy={} waiting={} gangs_waiting={} refused={}: first={:.2}ms launches={}; steady: passes={} {}",
         args.nodes,
         h.busy,
@@ -587,8 +605,9 @@ fn main() {
         h.launches,
         args.passes,
         summary(h.steady),
-    );
-    if args.no_scaling {
+        );
+    }
+    if args.no_scaling || args.only.is_some() {
         return;
     }
     for &nodes in &args.scale_nodes {

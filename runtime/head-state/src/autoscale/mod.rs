@@ -21,6 +21,7 @@
 //! - **Launches that never join** are given up after `launch_timeout`, reported, and no longer
 //!   count as coming capacity, so the next pass launches again if the work still waits.
 
+mod counts;
 mod pack;
 #[cfg(test)]
 mod tests;
@@ -172,6 +173,8 @@ pub struct Autoscaler {
     busy_streak: u32,
     /// The last launch for busy GPUs.
     last_busy_launch: Option<Instant>,
+    /// The nodes of each type, during a pass (`counts.rs`).
+    counts: Vec<counts::TypeCount>,
 }
 
 impl Autoscaler {
@@ -204,6 +207,7 @@ impl Autoscaler {
             next_launch: 1,
             busy_streak: 0,
             last_busy_launch: None,
+            counts: Vec::new(),
         })
     }
 
@@ -262,6 +266,7 @@ impl Autoscaler {
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         self.give_up_launches(now, &mut actions);
+        self.counts = counts::count(&self.policy.types, &self.nodes, &self.launches);
         let live = self.nodes.values().filter(|n| !n.draining).count() as u32;
         let pending = self.launches.len() as u32;
         // As Ray's `upscaling_speed`: launches pending at once, at most max(5, speed × nodes).
@@ -271,12 +276,23 @@ impl Autoscaler {
             pass_room: speed_cap.saturating_sub(pending),
         };
         self.keep_floors(now, &mut budget, &mut actions);
-        let plan = pack::plan(&self.policy.types, self.coming(), waiting);
-        for (type_index, reason) in plan.launches {
+        let room = pack::Room::left(&self.policy.types, &self.counts, &budget);
+        let plan = pack::plan(&self.policy.types, self.coming(), waiting, room);
+        for (type_index, why) in plan.launches {
+            // Once the budget is spent, no launch can be made this pass.
+            if budget.cluster_room == 0 || budget.pass_room == 0 {
+                break;
+            }
+            let reason = why.reason(&self.policy.types[type_index]);
             self.launch(now, type_index, reason, &mut budget, &mut actions);
         }
         self.scale_on_busy_gpus(now, waiting, gpu_utilisation, &mut budget, &mut actions);
         self.drain_idle(now, &mut actions);
+        debug_assert_eq!(
+            self.counts,
+            counts::count(&self.policy.types, &self.nodes, &self.launches),
+            "a pass's launches and drains kept the counts"
+        );
         actions
     }
 
@@ -301,32 +317,12 @@ impl Autoscaler {
 
     /// How many nodes of a type there are or are coming (draining ones excluded).
     fn count_of(&self, name: &str) -> u32 {
-        let live = self
-            .nodes
-            .values()
-            .filter(|n| !n.draining && n.node_type == name)
-            .count();
-        let coming = self
-            .launches
-            .values()
-            .filter(|l| l.node_type == name)
-            .count();
-        (live + coming) as u32
+        self.type_index(name).map_or(0, |i| self.counts[i].all())
     }
 
     /// Idle nodes of a type, and launches of it not joined yet (they join idle).
     fn idle_of(&self, name: &str) -> u32 {
-        let idle = self
-            .nodes
-            .values()
-            .filter(|n| !n.draining && n.node_type == name && n.idle_since.is_some())
-            .count();
-        let coming = self
-            .launches
-            .values()
-            .filter(|l| l.node_type == name)
-            .count();
-        (idle + coming) as u32
+        self.type_index(name).map_or(0, |i| self.counts[i].idle())
     }
 
     /// The types of launches not joined yet, as indexes into the policy's types.
@@ -380,6 +376,7 @@ impl Autoscaler {
         let launch = self.next_launch;
         self.next_launch += 1;
         let node_type = t.name.clone();
+        self.counts[i].coming += 1;
         self.launches.insert(
             launch,
             Launching {
@@ -454,9 +451,10 @@ impl Autoscaler {
         idle.sort();
         for (since, node) in idle {
             let name = self.nodes[&node].node_type.clone();
-            let Some(t) = self.type_index(&name).map(|i| &self.policy.types[i]) else {
+            let Some(i) = self.type_index(&name) else {
                 continue;
             };
+            let t = &self.policy.types[i];
             let idle_for = now.saturating_duration_since(since);
             if idle_for < t.idle_timeout
                 || self.count_of(&name) <= t.min
@@ -472,6 +470,8 @@ impl Autoscaler {
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.draining = true;
             }
+            self.counts[i].live -= 1;
+            self.counts[i].idle -= 1;
             actions.push(Action::Drain { node, reason });
         }
     }

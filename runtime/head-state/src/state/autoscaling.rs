@@ -88,8 +88,8 @@ impl HeadState {
         let Some(a) = self.autoscaling.as_mut() else {
             return;
         };
-        if let Some(usage) = self.sched.usage(node) {
-            a.autoscaler.node_leases(now, node, usage.leases);
+        if let Some(leases) = self.sched.lease_count(node) {
+            a.autoscaler.node_leases(now, node, leases);
         }
     }
 
@@ -104,7 +104,7 @@ impl HeadState {
         let leases: Vec<(NodeId, usize)> = self
             .sched
             .node_ids()
-            .filter_map(|n| Some((n, self.sched.usage(n)?.leases)))
+            .filter_map(|n| Some((n, self.sched.lease_count(n)?)))
             .collect();
         let Some(a) = self.autoscaling.as_mut() else {
             return;
@@ -154,14 +154,11 @@ impl HeadState {
     /// What waits and fits no live node now: queued requests with their labels, and gangs
     /// waiting for bundles.
     fn waiting_work(&self) -> Vec<Waiting> {
-        let mut waiting: Vec<Waiting> = self
-            .sched
-            .queued()
-            .map(|r| Waiting::Request {
-                demand: r.demand.clone(),
-                labels: r.labels.clone(),
-            })
-            .collect();
+        let mut waiting: Vec<Waiting> = Vec::with_capacity(self.sched.queued_len());
+        waiting.extend(self.sched.queued().map(|r| Waiting::Request {
+            demand: r.demand.clone(),
+            labels: r.labels.clone(),
+        }));
         for g in self.sched.gangs() {
             let bundles: Vec<_> = g
                 .bundles
