@@ -2,13 +2,15 @@
 //! by its own launches and drains, so that the floors, each launch's check of its type's
 //! `max` and each idle node's check of its type's `min` and warm pool are lookups rather
 //! than walks over every node and launch (with 1,000 nodes and 1,000 launches a pass, those
-//! walks were most of it).
+//! walks were most of it). Between passes there are no counts, and `Autoscaler::count_of`
+//! and `idle_of` walk as before; in debug builds every pass ends checking that its counts
+//! agree with those walks.
 
 use std::collections::BTreeMap;
 
 use ember_core::ids::NodeId;
 
-use super::{LaunchId, Launching, NodeType, Tracked};
+use super::{Autoscaler, LaunchId, Launching, NodeType, Tracked};
 
 /// The nodes of one type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,4 +56,26 @@ pub(super) fn count(
         }
     }
     counts
+}
+
+/// Whether the counts a pass kept (`counted`) agree with a walk over the nodes and launches
+/// now (the autoscaler holding no counts any more); what differs, if not.
+pub(super) fn check(a: &Autoscaler, counted: Option<&[TypeCount]>) -> Result<(), String> {
+    let Some(counted) = counted else {
+        return Err("the pass kept no counts".into());
+    };
+    for (t, c) in a.policy.types.iter().zip(counted) {
+        let walked = (a.count_of(&t.name), a.idle_of(&t.name));
+        if (c.all(), c.idle()) != walked {
+            return Err(format!(
+                "node type {}: the pass counted {} nodes, {} idle; there are {}, {} idle",
+                t.name,
+                c.all(),
+                c.idle(),
+                walked.0,
+                walked.1
+            ));
+        }
+    }
+    Ok(())
 }

@@ -173,8 +173,8 @@ pub struct Autoscaler {
     busy_streak: u32,
     /// The last launch for busy GPUs.
     last_busy_launch: Option<Instant>,
-    /// The nodes of each type, during a pass (`counts.rs`).
-    counts: Vec<counts::TypeCount>,
+    /// The nodes of each type while a pass decides (`counts.rs`); `None` between passes.
+    counts: Option<Vec<counts::TypeCount>>,
 }
 
 impl Autoscaler {
@@ -207,7 +207,7 @@ impl Autoscaler {
             next_launch: 1,
             busy_streak: 0,
             last_busy_launch: None,
-            counts: Vec::new(),
+            counts: None,
         })
     }
 
@@ -266,7 +266,11 @@ impl Autoscaler {
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         self.give_up_launches(now, &mut actions);
-        self.counts = counts::count(&self.policy.types, &self.nodes, &self.launches);
+        self.counts = Some(counts::count(
+            &self.policy.types,
+            &self.nodes,
+            &self.launches,
+        ));
         let live = self.nodes.values().filter(|n| !n.draining).count() as u32;
         let pending = self.launches.len() as u32;
         // As Ray's `upscaling_speed`: launches pending at once, at most max(5, speed × nodes).
@@ -276,23 +280,19 @@ impl Autoscaler {
             pass_room: speed_cap.saturating_sub(pending),
         };
         self.keep_floors(now, &mut budget, &mut actions);
-        let room = pack::Room::left(&self.policy.types, &self.counts, &budget);
-        let plan = pack::plan(&self.policy.types, self.coming(), waiting, room);
-        for (type_index, why) in plan.launches {
-            // Once the budget is spent, no launch can be made this pass.
-            if budget.cluster_room == 0 || budget.pass_room == 0 {
+        let mut plan = pack::plan(self.coming(), waiting);
+        // The plan's launches, until the pass can launch no more.
+        while budget.cluster_room > 0 && budget.pass_room > 0 {
+            let Some((type_index, why)) = plan.next_launch(&self.policy.types) else {
                 break;
-            }
+            };
             let reason = why.reason(&self.policy.types[type_index]);
             self.launch(now, type_index, reason, &mut budget, &mut actions);
         }
         self.scale_on_busy_gpus(now, waiting, gpu_utilisation, &mut budget, &mut actions);
         self.drain_idle(now, &mut actions);
-        debug_assert_eq!(
-            self.counts,
-            counts::count(&self.policy.types, &self.nodes, &self.launches),
-            "a pass's launches and drains kept the counts"
-        );
+        let counted = self.counts.take();
+        debug_assert_eq!(counts::check(self, counted.as_deref()), Ok(()));
         actions
     }
 
@@ -317,12 +317,43 @@ impl Autoscaler {
 
     /// How many nodes of a type there are or are coming (draining ones excluded).
     fn count_of(&self, name: &str) -> u32 {
-        self.type_index(name).map_or(0, |i| self.counts[i].all())
+        if let Some(c) = self.counted(name) {
+            return c.all();
+        }
+        let live = self
+            .nodes
+            .values()
+            .filter(|n| !n.draining && n.node_type == name)
+            .count();
+        let coming = self
+            .launches
+            .values()
+            .filter(|l| l.node_type == name)
+            .count();
+        (live + coming) as u32
     }
 
     /// Idle nodes of a type, and launches of it not joined yet (they join idle).
     fn idle_of(&self, name: &str) -> u32 {
-        self.type_index(name).map_or(0, |i| self.counts[i].idle())
+        if let Some(c) = self.counted(name) {
+            return c.idle();
+        }
+        let idle = self
+            .nodes
+            .values()
+            .filter(|n| !n.draining && n.node_type == name && n.idle_since.is_some())
+            .count();
+        let coming = self
+            .launches
+            .values()
+            .filter(|l| l.node_type == name)
+            .count();
+        (idle + coming) as u32
+    }
+
+    /// The nodes of a type as a pass counted them, while one decides.
+    fn counted(&self, name: &str) -> Option<counts::TypeCount> {
+        Some(self.counts.as_ref()?[self.type_index(name)?])
     }
 
     /// The types of launches not joined yet, as indexes into the policy's types.
@@ -376,7 +407,9 @@ impl Autoscaler {
         let launch = self.next_launch;
         self.next_launch += 1;
         let node_type = t.name.clone();
-        self.counts[i].coming += 1;
+        if let Some(c) = self.counts.as_mut() {
+            c[i].coming += 1;
+        }
         self.launches.insert(
             launch,
             Launching {
@@ -470,8 +503,10 @@ impl Autoscaler {
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.draining = true;
             }
-            self.counts[i].live -= 1;
-            self.counts[i].idle -= 1;
+            if let Some(c) = self.counts.as_mut() {
+                c[i].live -= 1;
+                c[i].idle -= 1;
+            }
             actions.push(Action::Drain { node, reason });
         }
     }

@@ -11,16 +11,19 @@
 //! there, a tree of what ranges of nodes offer at most (`bins.rs`) skips the ranges that
 //! cannot hold it. Either way first fit chooses the very node it would have chosen looking
 //! at every node from the first, which `pack_tests.rs` checks.
+//!
+//! A pass launches at most what its budget allows (the upscaling speed, the cluster's max),
+//! often far fewer nodes than all that waits would need, and none while its launches are
+//! still pending. So the plan packs only as far as the pass asks ([`Plan::next_launch`]).
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use ember_core::ids::NodeId;
 use ember_core::proto::GangStrategy;
 use ember_core::resources::ResourceDemand;
 
-use super::counts::TypeCount;
-use super::{Budget, NodeType};
+use super::NodeType;
 use crate::placement::node::NodeState;
 use bins::{type_bit, Bin, Bins, Need};
 
@@ -86,53 +89,6 @@ impl Waiting {
                 c + d.cpu_millis,
             )
         })
-    }
-}
-
-/// The new nodes waiting work needs: each a type (its index) and why.
-#[derive(Debug, Default)]
-pub(super) struct Plan<'w> {
-    pub(super) launches: Vec<(usize, Why<'w>)>,
-}
-
-/// How many launches a pass can still make: in all (its budget), and of each type (the
-/// type's max less its nodes there and coming). Once the plan has opened as many nodes as
-/// the pass can launch, every node it would open after them would be refused, so it stops.
-#[derive(Debug, Clone)]
-pub(super) struct Room {
-    total: u32,
-    of_type: Vec<u32>,
-}
-
-impl Room {
-    /// What is left of `budget`, with `counts` the nodes of each of `types`.
-    pub(super) fn left(types: &[NodeType], counts: &[TypeCount], budget: &Budget) -> Room {
-        Room {
-            total: budget.cluster_room.min(budget.pass_room),
-            of_type: types
-                .iter()
-                .zip(counts)
-                .map(|(t, c)| t.max.saturating_sub(c.all()))
-                .collect(),
-        }
-    }
-
-    /// Room for anything.
-    #[cfg(test)]
-    fn unlimited(types: usize) -> Room {
-        Room {
-            total: u32::MAX,
-            of_type: vec![u32::MAX; types],
-        }
-    }
-
-    /// A node of type `t` is opened: it takes room if its type has some (if not, the pass
-    /// refuses to launch it).
-    fn take(&mut self, t: usize) {
-        if let Some(r) = self.of_type.get_mut(t).filter(|r| **r > 0) {
-            *r -= 1;
-            self.total = self.total.saturating_sub(1);
-        }
     }
 }
 
@@ -278,58 +234,91 @@ struct Shape {
     cheapest: Option<Option<usize>>,
 }
 
-/// The plan being made: its nodes, the shapes seen, and the launches so far.
-struct Packer<'t, 'w> {
-    types: &'t [NodeType],
+/// The new nodes waiting work needs, made as a pass asks for them
+/// ([`Plan::next_launch`]): a pass takes launches until it can make no more, and what waits
+/// behind them is never packed.
+pub(super) struct Plan<'w> {
+    /// The types of the coming nodes, until the plan starts.
+    coming: Vec<usize>,
+    waiting: &'w [Waiting],
+    /// What waits, largest first, and how far it is packed; `None` until the plan starts.
+    order: Option<std::vec::IntoIter<&'w Waiting>>,
     /// A fresh node of each type, once one was needed: new nodes are copies of it.
     fresh: Vec<Option<NodeState>>,
     bins: Bins,
     shapes: BTreeMap<ShapeKey<'w>, Shape>,
-    plan: Plan<'w>,
-    room: Room,
+    /// New nodes opened and not asked for yet (a gang may open several).
+    opened: VecDeque<(usize, Why<'w>)>,
 }
 
-impl<'t, 'w> Packer<'t, 'w> {
-    fn new(types: &'t [NodeType], coming: Vec<usize>, room: Room) -> Self {
-        let mut p = Packer {
-            types,
-            fresh: vec![None; types.len()],
-            bins: Bins::default(),
-            shapes: BTreeMap::new(),
-            plan: Plan::default(),
-            room,
-        };
-        for type_index in coming {
-            let node = p.new_node(type_index);
-            p.bins.push(Bin { type_index, node });
+/// A plan that packs `waiting`, largest first, onto the coming nodes (`coming`: their types),
+/// opening new nodes of the cheapest fitting type for what does not fit. Work that no type can
+/// hold is left out (see `Autoscaler::unservable`).
+pub(super) fn plan(coming: Vec<usize>, waiting: &[Waiting]) -> Plan<'_> {
+    Plan {
+        coming,
+        waiting,
+        order: None,
+        fresh: Vec::new(),
+        bins: Bins::default(),
+        shapes: BTreeMap::new(),
+        opened: VecDeque::new(),
+    }
+}
+
+impl<'w> Plan<'w> {
+    /// The next new node the waiting work needs: its type (an index into `types`, the
+    /// policy's types, the same at every call) and why; `None` once all that waits is packed.
+    pub(super) fn next_launch(&mut self, types: &[NodeType]) -> Option<(usize, Why<'w>)> {
+        if self.order.is_none() {
+            self.start(types);
         }
-        p
+        loop {
+            if let Some(launch) = self.opened.pop_front() {
+                return Some(launch);
+            }
+            let w = self.order.as_mut()?.next()?;
+            self.pack(types, w);
+        }
     }
 
-    fn new_node(&mut self, t: usize) -> NodeState {
+    /// The coming nodes, and what waits in the order it is packed.
+    fn start(&mut self, types: &[NodeType]) {
+        self.fresh = vec![None; types.len()];
+        for type_index in std::mem::take(&mut self.coming) {
+            let node = self.new_node(types, type_index);
+            self.bins.push(Bin { type_index, node });
+        }
+        let mut order: Vec<&Waiting> = self.waiting.iter().collect();
+        // Stable: among equals, the order they wait in.
+        order.sort_by_cached_key(|w| Reverse(w.size()));
+        self.order = Some(order.into_iter());
+    }
+
+    fn new_node(&mut self, types: &[NodeType], t: usize) -> NodeState {
         self.fresh[t]
-            .get_or_insert_with(|| fresh(&self.types[t]))
+            .get_or_insert_with(|| fresh(&types[t]))
             .clone()
     }
 
     /// Packs one waiting item, as first fit would.
-    fn pack(&mut self, w: &'w Waiting) {
+    fn pack(&mut self, types: &[NodeType], w: &'w Waiting) {
         let labels = w.labels();
         match w {
             Waiting::Request { demand, .. } => {
-                self.single(demand, labels, &[]);
+                self.single(types, demand, labels, &[]);
             }
             Waiting::Gang {
                 bundles,
                 strategy: GangStrategy::StrictPack,
-            } if bundles.len() != 1 => self.together(bundles, labels),
+            } if bundles.len() != 1 => self.together(types, bundles, labels),
             Waiting::Gang { bundles, strategy } => {
                 // Strict spread: each bundle on a node of its own.
                 let distinct = *strategy == GangStrategy::StrictSpread;
                 let mut used: Vec<usize> = Vec::new();
                 for d in bundles {
                     let skip = if distinct { used.as_slice() } else { &[] };
-                    if let Some(at) = self.single(d, labels, skip) {
+                    if let Some(at) = self.single(types, d, labels, skip) {
                         used.push(at);
                     }
                 }
@@ -341,11 +330,11 @@ impl<'t, 'w> Packer<'t, 'w> {
     /// new node of the cheapest type that does; returns which, or `None` when no type can.
     fn single(
         &mut self,
+        types: &[NodeType],
         d: &'w ResourceDemand,
         labels: &'w [String],
         skip: &[usize],
     ) -> Option<usize> {
-        let types = self.types;
         let shape = self
             .shapes
             .entry(ShapeKey::of(d, labels))
@@ -396,13 +385,12 @@ impl<'t, 'w> Packer<'t, 'w> {
                 .min_by_key(|(_, t)| (t.price_micros_per_hour, t.name.as_str()))
                 .map(|(i, _)| i)
         }))?;
-        Some(self.open(t, std::slice::from_ref(d)))
+        Some(self.open(types, t, std::slice::from_ref(d)))
     }
 
     /// Puts demands that go together (a strict-pack gang) on the first node of the plan that
     /// holds them all, or on a new node of the cheapest type that does.
-    fn together(&mut self, bundles: &'w [ResourceDemand], labels: &[String]) {
-        let types = self.types;
+    fn together(&mut self, types: &[NodeType], bundles: &'w [ResourceDemand], labels: &[String]) {
         let demands: Vec<&ResourceDemand> = bundles.iter().collect();
         let demands = demands.as_slice();
         let allowed: Vec<bool> = types
@@ -411,62 +399,31 @@ impl<'t, 'w> Packer<'t, 'w> {
             .collect();
         let need = Need::of(mask(&allowed), demands.iter().copied());
         let mut from = 0;
-        let mut found = false;
         while let Some(i) = self.bins.first(from, &need) {
             if allowed[self.bins.type_of(i)] && self.bins.take(i, demands) {
-                found = true;
-                break;
+                return;
             }
             from = i + 1;
         }
-        if !found {
-            if let Some(t) = cheapest_for(types, demands, labels) {
-                self.open(t, bundles);
-            }
+        if let Some(t) = cheapest_for(types, demands, labels) {
+            self.open(types, t, bundles);
         }
     }
 
     /// A new node of type `t` holding `demands`, launched for them; returns its place.
-    fn open(&mut self, t: usize, demands: &'w [ResourceDemand]) -> usize {
-        let mut node = self.new_node(t);
+    fn open(&mut self, types: &[NodeType], t: usize, demands: &'w [ResourceDemand]) -> usize {
+        let mut node = self.new_node(types, t);
         if let [d] = demands {
             take_all(&mut node, &[d]);
         } else {
             let refs: Vec<&ResourceDemand> = demands.iter().collect();
             take_all(&mut node, &refs);
         }
-        self.plan.launches.push((t, Why { demands }));
-        self.room.take(t);
+        self.opened.push_back((t, Why { demands }));
         self.bins.push(Bin {
             type_index: t,
             node,
         });
         self.bins.len() - 1
     }
-}
-
-/// Packs what waits, largest first, onto the coming nodes (`coming`: their types), opening
-/// new nodes of the cheapest fitting type for what does not fit, until it has opened as many
-/// as `room` lets the pass launch. Work that no type can hold is left out (see
-/// `Autoscaler::unservable`).
-pub(super) fn plan<'w>(
-    types: &[NodeType],
-    coming: Vec<usize>,
-    waiting: &'w [Waiting],
-    room: Room,
-) -> Plan<'w> {
-    if room.total == 0 {
-        return Plan::default();
-    }
-    let mut order: Vec<&Waiting> = waiting.iter().collect();
-    // Stable: among equals, the order they wait in.
-    order.sort_by_cached_key(|w| Reverse(w.size()));
-    let mut packer = Packer::new(types, coming, room);
-    for w in order {
-        packer.pack(w);
-        if packer.room.total == 0 {
-            break;
-        }
-    }
-    packer.plan
 }

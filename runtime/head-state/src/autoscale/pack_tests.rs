@@ -1,16 +1,15 @@
 //! The plan packs by shape (each shape starting where its last request found every node
-//! full, skipping ranges of nodes that cannot hold it) and stops once the pass can launch no
-//! more; this checks it against first fit from the first node for every request, the plan as
-//! it was before ([`plan_by_scan`]): on random node types, coming nodes and waiting work
-//! (requests from small menus, so shapes repeat, and gangs of every strategy), the same
-//! launches, in the same order, for the same reasons; and, with a pass's room for launches,
-//! the same launches made.
+//! full, skipping ranges of nodes that cannot hold it), only as far as a pass asks; this
+//! checks it against first fit from the first node for every request, the whole plan made at
+//! once as it was before ([`plan_by_scan`]): on random node types, coming nodes and waiting
+//! work (requests from small menus, so shapes repeat, and gangs of every strategy), the same
+//! launches, in the same order, for the same reasons.
 
 use std::cmp::Reverse;
 
 use proptest::prelude::*;
 
-use super::{carries, cheapest_for, fresh, plan, suits, Bin, Room, Waiting};
+use super::{carries, cheapest_for, fresh, plan, suits, Bin, Waiting};
 use crate::autoscale::NodeType;
 use ember_core::proto::GangStrategy;
 use ember_core::resources::{GpuDevice, GpuShare, NodeResources, ResourceDemand};
@@ -105,16 +104,14 @@ fn plan_by_scan(
     launches
 }
 
-/// The plan's launches, each with why.
+/// The plan's launches, each with why, asked for one at a time until there are no more.
 fn plan_by_shape(
     types: &[NodeType],
     coming: Vec<usize>,
     waiting: &[Waiting],
-    room: Room,
 ) -> Vec<(usize, String)> {
-    plan(types, coming, waiting, room)
-        .launches
-        .into_iter()
+    let mut plan = plan(coming, waiting);
+    std::iter::from_fn(|| plan.next_launch(types))
         .map(|(t, why)| (t, why.reason(&types[t])))
         .collect()
 }
@@ -249,43 +246,10 @@ proptest! {
     ) {
         let types: Vec<NodeType> = specs.iter().enumerate().map(|(i, s)| node_type(i, s)).collect();
         let coming: Vec<usize> = coming.into_iter().map(|c| c % types.len()).collect();
-        let by_shape = plan_by_shape(&types, coming.clone(), &waiting, Room::unlimited(types.len()));
+        let by_shape = plan_by_shape(&types, coming.clone(), &waiting);
         let by_scan = plan_by_scan(&types, coming, &waiting);
         prop_assert_eq!(by_shape, by_scan);
     }
-
-    #[test]
-    fn a_plan_cut_short_by_the_room_of_a_pass_launches_what_the_whole_plan_would(
-        specs in prop::collection::vec(type_spec(), 1..5),
-        coming in prop::collection::vec(0..5usize, 0..12),
-        waiting in prop::collection::vec(waiting(), 0..150),
-        total in 0..20u32,
-        of_type in prop::collection::vec(0..8u32, 5),
-    ) {
-        let types: Vec<NodeType> = specs.iter().enumerate().map(|(i, s)| node_type(i, s)).collect();
-        let coming: Vec<usize> = coming.into_iter().map(|c| c % types.len()).collect();
-        let room = Room { total, of_type: of_type[..types.len()].to_vec() };
-        let by_shape = plan_by_shape(&types, coming.clone(), &waiting, room.clone());
-        let by_scan = plan_by_scan(&types, coming, &waiting);
-        prop_assert_eq!(launched(by_shape, room.clone()), launched(by_scan, room));
-    }
-}
-
-/// The launches a pass with `room` makes of a plan's, as `Autoscaler::decide` makes them: in
-/// order, each while the pass has room and its type is under its max.
-fn launched(plan: Vec<(usize, String)>, mut room: Room) -> Vec<(usize, String)> {
-    let mut made = Vec::new();
-    for (t, why) in plan {
-        if room.total == 0 {
-            break;
-        }
-        if room.of_type[t] > 0 {
-            room.of_type[t] -= 1;
-            room.total -= 1;
-            made.push((t, why));
-        }
-    }
-    made
 }
 
 /// A strict-spread gang whose bundle shape already found the first nodes full: its bundles
@@ -320,7 +284,7 @@ fn a_strict_spread_gang_skips_its_own_nodes_without_losing_them_for_its_shape() 
         strategy: GangStrategy::StrictSpread,
     });
     waiting.extend([request(400), request(400)]);
-    let by_shape = plan_by_shape(&types, vec![0, 0, 0], &waiting, Room::unlimited(1));
+    let by_shape = plan_by_shape(&types, vec![0, 0, 0], &waiting);
     let by_scan = plan_by_scan(&types, vec![0, 0, 0], &waiting);
     assert_eq!(by_shape, by_scan);
     assert_eq!(by_shape.len(), 2, "{by_shape:?}");
