@@ -9,12 +9,17 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ember_core::ids::NodeId;
+use ember_core::ids::{LeaseId, NodeId};
 use ember_core::proto::LaunchTicket;
 
 use super::{HeadState, Timer};
 use crate::autoscale::{Action, Autoscaler, LaunchId, Waiting};
 use crate::io::Effect;
+use crate::placement::Scheduler;
+
+#[cfg(test)]
+#[path = "autoscaling_waiting_tests.rs"]
+mod waiting_tests;
 
 /// How many of the autoscaler's latest decisions `ember status` shows.
 const DECISIONS_KEPT: usize = 20;
@@ -32,6 +37,8 @@ pub(super) struct Autoscaling {
     pub(super) launched: BTreeMap<NodeId, LaunchTicket>,
     /// The nodes it is letting go: released once they have left.
     pub(super) releasing: BTreeMap<NodeId, Option<LaunchId>>,
+    /// What waits, as the last pass handed it to the autoscaler ([`WaitingList`]).
+    waiting: WaitingList,
 }
 
 impl Autoscaling {
@@ -41,6 +48,7 @@ impl Autoscaling {
             decisions: VecDeque::new(),
             launched: BTreeMap::new(),
             releasing: BTreeMap::new(),
+            waiting: WaitingList::default(),
         }
     }
 
@@ -99,7 +107,6 @@ impl HeadState {
             return;
         };
         self.arm(now + every, Timer::Autoscale);
-        let waiting = self.waiting_work();
         let utilisation = self.gpu_utilisation();
         let leases: Vec<(NodeId, usize)> = self
             .sched
@@ -114,7 +121,8 @@ impl HeadState {
         for (node, count) in leases {
             a.autoscaler.node_leases(now, node, count);
         }
-        let actions = a.autoscaler.decide(now, &waiting, utilisation);
+        let waiting = a.waiting.update(&self.sched);
+        let actions = a.autoscaler.decide(now, waiting, utilisation);
         for action in actions {
             match action {
                 Action::Launch {
@@ -151,31 +159,6 @@ impl HeadState {
         }
     }
 
-    /// What waits and fits no live node now: queued requests with their labels, and gangs
-    /// waiting for bundles.
-    fn waiting_work(&self) -> Vec<Waiting> {
-        let mut waiting: Vec<Waiting> = Vec::with_capacity(self.sched.queued_len());
-        waiting.extend(self.sched.queued().map(|r| Waiting::Request {
-            demand: r.demand.clone(),
-            labels: r.labels.clone(),
-        }));
-        for g in self.sched.gangs() {
-            let bundles: Vec<_> = g
-                .bundles
-                .iter()
-                .filter(|b| b.node.is_none())
-                .map(|b| b.demand.clone())
-                .collect();
-            if !bundles.is_empty() && !g.removing {
-                waiting.push(Waiting::Gang {
-                    bundles,
-                    strategy: g.strategy,
-                });
-            }
-        }
-        waiting
-    }
-
     /// The mean utilisation of every GPU the workers report, in percent; `None` with none.
     fn gpu_utilisation(&self) -> Option<f64> {
         let (sum, count) = self
@@ -186,5 +169,77 @@ impl HeadState {
                 (s + u64::from(g.utilization), c + 1)
             });
         (count > 0).then(|| sum as f64 / count as f64)
+    }
+}
+
+/// What waits and fits no live node now, as the autoscaler is handed it: queued requests
+/// with their labels, in queue order, then gangs waiting for bundles.
+///
+/// The list is kept from one pass to the next, each queued request's entry with its lease:
+/// a request that still waits keeps its entry (a lease's demand and labels never change while
+/// it is queued, and the queue keeps the order of those that stay), and only the requests
+/// queued since are copied. Copying every waiting demand and its labels each pass was most of
+/// a pass at 10,000 waiting, whose decisions are otherwise quick (nothing is packed while the
+/// launches a pass could make are all pending).
+#[derive(Debug, Default)]
+pub(super) struct WaitingList {
+    /// The lease of each request, in the order of `waiting`'s first entries.
+    leases: Vec<LeaseId>,
+    /// The requests' entries, then the gangs'.
+    waiting: Vec<Waiting>,
+    /// Buffers for building the next list, kept to be reused.
+    spare_leases: Vec<LeaseId>,
+    spare: Vec<Waiting>,
+}
+
+impl WaitingList {
+    /// The list as `sched` has it now.
+    pub(super) fn update(&mut self, sched: &Scheduler) -> &[Waiting] {
+        let mut leases = std::mem::take(&mut self.spare_leases);
+        let mut waiting = std::mem::take(&mut self.spare);
+        // The last list's gangs go; its requests are kept while they still wait.
+        self.waiting.truncate(self.leases.len());
+        let mut last = self.leases.drain(..).zip(self.waiting.drain(..)).peekable();
+        for r in sched.queued() {
+            let kept = loop {
+                match last.peek() {
+                    Some((lease, _)) if *lease == r.lease => break last.next().map(|(_, w)| w),
+                    // Placed, cancelled or refused since: gone from the list.
+                    Some((lease, _)) if sched.queued_request(*lease).is_none() => {
+                        last.next();
+                    }
+                    // Still waits, behind `r`: `r` was queued since the last pass.
+                    _ => break None,
+                }
+            };
+            let entry = kept.unwrap_or_else(|| Waiting::Request {
+                demand: r.demand.clone(),
+                labels: r.labels.clone(),
+            });
+            debug_assert!(
+                matches!(&entry, Waiting::Request { demand, labels } if *demand == r.demand && *labels == r.labels),
+                "a queued lease's demand and labels changed: {entry:?} for {r:?}"
+            );
+            leases.push(r.lease);
+            waiting.push(entry);
+        }
+        drop(last);
+        for g in sched.gangs() {
+            let bundles: Vec<_> = g
+                .bundles
+                .into_iter()
+                .filter(|b| b.node.is_none())
+                .map(|b| b.demand)
+                .collect();
+            if !bundles.is_empty() && !g.removing {
+                waiting.push(Waiting::Gang {
+                    bundles,
+                    strategy: g.strategy,
+                });
+            }
+        }
+        self.spare_leases = std::mem::replace(&mut self.leases, leases);
+        self.spare = std::mem::replace(&mut self.waiting, waiting);
+        &self.waiting
     }
 }
