@@ -131,7 +131,7 @@ fn carries(t: &NodeType, labels: &[String]) -> bool {
 
 /// Whether every demand fits on `node` together, allocated in order; on success `node`
 /// holds them.
-pub(super) fn take_all(node: &mut NodeState, demands: &[&ResourceDemand]) -> bool {
+fn take_all(node: &mut NodeState, demands: &[&ResourceDemand]) -> bool {
     if let [d] = demands {
         // `allocate` changes nothing when the demand does not fit.
         return node.allocate(d).is_some();
