@@ -355,8 +355,13 @@ impl Autoscaler {
         self.give_up_launches(now, &mut actions);
         let mut budget = self.budget();
         self.keep_floors(now, &mut budget, &mut actions);
-        let plan = pack::plan(&self.policy.types, self.coming(), waiting);
-        for (type_index, reason) in plan.launches {
+        let mut plan = pack::plan(self.coming(), waiting);
+        // The plan's launches, until the pass can launch no more.
+        while budget.cluster_room > 0 && budget.pass_room > 0 {
+            let Some((type_index, why)) = plan.next_launch(&self.policy.types) else {
+                break;
+            };
+            let reason = why.reason(&self.policy.types[type_index]);
             self.launch(now, type_index, reason, false, &mut budget, &mut actions);
         }
         self.scale_on_busy_gpus(now, waiting, gpu_utilisation, &mut budget, &mut actions);

@@ -743,6 +743,12 @@ impl Scheduler {
         self.nodes.iter().map(|n| n.id)
     }
 
+    /// How many leases a node holds, as [`Scheduler::usage`] counts them, without the rest of
+    /// its usage. Unknown node: `None`.
+    pub fn lease_count(&self, id: NodeId) -> Option<usize> {
+        Some(self.nodes[self.position(id)?].leases)
+    }
+
     /// Totals and what is free on a node, for `ember status`. Unknown node: `None`.
     pub fn usage(&self, id: NodeId) -> Option<NodeUsage> {
         let n = &self.nodes[self.position(id)?];
