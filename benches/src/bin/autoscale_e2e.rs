@@ -17,7 +17,9 @@
 //!   (status lists it, state `warm`), submit a task that fits it → the task's result.
 //!
 //! Every round starts a fresh cluster (a head in this process starts in milliseconds), so no
-//! round sees another's nodes. Every wait has a deadline (`--deadline-s`), after which the run
+//! round sees another's nodes, and submits its task 0.2 to 1.1 s after the cluster started
+//! (after the warm node joined, for `--warm`): the rounds sweep the phase of the head's
+//! periodic pass, since a pass asked for by work is held back while one ran in the last 20 ms. Every wait has a deadline (`--deadline-s`), after which the run
 //! fails naming what it waited for. Status polling runs while the node starts, so it shares
 //! the head (and this machine's cores) with the launch it measures.
 //!
@@ -143,6 +145,14 @@ async fn status_rtt(cluster: &Cluster, samples: usize) -> anyhow::Result<f64> {
     Ok(rtts[rtts.len() / 2])
 }
 
+/// How long round `round` waits after its cluster started before it submits: 200 ms, then
+/// 100 ms more each round, to 1.1 s, so that the rounds' submissions sweep the phase of the
+/// head's periodic pass (every second, from its start). A pass asked for by waiting work
+/// comes at once, or 20 ms after the previous pass when one ran more recently.
+fn settle(round: usize) -> Duration {
+    Duration::from_millis(200 + 100 * (round % 10) as u64)
+}
+
 /// Milliseconds from `from` to `to`, negative when `to` comes first.
 fn ms(from: Instant, to: Instant) -> f64 {
     if to >= from {
@@ -174,13 +184,17 @@ struct Cold {
 
 /// Submit a one-GPU task to a cluster with no node → launch decided, node joined, result; then
 /// result → the node's instance stopped.
-async fn cold_round(args: &Args) -> anyhow::Result<Cold> {
+async fn cold_round(args: &Args, round: usize) -> anyhow::Result<Cold> {
     let cluster = cluster(args, 0).await?;
+    tokio::time::sleep(settle(round)).await;
     let idle_timeout = args.idle_timeout_ms as f64;
     let rtt = status_rtt(&cluster, args.rtt_samples).await?;
     let before_submit = cluster.status().await?;
     if !before_submit.nodes.is_empty() {
-        anyhow::bail!("a fresh cluster already has nodes: {:?}", before_submit.nodes);
+        anyhow::bail!(
+            "a fresh cluster already has nodes: {:?}",
+            before_submit.nodes
+        );
     }
 
     let t0 = Instant::now();
@@ -246,31 +260,33 @@ async fn release(cluster: &Cluster, args: &Args, node: NodeId) -> anyhow::Result
     let mut idle_start = None;
     let mut decided = None;
     let mut gone = None;
-    let stopped = poll_until(cluster, args, "the idle node's instance stopped", |s, at| {
-        let a = s.autoscaler.as_ref()?;
-        if idle_start.is_none() {
-            idle_start = a
-                .nodes
-                .iter()
-                .find(|n| n.node == node && n.state == "idle")
-                .and_then(|n| n.idle_ms)
-                .map(|idle| before(at, idle));
-        }
-        if decided.is_none() {
-            decided = a
-                .decisions
-                .iter()
-                .find(|d| d.decision.starts_with(&release))
-                .map(|d| before(at, d.age_ms));
-        }
-        if gone.is_none() && s.nodes.iter().all(|n| n.id != node_id) {
-            gone = Some(at);
-        }
-        a.stopped
-            .iter()
-            .any(|s| s.node == Some(node))
-            .then_some(at)
-    })
+    let stopped = poll_until(
+        cluster,
+        args,
+        "the idle node's instance stopped",
+        |s, at| {
+            let a = s.autoscaler.as_ref()?;
+            if idle_start.is_none() {
+                idle_start = a
+                    .nodes
+                    .iter()
+                    .find(|n| n.node == node && n.state == "idle")
+                    .and_then(|n| n.idle_ms)
+                    .map(|idle| before(at, idle));
+            }
+            if decided.is_none() {
+                decided = a
+                    .decisions
+                    .iter()
+                    .find(|d| d.decision.starts_with(&release))
+                    .map(|d| before(at, d.age_ms));
+            }
+            if gone.is_none() && s.nodes.iter().all(|n| n.id != node_id) {
+                gone = Some(at);
+            }
+            a.stopped.iter().any(|s| s.node == Some(node)).then_some(at)
+        },
+    )
     .await?;
     let (Some(idle_start), Some(decided), Some(gone)) = (idle_start, decided, gone) else {
         anyhow::bail!(
@@ -290,13 +306,14 @@ async fn release(cluster: &Cluster, args: &Args, node: NodeId) -> anyhow::Result
 }
 
 /// A type keeping one node warm: once it joined, submit → result, in milliseconds.
-async fn warm_round(args: &Args) -> anyhow::Result<f64> {
+async fn warm_round(args: &Args, round: usize) -> anyhow::Result<f64> {
     let cluster = cluster(args, 1).await?;
     let node = poll_until(&cluster, args, "the warm node joined", |s, _| {
         let a = s.autoscaler.as_ref()?;
         a.nodes.iter().find(|n| n.state == "warm").map(|n| n.node)
     })
     .await?;
+    tokio::time::sleep(settle(round)).await;
     let t0 = Instant::now();
     let ran_on = bounded(args, "the task's result", cluster.run(on_gpu::remote())).await??;
     let result = ms(t0, Instant::now());
@@ -314,7 +331,7 @@ fn row(name: &str, mut values: Vec<f64>) {
     let n = values.len();
     let rank = |q: f64| values[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
     println!(
-        "{name} p50 {:.1} ms p99 {:.1} ms max {:.1} ms (min {:.1} ms, {n} rounds)",
+        "{name} p50 {:.2} ms p99 {:.2} ms max {:.2} ms (min {:.2} ms, {n} rounds)",
         rank(0.5),
         rank(0.99),
         values[n - 1],
@@ -330,13 +347,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "autoscale_e2e: node type l4 (1 logical GPU, min 0, max 2, idle timeout {} ms), local \
-         provider (workers are this executable), a fresh cluster per round, status polled \
-         every {} ms",
+         provider (workers are this executable), a fresh cluster per round (its task submitted 0.2 to 1.1 s \
+         after the cluster started), status polled every {} ms",
         args.idle_timeout_ms, args.poll_ms
     );
     let mut cold = Vec::with_capacity(args.rounds);
     for i in 0..args.rounds {
-        let c = cold_round(&args)
+        let c = cold_round(&args, i)
             .await
             .map_err(|e| e.context(format!("cold round {}", i + 1)))?;
         eprintln!("cold round {}: {c:?}", i + 1);
@@ -386,7 +403,7 @@ async fn main() -> anyhow::Result<()> {
     if args.warm {
         let mut warm = Vec::with_capacity(args.rounds);
         for i in 0..args.rounds {
-            let w = warm_round(&args)
+            let w = warm_round(&args, i)
                 .await
                 .map_err(|e| e.context(format!("warm round {}", i + 1)))?;
             eprintln!("warm round {}: {w:.1} ms", i + 1);
