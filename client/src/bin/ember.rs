@@ -565,7 +565,11 @@ fn print_status(s: &ClusterStatus) {
             n.address,
             format_millis(u.cpu_millis_free),
             format_millis(u.cpu_millis_total),
-            if u.schedulable { "" } else { "  (draining)" }
+            if u.schedulable {
+                ""
+            } else {
+                "  (cordoned: draining, or warm)"
+            }
         );
         for g in &u.gpus {
             println!(

@@ -10,7 +10,10 @@
 //!   (launches not joined yet), then onto new nodes of the cheapest type that fits, never a GPU
 //!   type for work that needs no GPU. Each type's `max`, the cluster's `max_nodes` and the
 //!   upscaling speed (launches pending at once) bound the launches.
-//! - **Floors**: every type keeps `min` nodes and `warm` idle ones (a warm pool).
+//! - **Floors**: every type keeps `min` nodes, and `warm` joined idle nodes kept ready and
+//!   cordoned (a warm pool): the head places nothing on a warm node until work waits that it
+//!   can take, then hands it over at once ([`Autoscaler::take_warm`]), and the pool is
+//!   refilled, from an idle node of the type when there is one, else by a launch.
 //! - **Busy GPUs**: optionally, a mean GPU utilisation above a threshold with at least N
 //!   requests waiting, for M passes in a row, launches one more node, then waits a cooldown;
 //!   the streak ends only once utilisation falls below the threshold by a margin.
@@ -29,6 +32,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ember_core::ids::NodeId;
+use ember_core::proto::GangStrategy;
 use ember_core::resources::{NodeResources, ResourceDemand};
 
 pub use pack::Waiting;
@@ -135,6 +139,14 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+    /// Keep this idle node warm: cordon it (no work is placed on it) until work waits that it
+    /// can take.
+    KeepWarm {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
     /// A launch did not join in time: it no longer counts as coming capacity.
     LaunchTimedOut {
         /// The launch.
@@ -152,6 +164,8 @@ struct Tracked {
     idle_since: Option<Instant>,
     /// A drain was asked for: it is on its way out.
     draining: bool,
+    /// In its type's warm pool: idle, kept ready, cordoned until work needs it.
+    warm: bool,
 }
 
 /// A launch not joined yet.
@@ -161,6 +175,8 @@ struct Launching {
     since: Instant,
     /// Why it was asked for.
     reason: String,
+    /// For its type's warm pool: the node joins warm.
+    for_warm: bool,
 }
 
 /// A type whose launches fail: launched again only after a back-off that doubles with each
@@ -233,16 +249,18 @@ impl Autoscaler {
     }
 
     /// A node joined, of `node_type`, answering `launch` if it came from one. It starts idle.
+    /// Returns whether it joins its type's warm pool (launched for it): the head cordons it
+    /// until work needs it.
     pub fn node_joined(
         &mut self,
         now: Instant,
         node: NodeId,
         node_type: &str,
         launch: Option<LaunchId>,
-    ) {
-        if let Some(l) = launch {
-            self.launches.remove(&l);
-        }
+    ) -> bool {
+        let warm = launch
+            .and_then(|l| self.launches.remove(&l))
+            .is_some_and(|l| l.for_warm);
         self.failures.remove(node_type);
         self.nodes.insert(
             node,
@@ -250,8 +268,30 @@ impl Autoscaler {
                 node_type: node_type.to_string(),
                 idle_since: Some(now),
                 draining: false,
+                warm,
             },
         );
+        warm
+    }
+
+    /// The head hands a warm node to work that waits: it leaves the warm pool (the next pass
+    /// refills the pool). False if it was not warm.
+    pub fn take_warm(&mut self, node: NodeId) -> bool {
+        match self.nodes.get_mut(&node) {
+            Some(n) if n.warm => {
+                n.warm = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The warm nodes, in id order.
+    pub fn warm_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.warm && !n.draining)
+            .map(|(id, _)| *id)
     }
 
     /// The provider could not start `launch`: it no longer counts as coming capacity, and its
@@ -297,6 +337,9 @@ impl Autoscaler {
             (l, Some(_)) if l > 0 => n.idle_since = None,
             _ => {}
         }
+        if leases > 0 {
+            n.warm = false;
+        }
     }
 
     /// One pass: what to launch and what to drain now, given what waits (`waiting`: requests
@@ -314,7 +357,7 @@ impl Autoscaler {
         self.keep_floors(now, &mut budget, &mut actions);
         let plan = pack::plan(&self.policy.types, self.coming(), waiting);
         for (type_index, reason) in plan.launches {
-            self.launch(now, type_index, reason, &mut budget, &mut actions);
+            self.launch(now, type_index, reason, false, &mut budget, &mut actions);
         }
         self.scale_on_busy_gpus(now, waiting, gpu_utilisation, &mut budget, &mut actions);
         self.drain_idle(now, &mut actions);
@@ -355,7 +398,7 @@ impl Autoscaler {
         let mut budget = self.budget();
         let mut actions = Vec::new();
         let reason = format!("replacing {node} ({why})");
-        self.launch(now, i, reason, &mut budget, &mut actions);
+        self.launch(now, i, reason, false, &mut budget, &mut actions);
         actions.pop()
     }
 
@@ -395,19 +438,19 @@ impl Autoscaler {
         (live + coming) as u32
     }
 
-    /// Idle nodes of a type, and launches of it not joined yet (they join idle).
-    fn idle_of(&self, name: &str) -> u32 {
-        let idle = self
+    /// A type's warm pool: its warm nodes, and its launches for the pool not joined yet.
+    fn warm_of(&self, name: &str) -> u32 {
+        let warm = self
             .nodes
             .values()
-            .filter(|n| !n.draining && n.node_type == name && n.idle_since.is_some())
+            .filter(|n| !n.draining && n.node_type == name && n.warm)
             .count();
         let coming = self
             .launches
             .values()
-            .filter(|l| l.node_type == name)
+            .filter(|l| l.node_type == name && l.for_warm)
             .count();
-        (idle + coming) as u32
+        (warm + coming) as u32
     }
 
     /// The types of launches not joined yet, as indexes into the policy's types.
@@ -422,20 +465,34 @@ impl Autoscaler {
         self.policy.types.iter().position(|t| t.name == name)
     }
 
-    /// Every type keeps its `min` nodes and `warm` idle ones.
+    /// Every type keeps its `min` nodes and its warm pool: an idle node of the type joins the
+    /// pool before one is launched for it.
     fn keep_floors(&mut self, now: Instant, budget: &mut Budget, actions: &mut Vec<Action>) {
         for i in 0..self.policy.types.len() {
             let t = &self.policy.types[i];
             let (name, min, warm) = (t.name.clone(), t.min, t.warm);
             while self.count_of(&name) < min {
                 let reason = format!("node type {name} keeps at least {min} nodes");
-                if !self.launch(now, i, reason, budget, actions) {
+                if !self.launch(now, i, reason, false, budget, actions) {
                     break;
                 }
             }
-            while self.idle_of(&name) < warm {
-                let reason = format!("node type {name} keeps {warm} idle nodes warm");
-                if !self.launch(now, i, reason, budget, actions) {
+            while self.warm_of(&name) < warm {
+                let reason = format!("node type {name} keeps {warm} nodes warm");
+                let idle = self
+                    .nodes
+                    .iter_mut()
+                    .filter(|(_, n)| {
+                        !n.draining && !n.warm && n.node_type == name && n.idle_since.is_some()
+                    })
+                    .min_by_key(|(_, n)| n.idle_since);
+                if let Some((node, n)) = idle {
+                    n.warm = true;
+                    actions.push(Action::KeepWarm {
+                        node: *node,
+                        reason,
+                    });
+                } else if !self.launch(now, i, reason, true, budget, actions) {
                     break;
                 }
             }
@@ -449,6 +506,7 @@ impl Autoscaler {
         now: Instant,
         i: usize,
         reason: String,
+        for_warm: bool,
         budget: &mut Budget,
         actions: &mut Vec<Action>,
     ) -> bool {
@@ -472,6 +530,7 @@ impl Autoscaler {
                 node_type: node_type.clone(),
                 since: now,
                 reason: reason.clone(),
+                for_warm,
             },
         );
         actions.push(Action::Launch {
@@ -523,18 +582,19 @@ impl Autoscaler {
             "GPUs {util:.0}% busy (at least {}%) for {} passes with {count} requests waiting",
             rule.percent, rule.samples
         );
-        if self.launch(now, i, reason, budget, actions) {
+        if self.launch(now, i, reason, false, budget, actions) {
             self.last_busy_launch = Some(now);
             self.busy_streak = 0;
         }
     }
 
-    /// Drains nodes idle past their type's timeout, keeping each type's min and warm pool.
+    /// Drains nodes idle past their type's timeout, keeping each type's min; warm nodes are
+    /// kept (they are idle by design).
     fn drain_idle(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let mut idle: Vec<(Instant, NodeId)> = self
             .nodes
             .iter()
-            .filter(|(_, n)| !n.draining)
+            .filter(|(_, n)| !n.draining && !n.warm)
             .filter_map(|(id, n)| Some((n.idle_since?, *id)))
             .collect();
         // The longest idle go first.
@@ -545,10 +605,7 @@ impl Autoscaler {
                 continue;
             };
             let idle_for = now.saturating_duration_since(since);
-            if idle_for < t.idle_timeout
-                || self.count_of(&name) <= t.min
-                || self.idle_of(&name) <= t.warm
-            {
+            if idle_for < t.idle_timeout || self.count_of(&name) <= t.min {
                 continue;
             }
             let reason = format!(
@@ -572,10 +629,14 @@ impl Autoscaler {
             .values()
             .map(|l| l.since + self.policy.launch_timeout);
         let backoffs = self.failures.values().map(|f| f.retry_at);
-        let idle = self.nodes.values().filter(|n| !n.draining).filter_map(|n| {
-            let t = self.type_index(&n.node_type)?;
-            Some(n.idle_since? + self.policy.types[t].idle_timeout)
-        });
+        let idle = self
+            .nodes
+            .values()
+            .filter(|n| !n.draining && !n.warm)
+            .filter_map(|n| {
+                let t = self.type_index(&n.node_type)?;
+                Some(n.idle_since? + self.policy.types[t].idle_timeout)
+            });
         launches
             .chain(backoffs)
             .chain(idle)
@@ -587,6 +648,22 @@ impl Autoscaler {
     /// request waits for a launch rather than being refused.
     pub fn could_serve(&self, demand: &ResourceDemand, labels: &[String]) -> bool {
         self.type_for(demand, labels).is_some()
+    }
+
+    /// Whether nodes it could launch would hold a gang: with `strict_pack` one node of some
+    /// type holds every bundle; otherwise each bundle fits some type (a node of its own, as
+    /// launches may give it). Such a gang waits for launches rather than being refused.
+    pub fn could_serve_gang(&self, bundles: &[ResourceDemand], strategy: GangStrategy) -> bool {
+        let types = &self.policy.types;
+        match strategy {
+            GangStrategy::StrictPack => {
+                let all: Vec<&ResourceDemand> = bundles.iter().collect();
+                pack::cheapest_for(types, &all, &[]).is_some()
+            }
+            _ => bundles
+                .iter()
+                .all(|b| pack::cheapest_for(types, &[b], &[]).is_some()),
+        }
     }
 
     /// The cheapest node type a node of which could hold `demand` on its own, carrying
@@ -611,6 +688,7 @@ impl Autoscaler {
     pub fn node(&self, node: NodeId) -> Option<TrackedNode<'_>> {
         self.nodes.get(&node).map(|n| TrackedNode {
             node_type: &n.node_type,
+            warm: n.warm,
             idle_since: n.idle_since,
             draining: n.draining,
         })
@@ -644,6 +722,8 @@ pub struct PendingLaunch<'a> {
 pub struct TrackedNode<'a> {
     /// Its node type.
     pub node_type: &'a str,
+    /// In its type's warm pool (cordoned).
+    pub warm: bool,
     /// Since when it is idle; `None` while it holds work.
     pub idle_since: Option<Instant>,
     /// It is on its way out (drained, or going on notice).

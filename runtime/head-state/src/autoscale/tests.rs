@@ -289,28 +289,65 @@ fn min_max_cluster_max_and_upscaling_speed_are_kept() {
 }
 
 #[test]
-fn a_warm_pool_is_kept_idle_and_not_drained() {
+fn a_warm_pool_is_kept_cordoned_refilled_when_taken_and_never_drained() {
     let mut t = gpu_type("h100", 1, 1_000);
     t.warm = 1;
     let mut a = Autoscaler::new(policy(vec![t])).unwrap();
     let t0 = Instant::now();
-    let mut next = 1;
     let actions = a.decide(t0, &[], None);
-    assert_eq!(launches(&actions).len(), 1);
-    let joined = join_all(&mut a, t0, &actions, &mut next);
-    // Work lands on the warm node: another is launched to stay warm.
-    a.node_leases(t0, joined[0], 1);
-    let actions = a.decide(t0, &[], None);
-    assert_eq!(launches(&actions).len(), 1);
-    let warm = join_all(&mut a, t0, &actions, &mut next);
-    // The warm one is never drained for idleness.
+    let Some(Action::Launch { launch, reason, .. }) = actions.first() else {
+        panic!("a launch for the pool: {actions:?}");
+    };
+    assert_eq!(reason, "node type h100 keeps 1 nodes warm");
+    assert!(
+        a.node_joined(t0, NodeId(1), "h100", Some(*launch)),
+        "joins warm"
+    );
+    assert_eq!(a.warm_nodes().collect::<Vec<_>>(), vec![NodeId(1)]);
+    // Kept warm, never drained for idleness.
     assert!(a
         .decide(t0 + Duration::from_secs(3600), &[], None)
         .is_empty());
-    // Once the first is idle too, one of the two goes (the one idle longest).
-    a.node_leases(t0 + Duration::from_secs(3600), joined[0], 0);
+    // Work takes it: the pool is refilled by a launch (no idle node to take the place).
+    assert!(a.take_warm(NodeId(1)));
+    a.node_leases(t0 + Duration::from_secs(3600), NodeId(1), 1);
+    let actions = a.decide(t0 + Duration::from_secs(3600), &[], None);
+    let Some(Action::Launch { launch, .. }) = actions.first() else {
+        panic!("a launch to refill the pool: {actions:?}");
+    };
+    assert!(a.node_joined(
+        t0 + Duration::from_secs(3600),
+        NodeId(2),
+        "h100",
+        Some(*launch)
+    ));
+    // The first node's work ends; idle past its timeout it goes, the warm one stays.
+    a.node_leases(t0 + Duration::from_secs(3600), NodeId(1), 0);
     let actions = a.decide(t0 + Duration::from_secs(7200), &[], None);
-    assert_eq!(drains(&actions), warm);
+    assert_eq!(drains(&actions), vec![NodeId(1)]);
+    assert_eq!(a.warm_nodes().collect::<Vec<_>>(), vec![NodeId(2)]);
+}
+
+#[test]
+fn an_idle_node_refills_the_warm_pool_before_any_launch() {
+    let mut t = gpu_type("h100", 2, 1_000);
+    t.warm = 1;
+    let mut a = Autoscaler::new(policy(vec![t])).unwrap();
+    let t0 = Instant::now();
+    // A node launched for work (not the pool), idle now.
+    a.node_joined(t0, NodeId(7), "h100", None);
+    let actions = a.decide(t0, &[], None);
+    assert!(
+        matches!(
+            &actions[..],
+            [Action::KeepWarm {
+                node: NodeId(7),
+                ..
+            }]
+        ),
+        "{actions:?}"
+    );
+    assert!(launches(&actions).is_empty());
 }
 
 #[test]

@@ -462,12 +462,19 @@ impl Scheduler {
     /// request's labels, its totals cover the demand, and no hard affinity names another node.
     /// Constant in the cluster's size. Unknown node: false.
     pub fn could_hold(&self, id: NodeId, req: &PlacementRequest) -> bool {
+        self.position(id)
+            .is_some_and(|i| self.nodes[i].schedulable && self.would_hold(id, req))
+    }
+
+    /// [`Scheduler::could_hold`], schedulable or not: whether a cordoned node (a warm one)
+    /// would hold `req` once it takes work again.
+    pub fn would_hold(&self, id: NodeId, req: &PlacementRequest) -> bool {
         if matches!(req.affinity, Some(NodeAffinity { node, soft: false }) if node != id) {
             return false;
         }
         self.position(id).is_some_and(|i| {
             let n = &self.nodes[i];
-            n.schedulable && n.has_labels(&req.labels) && n.fits_total(&req.demand)
+            n.has_labels(&req.labels) && n.fits_total(&req.demand)
         })
     }
 

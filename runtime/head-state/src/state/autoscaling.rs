@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use ember_core::ids::NodeId;
+use ember_core::ids::{LeaseId, NodeId};
 use ember_core::proto::{
     AutoscaledNodeStatus, AutoscalerStatus, DecisionStatus, LaunchStatus, LaunchTicket,
     NodeTypeStatus, StoppedStatus,
@@ -112,10 +112,11 @@ impl Autoscaling {
             .iter()
             .filter_map(|(node, ticket)| {
                 let n = self.autoscaler.node(*node)?;
-                let state = match (n.draining, n.idle_since) {
-                    (true, _) => "draining",
-                    (false, None) => "busy",
-                    (false, Some(_)) => "idle",
+                let state = match (n.draining, n.warm, n.idle_since) {
+                    (true, ..) => "draining",
+                    (false, true, _) => "warm",
+                    (false, false, None) => "busy",
+                    (false, false, Some(_)) => "idle",
                 };
                 Some(AutoscaledNodeStatus {
                     node: *node,
@@ -224,9 +225,50 @@ impl HeadState {
         let (Some(a), Some(ticket)) = (self.autoscaling.as_mut(), ticket) else {
             return;
         };
-        a.autoscaler
+        let warm = a
+            .autoscaler
             .node_joined(now, node, &ticket.node_type, Some(ticket.launch));
         a.launched.insert(node, ticket);
+        if !warm {
+            return;
+        }
+        // Launched for the warm pool: cordoned, unless work already waits that it can take.
+        if self.sched.queued().any(|r| self.sched.would_hold(node, r)) {
+            if let Some(a) = self.autoscaling.as_mut() {
+                a.autoscaler.take_warm(node);
+                a.note(
+                    now,
+                    format!("{node} joined for the warm pool and takes waiting work"),
+                );
+            }
+        } else {
+            self.sched.set_schedulable(node, false);
+        }
+    }
+
+    /// Work began to wait: a warm node that can take it is handed over at once (uncordoned;
+    /// the next pass refills the pool). Returns whether one was.
+    pub(super) fn take_warm_for(&mut self, now: Instant, lease: LeaseId) -> bool {
+        let Some(a) = self.autoscaling.as_ref() else {
+            return false;
+        };
+        let Some(req) = self.sched.queued_request(lease) else {
+            return false;
+        };
+        let Some(node) = a
+            .autoscaler
+            .warm_nodes()
+            .find(|n| self.sched.would_hold(*n, req))
+        else {
+            return false;
+        };
+        if let Some(a) = self.autoscaling.as_mut() {
+            a.autoscaler.take_warm(node);
+            a.note(now, format!("warm {node} takes waiting work ({lease})"));
+        }
+        self.sched.set_schedulable(node, true);
+        self.place_queued(now);
+        true
     }
 
     /// A node is gone: one the autoscaler launched has its instance stopped, whether it was
@@ -412,6 +454,12 @@ impl HeadState {
                         );
                     }
                     self.stop_instance(now, None, launch, "it never joined".into());
+                }
+                Action::KeepWarm { node, reason } => {
+                    if let Some(a) = self.autoscaling.as_mut() {
+                        a.note(now, format!("keep {node} warm (cordoned): {reason}"));
+                    }
+                    self.sched.set_schedulable(node, false);
                 }
                 Action::Drain { node, reason } => {
                     if let Some(a) = self.autoscaling.as_mut() {

@@ -12,13 +12,17 @@ use crate::io::{Effect, Input};
 use crate::state::Config;
 
 fn autoscaled() -> Scene {
+    autoscaled_with_warm(0)
+}
+
+fn autoscaled_with_warm(warm: u32) -> Scene {
     let h100 = NodeType {
         name: "h100".into(),
         // The workers the scene joins.
         resources: one_h100(),
         min: 0,
         max: 4,
-        warm: 0,
+        warm,
         price_micros_per_hour: 2_000_000,
         spot: false,
         idle_timeout: Duration::from_secs(30),
@@ -439,4 +443,119 @@ fn a_launched_node_that_is_lost_has_its_instance_stopped() {
         }
     }
     panic!("the lost node's instance was never stopped");
+}
+
+#[test]
+fn a_warm_node_is_cordoned_until_work_waits_then_takes_it_at_once_and_the_pool_refills() {
+    let mut s = autoscaled_with_warm(1);
+    s.later(Duration::from_secs(1));
+    let effects = s.handle(Input::Tick);
+    let launch = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::LaunchNode { launch, .. } => Some(*launch),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a launch for the warm pool: {effects:?}"));
+    s.handle(Input::Launched {
+        launch,
+        result: Ok("i-warm".into()),
+    });
+    let (_, node, _) = s.join_with(
+        None,
+        Some(LaunchTicket {
+            launch,
+            node_type: "h100".into(),
+        }),
+    );
+    let st = s.status();
+    assert_eq!(st.autoscaler.as_ref().unwrap().nodes[0].state, "warm");
+    assert!(
+        !st.nodes[0].usage.schedulable,
+        "cordoned: {:?}",
+        st.nodes[0]
+    );
+    // Work arrives that only the warm node can take: it lands there in the same step.
+    let client = s.conn();
+    let (_, effects) = s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "train".into(),
+            placement: placement(100),
+        }),
+    );
+    let (to, _, _) = command(&effects);
+    assert_eq!(to, node, "placed on the warm node at once");
+    let st = s.status();
+    let a = st.autoscaler.as_ref().unwrap();
+    assert_eq!(a.nodes[0].state, "busy");
+    assert!(a.decisions.iter().any(|d| d
+        .decision
+        .starts_with(&format!("warm {node} takes waiting work"))));
+    // The next pass refills the pool.
+    s.later(Duration::from_secs(1));
+    let effects = s.handle(Input::Tick);
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::LaunchNode { node_type, .. } if node_type == "h100")),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_gang_that_launched_nodes_would_hold_waits_for_them_and_is_placed_when_they_join() {
+    use ember_core::proto::{ClientReply, GangSpec, GangStrategy};
+    use ember_core::resources::{GpuShare, ResourceDemand};
+
+    let mut s = autoscaled();
+    let client = s.conn();
+    let bundle = ResourceDemand {
+        cpu_millis: 1000,
+        gpus: GpuShare::ONE,
+        ..ResourceDemand::default()
+    };
+    let (request, effects) = s.ask(
+        client,
+        ClientRequest::CreateGang(GangSpec {
+            bundles: vec![bundle; 2],
+            strategy: GangStrategy::StrictSpread,
+            priority: 0,
+            pending_timeout_ms: None,
+        }),
+    );
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Reply { request: r, .. } if *r == request)),
+        "no node yet, but two launched h100 nodes would hold it: it waits: {effects:?}"
+    );
+    let effects = s.handle(Input::Tick);
+    let launches: Vec<u64> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::LaunchNode { launch, .. } => Some(*launch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(launches.len(), 2, "one node per bundle: {effects:?}");
+    let mut placed = Vec::new();
+    for launch in launches {
+        let (_, _, effects) = s.join_with(
+            None,
+            Some(LaunchTicket {
+                launch,
+                node_type: "h100".into(),
+            }),
+        );
+        placed.extend(effects);
+    }
+    assert!(
+        placed.iter().any(|e| matches!(
+            e,
+            Effect::Reply { request: r, reply: ClientReply::GangCreated { nodes, .. }, .. }
+                if *r == request && nodes.len() == 2
+        )),
+        "{placed:?}"
+    );
 }

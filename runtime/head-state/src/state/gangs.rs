@@ -34,7 +34,13 @@ fn gang_removed(gang: GangId) -> RemoteError {
 
 impl HeadState {
     /// Creates a gang: answered once it is placed whole, or at once when it never could be.
-    pub(super) fn create_gang(&mut self, conn: ConnId, request: RequestId, spec: GangSpec) {
+    pub(super) fn create_gang(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: RequestId,
+        spec: GangSpec,
+    ) {
         let gang = GangId(self.next_id());
         let req = GangRequest {
             gang,
@@ -42,8 +48,14 @@ impl HeadState {
             strategy: spec.strategy,
             priority: spec.priority,
         };
-        // While nodes of the last head life are expected, a gang waits for them.
-        let decision = self.sched.create_gang(req, !self.expected.is_empty());
+        // While nodes of the last head life are expected, a gang waits for them; so does one
+        // that nodes the autoscaler can launch would hold.
+        let wait = !self.expected.is_empty()
+            || self
+                .autoscaling
+                .as_ref()
+                .is_some_and(|a| a.autoscaler.could_serve_gang(&req.bundles, req.strategy));
+        let decision = self.sched.create_gang(req, wait);
         let entry = GangEntry {
             owner: self.owner(conn),
             create: None,
@@ -58,6 +70,7 @@ impl HeadState {
             }
             GangDecision::Queued => {
                 tracing::debug!(%gang, "gang waits for capacity");
+                self.autoscale_soon(now);
                 self.gangs.insert(
                     gang,
                     GangEntry {

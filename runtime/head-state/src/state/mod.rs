@@ -834,7 +834,7 @@ impl HeadState {
                 reason,
                 suspect,
             } => self.group_failed(now, request, &name, generation, &reason, suspect),
-            ClientRequest::CreateGang(spec) => self.create_gang(conn, request, spec),
+            ClientRequest::CreateGang(spec) => self.create_gang(now, conn, request, spec),
             ClientRequest::RemoveGang { gang } => self.remove_gang_request(now, request, gang),
             ClientRequest::WaitForNodes { count, timeout_ms } => {
                 self.wait_for_nodes(now, request, count, ms(timeout_ms))

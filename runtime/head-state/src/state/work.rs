@@ -74,6 +74,9 @@ impl HeadState {
             }
             Decision::Queued => {
                 tracing::debug!(%lease, "waiting for capacity");
+                if self.take_warm_for(now, lease) && self.sched.queued_request(lease).is_none() {
+                    return Ok(());
+                }
                 self.autoscale_soon(now);
                 self.tell_waiting(now, lease);
                 Ok(())
