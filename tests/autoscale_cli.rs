@@ -4,30 +4,25 @@
 
 use std::process::Stdio;
 
-use ember_tests::{ember_exe, processes_with_env, run_cli, until, within};
+use ember_tests::{
+    autoscaler_decisions, ember_exe, node_names, processes_with_env, run_cli, status_json, until,
+    within,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn status(dir: &std::path::Path) -> serde_json::Value {
-    let mut cmd = tokio::process::Command::new(ember_exe());
-    cmd.args(["status", "--json", "--cluster"]).arg(dir);
-    let (code, stdout, stderr) = run_cli(cmd).await;
-    assert_eq!(code, 0, "{stderr}");
-    serde_json::from_str(&stdout).expect("status is JSON")
+    status_json(dir).await
 }
 
 fn nodes(status: &serde_json::Value) -> usize {
-    status["nodes"].as_array().map_or(0, Vec::len)
+    node_names(status).len()
 }
 
 fn decisions(status: &serde_json::Value) -> Vec<String> {
-    status["autoscaler"]["decisions"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|x| x["decision"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    autoscaler_decisions(status)
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,4 +128,109 @@ async fn up_autoscale_grows_for_waiting_jobs_and_shrinks_to_zero_when_idle() {
         .await
         .expect("exit status");
     assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_autoscale_refuses_a_provider_that_does_not_start_local_workers() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let types = dir.path().join("slurm.json");
+    std::fs::write(
+        &types,
+        r#"{ "provider": { "kind": "slurm", "partition": "gpu" },
+             "node_types": [{ "name": "l4", "gpus": 1, "max": 2 }] }"#,
+    )
+    .expect("write the node types");
+    let mut cmd = tokio::process::Command::new(ember_exe());
+    cmd.args(["up", "--autoscale"])
+        .arg(&types)
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.path().join("state"));
+    let (code, _, stderr) = run_cli(cmd).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: `ember up --autoscale` starts workers on this machine, so its provider must \
+             be `local`, not `slurm`; start the head alone with `ember head --autoscale",
+            types.display()
+        )),
+        "{stderr}"
+    );
+}
+
+/// `ember head --autoscale` with the `local` provider: the head alone, its autoscaled
+/// workers processes of this `ember`, stopped with the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_autoscale_with_the_local_provider_runs_work_and_stops_its_workers_with_it() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let types = dir.path().join("node-types.json");
+    std::fs::write(
+        &types,
+        r#"{ "provider": { "kind": "local" },
+             "node_types": [{ "name": "cpu", "cpus": 2, "max": 1, "idle_timeout": "60s" }] }"#,
+    )
+    .expect("write the node types");
+    let state = dir.path().join("state");
+    let mark = format!("{}", dir.path().display());
+    let mut head = tokio::process::Command::new(ember_exe())
+        .args(["head", "--autoscale"])
+        .arg(&types)
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .env("EMBER_TEST_AUTOSCALE", &mark)
+        .env_remove("EMBER_ROLE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot start ember head");
+    let mut lines = BufReader::new(head.stdout.take().expect("piped stdout")).lines();
+    let mut printed = Vec::new();
+    within("ember head to listen", async {
+        while let Some(line) = lines.next_line().await.expect("readable stdout") {
+            let listening = line.contains("listening on");
+            printed.push(line);
+            if listening {
+                return;
+            }
+        }
+        panic!("ember head ended early: {printed:?}");
+    })
+    .await;
+    assert!(
+        printed[0].starts_with("Autoscaling with the local provider"),
+        "{printed:?}"
+    );
+    assert_eq!(nodes(&status(&state).await), 0, "the head alone");
+
+    let mut cmd = tokio::process::Command::new(ember_exe());
+    cmd.args(["job", "submit", "--cluster"]).arg(&state).args([
+        "--cpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo on $EMBER_NODE_ID",
+    ]);
+    let (code, stdout, stderr) = run_cli(cmd).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("on node-"), "{stdout}");
+    let grown = status(&state).await;
+    assert_eq!(node_names(&grown), ["cpu-1"], "{grown}");
+    assert!(
+        processes_with_env("EMBER_TEST_AUTOSCALE", &mark).len() >= 2,
+        "the head and its worker (and its executors)"
+    );
+
+    // Stopping the head stops the worker it started (not idle long enough to be let go).
+    let pid = nix::unistd::Pid::from_raw(head.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal");
+    let exit = within("ember head to stop", head.wait())
+        .await
+        .expect("exit status");
+    assert_eq!(exit.code(), Some(0));
+    until("the worker gone with the head", || async {
+        processes_with_env("EMBER_TEST_AUTOSCALE", &mark).is_empty()
+    })
+    .await;
 }

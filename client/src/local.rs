@@ -13,7 +13,7 @@ use ember_worker::agent::WorkerConfig;
 use ember_worker::role::{ROLE_VAR, ROLE_WORKER, WORKER_CONFIG_VAR};
 use tokio::process::{Child, Command};
 
-use crate::provider::local::LocalProvider;
+use crate::provider::local::{stop_workers, LocalProvider};
 use crate::Error;
 
 /// How many workers to start and what each offers.
@@ -39,6 +39,9 @@ pub struct LocalOptions {
     /// processes here (logical GPUs as each node type declares). `None`: `workers` workers,
     /// fixed.
     pub autoscale: Option<ember_head::autoscale::Policy>,
+    /// Whether the autoscaler's workers declare their node type's GPUs as logical ones (the
+    /// default: no GPU needed) rather than finding this machine's through NVML.
+    pub autoscale_logical_gpus: bool,
 }
 
 impl LocalOptions {
@@ -54,6 +57,7 @@ impl LocalOptions {
             state_dir: None,
             worker_exe: None,
             autoscale: None,
+            autoscale_logical_gpus: true,
         }
     }
 
@@ -127,7 +131,10 @@ impl LocalCluster {
             Some(policy) => {
                 let autoscaler = Autoscaler::new(policy.clone())
                     .map_err(|e| Error::Local(format!("autoscaling: {e}")))?;
-                let provider = Arc::new(LocalProvider::new(exe.clone()));
+                let provider = Arc::new(LocalProvider::new(
+                    exe.clone(),
+                    options.autoscale_logical_gpus,
+                ));
                 config.autoscale = Some(Autoscale {
                     autoscaler,
                     interval: Duration::from_secs(1),
@@ -175,25 +182,11 @@ impl LocalCluster {
     /// Asks every worker to leave (SIGTERM), waits for them (killing stragglers after 5 s),
     /// then stops the head.
     pub async fn shutdown(mut self) {
+        let mut workers = std::mem::take(&mut self.workers);
         if let Some(p) = &self.provider {
-            self.workers.extend(p.take_all());
+            workers.extend(p.take_all());
         }
-        for w in &self.workers {
-            if let Some(pid) = w.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        for w in &mut self.workers {
-            if tokio::time::timeout(Duration::from_secs(5), w.wait())
-                .await
-                .is_err()
-            {
-                let _ = w.kill().await;
-            }
-        }
+        stop_workers(workers).await;
         if let Some(head) = self.head.take() {
             head.stop().await;
         }

@@ -580,6 +580,70 @@ impl Drop for TestCluster {
     }
 }
 
+/// `ember status --json` of the cluster whose state directory (or cluster file) is `cluster`.
+pub async fn status_json(cluster: &Path) -> serde_json::Value {
+    let mut cmd = tokio::process::Command::new(ember_exe());
+    cmd.args(["status", "--json", "--cluster"]).arg(cluster);
+    let (code, stdout, stderr) = run_cli(cmd).await;
+    assert_eq!(code, 0, "ember status: {stderr}");
+    serde_json::from_str(&stdout).expect("status is JSON")
+}
+
+/// The names of the nodes in a status.
+pub fn node_names(status: &serde_json::Value) -> Vec<String> {
+    status["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The autoscaler's latest decisions in a status, oldest first, each with how long ago it
+/// was made.
+pub fn autoscaler_decisions(status: &serde_json::Value) -> Vec<(String, Duration)> {
+    status["autoscaler"]["decisions"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|x| {
+                    let decision = x["decision"].as_str()?.to_string();
+                    let age = Duration::from_millis(x["age_ms"].as_u64()?);
+                    Some((decision, age))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills every live process whose environment holds `var=value` when dropped (even on
+/// panic): for processes a test started outside its own children, like the workers a node
+/// provider's scripts start.
+#[derive(Debug)]
+pub struct KillMarked {
+    /// The variable.
+    pub var: &'static str,
+    /// Its value.
+    pub value: String,
+}
+
+impl Drop for KillMarked {
+    fn drop(&mut self) {
+        let me = std::process::id();
+        for pid in processes_with_env(self.var, &self.value) {
+            if pid != me {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 /// Runs a command to completion within [`TIMEOUT`], returning (exit code, stdout, stderr).
 pub async fn run_cli(mut cmd: tokio::process::Command) -> (i32, String, String) {
     cmd.kill_on_drop(true).stdin(Stdio::null());

@@ -17,7 +17,8 @@ use ember::{Cluster, ClusterStatus, ConnectOptions, JobOutput, LocalOptions, Opt
 use ember_core::proto::LaunchTicket;
 use ember_core::resources::{format_millis, ByteSize};
 use ember_core::security::{default_state_dir, ClusterFile, Fingerprint};
-use ember_head::HeadConfig;
+use ember_head::autoscale::Autoscaler;
+use ember_head::{Autoscale, HeadConfig};
 use ember_worker::agent::{self, WorkerConfig};
 
 #[derive(Parser)]
@@ -60,6 +61,11 @@ enum Command {
         /// node left or drains) keeps waiting for one to join before it fails, e.g. 60s.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         pending_timeout: Duration,
+        /// Scale the cluster with demand: a JSON file of node types (resources, min, max,
+        /// warm, price, idle timeout) and the provider that starts their nodes (`local`
+        /// worker processes, your `command` scripts, or `slurm` jobs).
+        #[arg(long, value_name = "NODE_TYPES_FILE")]
+        autoscale: Option<PathBuf>,
     },
     /// Join a cluster as a worker.
     Worker(WorkerArgs),
@@ -88,7 +94,8 @@ enum Command {
         state_dir: Option<PathBuf>,
         /// Scale with demand from zero workers (instead of --workers): a JSON file of node
         /// types (resources, min, max, warm, price, idle timeout), whose nodes start as worker
-        /// processes on this machine.
+        /// processes on this machine (its provider must be `local`; `ember head --autoscale`
+        /// takes the others).
         #[arg(long, value_name = "NODE_TYPES_FILE", conflicts_with = "workers")]
         autoscale: Option<PathBuf>,
     },
@@ -250,6 +257,9 @@ struct WorkerArgs {
     node_type: Option<String>,
 }
 
+/// How often `ember head --autoscale`'s autoscaler decides (as `ember up --autoscale`'s).
+const AUTOSCALE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Reads `500ms`, `30s`, `2m`, or a plain number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -339,8 +349,37 @@ async fn run(command: Command) -> Result<i32> {
             checkpoint_store,
             rejoin_window,
             pending_timeout,
+            autoscale,
         } => {
             let mut config = HeadConfig::new(state_dir.unwrap_or_else(default_state_dir));
+            // The provider's local workers, stopped with the head.
+            let mut local_workers = None;
+            if let Some(path) = &autoscale {
+                let node_types = node_types::read(path)?;
+                let kind = node_types.provider.kind();
+                let ip = listen.ip();
+                // A kubernetes provider has its own `head_address` (the head's Service).
+                if !matches!(kind, "local" | "kubernetes")
+                    && (ip.is_unspecified() || ip.is_loopback())
+                {
+                    eprintln!(
+                        "ember: warning: the {kind} provider's workers are told to join the \
+                         head at its listen address, {listen}, which only this machine \
+                         reaches; for other machines, listen on an address they reach (e.g. \
+                         --listen 10.0.0.5:7700)"
+                    );
+                }
+                let started = node_types.provider.start().await?;
+                local_workers = started.local;
+                let autoscaler = Autoscaler::new(node_types.policy)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                config.autoscale = Some(Autoscale {
+                    autoscaler,
+                    interval: AUTOSCALE_INTERVAL,
+                    provider: started.provider,
+                });
+                println!("Autoscaling with the {kind} provider ({})", path.display());
+            }
             config.pending_timeout = pending_timeout;
             config.listen = listen;
             config.heartbeat_timeout = heartbeat_timeout;
@@ -353,6 +392,9 @@ async fn run(command: Command) -> Result<i32> {
             println!("State directory: {}", state_dir.display());
             println!("Join a worker with:\n  {}", head.cluster.join_command());
             agent::shutdown_signal().await;
+            if let Some(local) = local_workers {
+                local.shutdown().await;
+            }
             head.stop().await;
             Ok(0)
         }
@@ -367,10 +409,28 @@ async fn run(command: Command) -> Result<i32> {
             state_dir,
             autoscale,
         } => {
-            let policy = autoscale.as_deref().map(node_types::read).transpose()?;
-            let workers = if policy.is_some() { 0 } else { workers };
             let mut options = LocalOptions::new(workers).gpus_per_worker(gpus_per_worker);
-            options.autoscale = policy;
+            if let Some(path) = &autoscale {
+                let node_types = node_types::read(path)?;
+                let node_types::Provider::Local {
+                    ember,
+                    logical_gpus,
+                } = node_types.provider
+                else {
+                    bail!(
+                        "{}: `ember up --autoscale` starts workers on this machine, so its \
+                         provider must be `local`, not `{}`; start the head alone with `ember \
+                         head --autoscale {}` for that one",
+                        path.display(),
+                        node_types.provider.kind(),
+                        path.display()
+                    );
+                };
+                options.workers = 0;
+                options.autoscale = Some(node_types.policy);
+                options.autoscale_logical_gpus = logical_gpus;
+                options.worker_exe = ember;
+            }
             options.gpu_memory = gpu_memory;
             options.accelerator = accelerator;
             options.cpus_per_worker = cpus_per_worker;

@@ -1,11 +1,14 @@
 //! The `local` node provider: the autoscaler's launches become worker processes on this
-//! machine, running this executable with the node type's resources as logical GPUs. `ember up
-//! --autoscale` and [`LocalOptions::autoscale`](crate::LocalOptions) use it. An instance is
-//! `local-PID`.
+//! machine, running this executable (or the one given) with the node type's resources, its
+//! GPUs as logical ones unless told to find the machine's real ones. `ember up --autoscale`,
+//! `ember head --autoscale` with `"provider": {"kind": "local"}` and
+//! [`LocalOptions::autoscale`](crate::LocalOptions) use it. An instance is `local-PID`. The
+//! workers are this process's children: they stop with it ([`LocalProvider::shutdown`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use ember_core::proto::LaunchTicket;
 use ember_head::{LaunchRequest, NodeProvider, ProviderError};
@@ -16,18 +19,22 @@ use crate::local::worker_command;
 
 /// Worker processes on this machine, one per launch.
 #[derive(Debug)]
-pub(crate) struct LocalProvider {
+pub struct LocalProvider {
     exe: PathBuf,
+    logical_gpus: bool,
     /// The runtime the workers' processes are reaped on.
     runtime: tokio::runtime::Handle,
     children: Mutex<HashMap<String, Child>>,
 }
 
 impl LocalProvider {
-    /// Starts workers of `exe`; must be made inside a Tokio runtime.
-    pub(crate) fn new(exe: PathBuf) -> Self {
+    /// Starts workers of `exe`, declaring their node type's GPUs as logical ones when
+    /// `logical_gpus` (else they find this machine's through NVML); must be made inside a
+    /// Tokio runtime.
+    pub fn new(exe: PathBuf, logical_gpus: bool) -> Self {
         LocalProvider {
             exe,
+            logical_gpus,
             runtime: tokio::runtime::Handle::current(),
             children: Mutex::new(HashMap::new()),
         }
@@ -40,6 +47,12 @@ impl LocalProvider {
     /// Every worker it started, for stopping them with the cluster.
     pub(crate) fn take_all(&self) -> Vec<Child> {
         self.children().drain().map(|(_, c)| c).collect()
+    }
+
+    /// Stops every worker it started and has not stopped yet: asks each to leave (SIGTERM),
+    /// and kills those still there after 5 s.
+    pub async fn shutdown(&self) {
+        stop_workers(self.take_all()).await;
     }
 }
 
@@ -59,7 +72,7 @@ impl NodeProvider for LocalProvider {
         let mut wc = WorkerConfig::new(file.address, file.token.clone(), file.fingerprint);
         wc.name = Some(format!("{}-{}", t.name, request.launch));
         wc.cpus = Some(r.cpu_millis as f64 / 1000.0);
-        if let Some(first) = r.gpus.first() {
+        if let (true, Some(first)) = (self.logical_gpus, r.gpus.first()) {
             wc.gpus = Some(r.gpus.len() as u32);
             wc.gpu_memory = Some(first.memory.to_string());
             wc.accelerator = Some(first.accelerator.clone());
@@ -99,5 +112,25 @@ impl NodeProvider for LocalProvider {
         });
         tracing::info!(%instance, "local worker stopped");
         Ok(())
+    }
+}
+
+/// Asks `workers` to leave (SIGTERM) and waits for them, killing those still there after 5 s.
+pub(crate) async fn stop_workers(mut workers: Vec<Child>) {
+    for w in &workers {
+        if let Some(pid) = w.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    for w in &mut workers {
+        if tokio::time::timeout(Duration::from_secs(5), w.wait())
+            .await
+            .is_err()
+        {
+            let _ = w.kill().await;
+        }
     }
 }

@@ -1,18 +1,24 @@
 //! Node providers, where the autoscaler's launches become workers (the trait is
 //! [`ember_head::NodeProvider`]):
 //!
-//! - `local` (`local.rs`): worker processes of this executable on this machine, with the node
-//!   type's GPUs as logical ones: `ember up --autoscale` and
+//! - [`local`]: worker processes of this executable on this machine, with the node type's
+//!   GPUs as logical ones by default: `ember up --autoscale`, `ember head --autoscale` and
 //!   [`LocalOptions::autoscale`](crate::LocalOptions).
+//! - [`command`]: the user's launch and stop scripts (a cloud CLI, ssh), the instance named
+//!   on the launch script's standard output.
+//! - [`slurm`]: each node a Slurm batch job (`sbatch`, `scancel`), the instance its job id.
 //! - `kubernetes` (`kubernetes/`, the `kubernetes` feature): one pod per launch through the
 //!   Kubernetes API (`kubernetes::KubernetesProvider`).
 //!
 //! Every provider starts the same thing, `ember worker` joining the head with its launch
-//! ([`WorkerInvocation`]); they differ in where it runs.
+//! ([`WorkerInvocation`]), the token in its environment; they differ in where it runs.
 
+pub mod command;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
-pub(crate) mod local;
+pub mod local;
+mod script;
+pub mod slurm;
 
 use ember_core::resources::ByteSize;
 use ember_head::LaunchRequest;
@@ -78,7 +84,7 @@ impl WorkerInvocation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use ember_core::resources::{GpuDevice, NodeResources};
@@ -87,7 +93,8 @@ mod tests {
 
     use super::*;
 
-    fn l4() -> NodeType {
+    /// A node type with one logical 24 GiB L4, 4 CPUs and 2 `ssd`.
+    pub(crate) fn l4() -> NodeType {
         NodeType {
             name: "l4".into(),
             resources: NodeResources {
