@@ -552,6 +552,12 @@ async fn serve_once(
                 if let Some(session) = session.take() {
                     session.stop().await;
                 }
+                if config.launch.is_some() {
+                    // A node the autoscaler launched and the head let go (released, or given
+                    // up) is not coming back: its provider stops its machine.
+                    tracing::info!(%node, "launched by the autoscaler and let go: leaving");
+                    return Ok(());
+                }
             } else {
                 tracing::warn!(%node, "lost the head: {reason}");
             }
