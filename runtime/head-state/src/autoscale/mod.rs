@@ -202,6 +202,11 @@ pub struct Autoscaler {
     launches: BTreeMap<LaunchId, Launching>,
     /// Types whose latest launches failed, by name; a join clears its type.
     failures: BTreeMap<String, LaunchFailures>,
+    /// While a pass decides, [`Autoscaler::count_of`] for each type (by index), counted at
+    /// its start and kept up to date by its launches and drains, so that each launch's check
+    /// of its type's max is a lookup rather than a walk over every node (with 1,000 nodes and
+    /// 1,000 launches a pass, the walks were most of it); `None` between passes.
+    counts: Option<Vec<u32>>,
     next_launch: LaunchId,
     /// Consecutive passes with busy GPUs and enough waiting.
     busy_streak: u32,
@@ -237,6 +242,7 @@ impl Autoscaler {
             nodes: BTreeMap::new(),
             launches: BTreeMap::new(),
             failures: BTreeMap::new(),
+            counts: None,
             next_launch: 1,
             busy_streak: 0,
             last_busy_launch: None,
@@ -354,6 +360,7 @@ impl Autoscaler {
         let mut actions = Vec::new();
         self.give_up_launches(now, &mut actions);
         let mut budget = self.budget();
+        self.counts = Some(self.count_all());
         self.keep_floors(now, &mut budget, &mut actions);
         let mut plan = pack::plan(self.coming(), waiting);
         // The plan's launches, until the pass can launch no more.
@@ -366,7 +373,25 @@ impl Autoscaler {
         }
         self.scale_on_busy_gpus(now, waiting, gpu_utilisation, &mut budget, &mut actions);
         self.drain_idle(now, &mut actions);
+        let counted = self.counts.take();
+        debug_assert_eq!(counted, Some(self.count_all()), "the pass's counts drifted");
         actions
+    }
+
+    /// [`Autoscaler::count_of`] of every type, by index, in one walk.
+    fn count_all(&self) -> Vec<u32> {
+        let mut counts = vec![0; self.policy.types.len()];
+        let live = self
+            .nodes
+            .values()
+            .filter(|n| !n.draining)
+            .map(|n| &n.node_type);
+        for name in live.chain(self.launches.values().map(|l| &l.node_type)) {
+            if let Some(i) = self.type_index(name) {
+                counts[i] += 1;
+            }
+        }
+        counts
     }
 
     /// What may be launched now: the cluster's room, and the launches that may be pending at
@@ -430,6 +455,9 @@ impl Autoscaler {
 
     /// How many nodes of a type there are or are coming (draining ones excluded).
     fn count_of(&self, name: &str) -> u32 {
+        if let (Some(counts), Some(i)) = (&self.counts, self.type_index(name)) {
+            return counts[i];
+        }
         let live = self
             .nodes
             .values()
@@ -526,6 +554,9 @@ impl Autoscaler {
         }
         budget.cluster_room -= 1;
         budget.pass_room -= 1;
+        if let Some(c) = self.counts.as_mut() {
+            c[i] += 1;
+        }
         let launch = self.next_launch;
         self.next_launch += 1;
         let node_type = t.name.clone();
@@ -620,6 +651,10 @@ impl Autoscaler {
             );
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.draining = true;
+            }
+            let i = self.type_index(&name);
+            if let (Some(c), Some(i)) = (self.counts.as_mut(), i) {
+                c[i] -= 1;
             }
             actions.push(Action::Drain { node, reason });
         }
