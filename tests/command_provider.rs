@@ -184,7 +184,12 @@ async fn command_provider_launches_a_worker_for_waiting_work_and_stops_it_when_i
             .any(|d| d.starts_with("release node-") && d.contains("idle")),
         "{status}"
     );
-    assert_eq!(read(&scene.path("tries")).trim(), "1", "one launch only");
+    assert_eq!(
+        read(&scene.path("tries")).trim(),
+        "1",
+        "one launch only: {status}\n{}",
+        scene.head.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
