@@ -168,18 +168,10 @@ impl NodeProvider for CommandProvider {
 
 #[cfg(test)]
 mod tests {
-    use ember_core::security::{ClusterFile, Fingerprint};
+    use ember_core::security::Fingerprint;
 
     use super::*;
-    use crate::provider::tests::l4;
-
-    fn cluster() -> ClusterFile {
-        ClusterFile {
-            address: "10.0.0.1:7700".parse().unwrap(),
-            token: "s3cret".into(),
-            fingerprint: Fingerprint([7; 32]),
-        }
-    }
+    use crate::provider::tests::{cluster, l4};
 
     fn provider(dir: &std::path::Path, launch: &str, stop: &str) -> CommandProvider {
         CommandProvider::new(CommandConfig {

@@ -119,13 +119,18 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn a_worker_joins_with_its_launch_and_the_token_stays_off_its_command_line() {
-        let cluster = ClusterFile {
+    /// A cluster at 10.0.0.1:7700 whose join token is `s3cret`.
+    pub(crate) fn cluster() -> ClusterFile {
+        ClusterFile {
             address: "10.0.0.1:7700".parse().unwrap(),
             token: "s3cret".into(),
             fingerprint: Fingerprint([7; 32]),
-        };
+        }
+    }
+
+    #[test]
+    fn a_worker_joins_with_its_launch_and_the_token_stays_off_its_command_line() {
+        let cluster = cluster();
         let t = l4();
         let request = LaunchRequest {
             launch: 12,

@@ -237,18 +237,8 @@ pub fn has_sbatch(dir: Option<&Path>) -> bool {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use ember_core::security::{ClusterFile, Fingerprint};
-
     use super::*;
-    use crate::provider::tests::l4;
-
-    fn cluster() -> ClusterFile {
-        ClusterFile {
-            address: "10.0.0.1:7700".parse().unwrap(),
-            token: "s3cret".into(),
-            fingerprint: Fingerprint([7; 32]),
-        }
-    }
+    use crate::provider::tests::{cluster, l4};
 
     /// A directory with stand-ins for `sbatch` and `scancel` that record their arguments,
     /// environment and standard input beside them, then run `then`.
