@@ -43,6 +43,14 @@ fn autoscaled_with_warm(warm: u32) -> Scene {
     })
 }
 
+/// The launch among `effects`, if any.
+fn launch_in(effects: &[Effect]) -> Option<u64> {
+    effects.iter().find_map(|e| match e {
+        Effect::LaunchNode { launch, .. } => Some(*launch),
+        _ => None,
+    })
+}
+
 #[test]
 fn waiting_work_launches_a_node_which_takes_it_and_goes_once_idle() {
     let mut s = autoscaled();
@@ -200,14 +208,8 @@ fn a_launch_the_provider_refuses_is_reported_and_tried_again_after_a_back_off() 
             placement: placement(100),
         }),
     );
-    let launch_of = |effects: &[Effect]| {
-        effects.iter().find_map(|e| match e {
-            Effect::LaunchNode { launch, .. } => Some(*launch),
-            _ => None,
-        })
-    };
     s.later(Duration::from_secs(1));
-    let first = launch_of(&s.handle(Input::Tick)).expect("a launch");
+    let first = launch_in(&s.handle(Input::Tick)).expect("a launch");
     s.handle(Input::Launched {
         launch: first,
         result: Err("InsufficientInstanceCapacity".into()),
@@ -225,7 +227,7 @@ fn a_launch_the_provider_refuses_is_reported_and_tried_again_after_a_back_off() 
     );
     // The next pass is within the back-off only if it comes early; one second on it launches.
     s.later(Duration::from_secs(1));
-    let second = launch_of(&s.handle(Input::Tick)).expect("launched again");
+    let second = launch_in(&s.handle(Input::Tick)).expect("launched again");
     assert_ne!(second, first);
 }
 
@@ -242,13 +244,7 @@ fn a_launch_given_up_before_the_provider_answered_is_stopped_once_it_does() {
     );
     s.later(Duration::from_secs(1));
     let effects = s.handle(Input::Tick);
-    let launch = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::LaunchNode { launch, .. } => Some(*launch),
-            _ => None,
-        })
-        .expect("a launch");
+    let launch = launch_in(&effects).expect("a launch");
     // The launch timeout (120 s) passes with the provider still busy starting it.
     for _ in 0..120 {
         s.later(Duration::from_secs(1));
@@ -282,13 +278,8 @@ fn work_that_waits_brings_a_pass_at_once_and_an_idle_node_goes_at_its_timeout_no
     // Event-driven: the pass is due now, not at the next periodic one.
     assert_eq!(s.head.poll_timeout(), Some(asked));
     let effects = s.handle(Input::Tick);
-    let launch = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::LaunchNode { launch, .. } => Some(*launch),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("launched with no time passing: {effects:?}"));
+    let launch =
+        launch_in(&effects).unwrap_or_else(|| panic!("launched with no time passing: {effects:?}"));
     s.handle(Input::Launched {
         launch,
         result: Ok("i-1".into()),
@@ -338,13 +329,7 @@ fn with_one_launched_node(s: &mut Scene) -> ember_core::ids::NodeId {
         }),
     );
     let effects = s.handle(Input::Tick);
-    let launch = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::LaunchNode { launch, .. } => Some(*launch),
-            _ => None,
-        })
-        .expect("a launch");
+    let launch = launch_in(&effects).expect("a launch");
     s.handle(Input::Launched {
         launch,
         result: Ok(format!("i-{launch}")),
@@ -450,13 +435,8 @@ fn a_warm_node_is_cordoned_until_work_waits_then_takes_it_at_once_and_the_pool_r
     let mut s = autoscaled_with_warm(1);
     s.later(Duration::from_secs(1));
     let effects = s.handle(Input::Tick);
-    let launch = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::LaunchNode { launch, .. } => Some(*launch),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("a launch for the warm pool: {effects:?}"));
+    let launch =
+        launch_in(&effects).unwrap_or_else(|| panic!("a launch for the warm pool: {effects:?}"));
     s.handle(Input::Launched {
         launch,
         result: Ok("i-warm".into()),
