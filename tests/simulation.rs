@@ -135,10 +135,10 @@ fn autoscaled_peaks_scale_up_and_back_down_without_launch_terminate_cycles() {
     }
 }
 
+/// Work for a task no worker has launches nothing once a worker told what the node types
+/// carry (it used to launch nodes of a type that lists no labels again and again, while
+/// such nodes sat idle).
 #[test]
-#[ignore = "a known bug: work for a task no worker has makes the autoscaler launch nodes of a \
-            type that lists no labels while such nodes sit idle (EMBER_SIM_SEED=1 \
-            EMBER_SIM_SCENARIO=autoscaled-unknown-tasks)"]
 fn autoscaled_work_no_worker_can_take_launches_nothing() {
     let scenario = Scenario::autoscaled_unknown_tasks().with_env();
     for seed in 1..=3 {

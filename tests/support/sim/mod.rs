@@ -134,10 +134,8 @@ impl Scenario {
     }
 
     /// The autoscaled scenario where 2% of the peaks' task leases name a task no worker has.
-    /// It fails today (a known bug): a node type that lists no labels is taken to carry every
-    /// task type, so such a lease waits for a launch rather than failing, every launched
-    /// node of its type is one that cannot take it, and launches of that type go on while
-    /// nodes of it sit idle (and are drained, and launched again) as long as it waits.
+    /// Node types that list no labels carry what their first worker carries
+    /// (`Autoscaler::learn_labels`): such a lease is refused, or stranded, not launched for.
     pub fn autoscaled_unknown_tasks() -> Self {
         Scenario {
             name: "autoscaled-unknown-tasks",

@@ -42,8 +42,11 @@ pub use pack::Waiting;
 pub struct NodeType {
     /// Its name, e.g. `h100x8-spot`.
     pub name: String,
-    /// What one node of it has. Its labels are those its workers carry; with none, its
-    /// workers run the cluster's own executable and carry every task and actor type.
+    /// What one node of it has. Its labels are those its workers carry. Types that list none
+    /// run the cluster's own executable: they are taken to carry every task and actor type
+    /// until the first worker of one joins, and from then on what that worker carries
+    /// ([`Autoscaler::learn_labels`]), so work no worker can run is not launched for again
+    /// and again.
     pub resources: NodeResources,
     /// Nodes of it always kept.
     pub min: u32,
@@ -207,6 +210,8 @@ pub struct Autoscaler {
     /// of its type's max is a lookup rather than a walk over every node (with 1,000 nodes and
     /// 1,000 launches a pass, the walks were most of it); `None` between passes.
     counts: Option<Vec<u32>>,
+    /// Whether the types that list no labels have taken those of their first worker.
+    labels_learned: bool,
     next_launch: LaunchId,
     /// Consecutive passes with busy GPUs and enough waiting.
     busy_streak: u32,
@@ -243,6 +248,7 @@ impl Autoscaler {
             launches: BTreeMap::new(),
             failures: BTreeMap::new(),
             counts: None,
+            labels_learned: false,
             next_launch: 1,
             busy_streak: 0,
             last_busy_launch: None,
@@ -278,6 +284,32 @@ impl Autoscaler {
             },
         );
         warm
+    }
+
+    /// A worker of `node_type` joined carrying `labels`. The types that list no labels run
+    /// the cluster's own executable: the first such worker tells what they all carry, and
+    /// they take its labels as their own, so that work none of their workers can run no
+    /// longer counts as something a launch would serve. Returns whether they did (once, if
+    /// ever): the head then checks again what waits for a launch.
+    pub fn learn_labels(&mut self, node_type: &str, labels: &[String]) -> bool {
+        let unlisted = |t: &NodeType| t.resources.labels.is_empty();
+        if self.labels_learned
+            || labels.is_empty()
+            || !self
+                .policy
+                .types
+                .iter()
+                .any(|t| t.name == node_type && unlisted(t))
+        {
+            return false;
+        }
+        let mut learned = labels.to_vec();
+        learned.sort();
+        for t in self.policy.types.iter_mut().filter(|t| unlisted(t)) {
+            t.resources.labels.clone_from(&learned);
+        }
+        self.labels_learned = true;
+        true
     }
 
     /// The head hands a warm node to work that waits: it leaves the warm pool (the next pass

@@ -216,11 +216,17 @@ impl HeadState {
 
     /// A worker joined: one the autoscaler launched is matched to its launch; any other is
     /// not the autoscaler's to let go.
+    ///
+    /// The first worker of a type that lists no labels tells what all such types carry;
+    /// what waited for a launch that none of their workers could run is then checked again,
+    /// and waits as stranded (failing at its deadline) unless a type or a live node could
+    /// take it.
     pub(super) fn autoscaled_join(
         &mut self,
         now: Instant,
         node: NodeId,
         ticket: Option<LaunchTicket>,
+        labels: &[String],
     ) {
         let (Some(a), Some(ticket)) = (self.autoscaling.as_mut(), ticket) else {
             return;
@@ -228,7 +234,23 @@ impl HeadState {
         let warm = a
             .autoscaler
             .node_joined(now, node, &ticket.node_type, Some(ticket.launch));
+        let learned = a.autoscaler.learn_labels(&ticket.node_type, labels);
+        if learned {
+            a.note(
+                now,
+                format!(
+                    "node types that list no labels carry what {node} of {} carries: {} task \
+                     and actor types",
+                    ticket.node_type,
+                    labels.len()
+                ),
+            );
+        }
         a.launched.insert(node, ticket);
+        if learned {
+            let groups = self.sched.queued_group_firsts().map(|(g, _)| g).collect();
+            self.strand(now, groups);
+        }
         if !warm {
             return;
         }

@@ -539,3 +539,66 @@ fn a_gang_that_launched_nodes_would_hold_waits_for_them_and_is_placed_when_they_
         "{placed:?}"
     );
 }
+
+#[test]
+fn work_for_a_task_no_worker_has_launches_one_node_then_waits_stranded_and_fails() {
+    let mut s = autoscaled();
+    let client = s.conn();
+    // Before any worker joined, a type that lists no labels is taken to carry every task.
+    let (request, _) = s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "nowhere".into(),
+            placement: placement(100),
+        }),
+    );
+    s.later(Duration::from_secs(1));
+    let launch = launch_in(&s.handle(Input::Tick)).expect("a launch for the waiting lease");
+    s.handle(Input::Launched {
+        launch,
+        result: Ok("i-0abc".into()),
+    });
+    // Its worker carries `train`, not `nowhere`: the type now carries what its worker does,
+    // so the lease is stranded, with its deadline and what it lacks, and nothing more launches.
+    s.join_with(
+        None,
+        Some(LaunchTicket {
+            launch,
+            node_type: "h100".into(),
+        }),
+    );
+    let st = s.status();
+    let queued = &st.queue[0];
+    assert!(queued.fails_in_ms.is_some(), "stranded: {queued:?}");
+    assert!(
+        queued
+            .waiting
+            .as_deref()
+            .is_some_and(|w| w.contains("no worker can run task `nowhere`")),
+        "{queued:?}"
+    );
+    let a = st.autoscaler.expect("the autoscaler's status");
+    assert!(
+        a.decisions
+            .iter()
+            .any(|d| d.decision.contains("carry what node-")),
+        "{:?}",
+        a.decisions
+    );
+    for _ in 0..5 {
+        s.later(Duration::from_secs(1));
+        let effects = s.handle(Input::Tick);
+        assert_eq!(launch_in(&effects), None, "no launch for it again");
+    }
+    // At its deadline it fails, naming the task no node carries.
+    s.later(Config::default().pending_timeout);
+    let effects = s.handle(Input::Tick);
+    let reply = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Reply { request: r, reply } if *r == request => Some(format!("{reply:?}")),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the lease fails at its deadline: {effects:?}"));
+    assert!(reply.contains("task `nowhere`"), "{reply}");
+}

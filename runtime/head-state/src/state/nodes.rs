@@ -51,6 +51,7 @@ impl HeadState {
             .chain(hello.actor_types.iter().map(|a| actor_label(a)))
             .collect();
         resources.labels.sort();
+        let labels = resources.labels.clone();
         tracing::info!(%node, "worker {} joined from {}", hello.name, hello.address);
         self.sched.add_node(node, resources);
         self.conns.insert(conn, node);
@@ -77,7 +78,7 @@ impl HeadState {
             self.reconcile(now, node, matched.is_some(), rejoin);
         }
         let ticket = self.nodes[&node].hello.launch.clone();
-        self.autoscaled_join(now, node, ticket);
+        self.autoscaled_join(now, node, ticket, &labels);
         self.place_queued(now);
         self.unstrand(now, node);
         self.unstrand_gangs();
