@@ -145,6 +145,15 @@ impl ActorRef {
     /// [`MAX_FRAME`]) fail at once with [`FrameError::TooLarge`], before anything is sent.
     pub async fn call<A: Wire, T: Wire>(&self, method: &str, args: &A) -> Result<T, Error> {
         let args = ember_core::proto::encode(args)?.to_vec();
+        let bytes = self.call_bytes(method, args).await?;
+        Ok(ember_core::proto::decode(&bytes)?)
+    }
+
+    /// Calls `method` with its arguments as the actor's executor takes them (for a typed
+    /// actor, their archive) and returns its result's bytes as they came: what
+    /// [`ActorRef::call`] does after encoding and before decoding, for bindings whose actors
+    /// take bytes of their own making (Python's pickles), with the same retries and moves.
+    pub async fn call_bytes(&self, method: &str, args: Vec<u8>) -> Result<Vec<u8>, Error> {
         if args.len() > MAX_CALL_ARGS {
             return Err(Error::Protocol(FrameError::TooLarge {
                 len: args.len(),
@@ -176,7 +185,7 @@ impl ActorRef {
                 }
             };
             let err = match outcome {
-                Ok(bytes) => return Ok(ember_core::proto::decode(&bytes)?),
+                Ok(bytes) => return Ok(bytes),
                 Err(e) => e,
             };
             match lost(&err) {

@@ -199,6 +199,20 @@ impl Cluster {
     /// [`FrameError::TooLarge`](ember_core::proto::FrameError), before anything is sent.
     pub async fn run<T: Wire>(&self, call: TaskCall<T>) -> Result<T, Error> {
         let args = call.args.map_err(bad_args)?;
+        let bytes = self.run_bytes(call.name, args, &call.options).await?;
+        Ok(decode(&bytes)?)
+    }
+
+    /// Runs the task registered as `name` with its arguments as its executor takes them and
+    /// returns its result's bytes as they came: what [`Cluster::run`] does after encoding and
+    /// before decoding, for bindings whose tasks take bytes of their own making (Python's
+    /// pickles), with the same leases, placement and retries.
+    pub async fn run_bytes(
+        &self,
+        name: &str,
+        args: Vec<u8>,
+        options: &Options,
+    ) -> Result<Vec<u8>, Error> {
         if args.len() > MAX_CALL_ARGS {
             return Err(Error::Protocol(FrameError::TooLarge {
                 len: args.len(),
@@ -206,24 +220,36 @@ impl Cluster {
             }));
         }
         let task = TaskRun {
-            name: call.name.to_string(),
+            name: name.to_string(),
             args,
-            placement: call.options.placement()?,
-            retry: call.options.retry,
+            placement: options.placement()?,
+            retry: options.retry,
         };
-        let bytes = self.inner.leases.run(self, task).await?;
-        Ok(decode(&bytes)?)
+        self.inner.leases.run(self, task).await
     }
 
     /// Creates an actor and returns its typed handle once it is constructed.
     pub async fn spawn<H: RemoteActor>(&self, spawn: ActorSpawn<H>) -> Result<H, Error> {
         let args = spawn.args.map_err(bad_args)?;
+        let actor = self.spawn_bytes(spawn.name, args, &spawn.options).await?;
+        Ok(H::from_ref(actor))
+    }
+
+    /// Creates an actor of the type registered as `type_name` from constructor arguments as
+    /// its executor takes them, and returns its untyped handle once it is constructed: for
+    /// bindings whose actors take bytes of their own making (Python's pickles).
+    pub async fn spawn_bytes(
+        &self,
+        type_name: &str,
+        args: Vec<u8>,
+        options: &Options,
+    ) -> Result<ActorRef, Error> {
         let spec = ActorSpec {
-            type_name: spawn.name.to_string(),
+            type_name: type_name.to_string(),
             args,
-            placement: spawn.options.placement()?,
-            restart: spawn.options.restart,
-            checkpoint: spawn.options.checkpoint,
+            placement: options.placement()?,
+            restart: options.restart,
+            checkpoint: options.checkpoint,
         };
         let location = match self.request(&ClientRequest::CreateActor(spec)).await? {
             ClientReply::ActorCreated(loc) => loc,
@@ -232,7 +258,7 @@ impl Cluster {
         };
         self.inner.owned.insert(location.actor);
         let caller = self.caller(&location).await?;
-        Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
+        Ok(ActorRef::new(self.clone(), location, caller))
     }
 
     /// A typed handle to an actor that already exists, by its id: the head says where it takes

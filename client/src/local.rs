@@ -2,7 +2,7 @@
 //! executable. `ember up` and [`Cluster::local`](crate::Cluster::local) both use it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use ember_core::security::ClusterFile;
 use ember_head::autoscale::Autoscaler;
 use ember_head::{Autoscale, HeadConfig, RunningHead};
 use ember_worker::agent::WorkerConfig;
-use ember_worker::role::{ROLE_VAR, ROLE_WORKER, WORKER_CONFIG_VAR};
+use ember_worker::role::{program, Program, ROLE_VAR, ROLE_WORKER, WORKER_CONFIG_VAR};
 use tokio::process::{Child, Command};
 
 use crate::provider::local::{stop_workers, LocalProvider};
@@ -33,7 +33,7 @@ pub struct LocalOptions {
     pub listen: Option<SocketAddr>,
     /// The head's state directory; a fresh temporary one (removed at shutdown) when `None`.
     pub state_dir: Option<PathBuf>,
-    /// The workers' executable; this one when `None`.
+    /// The workers' executable; this program ([`ember_worker::role::program`]) when `None`.
     pub worker_exe: Option<PathBuf>,
     /// Scale the cluster with demand: the autoscaler's policy, whose launches start worker
     /// processes here (logical GPUs as each node type declares). `None`: `workers` workers,
@@ -123,16 +123,16 @@ impl LocalCluster {
         config.listen = options
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let exe = match &options.worker_exe {
-            Some(p) => p.clone(),
-            None => std::env::current_exe().map_err(|e| Error::Local(e.to_string()))?,
+        let program = match &options.worker_exe {
+            Some(p) => Program::executable(p.clone()),
+            None => program().map_err(|e| Error::Local(e.to_string()))?,
         };
         let provider = match &options.autoscale {
             Some(policy) => {
                 let autoscaler = Autoscaler::new(policy.clone())
                     .map_err(|e| Error::Local(format!("autoscaling: {e}")))?;
                 let provider = Arc::new(LocalProvider::new(
-                    exe.clone(),
+                    program.clone(),
                     options.autoscale_logical_gpus,
                 ));
                 config.autoscale = Some(Autoscale {
@@ -160,9 +160,9 @@ impl LocalCluster {
                 wc.gpu_memory = options.gpu_memory.clone();
                 wc.accelerator = options.accelerator.clone();
             }
-            let child = worker_command(&exe, &wc)?
+            let child = worker_command(&program, &wc)?
                 .spawn()
-                .map_err(|e| Error::Local(format!("cannot start worker {}: {e}", exe.display())))?;
+                .map_err(|e| Error::Local(format!("cannot start worker {program}: {e}")))?;
             workers.push(child);
         }
         Ok(LocalCluster {
@@ -201,11 +201,11 @@ impl Drop for LocalCluster {
     }
 }
 
-/// The command that starts a worker process of this executable with `wc`: the one way local
-/// workers start, fixed ones and the autoscaler's alike.
-pub(crate) fn worker_command(exe: &Path, wc: &WorkerConfig) -> Result<Command, Error> {
+/// The command that starts a worker process of `program` with `wc`: the one way local workers
+/// start, fixed ones and the autoscaler's alike.
+pub(crate) fn worker_command(program: &Program, wc: &WorkerConfig) -> Result<Command, Error> {
     let json = serde_json::to_string(wc).map_err(|e| Error::Local(e.to_string()))?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = program.command();
     cmd.env(ROLE_VAR, ROLE_WORKER)
         .env(WORKER_CONFIG_VAR, json)
         .stdin(std::process::Stdio::null())

@@ -1,7 +1,70 @@
 //! One executable, three roles: the user's program (or the `ember` tool), a worker agent, and an
 //! executor. A process learns its role from `EMBER_ROLE`, set by whoever started it.
+//!
+//! Processes of the other roles are started as [`program`]: this executable, unless the
+//! process said otherwise first ([`set_program`]), as an interpreter that runs Ember from an
+//! extension module does (`python -m ember._role`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use crate::agent::{self, WorkerConfig};
+
+/// How to start a process of this program in another role: an executable and the arguments
+/// that come before anything else, with the role in [`ROLE_VAR`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    /// The executable.
+    pub exe: PathBuf,
+    /// Its first arguments, e.g. `["-m", "ember._role"]` for an interpreter.
+    pub args: Vec<OsString>,
+}
+
+impl Program {
+    /// `exe`, with no arguments of its own.
+    pub fn executable(exe: PathBuf) -> Self {
+        Program {
+            exe,
+            args: Vec::new(),
+        }
+    }
+
+    /// A command that starts it (the role and its settings still to be added).
+    pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(&self.args);
+        cmd
+    }
+}
+
+impl std::fmt::Display for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.exe.display())?;
+        for a in &self.args {
+            write!(f, " {}", a.to_string_lossy())?;
+        }
+        Ok(())
+    }
+}
+
+static PROGRAM: OnceLock<Program> = OnceLock::new();
+
+/// Says how processes of this program start in another role, before any is started; an
+/// error with the program already in use if it was set before.
+pub fn set_program(program: Program) -> Result<(), Program> {
+    PROGRAM.set(program.clone())?;
+    Ok(())
+}
+
+/// How processes of this program start in another role: as set by [`set_program`], else
+/// this executable.
+pub fn program() -> std::io::Result<Program> {
+    match PROGRAM.get() {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().map(Program::executable),
+    }
+}
 
 /// The variable that names a process's role.
 pub const ROLE_VAR: &str = "EMBER_ROLE";

@@ -6,13 +6,13 @@
 //! workers are this process's children: they stop with it ([`LocalProvider::shutdown`]).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use ember_core::proto::LaunchTicket;
 use ember_head::{LaunchRequest, NodeProvider, ProviderError};
 use ember_worker::agent::WorkerConfig;
+use ember_worker::role::Program;
 use tokio::process::Child;
 
 use crate::local::worker_command;
@@ -20,7 +20,7 @@ use crate::local::worker_command;
 /// Worker processes on this machine, one per launch.
 #[derive(Debug)]
 pub struct LocalProvider {
-    exe: PathBuf,
+    program: Program,
     logical_gpus: bool,
     /// The runtime the workers' processes are reaped on.
     runtime: tokio::runtime::Handle,
@@ -28,12 +28,12 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
-    /// Starts workers of `exe`, declaring their node type's GPUs as logical ones when
+    /// Starts workers of `program`, declaring their node type's GPUs as logical ones when
     /// `logical_gpus` (else they find this machine's through NVML); must be made inside a
     /// Tokio runtime.
-    pub fn new(exe: PathBuf, logical_gpus: bool) -> Self {
+    pub fn new(program: Program, logical_gpus: bool) -> Self {
         LocalProvider {
-            exe,
+            program,
             logical_gpus,
             runtime: tokio::runtime::Handle::current(),
             children: Mutex::new(HashMap::new()),
@@ -86,12 +86,12 @@ impl NodeProvider for LocalProvider {
             launch: request.launch,
             node_type: t.name.clone(),
         });
-        let mut command = worker_command(&self.exe, &wc).map_err(|e| fail(e.to_string()))?;
+        let mut command = worker_command(&self.program, &wc).map_err(|e| fail(e.to_string()))?;
         // Spawned on the runtime, so that the child is reaped there.
         let _entered = self.runtime.enter();
         let child = command
             .spawn()
-            .map_err(|e| fail(format!("cannot start {}: {e}", self.exe.display())))?;
+            .map_err(|e| fail(format!("cannot start {}: {e}", self.program)))?;
         let instance = format!("local-{}", child.id().unwrap_or_default());
         tracing::info!(launch = request.launch, node_type = %t.name, %instance, "local worker started");
         self.children().insert(instance.clone(), child);

@@ -48,8 +48,7 @@ impl Executor {
             SOCKETS.fetch_add(1, Ordering::Relaxed)
         ));
         let listener = UnixListener::bind(&path)?;
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = crate::role::program()?.command();
         cmd.env(ROLE_VAR, ROLE_EXECUTOR)
             .env(SOCKET_VAR, &path)
             .env("CUDA_VISIBLE_DEVICES", cuda_visible)

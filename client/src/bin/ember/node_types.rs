@@ -34,6 +34,7 @@ use ember::provider::slurm::{self, SlurmConfig, SlurmProvider};
 use ember_core::resources::{to_millis, ByteSize, GpuDevice, NodeResources};
 use ember_head::autoscale::{NodeType, Policy, UtilisationRule};
 use ember_head::NodeProvider;
+use ember_worker::role::{program, Program};
 use serde::Deserialize;
 
 use super::parse_duration;
@@ -236,11 +237,11 @@ impl Provider {
                 ember,
                 logical_gpus,
             } => {
-                let exe = match ember {
-                    Some(exe) => exe,
-                    None => this_exe()?,
+                let program = match ember {
+                    Some(exe) => Program::executable(exe),
+                    None => program().context("cannot find this program's path (for `ember`)")?,
                 };
-                let local = Arc::new(LocalProvider::new(exe, logical_gpus));
+                let local = Arc::new(LocalProvider::new(program, logical_gpus));
                 (local.clone(), Some(local))
             }
             Provider::Command(config) => (Arc::new(CommandProvider::new(config)), None),
