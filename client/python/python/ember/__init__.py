@@ -1,0 +1,233 @@
+"""Ember from Python: remote functions on a GPU cluster, with Ray's names where they fit.
+
+    import ember
+    ember.init()                      # an embedded local cluster
+
+    @ember.remote(gpus=0.5)
+    def square(x):
+        return x * x
+
+    ember.get([square.remote(i) for i in range(4)])   # [0, 1, 4, 9]
+"""
+
+import asyncio
+import hashlib
+import os
+
+from . import _ember, _serialize
+from ._executor import _Dep
+from ._serialize import RemoteError, SerializationError
+
+EmberError = _ember.EmberError
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "remote",
+    "get",
+    "wait",
+    "put",
+    "ObjectRef",
+    "get_gpu_ids",
+    "context",
+    "RemoteError",
+    "SerializationError",
+    "EmberError",
+]
+
+
+def init(address=None, *, workers=1, gpus=0, cpus=None, gpu_memory=None, accelerator=None):
+    """Connects this process to a cluster. With no address (and no EMBER_CLUSTER), starts an
+    embedded local one: a head in this process and `workers` worker processes, each with
+    `gpus` logical GPUs (this machine's real GPUs when 0). `address` (or EMBER_CLUSTER) is
+    the path of a running cluster's cluster file. Returns the head's address."""
+    address = address or os.environ.get("EMBER_CLUSTER")
+    return _ember.init(
+        address,
+        workers=workers,
+        gpus=gpus,
+        cpus=cpus,
+        gpu_memory=gpu_memory,
+        accelerator=accelerator,
+    )
+
+
+def shutdown():
+    """Disconnects; a local cluster stops."""
+    _ember.shutdown()
+
+
+def is_initialized():
+    """Whether init() ran in this process."""
+    return _ember.is_initialized()
+
+
+class ObjectRef:
+    """The result of a remote call (or of put), to pass to get, wait, other calls, or await."""
+
+    __slots__ = ("_pending", "__weakref__")
+
+    def __init__(self, pending):
+        self._pending = pending
+
+    def done(self):
+        return self._pending.done()
+
+    def __await__(self):
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(None, get, self).__await__()
+
+    def __reduce__(self):
+        raise SerializationError(
+            "an ObjectRef can be passed to a remote call as a top-level argument (it is "
+            "resolved before the call runs), not inside another value"
+        )
+
+    def __repr__(self):
+        return f"ObjectRef(done={self.done()})"
+
+
+_OPTIONS = {
+    "gpus",
+    "num_gpus",
+    "cpus",
+    "num_cpus",
+    "gpu_memory",
+    "accelerator",
+    "accelerator_type",
+    "resources",
+    "priority",
+    "max_retries",
+    "retry_exceptions",
+    "pending_timeout_s",
+}
+
+
+def _check_options(options):
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option(s) for ember.remote: {', '.join(unknown)}")
+    gm = options.get("gpu_memory")
+    if isinstance(gm, int):
+        options["gpu_memory"] = f"{gm}B"
+
+
+class RemoteFunction:
+    """A function to run on the cluster: `f.remote(*args)` submits a call and returns its
+    ObjectRef; `f.options(**opts)` overrides its needs for the calls made through it."""
+
+    def __init__(self, fn, options):
+        _check_options(options)
+        self._fn = fn
+        self._options = options
+        self._pickled = None
+        self._id = None
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", "function")
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+
+    def _definition(self):
+        # Pickled once per definition; workers unpickle it once per process, by its id.
+        if self._pickled is None:
+            _serialize.by_value(self._fn)
+            self._pickled = _serialize.dumps(self._fn, f"function {self.__qualname__}")
+            self._id = hashlib.blake2b(self._pickled, digest_size=16).hexdigest()
+        return self._id, self._pickled
+
+    def options(self, **options):
+        merged = dict(self._options)
+        merged.update(options)
+        other = RemoteFunction(self._fn, merged)
+        other._pickled, other._id = self._pickled, self._id
+        return other
+
+    def remote(self, *args, **kwargs):
+        fn_id, fn_bytes = self._definition()
+        deps = []
+
+        def dep(value):
+            if isinstance(value, ObjectRef):
+                deps.append(value._pending)
+                return _Dep(len(deps) - 1)
+            return value
+
+        args = [dep(a) for a in args]
+        kwargs = {k: dep(v) for k, v in kwargs.items()}
+        payload = _serialize.dumps(
+            (fn_id, fn_bytes, args, kwargs), f"an argument of {self.__qualname__}"
+        )
+        return ObjectRef(_ember.submit_task(payload, deps, self._options))
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"remote function {self.__qualname__} is called with "
+            f"{self.__qualname__}.remote(...), not directly"
+        )
+
+
+def remote(*args, **options):
+    """Declares a remote function, bare (`@ember.remote`) or with its needs
+    (`@ember.remote(gpus=0.5, gpu_memory="8GiB", accelerator="H100", cpus=1,
+    resources={...}, max_retries=3, priority=1)`)."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make(args[0], {})
+    if args:
+        raise TypeError("ember.remote takes keyword options only")
+
+    def wrap(target):
+        return _make(target, dict(options))
+
+    return wrap
+
+
+def _make(target, options):
+    if isinstance(target, type):
+        raise TypeError("ember.remote on classes (actors) is not available yet")
+    return RemoteFunction(target, options)
+
+
+def get(refs, *, timeout=None):
+    """The value of an ObjectRef, or the values of a list of them, waiting up to `timeout`
+    seconds (TimeoutError after it). An exception the remote code raised is raised here."""
+    if isinstance(refs, ObjectRef):
+        return _serialize.unwrap(refs._pending.result(timeout))
+    if not isinstance(refs, (list, tuple)):
+        raise TypeError(f"ember.get takes an ObjectRef or a list of them, not {type(refs).__name__}")
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"ember.get: not an ObjectRef: {r!r}")
+    if timeout is not None:
+        ready, _ = wait(list(refs), num_returns=len(refs), timeout=timeout)
+        if len(ready) < len(refs):
+            raise TimeoutError(f"{len(refs) - len(ready)} of {len(refs)} results did not come within {timeout} s")
+    return [_serialize.unwrap(r._pending.result(None)) for r in refs]
+
+
+def wait(refs, *, num_returns=1, timeout=None):
+    """Waits until `num_returns` of `refs` are done or `timeout` seconds pass; returns (ready,
+    not ready), each in the order given."""
+    refs = list(refs)
+    if not 0 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns {num_returns} is not between 0 and {len(refs)}")
+    done = set(_ember.wait_any([r._pending for r in refs], num_returns, timeout))
+    ready = [r for i, r in enumerate(refs) if i in done][:num_returns]
+    ready_ids = {id(r) for r in ready}
+    return ready, [r for r in refs if id(r) not in ready_ids]
+
+
+def put(value):
+    """An ObjectRef holding `value`, to pass to remote calls (pickled once, here)."""
+    return ObjectRef(_ember.completed(_serialize.ok(value)))
+
+
+def context():
+    """What the running task was given: a dict with `node`, `gpus` (physical indices),
+    `gpu_shares`, `gpu_memory` (bytes per GPU), `cpus`, `logical_gpus`; None outside a task."""
+    return _ember.task_context()
+
+
+def get_gpu_ids():
+    """The GPU indices the running task was given (as in its CUDA_VISIBLE_DEVICES)."""
+    c = _ember.task_context()
+    return [] if c is None else list(c["gpus"])

@@ -1,0 +1,249 @@
+//! The process's connection to a cluster: one Tokio runtime (two threads: Python threads only
+//! hand work to it and wait on results, GIL released), and the `ember::Cluster` that
+//! `init` made, an embedded local one or a running one. A child forked after `init` has no
+//! runtime threads: every call from it fails at once, saying so, rather than hanging.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ember::{Cluster, LocalOptions, Options};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::pending::{Outcome, Pending};
+use crate::EmberError;
+
+/// The runtime and the cluster of this process, once `init` ran.
+struct Connected {
+    runtime: Arc<tokio::runtime::Runtime>,
+    cluster: Cluster,
+    /// The process that connected: a forked child is another.
+    pid: u32,
+}
+
+static CONNECTED: OnceLock<Mutex<Option<Connected>>> = OnceLock::new();
+
+fn connected() -> &'static Mutex<Option<Connected>> {
+    CONNECTED.get_or_init(|| Mutex::new(None))
+}
+
+fn error(e: impl std::fmt::Display) -> PyErr {
+    EmberError::new_err(e.to_string())
+}
+
+/// The cluster and its runtime, or why there is none here.
+pub(crate) fn current() -> PyResult<(Arc<tokio::runtime::Runtime>, Cluster)> {
+    let guard = connected()
+        .lock()
+        .map_err(|_| error("Ember's state is poisoned"))?;
+    let Some(c) = guard.as_ref() else {
+        return Err(error(
+            "ember is not initialised in this process: call ember.init() first",
+        ));
+    };
+    if c.pid != std::process::id() {
+        return Err(error(format!(
+            "ember.init() ran in process {} and this process is a fork of it: a forked child \
+             cannot use its parent's connection (its runtime threads did not survive the fork); \
+             call ember.init() in the child, or start children with the 'spawn' method",
+            c.pid
+        )));
+    }
+    Ok((c.runtime.clone(), c.cluster.clone()))
+}
+
+/// Whether `init` ran in this very process.
+#[pyfunction]
+fn is_initialized() -> bool {
+    connected()
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|c| c.pid == std::process::id()))
+        .unwrap_or(false)
+}
+
+/// Connects this process: to the running cluster whose cluster file is `address` (a path),
+/// or, with `address` None, to a new embedded local cluster of `workers` worker processes
+/// with `gpus` logical GPUs each (this machine's real ones when 0 and it has them). Returns
+/// the head's address.
+#[pyfunction]
+#[pyo3(signature = (address=None, workers=1, gpus=0, cpus=None, gpu_memory=None, accelerator=None))]
+fn init(
+    py: Python<'_>,
+    address: Option<PathBuf>,
+    workers: u32,
+    gpus: u32,
+    cpus: Option<f64>,
+    gpu_memory: Option<String>,
+    accelerator: Option<String>,
+) -> PyResult<String> {
+    let mut guard = connected()
+        .lock()
+        .map_err(|_| error("Ember's state is poisoned"))?;
+    if let Some(c) = guard.as_ref() {
+        if c.pid == std::process::id() {
+            return Err(error(
+                "ember is already initialised: call ember.shutdown() first",
+            ));
+        }
+        // A fork's copy of its parent's connection: never used, never shut down here.
+        if let Some(old) = guard.take() {
+            std::mem::forget(old);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ember-client")
+        .enable_all()
+        .build()
+        .map_err(|e| error(format!("cannot start Ember's runtime: {e}")))?;
+    let cluster = py
+        .detach(|| {
+            runtime.block_on(async {
+                match address {
+                    Some(path) => Cluster::discover(Some(&path)).await,
+                    None => {
+                        let mut options = LocalOptions::new(workers);
+                        options.gpus_per_worker = gpus;
+                        options.cpus_per_worker = cpus;
+                        options.gpu_memory = gpu_memory;
+                        options.accelerator = accelerator;
+                        Cluster::local(options).await
+                    }
+                }
+            })
+        })
+        .map_err(error)?;
+    let head = cluster.cluster_file().address.to_string();
+    *guard = Some(Connected {
+        runtime: Arc::new(runtime),
+        cluster,
+        pid: std::process::id(),
+    });
+    Ok(head)
+}
+
+/// Disconnects: a local cluster's workers and head stop; a running cluster goes on (this
+/// client's leases and actors end with its connection). Does nothing if not initialised.
+#[pyfunction]
+fn shutdown(py: Python<'_>) -> PyResult<()> {
+    let taken = {
+        let mut guard = connected()
+            .lock()
+            .map_err(|_| error("Ember's state is poisoned"))?;
+        match guard.as_ref() {
+            Some(c) if c.pid == std::process::id() => guard.take(),
+            _ => None,
+        }
+    };
+    if let Some(c) = taken {
+        let Connected {
+            runtime, cluster, ..
+        } = c;
+        py.detach(|| runtime.block_on(cluster.shutdown()));
+        if let Ok(rt) = Arc::try_unwrap(runtime) {
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+    Ok(())
+}
+
+/// The options of one call, from the keyword arguments `ember.remote` takes.
+fn options(opts: Option<&Bound<'_, PyDict>>) -> PyResult<Options> {
+    let mut o = Options::new();
+    let Some(opts) = opts else {
+        return Ok(o);
+    };
+    for (key, value) in opts.iter() {
+        let key: String = key.extract()?;
+        if value.is_none() {
+            continue;
+        }
+        o = match key.as_str() {
+            "gpus" | "num_gpus" => o.gpus(value.extract()?),
+            "cpus" | "num_cpus" => o.cpus(value.extract()?),
+            "gpu_memory" => o.gpu_memory(&value.extract::<String>()?),
+            "accelerator" | "accelerator_type" => o.accelerator(&value.extract::<String>()?),
+            "priority" => o.priority(value.extract()?),
+            "max_retries" => o.max_retries(value.extract()?),
+            "retry_exceptions" => o.retry_user_errors(value.extract()?),
+            "resources" => {
+                let d = value.cast::<PyDict>()?;
+                let mut o = o;
+                for (name, amount) in d.iter() {
+                    o = o.resource(&name.extract::<String>()?, amount.extract()?);
+                }
+                o
+            }
+            "pending_timeout_s" => {
+                o.pending_timeout(std::time::Duration::from_secs_f64(value.extract()?))
+            }
+            other => {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "unknown option `{other}`"
+                )))
+            }
+        };
+    }
+    Ok(o)
+}
+
+/// Submits one call of the Python task type with `payload` (the package's pickle) under
+/// `options`; returns at once with what to wait on. The call is sent once every one of
+/// `deps` (the calls whose results are its arguments) has ended; their results travel ahead
+/// of the payload (each as a 4-byte little-endian length and its bytes, after their count),
+/// and a failed one fails the call with its error.
+#[pyfunction]
+#[pyo3(signature = (payload, deps, opts=None))]
+fn submit_task(
+    payload: Vec<u8>,
+    deps: Vec<Pending>,
+    opts: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Pending> {
+    let options = options(opts)?;
+    let (runtime, cluster) = current()?;
+    let pending = Pending::new();
+    let done = pending.clone();
+    runtime.spawn(async move {
+        let mut args = Vec::with_capacity(payload.len() + 4);
+        args.extend_from_slice(&(deps.len() as u32).to_le_bytes());
+        for dep in &deps {
+            match dep.ended().await {
+                Outcome::Done(bytes) => {
+                    args.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    args.extend_from_slice(&bytes);
+                }
+                Outcome::Failed(e) => {
+                    done.complete(Outcome::Failed(format!("an argument's task failed: {e}")));
+                    return;
+                }
+            }
+        }
+        args.extend_from_slice(&payload);
+        let outcome = cluster
+            .run_bytes(crate::executor::PYTHON_TASK, args, &options)
+            .await
+            .map_err(|e| e.to_string());
+        done.complete(Outcome::from(outcome));
+    });
+    Ok(pending)
+}
+
+/// The cluster's status as JSON (what `ember status --json` prints).
+#[pyfunction]
+fn status_json(py: Python<'_>) -> PyResult<String> {
+    let (runtime, cluster) = current()?;
+    let status = py
+        .detach(|| runtime.block_on(cluster.status()))
+        .map_err(error)?;
+    serde_json::to_string(&status).map_err(error)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(init, m)?)?;
+    m.add_function(wrap_pyfunction!(shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(is_initialized, m)?)?;
+    m.add_function(wrap_pyfunction!(submit_task, m)?)?;
+    m.add_function(wrap_pyfunction!(status_json, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The Python task type. Workers started from this package (their executors are
+//! `python -m ember`) register `ember::python`: its arguments are a pickle the package makes
+//! (`ember._executor.run_task` reads it: the function, pickled once per definition and
+//! cached here by its id, and the call's arguments), its result the pickle of what the
+//! function returned or raised. Placement sends Python work only to workers that carry it;
+//! a worker started from a plain Rust executable does not.
+
+use ember_worker::registry::{CallError, TaskEntry};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+/// The task type name of Python functions.
+pub(crate) const PYTHON_TASK: &str = "ember::python";
+
+/// Runs one Python call on the lease's thread: takes the GIL (no Tokio thread waits on it:
+/// a lease runs on a thread of its own), hands the bytes to `ember._executor.run_task` and
+/// returns the bytes it gives back. What the function raised travels inside those bytes;
+/// only a failure of the machinery itself is an error here.
+fn run_python_task(args: &[u8]) -> Result<Vec<u8>, CallError> {
+    Python::attach(|py| {
+        let run = py
+            .import("ember._executor")
+            .and_then(|m| m.getattr("run_task"))
+            .map_err(|e| CallError::User(format!("cannot load Ember's Python executor: {e}")))?;
+        let out = run
+            .call1((PyBytes::new(py, args),))
+            .map_err(|e| CallError::User(format!("Ember's Python executor failed: {e}")))?;
+        let bytes = out.cast::<PyBytes>().map_err(|e| {
+            CallError::User(format!("Ember's Python executor returned no bytes: {e}"))
+        })?;
+        Ok(bytes.as_bytes().to_vec())
+    })
+}
+
+inventory::submit! {
+    TaskEntry {
+        name: PYTHON_TASK,
+        invoke: run_python_task,
+    }
+}
+
+/// What the task or actor running on this thread was given, as a dict (`node`, `gpus`: the
+/// physical indices, `gpu_shares`: the share of each, `gpu_memory`: bytes reserved on each,
+/// `cpus`, `logical_gpus`), or `None` outside an executor.
+#[pyfunction]
+pub(crate) fn task_context(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
+    let Some(c) = ember_worker::context::current() else {
+        return Ok(None);
+    };
+    let d = PyDict::new(py);
+    d.set_item("node", c.node.to_string())?;
+    d.set_item("gpus", c.gpu_indices())?;
+    let shares: Vec<f64> = c
+        .allocation
+        .gpus
+        .iter()
+        .map(|g| g.share.as_gpus())
+        .collect();
+    d.set_item("gpu_shares", shares)?;
+    let memory: Vec<u64> = c.allocation.gpus.iter().map(|g| g.memory).collect();
+    d.set_item("gpu_memory", memory)?;
+    d.set_item("cpus", c.allocation.cpu_millis as f64 / 1000.0)?;
+    d.set_item(
+        "logical_gpus",
+        matches!(c.gpu_kind, ember_worker::context::GpuKind::Logical),
+    )?;
+    Ok(Some(d))
+}

@@ -1,0 +1,59 @@
+//! `ember._ember`, the extension module under the `ember` Python package: the Rust client,
+//! the embedded local cluster and the worker roles, for Python. The package's Python code
+//! (`client/python/python/ember/`) is the API users see; this module is what it stands on.
+//!
+//! - [`cluster`]: `init` (an embedded local cluster, or a running one through its cluster
+//!   file) and `shutdown`, on one Tokio runtime per process, refused in a forked child.
+//! - [`pending`]: a submitted task's result to wait for, with the GIL released and Ctrl-C
+//!   answered while waiting.
+//! - [`executor`]: the task type `ember::python`, which runs pickled Python functions in the
+//!   executor processes of workers started from this package.
+//!
+//! Processes of the other roles (worker agents, executors) start as `python -m ember`
+//! ([`ember_worker::role::set_program`]), which serves the role and exits.
+
+mod cluster;
+mod executor;
+mod pending;
+
+use std::ffi::OsString;
+
+use pyo3::prelude::*;
+
+pyo3::create_exception!(
+    _ember,
+    EmberError,
+    pyo3::exceptions::PyException,
+    "An error from Ember's runtime: its message says what failed and why."
+);
+
+/// Serves this process's role if it was started as a worker agent or an executor (and exits
+/// when it ends); returns at once otherwise. `python -m ember` calls it first.
+#[pyfunction]
+fn serve_role(py: Python<'_>) {
+    py.detach(ember_worker::role::serve_role_if_asked);
+}
+
+/// Says that processes of the other roles start as `python -m ember` with this interpreter.
+fn set_program(py: Python<'_>) -> PyResult<()> {
+    let exe: String = py.import("sys")?.getattr("executable")?.extract()?;
+    let program = ember_worker::role::Program {
+        exe: exe.into(),
+        args: vec![OsString::from("-m"), OsString::from("ember")],
+    };
+    // Already set (the module imported twice in one process): the first stands.
+    let _ = ember_worker::role::set_program(program);
+    Ok(())
+}
+
+#[pymodule]
+fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    set_program(m.py())?;
+    m.add("EmberError", m.py().get_type::<EmberError>())?;
+    m.add("PYTHON_TASK", executor::PYTHON_TASK)?;
+    m.add_function(wrap_pyfunction!(serve_role, m)?)?;
+    m.add_function(wrap_pyfunction!(executor::task_context, m)?)?;
+    cluster::register(m)?;
+    pending::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+"""Bad input from Python: each a clear exception in the caller, and the cluster serves on."""
+
+import threading
+
+import pytest
+
+import ember
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@ember.remote
+def fails(message):
+    raise ValueError(message)
+
+
+@ember.remote
+def echo(x):
+    return x
+
+
+def test_an_exception_is_raised_in_the_caller_with_the_remote_traceback():
+    with pytest.raises(ValueError, match="no such row") as info:
+        ember.get(fails.remote("no such row"))
+    cause = info.value.__cause__
+    assert isinstance(cause, ember.RemoteError)
+    assert "in fails" in cause.remote_traceback
+    assert "ValueError: no such row" in cause.remote_traceback
+    # The cluster serves on.
+    assert ember.get(echo.remote(7)) == 7
+
+
+class Unrebuildable(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+@ember.remote
+def fails_oddly():
+    raise Unrebuildable(1, 2)
+
+
+def test_an_exception_that_cannot_be_rebuilt_is_a_remote_error_naming_it():
+    with pytest.raises(ember.RemoteError, match="Unrebuildable") as info:
+        ember.get(fails_oddly.remote())
+    assert info.value.type_name.endswith("Unrebuildable")
+    assert "1/2" in info.value.message
+
+
+def test_an_unpicklable_argument_fails_at_the_call():
+    with pytest.raises(ember.SerializationError, match="argument of echo"):
+        echo.remote(threading.Lock())
+    assert ember.get(echo.remote(1)) == 1
+
+
+@ember.remote
+def returns_a_lock():
+    return threading.Lock()
+
+
+def test_an_unpicklable_result_fails_in_get():
+    with pytest.raises(ember.SerializationError, match="result of returns_a_lock"):
+        ember.get(returns_a_lock.remote())
+
+
+def test_an_impossible_request_is_refused_at_once_naming_the_resource():
+    with pytest.raises(ember.EmberError, match="GPU"):
+        ember.get(echo.options(gpus=8).remote(1), timeout=10)
+    with pytest.raises(ember.EmberError, match="H100"):
+        ember.get(echo.options(gpus=1, accelerator="H100").remote(1), timeout=10)
+
+
+def test_an_unknown_option_is_refused():
+    with pytest.raises(TypeError, match="gpuz"):
+        ember.remote(gpuz=1)(lambda: 1)
+
+
+def test_an_object_ref_nested_in_a_value_is_refused():
+    with pytest.raises(ember.SerializationError, match="top-level argument"):
+        echo.remote([ember.put(1)])
