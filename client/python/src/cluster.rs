@@ -27,7 +27,7 @@ fn connected() -> &'static Mutex<Option<Connected>> {
     CONNECTED.get_or_init(|| Mutex::new(None))
 }
 
-fn error(e: impl std::fmt::Display) -> PyErr {
+pub(crate) fn error(e: impl std::fmt::Display) -> PyErr {
     EmberError::new_err(e.to_string())
 }
 
@@ -149,7 +149,7 @@ fn shutdown(py: Python<'_>) -> PyResult<()> {
 }
 
 /// The options of one call, from the keyword arguments `ember.remote` takes.
-fn options(opts: Option<&Bound<'_, PyDict>>) -> PyResult<Options> {
+pub(crate) fn options(opts: Option<&Bound<'_, PyDict>>) -> PyResult<Options> {
     let mut o = Options::new();
     let Some(opts) = opts else {
         return Ok(o);
@@ -174,6 +174,19 @@ fn options(opts: Option<&Bound<'_, PyDict>>) -> PyResult<Options> {
                     o = o.resource(&name.extract::<String>()?, amount.extract()?);
                 }
                 o
+            }
+            "max_restarts" => o.max_restarts(value.extract()?),
+            "max_task_retries" => o.max_task_retries(value.extract()?),
+            "checkpoint" => {
+                if value.extract::<bool>()? {
+                    o.checkpoint()
+                } else {
+                    o
+                }
+            }
+            "checkpoint_every" => o.checkpoint_every(value.extract()?),
+            "checkpoint_interval_ms" => {
+                o.checkpoint_interval(std::time::Duration::from_millis(value.extract()?))
             }
             "pending_timeout_s" => {
                 o.pending_timeout(std::time::Duration::from_secs_f64(value.extract()?))
@@ -205,28 +218,35 @@ fn submit_task(
     let pending = Pending::new();
     let done = pending.clone();
     runtime.spawn(async move {
-        let mut args = Vec::with_capacity(payload.len() + 4);
-        args.extend_from_slice(&(deps.len() as u32).to_le_bytes());
-        for dep in &deps {
-            match dep.ended().await {
-                Outcome::Done(bytes) => {
-                    args.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                    args.extend_from_slice(&bytes);
-                }
-                Outcome::Failed(e) => {
-                    done.complete(Outcome::Failed(format!("an argument's task failed: {e}")));
-                    return;
-                }
-            }
-        }
-        args.extend_from_slice(&payload);
-        let outcome = cluster
-            .run_bytes(crate::executor::PYTHON_TASK, args, &options)
-            .await
-            .map_err(|e| e.to_string());
+        let outcome = match with_deps(&deps, payload).await {
+            Ok(args) => cluster
+                .run_bytes(crate::executor::PYTHON_TASK, args, &options)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
         done.complete(Outcome::from(outcome));
     });
     Ok(pending)
+}
+
+/// The arguments as the Python executor takes them: the results of `deps` (the calls whose
+/// results are arguments), each as a 4-byte little-endian length and its bytes after their
+/// count, then `payload`; once every one has ended. A failed one fails the call.
+pub(crate) async fn with_deps(deps: &[Pending], payload: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut args = Vec::with_capacity(payload.len() + 4);
+    args.extend_from_slice(&(deps.len() as u32).to_le_bytes());
+    for dep in deps {
+        match dep.ended().await {
+            Outcome::Done(bytes) => {
+                args.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                args.extend_from_slice(&bytes);
+            }
+            Outcome::Failed(e) => return Err(format!("an argument's call failed: {e}")),
+        }
+    }
+    args.extend_from_slice(&payload);
+    Ok(args)
 }
 
 /// The cluster's status as JSON (what `ember status --json` prints).

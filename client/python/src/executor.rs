@@ -5,7 +5,7 @@
 //! function returned or raised. Placement sends Python work only to workers that carry it;
 //! a worker started from a plain Rust executable does not.
 
-use ember_worker::registry::{CallError, TaskEntry};
+use ember_worker::registry::{ActorEntry, ActorInstance, CallError, TaskEntry};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -65,4 +65,79 @@ pub(crate) fn task_context(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>
         matches!(c.gpu_kind, ember_worker::context::GpuKind::Logical),
     )?;
     Ok(Some(d))
+}
+
+/// The actor type name of Python classes.
+pub(crate) const PYTHON_ACTOR: &str = "ember::PythonActor";
+
+/// A Python actor in its executor: the package's `ember._executor.ActorBox` around the
+/// instance, which unpickles each call's arguments, runs the method and pickles the outcome.
+struct PythonActor {
+    boxed: Py<PyAny>,
+}
+
+/// A Python error raised while building or running an actor, as text for the caller.
+fn user(e: PyErr) -> CallError {
+    CallError::User(e.to_string())
+}
+
+/// Builds an actor through `ember._executor.<how>(bytes)`.
+fn make_actor(how: &str, args: &[u8]) -> Result<Box<dyn ActorInstance>, CallError> {
+    Python::attach(|py| {
+        let boxed = py
+            .import("ember._executor")
+            .and_then(|m| m.getattr(how))
+            .and_then(|f| f.call1((PyBytes::new(py, args),)))
+            .map_err(user)?;
+        Ok(Box::new(PythonActor {
+            boxed: boxed.unbind(),
+        }) as Box<dyn ActorInstance>)
+    })
+}
+
+fn construct_python_actor(args: &[u8]) -> Result<Box<dyn ActorInstance>, CallError> {
+    make_actor("new_actor", args)
+}
+
+fn restore_python_actor(state: &[u8]) -> Result<Box<dyn ActorInstance>, CallError> {
+    make_actor("restore_actor", state)
+}
+
+impl ActorInstance for PythonActor {
+    fn call(&mut self, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
+        Python::attach(|py| {
+            let out = self
+                .boxed
+                .bind(py)
+                .call_method1("call", (method, PyBytes::new(py, args)))
+                .map_err(user)?;
+            let bytes = out.cast::<PyBytes>().map_err(|e| user(e.into()))?;
+            Ok(bytes.as_bytes().to_vec())
+        })
+    }
+
+    fn save(&self) -> Option<Result<Vec<u8>, CallError>> {
+        Python::attach(|py| {
+            let out = match self.boxed.bind(py).call_method0("save") {
+                Ok(out) => out,
+                Err(e) => return Some(Err(user(e))),
+            };
+            if out.is_none() {
+                return None;
+            }
+            Some(
+                out.cast::<PyBytes>()
+                    .map(|b| b.as_bytes().to_vec())
+                    .map_err(|e| user(e.into())),
+            )
+        })
+    }
+}
+
+inventory::submit! {
+    ActorEntry {
+        name: PYTHON_ACTOR,
+        construct: construct_python_actor,
+        restore: Some(restore_python_actor),
+    }
 }

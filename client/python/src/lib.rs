@@ -6,12 +6,15 @@
 //!   file) and `shutdown`, on one Tokio runtime per process, refused in a forked child.
 //! - [`pending`]: a submitted task's result to wait for, with the GIL released and Ctrl-C
 //!   answered while waiting.
-//! - [`executor`]: the task type `ember::python`, which runs pickled Python functions in the
-//!   executor processes of workers started from this package.
+//! - [`actor`]: Python actors' handles: created in the background, calls sent in order.
+//! - [`executor`]: the task type `ember::python` and the actor type `ember::PythonActor`,
+//!   which run pickled Python functions and classes in the executor processes of workers
+//!   started from this package.
 //!
 //! Processes of the other roles (worker agents, executors) start as `python -m ember`
 //! ([`ember_worker::role::set_program`]), which serves the role and exits.
 
+mod actor;
 mod cluster;
 mod executor;
 mod pending;
@@ -54,6 +57,7 @@ fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve_role, m)?)?;
     m.add_function(wrap_pyfunction!(executor::task_context, m)?)?;
     cluster::register(m)?;
+    actor::register(m)?;
     pending::register(m)?;
     Ok(())
 }

@@ -25,6 +25,7 @@ __all__ = [
     "shutdown",
     "is_initialized",
     "remote",
+    "kill",
     "get",
     "wait",
     "put",
@@ -104,8 +105,8 @@ _OPTIONS = {
 }
 
 
-def _check_options(options):
-    unknown = sorted(set(options) - _OPTIONS)
+def _check_options(options, allowed=_OPTIONS):
+    unknown = sorted(set(options) - allowed)
     if unknown:
         raise TypeError(f"unknown option(s) for ember.remote: {', '.join(unknown)}")
     gm = options.get("gpu_memory")
@@ -144,18 +145,9 @@ class RemoteFunction:
 
     def remote(self, *args, **kwargs):
         fn_id, fn_bytes = self._definition()
-        deps = []
-
-        def dep(value):
-            if isinstance(value, ObjectRef):
-                deps.append(value._pending)
-                return _Dep(len(deps) - 1)
-            return value
-
-        args = [dep(a) for a in args]
-        kwargs = {k: dep(v) for k, v in kwargs.items()}
+        args, kwargs, deps = _with_deps(args, kwargs)
         payload = _serialize.dumps(
-            (fn_id, fn_bytes, args, kwargs), f"an argument of {self.__qualname__}"
+            ((fn_id, fn_bytes), args, kwargs), f"an argument of {self.__qualname__}"
         )
         return ObjectRef(_ember.submit_task(payload, deps, self._options))
 
@@ -181,10 +173,123 @@ def remote(*args, **options):
     return wrap
 
 
+_ACTOR_OPTIONS = {
+    "max_restarts",
+    "max_task_retries",
+    "checkpoint_every",
+    "checkpoint_interval_ms",
+}
+
+
 def _make(target, options):
     if isinstance(target, type):
-        raise TypeError("ember.remote on classes (actors) is not available yet")
+        return ActorClass(target, options)
+    bad = sorted(set(options) & _ACTOR_OPTIONS)
+    if bad:
+        raise TypeError(f"{', '.join(bad)}: options of actor classes, not of functions")
     return RemoteFunction(target, options)
+
+
+def _with_deps(args, kwargs):
+    """The arguments with each ObjectRef replaced by its place among the calls to wait for."""
+    deps = []
+
+    def dep(value):
+        if isinstance(value, ObjectRef):
+            deps.append(value._pending)
+            return _Dep(len(deps) - 1)
+        return value
+
+    return [dep(a) for a in args], {k: dep(v) for k, v in kwargs.items()}, deps
+
+
+class ActorClass:
+    """A class whose instances live on the cluster: `Cls.remote(*args)` creates one and
+    returns its ActorHandle; `Cls.options(**opts)` overrides its needs. A class that defines
+    `save_checkpoint(self)` and the classmethod `restore_checkpoint(cls, state)` comes back
+    from its newest checkpoint after its worker dies (set `checkpoint_every` calls or
+    `checkpoint_interval_ms`, and `max_restarts`)."""
+
+    def __init__(self, cls, options):
+        _check_options(options, _OPTIONS | _ACTOR_OPTIONS)
+        checkpoints = options.get("checkpoint_every") or options.get("checkpoint_interval_ms")
+        if checkpoints and not (
+            callable(getattr(cls, "save_checkpoint", None))
+            and callable(getattr(cls, "restore_checkpoint", None))
+        ):
+            raise TypeError(
+                f"{cls.__qualname__} checkpoints, so it defines save_checkpoint(self) and the "
+                "classmethod restore_checkpoint(cls, state)"
+            )
+        self._cls = cls
+        self._options = options
+        self._pickled = None
+        self.__doc__ = cls.__doc__
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+
+    def options(self, **options):
+        merged = dict(self._options)
+        merged.update(options)
+        other = ActorClass(self._cls, merged)
+        other._pickled = self._pickled
+        return other
+
+    def remote(self, *args, **kwargs):
+        if self._pickled is None:
+            _serialize.by_value(self._cls)
+            self._pickled = _serialize.dumps(self._cls, f"class {self.__qualname__}")
+        args, kwargs, deps = _with_deps(args, kwargs)
+        payload = _serialize.dumps(
+            ((self._pickled,), args, kwargs), f"an argument of {self.__qualname__}()"
+        )
+        return ActorHandle(_ember.spawn_actor(payload, deps, self._options), self._cls)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"actor class {self.__qualname__} is instantiated with "
+            f"{self.__qualname__}.remote(...), not directly"
+        )
+
+
+class ActorMethod:
+    """One method of an actor: `.remote(*args)` calls it and returns the ObjectRef."""
+
+    def __init__(self, handle, name):
+        self._handle = handle
+        self._name = name
+
+    def remote(self, *args, **kwargs):
+        args, kwargs, deps = _with_deps(args, kwargs)
+        payload = _serialize.dumps(
+            (None, args, kwargs), f"an argument of {self._handle._cls.__qualname__}.{self._name}"
+        )
+        return ObjectRef(self._handle._actor.call(self._name, payload, deps))
+
+
+class ActorHandle:
+    """A live actor: `handle.method.remote(...)` calls it, in the order calls are made."""
+
+    def __init__(self, actor, cls):
+        self._actor = actor
+        self._cls = cls
+
+    def __getattr__(self, name):
+        if name.startswith("_") or not callable(getattr(self._cls, name, None)):
+            raise AttributeError(f"actor {self._cls.__qualname__} has no method {name!r}")
+        return ActorMethod(self, name)
+
+    def actor_id(self, timeout=None):
+        """The actor's id once it exists; raises why it could not be created."""
+        return self._actor.id(timeout)
+
+    def __repr__(self):
+        return f"ActorHandle({self._cls.__qualname__})"
+
+
+def kill(handle):
+    """Stops an actor for good (no restart)."""
+    handle._actor.kill()
 
 
 def get(refs, *, timeout=None):

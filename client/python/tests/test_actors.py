@@ -1,0 +1,134 @@
+"""Python actors: state across calls, order, refs between calls, bad input, checkpoints."""
+
+import os
+import signal
+
+import pytest
+
+import ember
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@ember.remote(gpus=0.5)
+class Counter:
+    def __init__(self, start=0):
+        self.n = start
+
+    def add(self, k=1):
+        self.n += k
+        return self.n
+
+    def where(self):
+        return ember.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid()
+
+    def fail(self):
+        raise KeyError("nope")
+
+
+def test_an_actor_keeps_its_state_and_takes_calls_in_order():
+    c = Counter.remote(10)
+    refs = [c.add.remote() for _ in range(20)]
+    assert ember.get(refs, timeout=60) == list(range(11, 31))
+    gpus, visible, _ = ember.get(c.where.remote())
+    assert gpus == [0] and visible == "0"
+
+
+def test_a_call_takes_another_calls_result():
+    c = Counter.remote()
+    first = c.add.remote(5)
+    assert ember.get(c.add.remote(first)) == 10
+    assert ember.get(c.add.remote(ember.put(1))) == 11
+
+
+def test_an_unknown_method_is_an_attribute_error_at_once():
+    c = Counter.remote()
+    with pytest.raises(AttributeError, match="no method 'nope'"):
+        c.nope
+    assert ember.get(c.add.remote()) == 1
+
+
+def test_an_exception_in_a_method_is_raised_and_the_actor_serves_on():
+    c = Counter.remote()
+    with pytest.raises(KeyError, match="nope"):
+        ember.get(c.fail.remote())
+    assert ember.get(c.add.remote()) == 1
+
+
+@ember.remote
+class BadInit:
+    def __init__(self):
+        raise ValueError("cannot start")
+
+    def ping(self):
+        return "pong"
+
+
+def test_an_exception_in_init_fails_the_actors_calls_clearly():
+    b = BadInit.remote()
+    with pytest.raises(ember.EmberError, match="ValueError in BadInit.__init__: cannot start"):
+        ember.get(b.ping.remote(), timeout=60)
+
+
+def test_a_killed_actor_refuses_calls():
+    c = Counter.remote()
+    assert ember.get(c.add.remote()) == 1
+    ember.kill(c)
+    with pytest.raises(ember.EmberError):
+        ember.get(c.add.remote(), timeout=60)
+
+
+@ember.remote(max_restarts=-1, max_task_retries=-1, checkpoint_every=1)
+class Ledger:
+    def __init__(self):
+        self.entries = []
+
+    def record(self, x):
+        self.entries.append(x)
+        return len(self.entries)
+
+    def entries_and_pid(self):
+        return list(self.entries), os.getpid()
+
+    def save_checkpoint(self):
+        return self.entries
+
+    @classmethod
+    def restore_checkpoint(cls, state):
+        ledger = cls()
+        ledger.entries = list(state)
+        return ledger
+
+
+def test_a_checkpointing_actor_comes_back_with_its_state_after_its_process_is_killed():
+    ledger = Ledger.remote()
+    for i in range(5):
+        assert ember.get(ledger.record.remote(i), timeout=60) == i + 1
+    entries, pid = ember.get(ledger.entries_and_pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    # Every answered call is in its checkpoint: the next calls see all of them, once each.
+    assert ember.get(ledger.record.remote(5), timeout=60) == 6
+    entries, new_pid = ember.get(ledger.entries_and_pid.remote(), timeout=60)
+    assert new_pid != pid
+    assert entries == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_checkpointing_class_without_its_methods_is_refused_at_once():
+    with pytest.raises(TypeError, match="save_checkpoint"):
+
+        @ember.remote(checkpoint_every=1)
+        class NoSave:
+            pass
+
+
+def test_actor_options_on_a_function_are_refused():
+    with pytest.raises(TypeError, match="max_restarts"):
+        ember.remote(max_restarts=1)(lambda: 1)
+
+
+def test_an_actor_whose_handles_are_gone_stops_and_frees_its_gpu_share():
+    # Six half-GPU actors one after another on two GPUs: each stops once its handle goes.
+    for i in range(6):
+        c = Counter.remote(i)
+        assert ember.get(c.add.remote(), timeout=60) == i + 1
+        del c
