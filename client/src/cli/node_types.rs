@@ -26,11 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ember::provider::command::{CommandConfig, CommandProvider};
-#[cfg(feature = "kubernetes")]
-use ember::provider::kubernetes::{KubernetesConfig, KubernetesProvider};
-use ember::provider::local::LocalProvider;
-use ember::provider::slurm::{self, SlurmConfig, SlurmProvider};
 use ember_core::resources::{to_millis, ByteSize, GpuDevice, NodeResources};
 use ember_head::autoscale::{NodeType, Policy, UtilisationRule};
 use ember_head::NodeProvider;
@@ -38,6 +33,11 @@ use ember_worker::role::{program, Program};
 use serde::Deserialize;
 
 use super::parse_duration;
+use crate::provider::command::{CommandConfig, CommandProvider};
+#[cfg(feature = "kubernetes")]
+use crate::provider::kubernetes::{KubernetesConfig, KubernetesProvider};
+use crate::provider::local::LocalProvider;
+use crate::provider::slurm::{self, SlurmConfig, SlurmProvider};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
