@@ -858,3 +858,30 @@ fn print_autoscaler(a: &ember_core::proto::AutoscalerStatus) {
         println!("    {} ms ago: {}", d.age_ms, d.decision);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ember(args: &[&str]) -> u8 {
+        main(
+            std::iter::once("ember")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_exit_status_is_the_commands_as_the_binary_exits_with() {
+        assert_eq!(ember(&["--version"]), 0, "the version");
+        assert_eq!(ember(&["bogus"]), 2, "a usage error");
+        let dir = tempfile::tempdir().unwrap();
+        let nowhere = dir.path().join("no-cluster");
+        assert_eq!(
+            ember(&["status", "--cluster", nowhere.to_str().unwrap()]),
+            1,
+            "an error, on the runtime made for the command"
+        );
+    }
+}
