@@ -1,7 +1,8 @@
 //! The crates' layers (ARCHITECTURE.md, "Boundaries"): which crates link the head. Workers,
 //! and clients built without the `local` feature (a program that only connects, the coming
 //! Python wheel), link no head code and none of its dependencies; only the head links the
-//! object store. Read from `cargo tree` over this workspace's lock file.
+//! object store; the command line's own crates (clap, anyhow, indicatif) come only with the
+//! client's `cli` feature. Read from `cargo tree` over this workspace's lock file.
 
 use std::process::Command;
 
@@ -51,6 +52,25 @@ fn workers_link_no_head() {
 #[test]
 fn a_client_without_the_local_feature_links_no_head() {
     assert_links_no_head("ember-client", &["--no-default-features"]);
+}
+
+#[test]
+fn the_command_lines_crates_come_only_with_the_cli_feature() {
+    let cli_only = ["clap", "anyhow", "indicatif"];
+    let without = links(
+        "ember-client",
+        &["--no-default-features", "--features", "local,kubernetes"],
+    );
+    for c in cli_only {
+        assert!(
+            !without.iter().any(|l| l == c),
+            "without cli, {c}: {without:?}"
+        );
+    }
+    let with = links("ember-client", &[]);
+    for c in cli_only {
+        assert!(with.iter().any(|l| l == c), "with cli, no {c}: {with:?}");
+    }
 }
 
 #[test]

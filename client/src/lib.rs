@@ -21,6 +21,8 @@ mod actor;
 mod call;
 mod checkpoint;
 mod claims;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod cluster;
 mod error;
 mod gang;

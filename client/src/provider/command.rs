@@ -7,7 +7,7 @@
 //!
 //! | variable | value |
 //! |---|---|
-//! | `EMBER_WORKER_COMMAND` | the worker to start, one line for `sh`: `'/path/ember' worker --head ... --launch 3 --node-type l4 --name l4-3 --cpus 8` |
+//! | `EMBER_WORKER_COMMAND` | the worker to start, one line for `sh`: `'/path/ember' worker --head ... --launch 3 --node-type l4 --name l4-3 --cpus 8` (or, when an interpreter runs Ember, `/usr/bin/python3 -m ember worker --head ...`) |
 //! | `EMBER_TOKEN` | the join token, which `ember worker` reads from the environment (never on its command line) |
 //! | `EMBER_LAUNCH`, `EMBER_NODE_TYPE`, `EMBER_NAME` | the launch, its node type, and the worker's name (`TYPE-LAUNCH`) |
 //! | `EMBER_HEAD`, `EMBER_FINGERPRINT` | the head's address and certificate fingerprint |
@@ -38,8 +38,9 @@ use std::time::Duration;
 
 use ember_core::resources::{format_millis, ByteSize};
 use ember_head::{LaunchRequest, NodeProvider, ProviderError};
+use ember_worker::role::Program;
 
-use super::script::{self, describe, shell_join};
+use super::script::{self, describe};
 use super::WorkerInvocation;
 
 /// The variable the stop command reads the instance to stop from.
@@ -61,8 +62,9 @@ pub struct CommandConfig {
     pub dir: PathBuf,
     /// How long a launch or stop command may run before it is killed and counted failed.
     pub timeout: Duration,
-    /// The `ember` executable on the launched machines, as `EMBER_WORKER_COMMAND` starts it.
-    pub ember: PathBuf,
+    /// What runs `ember` on the launched machines, as `EMBER_WORKER_COMMAND` starts it: the
+    /// `ember` executable, or an interpreter and its arguments (`python3 -m ember`).
+    pub ember: Program,
     /// Whether the workers declare their node type's GPUs as logical ones (machines without
     /// GPUs) rather than finding real ones through NVML.
     pub logical_gpus: bool,
@@ -85,10 +87,7 @@ impl CommandProvider {
         let t = request.node_type;
         let r = &t.resources;
         let invocation = WorkerInvocation::new(request, self.config.logical_gpus);
-        let line = shell_join(
-            std::iter::once(self.config.ember.to_string_lossy().into_owned())
-                .chain(invocation.args),
-        );
+        let line = invocation.shell_line(&self.config.ember);
         let mut env = invocation.env;
         env.extend([
             (WORKER_COMMAND_VAR.to_string(), line),
@@ -179,7 +178,7 @@ mod tests {
             stop: stop.into(),
             dir: dir.to_path_buf(),
             timeout: Duration::from_secs(10),
-            ember: "/opt/ember dir/ember".into(),
+            ember: Program::executable("/opt/ember dir/ember".into()),
             logical_gpus: true,
         })
     }
@@ -234,6 +233,37 @@ mod tests {
         assert!(
             !line.contains("s3cret"),
             "the token stays off the command line"
+        );
+    }
+
+    #[test]
+    fn the_worker_command_of_an_interpreter_runs_ember_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = provider(dir.path(), "true", "true");
+        p.config.ember = Program {
+            exe: "/usr/bin/python3".into(),
+            args: vec!["-m".into(), "ember".into()],
+        };
+        let (t, cluster) = (l4(), cluster());
+        let request = LaunchRequest {
+            launch: 7,
+            node_type: &t,
+            cluster: &cluster,
+        };
+        let env = p.launch_env(&request);
+        let (_, line) = env
+            .iter()
+            .find(|(name, _)| name == WORKER_COMMAND_VAR)
+            .expect("the worker's command");
+        assert!(
+            line.starts_with(
+                "/usr/bin/python3 -m ember worker --head 10.0.0.1:7700 --fingerprint sha256:"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("--launch 7 --node-type l4 --name l4-7 --cpus 4 --gpus 1"),
+            "{line}"
         );
     }
 

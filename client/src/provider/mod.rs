@@ -11,7 +11,10 @@
 //!   Kubernetes API (`kubernetes::KubernetesProvider`).
 //!
 //! Every provider starts the same thing, `ember worker` joining the head with its launch
-//! ([`WorkerInvocation`]), the token in its environment; they differ in where it runs.
+//! ([`WorkerInvocation`]), the token in its environment; they differ in where it runs. What
+//! runs `ember` is a [`Program`]: the `ember` executable, or an interpreter and its arguments
+//! when Ember runs inside it (`python3 -m ember`), so the worker is `PROGRAM ARGS... worker
+//! ...`.
 
 pub mod command;
 #[cfg(feature = "kubernetes")]
@@ -22,6 +25,9 @@ pub mod slurm;
 
 use ember_core::resources::ByteSize;
 use ember_head::LaunchRequest;
+use ember_worker::role::Program;
+
+use self::script::shell_join;
 
 /// The variable a launched worker reads its join token from, so that the token is never on a
 /// command line (where `ps` shows it).
@@ -31,7 +37,8 @@ pub const TOKEN_VAR: &str = "EMBER_TOKEN";
 /// --launch ID --node-type NAME ...`) and these environment variables (the join token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerInvocation {
-    /// The arguments after the executable, from `worker` on.
+    /// The arguments after the program (its executable and its own first arguments), from
+    /// `worker` on.
     pub args: Vec<String>,
     /// The environment variables to set.
     pub env: Vec<(String, String)>,
@@ -80,6 +87,17 @@ impl WorkerInvocation {
             args,
             env: vec![(TOKEN_VAR.into(), request.cluster.token.clone())],
         }
+    }
+
+    /// The worker's command line for `sh` when `program` runs `ember`: its executable, its
+    /// own arguments, then [`args`](Self::args), each word single-quoted unless it is safe
+    /// bare (`'/opt/my ember/ember' worker --head ...`, `/usr/bin/python3 -m ember worker
+    /// --head ...`). Words that are not UTF-8 are read lossily.
+    pub fn shell_line(&self, program: &Program) -> String {
+        let program_words = std::iter::once(program.exe.as_os_str())
+            .chain(program.args.iter().map(|a| a.as_os_str()))
+            .map(|w| w.to_string_lossy().into_owned());
+        shell_join(program_words.chain(self.args.iter().cloned()))
     }
 }
 
@@ -161,6 +179,71 @@ pub(crate) mod tests {
         assert!(
             logical.contains("--gpus 1 --gpu-memory 24GiB --accelerator L4"),
             "{logical}"
+        );
+    }
+
+    #[test]
+    fn a_worker_run_by_an_interpreter_gets_its_arguments_first_quoted_for_sh() {
+        let (cluster, t) = (cluster(), l4());
+        let request = LaunchRequest {
+            launch: 5,
+            node_type: &t,
+            cluster: &cluster,
+        };
+        let invocation = WorkerInvocation::new(&request, false);
+        let python = Program {
+            exe: "/usr/bin/python3".into(),
+            args: vec!["-m".into(), "ember".into()],
+        };
+        let line = invocation.shell_line(&python);
+        assert!(
+            line.starts_with(
+                "/usr/bin/python3 -m ember worker --head 10.0.0.1:7700 --fingerprint sha256:"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("--launch 5 --node-type l4 --name l4-5 --cpus 4 --resource ssd=2"),
+            "{line}"
+        );
+        // An executable alone is the worker's first word, as it always was.
+        let ember = Program::executable("/opt/ember/ember".into());
+        assert_eq!(
+            invocation.shell_line(&ember),
+            format!("/opt/ember/ember {}", invocation.args.join(" "))
+        );
+        // Words that `sh` would split or expand are quoted, and reach the program whole.
+        let odd = Program {
+            exe: "/opt/my python/python3".into(),
+            args: vec!["-c".into(), "import ember; ember.main('$HOME')".into()],
+        };
+        let line = invocation.shell_line(&odd);
+        assert!(
+            line.starts_with(
+                r"'/opt/my python/python3' -c 'import ember; ember.main('\''$HOME'\'')' worker "
+            ),
+            "{line}"
+        );
+        let printed = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' {line}"))
+            .output()
+            .unwrap();
+        let words: Vec<String> = [
+            "/opt/my python/python3",
+            "-c",
+            "import ember; ember.main('$HOME')",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain(invocation.args.iter().cloned())
+        .collect();
+        assert_eq!(
+            String::from_utf8(printed.stdout)
+                .unwrap()
+                .lines()
+                .collect::<Vec<_>>(),
+            words
         );
     }
 }

@@ -7,7 +7,8 @@
 //! anew), then the configured partition, account, time limit and output file, then the
 //! configured extra `sbatch` arguments (last, so they can override). The batch script, given
 //! to `sbatch` on its standard input (never written to a file), `exec`s the worker: `ember
-//! worker --head ... --launch ID --node-type TYPE --name TYPE-LAUNCH ...`. The join token
+//! worker --head ... --launch ID --node-type TYPE --name TYPE-LAUNCH ...` (or, when an
+//! interpreter runs Ember, `python3 -m ember worker --head ...`). The join token
 //! travels in the job's environment: `sbatch` runs with `EMBER_TOKEN` set and
 //! `--export=ALL,EMBER_TOKEN` (or `--export=VARS,EMBER_TOKEN` when only some variables are to
 //! be exported), so it is on no command line and in no script. The instance is the Slurm job
@@ -26,15 +27,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use ember_head::{LaunchRequest, NodeProvider, ProviderError};
+use ember_worker::role::Program;
 
-use super::script::{self, shell_join, shell_quote, CommandLine};
+use super::script::{self, shell_quote, CommandLine};
 use super::{WorkerInvocation, TOKEN_VAR};
 
 /// The `slurm` provider's settings.
 #[derive(Debug, Clone)]
 pub struct SlurmConfig {
-    /// The `ember` executable on the cluster's nodes.
-    pub ember: PathBuf,
+    /// What runs `ember` on the cluster's nodes: the `ember` executable, or an interpreter and
+    /// its arguments (`python3 -m ember`).
+    pub ember: Program,
     /// Whether the workers declare their node type's GPUs as logical ones (nodes without
     /// GPUs) rather than finding real ones through NVML.
     pub logical_gpus: bool,
@@ -64,9 +67,9 @@ pub struct SlurmConfig {
 }
 
 impl SlurmConfig {
-    /// Workers of `ember`, with real GPUs asked for as gres, in the cluster's default
+    /// Workers run by `ember`, with real GPUs asked for as gres, in the cluster's default
     /// partition, `sbatch`/`scancel` from `PATH` with a 60 s limit.
-    pub fn new(ember: PathBuf) -> Self {
+    pub fn new(ember: Program) -> Self {
         SlurmConfig {
             ember,
             logical_gpus: false,
@@ -149,10 +152,7 @@ impl SlurmProvider {
     /// The batch script for `request`: it `exec`s the worker (the token is not in it).
     fn batch_script(&self, request: &LaunchRequest<'_>) -> String {
         let invocation = WorkerInvocation::new(request, self.config.logical_gpus);
-        let line = shell_join(
-            std::iter::once(self.config.ember.to_string_lossy().into_owned())
-                .chain(invocation.args),
-        );
+        let line = invocation.shell_line(&self.config.ember);
         format!(
             "#!/bin/sh\n\
              # An Ember worker: launch {launch} of node type {node_type}, submitted by the \
@@ -261,7 +261,7 @@ mod tests {
     }
 
     fn provider(dir: &Path) -> SlurmProvider {
-        let mut config = SlurmConfig::new("/opt/ember/bin/ember".into());
+        let mut config = SlurmConfig::new(Program::executable("/opt/ember/bin/ember".into()));
         config.bin_dir = Some(dir.to_path_buf());
         config.partition = Some("gpu".into());
         config.time_limit = Some("4:00:00".into());
@@ -322,9 +322,39 @@ mod tests {
     }
 
     #[test]
+    fn the_batch_script_of_an_interpreter_execs_ember_through_it() {
+        let mut config = SlurmConfig::new(Program {
+            exe: "/opt/venv dir/bin/python3".into(),
+            args: vec!["-m".into(), "ember".into()],
+        });
+        config.logical_gpus = true;
+        let p = SlurmProvider::new(config);
+        let (t, cluster) = (l4(), cluster());
+        let request = LaunchRequest {
+            launch: 3,
+            node_type: &t,
+            cluster: &cluster,
+        };
+        let script = p.batch_script(&request);
+        let exec = script.lines().last().unwrap();
+        assert!(
+            exec.starts_with(
+                "exec '/opt/venv dir/bin/python3' -m ember worker --head 10.0.0.1:7700 \
+                 --fingerprint sha256:"
+            ),
+            "{exec}"
+        );
+        assert!(
+            exec.contains("--launch 3 --node-type l4 --name l4-3 --cpus 4 --gpus 1"),
+            "{exec}"
+        );
+        assert!(!script.contains("s3cret"), "no token in the script");
+    }
+
+    #[test]
     fn options_shape_the_job() {
         let fake = fake_slurm("echo '77;cluster-a'");
-        let mut config = SlurmConfig::new("ember".into());
+        let mut config = SlurmConfig::new(Program::executable("ember".into()));
         config.bin_dir = Some(fake.path().to_path_buf());
         config.logical_gpus = true;
         config.gres = false;

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ember::{UsageBy, UsageReport};
 use ember_core::proto::{NodeSplit, UsageAmounts, UsageGroups};
+
+use crate::{UsageBy, UsageReport};
 
 /// Where a window starts, as written on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

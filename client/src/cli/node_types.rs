@@ -15,7 +15,9 @@
 //!
 //! The provider (`"kind"`: `local`, the default when absent, `command`, `slurm` or
 //! `kubernetes`, whose options are `ember::provider::kubernetes::KubernetesConfig`'s) takes
-//! `ember` (the `ember` executable on the nodes; default this one) and `logical_gpus` (the
+//! `ember` (the `ember` executable on the nodes; default this program, as
+//! `ember_worker::role::program` says: this executable, or the interpreter and arguments
+//! that run Ember when an extension module is the `ember` command) and `logical_gpus` (the
 //! workers declare their type's GPUs instead of finding real ones; default true for `local`,
 //! false otherwise), and the options of its kind: `command` its `launch` and `stop` shell
 //! commands (run in this file's directory) and `timeout`; `slurm` `partition`, `account`,
@@ -26,11 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ember::provider::command::{CommandConfig, CommandProvider};
-#[cfg(feature = "kubernetes")]
-use ember::provider::kubernetes::{KubernetesConfig, KubernetesProvider};
-use ember::provider::local::LocalProvider;
-use ember::provider::slurm::{self, SlurmConfig, SlurmProvider};
 use ember_core::resources::{to_millis, ByteSize, GpuDevice, NodeResources};
 use ember_head::autoscale::{NodeType, Policy, UtilisationRule};
 use ember_head::NodeProvider;
@@ -38,6 +35,11 @@ use ember_worker::role::{program, Program};
 use serde::Deserialize;
 
 use super::parse_duration;
+use crate::provider::command::{CommandConfig, CommandProvider};
+#[cfg(feature = "kubernetes")]
+use crate::provider::kubernetes::{KubernetesConfig, KubernetesProvider};
+use crate::provider::local::LocalProvider;
+use crate::provider::slurm::{self, SlurmConfig, SlurmProvider};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,7 +241,7 @@ impl Provider {
             } => {
                 let program = match ember {
                     Some(exe) => Program::executable(exe),
-                    None => program().context("cannot find this program's path (for `ember`)")?,
+                    None => this_program()?,
                 };
                 let local = Arc::new(LocalProvider::new(program, logical_gpus));
                 (local.clone(), Some(local))
@@ -275,8 +277,10 @@ pub(crate) struct Started {
     pub(crate) local: Option<Arc<LocalProvider>>,
 }
 
-fn this_exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("cannot find this executable's path (for `ember`)")
+/// What runs this program's workers when the file names no `ember`: this executable, or how
+/// an interpreter runs Ember ([`program`]).
+fn this_program() -> anyhow::Result<Program> {
+    program().context("cannot find this program's path (for `ember`)")
 }
 
 /// Reads the provider section; `dir` is the file's directory, where commands run.
@@ -299,16 +303,16 @@ fn provider(entry: Option<ProviderEntry>, dir: &Path) -> anyhow::Result<Provider
                     dir: dir.to_path_buf(),
                     timeout: duration("provider timeout", &e.timeout)?,
                     ember: match e.ember {
-                        Some(exe) => exe,
-                        None => this_exe()?,
+                        Some(exe) => Program::executable(exe),
+                        None => this_program()?,
                     },
                     logical_gpus: e.logical_gpus,
                 })
             }
             ProviderEntry::Slurm(e) => {
                 let mut config = SlurmConfig::new(match e.ember {
-                    Some(exe) => exe,
-                    None => this_exe()?,
+                    Some(exe) => Program::executable(exe),
+                    None => this_program()?,
                 });
                 if let Some(vars) = &e.export {
                     if let Some(bad) = vars.iter().find(|v| {
@@ -491,7 +495,7 @@ mod tests {
         assert_eq!(c.stop, "./stop.sh");
         assert_eq!(c.dir, std::fs::canonicalize(dir.path()).unwrap());
         assert_eq!(c.timeout, Duration::from_secs(30));
-        assert_eq!(c.ember, PathBuf::from("/opt/ember/ember"));
+        assert_eq!(c.ember, Program::executable("/opt/ember/ember".into()));
         assert!(!c.logical_gpus, "real GPUs unless said");
     }
 
@@ -511,7 +515,12 @@ mod tests {
         assert_eq!(c.sbatch_args, ["--qos=high"]);
         assert!(!c.gres && c.logical_gpus);
         assert_eq!(c.export, Some(vec!["PATH".to_string()]));
-        assert_eq!(c.ember, std::env::current_exe().unwrap(), "this executable");
+        assert_eq!(c.ember, program().unwrap(), "this program");
+        assert_eq!(
+            c.ember,
+            Program::executable(std::env::current_exe().unwrap()),
+            "this executable, when no interpreter said otherwise"
+        );
         assert_eq!(c.timeout, Duration::from_secs(60));
         let (_dir, read) = read_json(&format!(
             r#"{{ "provider": {{ "kind": "slurm" }}, {TYPES} }}"#

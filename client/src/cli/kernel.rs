@@ -3,12 +3,12 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use ember::kernel_check::{check_kernel, KernelCheck, KernelCheckReport};
-use ember::kernels::registry::KERNELS;
-use ember::GpuActor;
 use ember_core::resources::ByteSize;
 
-use crate::{ClusterArg, HeadWaitArg};
+use super::{ClusterArg, HeadWaitArg};
+use crate::kernel_check::{check_kernel, KernelCheck, KernelCheckReport};
+use crate::kernels::registry::KERNELS;
+use crate::GpuActor;
 
 #[derive(Subcommand)]
 pub(crate) enum KernelCommand {
