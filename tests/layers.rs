@@ -1,6 +1,7 @@
 //! The crates' layers (ARCHITECTURE.md, "Boundaries"): which crates link the head. Workers,
-//! and clients built without the `local` feature (a program that only connects, the coming
-//! Python wheel), link no head code and none of its dependencies; only the head links the
+//! and clients built without the `local` feature (a program that only connects), link no
+//! head code and none of its dependencies (the Python package's extension is the `ember`
+//! command and embeds local clusters, so it takes the client whole); only the head links the
 //! object store; the command line's own crates (clap, anyhow, indicatif) come only with the
 //! client's `cli` feature. Read from `cargo tree` over this workspace's lock file.
 

@@ -37,6 +37,18 @@ fn serve_role(py: Python<'_>) {
     py.detach(ember_worker::role::serve_role_if_asked);
 }
 
+/// Runs the `ember` command line with `argv` (its first word is the program's name, shown
+/// in usage messages as `ember`) and returns its exit status; the GIL is released meanwhile.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<OsString>) -> u8 {
+    let mut args = argv;
+    match args.first_mut() {
+        Some(first) => *first = OsString::from("ember"),
+        None => args.push(OsString::from("ember")),
+    }
+    py.detach(|| ember::cli::main(args))
+}
+
 /// Says that processes of the other roles start as `python -m ember` with this interpreter.
 fn set_program(py: Python<'_>) -> PyResult<()> {
     let exe: String = py.import("sys")?.getattr("executable")?.extract()?;
@@ -55,6 +67,7 @@ fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EmberError", m.py().get_type::<EmberError>())?;
     m.add("PYTHON_TASK", executor::PYTHON_TASK)?;
     m.add_function(wrap_pyfunction!(serve_role, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(executor::task_context, m)?)?;
     cluster::register(m)?;
     actor::register(m)?;
