@@ -123,6 +123,20 @@ fn init(
     Ok(head)
 }
 
+/// This machine's id (its boot id): an executor on the same machine as its caller hands
+/// large buffers over in shared memory.
+#[pyfunction]
+fn host_id() -> &'static str {
+    ember_core::host::host_id()
+}
+
+/// Removes the shared-memory files of every result this process received (arrays already
+/// made from them stay readable): at shutdown and at exit.
+#[pyfunction]
+fn release_buffers() {
+    crate::envelope::release_all();
+}
+
 /// Disconnects: a local cluster's workers and head stop; a running cluster goes on (this
 /// client's leases and actors end with its connection). Does nothing if not initialised.
 #[pyfunction]
@@ -239,6 +253,8 @@ pub(crate) async fn with_deps(deps: &[Pending], payload: Vec<u8>) -> Result<Vec<
     for dep in deps {
         match dep.ended().await {
             Outcome::Done(bytes) => {
+                // Another process, maybe on another machine, reads it: shared buffers inline.
+                let bytes = crate::envelope::inline(bytes)?;
                 args.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                 args.extend_from_slice(&bytes);
             }
@@ -262,6 +278,8 @@ fn status_json(py: Python<'_>) -> PyResult<String> {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(init, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(host_id, m)?)?;
+    m.add_function(wrap_pyfunction!(release_buffers, m)?)?;
     m.add_function(wrap_pyfunction!(is_initialized, m)?)?;
     m.add_function(wrap_pyfunction!(submit_task, m)?)?;
     m.add_function(wrap_pyfunction!(status_json, m)?)?;

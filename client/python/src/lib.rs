@@ -4,6 +4,8 @@
 //!
 //! - [`cluster`]: `init` (an embedded local cluster, or a running one through its cluster
 //!   file) and `shutdown`, on one Tokio runtime per process, refused in a forked child.
+//! - [`envelope`]: results with out-of-band buffers (numpy arrays), in shared memory on one
+//!   machine; the files they name owned by the result's receiver.
 //! - [`pending`]: a submitted task's result to wait for, with the GIL released and Ctrl-C
 //!   answered while waiting.
 //! - [`actor`]: Python actors' handles: created in the background, calls sent in order.
@@ -16,6 +18,7 @@
 
 mod actor;
 mod cluster;
+mod envelope;
 mod executor;
 mod pending;
 

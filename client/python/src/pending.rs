@@ -7,6 +7,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use crate::envelope::SharedFiles;
+
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -39,22 +41,36 @@ static COMPLETIONS: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
 
 /// A submitted call's result, once it came: Python threads wait for it through
 /// [`COMPLETIONS`], the runtime's tasks (a call waiting on its arguments) through the channel.
+/// It owns the shared-memory files its result names: they go when the last clone does.
 #[pyclass(frozen, from_py_object, module = "ember._ember")]
 #[derive(Clone)]
 pub(crate) struct Pending {
-    slot: Arc<watch::Sender<Option<Outcome>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slot: watch::Sender<Option<Outcome>>,
+    files: Mutex<SharedFiles>,
 }
 
 impl Pending {
     pub(crate) fn new() -> Self {
         Pending {
-            slot: Arc::new(watch::Sender::new(None)),
+            inner: Arc::new(Inner {
+                slot: watch::Sender::new(None),
+                files: Mutex::new(SharedFiles::default()),
+            }),
         }
     }
 
     /// The call ended: stores how, and wakes every waiter.
     pub(crate) fn complete(&self, outcome: Outcome) {
-        self.slot.send_replace(Some(outcome));
+        if let Outcome::Done(bytes) = &outcome {
+            if let Ok(mut f) = self.inner.files.lock() {
+                *f = SharedFiles::of(bytes);
+            }
+        }
+        self.inner.slot.send_replace(Some(outcome));
         let (lock, cv) = &COMPLETIONS;
         if let Ok(mut g) = lock.lock() {
             *g += 1;
@@ -63,16 +79,16 @@ impl Pending {
     }
 
     fn outcome(&self) -> Option<Outcome> {
-        self.slot.borrow().clone()
+        self.inner.slot.borrow().clone()
     }
 
     fn is_done(&self) -> bool {
-        self.slot.borrow().is_some()
+        self.inner.slot.borrow().is_some()
     }
 
     /// How the call ended, once it has (for a call whose argument it is).
     pub(crate) async fn ended(&self) -> Outcome {
-        let mut rx = self.slot.subscribe();
+        let mut rx = self.inner.slot.subscribe();
         let ended = match rx.wait_for(Option::is_some).await {
             Ok(o) => o.clone(),
             Err(_) => None,
@@ -151,7 +167,7 @@ impl Pending {
 #[pyfunction]
 fn completed(bytes: Vec<u8>) -> Pending {
     let p = Pending::new();
-    p.slot.send_replace(Some(Outcome::Done(bytes)));
+    p.complete(Outcome::Done(bytes));
     p
 }
 

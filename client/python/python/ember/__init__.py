@@ -11,6 +11,7 @@
 """
 
 import asyncio
+import atexit
 import hashlib
 import os
 
@@ -19,6 +20,11 @@ from ._executor import _Dep
 from ._serialize import RemoteError, SerializationError
 
 EmberError = _ember.EmberError
+
+# This machine: results computed here come back through shared memory.
+_HOST = _ember.host_id()
+# Shared-memory files of results never collected go at exit at the latest.
+atexit.register(_ember.release_buffers)
 
 __all__ = [
     "init",
@@ -57,6 +63,7 @@ def init(address=None, *, workers=1, gpus=0, cpus=None, gpu_memory=None, acceler
 def shutdown():
     """Disconnects; a local cluster stops."""
     _ember.shutdown()
+    _ember.release_buffers()
 
 
 def is_initialized():
@@ -147,7 +154,7 @@ class RemoteFunction:
         fn_id, fn_bytes = self._definition()
         args, kwargs, deps = _with_deps(args, kwargs)
         payload = _serialize.dumps(
-            ((fn_id, fn_bytes), args, kwargs), f"an argument of {self.__qualname__}"
+            ((fn_id, fn_bytes, _HOST), args, kwargs), f"an argument of {self.__qualname__}"
         )
         return ObjectRef(_ember.submit_task(payload, deps, self._options))
 
@@ -262,7 +269,7 @@ class ActorMethod:
     def remote(self, *args, **kwargs):
         args, kwargs, deps = _with_deps(args, kwargs)
         payload = _serialize.dumps(
-            (None, args, kwargs), f"an argument of {self._handle._cls.__qualname__}.{self._name}"
+            (_HOST, args, kwargs), f"an argument of {self._handle._cls.__qualname__}.{self._name}"
         )
         return ObjectRef(self._handle._actor.call(self._name, payload, deps))
 

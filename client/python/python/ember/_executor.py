@@ -4,7 +4,10 @@ task type. Each function arrives pickled with its id and is unpickled once per p
 import pickle
 import struct
 
-from . import _serialize
+from . import _ember, _serialize
+
+# This machine: a caller here gets large result buffers through shared memory.
+_HOST = _ember.host_id()
 
 _functions = {}
 
@@ -45,13 +48,13 @@ def _function(fn_id, fn_bytes):
 def run_task(data):
     """Runs one call; returns its result's envelope (what it returned, or what it raised)."""
     try:
-        (fn_id, fn_bytes), args, kwargs = _args(data)
+        (fn_id, fn_bytes, caller), args, kwargs = _args(data)
         fn = _function(fn_id, fn_bytes)
         value = fn(*args, **kwargs)
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
         return _serialize.error(e)
     try:
-        return _serialize.ok(value)
+        return _serialize.ok(value, shared=caller == _HOST)
     except Exception as e:  # noqa: BLE001
         return _serialize.error(
             _serialize.SerializationError(
@@ -86,12 +89,12 @@ class ActorBox:
                 raise AttributeError(
                     f"{type(self.instance).__qualname__} has no method {method!r}"
                 )
-            _, args, kwargs = _args(data)
+            caller, args, kwargs = _args(data)
             value = getattr(self.instance, method)(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
             return _serialize.error(e)
         try:
-            return _serialize.ok(value)
+            return _serialize.ok(value, shared=caller == _HOST)
         except Exception as e:  # noqa: BLE001
             return _serialize.error(
                 _serialize.SerializationError(

@@ -1,0 +1,80 @@
+"""numpy arrays: a large result on the same machine arrives without a copy (mapped from
+shared memory), and arrays travel intact as arguments, through put, and between calls."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import ember
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+def test_a_200_mb_array_returned_on_this_machine_arrives_without_a_copy():
+    # A fresh process, so its peak memory is this transfer's alone.
+    script = textwrap.dedent(
+        """
+        import os, resource
+        import numpy as np
+        import ember
+
+        N = 200 * 1024 * 1024 // 8
+        ember.init(workers=1)
+
+        @ember.remote
+        def make(n):
+            return np.arange(n, dtype=np.float64)
+
+        ember.get(make.remote(1))  # the executor is warm
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        a = ember.get(make.remote(N), timeout=120)
+        total = float(a.sum())  # every page touched
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        print(a.flags.owndata, a.flags.writeable, a.nbytes, peak, total == float(N) * (N - 1) / 2)
+        a[0] = 7.0  # copy-on-write: the caller may write it
+        ember.shutdown()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    owndata, writeable, nbytes, peak, correct = out.stdout.split()
+    assert owndata == "False", "the array owns a copy of its data"
+    assert writeable == "True"
+    assert correct == "True"
+    assert int(peak) < 2 * int(nbytes), f"peak memory grew by {int(peak) >> 20} MiB for {int(nbytes) >> 20} MiB"
+
+
+@ember.remote
+def scale(a, k):
+    return a * k
+
+
+def test_arrays_travel_intact_as_arguments_and_results():
+    a = np.random.default_rng(1).standard_normal((512, 1024))  # 4 MiB: out of band
+    assert np.array_equal(ember.get(scale.remote(a, 2.0)), a * 2.0)
+    ref = ember.put(a)
+    assert np.array_equal(ember.get(ref), a)
+    # A result passed on to the next call (its shared buffer goes inline to the executor).
+    twice = scale.remote(ref, 2.0)
+    four = scale.remote(twice, 2.0)
+    assert np.array_equal(ember.get(four), a * 4.0)
+    assert np.array_equal(ember.get(twice), a * 2.0)
+
+
+def test_the_shared_memory_of_results_goes_with_their_refs():
+    import gc
+    import os
+
+    def mine():
+        return {f for f in os.listdir("/dev/shm") if f.startswith("ember-buf-")}
+
+    before = mine()
+    ref = scale.remote(np.ones(1 << 20), 1.0)  # 8 MiB
+    ember.get(ref)
+    assert mine() - before, "the result came through shared memory"
+    del ref
+    gc.collect()
+    assert not (mine() - before), "the result's file outlived its ref"
