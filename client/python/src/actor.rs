@@ -130,6 +130,34 @@ impl Actor {
     /// not be created.
     #[pyo3(signature = (timeout=None))]
     fn id(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<String> {
+        Ok(self.created(py, timeout)?.id().to_string())
+    }
+
+    /// Stops the actor (no restart), once it exists.
+    fn kill(&self, py: Python<'_>) -> PyResult<()> {
+        let (runtime, _) = current()?;
+        let mut created = self.created.clone();
+        py.detach(|| {
+            runtime.block_on(async move {
+                let made = created
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|v| v.clone());
+                match made {
+                    Some(Ok(a)) => a.kill().await.map_err(|e| e.to_string()),
+                    Some(Err(_)) | None => Ok(()),
+                }
+            })
+        })
+        .map_err(crate::cluster::error)
+    }
+}
+
+impl Actor {
+    /// The actor once it exists, waiting up to `timeout` seconds (forever with `None`);
+    /// an error saying why it could not be created, or that it was not in time.
+    pub(crate) fn created(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<ActorRef> {
         let (runtime, _) = current()?;
         let mut created = self.created.clone();
         let wait = async move {
@@ -151,32 +179,12 @@ impl Actor {
             })
         });
         match made {
-            Some(Ok(a)) => Ok(a.id().to_string()),
+            Some(Ok(a)) => Ok(a),
             Some(Err(e)) => Err(crate::cluster::error(e)),
             None => Err(pyo3::exceptions::PyTimeoutError::new_err(
                 "the actor was not created in time",
             )),
         }
-    }
-
-    /// Stops the actor (no restart), once it exists.
-    fn kill(&self, py: Python<'_>) -> PyResult<()> {
-        let (runtime, _) = current()?;
-        let mut created = self.created.clone();
-        py.detach(|| {
-            runtime.block_on(async move {
-                let made = created
-                    .wait_for(Option::is_some)
-                    .await
-                    .ok()
-                    .and_then(|v| v.clone());
-                match made {
-                    Some(Ok(a)) => a.kill().await.map_err(|e| e.to_string()),
-                    Some(Err(_)) | None => Ok(()),
-                }
-            })
-        })
-        .map_err(crate::cluster::error)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`pending`]: a submitted task's result to wait for, with the GIL released and Ctrl-C
 //!   answered while waiting.
 //! - [`actor`]: Python actors' handles: created in the background, calls sent in order.
+//! - [`collective`]: collective groups of Python actors over Ember's engine, on numpy data.
 //! - [`executor`]: the task type `ember::python` and the actor type `ember::PythonActor`,
 //!   which run pickled Python functions and classes in the executor processes of workers
 //!   started from this package.
@@ -18,6 +19,7 @@
 
 mod actor;
 mod cluster;
+mod collective;
 mod envelope;
 mod executor;
 mod pending;
@@ -74,6 +76,7 @@ fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(executor::task_context, m)?)?;
     cluster::register(m)?;
     actor::register(m)?;
+    collective::register(m)?;
     pending::register(m)?;
     Ok(())
 }

@@ -15,7 +15,7 @@ import atexit
 import hashlib
 import os
 
-from . import _ember, _serialize
+from . import _ember, _serialize, collective
 from ._executor import _Dep
 from ._serialize import RemoteError, SerializationError
 
@@ -38,6 +38,7 @@ __all__ = [
     "ObjectRef",
     "get_gpu_ids",
     "context",
+    "collective",
     "RemoteError",
     "SerializationError",
     "EmberError",
