@@ -6,6 +6,7 @@
 //!   file) and `shutdown`, on one Tokio runtime per process, refused in a forked child.
 //! - [`envelope`]: results with out-of-band buffers (numpy arrays), in shared memory on one
 //!   machine; the files they name owned by the result's receiver.
+//! - [`gpu_actor`]: the built-in GPU actor, its buffers as numpy arrays.
 //! - [`pending`]: a submitted task's result to wait for, with the GIL released and Ctrl-C
 //!   answered while waiting.
 //! - [`actor`]: Python actors' handles: created in the background, calls sent in order.
@@ -22,6 +23,7 @@ mod cluster;
 mod collective;
 mod envelope;
 mod executor;
+mod gpu_actor;
 mod pending;
 
 use std::ffi::OsString;
@@ -77,6 +79,7 @@ fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cluster::register(m)?;
     actor::register(m)?;
     collective::register(m)?;
+    gpu_actor::register(m)?;
     pending::register(m)?;
     Ok(())
 }

@@ -17,6 +17,7 @@ import os
 
 from . import _ember, _serialize, collective
 from ._executor import _Dep
+from .gpu import GpuActor
 from ._serialize import RemoteError, SerializationError
 
 EmberError = _ember.EmberError
@@ -39,6 +40,7 @@ __all__ = [
     "get_gpu_ids",
     "context",
     "collective",
+    "GpuActor",
     "RemoteError",
     "SerializationError",
     "EmberError",
