@@ -261,6 +261,16 @@ impl Cluster {
         Ok(ActorRef::new(self.clone(), location, caller))
     }
 
+    /// An untyped handle to an actor that already exists, by its id, which this client does
+    /// not take over: it calls the actor (following it across restarts) while the actor's
+    /// owner keeps it alive. What user code running in the cluster uses for an actor whose
+    /// handle it was passed.
+    pub async fn lookup_actor(&self, id: ActorId) -> Result<ActorRef, Error> {
+        let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
+        let caller = self.caller(&location).await?;
+        Ok(ActorRef::new(self.clone(), location, caller))
+    }
+
     /// A typed handle to an actor that already exists, by its id: the head says where it takes
     /// calls (waiting up to [`crate::RESTART_WAIT`] while it restarts). After the head restarted,
     /// this is how a client of its new life takes over an actor created before the restart:

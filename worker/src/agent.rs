@@ -15,7 +15,7 @@ use ember_core::proto::{
 };
 use ember_core::resources::{to_millis, Allocation, NodeResources, ResourceError};
 use ember_core::security::{
-    client_config, say_hello, Fingerprint, HelloError, SecurityError, SERVER_NAME,
+    client_config, say_hello, ClusterFile, Fingerprint, HelloError, SecurityError, SERVER_NAME,
 };
 use tokio::sync::mpsc;
 
@@ -453,6 +453,18 @@ async fn serve_once(
     );
     if session.is_none() {
         socket_dir::sweep_stale();
+        let dir = socket_dir::create(node)?;
+        // The cluster file in the worker's private directory: user code in its executors
+        // joins the cluster as a client through it (`EMBER_CLUSTER`), e.g. to call an actor
+        // whose handle it was passed.
+        let cluster = ClusterFile {
+            address: config.head,
+            token: config.token.clone(),
+            fingerprint: config.fingerprint,
+        };
+        if let Err(e) = cluster.write(&dir) {
+            tracing::warn!("cannot write the cluster file for executors: {e}");
+        }
         let (events, events_rx) = mpsc::unbounded_channel::<WorkerEvent>();
         let state = Arc::new(WorkerState {
             node,
@@ -463,7 +475,7 @@ async fn serve_once(
             head: config.head,
             fingerprint: config.fingerprint,
             listen: actor_ip(config.listen.ip(), config.head),
-            pool: ExecutorPool::new(socket_dir::create(node)?, inventory.gpu_kind()),
+            pool: ExecutorPool::new(dir, inventory.gpu_kind()),
             events,
         });
         *session = Some(Session {

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::{current, options, with_deps};
+use crate::cluster::{current, options, wait, with_deps};
 use crate::pending::{Outcome, Pending};
 
 /// One call, queued for the actor.
@@ -49,15 +49,47 @@ fn spawn_actor(
             Err(e) => Err(e),
         };
         created_tx.send_replace(Some(made.clone()));
-        serve(made, queue).await;
+        serve(made, queue, Owner::This).await;
     });
     Ok(Actor { calls, created })
 }
 
+/// A handle to the existing actor `id`, which this process does not own (a handle passed to
+/// a task or another actor): it calls the actor, following it across restarts, and leaves
+/// stopping it to its owner.
+#[pyfunction]
+fn attach_actor(id: &str) -> PyResult<Actor> {
+    let id: ember::ActorId = id
+        .parse()
+        .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("not an actor id: {id}")))?;
+    let (runtime, cluster) = current()?;
+    let (calls, queue) = mpsc::unbounded_channel();
+    let (created_tx, created) = watch::channel(None);
+    runtime.spawn(async move {
+        let found = cluster.lookup_actor(id).await.map_err(|e| e.to_string());
+        created_tx.send_replace(Some(found.clone()));
+        serve(found, queue, Owner::Another).await;
+    });
+    Ok(Actor { calls, created })
+}
+
+/// Who stops an actor once its handles here are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// This process created it: it stops with its last handle here.
+    This,
+    /// Another process created it: it lives on.
+    Another,
+}
+
 /// Sends the actor's calls in order as they come, each once its arguments' calls ended,
 /// many in flight at once; or fails them all if it could not be created. Once the handle is
-/// dropped and its calls are answered, stops the actor.
-async fn serve(made: Result<ActorRef, String>, mut queue: mpsc::UnboundedReceiver<Call>) {
+/// dropped and its calls are answered, stops the actor if this process owns it.
+async fn serve(
+    made: Result<ActorRef, String>,
+    mut queue: mpsc::UnboundedReceiver<Call>,
+    owner: Owner,
+) {
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -99,8 +131,9 @@ async fn serve(made: Result<ActorRef, String>, mut queue: mpsc::UnboundedReceive
     }
     while in_flight.next().await.is_some() {}
     // Every handle is gone (Python dropped the last one) and every call answered: nothing
-    // can call it any more, so it stops, as a Ray actor does when its handles go.
-    if let Ok(actor) = made {
+    // here can call it any more, so the actor this process made stops, as a Ray actor does
+    // when its handles go.
+    if let (Ok(actor), Owner::This) = (made, owner) {
         if let Err(e) = actor.kill().await {
             tracing::debug!(actor = %actor.id(), "stopping an actor whose handles are gone: {e}");
         }
@@ -138,7 +171,7 @@ impl Actor {
         let (runtime, _) = current()?;
         let mut created = self.created.clone();
         py.detach(|| {
-            runtime.block_on(async move {
+            wait(&runtime, async move {
                 let made = created
                     .wait_for(Option::is_some)
                     .await
@@ -160,7 +193,7 @@ impl Actor {
     pub(crate) fn created(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<ActorRef> {
         let (runtime, _) = current()?;
         let mut created = self.created.clone();
-        let wait = async move {
+        let made = async move {
             created
                 .wait_for(Option::is_some)
                 .await
@@ -168,13 +201,13 @@ impl Actor {
                 .and_then(|v| v.clone())
         };
         let made = py.detach(|| {
-            runtime.block_on(async {
+            wait(&runtime, async move {
                 match timeout {
-                    Some(t) => tokio::time::timeout(std::time::Duration::from_secs_f64(t), wait)
+                    Some(t) => tokio::time::timeout(std::time::Duration::from_secs_f64(t), made)
                         .await
                         .ok()
                         .flatten(),
-                    None => wait.await,
+                    None => made.await,
                 }
             })
         });
@@ -191,5 +224,6 @@ impl Actor {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Actor>()?;
     m.add_function(wrap_pyfunction!(spawn_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(attach_actor, m)?)?;
     Ok(())
 }

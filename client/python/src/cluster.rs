@@ -52,6 +52,22 @@ pub(crate) fn current() -> PyResult<(Arc<tokio::runtime::Runtime>, Cluster)> {
     Ok((c.runtime.clone(), c.cluster.clone()))
 }
 
+/// Runs `fut` on `runtime` and waits for it on this thread, which may itself be driving
+/// another runtime (a task's lease thread runs one): the wait is a plain channel's, never a
+/// nested `block_on`. Call it with the GIL released.
+pub(crate) fn wait<F>(runtime: &tokio::runtime::Runtime, fut: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .expect("the runtime dropped a future it was waiting on")
+}
+
 /// Whether `init` ran in this very process.
 #[pyfunction]
 fn is_initialized() -> bool {
@@ -99,7 +115,7 @@ fn init(
         .map_err(|e| error(format!("cannot start Ember's runtime: {e}")))?;
     let cluster = py
         .detach(|| {
-            runtime.block_on(async {
+            wait(&runtime, async move {
                 match address {
                     Some(path) => Cluster::discover(Some(&path)).await,
                     None => {
@@ -154,7 +170,7 @@ fn shutdown(py: Python<'_>) -> PyResult<()> {
         let Connected {
             runtime, cluster, ..
         } = c;
-        py.detach(|| runtime.block_on(cluster.shutdown()));
+        py.detach(|| wait(&runtime, cluster.shutdown()));
         if let Ok(rt) = Arc::try_unwrap(runtime) {
             rt.shutdown_timeout(std::time::Duration::from_secs(5));
         }
@@ -270,7 +286,7 @@ pub(crate) async fn with_deps(deps: &[Pending], payload: Vec<u8>) -> Result<Vec<
 fn status_json(py: Python<'_>) -> PyResult<String> {
     let (runtime, cluster) = current()?;
     let status = py
-        .detach(|| runtime.block_on(cluster.status()))
+        .detach(|| wait(&runtime, async move { cluster.status().await }))
         .map_err(error)?;
     serde_json::to_string(&status).map_err(error)
 }

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::actor::Actor;
-use crate::cluster::{current, error};
+use crate::cluster::{current, error, wait};
 
 /// The groups this actor has looked up, by name; dropped on an error, so that the next
 /// operation looks the group up again (the driver may have formed a new generation).
@@ -224,10 +224,11 @@ fn form_group(py: Python<'_>, name: &str, members: Vec<Bound<'_, Actor>>) -> PyR
     for m in &members {
         refs.push(m.get().created(py, None)?);
     }
+    let name = name.to_string();
     py.detach(|| {
-        runtime.block_on(async {
+        wait(&runtime, async move {
             let borrowed: Vec<&ember::ActorRef> = refs.iter().collect();
-            cluster.form_group(name, &borrowed).await
+            cluster.form_group(&name, &borrowed).await
         })
     })
     .map_err(error)

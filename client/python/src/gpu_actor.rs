@@ -8,7 +8,7 @@ use ember::{GpuActor, GpuActorHandle, HostData, LaunchArg};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::cluster::{current, error, options};
+use crate::cluster::{current, error, options, wait};
 
 /// One GPU actor's handle.
 #[pyclass(frozen, module = "ember._ember")]
@@ -28,18 +28,22 @@ fn gpu_actor(py: Python<'_>, opts: Option<&Bound<'_, pyo3::types::PyDict>>) -> P
     }
     let (runtime, cluster) = current()?;
     let handle = py
-        .detach(|| runtime.block_on(cluster.spawn(GpuActor::remote().options(options))))
+        .detach(|| {
+            wait(&runtime, async move {
+                cluster.spawn(GpuActor::remote().options(options)).await
+            })
+        })
         .map_err(error)?;
     Ok(Gpu { handle })
 }
 
 /// Waits for `f` on the runtime with the GIL released.
-fn block<T: Send>(
+fn block<T: Send + 'static>(
     py: Python<'_>,
-    f: impl std::future::Future<Output = Result<T, ember::Error>> + Send,
+    f: impl std::future::Future<Output = Result<T, ember::Error>> + Send + 'static,
 ) -> PyResult<T> {
     let (runtime, _) = current()?;
-    py.detach(|| runtime.block_on(f)).map_err(error)
+    py.detach(|| wait(&runtime, f)).map_err(error)
 }
 
 /// The launch arguments from Python: `("buffer", name)`, `("f32", x)` or `("u32", n)`.

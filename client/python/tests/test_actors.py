@@ -132,3 +132,29 @@ def test_an_actor_whose_handles_are_gone_stops_and_frees_its_gpu_share():
         c = Counter.remote(i)
         assert ember.get(c.add.remote(), timeout=60) == i + 1
         del c
+
+
+@ember.remote
+def bump_through(counter, times):
+    # A handle passed to a task: the task calls the same actor.
+    return [ember.get(counter.add.remote()) for _ in range(times)][-1]
+
+
+@ember.remote
+class Relay:
+    def __init__(self, counter):
+        self.counter = counter
+
+    def bump(self):
+        return ember.get(self.counter.add.remote(100))
+
+
+def test_an_actor_handle_passed_to_a_task_and_to_an_actor_calls_the_same_actor():
+    c = Counter.remote()
+    assert ember.get(c.add.remote()) == 1
+    assert ember.get(bump_through.remote(c, 3), timeout=60) == 4
+    relay = Relay.remote(c)
+    assert ember.get(relay.bump.remote(), timeout=60) == 104
+    # The task's and the relay's copies did not own it: it lives on for its creator.
+    del relay
+    assert ember.get(c.add.remote(), timeout=60) == 105

@@ -53,6 +53,10 @@ impl Executor {
             .env(SOCKET_VAR, &path)
             .env("CUDA_VISIBLE_DEVICES", cuda_visible)
             .env(GpuKind::VAR, gpu_kind.as_env())
+            .env(
+                "EMBER_CLUSTER",
+                dir.join(ember_core::security::ClusterFile::FILE_NAME),
+            )
             .env(WORKER_PID_VAR, std::process::id().to_string())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);

@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import hashlib
 import os
+import threading
 
 from . import _ember, _serialize, collective
 from ._executor import _Dep
@@ -293,8 +294,30 @@ class ActorHandle:
         """The actor's id once it exists; raises why it could not be created."""
         return self._actor.id(timeout)
 
+    def __reduce__(self):
+        # Passed to a task or another actor: there it calls the same actor, as a client of
+        # the cluster, without owning it (the actor lives as long as its creator keeps it).
+        return (_attach, (self._actor.id(None), self._cls))
+
     def __repr__(self):
         return f"ActorHandle({self._cls.__qualname__})"
+
+
+_connect_lock = threading.Lock()
+
+
+def _attach(actor_id, cls):
+    """An ActorHandle unpickled in another process: it joins the cluster as a client if it
+    has not (inside a task or actor, through the cluster file its worker gives it)."""
+    with _connect_lock:
+        if not _ember.is_initialized():
+            if not os.environ.get("EMBER_CLUSTER"):
+                raise EmberError(
+                    "an actor handle was unpickled outside the cluster: call ember.init() "
+                    "first"
+                )
+            init()
+    return ActorHandle(_ember.attach_actor(actor_id), cls)
 
 
 def kill(handle):
