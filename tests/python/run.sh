@@ -18,4 +18,6 @@ fi
 "$venv/bin/python" -m pip install -q 'maturin>=1.9,<2' 'cloudpickle>=3' 'pytest>=8' 'numpy>=1.26'
 MATURIN_PEP517_ARGS="--profile ${EMBER_PY_PROFILE:-dev}" \
   "$venv/bin/python" -m pip install -q --no-build-isolation ./client/python
-exec "$venv/bin/python" -m pytest -q client/python/tests "$@"
+# The Rust `ember` binary, for the test of a cluster whose workers run no Python.
+cargo build -q --locked -p ember-client --bin ember
+EMBER_RUST_BIN="$(pwd)/target/debug/ember" exec "$venv/bin/python" -m pytest -q client/python/tests "$@"

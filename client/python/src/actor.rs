@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::{current, options, wait, with_deps};
+use crate::cluster::{current, explain, options, wait, with_deps};
 use crate::pending::{Outcome, Pending};
 
 /// One call, queued for the actor.
@@ -45,7 +45,7 @@ fn spawn_actor(
             Ok(args) => cluster
                 .spawn_bytes(crate::executor::PYTHON_ACTOR, args, &options)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(explain),
             Err(e) => Err(e),
         };
         created_tx.send_replace(Some(made.clone()));

@@ -252,7 +252,7 @@ fn submit_task(
             Ok(args) => cluster
                 .run_bytes(crate::executor::PYTHON_TASK, args, &options)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(explain),
             Err(e) => Err(e),
         };
         done.complete(Outcome::from(outcome));
@@ -279,6 +279,21 @@ pub(crate) async fn with_deps(deps: &[Pending], payload: Vec<u8>) -> Result<Vec<
     }
     args.extend_from_slice(&payload);
     Ok(args)
+}
+
+/// An error from the runtime, as Python is told it: a refusal for want of a worker that runs
+/// Python says where such workers come from.
+pub(crate) fn explain(e: ember::Error) -> String {
+    let text = e.to_string();
+    if text.contains(crate::executor::PYTHON_TASK) || text.contains(crate::executor::PYTHON_ACTOR) {
+        format!(
+            "{text} (no worker of this cluster runs Python: Python work runs on workers \
+             started from the Python package, by its `ember worker` or `ember up`, or by \
+             ember.init())"
+        )
+    } else {
+        text
+    }
 }
 
 /// The cluster's status as JSON (what `ember status --json` prints).

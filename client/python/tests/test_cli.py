@@ -71,3 +71,49 @@ def test_the_command_line_reports_usage_errors_with_its_name():
     )
     assert out.returncode == 2
     assert "ember" in out.stderr and "no-such-command" in out.stderr
+
+
+def test_python_work_on_a_cluster_whose_workers_run_no_python_is_refused_saying_why(tmp_path):
+    import os
+
+    import pytest
+
+    rust = os.environ.get("EMBER_RUST_BIN")
+    if not rust or not os.path.exists(rust):
+        pytest.skip("EMBER_RUST_BIN (the Rust `ember` binary) is not set: tests/python/run.sh sets it")
+    up = subprocess.Popen(
+        [rust, "up", "--workers", "1", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in up.stdout:
+            if "Press Ctrl-C" in line:
+                break
+        script = textwrap.dedent(
+            f"""
+            import ember
+            ember.init({str(tmp_path)!r})
+
+            @ember.remote
+            def f():
+                return 1
+
+            try:
+                ember.get(f.remote(), timeout=30)
+            except ember.EmberError as e:
+                print(e)
+            ember.shutdown()
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "no worker can run task `ember::python`" in out.stdout, out.stdout
+        assert "no worker of this cluster runs Python" in out.stdout
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        finally:
+            up.kill()
