@@ -318,6 +318,29 @@ fn work_that_waits_brings_a_pass_at_once_and_an_idle_node_goes_at_its_timeout_no
     assert_eq!(drained_at, Some(idle_from + Duration::from_secs(30)));
 }
 
+#[test]
+fn the_first_work_of_a_head_life_journals_nothing_so_its_pass_waits_for_no_commit() {
+    let mut s = autoscaled();
+    let client = s.conn();
+    s.ask(
+        client,
+        ClientRequest::LeaseTask(LeaseSpec {
+            name: "train".into(),
+            placement: placement(100),
+        }),
+    );
+    // The shell commits a batch's journal changes before it takes its next input, the pass
+    // among them: the lease's id was reserved when the head life began.
+    assert!(
+        !s.batch.iter().any(|e| matches!(e, Effect::Journal(_))),
+        "the pass would wait for a commit: {:?}",
+        s.batch
+    );
+    assert_eq!(s.head.poll_timeout(), Some(s.now));
+    let effects = s.handle(Input::Tick);
+    assert!(launch_in(&effects).is_some(), "{effects:?}");
+}
+
 /// An autoscaled scene with one `h100` node joined from launch 1 (instance `i-1`), idle.
 fn with_one_launched_node(s: &mut Scene) -> ember_core::ids::NodeId {
     let client = s.conn();

@@ -678,7 +678,8 @@ impl HeadState {
     // ---- ids, effects and timers ----
 
     /// A fresh id for a node, actor, lease or job. Ids are reserved in the journal a block at
-    /// a time, so none is given again by a later head life.
+    /// a time (a life's first block as it begins, in [`HeadState::restore`]), so none is given
+    /// again by a later head life.
     fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;

@@ -30,17 +30,23 @@ use crate::placement::Lease;
 
 impl HeadState {
     /// The state of a head starting on a journal: what the last life committed, in a new life
-    /// (its epoch one more than the last). The effects journal the new epoch; the shell commits
-    /// them before it serves. Nodes of the last life are expected until one heartbeat window
-    /// from `now` (`Config::rejoin_window`); ids continue where the last life's reservation ended.
+    /// (its epoch one more than the last). The effects journal the new epoch and the life's
+    /// first block of ids; the shell commits them before it serves. Nodes of the last life are
+    /// expected until one heartbeat window from `now` (`Config::rejoin_window`); ids continue
+    /// where the last life's reservation ended.
     pub fn restore(config: Config, now: Instant, journaled: Journaled) -> (HeadState, Vec<Effect>) {
         let window = config.rejoin_window;
         let mut state = HeadState::new(config);
         state.ledger.begin(now);
         state.epoch = journaled.epoch + 1;
+        // The life's first block of ids is reserved now, in the commit made before the head
+        // serves, not by its first request: that request (a task lease on a fresh head) then
+        // journals nothing, and what it asks for (an autoscaler's pass, when it waits) does
+        // not wait behind an fsync first (100 ms and more on a busy disk).
         state.next_id = journaled.ids_reserved.max(1);
-        state.ids_reserved = state.next_id;
+        state.ids_reserved = state.next_id + super::ID_BLOCK;
         state.journal(Change::Epoch(state.epoch));
+        state.journal(Change::IdsReserved(state.ids_reserved));
         state.restore_groups(&journaled);
         state.expected = journaled.nodes;
         for (id, record) in journaled.actors {
