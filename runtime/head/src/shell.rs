@@ -133,19 +133,27 @@ impl Owner {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, mut stop: watch::Receiver<bool>) {
         loop {
             let deadline = self.state.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
+            // A timer already due (the autoscaler's pass that waiting work asked for "at
+            // once") is handled now, with what else waits: a sleep until it would wait for
+            // the runtime's timer, which rounds up to the next millisecond and fires only when
+            // the runtime next turns its timer, later on a busy one.
+            let first = if deadline.is_some_and(|at| at <= Instant::now()) {
+                Some(Input::Tick)
+            } else {
+                let sleep = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(msg) => self.take(msg),
+                        None => return,
+                    },
+                    _ = sleep => Some(Input::Tick),
+                    _ = stop.changed() => return,
                 }
-            };
-            let first = tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => self.take(msg),
-                    None => return,
-                },
-                _ = sleep => Some(Input::Tick),
-                _ = stop.changed() => return,
             };
             let mut inputs: Vec<Input> = first.into_iter().collect();
             while inputs.len() < GROUP_COMMIT {
