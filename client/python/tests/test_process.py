@@ -44,8 +44,11 @@ def test_a_forked_child_gets_a_clear_error_not_a_hang():
 def test_ctrl_c_interrupts_a_get():
     script = textwrap.dedent(
         """
-        import sys, time
+        import signal, sys, time
         import ember
+        # As in an interactive interpreter: a shell that starts this in the background
+        # (CI) passes SIGINT on ignored, and Python then installs no handler for it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         ember.init(workers=1)
 
         @ember.remote
