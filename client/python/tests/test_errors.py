@@ -81,3 +81,44 @@ def test_an_unknown_option_is_refused():
 def test_an_object_ref_nested_in_a_value_is_refused():
     with pytest.raises(ember.SerializationError, match="top-level argument"):
         echo.remote([ember.put(1)])
+
+
+@ember.remote(max_retries=0)
+def dies():
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_task_whose_process_dies_mid_call_fails_clearly_and_the_cluster_serves_on():
+    with pytest.raises(ember.EmberError) as info:
+        ember.get(dies.remote(), timeout=60)
+    assert "went away during the call" in str(info.value), str(info.value)
+    assert ember.get(echo.remote(5), timeout=60) == 5
+
+
+@ember.remote
+class Mortal:
+    def pid(self):
+        import os
+
+        return os.getpid()
+
+    def die(self):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_call_to_an_actor_whose_process_died_fails_clearly():
+    m = Mortal.remote()
+    ember.get(m.pid.remote(), timeout=60)
+    with pytest.raises(ember.EmberError) as info:
+        ember.get(m.die.remote(), timeout=60)
+    assert "process went away during the call" in str(info.value), str(info.value)
+    # No restarts allowed (max_restarts 0): the actor is dead, and says so.
+    with pytest.raises(ember.EmberError):
+        ember.get(m.pid.remote(), timeout=60)
+    assert ember.get(echo.remote(6), timeout=60) == 6
