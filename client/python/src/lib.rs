@@ -51,6 +51,7 @@ fn set_program(py: Python<'_>) -> PyResult<()> {
 
 #[pymodule]
 fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    cluster::watch_forks();
     set_program(m.py())?;
     m.add("EmberError", m.py().get_type::<EmberError>())?;
     m.add("PYTHON_TASK", executor::PYTHON_TASK)?;
