@@ -6,6 +6,8 @@
 //!   file) and `shutdown`, on one Tokio runtime per process, refused in a forked child.
 //! - [`pending`]: a submitted task's result to wait for, with the GIL released and Ctrl-C
 //!   answered while waiting.
+//! - [`put`]: `ember.put` of values with large buffers (numpy arrays), laid out beside their
+//!   pickle in one copy.
 //! - [`actor`]: Python actors' handles: created in the background, calls sent in order.
 //! - [`executor`]: the task type `ember::python` and the actor type `ember::PythonActor`,
 //!   which run pickled Python functions and classes in the executor processes of workers
@@ -18,6 +20,7 @@ mod actor;
 mod cluster;
 mod executor;
 mod pending;
+mod put;
 
 use std::ffi::OsString;
 
@@ -60,5 +63,6 @@ fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cluster::register(m)?;
     actor::register(m)?;
     pending::register(m)?;
+    put::register(m)?;
     Ok(())
 }

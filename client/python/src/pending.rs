@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyByteArray, PyBytes};
 
+use crate::put::Envelope;
 use crate::EmberError;
 
 /// How often a waiting thread takes the GIL to check for signals.
@@ -20,9 +21,9 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 /// How a call ended: its result's bytes, or why it failed.
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
-    /// The bytes the executor sent back (or that `put` made), shared: every `get` and every
-    /// call taking it as an argument reads the same bytes (it copied them before).
-    Done(Arc<Vec<u8>>),
+    /// The bytes the executor sent back (or that `put` laid out), shared: every `get` and
+    /// every call taking it as an argument reads the same bytes (it copied them before).
+    Done(Arc<Envelope>),
     /// The runtime's error, as text.
     Failed(String),
 }
@@ -30,7 +31,7 @@ pub(crate) enum Outcome {
 impl From<Result<Vec<u8>, String>> for Outcome {
     fn from(r: Result<Vec<u8>, String>) -> Self {
         match r {
-            Ok(b) => Outcome::Done(Arc::new(b)),
+            Ok(b) => Outcome::Done(Arc::new(b.into())),
             Err(e) => Outcome::Failed(e),
         }
     }
@@ -82,7 +83,7 @@ impl Pending {
         let p = Pending::new();
         p.slot
             .outcome
-            .send_replace(Some(Outcome::Done(Arc::new(bytes))));
+            .send_replace(Some(Outcome::Done(Arc::new(bytes.into()))));
         p
     }
 
@@ -183,9 +184,11 @@ impl Pending {
     }
 
     /// The result's bytes, waiting up to `timeout` seconds (forever with None); raises
-    /// TimeoutError when it passes, EmberError when the call failed in the runtime.
+    /// TimeoutError when it passes, EmberError when the call failed in the runtime. A value
+    /// `put` laid out with its buffers beside its pickle comes as a bytearray, so that the
+    /// arrays unpickled over it are writable without another copy.
     #[pyo3(signature = (timeout=None))]
-    fn result<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn result<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         let this = std::slice::from_ref(self);
         if !wait_until(py, timeout, this, || self.is_done())? {
             return Err(pyo3::exceptions::PyTimeoutError::new_err(format!(
@@ -194,7 +197,10 @@ impl Pending {
             )));
         }
         match self.outcome() {
-            Some(Outcome::Done(b)) => Ok(PyBytes::new(py, &b)),
+            Some(Outcome::Done(b)) if crate::put::is_out_of_band(&b) => {
+                Ok(PyByteArray::new(py, &b).into_any())
+            }
+            Some(Outcome::Done(b)) => Ok(PyBytes::new(py, &b).into_any()),
             Some(Outcome::Failed(e)) => Err(EmberError::new_err(e)),
             None => Err(EmberError::new_err("the result was lost")),
         }

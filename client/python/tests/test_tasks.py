@@ -75,6 +75,27 @@ def test_put_keeps_large_values():
 
 
 @ember.remote
+def bump_and_sum(arrays):
+    # Arguments arrive writable, as the caller's arrays were.
+    arrays["a"][0] += 1
+    return float(arrays["a"].sum() + arrays["f"].sum())
+
+
+def test_put_of_arrays_copies_them_once_and_gets_give_writable_copies():
+    np = pytest.importorskip("numpy")
+    a = np.arange(100_000, dtype=np.int64)  # 800 kB: beside the pickle, out of band
+    f = np.ones((300, 200)).T  # Fortran-ordered
+    ref = ember.put({"a": a, "f": f, "label": "x"})
+    a[:] = 0  # put took a copy
+    got = ember.get(ref)
+    assert got["label"] == "x" and got["f"].shape == (200, 300)
+    assert got["a"].flags.writeable and int(got["a"].sum()) == sum(range(100_000))
+    got["a"][0] = 7
+    assert ember.get(ref)["a"][0] == 0  # every get is its own copy
+    assert ember.get(bump_and_sum.remote(ref)) == sum(range(100_000)) + 1 + 60_000
+
+
+@ember.remote
 def nap(seconds):
     time.sleep(seconds)
     return seconds

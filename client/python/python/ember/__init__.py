@@ -322,8 +322,12 @@ def wait(refs, *, num_returns=1, timeout=None):
 
 
 def put(value):
-    """An ObjectRef holding `value`, to pass to remote calls (pickled once, here)."""
-    return ObjectRef(_ember.completed(_serialize.ok(value)))
+    """An ObjectRef holding `value`, to pass to remote calls (pickled once, here; large
+    buffers such as numpy arrays' data are copied once, beside the pickle)."""
+    envelope, buffers = _serialize.ok_out_of_band(value)
+    if buffers:
+        return ObjectRef(_ember.completed_out_of_band(envelope, buffers))
+    return ObjectRef(_ember.completed(envelope))
 
 
 def context():

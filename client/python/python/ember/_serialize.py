@@ -1,13 +1,23 @@
 """How values travel: pickle protocol 5 through cloudpickle (functions and classes by value),
-results and errors in one envelope the caller unpacks."""
+results and errors in one envelope the caller unpacks. A `put` value's large buffers (numpy
+arrays' data) travel out of band, beside the pickle (`ember._ember.completed_out_of_band`
+lays the envelope out; `unwrap` reads it)."""
 
 import pickle
+import struct
 import sys
 import traceback
 
 import cloudpickle
 
 PROTOCOL = 5
+
+# Buffers at least this large travel out of band in a put value; smaller ones in its pickle.
+OUT_OF_BAND_MIN = 1 << 16
+
+# The first bytes of an envelope with out-of-band buffers (see `client/python/src/put.rs`).
+_OUT_OF_BAND = b"EMBOOB01"
+_ALIGN = 64
 
 
 class RemoteError(Exception):
@@ -60,6 +70,47 @@ def _plain(value):
     return isinstance(value, (int, float, str, bytes, bool, type(None)))
 
 
+def ok_out_of_band(value):
+    """The envelope of a put value as its pickle and the large contiguous buffers it leaves
+    out of band (numpy arrays' data, bytearrays), for `completed_out_of_band` to lay out
+    with one copy each. No buffers for a value that has none that large."""
+    if _plain(value):
+        return ok(value), []
+    buffers = []
+
+    def out_of_band(buffer):
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: it travels in the pickle
+            return True
+        if raw.nbytes < OUT_OF_BAND_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
+    return cloudpickle.dumps(("ok", value), protocol=PROTOCOL, buffer_callback=out_of_band), buffers
+
+
+def _load_out_of_band(envelope):
+    """The record in an envelope laid out with its buffers (`completed_out_of_band`). The
+    buffers are read in place, so arrays over them share the envelope's memory: they are
+    writable when it is a bytearray (made one here otherwise, a copy)."""
+    if type(envelope) is not bytearray:
+        envelope = bytearray(envelope)
+    view = memoryview(envelope)
+    header_len, count = struct.unpack_from("<QQ", envelope, 8)
+    lengths = struct.unpack_from(f"<{count}Q", envelope, 24)
+    at = 24 + 8 * count
+    header = view[at : at + header_len]
+    at += header_len
+    buffers = []
+    for n in lengths:
+        at = -(-at // _ALIGN) * _ALIGN
+        buffers.append(view[at : at + n])
+        at += n
+    return pickle.loads(header, buffers=buffers)
+
+
 def error(exc):
     """The envelope of an exception raised remotely, with its traceback."""
     tb = "".join(traceback.format_exception(exc))
@@ -73,8 +124,11 @@ def error(exc):
 
 
 def unwrap(envelope):
-    """The value in a result's envelope, or the remote exception raised."""
-    record = pickle.loads(envelope)
+    """The value in a result's envelope (bytes-like), or the remote exception raised."""
+    if envelope[: len(_OUT_OF_BAND)] == _OUT_OF_BAND:
+        record = _load_out_of_band(envelope)
+    else:
+        record = pickle.loads(envelope)
     if record[0] == "ok":
         return record[1]
     _, exc_bytes, name, message, tb = record
