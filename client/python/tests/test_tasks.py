@@ -95,6 +95,25 @@ def test_put_of_arrays_copies_them_once_and_gets_give_writable_copies():
     assert ember.get(bump_and_sum.remote(ref)) == sum(range(100_000)) + 1 + 60_000
 
 
+def test_arguments_plain_or_not_arrive_as_given():
+    # Small plain values travel with plain pickle, long ones and functions with cloudpickle.
+    plain = [1, 2.5, 1j, "s", b"b", None, True, (1, [2, {"k": 3}])]
+    long = list(range(300))
+    assert ember.get(echo.remote(plain, k=long)) == (plain, long)
+    scale = 3
+    assert ember.get(apply.remote(lambda x: x * scale, [1, 2, 3])) == [3, 6, 9]
+
+
+@ember.remote
+def echo(value, k=None):
+    return value, k
+
+
+@ember.remote
+def apply(fn, xs):
+    return [fn(x) for x in xs]
+
+
 @ember.remote
 def nap(seconds):
     time.sleep(seconds)

@@ -10,12 +10,10 @@
     ember.get([square.remote(i) for i in range(4)])   # [0, 1, 4, 9]
 """
 
-import asyncio
-import hashlib
 import os
 
 from . import _ember, _serialize
-from ._executor import _Dep
+from ._serialize import Dep as _Dep
 from ._serialize import RemoteError, SerializationError
 
 EmberError = _ember.EmberError
@@ -76,6 +74,8 @@ class ObjectRef:
         return self._pending.done()
 
     def __await__(self):
+        import asyncio  # imported here: executors and most callers never need it
+
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(None, get, self).__await__()
 
@@ -127,10 +127,13 @@ class RemoteFunction:
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", "function")
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self._what = f"an argument of {self.__qualname__}"
 
     def _definition(self):
         # Pickled once per definition; workers unpickle it once per process, by its id.
         if self._pickled is None:
+            import hashlib  # here: executors never need it
+
             _serialize.by_value(self._fn)
             self._pickled = _serialize.dumps(self._fn, f"function {self.__qualname__}")
             self._id = hashlib.blake2b(self._pickled, digest_size=16).hexdigest()
@@ -146,9 +149,7 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         fn_id, fn_bytes = self._definition()
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps(
-            ((fn_id, fn_bytes), args, kwargs), f"an argument of {self.__qualname__}"
-        )
+        payload = _serialize.dumps_call((fn_id, fn_bytes), args, kwargs, self._what)
         return ObjectRef(_ember.submit_task(payload, deps, self._options))
 
     def __call__(self, *args, **kwargs):
@@ -192,6 +193,10 @@ def _make(target, options):
 
 def _with_deps(args, kwargs):
     """The arguments with each ObjectRef replaced by its place among the calls to wait for."""
+    if not any(isinstance(a, ObjectRef) for a in args) and not any(
+        isinstance(v, ObjectRef) for v in kwargs.values()
+    ):
+        return args, kwargs, []
     deps = []
 
     def dep(value):
@@ -256,15 +261,16 @@ class ActorMethod:
     """One method of an actor: `.remote(*args)` calls it and returns the ObjectRef."""
 
     def __init__(self, handle, name):
-        self._handle = handle
+        # The actor itself, not its handle: the handle keeps its methods, and a cycle would
+        # keep the actor past its handle's end.
+        self._actor = handle._actor
         self._name = name
+        self._what = f"an argument of {handle._cls.__qualname__}.{name}"
 
     def remote(self, *args, **kwargs):
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps(
-            (None, args, kwargs), f"an argument of {self._handle._cls.__qualname__}.{self._name}"
-        )
-        return ObjectRef(self._handle._actor.call(self._name, payload, deps))
+        payload = _serialize.dumps_call(None, args, kwargs, self._what)
+        return ObjectRef(self._actor.call(self._name, payload, deps))
 
 
 class ActorHandle:
@@ -277,7 +283,9 @@ class ActorHandle:
     def __getattr__(self, name):
         if name.startswith("_") or not callable(getattr(self._cls, name, None)):
             raise AttributeError(f"actor {self._cls.__qualname__} has no method {name!r}")
-        return ActorMethod(self, name)
+        method = ActorMethod(self, name)
+        self.__dict__[name] = method  # found without __getattr__ from now on
+        return method
 
     def actor_id(self, timeout=None):
         """The actor's id once it exists; raises why it could not be created."""

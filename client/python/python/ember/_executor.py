@@ -5,33 +5,26 @@ import pickle
 import struct
 
 from . import _serialize
+from ._serialize import Dep
 
 _functions = {}
 
 
-class _Dep:
-    """Stands in an argument list for the result of another call (an ObjectRef)."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index):
-        self.index = index
-
-    def __reduce__(self):
-        return (_Dep, (self.index,))
-
-
 def _split(data):
-    """The results of the call's arguments' calls, and the payload after them."""
+    """The results of the call's arguments' calls, and the payload after them, as views
+    into `data` (no copies)."""
     (count,) = struct.unpack_from("<I", data, 0)
+    if count == 0:
+        return (), memoryview(data)[4:]
+    view = memoryview(data)
     at = 4
     deps = []
     for _ in range(count):
         (n,) = struct.unpack_from("<I", data, at)
         at += 4
-        deps.append(data[at : at + n])
+        deps.append(view[at : at + n])
         at += n
-    return deps, data[at:]
+    return deps, view[at:]
 
 
 def _function(fn_id, fn_bytes):
@@ -65,9 +58,11 @@ def _args(data):
     """The call's arguments, with its arguments' calls' results in place."""
     deps, payload = _split(data)
     head, args, kwargs = pickle.loads(payload)
+    if not deps:
+        return head, args, kwargs
     values = [_serialize.unwrap(d) for d in deps]
-    args = [values[a.index] if isinstance(a, _Dep) else a for a in args]
-    kwargs = {k: values[v.index] if isinstance(v, _Dep) else v for k, v in kwargs.items()}
+    args = [values[a.index] if isinstance(a, Dep) else a for a in args]
+    kwargs = {k: values[v.index] if isinstance(v, Dep) else v for k, v in kwargs.items()}
     return head, args, kwargs
 
 
