@@ -268,7 +268,7 @@ def run_startup(args):
 
     def show(name, values):
         ms = [v * 1000 for v in values]
-        each = ", ".join(f"{v:.1f}" for v in ms)
+        each = ", ".join(f"{v:.2f}" for v in ms)
         print(f"{name} ms {np.mean(ms):.2f} +- {np.std(ms):.2f} (runs: {each})", flush=True)
 
     col = lambda k: [r[k] for r in runs]  # noqa: E731
