@@ -55,12 +55,17 @@ class Dep:
         return (Dep, (self.index,))
 
 
-def _plain(*values):
-    """Whether plain pickle carries `values` exactly as cloudpickle would: built-in scalars,
-    Deps, and lists, tuples and dicts of them, at most `_PLAIN_BUDGET` values in all. (A
+def _plain(value):
+    """Whether plain pickle carries `value` exactly as cloudpickle would: a built-in scalar,
+    a Dep, or lists, tuples and dicts of them, at most `_PLAIN_BUDGET` values in all. (A
     function or class is never plain: pickle would send it by reference, which a worker may
     not be able to import.)"""
-    todo = list(values)
+    t = type(value)
+    if t in _PLAIN_SCALARS or t is Dep:
+        return True
+    if t not in _CONTAINERS:
+        return False
+    todo = [value]
     budget = _PLAIN_BUDGET
     while todo:
         value = todo.pop()
@@ -87,9 +92,10 @@ def dumps(value, what):
 def dumps_call(head, args, kwargs, what):
     """Pickles a call's `(head, args, kwargs)`: with plain pickle when `head` and every
     argument are plain, else as `dumps` does."""
-    if _plain(head, args, kwargs):
-        return pickle.dumps((head, args, kwargs), protocol=PROTOCOL)
-    return dumps((head, args, kwargs), what)
+    call = (head, args, kwargs)
+    if _plain(call):
+        return pickle.dumps(call, protocol=PROTOCOL)
+    return dumps(call, what)
 
 
 def by_value(obj):
@@ -117,9 +123,10 @@ def ok(value):
 def ok_out_of_band(value):
     """The envelope of a put value as its pickle and the large contiguous buffers it leaves
     out of band (numpy arrays' data, bytearrays), for `completed_out_of_band` to lay out
-    with one copy each. No buffers for a value that has none that large."""
+    with one copy each. No buffers (an empty list, or None for a plain value) for a value
+    that has none that large."""
     if _plain(value):
-        return ok(value), []
+        return pickle.dumps(("ok", value), protocol=PROTOCOL), None
     buffers = []
 
     def out_of_band(buffer):
