@@ -1,10 +1,16 @@
-//! The process's connection to a cluster: one Tokio runtime (two threads: Python threads only
-//! hand work to it and wait on results, GIL released), and the `ember::Cluster` that
+//! The process's connection to a cluster: one Tokio runtime, and the `ember::Cluster` that
 //! `init` made, an embedded local one or a running one. A child forked after `init` has no
 //! runtime threads: every call from it fails at once, saying so, rather than hanging.
+//!
+//! The runtime has one worker thread, as Ember's own processes run single-threaded
+//! runtimes: Python threads only hand work to it and wait on results (GIL released), and
+//! with a second worker each call woke both (about three context switches per synchronous
+//! call between them, against under two with one), which on a small machine cost more than
+//! the work.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use ember::{Cluster, LocalOptions, Options};
 use pyo3::prelude::*;
@@ -19,6 +25,36 @@ struct Connected {
     cluster: Cluster,
     /// The process that connected: a forked child is another.
     pid: u32,
+    /// [`FORKS`] in the process that connected.
+    forks: u64,
+}
+
+impl Connected {
+    /// Whether this is the process that connected, not a fork of it.
+    fn here(&self) -> bool {
+        self.forks == FORKS.load(Ordering::Acquire)
+    }
+}
+
+/// Forks this process is away from the first process that loaded the module: a child forked
+/// from a process counts one more than it (`pthread_atfork`). Telling a fork from the process
+/// that connected by this count needs no system call, where `getpid` is one on every call.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked_child() {
+    FORKS.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Counts forks from now on ([`FORKS`]); the module calls it when it loads.
+pub(crate) fn watch_forks() {
+    static WATCHING: Once = Once::new();
+    WATCHING.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic, which is
+        // async-signal-safe as the child side of a fork requires.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(forked_child));
+        }
+    });
 }
 
 static CONNECTED: OnceLock<Mutex<Option<Connected>>> = OnceLock::new();
@@ -41,7 +77,7 @@ pub(crate) fn current() -> PyResult<(Arc<tokio::runtime::Runtime>, Cluster)> {
             "ember is not initialised in this process: call ember.init() first",
         ));
     };
-    if c.pid != std::process::id() {
+    if !c.here() {
         return Err(error(format!(
             "ember.init() ran in process {} and this process is a fork of it: a forked child \
              cannot use its parent's connection (its runtime threads did not survive the fork); \
@@ -74,7 +110,7 @@ fn is_initialized() -> bool {
     connected()
         .lock()
         .ok()
-        .and_then(|g| g.as_ref().map(|c| c.pid == std::process::id()))
+        .and_then(|g| g.as_ref().map(Connected::here))
         .unwrap_or(false)
 }
 
@@ -97,7 +133,7 @@ fn init(
         .lock()
         .map_err(|_| error("Ember's state is poisoned"))?;
     if let Some(c) = guard.as_ref() {
-        if c.pid == std::process::id() {
+        if c.here() {
             return Err(error(
                 "ember is already initialised: call ember.shutdown() first",
             ));
@@ -108,7 +144,7 @@ fn init(
         }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("ember-client")
         .enable_all()
         .build()
@@ -135,6 +171,7 @@ fn init(
         runtime: Arc::new(runtime),
         cluster,
         pid: std::process::id(),
+        forks: FORKS.load(Ordering::Acquire),
     });
     Ok(head)
 }
@@ -162,7 +199,7 @@ fn shutdown(py: Python<'_>) -> PyResult<()> {
             .lock()
             .map_err(|_| error("Ember's state is poisoned"))?;
         match guard.as_ref() {
-            Some(c) if c.pid == std::process::id() => guard.take(),
+            Some(c) if c.here() => guard.take(),
             _ => None,
         }
     };
@@ -260,9 +297,10 @@ fn submit_task(
     Ok(pending)
 }
 
-/// The arguments as the Python executor takes them: the results of `deps` (the calls whose
-/// results are arguments), each as a 4-byte little-endian length and its bytes after their
-/// count, then `payload`; once every one has ended. A failed one fails the call.
+/// The arguments as the Python executor takes them: the count of `deps` (the calls whose
+/// results are arguments) as a 4-byte little-endian number, then each one's result as an
+/// 8-byte length and its bytes, then `payload`; once every one has ended. A failed one fails
+/// the call.
 pub(crate) async fn with_deps(deps: &[Pending], payload: Vec<u8>) -> Result<Vec<u8>, String> {
     let mut args = Vec::with_capacity(payload.len() + 4);
     args.extend_from_slice(&(deps.len() as u32).to_le_bytes());
@@ -270,8 +308,8 @@ pub(crate) async fn with_deps(deps: &[Pending], payload: Vec<u8>) -> Result<Vec<
         match dep.ended().await {
             Outcome::Done(bytes) => {
                 // Another process, maybe on another machine, reads it: shared buffers inline.
-                let bytes = crate::envelope::inline(bytes)?;
-                args.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                let bytes = crate::envelope::inline(&bytes)?;
+                args.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
                 args.extend_from_slice(&bytes);
             }
             Outcome::Failed(e) => return Err(format!("an argument's call failed: {e}")),

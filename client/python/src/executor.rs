@@ -5,30 +5,104 @@
 //! function returned or raised. Placement sends Python work only to workers that carry it;
 //! a worker started from a plain Rust executable does not.
 
+use std::cell::Cell;
+
 use ember_worker::registry::{ActorEntry, ActorInstance, CallError, TaskEntry};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 /// The task type name of Python functions.
 pub(crate) const PYTHON_TASK: &str = "ember::python";
 
+/// This thread's Python thread state, made on its first call into Python and kept until the
+/// thread exits. A thread of Ember's (a lease's, an actor's) has none of its own, and
+/// `Python::attach` on such a thread makes one (`PyGILState_Ensure`) and destroys it when it
+/// returns: an mmap and munmap of its frame stack and its setting up, on every task. Kept,
+/// a call only takes and gives back the GIL.
+#[derive(Clone, Copy)]
+enum ThreadState {
+    /// No call into Python yet on this thread.
+    Unknown,
+    /// The thread had a state of its own (made by Python): its owner keeps it.
+    Foreign,
+    /// The state made here, while the thread does not hold the GIL, and what
+    /// `PyGILState_Ensure` returned, to give it back at the thread's exit.
+    Kept {
+        saved: *mut ffi::PyThreadState,
+        gil_state: ffi::PyGILState_STATE,
+    },
+}
+
+/// This thread's [`ThreadState`]; dropping it at the thread's exit destroys a kept state.
+struct KeptThreadState(Cell<ThreadState>);
+
+thread_local! {
+    static KEPT: KeptThreadState = const { KeptThreadState(Cell::new(ThreadState::Unknown)) };
+}
+
+impl KeptThreadState {
+    /// Makes this thread's state on its first call, unless it has one.
+    fn keep(&self) {
+        if !matches!(self.0.get(), ThreadState::Unknown) {
+            return;
+        }
+        // SAFETY: the interpreter runs (this is `python -m ember`'s executor, its extension
+        // loaded). A thread with no thread state is not attached, so `PyGILState_Ensure` makes
+        // one and takes the GIL, and `PyEval_SaveThread` gives the GIL back keeping the state
+        // (its count stays at one). `Python::attach` then finds the state and only takes the GIL.
+        let state = unsafe {
+            if ffi::PyGILState_GetThisThreadState().is_null() {
+                let gil_state = ffi::PyGILState_Ensure();
+                let saved = ffi::PyEval_SaveThread();
+                ThreadState::Kept { saved, gil_state }
+            } else {
+                ThreadState::Foreign
+            }
+        };
+        self.0.set(state);
+    }
+}
+
+impl Drop for KeptThreadState {
+    fn drop(&mut self) {
+        if let ThreadState::Kept { saved, gil_state } = self.0.get() {
+            // SAFETY: the state made by `keep`, not attached now (no `attach` runs while the
+            // thread exits): taking the GIL back and releasing the last count destroys it.
+            unsafe {
+                ffi::PyEval_RestoreThread(saved);
+                ffi::PyGILState_Release(gil_state);
+            }
+        }
+    }
+}
+
+/// `Python::attach` for Ember's threads, keeping the thread's Python state between calls
+/// ([`KeptThreadState`]).
+fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+    KEPT.with(KeptThreadState::keep);
+    Python::attach(f)
+}
+
+/// `ember._executor.run_task`, looked up once.
+static RUN_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 /// Runs one Python call on the lease's thread: takes the GIL (no Tokio thread waits on it:
-/// a lease runs on a thread of its own), hands the bytes to `ember._executor.run_task` and
+/// a lease runs on a thread of its own), hands the bytes to `ember._executor.run_task` (as a
+/// bytearray: numpy arrays read out of band from it are writable, as the caller's were) and
 /// returns the bytes it gives back. What the function raised travels inside those bytes;
 /// only a failure of the machinery itself is an error here.
 fn run_python_task(args: &[u8]) -> Result<Vec<u8>, CallError> {
-    Python::attach(|py| {
-        let run = py
-            .import("ember._executor")
-            .and_then(|m| m.getattr("run_task"))
+    attach(|py| {
+        let run = RUN_TASK
+            .import(py, "ember._executor", "run_task")
             .map_err(|e| CallError::User(format!("cannot load Ember's Python executor: {e}")))?;
         let out = run
-            .call1((PyBytes::new(py, args),))
+            .call1((PyByteArray::new(py, args),))
             .map_err(|e| CallError::User(format!("Ember's Python executor failed: {e}")))?;
-        let bytes = out.cast::<PyBytes>().map_err(|e| {
-            CallError::User(format!("Ember's Python executor returned no bytes: {e}"))
-        })?;
-        Ok(bytes.as_bytes().to_vec())
+        crate::envelope::bytes_of(&out)
+            .map_err(|e| CallError::User(format!("Ember's Python executor returned no bytes: {e}")))
     })
 }
 
@@ -83,11 +157,11 @@ fn user(e: PyErr) -> CallError {
 
 /// Builds an actor through `ember._executor.<how>(bytes)`.
 fn make_actor(how: &str, args: &[u8]) -> Result<Box<dyn ActorInstance>, CallError> {
-    Python::attach(|py| {
+    attach(|py| {
         let boxed = py
             .import("ember._executor")
             .and_then(|m| m.getattr(how))
-            .and_then(|f| f.call1((PyBytes::new(py, args),)))
+            .and_then(|f| f.call1((PyByteArray::new(py, args),)))
             .map_err(user)?;
         Ok(Box::new(PythonActor {
             boxed: boxed.unbind(),
@@ -105,19 +179,18 @@ fn restore_python_actor(state: &[u8]) -> Result<Box<dyn ActorInstance>, CallErro
 
 impl ActorInstance for PythonActor {
     fn call(&mut self, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
-        Python::attach(|py| {
+        attach(|py| {
             let out = self
                 .boxed
                 .bind(py)
-                .call_method1("call", (method, PyBytes::new(py, args)))
+                .call_method1("call", (method, PyByteArray::new(py, args)))
                 .map_err(user)?;
-            let bytes = out.cast::<PyBytes>().map_err(|e| user(e.into()))?;
-            Ok(bytes.as_bytes().to_vec())
+            crate::envelope::bytes_of(&out).map_err(user)
         })
     }
 
     fn save(&self) -> Option<Result<Vec<u8>, CallError>> {
-        Python::attach(|py| {
+        attach(|py| {
             let out = match self.boxed.bind(py).call_method0("save") {
                 Ok(out) => out,
                 Err(e) => return Some(Err(user(e))),

@@ -4,8 +4,8 @@
 //!
 //! - [`cluster`]: `init` (an embedded local cluster, or a running one through its cluster
 //!   file) and `shutdown`, on one Tokio runtime per process, refused in a forked child.
-//! - [`envelope`]: results with out-of-band buffers (numpy arrays), in shared memory on one
-//!   machine; the files they name owned by the result's receiver.
+//! - [`envelope`]: how values' bytes travel: a pickle, or a frame of it and its out-of-band
+//!   buffers (numpy arrays' data), inline or in shared memory on one machine.
 //! - [`gpu_actor`]: the built-in GPU actor, its buffers as numpy arrays.
 //! - [`pending`]: a submitted task's result to wait for, with the GIL released and Ctrl-C
 //!   answered while waiting.
@@ -70,6 +70,7 @@ fn set_program(py: Python<'_>) -> PyResult<()> {
 
 #[pymodule]
 fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    cluster::watch_forks();
     set_program(m.py())?;
     m.add("EmberError", m.py().get_type::<EmberError>())?;
     m.add("PYTHON_TASK", executor::PYTHON_TASK)?;
@@ -81,5 +82,6 @@ fn _ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
     collective::register(m)?;
     gpu_actor::register(m)?;
     pending::register(m)?;
+    envelope::register(m)?;
     Ok(())
 }

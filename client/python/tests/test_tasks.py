@@ -75,6 +75,46 @@ def test_put_keeps_large_values():
 
 
 @ember.remote
+def bump_and_sum(arrays):
+    # Arguments arrive writable, as the caller's arrays were.
+    arrays["a"][0] += 1
+    return float(arrays["a"].sum() + arrays["f"].sum())
+
+
+def test_put_of_arrays_copies_them_once_and_gets_give_writable_copies():
+    np = pytest.importorskip("numpy")
+    a = np.arange(100_000, dtype=np.int64)  # 800 kB: beside the pickle, out of band
+    f = np.ones((300, 200)).T  # Fortran-ordered
+    ref = ember.put({"a": a, "f": f, "label": "x"})
+    a[:] = 0  # put took a copy
+    got = ember.get(ref)
+    assert got["label"] == "x" and got["f"].shape == (200, 300)
+    assert got["a"].flags.writeable and int(got["a"].sum()) == sum(range(100_000))
+    got["a"][0] = 7
+    assert ember.get(ref)["a"][0] == 0  # every get is its own copy
+    assert ember.get(bump_and_sum.remote(ref)) == sum(range(100_000)) + 1 + 60_000
+
+
+def test_arguments_plain_or_not_arrive_as_given():
+    # Small plain values travel with plain pickle, long ones and functions with cloudpickle.
+    plain = [1, 2.5, 1j, "s", b"b", None, True, (1, [2, {"k": 3}])]
+    long = list(range(300))
+    assert ember.get(echo.remote(plain, k=long)) == (plain, long)
+    scale = 3
+    assert ember.get(apply.remote(lambda x: x * scale, [1, 2, 3])) == [3, 6, 9]
+
+
+@ember.remote
+def echo(value, k=None):
+    return value, k
+
+
+@ember.remote
+def apply(fn, xs):
+    return [fn(x) for x in xs]
+
+
+@ember.remote
 def nap(seconds):
     time.sleep(seconds)
     return seconds

@@ -10,15 +10,12 @@
     ember.get([square.remote(i) for i in range(4)])   # [0, 1, 4, 9]
 """
 
-import asyncio
 import atexit
-import hashlib
 import os
 import threading
 
-from . import _ember, _serialize, collective
-from ._executor import _Dep
-from .gpu import GpuActor
+from . import _ember, _serialize
+from ._serialize import Dep as _Dep
 from ._serialize import RemoteError, SerializationError
 
 EmberError = _ember.EmberError
@@ -87,6 +84,8 @@ class ObjectRef:
         return self._pending.done()
 
     def __await__(self):
+        import asyncio  # imported here: executors and most callers never need it
+
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(None, get, self).__await__()
 
@@ -138,10 +137,13 @@ class RemoteFunction:
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", "function")
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self._what = f"an argument of {self.__qualname__}"
 
     def _definition(self):
         # Pickled once per definition; workers unpickle it once per process, by its id.
         if self._pickled is None:
+            import hashlib  # here: executors never need it
+
             _serialize.by_value(self._fn)
             self._pickled = _serialize.dumps(self._fn, f"function {self.__qualname__}")
             self._id = hashlib.blake2b(self._pickled, digest_size=16).hexdigest()
@@ -157,9 +159,7 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         fn_id, fn_bytes = self._definition()
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps(
-            ((fn_id, fn_bytes, _HOST), args, kwargs), f"an argument of {self.__qualname__}"
-        )
+        payload = _serialize.dumps_call((fn_id, fn_bytes, _HOST), args, kwargs, self._what)
         return ObjectRef(_ember.submit_task(payload, deps, self._options))
 
     def __call__(self, *args, **kwargs):
@@ -203,6 +203,10 @@ def _make(target, options):
 
 def _with_deps(args, kwargs):
     """The arguments with each ObjectRef replaced by its place among the calls to wait for."""
+    if not any(isinstance(a, ObjectRef) for a in args) and not any(
+        isinstance(v, ObjectRef) for v in kwargs.values()
+    ):
+        return args, kwargs, []
     deps = []
 
     def dep(value):
@@ -267,15 +271,16 @@ class ActorMethod:
     """One method of an actor: `.remote(*args)` calls it and returns the ObjectRef."""
 
     def __init__(self, handle, name):
-        self._handle = handle
+        # The actor itself, not its handle: the handle keeps its methods, and a cycle would
+        # keep the actor past its handle's end.
+        self._actor = handle._actor
         self._name = name
+        self._what = f"an argument of {handle._cls.__qualname__}.{name}"
 
     def remote(self, *args, **kwargs):
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps(
-            (_HOST, args, kwargs), f"an argument of {self._handle._cls.__qualname__}.{self._name}"
-        )
-        return ObjectRef(self._handle._actor.call(self._name, payload, deps))
+        payload = _serialize.dumps_call(_HOST, args, kwargs, self._what)
+        return ObjectRef(self._actor.call(self._name, payload, deps))
 
 
 class ActorHandle:
@@ -288,7 +293,9 @@ class ActorHandle:
     def __getattr__(self, name):
         if name.startswith("_") or not callable(getattr(self._cls, name, None)):
             raise AttributeError(f"actor {self._cls.__qualname__} has no method {name!r}")
-        return ActorMethod(self, name)
+        method = ActorMethod(self, name)
+        self.__dict__[name] = method  # found without __getattr__ from now on
+        return method
 
     def actor_id(self, timeout=None):
         """The actor's id once it exists; raises why it could not be created."""
@@ -355,7 +362,8 @@ def wait(refs, *, num_returns=1, timeout=None):
 
 
 def put(value):
-    """An ObjectRef holding `value`, to pass to remote calls (pickled once, here)."""
+    """An ObjectRef holding `value`, to pass to remote calls (pickled once, here; large
+    buffers such as numpy arrays' data are copied once, beside the pickle)."""
     return ObjectRef(_ember.completed(_serialize.ok(value)))
 
 
@@ -369,3 +377,15 @@ def get_gpu_ids():
     """The GPU indices the running task was given (as in its CUDA_VISIBLE_DEVICES)."""
     c = _ember.task_context()
     return [] if c is None else list(c["gpus"])
+
+
+def __getattr__(name):
+    # The parts over numpy load on first use: `import ember`, which every Python worker and
+    # executor runs, stays quick and needs no numpy.
+    import importlib
+
+    if name == "collective":
+        return importlib.import_module("ember.collective")
+    if name == "GpuActor":
+        return importlib.import_module("ember.gpu").GpuActor
+    raise AttributeError(f"module 'ember' has no attribute {name!r}")

@@ -5,6 +5,7 @@ import pickle
 import struct
 
 from . import _ember, _serialize
+from ._serialize import Dep
 
 # This machine: a caller here gets large result buffers through shared memory.
 _HOST = _ember.host_id()
@@ -12,29 +13,22 @@ _HOST = _ember.host_id()
 _functions = {}
 
 
-class _Dep:
-    """Stands in an argument list for the result of another call (an ObjectRef)."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index):
-        self.index = index
-
-    def __reduce__(self):
-        return (_Dep, (self.index,))
-
-
 def _split(data):
-    """The results of the call's arguments' calls, and the payload after them."""
+    """The results of the call's arguments' calls, and the payload after them, as views
+    into `data` (no copies): a count (u32), each result as a length (u64) and its bytes, the
+    payload (`client/python/src/cluster.rs` `with_deps` writes it)."""
     (count,) = struct.unpack_from("<I", data, 0)
+    if count == 0:
+        return (), memoryview(data)[4:]
+    view = memoryview(data)
     at = 4
     deps = []
     for _ in range(count):
-        (n,) = struct.unpack_from("<I", data, at)
-        at += 4
-        deps.append(data[at : at + n])
+        (n,) = struct.unpack_from("<Q", data, at)
+        at += 8
+        deps.append(view[at : at + n])
         at += n
-    return deps, data[at:]
+    return deps, view[at:]
 
 
 def _function(fn_id, fn_bytes):
@@ -68,9 +62,11 @@ def _args(data):
     """The call's arguments, with its arguments' calls' results in place."""
     deps, payload = _split(data)
     head, args, kwargs = pickle.loads(payload)
+    if not deps:
+        return head, args, kwargs
     values = [_serialize.unwrap(d) for d in deps]
-    args = [values[a.index] if isinstance(a, _Dep) else a for a in args]
-    kwargs = {k: values[v.index] if isinstance(v, _Dep) else v for k, v in kwargs.items()}
+    args = [values[a.index] if isinstance(a, Dep) else a for a in args]
+    kwargs = {k: values[v.index] if isinstance(v, Dep) else v for k, v in kwargs.items()}
     return head, args, kwargs
 
 

@@ -1,5 +1,12 @@
-"""How values travel: pickle protocol 5 through cloudpickle (functions and classes by value),
-results and errors in one envelope the caller unpacks."""
+"""How values travel: pickle protocol 5, through plain pickle for plain values (numbers,
+strings, bytes and containers of them, which it carries exactly as cloudpickle does, several
+times faster) and cloudpickle for the rest (functions and classes by value); results and
+errors in one envelope the caller unpacks.
+
+A value with large buffers (numpy arrays' data) is framed: its pickle with those buffers out
+of band, each inline or, for a caller on the executor's machine, in a file in shared memory
+that the caller maps instead of copying. `ember._ember.frame` writes the frame (the layout is
+in `client/python/src/envelope/frame.rs`); `unwrap` reads it back."""
 
 import mmap
 import os
@@ -7,19 +14,27 @@ import pickle
 import secrets
 import struct
 import sys
-import traceback
 
 import cloudpickle
 
+from . import _ember
+
 PROTOCOL = 5
 
-# Results with out-of-band buffers (numpy arrays and the like) are framed: MAGIC, the buffer
-# count, each buffer (inline, or the name of a file in SHM_DIR), then the pickle. The Rust
-# side reads the same framing (client/python/src/envelope.rs).
-MAGIC = b"EMB2"
+# A frame's first bytes.
+MAGIC = b"EMB3"
 SHM_DIR = "/dev/shm"
+# Buffers at least this large travel out of band; smaller ones in the pickle.
+OUT_OF_BAND_MIN = 1 << 16
 # Buffers at least this large go through shared memory when the caller is on this machine.
 SHM_MIN = 1 << 20
+# Where a frame's inline buffers start: a multiple of this from its start.
+_ALIGN = 64
+
+_PLAIN_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_CONTAINERS = (list, tuple, dict)
+# At most this many values are looked at to call a value plain; past that, cloudpickle.
+_PLAIN_BUDGET = 256
 
 
 class RemoteError(Exception):
@@ -38,12 +53,60 @@ class SerializationError(TypeError):
     """A value that cannot be pickled (an argument, a result, a class)."""
 
 
+class Dep:
+    """Stands in an argument list for the result of another call (an ObjectRef): the index
+    of that call among the call's dependencies."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __reduce__(self):
+        return (Dep, (self.index,))
+
+
+def _plain(value):
+    """Whether plain pickle carries `value` exactly as cloudpickle would: a built-in scalar,
+    a Dep, or lists, tuples and dicts of them, at most `_PLAIN_BUDGET` values in all. (A
+    function or class is never plain: pickle would send it by reference, which a worker may
+    not be able to import.)"""
+    t = type(value)
+    if t in _PLAIN_SCALARS or t is Dep:
+        return True
+    if t not in _CONTAINERS:
+        return False
+    todo = [value]
+    budget = _PLAIN_BUDGET
+    while todo:
+        value = todo.pop()
+        t = type(value)
+        if t in _PLAIN_SCALARS or t is Dep:
+            continue
+        if t not in _CONTAINERS:
+            return False
+        budget -= len(value)
+        if budget < 0:
+            return False
+        todo.extend(value.items() if t is dict else value)
+    return True
+
+
 def dumps(value, what):
     """Pickles `value`, raising SerializationError naming `what` when it cannot be."""
     try:
         return cloudpickle.dumps(value, protocol=PROTOCOL)
     except Exception as e:  # cloudpickle raises many kinds
         raise SerializationError(f"{what} cannot be pickled: {type(e).__name__}: {e}") from e
+
+
+def dumps_call(head, args, kwargs, what):
+    """Pickles a call's `(head, args, kwargs)`: with plain pickle when `head` and every
+    argument are plain, else as `dumps` does."""
+    call = (head, args, kwargs)
+    if _plain(call):
+        return pickle.dumps(call, protocol=PROTOCOL)
+    return dumps(call, what)
 
 
 def by_value(obj):
@@ -63,70 +126,83 @@ def by_value(obj):
 
 
 def ok(value, shared=False):
-    """The envelope of a result. Its large buffers (a numpy array's data) go out of band:
-    into files in shared memory when `shared` (the caller is on this machine, and maps them
-    rather than copying), else inline after the pickle."""
+    """The envelope of a result or a put value: a pickle's bytes, or a frame
+    (`ember._ember.Frame`) when it has large contiguous buffers (numpy arrays' data), which
+    then travel out of band, copied once. With `shared` (the caller is on this machine and
+    maps them rather than copying), buffers of at least `SHM_MIN` bytes go into files in
+    shared memory."""
     if _plain(value):
         return pickle.dumps(("ok", value), protocol=PROTOCOL)
     buffers = []
-    main = cloudpickle.dumps(("ok", value), protocol=PROTOCOL, buffer_callback=buffers.append)
+
+    def out_of_band(buffer):
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: it travels in the pickle
+            return True
+        if raw.nbytes < OUT_OF_BAND_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
+    main = cloudpickle.dumps(("ok", value), protocol=PROTOCOL, buffer_callback=out_of_band)
     if not buffers:
         return main
-    return _frame(main, buffers, shared)
-
-
-def _frame(main, buffers, shared):
-    parts = [MAGIC, struct.pack("<I", len(buffers))]
-    for b in buffers:
-        view = b.raw()
-        name = _to_shared(view) if shared and view.nbytes >= SHM_MIN else None
-        if name is None:
-            parts += [struct.pack("<BQ", 0, view.nbytes), view]
-        else:
-            encoded = name.encode()
-            parts += [struct.pack("<BQH", 1, view.nbytes, len(encoded)), encoded]
-    parts.append(main)
-    return b"".join(parts)
+    if shared:
+        buffers = [_to_shared(b) if b.nbytes >= SHM_MIN else b for b in buffers]
+    return _ember.frame(main, buffers)
 
 
 def _to_shared(view):
-    """Writes `view` to a new file in shared memory; its name, or None if that cannot be."""
+    """Writes `view` to a new file in shared memory: `(its length, its name)`, or `view`
+    itself when that cannot be (it then travels inline)."""
     name = f"ember-buf-{os.getpid()}-{secrets.token_hex(8)}"
     path = os.path.join(SHM_DIR, name)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:
-        return None
+        return view
     try:
         os.ftruncate(fd, view.nbytes)
         with mmap.mmap(fd, view.nbytes) as m:
             m[:] = view
-        return name
+        return (view.nbytes, name)
     except (OSError, ValueError):
         os.unlink(path)
-        return None
+        return view
     finally:
         os.close(fd)
 
 
 def _unframe(data):
-    """The buffers (memoryviews of `data`, or copy-on-write mappings of shared files) and the
-    pickle of a framed result."""
+    """The pickle of a frame and its buffers: memoryviews of `data` (inline ones), or
+    copy-on-write mappings of shared files."""
     view = memoryview(data)
-    (count,) = struct.unpack_from("<I", view, 4)
-    at = 8
-    buffers = []
+    count, pickle_len = struct.unpack_from("<IQ", view, 4)
+    at = 16
+    entries = []
     for _ in range(count):
         kind, n = struct.unpack_from("<BQ", view, at)
         at += 9
         if kind == 0:
-            buffers.append(view[at : at + n])
-            at += n
+            entries.append((n, None))
             continue
         (length,) = struct.unpack_from("<H", view, at)
         at += 2
         name = bytes(view[at : at + length]).decode()
         at += length
+        if not name or "/" in name or name.startswith("."):
+            raise SerializationError(f"a result names a shared buffer {name!r} outside {SHM_DIR}")
+        entries.append((n, name))
+    main = view[at : at + pickle_len]
+    at += pickle_len
+    buffers = []
+    for n, name in entries:
+        if name is None:
+            at = -(-at // _ALIGN) * _ALIGN
+            buffers.append(view[at : at + n])
+            at += n
+            continue
         try:
             fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
         except OSError as e:
@@ -136,15 +212,13 @@ def _unframe(data):
             buffers.append(memoryview(mmap.mmap(fd, n, access=mmap.ACCESS_COPY)))
         finally:
             os.close(fd)
-    return buffers, view[at:]
-
-
-def _plain(value):
-    return isinstance(value, (int, float, str, bytes, bool, type(None)))
+    return main, buffers
 
 
 def error(exc):
     """The envelope of an exception raised remotely, with its traceback."""
+    import traceback  # only on errors: it costs every process's start otherwise
+
     tb = "".join(traceback.format_exception(exc))
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
@@ -156,9 +230,9 @@ def error(exc):
 
 
 def unwrap(envelope):
-    """The value in a result's envelope, or the remote exception raised."""
-    if envelope[:4] == MAGIC:
-        buffers, main = _unframe(envelope)
+    """The value in an envelope (bytes-like), or the remote exception raised."""
+    if envelope[: len(MAGIC)] == MAGIC:
+        main, buffers = _unframe(envelope)
         record = pickle.loads(main, buffers=buffers)
     else:
         record = pickle.loads(envelope)
