@@ -167,6 +167,13 @@ fn init(
         })
         .map_err(error)?;
     let head = cluster.cluster_file().address.to_string();
+    let swept = crate::envelope::sweep_orphans();
+    if swept > 0 {
+        tracing::info!(
+            swept,
+            "removed shared-memory buffers of processes that died"
+        );
+    }
     *guard = Some(Connected {
         runtime: Arc::new(runtime),
         cluster,

@@ -1,5 +1,6 @@
 """Bad input from Python: each a clear exception in the caller, and the cluster serves on."""
 
+import os
 import threading
 
 import pytest
@@ -122,3 +123,54 @@ def test_a_call_to_an_actor_whose_process_died_fails_clearly():
     with pytest.raises(ember.EmberError):
         ember.get(m.pid.remote(), timeout=60)
     assert ember.get(echo.remote(6), timeout=60) == 6
+
+
+@ember.remote(max_retries=1)
+def dies_once(marker):
+    import os
+    import signal
+
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return os.getpid()
+
+
+def test_a_task_whose_process_dies_is_retried_in_a_new_process(tmp_path):
+    marker = tmp_path / "died"
+    pid = ember.get(dies_once.remote(str(marker)), timeout=60)
+    # The first attempt ran, and its process died; the retry ran in another.
+    assert pid != int(marker.read_text())
+    assert ember.get(echo.remote(7), timeout=60) == 7
+
+
+@ember.remote(max_restarts=1, max_task_retries=1)
+class Phoenix:
+    def __init__(self):
+        self.calls = 0
+
+    def pid(self):
+        import os
+
+        return os.getpid()
+
+    def die_once(self, marker):
+        import os
+        import signal
+
+        self.calls += 1
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.calls
+
+
+def test_an_actor_whose_process_dies_restarts_and_its_call_is_retried(tmp_path):
+    p = Phoenix.remote()
+    first = ember.get(p.pid.remote(), timeout=60)
+    marker = tmp_path / "died"
+    # The call that killed the process runs again on the restarted actor: a new instance
+    # (no checkpoint), so this is its first call.
+    assert ember.get(p.die_once.remote(str(marker)), timeout=60) == 1
+    assert ember.get(p.pid.remote(), timeout=60) != first

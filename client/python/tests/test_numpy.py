@@ -78,3 +78,37 @@ def test_the_shared_memory_of_results_goes_with_their_refs():
     del ref
     gc.collect()
     assert not (mine() - before), "the result's file outlived its ref"
+
+
+def test_shared_memory_left_by_a_killed_process_is_swept_by_the_next_init():
+    import os
+
+    # A process that holds a large result from shared memory, then is SIGKILLed: its files
+    # outlive it, until the next ember.init() on this machine.
+    script = textwrap.dedent(
+        """
+        import os, signal
+        import numpy as np
+        import ember
+
+        ember.init(workers=1)
+
+        @ember.remote
+        def make(n):
+            return np.ones(n)
+
+        ref = make.remote(1 << 20)  # its file lives as long as the ref
+        a = ember.get(ref, timeout=120)
+        print(os.getpid(), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    pid = out.stdout.strip()
+    assert pid.isdigit(), out.stderr
+    left = [f for f in os.listdir("/dev/shm") if f.startswith(f"ember-buf-{pid}-")]
+    assert left, "the killed process's result came through shared memory and was left"
+    init = "import ember; ember.init(workers=1); ember.shutdown()"
+    run = subprocess.run([sys.executable, "-c", init], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"ember-buf-{pid}-")]

@@ -21,7 +21,9 @@ from ._serialize import RemoteError, SerializationError
 EmberError = _ember.EmberError
 
 # This machine: results computed here come back through shared memory.
-_HOST = _ember.host_id()
+# This process, as its calls name it: an executor on the same machine (the same host id)
+# returns large result buffers through shared memory, in files named for this process.
+_CALLER = (_ember.host_id(), os.getpid())
 # Shared-memory files of results never collected go at exit at the latest.
 atexit.register(_ember.release_buffers)
 
@@ -159,7 +161,7 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         fn_id, fn_bytes = self._definition()
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps_call((fn_id, fn_bytes, _HOST), args, kwargs, self._what)
+        payload = _serialize.dumps_call((fn_id, fn_bytes, _CALLER), args, kwargs, self._what)
         return ObjectRef(_ember.submit_task(payload, deps, self._options))
 
     def __call__(self, *args, **kwargs):
@@ -279,7 +281,7 @@ class ActorMethod:
 
     def remote(self, *args, **kwargs):
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps_call(_HOST, args, kwargs, self._what)
+        payload = _serialize.dumps_call(_CALLER, args, kwargs, self._what)
         return ObjectRef(self._actor.call(self._name, payload, deps))
 
 

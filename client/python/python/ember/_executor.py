@@ -10,6 +10,13 @@ from ._serialize import Dep
 # This machine: a caller here gets large result buffers through shared memory.
 _HOST = _ember.host_id()
 
+
+def _shared_with(caller):
+    """The pid of a caller (host id, pid) on this machine, which maps large result buffers
+    from shared memory; None for a caller elsewhere."""
+    host, pid = caller
+    return pid if host == _HOST else None
+
 _functions = {}
 
 
@@ -48,7 +55,7 @@ def run_task(data):
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
         return _serialize.error(e)
     try:
-        return _serialize.ok(value, shared=caller == _HOST)
+        return _serialize.ok(value, _shared_with(caller))
     except Exception as e:  # noqa: BLE001
         return _serialize.error(
             _serialize.SerializationError(
@@ -90,7 +97,7 @@ class ActorBox:
         except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
             return _serialize.error(e)
         try:
-            return _serialize.ok(value, shared=caller == _HOST)
+            return _serialize.ok(value, _shared_with(caller))
         except Exception as e:  # noqa: BLE001
             return _serialize.error(
                 _serialize.SerializationError(

@@ -125,12 +125,12 @@ def by_value(obj):
         pass
 
 
-def ok(value, shared=False):
+def ok(value, shared_with=None):
     """The envelope of a result or a put value: a pickle's bytes, or a frame
     (`ember._ember.Frame`) when it has large contiguous buffers (numpy arrays' data), which
-    then travel out of band, copied once. With `shared` (the caller is on this machine and
-    maps them rather than copying), buffers of at least `SHM_MIN` bytes go into files in
-    shared memory."""
+    then travel out of band, copied once. With `shared_with`, the pid of a caller on this
+    machine (which maps them rather than copying), buffers of at least `SHM_MIN` bytes go
+    into files in shared memory named for it."""
     if _plain(value):
         return pickle.dumps(("ok", value), protocol=PROTOCOL)
     buffers = []
@@ -148,15 +148,16 @@ def ok(value, shared=False):
     main = cloudpickle.dumps(("ok", value), protocol=PROTOCOL, buffer_callback=out_of_band)
     if not buffers:
         return main
-    if shared:
-        buffers = [_to_shared(b) if b.nbytes >= SHM_MIN else b for b in buffers]
+    if shared_with is not None:
+        buffers = [_to_shared(b, shared_with) if b.nbytes >= SHM_MIN else b for b in buffers]
     return _ember.frame(main, buffers)
 
 
-def _to_shared(view):
-    """Writes `view` to a new file in shared memory: `(its length, its name)`, or `view`
-    itself when that cannot be (it then travels inline)."""
-    name = f"ember-buf-{os.getpid()}-{secrets.token_hex(8)}"
+def _to_shared(view, owner):
+    """Writes `view` to a new file in shared memory, named for the process `owner` that
+    receives it (and removes it; the next `ember.init()` sweeps it if `owner` dies first):
+    `(its length, its name)`, or `view` itself when that cannot be (it travels inline)."""
+    name = f"ember-buf-{owner}-{secrets.token_hex(8)}"
     path = os.path.join(SHM_DIR, name)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)

@@ -19,7 +19,7 @@ use pyo3::types::PyTuple;
 
 pub(crate) use frame::is_framed;
 pub(crate) use memory::Envelope;
-pub(crate) use shared::{release_all, SharedFiles};
+pub(crate) use shared::{release_all, sweep_orphans, SharedFiles};
 
 use frame::Part;
 

@@ -1,7 +1,9 @@
 //! The shared-memory files a frame names. An executor on the caller's machine writes a large
 //! result buffer to a file in `/dev/shm` and names it in the frame; the caller maps it instead
 //! of copying. The process that receives such a result owns its files: they are removed once
-//! nothing here can read them any more ([`SharedFiles`]), and at shutdown.
+//! nothing here can read them any more ([`SharedFiles`]), and at shutdown. A file is named
+//! `ember-buf-<receiver's pid>-<random>`: those of a receiver that died without removing
+//! them (a SIGKILL) are swept by the next `ember.init()` on the machine ([`sweep_orphans`]).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -75,4 +77,35 @@ pub(crate) fn release_all() {
     for f in files.into_iter().flatten() {
         let _ = std::fs::remove_file(f);
     }
+}
+
+/// The prefix of every shared-memory file's name (`_serialize._to_shared` names them).
+const PREFIX: &str = "ember-buf-";
+
+/// Removes the shared-memory files whose receiving process is gone (killed before it could
+/// remove them); returns how many. Files of a live process, or not named as Ember names
+/// them, are left alone.
+pub(crate) fn sweep_orphans() -> usize {
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+        return 0;
+    };
+    let mut swept = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid > 0
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            swept += 1;
+        }
+    }
+    swept
 }
