@@ -80,13 +80,15 @@ def test_the_shared_memory_of_results_goes_with_their_refs():
     assert not (mine() - before), "the result's file outlived its ref"
 
 
-def test_shared_memory_left_by_a_killed_process_is_swept_by_the_next_init():
+def test_shared_memory_left_by_a_killed_process_is_swept_by_the_next_init(tmp_path):
     import os
 
     # A process that holds a large result from shared memory, then is SIGKILLed: its files
-    # outlive it, until the next ember.init() on this machine.
+    # outlive it, until the next ember.init() on this machine. (Its output goes to a file, not
+    # a pipe: its orphaned worker processes would keep a pipe open.)
+    pid_file = tmp_path / "pid"
     script = textwrap.dedent(
-        """
+        f"""
         import os, signal
         import numpy as np
         import ember
@@ -99,13 +101,16 @@ def test_shared_memory_left_by_a_killed_process_is_swept_by_the_next_init():
 
         ref = make.remote(1 << 20)  # its file lives as long as the ref
         a = ember.get(ref, timeout=120)
-        print(os.getpid(), flush=True)
+        with open({str(pid_file)!r}, "w") as f:
+            f.write(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    pid = out.stdout.strip()
-    assert pid.isdigit(), out.stderr
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, "-c", script], stdout=out, stderr=out, timeout=300)
+    assert pid_file.exists(), log.read_text()
+    pid = pid_file.read_text()
     left = [f for f in os.listdir("/dev/shm") if f.startswith(f"ember-buf-{pid}-")]
     assert left, "the killed process's result came through shared memory and was left"
     init = "import ember; ember.init(workers=1); ember.shutdown()"
