@@ -118,12 +118,13 @@ class ActorBox:
         self.loop.start(self._run(method, data), done, _serialize.error)
 
     async def _run(self, method, data):
-        """One call on the event loop: awaited when its method is `async def`."""
+        """One call on the event loop: what its method returned is awaited when it can be (an
+        `async def` method's coroutine, or a decorated one's)."""
         try:
             fn = self._method(method)
             caller, args, kwargs = _args(data)
             value = fn(*args, **kwargs)
-            if inspect.iscoroutinefunction(fn):
+            if inspect.isawaitable(value):
                 value = await value
         except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
             return _serialize.error(e)
