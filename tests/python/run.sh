@@ -18,6 +18,12 @@ fi
 "$venv/bin/python" -m pip install -q 'maturin>=1.9,<2' 'cloudpickle>=3' 'pytest>=8' 'numpy>=1.26'
 MATURIN_PEP517_ARGS="--profile ${EMBER_PY_PROFILE:-dev}" \
   "$venv/bin/python" -m pip install -q --no-build-isolation ./client/python
-# The Rust `ember` binary, for the test of a cluster whose workers run no Python.
+# The Rust `ember` binary, for the test of a cluster whose workers run no Python: in cargo's
+# target directory, which CARGO_TARGET_DIR may move (relative paths are from the repository).
 cargo build -q --locked -p ember-client --bin ember
-EMBER_RUST_BIN="$(pwd)/target/debug/ember" exec "$venv/bin/python" -m pytest -q client/python/tests "$@"
+target_dir=${CARGO_TARGET_DIR:-target}
+case $target_dir in
+  /*) ;;
+  *) target_dir="$(pwd)/$target_dir" ;;
+esac
+EMBER_RUST_BIN="$target_dir/debug/ember" exec "$venv/bin/python" -m pytest -q client/python/tests "$@"

@@ -32,10 +32,35 @@ pub struct TaskEntry {
     pub invoke: fn(&[u8]) -> Result<Vec<u8>, CallError>,
 }
 
+/// What a call returns: its archived result, or why it failed.
+pub type CallOutcome = Result<Vec<u8>, CallError>;
+
+/// How a call went once [`ActorInstance::start`] returned.
+#[derive(Debug)]
+pub enum Started {
+    /// It ran to its end on the actor's thread.
+    Done(CallOutcome),
+    /// It runs on elsewhere (an event loop of the actor's own); its outcome is sent on this
+    /// channel when it ends. A sender dropped unsent fails the call.
+    Later(tokio::sync::oneshot::Receiver<CallOutcome>),
+}
+
 /// A live actor inside an executor process.
+///
+/// Its calls start one at a time on the actor's thread, in arrival order per caller. A type
+/// whose calls can finish later (Python's `async def` methods) answers [`Started::Later`]
+/// from [`ActorInstance::start`]; the actor's host then takes further calls while those run,
+/// unless the actor checkpoints, whose calls run one at a time to their end.
 pub trait ActorInstance: Send {
     /// Runs one method with archived arguments and returns the archived result.
-    fn call(&mut self, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError>;
+    fn call(&mut self, method: &str, args: &[u8]) -> CallOutcome;
+
+    /// Starts one method call: it ends here ([`Started::Done`]), or later
+    /// ([`Started::Later`]), while further calls start. By default it runs [`Self::call`]
+    /// to its end.
+    fn start(&mut self, method: &str, args: &[u8]) -> Started {
+        Started::Done(self.call(method, args))
+    }
 
     /// The archived state for a checkpoint; `None` when the type cannot checkpoint.
     fn save(&self) -> Option<Result<Vec<u8>, CallError>> {

@@ -6,12 +6,16 @@
 //! a worker started from a plain Rust executable does not.
 
 use std::cell::Cell;
+use std::sync::Mutex;
 
-use ember_worker::registry::{ActorEntry, ActorInstance, CallError, TaskEntry};
+use ember_worker::registry::{
+    ActorEntry, ActorInstance, CallError, CallOutcome, Started, TaskEntry,
+};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
+use tokio::sync::oneshot;
 
 /// The task type name of Python functions.
 pub(crate) const PYTHON_TASK: &str = "ember::python";
@@ -146,8 +150,40 @@ pub(crate) const PYTHON_ACTOR: &str = "ember::PythonActor";
 
 /// A Python actor in its executor: the package's `ember._executor.ActorBox` around the
 /// instance, which unpickles each call's arguments, runs the method and pickles the outcome.
+///
+/// An async actor (a class with a public `async def` method) has an event loop on a thread
+/// of its own: each call is started there and answered [`Started::Later`], its outcome sent by
+/// a [`CallDone`] that the loop calls when it ends. The actor's thread only waits for the GIL
+/// to start the call, as it waits to run any other actor's call; no Tokio thread does.
 struct PythonActor {
     boxed: Py<PyAny>,
+    /// Its calls run on its event loop (`ActorBox.is_async`).
+    is_async: bool,
+}
+
+/// Where the outcome of an async actor's call goes: its event loop calls it once, with the
+/// envelope of what the method returned or raised.
+#[pyclass(frozen, module = "ember._ember")]
+pub(crate) struct CallDone {
+    outcome: Mutex<Option<oneshot::Sender<CallOutcome>>>,
+}
+
+#[pymethods]
+impl CallDone {
+    /// Ends the call with `envelope`, its outcome's pickle or frame; a second call does
+    /// nothing.
+    fn __call__(&self, envelope: &Bound<'_, PyAny>) -> PyResult<()> {
+        let sender = self
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            // The caller may have gone: nothing waits for the outcome then.
+            let _ = sender.send(Ok(crate::envelope::bytes_of(envelope)?));
+        }
+        Ok(())
+    }
 }
 
 /// A Python error raised while building or running an actor, as text for the caller.
@@ -163,8 +199,13 @@ fn make_actor(how: &str, args: &[u8]) -> Result<Box<dyn ActorInstance>, CallErro
             .and_then(|m| m.getattr(how))
             .and_then(|f| f.call1((PyByteArray::new(py, args),)))
             .map_err(user)?;
+        let is_async = boxed
+            .getattr("is_async")
+            .and_then(|a| a.is_truthy())
+            .map_err(user)?;
         Ok(Box::new(PythonActor {
             boxed: boxed.unbind(),
+            is_async,
         }) as Box<dyn ActorInstance>)
     })
 }
@@ -186,6 +227,27 @@ impl ActorInstance for PythonActor {
                 .call_method1("call", (method, PyByteArray::new(py, args)))
                 .map_err(user)?;
             crate::envelope::bytes_of(&out).map_err(user)
+        })
+    }
+
+    fn start(&mut self, method: &str, args: &[u8]) -> Started {
+        if !self.is_async {
+            return Started::Done(self.call(method, args));
+        }
+        let (tx, rx) = oneshot::channel();
+        attach(|py| {
+            let done = CallDone {
+                outcome: Mutex::new(Some(tx)),
+            };
+            let started = Py::new(py, done).and_then(|done| {
+                self.boxed
+                    .bind(py)
+                    .call_method1("start", (method, PyByteArray::new(py, args), done))
+            });
+            match started {
+                Ok(_) => Started::Later(rx),
+                Err(e) => Started::Done(Err(user(e))),
+            }
         })
     }
 

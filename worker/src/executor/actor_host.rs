@@ -4,13 +4,16 @@
 //! (served by the process's main thread, so its connections stay alive during long calls) and
 //! are passed to the actor's thread. Both paths check the cluster token first.
 //!
+//! Calls start one at a time on the actor's thread; one that ends later (a Python `async def`
+//! method) lets the next start meanwhile, unless the actor checkpoints ([`ActorCore`]). Both
+//! paths keep taking calls while earlier ones run, and answer each when it ends.
+//!
 //! An actor that checkpoints saves its state through the head after every N calls, every T
-//! milliseconds, on demand ([`CHECKPOINT_METHOD`]) and when sealed for a move. A call that
-//! triggers a checkpoint is answered only once the head has recorded it, so with a checkpoint
-//! after every call no acknowledged call is ever lost. Calls run one at a time, each with its
-//! checkpoint.
+//! milliseconds, on demand ([`ember_core::proto::CHECKPOINT_METHOD`]) and when sealed for a
+//! move. A call that triggers a checkpoint is answered only once the head has recorded it, so
+//! with a checkpoint after every call no acknowledged call is ever lost. Its calls run one at
+//! a time, each with its checkpoint.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -19,19 +22,19 @@ use std::time::Duration;
 use ember_core::host::host_id;
 use ember_core::ids::ActorId;
 use ember_core::proto::{
-    decode, encode, write_frame, ActorCall, ActorEndpoints, CallReply, CheckpointPolicy,
-    CheckpointSave, ErrorKind, HelloRole, LocalCall, LocalReply, PeerHello, RemoteError, Welcome,
-    CHECKPOINT_METHOD,
+    decode, write_frame, ActorCall, ActorEndpoints, CallReply, CheckpointPolicy, ErrorKind,
+    HelloRole, LocalCall, LocalReply, PeerHello, RemoteError, Welcome,
 };
 use ember_core::security::{accept_hello, server_config, HelloListener, Identity};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::actor_core::{internal, thread_gone, ActorCore, Reply};
 use super::checkpoint::{serve_saves, CheckpointImage, ReplyLog, SaveJob};
-use super::guarded::{call_error, guarded, panic_message};
+use super::guarded::{call_error, panic_message};
 use super::head_link::{HeadAddress, HeadLink};
-use super::local_socket;
+use super::local_socket::{self, Answer};
 use super::quic_call;
 use crate::collective::link::Via;
 use crate::collective::mesh;
@@ -69,7 +72,7 @@ pub(crate) struct ActorHandle {
 }
 
 impl ActorHandle {
-    /// Seals the actor: it finishes the call it runs, saves a final checkpoint (when its type
+    /// Seals the actor: it finishes the calls it runs, saves a final checkpoint (when its type
     /// can) and answers every later call with [`ErrorKind::Moved`].
     pub(crate) async fn seal(&self) -> Result<Option<u64>, RemoteError> {
         let (tx, rx) = oneshot::channel();
@@ -139,176 +142,6 @@ pub(crate) async fn start(spec: ActorSpec) -> Result<(ActorEndpoints, ActorHandl
     Ok((endpoints, ActorHandle { jobs: jobs_tx }))
 }
 
-/// The actor and everything about it that its thread keeps.
-struct ActorCore {
-    actor: ActorId,
-    incarnation: u32,
-    instance: RefCell<Box<dyn ActorInstance>>,
-    policy: CheckpointPolicy,
-    /// Calls since the last checkpoint.
-    calls_since: Cell<u32>,
-    /// The sequence number of the last checkpoint (restored or saved).
-    seq: Cell<u64>,
-    replies: RefCell<ReplyLog>,
-    /// Set by a seal, or when the head refused a checkpoint because a newer incarnation
-    /// exists: every call is then answered with [`ErrorKind::Moved`].
-    sealed: Cell<bool>,
-    /// One call (with its checkpoint) at a time.
-    turn: tokio::sync::Mutex<()>,
-    saves: Option<mpsc::UnboundedSender<SaveJob>>,
-}
-
-impl ActorCore {
-    /// Runs one call, with the checkpoint it triggers, and answers it.
-    async fn handle(&self, call: ActorCall) -> CallReply {
-        let _turn = self.turn.lock().await;
-        if call.actor != self.actor {
-            return Err(RemoteError::new(
-                ErrorKind::Unknown,
-                format!("this endpoint hosts {}, not {}", self.actor, call.actor),
-            ));
-        }
-        if self.sealed.get() {
-            return Err(self.moved());
-        }
-        if call.method == CHECKPOINT_METHOD {
-            return self
-                .checkpoint()
-                .await
-                .and_then(|seq| encode(&seq).map(|b| b.to_vec()).map_err(internal));
-        }
-        let recorded = self.replies.borrow().get(call.caller, call.seq).cloned();
-        if let Some(reply) = recorded {
-            // Sent again: after a restart (its effect is in the restored state), or after its
-            // answer was lost. Its effect may not be in a recorded checkpoint yet: answer only
-            // once it is.
-            if self.policy.every_calls > 0 && self.calls_since.get() > 0 {
-                self.checkpoint().await?;
-            }
-            return reply;
-        }
-        let reply = {
-            let mut instance = self.instance.borrow_mut();
-            guarded(|| instance.call(&call.method, &call.args))
-        };
-        if !self.policy.enabled {
-            return reply;
-        }
-        self.replies
-            .borrow_mut()
-            .record(call.caller, call.seq, reply.clone());
-        self.calls_since.set(self.calls_since.get() + 1);
-        let every = self.policy.every_calls;
-        if every > 0 && self.calls_since.get() >= every {
-            if let Err(e) = self.checkpoint().await {
-                return Err(RemoteError::new(
-                    e.kind,
-                    format!("the call ran but its checkpoint was not recorded: {e}"),
-                ));
-            }
-        }
-        reply
-    }
-
-    /// Saves a checkpoint through the head and waits until it is recorded. The caller holds
-    /// the turn.
-    async fn checkpoint(&self) -> Result<u64, RemoteError> {
-        let Some(saves) = &self.saves else {
-            return Err(RemoteError::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "{} cannot checkpoint: its type does not implement ember::Checkpoint \
-                     (declare it with #[ember::actor(checkpoint, ..)])",
-                    self.actor
-                ),
-            ));
-        };
-        let state = match self.instance.borrow().save() {
-            Some(Ok(state)) => state,
-            Some(Err(e)) => return Err(call_error(e)),
-            None => return Err(internal("the actor type has no checkpoint support")),
-        };
-        let seq = self.seq.get() + 1;
-        let image = CheckpointImage {
-            seq,
-            state,
-            replies: self.replies.borrow().to_image(),
-        };
-        let image = encode(&image).map_err(internal)?.to_vec();
-        let (tx, rx) = oneshot::channel();
-        let save = CheckpointSave {
-            actor: self.actor,
-            incarnation: self.incarnation,
-            seq,
-            image,
-        };
-        saves
-            .send(SaveJob { save, done: tx })
-            .map_err(|_| process_ending())?;
-        match rx.await {
-            Ok(Ok(seq)) => {
-                self.seq.set(seq);
-                self.calls_since.set(0);
-                Ok(seq)
-            }
-            Ok(Err(e)) => {
-                if e.kind == ErrorKind::Moved {
-                    // A newer incarnation runs elsewhere: this one must not answer again.
-                    tracing::warn!(actor = %self.actor, "replaced by a newer incarnation: {e}");
-                    self.sealed.set(true);
-                }
-                Err(e)
-            }
-            Err(_) => Err(process_ending()),
-        }
-    }
-
-    /// Stops taking calls, after a final checkpoint when the type can make one.
-    async fn seal(&self) -> Result<Option<u64>, RemoteError> {
-        let _turn = self.turn.lock().await;
-        let seq = if self.saves.is_some() {
-            Some(self.checkpoint().await?)
-        } else {
-            None
-        };
-        self.sealed.set(true);
-        Ok(seq)
-    }
-
-    /// A checkpoint when calls ran since the last one (the timed policy).
-    async fn checkpoint_if_changed(&self) {
-        let _turn = self.turn.lock().await;
-        if self.calls_since.get() > 0 && !self.sealed.get() {
-            if let Err(e) = self.checkpoint().await {
-                tracing::warn!(actor = %self.actor, "timed checkpoint failed: {e}");
-            }
-        }
-    }
-
-    fn moved(&self) -> RemoteError {
-        RemoteError::new(
-            ErrorKind::Moved,
-            format!(
-                "{} incarnation {} no longer takes calls: it moved",
-                self.actor, self.incarnation
-            ),
-        )
-    }
-}
-
-/// The executor's main thread stopped (its worker is gone) while a checkpoint was on its way:
-/// the process is ending, and whether the head recorded the checkpoint is unknown.
-fn process_ending() -> RemoteError {
-    RemoteError::new(
-        ErrorKind::WorkerDied,
-        "the actor's process is ending (its worker is gone)",
-    )
-}
-
-fn internal(e: impl std::fmt::Display) -> RemoteError {
-    RemoteError::new(ErrorKind::Internal, e.to_string())
-}
-
 /// The actor's thread: constructs (or restores) the instance, reports how that went, then
 /// serves it.
 fn run_actor(
@@ -334,18 +167,14 @@ fn run_actor(
             return;
         }
     };
-    let core = Rc::new(ActorCore {
-        actor: spec.actor,
-        incarnation: spec.incarnation,
-        instance: RefCell::new(instance),
-        policy: spec.checkpoint,
-        calls_since: Cell::new(0),
-        seq: Cell::new(seq),
-        replies: RefCell::new(replies),
-        sealed: Cell::new(false),
-        turn: tokio::sync::Mutex::new(()),
+    let core = ActorCore::new(
+        spec.actor,
+        spec.incarnation,
+        instance,
+        spec.checkpoint,
+        (seq, replies),
         saves,
-    });
+    );
     let token = spec.head.token.clone();
     let socket = spec.socket.clone();
     let local = tokio::task::LocalSet::new();
@@ -359,10 +188,11 @@ fn run_actor(
             }
         };
         let _ = built.send(Ok(()));
-        if core.policy.enabled && core.policy.every_ms > 0 {
+        let policy = core.policy();
+        if policy.enabled && policy.every_ms > 0 {
             let timed = core.clone();
             tokio::task::spawn_local(async move {
-                let period = Duration::from_millis(timed.policy.every_ms);
+                let period = Duration::from_millis(policy.every_ms);
                 let mut tick =
                     tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                 loop {
@@ -375,10 +205,7 @@ fn run_actor(
             tokio::select! {
                 job = jobs.recv() => match job {
                     Some(Job::Call { call, reply }) => {
-                        let core = core.clone();
-                        tokio::task::spawn_local(async move {
-                            let _ = reply.send(core.handle(call).await);
-                        });
+                        tokio::task::spawn_local(answer_job(core.clone(), call, reply));
                     }
                     Some(Job::Seal { reply }) => {
                         let core = core.clone();
@@ -390,19 +217,45 @@ fn run_actor(
                 },
                 accepted = listener.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        let (token, core) = (token.clone(), core.clone());
-                        tokio::task::spawn_local(async move {
-                            local_socket::serve(&token, stream, std::future::pending(), async |c: LocalCall| LocalReply {
-                                id: c.id,
-                                reply: core.handle(c.call).await,
-                            })
-                            .await;
-                        });
+                        tokio::task::spawn_local(serve_local_caller(
+                            core.clone(),
+                            token.clone(),
+                            stream,
+                        ));
                     }
                 }
             }
         }
     });
+}
+
+/// Answers one call passed from the QUIC endpoint, when it ends.
+pub(super) async fn answer_job(
+    core: Rc<ActorCore>,
+    call: ActorCall,
+    reply: oneshot::Sender<CallReply>,
+) {
+    let actor = call.actor;
+    let answer = core.handle(call).await.wait(actor).await;
+    let _ = reply.send(answer);
+}
+
+/// Serves one caller on the actor's Unix socket: each call starts in order, and is answered
+/// when it ends.
+pub(super) async fn serve_local_caller(core: Rc<ActorCore>, token: String, stream: UnixStream) {
+    let answer = async |c: LocalCall| {
+        let (id, actor) = (c.id, c.call.actor);
+        match core.handle(c.call).await {
+            Reply::Now(reply) => Answer::Now(LocalReply { id, reply }),
+            Reply::Later(later) => Answer::Later(Box::pin(async move {
+                LocalReply {
+                    id,
+                    reply: Reply::Later(later).wait(actor).await,
+                }
+            })),
+        }
+    };
+    local_socket::serve(&token, stream, std::future::pending(), answer).await;
 }
 
 /// Builds the instance anew, or from a checkpoint image; with the image's sequence number and
@@ -527,14 +380,10 @@ async fn serve_quic_caller(
             async move |call: ActorCall| {
                 let (tx, rx) = oneshot::channel();
                 match jobs.send(Job::Call { call, reply: tx }) {
-                    Ok(()) => rx.await.unwrap_or_else(|_| Err(gone(actor))),
-                    Err(_) => Err(gone(actor)),
+                    Ok(()) => rx.await.unwrap_or_else(|_| Err(thread_gone(actor))),
+                    Err(_) => Err(thread_gone(actor)),
                 }
             },
         ));
     }
-}
-
-fn gone(actor: ActorId) -> RemoteError {
-    RemoteError::new(ErrorKind::WorkerDied, format!("{actor}'s thread is gone"))
 }

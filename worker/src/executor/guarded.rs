@@ -4,7 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ember_core::proto::{ErrorKind, RemoteError};
 
-use crate::registry::CallError;
+use crate::registry::{CallError, Started};
 
 /// Runs user code, turning its errors and panics into errors for the caller.
 pub(crate) fn guarded(
@@ -14,6 +14,14 @@ pub(crate) fn guarded(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(call_error(e)),
         Err(p) => Err(call_error(CallError::Panicked(panic_message(&p)))),
+    }
+}
+
+/// Starts a call in user code, turning a panic while it starts into an error for the caller.
+pub(crate) fn guarded_start(f: impl FnOnce() -> Started) -> Started {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(started) => started,
+        Err(p) => Started::Done(Err(CallError::Panicked(panic_message(&p)))),
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch, OnceCell};
 
 use super::actor_host::greet;
 use super::guarded::guarded;
-use super::local_socket;
+use super::local_socket::{self, Answer};
 use super::quic_call;
 use crate::context::{self, GpuKind, TaskContext};
 use crate::registry;
@@ -261,10 +261,10 @@ impl LeaseThread {
                                 let _ = closed.wait_for(|c| *c).await;
                             };
                             callers.spawn_local(async move {
-                                let answer = async |t: LocalTask| LocalReply {
+                                let answer = async |t: LocalTask| Answer::Now(LocalReply {
                                     id: t.id,
                                     reply: lease.run_task(t.task),
-                                };
+                                });
                                 local_socket::serve(&lease.token, stream, closing, answer).await;
                             });
                         }

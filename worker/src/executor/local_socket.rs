@@ -1,14 +1,19 @@
 //! Serving one caller on a same-machine Unix socket, for an actor or a task lease: its hello,
-//! then requests sharing the stream, each answered in order. Replies are flushed when no
-//! further request is already buffered, so a pipelined batch is answered with few writes.
-//! When the owner closes (a task lease taken back or given back), the replies of the requests
-//! already answered go out before the socket closes, and no further request is run: a caller
-//! left without a reply knows its request did not run.
+//! then requests sharing the stream. Each request is answered before the next is read, unless
+//! its answer comes later (a call of a concurrent actor still running): the next requests are
+//! then read and answered meanwhile, and each reply goes out when it is ready, paired with its
+//! request by id. Replies are flushed when no further request is already buffered, so a
+//! pipelined batch is answered with few writes. When the owner closes (a task lease taken back
+//! or given back), the replies of the requests already answered go out before the socket
+//! closes, and no further request is run: a caller left without a reply knows its request did
+//! not run.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use ember_core::proto::{read_frame, write_frame, LocalReply, Wire, MAX_FRAME};
+use futures::stream::{self, FuturesUnordered, StreamExt};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
 
@@ -17,13 +22,21 @@ use super::actor_host::greet;
 /// How long a closing socket waits for its caller to take the last replies.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(1);
 
-/// Serves `stream` until the caller closes it, sends a malformed frame, or `closing`
-/// completes; `answer` turns each request into its reply.
+/// A request's answer, as the serving side gives it.
+pub(super) enum Answer {
+    /// The reply, ready now.
+    Now(LocalReply),
+    /// The reply of a call that runs on: ready when this completes.
+    Later(Pin<Box<dyn Future<Output = LocalReply>>>),
+}
+
+/// Serves `stream` until the caller closes it (once the answers still coming are sent), sends
+/// a malformed frame, or `closing` completes; `answer` turns each request into its reply.
 pub(super) async fn serve<Req: Wire>(
     token: &str,
     stream: UnixStream,
     closing: impl Future<Output = ()>,
-    mut answer: impl AsyncFnMut(Req) -> LocalReply,
+    mut answer: impl AsyncFnMut(Req) -> Answer,
 ) {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(256 << 10, rd);
@@ -31,25 +44,47 @@ pub(super) async fn serve<Req: Wire>(
     if !greet(token, &mut rd, &mut wr).await {
         return;
     }
+    // Each request, with whether another is already buffered behind it. A read cut short to
+    // send a later reply resumes where it was: the stream keeps it.
+    let requests = stream::unfold(rd, |mut rd| async move {
+        let request = read_frame::<_, Req>(&mut rd, MAX_FRAME).await;
+        let more = !rd.buffer().is_empty();
+        Some(((request, more), rd))
+    });
+    tokio::pin!(requests);
     tokio::pin!(closing);
+    let mut coming = FuturesUnordered::new();
+    let mut reading = true;
     loop {
-        let request = tokio::select! {
+        if !reading && coming.is_empty() {
+            return;
+        }
+        let (reply, more) = tokio::select! {
             biased;
             () = &mut closing => break,
-            request = read_frame::<_, Req>(&mut rd, MAX_FRAME) => request,
-        };
-        let reply = match request {
-            Ok(Some(request)) => answer(request).await,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!("malformed request from a local caller: {e}");
-                return;
-            }
+            Some(reply) = coming.next(), if !coming.is_empty() => (reply, false),
+            Some((request, more)) = requests.next(), if reading => match request {
+                Ok(Some(request)) => match answer(request).await {
+                    Answer::Now(reply) => (reply, more),
+                    Answer::Later(reply) => {
+                        coming.push(reply);
+                        continue;
+                    }
+                },
+                Ok(None) => {
+                    reading = false;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("malformed request from a local caller: {e}");
+                    return;
+                }
+            },
         };
         if write_frame(&mut wr, &reply).await.is_err() {
             return;
         }
-        if rd.buffer().is_empty() && wr.flush().await.is_err() {
+        if !more && wr.flush().await.is_err() {
             return;
         }
     }

@@ -5,6 +5,7 @@
 //! distinct GPU set. Each process sees only its GPUs (`CUDA_VISIBLE_DEVICES`), and a crash in
 //! user code takes down only that process: the worker reports the failure and goes on serving.
 
+mod actor_core;
 mod actor_host;
 pub(crate) mod checkpoint;
 mod gro_switch;

@@ -1,10 +1,13 @@
 """The Python side of a worker's executor process: runs the calls of the `ember::python`
-task type. Each function arrives pickled with its id and is unpickled once per process."""
+task type and of Python actors. Each function arrives pickled with its id and is unpickled
+once per process."""
 
+import inspect
 import pickle
 import struct
 
 from . import _ember, _serialize
+from ._actor_loop import ActorLoop, is_async_class
 from ._serialize import Dep
 
 # This machine: a caller here gets large result buffers through shared memory.
@@ -79,23 +82,59 @@ def _args(data):
 
 class ActorBox:
     """A Python actor in its executor: the instance and its class's pickle (which travels in
-    its checkpoints, so that a restore needs nothing else)."""
+    its checkpoints, so that a restore needs nothing else).
 
-    def __init__(self, cls_bytes, instance):
+    An async actor (a class with a public `async def` method) has an `ActorLoop`: the Rust
+    side starts each of its calls with `start`, and the call runs on that loop, concurrently
+    with the others, its sync methods included (they block the loop while they run, as in
+    Ray). Any other actor's calls run one at a time through `call`, on the actor's thread."""
+
+    def __init__(self, cls_bytes, instance, loop=None):
         self.cls_bytes = cls_bytes
         self.instance = instance
+        self.loop = loop
+
+    @property
+    def is_async(self):
+        """Whether its calls run on its event loop (through `start`)."""
+        return self.loop is not None
+
+    def _method(self, method):
+        """The bound method called `method`; public methods only."""
+        if method.startswith("_") or not callable(getattr(type(self.instance), method, None)):
+            raise AttributeError(f"{type(self.instance).__qualname__} has no method {method!r}")
+        return getattr(self.instance, method)
 
     def call(self, method, data):
         """Runs one method call; returns its result's envelope."""
         try:
-            if method.startswith("_") or not callable(getattr(type(self.instance), method, None)):
-                raise AttributeError(
-                    f"{type(self.instance).__qualname__} has no method {method!r}"
-                )
+            fn = self._method(method)
             caller, args, kwargs = _args(data)
-            value = getattr(self.instance, method)(*args, **kwargs)
+            value = fn(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
             return _serialize.error(e)
+        return self._envelope(method, caller, value)
+
+    def start(self, method, data, done):
+        """Starts one method call on the actor's event loop and returns at once; `done` is
+        called with its result's envelope when it ends."""
+        self.loop.start(self._run(method, data), done, _serialize.error)
+
+    async def _run(self, method, data):
+        """One call on the event loop: what its method returned is awaited when it can be (an
+        `async def` method's coroutine, or a decorated one's)."""
+        try:
+            fn = self._method(method)
+            caller, args, kwargs = _args(data)
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
+            return _serialize.error(e)
+        return self._envelope(method, caller, value)
+
+    def _envelope(self, method, caller, value):
+        """The envelope of what `method` returned to `caller`."""
         try:
             return _serialize.ok(value, _shared_with(caller))
         except Exception as e:  # noqa: BLE001
@@ -112,8 +151,14 @@ class ActorBox:
         save = getattr(self.instance, "save_checkpoint", None)
         if save is None:
             return None
-        state = _serialize.dumps(save(), f"the checkpoint of {type(self.instance).__qualname__}")
+        what = f"the checkpoint of {type(self.instance).__qualname__}"
+        # An async actor's state is read on its loop, between the awaits of its calls.
+        state = self._on_loop(lambda: _serialize.dumps(save(), what))
         return pickle.dumps((self.cls_bytes, state), protocol=_serialize.PROTOCOL)
+
+    def _on_loop(self, fn):
+        """`fn()`, on the actor's event loop if it has one."""
+        return self.loop.run(fn) if self.loop is not None else fn()
 
 
 def _failed(cls, when, e):
@@ -126,23 +171,30 @@ def _failed(cls, when, e):
     )
 
 
+def _build(cls, cls_bytes, when, make):
+    """The box of the instance `make()` builds; an async actor's is built on its new event
+    loop (where its calls will run, so that it may create tasks and loop-bound objects)."""
+    loop = ActorLoop(f"ember-actor-{cls.__qualname__}") if is_async_class(cls) else None
+    try:
+        instance = loop.run(make) if loop is not None else make()
+    except BaseException as e:  # noqa: BLE001
+        if loop is not None:
+            loop.close()
+        raise _failed(cls, when, e) from None
+    return ActorBox(cls_bytes, instance, loop)
+
+
 def new_actor(data):
     """Builds an actor from its class's pickle and its constructor's arguments."""
     (cls_bytes,), args, kwargs = _args(data)
     cls = pickle.loads(cls_bytes)
-    try:
-        instance = cls(*args, **kwargs)
-    except BaseException as e:  # noqa: BLE001
-        raise _failed(cls, "__init__", e) from None
-    return ActorBox(cls_bytes, instance)
+    return _build(cls, cls_bytes, "__init__", lambda: cls(*args, **kwargs))
 
 
 def restore_actor(image):
     """Rebuilds an actor from a checkpoint image: `restore_checkpoint(state)` of its class."""
     cls_bytes, state = pickle.loads(image)
     cls = pickle.loads(cls_bytes)
-    try:
-        instance = cls.restore_checkpoint(pickle.loads(state))
-    except BaseException as e:  # noqa: BLE001
-        raise _failed(cls, "restore_checkpoint", e) from None
-    return ActorBox(cls_bytes, instance)
+    return _build(
+        cls, cls_bytes, "restore_checkpoint", lambda: cls.restore_checkpoint(pickle.loads(state))
+    )
