@@ -154,6 +154,12 @@ impl LocalCluster {
             wc.name = Some(format!("local-{i}"));
             // The whole cluster stops together: nothing to wait for while actors move.
             wc.grace_ms = 0;
+            if options.state_dir.is_none() {
+                // The head lives in this process, its state in a temporary directory: once
+                // it is lost (this process killed), it never comes back, and the workers
+                // stop at once rather than wait to join it again.
+                wc.rejoin_ms = 0;
+            }
             wc.cpus = options.cpus_per_worker;
             if options.gpus_per_worker > 0 {
                 wc.gpus = Some(options.gpus_per_worker);

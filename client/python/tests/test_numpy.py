@@ -4,6 +4,7 @@ shared memory), and arrays travel intact as arguments, through put, and between 
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -80,7 +81,7 @@ def test_the_shared_memory_of_results_goes_with_their_refs():
     assert not (mine() - before), "the result's file outlived its ref"
 
 
-def test_shared_memory_left_by_a_killed_process_is_swept_by_the_next_init(tmp_path):
+def test_a_killed_process_s_shared_memory_is_swept_and_its_workers_stop(tmp_path):
     import os
 
     # A process that holds a large result from shared memory, then is SIGKILLed: its files
@@ -101,8 +102,17 @@ def test_shared_memory_left_by_a_killed_process_is_swept_by_the_next_init(tmp_pa
 
         ref = make.remote(1 << 20)  # its file lives as long as the ref
         a = ember.get(ref, timeout=120)
+        me = str(os.getpid())
+        workers = []
+        for p in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{{p}}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        workers.append(p)
+            except OSError:
+                pass
         with open({str(pid_file)!r}, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(me + " " + " ".join(workers))
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
@@ -110,10 +120,25 @@ def test_shared_memory_left_by_a_killed_process_is_swept_by_the_next_init(tmp_pa
     with open(log, "w") as out:
         subprocess.run([sys.executable, "-c", script], stdout=out, stderr=out, timeout=300)
     assert pid_file.exists(), log.read_text()
-    pid = pid_file.read_text()
+    pid, *workers = pid_file.read_text().split()
+    assert workers, "the local cluster's worker processes were found"
     left = [f for f in os.listdir("/dev/shm") if f.startswith(f"ember-buf-{pid}-")]
     assert left, "the killed process's result came through shared memory and was left"
     init = "import ember; ember.init(workers=1); ember.shutdown()"
     run = subprocess.run([sys.executable, "-c", init], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"ember-buf-{pid}-")]
+    # Its local cluster's workers lost their head for good (it lived in the killed process)
+    # and stopped, rather than wait to join it again: they notice at QUIC's idle timeout
+    # (10 s) and stop after one more try (about 20 s here; 135 s while they waited).
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while [w for w in workers if running(w)]:
+        assert time.monotonic() < deadline, "the killed process's workers still run"
+        time.sleep(0.05)
