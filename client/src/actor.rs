@@ -3,7 +3,7 @@
 //! and sends the call there.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,9 +47,24 @@ struct Route {
     caller: Caller,
 }
 
+/// How long a handle's hold on its actor lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Until [`ActorRef::release`] (or this client disconnects): the creator's hold, and
+    /// that of [`Cluster::actor`].
+    UntilReleased,
+    /// Until the handle's last clone is dropped, or [`ActorRef::release`]: that of
+    /// [`Cluster::lookup_actor`].
+    WhileHandled,
+}
+
 /// What every clone of one handle shares.
 struct ActorLink {
+    cluster: Cluster,
     actor: ActorId,
+    hold: Hold,
+    /// The handle still holds the actor (not released yet).
+    holding: AtomicBool,
     /// Names this handle's calls, with their sequence numbers, so that a call sent again after
     /// a restart is recognised.
     caller_id: u64,
@@ -83,11 +98,19 @@ impl fmt::Debug for ActorRef {
 }
 
 impl ActorRef {
-    pub(crate) fn new(cluster: Cluster, location: ActorLocation, caller: Caller) -> Self {
+    pub(crate) fn new(
+        cluster: Cluster,
+        location: ActorLocation,
+        caller: Caller,
+        hold: Hold,
+    ) -> Self {
         ActorRef {
-            cluster,
+            cluster: cluster.clone(),
             link: Arc::new(ActorLink {
+                cluster,
                 actor: location.actor,
+                hold,
+                holding: AtomicBool::new(true),
                 caller_id: rand::random(),
                 next_seq: AtomicU64::new(1),
                 route: Mutex::new(Arc::new(Route { location, caller })),
@@ -276,9 +299,48 @@ impl ActorRef {
         self.call(CHECKPOINT_METHOD, &()).await
     }
 
-    /// Stops the actor for good and frees its resources.
+    /// Stops the actor for good and frees its resources, whoever holds it.
     pub async fn kill(&self) -> Result<(), Error> {
+        self.link.holding.store(false, Ordering::Relaxed);
         self.cluster.kill_actor(self.link.actor).await
+    }
+
+    /// Lets go of this handle's hold on the actor, for every clone of it: the actor stops
+    /// once no handle of any client holds it (its creator's included), and lives on while
+    /// another does. The handle can still call it while it lives. Releasing twice is
+    /// releasing once.
+    pub async fn release(&self) -> Result<(), Error> {
+        if !self.link.holding.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.cluster
+            .held()
+            .release(&self.cluster, self.link.actor)
+            .await
+    }
+}
+
+impl Drop for ActorLink {
+    /// The last clone of a [`Hold::WhileHandled`] handle lets go of its hold (on the Tokio
+    /// runtime it is dropped on; without one, the hold lasts until this client disconnects).
+    fn drop(&mut self) {
+        if self.hold != Hold::WhileHandled || !self.holding.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let (cluster, actor) = (self.cluster.clone(), self.actor);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = cluster.held().release(&cluster, actor).await {
+                        tracing::debug!(%actor, "releasing a dropped handle's hold: {e}");
+                    }
+                });
+            }
+            Err(_) => tracing::debug!(
+                %actor,
+                "a handle dropped outside a Tokio runtime keeps its hold until disconnect"
+            ),
+        }
     }
 }
 

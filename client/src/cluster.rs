@@ -17,10 +17,10 @@ use ember_core::resources::Allocation;
 use ember_core::security::{connect_client, ClusterFile, Fingerprint};
 
 use crate::actor::MAX_CALL_ARGS;
-use crate::actor::{ActorRef, Caller, RemoteActor};
+use crate::actor::{ActorRef, Caller, Hold, RemoteActor};
 use crate::call::{ActorSpawn, TaskCall, TaskRef};
-use crate::claims::OwnedActors;
 use crate::head_link::{connect_error, ConnectOptions, HeadLink, HeadLinkStatus};
+use crate::holds::HeldActors;
 use crate::leases::{TaskLeases, TaskRun};
 #[cfg(feature = "local")]
 use crate::local::LocalCluster;
@@ -35,7 +35,7 @@ use ember_core::proto::ActorLocation;
 ///
 /// The connection to the head is opened again when it is lost (the head restarted), for
 /// [`ConnectOptions::head_wait`]: requests wait for it, actor handles keep working, and the
-/// actors this client owns are claimed again from the head's next life.
+/// actors this client holds are held again (claimed) in the head's next life.
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
@@ -55,7 +55,7 @@ impl WeakCluster {
 struct Inner {
     link: Arc<HeadLink>,
     file: ClusterFile,
-    owned: OwnedActors,
+    held: HeldActors,
     peers: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
     #[cfg(feature = "local")]
     local: std::sync::Mutex<Option<LocalCluster>>,
@@ -139,7 +139,7 @@ impl Cluster {
             inner: Arc::new(Inner {
                 link: link.clone(),
                 file,
-                owned: OwnedActors::default(),
+                held: HeldActors::default(),
                 peers: tokio::sync::Mutex::new(HashMap::new()),
                 #[cfg(feature = "local")]
                 local: std::sync::Mutex::new(None),
@@ -148,7 +148,7 @@ impl Cluster {
             }),
         };
         let weak = WeakCluster(Arc::downgrade(&cluster.inner));
-        tokio::spawn(crate::claims::keep(link, weak));
+        tokio::spawn(crate::holds::keep(link, weak));
         Ok(cluster)
     }
 
@@ -238,6 +238,10 @@ impl Cluster {
     /// Creates an actor of the type registered as `type_name` from constructor arguments as
     /// its executor takes them, and returns its untyped handle once it is constructed: for
     /// bindings whose actors take bytes of their own making (Python's pickles).
+    ///
+    /// This client holds the actor from its creation: it lives until this client releases
+    /// it ([`ActorRef::release`]) or disconnects and no other client holds it, or until it
+    /// is killed. Dropping the handle does not release it.
     pub async fn spawn_bytes(
         &self,
         type_name: &str,
@@ -256,32 +260,64 @@ impl Cluster {
             ClientReply::Error(e) => return Err(e.into()),
             other => return Err(unexpected(other)),
         };
-        self.inner.owned.insert(location.actor);
+        self.inner.held.created(location.actor).await;
         let caller = self.caller(&location).await?;
-        Ok(ActorRef::new(self.clone(), location, caller))
+        Ok(ActorRef::new(
+            self.clone(),
+            location,
+            caller,
+            Hold::UntilReleased,
+        ))
     }
 
-    /// An untyped handle to an actor that already exists, by its id, which this client does
-    /// not take over: it calls the actor (following it across restarts) while the actor's
-    /// owner keeps it alive. What user code running in the cluster uses for an actor whose
-    /// handle it was passed.
+    /// An untyped handle to an actor that already exists, by its id, which holds the actor
+    /// while the handle lives: the actor does not stop while any client holds it, even when
+    /// its creator lets go. The hold ends when the handle's last clone is dropped (or on
+    /// [`ActorRef::release`], or when this client disconnects). What user code running in
+    /// the cluster uses for an actor whose handle it was passed. Fails if the head does not
+    /// know the actor (never created, or stopped).
     pub async fn lookup_actor(&self, id: ActorId) -> Result<ActorRef, Error> {
-        let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
-        let caller = self.caller(&location).await?;
-        Ok(ActorRef::new(self.clone(), location, caller))
+        self.inner.held.hold(self, id).await?;
+        let found = async {
+            let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
+            let caller = self.caller(&location).await?;
+            Ok(ActorRef::new(
+                self.clone(),
+                location,
+                caller,
+                Hold::WhileHandled,
+            ))
+        };
+        let found = found.await;
+        if found.is_err() {
+            let _ = self.inner.held.release(self, id).await;
+        }
+        found
     }
 
-    /// A typed handle to an actor that already exists, by its id: the head says where it takes
-    /// calls (waiting up to [`crate::RESTART_WAIT`] while it restarts). After the head restarted,
-    /// this is how a client of its new life takes over an actor created before the restart:
-    /// this connection becomes its owner, so it stops when this client disconnects. Actors of
-    /// an earlier head life that no client takes over within the head's re-join window are
-    /// stopped.
+    /// A typed handle to an actor that already exists, by its id, which this client holds
+    /// as its creator does: until [`ActorRef::release`] or until it disconnects (dropping
+    /// the handle does not release it). The head says where it takes calls (waiting up to
+    /// [`crate::RESTART_WAIT`] while it restarts). After the head restarted, this is how a
+    /// client of its new life takes over an actor created before the restart; actors of an
+    /// earlier head life that no client holds within the head's re-join window are stopped.
     pub async fn actor<H: RemoteActor>(&self, id: ActorId) -> Result<H, Error> {
-        let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
-        self.inner.owned.insert(id);
-        let caller = self.caller(&location).await?;
-        Ok(H::from_ref(ActorRef::new(self.clone(), location, caller)))
+        self.inner.held.hold(self, id).await?;
+        let found = async {
+            let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
+            let caller = self.caller(&location).await?;
+            Ok(ActorRef::new(
+                self.clone(),
+                location,
+                caller,
+                Hold::UntilReleased,
+            ))
+        };
+        let found = found.await;
+        if found.is_err() {
+            let _ = self.inner.held.release(self, id).await;
+        }
+        found.map(H::from_ref)
     }
 
     /// Runs a command as a batch job on a worker chosen by placement. Returns once it started;
@@ -410,7 +446,7 @@ impl Cluster {
     pub(crate) async fn kill_actor(&self, actor: ActorId) -> Result<(), Error> {
         match self.request(&ClientRequest::KillActor { actor }).await? {
             ClientReply::ActorKilled => {
-                self.inner.owned.remove(actor);
+                self.inner.held.forget(actor).await;
                 Ok(())
             }
             ClientReply::Error(e) => Err(e.into()),
@@ -534,9 +570,14 @@ impl Cluster {
         self.inner.link.status()
     }
 
-    /// The actors this client owns, to be claimed again from the head's next life.
-    pub(crate) fn owned_actors(&self) -> Vec<ActorId> {
-        self.inner.owned.list()
+    /// The actors this client holds, to be held again in the head's next life.
+    pub(crate) fn held(&self) -> &HeldActors {
+        &self.inner.held
+    }
+
+    /// The actors this client holds now (through any handle), in id order.
+    pub async fn held_actors(&self) -> Vec<ActorId> {
+        self.inner.held.list().await
     }
 
     /// Calls to actors on this machine go through their Unix sockets (the default) or, when

@@ -5,7 +5,8 @@
 //! doubling to 1 s) for [`ConnectOptions::head_wait`] after the connection was lost, one
 //! reconnect at a time. A request whose stream could not be opened waits for the reconnect
 //! and is then sent. A request already written when the connection died is sent again only
-//! when it is idempotent (status, locate, waiting for nodes, a lease request); any other fails
+//! when it is idempotent (status, locate, holding or releasing an actor, waiting for nodes, a
+//! lease request); any other fails
 //! with [`Error::HeadLost`], since the head may or may not have carried it out. Past the
 //! window, requests fail with [`Error::HeadUnreachable`]: those that waited for the reconnect
 //! at once, each later one after one more attempt (the head may be back by then).
@@ -345,6 +346,8 @@ fn idempotent(req: &ClientRequest) -> bool {
         ClientRequest::Status
             | ClientRequest::Usage { .. }
             | ClientRequest::LocateActor { .. }
+            | ClientRequest::HoldActor { .. }
+            | ClientRequest::ReleaseActor { .. }
             | ClientRequest::WaitForNodes { .. }
             | ClientRequest::LeaseTask(_)
             | ClientRequest::GetGroup { .. }
@@ -358,6 +361,8 @@ fn what(req: &ClientRequest) -> &'static str {
         ClientRequest::LeaseTask(_) => "a task lease",
         ClientRequest::CreateActor(_) => "creating an actor",
         ClientRequest::KillActor { .. } => "killing an actor",
+        ClientRequest::HoldActor { .. } => "holding an actor",
+        ClientRequest::ReleaseActor { .. } => "releasing an actor",
         ClientRequest::SubmitJob(_) => "submitting a job",
         ClientRequest::Status => "the cluster's status",
         ClientRequest::Usage { .. } => "the usage ledger",

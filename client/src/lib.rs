@@ -20,7 +20,6 @@
 mod actor;
 mod call;
 mod checkpoint;
-mod claims;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod cluster;
@@ -28,6 +27,7 @@ mod error;
 mod gang;
 mod gpu_actor;
 mod head_link;
+mod holds;
 pub mod kernel_check;
 mod lease_pool;
 mod leases;

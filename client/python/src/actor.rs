@@ -1,7 +1,12 @@
 //! Python actors from the caller's side: an [`Actor`] is created in the background (its
 //! constructor's arguments may wait on other calls) and takes calls at once; they are sent
-//! in the order they were made, once it exists, each answered through a [`Pending`]. When
-//! Python drops the handle, the actor stops once its calls are answered.
+//! in the order they were made, once it exists, each answered through a [`Pending`].
+//!
+//! Each handle holds its actor: the creator's from its creation, one unpickled in another
+//! process ([`attach_actor`]) from its unpickling. When Python drops a handle, its hold is
+//! released once its calls are answered, and the actor stops once no handle anywhere holds
+//! it. A call whose arguments carry handles keeps them alive until it ends (`keep`), by when
+//! the callee holds those actors itself.
 
 use ember::ActorRef;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -18,6 +23,8 @@ struct Call {
     payload: Vec<u8>,
     deps: Vec<Pending>,
     pending: Pending,
+    /// The actor handles pickled in `payload`, alive until the call has ended.
+    keep: Option<Py<PyAny>>,
 }
 
 /// A Python actor's handle.
@@ -29,12 +36,15 @@ pub(crate) struct Actor {
 
 /// Creates a Python actor from `payload` (the package's pickle of the class and the
 /// constructor's arguments) under `opts`, once `deps` ended; returns its handle at once.
+/// `keep` (the actor handles pickled in the arguments) stays alive until the actor is
+/// constructed, or could not be.
 #[pyfunction]
-#[pyo3(signature = (payload, deps, opts=None))]
+#[pyo3(signature = (payload, deps, opts=None, keep=None))]
 fn spawn_actor(
     payload: Vec<u8>,
     deps: Vec<Pending>,
     opts: Option<&Bound<'_, PyDict>>,
+    keep: Option<Py<PyAny>>,
 ) -> PyResult<Actor> {
     let options = options(opts)?;
     let (runtime, cluster) = current()?;
@@ -48,48 +58,40 @@ fn spawn_actor(
                 .map_err(explain),
             Err(e) => Err(e),
         };
+        drop(keep);
         created_tx.send_replace(Some(made.clone()));
-        serve(made, queue, Owner::This).await;
+        serve(made, queue).await;
     });
     Ok(Actor { calls, created })
 }
 
-/// A handle to the existing actor `id`, which this process does not own (a handle passed to
-/// a task or another actor): it calls the actor, following it across restarts, and leaves
-/// stopping it to its owner.
+/// A handle to the existing actor `id`, made in another process (a handle passed to a task
+/// or another actor): it holds the actor, taken before this returns (the GIL released
+/// meanwhile), so the call that carried it may end and its creator let go without stopping
+/// it; it calls the actor, following it across restarts, and releases it when Python drops
+/// it. An actor that cannot be found gives a handle whose calls fail saying why.
 #[pyfunction]
-fn attach_actor(id: &str) -> PyResult<Actor> {
+fn attach_actor(py: Python<'_>, id: &str) -> PyResult<Actor> {
     let id: ember::ActorId = id
         .parse()
         .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("not an actor id: {id}")))?;
     let (runtime, cluster) = current()?;
     let (calls, queue) = mpsc::unbounded_channel();
-    let (created_tx, created) = watch::channel(None);
-    runtime.spawn(async move {
-        let found = cluster.lookup_actor(id).await.map_err(|e| e.to_string());
-        created_tx.send_replace(Some(found.clone()));
-        serve(found, queue, Owner::Another).await;
+    let found = py.detach(|| {
+        wait(&runtime, async move {
+            cluster.lookup_actor(id).await.map_err(|e| e.to_string())
+        })
     });
+    let (_, created) = watch::channel(Some(found.clone()));
+    runtime.spawn(serve(found, queue));
     Ok(Actor { calls, created })
-}
-
-/// Who stops an actor once its handles here are gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Owner {
-    /// This process created it: it stops with its last handle here.
-    This,
-    /// Another process created it: it lives on.
-    Another,
 }
 
 /// Sends the actor's calls in order as they come, each once its arguments' calls ended,
 /// many in flight at once; or fails them all if it could not be created. Once the handle is
-/// dropped and its calls are answered, stops the actor if this process owns it.
-async fn serve(
-    made: Result<ActorRef, String>,
-    mut queue: mpsc::UnboundedReceiver<Call>,
-    owner: Owner,
-) {
+/// dropped and its calls are answered, releases the handle's hold: the actor stops if no
+/// other handle, here or in another process, holds it.
+async fn serve(made: Result<ActorRef, String>, mut queue: mpsc::UnboundedReceiver<Call>) {
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -121,21 +123,24 @@ async fn serve(
                 };
                 let pending = call.pending;
                 let method = call.method;
+                let keep = call.keep;
                 in_flight.push(async move {
                     let outcome = actor.call_bytes(&method, args).await.map_err(|e| e.to_string());
                     pending.complete(Outcome::from(outcome));
+                    // The callee holds the actors of the handles it was passed by now.
+                    drop(keep);
                 });
             }
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
         }
     }
     while in_flight.next().await.is_some() {}
-    // Every handle is gone (Python dropped the last one) and every call answered: nothing
-    // here can call it any more, so the actor this process made stops, as a Ray actor does
-    // when its handles go.
-    if let (Ok(actor), Owner::This) = (made, owner) {
-        if let Err(e) = actor.kill().await {
-            tracing::debug!(actor = %actor.id(), "stopping an actor whose handles are gone: {e}");
+    // Python dropped the handle and every call is answered: nothing here can call it any
+    // more, so its hold goes. The actor stops once no handle anywhere holds it, as a Ray
+    // actor does when its handles go.
+    if let Ok(actor) = made {
+        if let Err(e) = actor.release().await {
+            tracing::debug!(actor = %actor.id(), "releasing an actor whose handle is gone: {e}");
         }
     }
 }
@@ -143,8 +148,16 @@ async fn serve(
 #[pymethods]
 impl Actor {
     /// Calls `method` with `payload` (the package's pickle of the arguments) once `deps`
-    /// ended; returns at once with what to wait on.
-    fn call(&self, method: String, payload: Vec<u8>, deps: Vec<Pending>) -> PyResult<Pending> {
+    /// ended; returns at once with what to wait on. `keep` (the actor handles pickled in the
+    /// payload) stays alive until the call has ended.
+    #[pyo3(signature = (method, payload, deps, keep=None))]
+    fn call(
+        &self,
+        method: String,
+        payload: Vec<u8>,
+        deps: Vec<Pending>,
+        keep: Option<Py<PyAny>>,
+    ) -> PyResult<Pending> {
         current()?;
         let pending = Pending::new();
         let call = Call {
@@ -152,6 +165,7 @@ impl Actor {
             payload,
             deps,
             pending: pending.clone(),
+            keep,
         };
         if self.calls.send(call).is_err() {
             pending.complete(Outcome::Failed("the actor's handle is closed".into()));

@@ -279,13 +279,15 @@ pub(crate) fn options(opts: Option<&Bound<'_, PyDict>>) -> PyResult<Options> {
 /// `options`; returns at once with what to wait on. The call is sent once every one of
 /// `deps` (the calls whose results are its arguments) has ended; their results travel ahead
 /// of the payload (each as a 4-byte little-endian length and its bytes, after their count),
-/// and a failed one fails the call with its error.
+/// and a failed one fails the call with its error. `keep` (the actor handles pickled in the
+/// payload) stays alive until the call has ended.
 #[pyfunction]
-#[pyo3(signature = (payload, deps, opts=None))]
+#[pyo3(signature = (payload, deps, opts=None, keep=None))]
 fn submit_task(
     payload: Vec<u8>,
     deps: Vec<Pending>,
     opts: Option<&Bound<'_, PyDict>>,
+    keep: Option<Py<PyAny>>,
 ) -> PyResult<Pending> {
     let options = options(opts)?;
     let (runtime, cluster) = current()?;
@@ -300,6 +302,8 @@ fn submit_task(
             Err(e) => Err(e),
         };
         done.complete(Outcome::from(outcome));
+        // The callee holds the actors of the handles it was passed by now.
+        drop(keep);
     });
     Ok(pending)
 }

@@ -1,7 +1,10 @@
 """Python actors: state across calls, order, refs between calls, bad input, checkpoints."""
 
+import gc
+import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -155,6 +158,89 @@ def test_an_actor_handle_passed_to_a_task_and_to_an_actor_calls_the_same_actor()
     assert ember.get(bump_through.remote(c, 3), timeout=60) == 4
     relay = Relay.remote(c)
     assert ember.get(relay.bump.remote(), timeout=60) == 104
-    # The task's and the relay's copies did not own it: it lives on for its creator.
+    # The task's and the relay's copies held it while they lived: it lives on for its
+    # creator.
     del relay
     assert ember.get(c.add.remote(), timeout=60) == 105
+
+
+def _actor_status(actor_id):
+    """The actor's entry in the cluster's status, or None once the head no longer has it."""
+    status = json.loads(ember._ember.status_json())
+    return next((a for a in status["actors"] if a["id"] == actor_id), None)
+
+
+def _wait_for_actor(actor_id, what, until, within=60):
+    """Waits, bounded, until `until(entry)` holds for the actor's status entry (None: gone)."""
+    deadline = time.monotonic() + within
+    while not until(_actor_status(actor_id)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{actor_id} {what} within {within} s: {_actor_status(actor_id)}")
+        time.sleep(0.05)
+
+
+@ember.remote
+class Keeper:
+    """Keeps an actor handle it was passed, and calls through it."""
+
+    def __init__(self):
+        self.kept = None
+
+    def keep(self, handle):
+        self.kept = handle
+        return True
+
+    def bump(self):
+        return ember.get(self.kept.add.remote(1), timeout=60)
+
+
+def test_an_actor_another_actor_keeps_outlives_its_creators_handle_then_stops_with_the_last():
+    c = Counter.remote()
+    assert ember.get(c.add.remote(), timeout=60) == 1
+    actor_id = c.actor_id()
+    keeper = Keeper.remote()
+    assert ember.get(keeper.keep.remote(c), timeout=60)
+    _wait_for_actor(actor_id, "was not held by the keeper", lambda a: a["actor"]["holders"] == 2)
+
+    # The creator drops its handle: the keeper's hold keeps the actor.
+    del c
+    gc.collect()
+    _wait_for_actor(actor_id, "kept its creator's hold", lambda a: a["actor"]["holders"] == 1)
+    assert ember.get(keeper.bump.remote(), timeout=60) == 2
+    assert ember.get(keeper.bump.remote(), timeout=60) == 3
+
+    # The keeper goes too: nothing holds the actor, and it stops.
+    ember.kill(keeper)
+    del keeper
+    gc.collect()
+    _wait_for_actor(actor_id, "still runs with no handle left", lambda a: a is None)
+
+
+@ember.remote
+def call_later(counter, delay):
+    # Unpickling `counter` held the actor before this runs.
+    time.sleep(delay)
+    return ember.get(counter.add.remote(7), timeout=60)
+
+
+def test_a_handle_passed_to_a_call_keeps_its_actor_though_the_creator_drops_it_at_once():
+    c = Counter.remote()
+    actor_id = c.actor_id()
+    ref = call_later.remote(c, 0.5)
+    del c
+    gc.collect()
+    assert ember.get(ref, timeout=60) == 7
+    # The task's handle went with the task, and the creator's with `del`: the actor stops.
+    _wait_for_actor(actor_id, "still runs with no handle left", lambda a: a is None)
+
+
+def test_a_killed_actor_stops_though_another_actor_holds_it():
+    c = Counter.remote()
+    actor_id = c.actor_id()
+    keeper = Keeper.remote()
+    assert ember.get(keeper.keep.remote(c), timeout=60)
+    ember.kill(c)
+    _wait_for_actor(actor_id, "was not stopped by the kill", lambda a: a is None)
+    # Raised in the keeper, it comes back as the keeper's exception.
+    with pytest.raises(Exception, match=f"no actor {actor_id} in the cluster"):
+        ember.get(keeper.bump.remote(), timeout=60)

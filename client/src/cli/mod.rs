@@ -749,8 +749,8 @@ fn print_status(s: &ClusterStatus) {
                         .map(|r| format!(": {r}"))
                         .unwrap_or_default();
                     format!(
-                        "  [{} #{}, {} restarts{checkpoint}{why}]",
-                        a.state, a.incarnation, a.restarts
+                        "  [{} #{}, {} restarts, {} holders{checkpoint}{why}]",
+                        a.state, a.incarnation, a.restarts, a.holders
                     )
                 }
                 None => String::new(),

@@ -312,6 +312,11 @@ impl Sim {
                 last
             }
             (Kind::Health, ClientReply::GroupHealth { .. }) => last,
+            (Kind::Hold(actor), ClientReply::ActorHeld) => {
+                // Held means known: it was not stopped before the hold arrived.
+                last && self.head.knows_actor(*actor)
+            }
+            (Kind::Release, ClientReply::ActorReleased) => last,
             (Kind::Gang, ClientReply::GangCreated { gang, nodes }) => {
                 // Answered in the batch that placed it whole: every bundle is where it says.
                 if let Some(view) = self.head.scheduler().gang(*gang) {

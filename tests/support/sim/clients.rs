@@ -25,7 +25,7 @@ pub(super) struct Client {
     pub(super) conn: ConnId,
     /// It has not disconnected.
     pub(super) open: bool,
-    /// Its actors, with the newest incarnation it reached.
+    /// Its actors (created, or held), with the newest incarnation it reached.
     pub(super) actors: BTreeMap<ActorId, u32>,
     /// Its task lease requests, with the lease once granted.
     pub(super) leases: BTreeMap<RequestId, Option<(LeaseId, NodeId)>>,
@@ -196,6 +196,21 @@ impl Sim {
                 };
                 ClientRequest::RemoveGang { gang }
             }
+            77..=79 => {
+                // It was passed another client's actor and holds it.
+                let Some(actor) = self.someone_elses_actor(c) else {
+                    return Ok(());
+                };
+                ClientRequest::HoldActor { actor }
+            }
+            80..=81 => {
+                // It lets go of one of its actors: stopped unless someone else holds it.
+                let Some((actor, _)) = actor else {
+                    return Ok(());
+                };
+                self.clients[c].actors.remove(&actor);
+                ClientRequest::ReleaseActor { actor }
+            }
             69..=70 => ClientRequest::WaitForNodes {
                 count: self.head.node_count() as u32 + self.rng.gen_range(0..3),
                 timeout_ms: self.rng.gen_range(50..2000),
@@ -273,6 +288,18 @@ impl Sim {
         }
         let i = self.rng.gen_range(0..actors.len());
         self.clients[c].actors.iter().nth(i).map(|(a, k)| (*a, *k))
+    }
+
+    /// An actor of another open client, at random.
+    fn someone_elses_actor(&mut self, c: usize) -> Option<ActorId> {
+        let others: Vec<usize> = (0..self.clients.len())
+            .filter(|&o| o != c && self.clients[o].open && !self.clients[o].actors.is_empty())
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let o = others[self.rng.gen_range(0..others.len())];
+        self.some_actor(o).map(|(actor, _)| actor)
     }
 
     /// Some node, mostly a joined one.
@@ -478,6 +505,10 @@ impl Sim {
                 if !self.clients[c].open {
                     truth.gone = true;
                 }
+            }
+            (Kind::Hold(actor), Some(ClientReply::ActorHeld)) => {
+                self.counts.holds += 1;
+                self.clients[c].actors.entry(*actor).or_insert(0);
             }
             (Kind::Locate { .. }, Some(ClientReply::ActorLocated(location))) => {
                 if let Some(known) = self.clients[c].actors.get_mut(&location.actor) {

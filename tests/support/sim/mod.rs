@@ -297,6 +297,8 @@ pub struct Counts {
     pub autoscale: AutoscaleCounts,
     /// Gangs placed whole and answered.
     pub gangs: u64,
+    /// Holds of actors answered (mostly of another client's actors).
+    pub holds: u64,
     /// Requests answered with an error.
     pub errors: u64,
     /// Requests that ran out of time.

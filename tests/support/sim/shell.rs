@@ -42,6 +42,9 @@ pub(super) enum Kind {
     /// An actor's creation, in the gang it asked to run in.
     Create(Option<ember_core::ids::GangId>),
     Kill,
+    /// Holding an actor (of another client, mostly).
+    Hold(ActorId),
+    Release,
     Job,
     Status,
     Usage,
@@ -70,6 +73,8 @@ impl Kind {
             ClientRequest::LeaseTask(_) => Kind::Lease,
             ClientRequest::CreateActor(spec) => Kind::Create(spec.placement.bundle.map(|b| b.gang)),
             ClientRequest::KillActor { .. } => Kind::Kill,
+            ClientRequest::HoldActor { actor } => Kind::Hold(*actor),
+            ClientRequest::ReleaseActor { .. } => Kind::Release,
             ClientRequest::SubmitJob(_) => Kind::Job,
             ClientRequest::Status => Kind::Status,
             ClientRequest::Usage { .. } => Kind::Usage,
@@ -169,7 +174,8 @@ impl Sim {
         if let Kind::Save { seal: s, .. } = &mut kind {
             *s = seal;
         }
-        if let ClientRequest::KillActor { actor } = &body {
+        // A release may be the actor's last holder's: the head may stop it.
+        if let ClientRequest::KillActor { actor } | ClientRequest::ReleaseActor { actor } = &body {
             self.actors.entry(*actor).or_default().gone = true;
         }
         // Removing a gang stops the actors in it.

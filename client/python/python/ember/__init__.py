@@ -161,8 +161,8 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         fn_id, fn_bytes = self._definition()
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps_call((fn_id, fn_bytes, _CALLER), args, kwargs, self._what)
-        return ObjectRef(_ember.submit_task(payload, deps, self._options))
+        payload, keep = _serialize.dumps_call((fn_id, fn_bytes, _CALLER), args, kwargs, self._what)
+        return ObjectRef(_ember.submit_task(payload, deps, self._options, keep))
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -257,10 +257,10 @@ class ActorClass:
             _serialize.by_value(self._cls)
             self._pickled = _serialize.dumps(self._cls, f"class {self.__qualname__}")
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps(
+        payload, keep = _serialize.dumps_keeping(
             ((self._pickled,), args, kwargs), f"an argument of {self.__qualname__}()"
         )
-        return ActorHandle(_ember.spawn_actor(payload, deps, self._options), self._cls)
+        return ActorHandle(_ember.spawn_actor(payload, deps, self._options, keep), self._cls)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -281,12 +281,17 @@ class ActorMethod:
 
     def remote(self, *args, **kwargs):
         args, kwargs, deps = _with_deps(args, kwargs)
-        payload = _serialize.dumps_call(_CALLER, args, kwargs, self._what)
-        return ObjectRef(self._actor.call(self._name, payload, deps))
+        payload, keep = _serialize.dumps_call(_CALLER, args, kwargs, self._what)
+        return ObjectRef(self._actor.call(self._name, payload, deps, keep))
 
 
 class ActorHandle:
-    """A live actor: `handle.method.remote(...)` calls it, in the order calls are made."""
+    """A live actor: `handle.method.remote(...)` calls it, in the order calls are made.
+
+    An actor lives while any handle to it exists, in any process: the one `Cls.remote()`
+    returned, and every one unpickled elsewhere (passed to a task or another actor, which may
+    keep it). Once the last is gone it stops; `ember.kill(handle)` stops it at once, whoever
+    holds it."""
 
     def __init__(self, actor, cls):
         self._actor = actor
@@ -305,7 +310,9 @@ class ActorHandle:
 
     def __reduce__(self):
         # Passed to a task or another actor: there it calls the same actor, as a client of
-        # the cluster, without owning it (the actor lives as long as its creator keeps it).
+        # the cluster, and holds it while it lives. The call carrying it keeps this handle
+        # alive until it ends, so the actor cannot stop before the callee holds it.
+        _serialize.keep_while_pickling(self._actor)
         return (_attach, (self._actor.id(None), self._cls))
 
     def __repr__(self):
@@ -317,7 +324,8 @@ _connect_lock = threading.Lock()
 
 def _attach(actor_id, cls):
     """An ActorHandle unpickled in another process: it joins the cluster as a client if it
-    has not (inside a task or actor, through the cluster file its worker gives it)."""
+    has not (inside a task or actor, through the cluster file its worker gives it), and holds
+    the actor (taken before it returns) until the handle is dropped."""
     with _connect_lock:
         if not _ember.is_initialized():
             if not os.environ.get("EMBER_CLUSTER"):
@@ -330,7 +338,7 @@ def _attach(actor_id, cls):
 
 
 def kill(handle):
-    """Stops an actor for good (no restart)."""
+    """Stops an actor for good (no restart), whoever holds handles to it."""
     handle._actor.kill()
 
 

@@ -14,6 +14,7 @@ import pickle
 import secrets
 import struct
 import sys
+import threading
 
 import cloudpickle
 
@@ -102,11 +103,38 @@ def dumps(value, what):
 
 def dumps_call(head, args, kwargs, what):
     """Pickles a call's `(head, args, kwargs)`: with plain pickle when `head` and every
-    argument are plain, else as `dumps` does."""
+    argument are plain, else as `dumps_keeping` does. Returns the pickle and what the call
+    keeps alive until it ends (None when nothing)."""
     call = (head, args, kwargs)
     if _plain(call):
-        return pickle.dumps(call, protocol=PROTOCOL)
-    return dumps(call, what)
+        return pickle.dumps(call, protocol=PROTOCOL), None
+    return dumps_keeping(call, what)
+
+
+# The actor handles pickled by the pickling under way on this thread (`dumps_keeping`).
+_pickling = threading.local()
+
+
+def dumps_keeping(value, what):
+    """Pickles `value` as `dumps` does, and returns the pickle with the actor handles
+    pickled in it (None when none). The call that carries the pickle keeps them alive until
+    it ends: by then the callee, having unpickled them, holds their actors itself, so their
+    creator dropping its own handles meanwhile does not stop them."""
+    outer = getattr(_pickling, "handles", None)
+    _pickling.handles = handles = []
+    try:
+        payload = dumps(value, what)
+    finally:
+        _pickling.handles = outer
+    return payload, handles or None
+
+
+def keep_while_pickling(actor):
+    """An actor handle's `actor` is being pickled: the call being pickled on this thread, if
+    any, keeps it alive until the call ends."""
+    handles = getattr(_pickling, "handles", None)
+    if handles is not None:
+        handles.append(actor)
 
 
 def by_value(obj):

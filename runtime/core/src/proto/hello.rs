@@ -31,7 +31,7 @@ use super::{decode, encode, FrameError, PeerHello};
 /// requests, replies, commands, events, calls, leases, group messages), a changed frame
 /// limit or framing, or an exchange that now expects another answer. Two processes of one
 /// version must understand every frame the other sends; nothing else is checked.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest hello accepted, and the largest welcome: a worker's hello, with its resources
 /// and the names of all its task and actor types, fits easily.

@@ -72,8 +72,24 @@ pub enum ClientRequest {
     LeaseTask(LeaseSpec),
     /// Create an actor; answered with [`ClientReply::ActorCreated`] or an error.
     CreateActor(ActorSpec),
-    /// Stop an actor and free its resources.
+    /// Stop an actor and free its resources, whoever holds it.
     KillActor {
+        /// Which.
+        actor: ActorId,
+    },
+    /// This connection holds the actor: it lives while any connection holds it (the one that
+    /// created it holds it from its creation), and stops once the last holder releases it or
+    /// closes. Holding twice is holding once. Answered with [`ClientReply::ActorHeld`], or an
+    /// error if the head does not know the actor. After a head restart, holding an actor of
+    /// the last life claims it, as locating it does.
+    HoldActor {
+        /// Which.
+        actor: ActorId,
+    },
+    /// This connection no longer holds the actor; it stops if nobody else holds it.
+    /// Releasing what is not held (or gone) does nothing. Answered with
+    /// [`ClientReply::ActorReleased`].
+    ReleaseActor {
         /// Which.
         actor: ActorId,
     },
@@ -202,6 +218,10 @@ pub enum ClientReply {
     ActorCreated(ActorLocation),
     /// The actor is gone and its resources are free.
     ActorKilled,
+    /// This connection holds the actor.
+    ActorHeld,
+    /// This connection no longer holds the actor.
+    ActorReleased,
     /// Where an actor takes calls now.
     ActorLocated(ActorLocation),
     /// The checkpoint is recorded durably.

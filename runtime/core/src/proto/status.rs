@@ -253,6 +253,10 @@ pub struct ActorLifeStatus {
     pub checkpoint_age_ms: Option<u64>,
     /// Why it is dead.
     pub reason: Option<String>,
+    /// How many client connections hold it (its creator's among them while it holds it);
+    /// 0 for an actor of an earlier head life that no client of this one claimed yet.
+    #[serde(default)]
+    pub holders: u32,
 }
 
 impl ClusterStatus {

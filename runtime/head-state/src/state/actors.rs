@@ -36,6 +36,7 @@ impl HeadState {
                 life: ActorLife::new(spec.restart),
                 spec,
                 owner: self.owner(owner),
+                holders: [owner].into(),
                 create: Some(request),
                 start: None,
                 checkpoint: None,

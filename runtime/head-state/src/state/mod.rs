@@ -18,6 +18,7 @@ mod autoscaling;
 mod drain;
 mod gangs;
 mod groups;
+mod holds;
 mod nodes;
 mod pending;
 mod restore;
@@ -185,9 +186,12 @@ struct Incarnate {
 #[derive(Debug)]
 struct Actor {
     spec: ActorSpec,
-    /// The client connection that created it: it dies with that connection (one of an earlier
-    /// head life never closes in this one).
+    /// The client connection that created it, or the one of this head life that claimed it
+    /// after a restart (journaled: an owner of an earlier life means nobody claimed it yet).
     owner: Owner,
+    /// The connections of this head life that hold it (`holds.rs`): its owner's from its
+    /// creation or claim, and those that asked to. It stops when the last one lets go.
+    holders: BTreeSet<ConnId>,
     life: ActorLife<Incarnate>,
     /// The request that created it, until its first incarnation is up.
     create: Option<RequestId>,
@@ -638,6 +642,7 @@ impl HeadState {
         }
         self.check_stranded()?;
         self.check_usage()?;
+        self.check_holders()?;
         for view in self.sched.gangs() {
             if !self.gangs.contains_key(&view.id) && !view.removing {
                 return Err(format!("{} is placed for no one", view.id));
@@ -805,6 +810,10 @@ impl HeadState {
             ClientRequest::LeaseTask(spec) => self.lease_task(now, request, spec),
             ClientRequest::CreateActor(spec) => self.create_actor(now, conn, request, spec),
             ClientRequest::KillActor { actor } => self.kill_request(now, request, actor),
+            ClientRequest::HoldActor { actor } => self.hold_request(conn, request, actor),
+            ClientRequest::ReleaseActor { actor } => {
+                self.release_request(now, conn, request, actor)
+            }
             ClientRequest::SubmitJob(spec) => self.submit_job(now, request, spec),
             ClientRequest::Status => {
                 let status = self.status(now);
@@ -904,7 +913,8 @@ impl HeadState {
     }
 
     /// A connection closed: a worker's is a node lost (or gone after its drain); a client's
-    /// takes its requests and its actors with it.
+    /// takes its requests with it, and lets go of the actors it held (those nobody else holds
+    /// stop).
     fn closed(&mut self, now: Instant, conn: ConnId) {
         if let Some(&node) = self.conns.get(&conn) {
             let why = if self.drains.contains_key(&node) {
@@ -924,15 +934,7 @@ impl HeadState {
         for request in requests {
             self.abandon(now, request);
         }
-        let owned: Vec<ActorId> = self
-            .actors
-            .iter()
-            .filter(|(_, a)| a.owner == self.owner(conn))
-            .map(|(id, _)| *id)
-            .collect();
-        for actor in owned {
-            self.kill_actor(now, actor, None);
-        }
+        self.release_all(now, conn);
         self.remove_gangs_of(now, self.owner(conn));
     }
 

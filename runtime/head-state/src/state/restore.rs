@@ -69,6 +69,7 @@ impl HeadState {
                 Actor {
                     spec,
                     owner: record.owner,
+                    holders: Default::default(),
                     life,
                     create: None,
                     start: None,
@@ -137,8 +138,9 @@ impl HeadState {
         }
     }
 
-    /// A client connection of this life asked where an actor of an earlier life is: it owns
-    /// the actor from now on (the actor dies with it, as with the connection that created it).
+    /// A client connection of this life asked where an actor of an earlier life is, or to hold
+    /// it: it owns and holds the actor from now on (the actor stops when it and every other
+    /// holder let go, as with the connection that created it).
     pub(super) fn claim(&mut self, request: super::RequestId, actor: ActorId) {
         let Some(conn) = self.requests.get(&request).map(|o| o.conn) else {
             return;
@@ -150,6 +152,7 @@ impl HeadState {
         if let Some(a) = self.actors.get_mut(&actor) {
             tracing::info!(%actor, ?conn, "a client of this head life claims an actor of an earlier one");
             a.owner = owner;
+            a.holders.insert(conn);
             self.journal_actor(actor);
         }
     }

@@ -77,6 +77,7 @@ impl HeadState {
                 checkpoint_seq: a.checkpoint.map(|(seq, _)| seq),
                 checkpoint_age_ms: a.checkpoint.map(|(_, at)| millis_since(now, at)),
                 reason,
+                holders: a.holders.len() as u32,
             });
             if let Some(start) = a.start {
                 self.add_wait_reason(now, start.lease, &mut entry);

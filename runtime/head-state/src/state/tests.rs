@@ -257,6 +257,9 @@ mod restore_tests;
 #[path = "restore_groups_tests.rs"]
 mod restore_groups_tests;
 
+#[path = "holds_tests.rs"]
+mod holds_tests;
+
 fn placement(gpus: u32) -> Placement {
     Placement {
         demand: ResourceDemand {
