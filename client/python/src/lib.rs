@@ -31,7 +31,7 @@ use std::ffi::OsString;
 use pyo3::prelude::*;
 
 pyo3::create_exception!(
-    _ember,
+    ember._ember,
     EmberError,
     pyo3::exceptions::PyException,
     "An error from Ember's runtime: its message says what failed and why."

@@ -241,6 +241,6 @@ def test_a_killed_actor_stops_though_another_actor_holds_it():
     assert ember.get(keeper.keep.remote(c), timeout=60)
     ember.kill(c)
     _wait_for_actor(actor_id, "was not stopped by the kill", lambda a: a is None)
-    # Raised in the keeper, it comes back as the keeper's exception.
-    with pytest.raises(Exception, match=f"no actor {actor_id} in the cluster"):
+    # Raised in the keeper, it comes back as the keeper's exception: ember.EmberError.
+    with pytest.raises(ember.EmberError, match=f"no actor {actor_id} in the cluster"):
         ember.get(keeper.bump.remote(), timeout=60)
