@@ -234,7 +234,7 @@ struct WorkerArgs {
     #[arg(long, requires_all = ["token", "fingerprint"])]
     head: Option<SocketAddr>,
     /// The cluster's join token (or set EMBER_TOKEN, which keeps it off the command line).
-    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true, value_parser = parse_token)]
     token: Option<String>,
     /// The head certificate's fingerprint (sha256:...).
     #[arg(long)]
@@ -302,6 +302,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown unit `{other}`: use ms, s or m")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// A join token as given, without the whitespace around it (a token read from a file, or
+/// from a Kubernetes Secret made from one, often ends with a newline); an empty one is refused.
+fn parse_token(s: &str) -> Result<String, String> {
+    let token = s.trim();
+    if token.is_empty() {
+        return Err("the token is empty".into());
+    }
+    Ok(token.to_string())
 }
 
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
@@ -870,6 +880,13 @@ mod tests {
                 .map(OsString::from)
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_token_loses_the_whitespace_around_it_and_an_empty_one_is_refused() {
+        assert_eq!(parse_token("s3cret\n").unwrap(), "s3cret");
+        assert_eq!(parse_token("  s3cret ").unwrap(), "s3cret");
+        assert!(parse_token(" \n").unwrap_err().contains("empty"));
     }
 
     #[test]
