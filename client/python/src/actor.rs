@@ -25,6 +25,8 @@ struct Call {
     pending: Pending,
     /// The actor handles pickled in `payload`, alive until the call has ended.
     keep: Option<Py<PyAny>>,
+    /// The shared-memory files of its arguments' buffers, removed once it has ended.
+    files: crate::envelope::SharedFiles,
 }
 
 /// A Python actor's handle.
@@ -124,8 +126,10 @@ async fn serve(made: Result<ActorRef, String>, mut queue: mpsc::UnboundedReceive
                 let pending = call.pending;
                 let method = call.method;
                 let keep = call.keep;
+                let files = call.files;
                 in_flight.push(async move {
                     let outcome = actor.call_bytes(&method, args).await.map_err(|e| e.to_string());
+                    drop(files);
                     pending.complete(Outcome::from(outcome));
                     // The callee holds the actors of the handles it was passed by now.
                     drop(keep);
@@ -147,17 +151,21 @@ async fn serve(made: Result<ActorRef, String>, mut queue: mpsc::UnboundedReceive
 
 #[pymethods]
 impl Actor {
-    /// Calls `method` with `payload` (the package's pickle of the arguments) once `deps`
-    /// ended; returns at once with what to wait on. `keep` (the actor handles pickled in the
-    /// payload) stays alive until the call has ended.
+    /// Calls `method` with `payload` (the package's pickle of the arguments, or its frame)
+    /// once `deps` ended; returns at once with what to wait on. `keep` (the actor handles
+    /// pickled in the payload, and the shared-memory files of its arguments' buffers) stays
+    /// alive until the call has ended.
     #[pyo3(signature = (method, payload, deps, keep=None))]
     fn call(
         &self,
         method: String,
-        payload: Vec<u8>,
+        payload: &Bound<'_, PyAny>,
         deps: Vec<Pending>,
         keep: Option<Py<PyAny>>,
     ) -> PyResult<Pending> {
+        let payload = crate::envelope::bytes_of(payload)?;
+        // The shared-memory files of its arguments' buffers: removed once the call has ended.
+        let files = crate::envelope::own_files(&payload);
         current()?;
         let pending = Pending::new();
         let call = Call {
@@ -166,6 +174,7 @@ impl Actor {
             deps,
             pending: pending.clone(),
             keep,
+            files,
         };
         if self.calls.send(call).is_err() {
             pending.complete(Outcome::Failed("the actor's handle is closed".into()));

@@ -280,15 +280,19 @@ pub(crate) fn options(opts: Option<&Bound<'_, PyDict>>) -> PyResult<Options> {
 /// `deps` (the calls whose results are its arguments) has ended; their results travel ahead
 /// of the payload (each as a 4-byte little-endian length and its bytes, after their count),
 /// and a failed one fails the call with its error. `keep` (the actor handles pickled in the
-/// payload) stays alive until the call has ended.
+/// payload, and the shared-memory files of its arguments' buffers) stays alive until the
+/// call has ended. The payload is a pickle's bytes or a frame ([`crate::envelope::Frame`]).
 #[pyfunction]
 #[pyo3(signature = (payload, deps, opts=None, keep=None))]
 fn submit_task(
-    payload: Vec<u8>,
+    payload: &Bound<'_, PyAny>,
     deps: Vec<Pending>,
     opts: Option<&Bound<'_, PyDict>>,
     keep: Option<Py<PyAny>>,
 ) -> PyResult<Pending> {
+    let payload = crate::envelope::bytes_of(payload)?;
+    // The shared-memory files of its arguments' buffers: removed once the call has ended.
+    let files = crate::envelope::own_files(&payload);
     let options = options(opts)?;
     let (runtime, cluster) = current()?;
     let pending = Pending::new();
@@ -301,6 +305,7 @@ fn submit_task(
                 .map_err(explain),
             Err(e) => Err(e),
         };
+        drop(files);
         done.complete(Outcome::from(outcome));
         // The callee holds the actors of the handles it was passed by now.
         drop(keep);

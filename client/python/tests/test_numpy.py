@@ -142,3 +142,50 @@ def test_a_killed_process_s_shared_memory_is_swept_and_its_workers_stop(tmp_path
     while [w for w in workers if running(w)]:
         assert time.monotonic() < deadline, "the killed process's workers still run"
         time.sleep(0.05)
+
+
+def _mapped(array):
+    """Whether `array`'s data is a mapping of a shared-memory file (not a copy in memory)."""
+    import mmap
+
+    base = array.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, mmap.mmap)
+
+
+@ember.remote
+def inspect_argument(a):
+    a[0] = -1.0  # writable: copy-on-write, the caller's data untouched
+    return _mapped(a), float(a[1:].sum())
+
+
+@ember.remote
+class Inspector:
+    def inspect(self, a):
+        return _mapped(a), float(a.sum())
+
+
+def test_a_large_array_argument_crosses_through_shared_memory_and_its_file_goes_with_the_call():
+    import gc
+    import os
+
+    def mine():
+        return {f for f in os.listdir("/dev/shm") if f.startswith(f"ember-buf-{os.getpid()}-")}
+
+    before = mine()
+    a = np.arange(4 << 20, dtype=np.float64)  # 32 MiB
+    assert ember.get(inspect_argument.remote(a), timeout=60) == (True, float(a[1:].sum()))
+    assert a[0] == 0.0
+    inspector = Inspector.remote()
+    assert ember.get(inspector.inspect.remote(a), timeout=60) == (True, float(a.sum()))
+    # Small arrays travel in the call's bytes.
+    assert ember.get(inspector.inspect.remote(a[:1000]), timeout=60) == (False, float(a[:1000].sum()))
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while mine() - before:
+        assert time.monotonic() < deadline, "an argument's file outlived its call"
+        time.sleep(0.05)
+        gc.collect()

@@ -53,7 +53,7 @@ def init(address=None, *, workers=1, gpus=0, cpus=None, gpu_memory=None, acceler
     `gpus` logical GPUs (this machine's real GPUs when 0). `address` (or EMBER_CLUSTER) is
     the path of a running cluster's cluster file. Returns the head's address."""
     address = address or os.environ.get("EMBER_CLUSTER")
-    return _ember.init(
+    head = _ember.init(
         address,
         workers=workers,
         gpus=gpus,
@@ -61,10 +61,15 @@ def init(address=None, *, workers=1, gpus=0, cpus=None, gpu_memory=None, acceler
         gpu_memory=gpu_memory,
         accelerator=accelerator,
     )
+    # An embedded cluster's workers all run on this machine: large argument buffers cross
+    # through shared memory.
+    _serialize.args_shared = address is None
+    return head
 
 
 def shutdown():
     """Disconnects; a local cluster stops."""
+    _serialize.args_shared = False
     _ember.shutdown()
     _ember.release_buffers()
 

@@ -71,7 +71,7 @@ def run_task(data):
 def _args(data):
     """The call's arguments, with its arguments' calls' results in place."""
     deps, payload = _split(data)
-    head, args, kwargs = pickle.loads(payload)
+    head, args, kwargs = _serialize.loads(payload)
     if not deps:
         return head, args, kwargs
     values = [_serialize.unwrap(d) for d in deps]

@@ -101,32 +101,75 @@ def dumps(value, what):
         raise SerializationError(f"{what} cannot be pickled: {type(e).__name__}: {e}") from e
 
 
+# Set by `ember.init()` when it starts an embedded cluster: every worker runs on this
+# machine, so the large buffers of a call's arguments cross through shared memory.
+args_shared = False
+
+
 def dumps_call(head, args, kwargs, what):
     """Pickles a call's `(head, args, kwargs)`: with plain pickle when `head` and every
-    argument are plain, else as `dumps_keeping` does. Returns the pickle and what the call
-    keeps alive until it ends (None when nothing)."""
+    argument are plain, else as `dumps_keeping` does, its buffers of at least `SHM_MIN`
+    bytes (numpy arrays' data) in shared memory when `args_shared`. Returns the pickle (or
+    frame) and what the call keeps alive until it ends (None when nothing)."""
     call = (head, args, kwargs)
     if _plain(call):
         return pickle.dumps(call, protocol=PROTOCOL), None
-    return dumps_keeping(call, what)
+    return dumps_keeping(call, what, share=args_shared)
 
 
 # The actor handles pickled by the pickling under way on this thread (`dumps_keeping`).
 _pickling = threading.local()
 
 
-def dumps_keeping(value, what):
+def dumps_keeping(value, what, share=False):
     """Pickles `value` as `dumps` does, and returns the pickle with the actor handles
     pickled in it (None when none). The call that carries the pickle keeps them alive until
     it ends: by then the callee, having unpickled them, holds their actors itself, so their
-    creator dropping its own handles meanwhile does not stop them."""
+    creator dropping its own handles meanwhile does not stop them. With `share`, buffers of
+    at least `SHM_MIN` bytes go into shared-memory files instead, the pickle framed with
+    them: the call removes them when it ends (`ember._ember` takes them over from the frame;
+    a constructor's arguments never travel so, since the head keeps them to build the actor
+    again after a loss)."""
     outer = getattr(_pickling, "handles", None)
     _pickling.handles = handles = []
     try:
-        payload = dumps(value, what)
+        payload = _dumps_sharing(value, what) if share else dumps(value, what)
     finally:
         _pickling.handles = outer
     return payload, handles or None
+
+
+def _dumps_sharing(value, what):
+    """`value` pickled with its large contiguous buffers in shared-memory files named for
+    this process, framed; a plain pickle when it has none."""
+    buffers = []
+
+    def out_of_band(buffer):
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: it travels in the pickle
+            return True
+        if raw.nbytes < SHM_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
+    try:
+        main = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=out_of_band)
+    except Exception as e:  # cloudpickle raises many kinds
+        raise SerializationError(f"{what} cannot be pickled: {type(e).__name__}: {e}") from e
+    if not buffers:
+        return main
+    return _ember.frame(main, [_to_shared(b, os.getpid()) for b in buffers])
+
+
+def loads(data):
+    """What `dumps_call` (or `dumps`) made of a value: a plain pickle, or a frame whose
+    buffers are mapped from shared memory (copy-on-write: writable, nothing copied)."""
+    if data[: len(MAGIC)] == MAGIC:
+        main, buffers = _unframe(data)
+        return pickle.loads(main, buffers=buffers)
+    return pickle.loads(data)
 
 
 def keep_while_pickling(actor):
@@ -260,11 +303,7 @@ def error(exc):
 
 def unwrap(envelope):
     """The value in an envelope (bytes-like), or the remote exception raised."""
-    if envelope[: len(MAGIC)] == MAGIC:
-        main, buffers = _unframe(envelope)
-        record = pickle.loads(main, buffers=buffers)
-    else:
-        record = pickle.loads(envelope)
+    record = loads(envelope)
     if record[0] == "ok":
         return record[1]
     _, exc_bytes, name, message, tb = record
