@@ -277,16 +277,17 @@ impl Cluster {
     /// the cluster uses for an actor whose handle it was passed. Fails if the head does not
     /// know the actor (never created, or stopped).
     pub async fn lookup_actor(&self, id: ActorId) -> Result<ActorRef, Error> {
+        self.held_actor(id, Hold::WhileHandled).await
+    }
+
+    /// A handle to the existing actor `id`, held as `hold` says; the hold is let go again if
+    /// the actor cannot be found.
+    async fn held_actor(&self, id: ActorId, hold: Hold) -> Result<ActorRef, Error> {
         self.inner.held.hold(self, id).await?;
         let found = async {
             let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
             let caller = self.caller(&location).await?;
-            Ok(ActorRef::new(
-                self.clone(),
-                location,
-                caller,
-                Hold::WhileHandled,
-            ))
+            Ok(ActorRef::new(self.clone(), location, caller, hold))
         };
         let found = found.await;
         if found.is_err() {
@@ -302,22 +303,9 @@ impl Cluster {
     /// client of its new life takes over an actor created before the restart; actors of an
     /// earlier head life that no client holds within the head's re-join window are stopped.
     pub async fn actor<H: RemoteActor>(&self, id: ActorId) -> Result<H, Error> {
-        self.inner.held.hold(self, id).await?;
-        let found = async {
-            let location = self.locate_actor(id, 0, false, crate::RESTART_WAIT).await?;
-            let caller = self.caller(&location).await?;
-            Ok(ActorRef::new(
-                self.clone(),
-                location,
-                caller,
-                Hold::UntilReleased,
-            ))
-        };
-        let found = found.await;
-        if found.is_err() {
-            let _ = self.inner.held.release(self, id).await;
-        }
-        found.map(H::from_ref)
+        self.held_actor(id, Hold::UntilReleased)
+            .await
+            .map(H::from_ref)
     }
 
     /// Runs a command as a batch job on a worker chosen by placement. Returns once it started;

@@ -142,20 +142,8 @@ def dumps_keeping(value, what, share=False):
 def _dumps_sharing(value, what):
     """`value` pickled with its large contiguous buffers in shared-memory files named for
     this process, framed; a plain pickle when it has none."""
-    buffers = []
-
-    def out_of_band(buffer):
-        try:
-            raw = buffer.raw()
-        except BufferError:  # not contiguous: it travels in the pickle
-            return True
-        if raw.nbytes < SHM_MIN:
-            return True
-        buffers.append(raw)
-        return False
-
     try:
-        main = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=out_of_band)
+        main, buffers = _pickle_out_of_band(value, SHM_MIN)
     except Exception as e:  # cloudpickle raises many kinds
         raise SerializationError(f"{what} cannot be pickled: {type(e).__name__}: {e}") from e
     if not buffers:
@@ -204,6 +192,17 @@ def ok(value, shared_with=None):
     into files in shared memory named for it."""
     if _plain(value):
         return pickle.dumps(("ok", value), protocol=PROTOCOL)
+    main, buffers = _pickle_out_of_band(("ok", value), OUT_OF_BAND_MIN)
+    if not buffers:
+        return main
+    if shared_with is not None:
+        buffers = [_to_shared(b, shared_with) if b.nbytes >= SHM_MIN else b for b in buffers]
+    return _ember.frame(main, buffers)
+
+
+def _pickle_out_of_band(value, min_bytes):
+    """`value` pickled with cloudpickle, its contiguous buffers of at least `min_bytes` left
+    out of band: the pickle and those buffers (raw memoryviews, in the pickle's order)."""
     buffers = []
 
     def out_of_band(buffer):
@@ -211,17 +210,12 @@ def ok(value, shared_with=None):
             raw = buffer.raw()
         except BufferError:  # not contiguous: it travels in the pickle
             return True
-        if raw.nbytes < OUT_OF_BAND_MIN:
+        if raw.nbytes < min_bytes:
             return True
         buffers.append(raw)
         return False
 
-    main = cloudpickle.dumps(("ok", value), protocol=PROTOCOL, buffer_callback=out_of_band)
-    if not buffers:
-        return main
-    if shared_with is not None:
-        buffers = [_to_shared(b, shared_with) if b.nbytes >= SHM_MIN else b for b in buffers]
-    return _ember.frame(main, buffers)
+    return cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=out_of_band), buffers
 
 
 def _to_shared(view, owner):
