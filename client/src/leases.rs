@@ -415,11 +415,36 @@ impl Cluster {
             }
         };
         let ep = &grant.endpoints;
-        let caller = if self.same_host(&ep.host) {
+        let connected = if self.same_host(&ep.host) {
             let what = format!("{}'s executor", grant.lease);
-            LeaseCaller::Unix(UnixCaller::connect(&ep.local_socket, self.token(), what).await?)
+            UnixCaller::connect(&ep.local_socket, self.token(), what)
+                .await
+                .map(LeaseCaller::Unix)
         } else {
-            LeaseCaller::Quic(self.peer(&ep.peer_addr, ep.peer_fingerprint).await?)
+            self.peer(&ep.peer_addr, ep.peer_fingerprint)
+                .await
+                .map(LeaseCaller::Quic)
+        };
+        let caller = match connected {
+            Ok(caller) => caller,
+            Err(e) => {
+                // Its executor cannot be reached: its worker died before the head noticed.
+                // Giving the lease back as lost has the head probe that worker, and waiting
+                // for it to close the lease keeps the next request off a dead worker. The
+                // task counts it as a loss, like one lost while running.
+                let mut send = send;
+                let _ = send.reset(quinn::VarInt::from_u32(LEASE_LOST));
+                let closed = async {
+                    while let Ok(Some(_)) = read_frame::<_, ClientReply>(&mut recv, MAX_FRAME).await
+                    {
+                    }
+                };
+                let _ = tokio::time::timeout(HEAD_CLOSE_WAIT, closed).await;
+                return Err(Error::Remote(RemoteError::new(
+                    ErrorKind::WorkerDied,
+                    format!("{}'s executor cannot be reached: {e}", grant.lease),
+                )));
+            }
         };
         let (state_tx, state) = watch::channel(LeaseState::default());
         tokio::spawn(async move {
