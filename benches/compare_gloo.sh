@@ -12,10 +12,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(git -C "$here" rev-parse --show-toplevel 2>/dev/null) || root=$(cd "$here/.." && pwd)
-shared=${EMBER_SHARED:-$root/../shared}
-if [ ! -f "$shared/anchors/gloo_allreduce.py" ] && [ -f /work/shared/anchors/gloo_allreduce.py ]; then
-  shared=/work/shared
-fi
+. "$here/anchors.sh"
+find_anchors "$root" gloo_allreduce.py
 TORCH_VENV=${TORCH_VENV:-/tmp/torch-venv}
 if [ ! -x "$TORCH_VENV/bin/python" ]; then
   echo "error: no torch venv at $TORCH_VENV (see the top of this script)" >&2

@@ -10,15 +10,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(git -C "$here" rev-parse --show-toplevel 2>/dev/null) || root=$(cd "$here/.." && pwd)
-shared=${EMBER_SHARED:-$root/../shared}
-if [ ! -f "$shared/anchors/ray_micro.sh" ] && [ -f /work/shared/anchors/ray_micro.sh ]; then
-  shared=/work/shared   # a worktree outside /work's usual layout
-fi
+. "$here/anchors.sh"
+find_anchors "$root" ray_micro.sh
 ray_micro="$shared/anchors/ray_micro.sh"
-if [ ! -f "$ray_micro" ]; then
-  echo "error: $ray_micro not found; set EMBER_SHARED to the folder holding anchors/" >&2
-  exit 1
-fi
 export RAY_VENV=${RAY_VENV:-/tmp/ray-venv}
 if [ ! -x "$RAY_VENV/bin/ray" ]; then
   cat >&2 <<EOF

@@ -12,10 +12,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(git -C "$here" rev-parse --show-toplevel 2>/dev/null) || root=$(cd "$here/.." && pwd)
-shared=${EMBER_SHARED:-$root/../shared}
-if [ ! -f "$shared/anchors/ray_actor_restart.py" ] && [ -f /work/shared/anchors/ray_actor_restart.py ]; then
-  shared=/work/shared
-fi
+. "$here/anchors.sh"
+find_anchors "$root" ray_actor_restart.py
 RAY_VENV=${RAY_VENV:-/tmp/ray-venv}
 if [ ! -x "$RAY_VENV/bin/python" ]; then
   echo "error: no Ray venv at $RAY_VENV: see benches/compare_ray.sh for how to make one" >&2
