@@ -568,6 +568,20 @@ impl Cluster {
         self.inner.held.list().await
     }
 
+    /// Holds `actor` without a handle, as a handle from [`Cluster::lookup_actor`] would,
+    /// until [`Cluster::release_actor`]: for a binding that keeps a value naming the actor (a
+    /// pickled handle in a result) before anything calls it. Fails if the head does not know
+    /// the actor (never created, or stopped).
+    pub async fn hold_actor(&self, actor: ActorId) -> Result<(), Error> {
+        self.inner.held.hold(self, actor).await
+    }
+
+    /// Lets go of one hold taken with [`Cluster::hold_actor`]: the actor stops once nothing
+    /// holds it, here or in another client.
+    pub async fn release_actor(&self, actor: ActorId) -> Result<(), Error> {
+        self.inner.held.release(self, actor).await
+    }
+
     /// Calls to actors on this machine go through their Unix sockets (the default) or, when
     /// `false`, over QUIC like calls from any other machine.
     pub fn set_same_host_calls(&self, enabled: bool) {

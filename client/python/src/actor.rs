@@ -8,7 +8,7 @@
 //! it. A call whose arguments carry handles keeps them alive until it ends (`keep`), by when
 //! the callee holds those actors itself.
 
-use ember::ActorRef;
+use ember::{ActorRef, Cluster};
 use futures::stream::{FuturesUnordered, StreamExt};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -62,7 +62,7 @@ fn spawn_actor(
         };
         drop(keep);
         created_tx.send_replace(Some(made.clone()));
-        serve(made, queue).await;
+        serve(cluster, made, queue).await;
     });
     Ok(Actor { calls, created })
 }
@@ -79,13 +79,14 @@ fn attach_actor(py: Python<'_>, id: &str) -> PyResult<Actor> {
         .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("not an actor id: {id}")))?;
     let (runtime, cluster) = current()?;
     let (calls, queue) = mpsc::unbounded_channel();
+    let looked_up = cluster.clone();
     let found = py.detach(|| {
         wait(&runtime, async move {
-            cluster.lookup_actor(id).await.map_err(|e| e.to_string())
+            looked_up.lookup_actor(id).await.map_err(|e| e.to_string())
         })
     });
     let (_, created) = watch::channel(Some(found.clone()));
-    runtime.spawn(serve(found, queue));
+    runtime.spawn(serve(cluster, found, queue));
     Ok(Actor { calls, created })
 }
 
@@ -93,7 +94,11 @@ fn attach_actor(py: Python<'_>, id: &str) -> PyResult<Actor> {
 /// many in flight at once; or fails them all if it could not be created. Once the handle is
 /// dropped and its calls are answered, releases the handle's hold: the actor stops if no
 /// other handle, here or in another process, holds it.
-async fn serve(made: Result<ActorRef, String>, mut queue: mpsc::UnboundedReceiver<Call>) {
+async fn serve(
+    cluster: Cluster,
+    made: Result<ActorRef, String>,
+    mut queue: mpsc::UnboundedReceiver<Call>,
+) {
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -127,10 +132,11 @@ async fn serve(made: Result<ActorRef, String>, mut queue: mpsc::UnboundedReceive
                 let method = call.method;
                 let keep = call.keep;
                 let files = call.files;
+                let cluster = &cluster;
                 in_flight.push(async move {
                     let outcome = actor.call_bytes(&method, args).await.map_err(|e| e.to_string());
                     drop(files);
-                    pending.complete(Outcome::from(outcome));
+                    pending.complete_from(cluster, outcome).await;
                     // The callee holds the actors of the handles it was passed by now.
                     drop(keep);
                 });

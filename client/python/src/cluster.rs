@@ -306,7 +306,7 @@ fn submit_task(
             Err(e) => Err(e),
         };
         drop(files);
-        done.complete(Outcome::from(outcome));
+        done.complete_from(&cluster, outcome).await;
         // The callee holds the actors of the handles it was passed by now.
         drop(keep);
     });

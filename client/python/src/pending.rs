@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 
+use ember::{ActorId, Cluster};
+
 use crate::envelope::{self, Envelope, SharedFiles};
 use crate::EmberError;
 
@@ -70,6 +72,7 @@ impl From<Result<Vec<u8>, String>> for Outcome {
 }
 
 /// A call's outcome and who waits for it.
+#[derive(Default)]
 struct Slot {
     /// The outcome once it came; the runtime's tasks (a call waiting on its arguments)
     /// wait on it through the channel.
@@ -79,12 +82,42 @@ struct Slot {
     /// The shared-memory files its result names: removed when the last clone of the
     /// [`Pending`] goes.
     files: Mutex<SharedFiles>,
+    /// The actors its result's handles name, held from its arrival until the last clone of
+    /// the [`Pending`] goes: however late the result is unpickled, its handles find them.
+    held: Mutex<Option<Held>>,
+    /// What a put value keeps alive while it lives: the handles pickled in it, which hold
+    /// their actors.
+    keep: Mutex<Option<Py<PyAny>>>,
+}
+
+/// Actors held for a result, let go of when it goes.
+struct Held {
+    runtime: tokio::runtime::Handle,
+    cluster: Cluster,
+    actors: Vec<ActorId>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let (cluster, actors) = (self.cluster.clone(), std::mem::take(&mut self.actors));
+        self.runtime.spawn(async move {
+            for actor in actors {
+                if let Err(e) = cluster.release_actor(actor).await {
+                    tracing::debug!(%actor, "letting go of an actor a result named: {e}");
+                }
+            }
+        });
+    }
 }
 
 impl Slot {
     fn waiters(&self) -> MutexGuard<'_, Vec<Thread>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.waiters)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A submitted call's result, once it came. It owns the shared-memory files its result
@@ -98,12 +131,35 @@ pub(crate) struct Pending {
 impl Pending {
     pub(crate) fn new() -> Self {
         Pending {
-            slot: Arc::new(Slot {
-                outcome: watch::Sender::new(None),
-                waiters: Mutex::new(Vec::new()),
-                files: Mutex::new(SharedFiles::default()),
-            }),
+            slot: Arc::new(Slot::default()),
         }
+    }
+
+    /// The call ended with `result` from `cluster`: holds the actors its result's handles
+    /// name (before anyone can see it, so that they are held before the executor lets go of
+    /// its own handles), then completes as [`Pending::complete`] does. An actor that cannot be
+    /// held (stopped meanwhile) is left out: its handle fails, saying why, when called.
+    pub(crate) async fn complete_from(&self, cluster: &Cluster, result: Result<Vec<u8>, String>) {
+        if let Ok(bytes) = &result {
+            let mut actors = envelope::actors_of(bytes);
+            if !actors.is_empty() {
+                let mut held = Vec::with_capacity(actors.len());
+                for actor in actors.drain(..) {
+                    match cluster.hold_actor(actor).await {
+                        Ok(()) => held.push(actor),
+                        Err(e) => {
+                            tracing::debug!(%actor, "a result names an actor that is gone: {e}")
+                        }
+                    }
+                }
+                *lock(&self.slot.held) = Some(Held {
+                    runtime: tokio::runtime::Handle::current(),
+                    cluster: cluster.clone(),
+                    actors: held,
+                });
+            }
+        }
+        self.complete(Outcome::from(result));
     }
 
     /// The call ended: stores how, and wakes its waiters.
@@ -120,9 +176,10 @@ impl Pending {
         }
     }
 
-    /// A call already ended with `bytes`.
-    pub(crate) fn ended_with(bytes: Vec<u8>) -> Self {
+    /// A call already ended with `bytes`, keeping `keep` alive while it lives.
+    pub(crate) fn ended_with(bytes: Vec<u8>, keep: Option<Py<PyAny>>) -> Self {
         let p = Pending::new();
+        *lock(&p.slot.keep) = keep;
         p.slot
             .outcome
             .send_replace(Some(Outcome::Done(Arc::new(bytes.into()))));
@@ -255,10 +312,11 @@ impl Pending {
 }
 
 /// A call already ended with `value` (a pickle's bytes or a [`Frame`](envelope::Frame)):
-/// what `ember.put` makes.
+/// what `ember.put` makes. `keep` (the actor handles pickled in it) lives as long as it.
 #[pyfunction]
-fn completed(value: &Bound<'_, PyAny>) -> PyResult<Pending> {
-    Ok(Pending::ended_with(envelope::bytes_of(value)?))
+#[pyo3(signature = (value, keep=None))]
+fn completed(value: &Bound<'_, PyAny>, keep: Option<Py<PyAny>>) -> PyResult<Pending> {
+    Ok(Pending::ended_with(envelope::bytes_of(value)?, keep))
 }
 
 /// Waits until `num_returns` of `pending` have ended or `timeout` seconds pass; returns the

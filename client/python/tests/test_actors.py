@@ -244,3 +244,54 @@ def test_a_killed_actor_stops_though_another_actor_holds_it():
     # Raised in the keeper, it comes back as the keeper's exception: ember.EmberError.
     with pytest.raises(ember.EmberError, match=f"no actor {actor_id} in the cluster"):
         ember.get(keeper.bump.remote(), timeout=60)
+
+
+@ember.remote
+def make_counter(start):
+    # Remote code creates an actor (joining the cluster on first use) and returns its
+    # handle; its own handle goes as it returns.
+    c = Counter.remote(start)
+    assert ember.get(c.add.remote(), timeout=60) == start + 1
+    return {"counter": c, "id": c.actor_id()}
+
+
+def test_a_handle_a_task_returns_keeps_its_actor_after_the_task_lets_go():
+    ref = make_counter.remote(40)
+    ember.wait([ref], timeout=60)
+    # The result's arrival held the actor for this process (before anything unpickled it);
+    # the task's process lets go of its own hold a little later. Only then is it unpickled.
+    actor_id = ember.get(ref)["id"]
+    _wait_for_actor(actor_id, "is not held by the result alone", lambda a: a and a["actor"]["holders"] == 1)
+    c = ember.get(ref)["counter"]
+    assert ember.get(c.add.remote(), timeout=60) == 42
+    # Nothing holds it once the handle and the result are gone: it stops.
+    del c, ref
+    gc.collect()
+    _wait_for_actor(actor_id, "still runs with no handle left", lambda a: a is None)
+
+
+@ember.remote
+class Factory:
+    def make(self, start):
+        return Counter.remote(start)
+
+
+def test_a_handle_an_actor_method_returns_calls_the_actor_it_created():
+    factory = Factory.remote()
+    c = ember.get(factory.make.remote(5), timeout=60)
+    assert ember.get(c.add.remote(), timeout=60) == 6
+
+
+def test_a_handle_in_a_put_value_keeps_its_actor_while_the_value_lives():
+    c = Counter.remote(1)
+    actor_id = c.actor_id()
+    value = ember.put({"counter": c})
+    del c
+    gc.collect()
+    assert ember.get(ember.get(value)["counter"].add.remote(), timeout=60) == 2
+    assert ember.get(bump_through.remote(ember.get(value)["counter"], 1), timeout=60) == 3
+    gc.collect()
+    _wait_for_actor(actor_id, "lost the put value's hold", lambda a: a and a["actor"]["holders"] == 1)
+    del value
+    gc.collect()
+    _wait_for_actor(actor_id, "still runs with no handle left", lambda a: a is None)

@@ -68,6 +68,17 @@ def test_refs_as_arguments_are_resolved_before_the_call_runs():
     assert ember.get(r) == 5
 
 
+@ember.remote
+def sum_of_squares(n):
+    # Remote code calls remote functions as a driver does (joining the cluster on first use).
+    return sum(ember.get([add.remote(i * i) for i in range(n)], timeout=60))
+
+
+def test_a_task_calls_remote_functions_itself():
+    assert ember.get(sum_of_squares.remote(5), timeout=60) == 30
+    assert ember.get([sum_of_squares.remote(3) for _ in range(3)], timeout=60) == [5, 5, 5]
+
+
 def test_put_keeps_large_values():
     data = bytes(range(256)) * 4096
     assert ember.get(ember.put(data)) == data

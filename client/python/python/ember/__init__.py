@@ -164,6 +164,7 @@ class RemoteFunction:
         return other
 
     def remote(self, *args, **kwargs):
+        _joined()
         fn_id, fn_bytes = self._definition()
         args, kwargs, deps = _with_deps(args, kwargs)
         payload, keep = _serialize.dumps_call((fn_id, fn_bytes, _CALLER), args, kwargs, self._what)
@@ -258,6 +259,7 @@ class ActorClass:
         return other
 
     def remote(self, *args, **kwargs):
+        _joined()
         if self._pickled is None:
             _serialize.by_value(self._cls)
             self._pickled = _serialize.dumps(self._cls, f"class {self.__qualname__}")
@@ -327,18 +329,29 @@ class ActorHandle:
 _connect_lock = threading.Lock()
 
 
-def _attach(actor_id, cls):
-    """An ActorHandle unpickled in another process: it joins the cluster as a client if it
-    has not (inside a task or actor, through the cluster file its worker gives it), and holds
-    the actor (taken before it returns) until the handle is dropped."""
+def _joined():
+    """Joins the cluster on first use in a process that has not, when EMBER_CLUSTER names
+    it: inside a task or an actor, whose worker gives it the cluster file, so that remote
+    code calls remote functions, creates actors and uses handles it was passed as a driver
+    does. Returns whether this process is connected."""
+    if _ember.is_initialized():
+        return True
+    if not os.environ.get("EMBER_CLUSTER"):
+        return False
     with _connect_lock:
         if not _ember.is_initialized():
-            if not os.environ.get("EMBER_CLUSTER"):
-                raise EmberError(
-                    "an actor handle was unpickled outside the cluster: call ember.init() "
-                    "first"
-                )
             init()
+    return True
+
+
+def _attach(actor_id, cls):
+    """An ActorHandle unpickled in another process: it joins the cluster as a client if it
+    has not (`_joined`), and holds the actor (taken before it returns) until the handle is
+    dropped."""
+    if not _joined():
+        raise EmberError(
+            "an actor handle was unpickled outside the cluster: call ember.init() first"
+        )
     return ActorHandle(_ember.attach_actor(actor_id), cls)
 
 
@@ -379,7 +392,9 @@ def wait(refs, *, num_returns=1, timeout=None):
 def put(value):
     """An ObjectRef holding `value`, to pass to remote calls (pickled once, here; large
     buffers such as numpy arrays' data are copied once, beside the pickle)."""
-    return ObjectRef(_ember.completed(_serialize.ok(value)))
+    envelope, handles = _serialize.ok(value)
+    # The actor handles in it hold their actors while the value lives.
+    return ObjectRef(_ember.completed(envelope, handles))
 
 
 def context():

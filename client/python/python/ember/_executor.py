@@ -5,6 +5,8 @@ once per process."""
 import inspect
 import pickle
 import struct
+import threading
+import time
 
 from . import _ember, _serialize
 from ._actor_loop import ActorLoop, is_async_class
@@ -21,6 +23,66 @@ def _shared_with(caller):
     return pid if host == _HOST else None
 
 _functions = {}
+
+
+class Handover:
+    """The actor handles pickled into results this process returned, kept `WINDOW` seconds.
+
+    A task that creates an actor and returns its handle drops its own handle as it returns,
+    and the actor would stop with it before the caller's copy (unpickled later, maybe much
+    later) held it. So the result's frame names the actor, its caller holds it as soon as
+    the result arrives (`Pending::complete_from`, before anyone can see the result), and this
+    keeps the handles (their holds) over that hand-over: milliseconds, kept 10 s. (Across a
+    head restart the caller's hold claims the actor in the head's next life, within its
+    re-join window.)"""
+
+    WINDOW = 10.0
+
+    def __init__(self):
+        import collections
+
+        self._kept = collections.deque()  # (deadline, handles), deadlines in order
+        self._lock = threading.Lock()
+        self._reaper = None
+
+    def keep(self, handles):
+        """Keeps `handles` for `WINDOW` seconds."""
+        with self._lock:
+            self._kept.append((time.monotonic() + self.WINDOW, handles))
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="ember-handover", daemon=True)
+                self._reaper.start()
+
+    def _reap(self):
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._kept and self._kept[0][0] <= now:
+                    self._kept.popleft()
+                if not self._kept:
+                    self._reaper = None
+                    return
+                wait = self._kept[0][0] - now
+            time.sleep(wait)
+
+
+_handover = Handover()
+
+
+def _result(value, caller, what):
+    """The envelope of `value`, returned to `caller` by `what` (for an error saying it cannot
+    be pickled); the actor handles pickled in it are kept over the hand-over."""
+    try:
+        envelope, handles = _serialize.ok(value, _shared_with(caller))
+    except Exception as e:  # noqa: BLE001
+        return _serialize.error(
+            _serialize.SerializationError(
+                f"the result of {what} cannot be pickled: {type(e).__name__}: {e}"
+            )
+        )
+    if handles:
+        _handover.keep(handles)
+    return envelope
 
 
 def _split(data):
@@ -57,15 +119,7 @@ def run_task(data):
         value = fn(*args, **kwargs)
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
         return _serialize.error(e)
-    try:
-        return _serialize.ok(value, _shared_with(caller))
-    except Exception as e:  # noqa: BLE001
-        return _serialize.error(
-            _serialize.SerializationError(
-                f"the result of {getattr(fn, '__qualname__', 'the task')} cannot be pickled: "
-                f"{type(e).__name__}: {e}"
-            )
-        )
+    return _result(value, caller, getattr(fn, "__qualname__", "the task"))
 
 
 def _args(data):
@@ -135,15 +189,7 @@ class ActorBox:
 
     def _envelope(self, method, caller, value):
         """The envelope of what `method` returned to `caller`."""
-        try:
-            return _serialize.ok(value, _shared_with(caller))
-        except Exception as e:  # noqa: BLE001
-            return _serialize.error(
-                _serialize.SerializationError(
-                    f"the result of {type(self.instance).__qualname__}.{method} cannot be "
-                    f"pickled: {type(e).__name__}: {e}"
-                )
-            )
+        return _result(value, caller, f"{type(self.instance).__qualname__}.{method}")
 
     def save(self):
         """The checkpoint image (the class and what its `save_checkpoint` returned), or None

@@ -130,13 +130,20 @@ def dumps_keeping(value, what, share=False):
     them: the call removes them when it ends (`ember._ember` takes them over from the frame;
     a constructor's arguments never travel so, since the head keeps them to build the actor
     again after a loss)."""
+    payload, handles = _keeping_handles(
+        lambda: _dumps_sharing(value, what) if share else dumps(value, what)
+    )
+    return payload, handles or None
+
+
+def _keeping_handles(pickle_it):
+    """`pickle_it()` and the actor handles it pickled (a list)."""
     outer = getattr(_pickling, "handles", None)
     _pickling.handles = handles = []
     try:
-        payload = _dumps_sharing(value, what) if share else dumps(value, what)
+        return pickle_it(), handles
     finally:
         _pickling.handles = outer
-    return payload, handles or None
 
 
 def _dumps_sharing(value, what):
@@ -185,19 +192,26 @@ def by_value(obj):
 
 
 def ok(value, shared_with=None):
-    """The envelope of a result or a put value: a pickle's bytes, or a frame
-    (`ember._ember.Frame`) when it has large contiguous buffers (numpy arrays' data), which
-    then travel out of band, copied once. With `shared_with`, the pid of a caller on this
-    machine (which maps them rather than copying), buffers of at least `SHM_MIN` bytes go
-    into files in shared memory named for it."""
+    """The envelope of a result or a put value, and the actor handles pickled in it (None
+    when none), which must outlive the hand-over (see `ember._executor.Handover`).
+
+    The envelope is a pickle's bytes, or a frame (`ember._ember.Frame`) when the value has
+    large contiguous buffers (numpy arrays' data), which then travel out of band, copied
+    once, or actor handles, whose actors the frame names: whoever receives it holds them
+    until done with it. With `shared_with`, the pid of a caller on this machine (which maps
+    them rather than copying), buffers of at least `SHM_MIN` bytes go into files in shared
+    memory named for it."""
     if _plain(value):
-        return pickle.dumps(("ok", value), protocol=PROTOCOL)
-    main, buffers = _pickle_out_of_band(("ok", value), OUT_OF_BAND_MIN)
-    if not buffers:
-        return main
+        return pickle.dumps(("ok", value), protocol=PROTOCOL), None
+    (main, buffers), handles = _keeping_handles(
+        lambda: _pickle_out_of_band(("ok", value), OUT_OF_BAND_MIN)
+    )
+    if not buffers and not handles:
+        return main, None
     if shared_with is not None:
         buffers = [_to_shared(b, shared_with) if b.nbytes >= SHM_MIN else b for b in buffers]
-    return _ember.frame(main, buffers)
+    actors = sorted({h.id(None) for h in handles})
+    return _ember.frame(main, buffers, actors), handles or None
 
 
 def _pickle_out_of_band(value, min_bytes):
@@ -257,6 +271,8 @@ def _unframe(data):
         at += 2
         name = bytes(view[at : at + length]).decode()
         at += length
+        if kind == 2:  # an actor its handles hold, for the receiver to hold: no buffer
+            continue
         if not name or "/" in name or name.startswith("."):
             raise SerializationError(f"a result names a shared buffer {name!r} outside {SHM_DIR}")
         entries.append((n, name))

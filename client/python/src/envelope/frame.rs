@@ -3,14 +3,17 @@
 //!
 //! ```text
 //! "EMB3" | buffer count: u32 | pickle length: u64
-//! | each buffer: kind: u8, length: u64, and for kind 1 a name length: u16 and the name
+//! | each entry: kind: u8, length: u64, and for kinds 1 and 2 a name length: u16 and the name
 //! | the pickle
 //! | each kind-0 buffer: zeros up to a multiple of 64 bytes from the frame's start, its bytes
 //! ```
 //!
 //! All integers little-endian. Kind 0 is a buffer inline, kind 1 one in a file in
 //! `/dev/shm` named by the frame. Inline buffers start 64-byte aligned from the frame's start,
-//! as numpy wants its data.
+//! as numpy wants its data. Kind 2 is no buffer but an actor whose handle the pickle holds
+//! (its id as the name, length 0): whoever receives the frame holds that actor until it is
+//! done with the frame, so the handle still reaches the actor when it is unpickled, however
+//! late (the buffer count counts these entries too).
 
 use std::ops::Range;
 
@@ -26,6 +29,8 @@ const ALIGN: usize = 64;
 const INLINE: u8 = 0;
 /// A buffer in a shared-memory file.
 const SHARED: u8 = 1;
+/// An actor held by the pickle's handles: no buffer.
+const ACTOR: u8 = 2;
 
 /// One buffer of a frame to write.
 pub(crate) enum Part<'a> {
@@ -52,10 +57,22 @@ impl Buffer {
     }
 }
 
-/// A parsed frame: its buffers and where its pickle is.
+/// A parsed frame: its buffers, the ids of the actors its pickle holds, and where its
+/// pickle is.
 pub(crate) struct Parsed {
     pub(crate) buffers: Vec<Buffer>,
+    pub(crate) actors: Vec<Range<usize>>,
     pub(crate) pickle: Range<usize>,
+}
+
+impl Parsed {
+    /// The ids of the actors the pickle holds, as written (see [`ACTOR`]).
+    pub(crate) fn actor_ids<'f>(&self, frame: &'f [u8]) -> Vec<&'f str> {
+        self.actors
+            .iter()
+            .filter_map(|r| std::str::from_utf8(&frame[r.clone()]).ok())
+            .collect()
+    }
 }
 
 /// Whether `bytes` is framed (else it is a plain pickle).
@@ -81,17 +98,22 @@ pub(crate) fn parse(frame: &[u8]) -> Option<Parsed> {
     let count = u32::from_le_bytes(frame[take(&mut at, 4)?].try_into().ok()?);
     let pickle_len = usize::try_from(u64_at(take(&mut at, 8)?)?).ok()?;
     let mut buffers = Vec::new();
+    let mut actors = Vec::new();
     for _ in 0..count {
         let kind = frame[take(&mut at, 1)?.start];
         let len = u64_at(take(&mut at, 8)?)?;
         let name = match kind {
             INLINE => 0..0,
-            SHARED => {
+            SHARED | ACTOR => {
                 let n = u16::from_le_bytes(frame[take(&mut at, 2)?].try_into().ok()?);
                 take(&mut at, usize::from(n))?
             }
             _ => return None,
         };
+        if kind == ACTOR {
+            actors.push(name);
+            continue;
+        }
         buffers.push(Buffer {
             kind,
             len,
@@ -103,13 +125,20 @@ pub(crate) fn parse(frame: &[u8]) -> Option<Parsed> {
         at = at.next_multiple_of(ALIGN);
         b.at = take(&mut at, usize::try_from(b.len).ok()?)?;
     }
-    Some(Parsed { buffers, pickle })
+    Some(Parsed {
+        buffers,
+        actors,
+        pickle,
+    })
 }
 
-/// The frame of `pickle` and its out-of-band `parts`, in order, each inline buffer copied
-/// once into memory from [`memory_for`].
-pub(crate) fn write(pickle: &[u8], parts: &[Part<'_>]) -> Vec<u8> {
+/// The frame of `pickle`, its out-of-band `parts`, in order, each inline buffer copied
+/// once into memory from [`memory_for`], and the ids of the `actors` its handles hold.
+pub(crate) fn write(pickle: &[u8], parts: &[Part<'_>], actors: &[&str]) -> Vec<u8> {
     let mut head = 4 + 4 + 8 + pickle.len();
+    for a in actors {
+        head += 1 + 8 + 2 + a.len();
+    }
     for p in parts {
         head += 1
             + 8
@@ -124,8 +153,14 @@ pub(crate) fn write(pickle: &[u8], parts: &[Part<'_>]) -> Vec<u8> {
     });
     let mut out = memory_for(total);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    out.extend_from_slice(&((parts.len() + actors.len()) as u32).to_le_bytes());
     out.extend_from_slice(&(pickle.len() as u64).to_le_bytes());
+    for a in actors {
+        out.push(ACTOR);
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&(a.len() as u16).to_le_bytes());
+        out.extend_from_slice(a.as_bytes());
+    }
     for p in parts {
         match p {
             Part::Inline(b) => {
@@ -186,7 +221,11 @@ pub(crate) fn inline(
             true => Part::Inline(read.next().map(Vec::as_slice).unwrap_or_default()),
         })
         .collect();
-    Ok(write(&frame[parsed.pickle.clone()], &parts))
+    Ok(write(
+        &frame[parsed.pickle.clone()],
+        &parts,
+        &parsed.actor_ids(frame),
+    ))
 }
 
 #[cfg(test)]
@@ -207,8 +246,10 @@ mod tests {
                 },
                 Part::Inline(&b),
             ],
+            &["actor-7"],
         );
         let parsed = parse(&frame).unwrap();
+        assert_eq!(parsed.actor_ids(&frame), ["actor-7"]);
         assert_eq!(&frame[parsed.pickle.clone()], b"pickle");
         assert_eq!(parsed.buffers.len(), 3);
         assert_eq!(&frame[parsed.buffers[0].at.clone()], &a[..]);
@@ -223,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_truncated_or_foreign_frame_does_not_parse() {
-        let frame = write(b"pickle", &[Part::Inline(&[9u8; 300])]);
+        let frame = write(b"pickle", &[Part::Inline(&[9u8; 300])], &["a"]);
         for n in 0..frame.len() {
             assert!(parse(&frame[..n]).is_none(), "{n}");
         }
@@ -244,10 +285,12 @@ mod tests {
                 len: 1000,
                 name: "buf",
             }],
+            &["actor-1", "actor-2"],
         );
         let parsed = parse(&frame).unwrap();
         let inlined = inline(&frame, &parsed, std::slice::from_ref(&file)).unwrap();
         let back = parse(&inlined).unwrap();
+        assert_eq!(back.actor_ids(&inlined), ["actor-1", "actor-2"]);
         assert!(!back.buffers[0].is_shared());
         assert_eq!(&inlined[back.buffers[0].at.clone()], &[5u8; 1000][..]);
         std::fs::write(&file, [5u8; 10]).unwrap();

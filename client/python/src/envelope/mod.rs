@@ -66,9 +66,12 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Given {
 }
 
 /// The frame of `pickle` and its out-of-band `buffers` (in the order the pickle names
-/// them), written with the GIL released, each inline buffer copied once.
+/// them), written with the GIL released, each inline buffer copied once; `actors` are the
+/// ids of the actors whose handles the pickle holds (whoever receives the frame holds them
+/// while it has it).
 #[pyfunction(name = "frame")]
-fn write_frame(py: Python<'_>, pickle: &[u8], buffers: Vec<Given>) -> Frame {
+#[pyo3(signature = (pickle, buffers, actors=Vec::new()))]
+fn write_frame(py: Python<'_>, pickle: &[u8], buffers: Vec<Given>, actors: Vec<String>) -> Frame {
     let parts: Vec<Part<'_>> = buffers
         .iter()
         .map(|b| match b {
@@ -83,7 +86,8 @@ fn write_frame(py: Python<'_>, pickle: &[u8], buffers: Vec<Given>) -> Frame {
             Given::Shared(len, name) => Part::Shared { len: *len, name },
         })
         .collect();
-    let bytes = py.detach(|| frame::write(pickle, &parts));
+    let actors: Vec<&str> = actors.iter().map(String::as_str).collect();
+    let bytes = py.detach(|| frame::write(pickle, &parts, &actors));
     Frame(Mutex::new(Some(bytes)))
 }
 
@@ -107,6 +111,20 @@ pub(crate) fn inline(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String>
     }
     let files = shared::files_of(bytes, &parsed)?;
     Ok(frame::inline(bytes, &parsed, &files)?.into())
+}
+
+/// The actors whose handles the pickle of `bytes` holds (none for a plain pickle); an id
+/// that does not parse is left out (its handle fails, saying so, when unpickled).
+pub(crate) fn actors_of(bytes: &[u8]) -> Vec<ember::ActorId> {
+    frame::parse(bytes)
+        .map(|parsed| {
+            parsed
+                .actor_ids(bytes)
+                .into_iter()
+                .filter_map(|id| id.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The shared-memory files `bytes` names, owned from now on (removed when dropped). A frame
