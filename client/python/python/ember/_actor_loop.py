@@ -29,6 +29,14 @@ class ActorLoop:
 
     def __init__(self, name):
         self._loop = asyncio.new_event_loop()
+        # Calls started and not yet taken by the loop, and the lock over them.
+        self._incoming = []
+        self._lock = threading.Lock()
+        # Where the loop can run a call's coroutine at once until it first waits (Python
+        # 3.12), a call that never waits costs no scheduling at all.
+        eager = getattr(asyncio, "eager_task_factory", None)
+        if eager is not None:
+            self._loop.set_task_factory(eager)
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -53,18 +61,30 @@ class ActorLoop:
     def start(self, coro, done, on_error):
         """Runs the coroutine `coro` on the loop; when it ends, on the loop's thread, calls
         `done` with what it returned, or with `on_error(exception)` if it raised or was
-        cancelled."""
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        cancelled. Calls started while the loop has not yet taken the earlier ones wake it
+        once for all of them."""
+        with self._lock:
+            self._incoming.append((coro, done, on_error))
+            wake = len(self._incoming) == 1
+        if wake:
+            self._loop.call_soon_threadsafe(self._take_incoming)
 
-        def finished(f):
-            try:
-                result = f.result()
-            except BaseException as e:  # noqa: BLE001 - the caller hears of every failure
-                result = on_error(e)
-            done(result)
-
-        future.add_done_callback(finished)
+    def _take_incoming(self):
+        """On the loop: a task for every call started since the last time."""
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for coro, done, on_error in incoming:
+            self._loop.create_task(_run_then(coro, done, on_error))
 
     def close(self):
         """Stops the loop (the calls still in it never end) and lets its thread end."""
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+async def _run_then(coro, done, on_error):
+    """Awaits `coro`, then calls `done` with what it returned or `on_error(exception)`."""
+    try:
+        result = await coro
+    except BaseException as e:  # noqa: BLE001 - the caller hears of every failure
+        result = on_error(e)
+    done(result)
