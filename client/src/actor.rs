@@ -31,11 +31,20 @@ pub(crate) enum Caller {
 }
 
 impl Caller {
-    /// True once the connection is known to be gone.
+    /// True once no call can reach the process this way.
     fn is_closed(&self) -> bool {
         match self {
             Caller::Quic(c) => c.close_reason().is_some(),
             Caller::Unix(u) => u.is_closed(),
+        }
+    }
+
+    /// True when the connection ended in a way that suggests the process is gone (not one
+    /// that closed its socket after a seal): the head should check on it.
+    fn is_suspect(&self) -> bool {
+        match self {
+            Caller::Quic(c) => c.close_reason().is_some(),
+            Caller::Unix(u) => u.is_gone(),
         }
     }
 }
@@ -189,8 +198,9 @@ impl ActorRef {
         loop {
             let route = self.route();
             if route.caller.is_closed() {
-                // Known to be gone before sending: wait for the next incarnation.
-                self.relocate(&route, true, deadline).await?;
+                // Known to be unreachable before sending: wait for the next incarnation.
+                self.relocate(&route, route.caller.is_suspect(), deadline)
+                    .await?;
                 continue;
             }
             let call = ActorCall {
@@ -215,8 +225,9 @@ impl ActorRef {
                 Lost::No => return Err(err),
                 Lost::Moved => {
                     // The call did not run there: it goes to the next incarnation as is. A
-                    // closed connection means the process is gone, not sealed: suspect it.
-                    let suspect = route.caller.is_closed();
+                    // connection lost (not closed after a seal) means the process is gone:
+                    // suspect it.
+                    let suspect = route.caller.is_suspect();
                     self.relocate(&route, suspect, deadline).await?;
                 }
                 Lost::Process => {

@@ -3,12 +3,12 @@
 //! calls queue up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ember_core::proto::{
     read_frame, write_frame, ActorCall, CallReply, ErrorKind, Hello, LeasedTask, LocalCall,
-    LocalReply, LocalTask, RemoteError, Wire, MAX_FRAME,
+    LocalReply, LocalTask, RemoteError, Wire, CLOSING_REPLY_ID, MAX_FRAME,
 };
 use ember_core::security::say_hello;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -41,11 +41,20 @@ impl Direct for LeasedTask {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<CallReply>>>>;
 
+/// The socket is open.
+const OPEN: u8 = 0;
+/// The process said it takes no more calls on it ([`CLOSING_REPLY_ID`]): what it did not
+/// answer did not run.
+const CLOSED: u8 = 1;
+/// It ended without saying so: a call it did not answer may have run.
+const GONE: u8 = 2;
+
 /// A connection to one Unix socket of an actor or a task lease.
 #[derive(Debug)]
 pub(crate) struct UnixCaller<M> {
     calls: mpsc::UnboundedSender<(M, oneshot::Sender<CallReply>)>,
-    closed: Arc<AtomicBool>,
+    /// [`OPEN`], [`CLOSED`] or [`GONE`].
+    state: Arc<AtomicU8>,
     /// Who answers, for errors: "actor actor-5", "lease-7".
     what: Arc<str>,
 }
@@ -70,11 +79,11 @@ impl<M: Direct> UnixCaller<M> {
 
         let what: Arc<str> = what.into();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let closed = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AtomicU8::new(OPEN));
         let (calls, mut rx) = mpsc::unbounded_channel::<(M, oneshot::Sender<CallReply>)>();
 
-        let (w_pending, w_closed, w_what) = (pending.clone(), closed.clone(), what.clone());
-        let (r_closed, r_what) = (closed.clone(), what.clone());
+        let (w_pending, w_state, w_what) = (pending.clone(), state.clone(), what.clone());
+        let (r_state, r_what) = (state.clone(), what.clone());
         tokio::spawn(async move {
             let mut next_id = 0u64;
             // The frames of one batch, and where each call's frame ends in them.
@@ -89,7 +98,7 @@ impl<M: Direct> UnixCaller<M> {
                 frames.clear();
                 ends.clear();
                 for (call, reply) in batch {
-                    if w_closed.load(Ordering::Acquire) {
+                    if w_state.load(Ordering::Acquire) != OPEN {
                         // Known gone before this call was written: it never ran.
                         let _ = reply.send(Err(not_delivered(&w_what)));
                         continue;
@@ -132,25 +141,41 @@ impl<M: Direct> UnixCaller<M> {
             while let Ok(Some(LocalReply { id, reply })) =
                 read_frame::<_, LocalReply>(&mut rd, MAX_FRAME).await
             {
-                if let Some(tx) = lock(&pending).remove(&id) {
+                if id == CLOSING_REPLY_ID {
+                    // Nothing unanswered ran: each such call may go elsewhere. Calls written
+                    // meanwhile are failed the same way at the end of the stream.
+                    r_state.store(CLOSED, Ordering::Release);
+                    for (_, tx) in lock(&pending).drain() {
+                        let _ = tx.send(Err(not_delivered(&r_what)));
+                    }
+                } else if let Some(tx) = lock(&pending).remove(&id) {
                     let _ = tx.send(reply);
                 }
             }
-            r_closed.store(true, Ordering::Release);
+            let said = r_state
+                .compare_exchange(OPEN, GONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err();
             for (_, tx) in lock(&pending).drain() {
-                let _ = tx.send(Err(gone(&r_what)));
+                let _ = tx.send(Err(if said {
+                    not_delivered(&r_what)
+                } else {
+                    gone(&r_what)
+                }));
             }
         });
-        Ok(UnixCaller {
-            calls,
-            closed,
-            what,
-        })
+        Ok(UnixCaller { calls, state, what })
     }
 
-    /// True once the other side closed the socket (its process, or the lease, ended).
+    /// True once no call can reach the process on this socket: it closed it (sealed, or the
+    /// lease ended) or it ended.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) != OPEN
+    }
+
+    /// True when the process ended without closing the socket as it should: it is likely
+    /// gone (killed, crashed), where [`UnixCaller::is_closed`] alone may mean it moved on.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.state.load(Ordering::Acquire) == GONE
     }
 
     /// Makes one call and waits for its reply.
@@ -159,7 +184,8 @@ impl<M: Direct> UnixCaller<M> {
         if self.calls.send((call, tx)).is_err() {
             return Err(not_delivered(&self.what));
         }
-        rx.await.unwrap_or_else(|_| Err(gone(&self.what)))
+        // Dropped unanswered only by a writer that stopped before writing it.
+        rx.await.unwrap_or_else(|_| Err(not_delivered(&self.what)))
     }
 }
 
@@ -259,5 +285,28 @@ mod tests {
         let err = caller.call(call(1)).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::WorkerDied, "{err}");
         assert!(err.message.contains("went away during the call"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_call_left_unanswered_by_a_closing_socket_was_not_delivered() {
+        // The process reads a call, then closes the stream as a sealed actor does: the call
+        // did not run, so it may go elsewhere, and the caller does not suspect the process.
+        let (caller, server) = serve_one(|mut stream| async move {
+            let read = read_frame::<_, LocalCall>(&mut stream, MAX_FRAME).await;
+            assert!(matches!(read, Ok(Some(_))), "{read:?}");
+            let last = LocalReply {
+                id: CLOSING_REPLY_ID,
+                reply: Err(RemoteError::new(ErrorKind::Moved, "sealed")),
+            };
+            write_frame(&mut stream, &last).await.unwrap();
+            stream.flush().await.unwrap();
+        })
+        .await;
+        let err = caller.call(call(1)).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Moved, "{err}");
+        server.await.unwrap();
+        let err = caller.call(call(2)).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Moved, "{err}");
+        assert!(caller.is_closed() && !caller.is_gone());
     }
 }

@@ -54,8 +54,9 @@ pub(super) struct ActorCore {
     seq: Cell<u64>,
     replies: RefCell<ReplyLog>,
     /// Set by a seal, or when the head refused a checkpoint because a newer incarnation
-    /// exists: every call is then answered with [`ErrorKind::Moved`].
-    sealed: Cell<bool>,
+    /// exists: every call is then answered with [`ErrorKind::Moved`], and the actor's Unix
+    /// socket closes its streams ([`ActorCore::sealed`]).
+    sealed: watch::Sender<bool>,
     /// Held while a call starts, and, for an actor that checkpoints, until it ends with its
     /// checkpoint; held by a checkpoint and a seal throughout.
     turn: tokio::sync::Mutex<()>,
@@ -84,7 +85,7 @@ impl ActorCore {
             calls_since: Cell::new(0),
             seq: Cell::new(seq),
             replies: RefCell::new(replies),
-            sealed: Cell::new(false),
+            sealed: watch::Sender::new(false),
             turn: tokio::sync::Mutex::new(()),
             in_flight: watch::Sender::new(0),
             saves,
@@ -94,6 +95,15 @@ impl ActorCore {
     /// The actor's checkpoint policy.
     pub(super) fn policy(&self) -> CheckpointPolicy {
         self.policy
+    }
+
+    /// Completes once the actor takes no more calls: sealed for a move, or replaced by a newer
+    /// incarnation (or its core is gone).
+    pub(super) fn sealed(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut sealed = self.sealed.subscribe();
+        async move {
+            let _ = sealed.wait_for(|s| *s).await;
+        }
     }
 
     /// Starts one call and answers it: at once when it ended (with the checkpoint it
@@ -106,7 +116,7 @@ impl ActorCore {
                 format!("this endpoint hosts {}, not {}", self.actor, call.actor),
             )));
         }
-        if self.sealed.get() {
+        if *self.sealed.borrow() {
             return Reply::Now(Err(self.moved()));
         }
         if call.method == CHECKPOINT_METHOD {
@@ -223,7 +233,7 @@ impl ActorCore {
                 if e.kind == ErrorKind::Moved {
                     // A newer incarnation runs elsewhere: this one must not answer again.
                     tracing::warn!(actor = %self.actor, "replaced by a newer incarnation: {e}");
-                    self.sealed.set(true);
+                    self.sealed.send_replace(true);
                 }
                 Err(e)
             }
@@ -244,14 +254,14 @@ impl ActorCore {
         } else {
             None
         };
-        self.sealed.set(true);
+        self.sealed.send_replace(true);
         Ok(seq)
     }
 
     /// A checkpoint when calls ran since the last one (the timed policy).
     pub(super) async fn checkpoint_if_changed(&self) {
         let _turn = self.turn.lock().await;
-        if self.calls_since.get() > 0 && !self.sealed.get() {
+        if self.calls_since.get() > 0 && !*self.sealed.borrow() {
             if let Err(e) = self.checkpoint().await {
                 tracing::warn!(actor = %self.actor, "timed checkpoint failed: {e}");
             }

@@ -251,3 +251,47 @@ async fn a_seal_waits_for_the_calls_in_flight() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_sealed_actors_socket_answers_what_ran_then_says_nothing_else_did() {
+    on_actor_thread(async {
+        let (core, gate) = gate_core(false);
+        let (server, client) = UnixStream::pair().unwrap();
+        tokio::task::spawn_local(serve_local_caller(core.clone(), TOKEN.into(), server));
+        let (mut rd, mut wr) = client.into_split();
+        say_hello(&Hello::client(TOKEN), &mut rd, &mut wr)
+            .await
+            .unwrap();
+        let frame = LocalCall {
+            id: 1,
+            call: call(1, "wait"),
+        };
+        write_frame(&mut wr, &frame).await.unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut wr).await.unwrap();
+        tokio::time::timeout(BOUND, gate.started.notified())
+            .await
+            .expect("the call starts");
+        let sealing = {
+            let core = core.clone();
+            tokio::task::spawn_local(async move { core.seal().await })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        gate.open();
+        assert_eq!(sealing.await.unwrap(), Ok(None));
+        let mut next = async || {
+            tokio::time::timeout(BOUND, read_frame::<_, LocalReply>(&mut rd, MAX_FRAME))
+                .await
+                .expect("the socket answers")
+                .unwrap()
+        };
+        let ran = next().await.expect("the call that ran is answered");
+        assert_eq!((ran.id, ran.reply), (1, Ok(b"opened".to_vec())));
+        let last = next().await.expect("then the closing reply");
+        assert_eq!(last.id, ember_core::proto::CLOSING_REPLY_ID);
+        assert_eq!(last.reply.unwrap_err().kind, ErrorKind::Moved);
+        assert!(next().await.is_none(), "then the stream ends");
+    })
+    .await;
+}

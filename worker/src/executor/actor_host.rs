@@ -241,7 +241,7 @@ pub(super) async fn answer_job(
 }
 
 /// Serves one caller on the actor's Unix socket: each call starts in order, and is answered
-/// when it ends.
+/// when it ends. Once the actor is sealed the stream closes, saying that nothing unanswered ran.
 pub(super) async fn serve_local_caller(core: Rc<ActorCore>, token: String, stream: UnixStream) {
     let answer = async |c: LocalCall| {
         let (id, actor) = (c.id, c.call.actor);
@@ -255,7 +255,7 @@ pub(super) async fn serve_local_caller(core: Rc<ActorCore>, token: String, strea
             })),
         }
     };
-    local_socket::serve(&token, stream, std::future::pending(), answer).await;
+    local_socket::serve(&token, stream, core.sealed(), answer).await;
 }
 
 /// Builds the instance anew, or from a checkpoint image; with the image's sequence number and

@@ -3,16 +3,18 @@
 //! its answer comes later (a call of a concurrent actor still running): the next requests are
 //! then read and answered meanwhile, and each reply goes out when it is ready, paired with its
 //! request by id. Replies are flushed when no further request is already buffered, so a
-//! pipelined batch is answered with few writes. When the owner closes (a task lease taken back
-//! or given back), the replies of the requests already answered go out before the socket
-//! closes, and no further request is run: a caller left without a reply knows its request did
-//! not run.
+//! pipelined batch is answered with few writes. When the owner closes (an actor sealed for a
+//! move, a task lease taken back or given back), no further request is read, the replies of the
+//! requests that ran go out, then the reply [`CLOSING_REPLY_ID`] says that nothing else ran or
+//! will: a caller left without a reply knows its request did not run.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use ember_core::proto::{read_frame, write_frame, LocalReply, Wire, MAX_FRAME};
+use ember_core::proto::{
+    read_frame, write_frame, ErrorKind, LocalReply, RemoteError, Wire, CLOSING_REPLY_ID, MAX_FRAME,
+};
 use futures::stream::{self, FuturesUnordered, StreamExt};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
@@ -31,7 +33,8 @@ pub(super) enum Answer {
 }
 
 /// Serves `stream` until the caller closes it (once the answers still coming are sent), sends
-/// a malformed frame, or `closing` completes; `answer` turns each request into its reply.
+/// a malformed frame, or `closing` completes (once the answers of the requests that ran are
+/// sent, followed by the closing reply); `answer` turns each request into its reply.
 pub(super) async fn serve<Req: Wire>(
     token: &str,
     stream: UnixStream,
@@ -55,13 +58,19 @@ pub(super) async fn serve<Req: Wire>(
     tokio::pin!(closing);
     let mut coming = FuturesUnordered::new();
     let mut reading = true;
+    let mut closed = false;
     loop {
         if !reading && coming.is_empty() {
-            return;
+            break;
         }
         let (reply, more) = tokio::select! {
             biased;
-            () = &mut closing => break,
+            () = &mut closing, if !closed => {
+                // Nothing more is read; the requests running still answer.
+                closed = true;
+                reading = false;
+                continue;
+            }
             Some(reply) = coming.next(), if !coming.is_empty() => (reply, false),
             Some((request, more)) = requests.next(), if reading => match request {
                 Ok(Some(request)) => match answer(request).await {
@@ -88,6 +97,18 @@ pub(super) async fn serve<Req: Wire>(
             return;
         }
     }
-    // Closing: what was answered goes out; what was not is not run.
+    if closed {
+        let last = LocalReply {
+            id: CLOSING_REPLY_ID,
+            reply: Err(RemoteError::new(
+                ErrorKind::Moved,
+                "no longer taking calls here: what was not answered did not run",
+            )),
+        };
+        if write_frame(&mut wr, &last).await.is_err() {
+            return;
+        }
+    }
+    // The caller may be slow to read the last replies; it does not hold the owner up for long.
     let _ = tokio::time::timeout(FLUSH_ON_CLOSE, wr.flush()).await;
 }

@@ -565,6 +565,12 @@ pub struct LocalCall {
     pub call: ActorCall,
 }
 
+/// The `id` of the [`LocalReply`] a same-machine socket sends last, when its owner stops
+/// taking calls (an actor sealed for a move, a task lease closed): no request on the stream
+/// that was not answered before it ran, and none sent after it will. Callers number their
+/// requests from 1.
+pub const CLOSING_REPLY_ID: u64 = 0;
+
 /// The answer to a [`LocalCall`].
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 pub struct LocalReply {
