@@ -27,8 +27,9 @@ if [ ! -x "$venv/bin/python" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 fi
 "$venv/bin/python" -m pip install -q 'maturin>=1.9,<2' 'cloudpickle>=3' 'numpy>=1.26'
-(cd "$root" && "$venv/bin/python" -m pip install -q --no-build-isolation --force-reinstall \
-  --no-deps ./client/python)
+# The build backend runs `maturin` from PATH (maturin 1.16 and later): the venv's.
+(cd "$root" && PATH="$venv/bin:$PATH" "$venv/bin/python" -m pip install -q \
+  --no-build-isolation --force-reinstall --no-deps ./client/python)
 
 # Ember's row names, and the names Ray's microbenchmark prints (and filters on with
 # TESTS_TO_RUN, a substring).

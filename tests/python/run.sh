@@ -16,7 +16,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q 'maturin>=1.9,<2' 'cloudpickle>=3' 'pytest>=8' 'numpy>=1.26'
-MATURIN_PEP517_ARGS="--profile ${EMBER_PY_PROFILE:-dev}" \
+# The build backend runs `maturin` from PATH (maturin 1.16 and later): the venv's.
+PATH="$PWD/$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile ${EMBER_PY_PROFILE:-dev}" \
   "$venv/bin/python" -m pip install -q --no-build-isolation ./client/python
 # The Rust `ember` binary, for the test of a cluster whose workers run no Python: in cargo's
 # target directory, which CARGO_TARGET_DIR may move (relative paths are from the repository).
