@@ -59,6 +59,10 @@ pub(crate) fn watch_forks() {
 
 static CONNECTED: OnceLock<Mutex<Option<Connected>>> = OnceLock::new();
 
+/// Held by `init` while it connects, with the GIL released; `CONNECTED` is only ever held
+/// for a moment, so a thread holding the GIL never waits long for it.
+static CONNECTING: Mutex<()> = Mutex::new(());
+
 fn connected() -> &'static Mutex<Option<Connected>> {
     CONNECTED.get_or_init(|| Mutex::new(None))
 }
@@ -129,58 +133,66 @@ fn init(
     gpu_memory: Option<String>,
     accelerator: Option<String>,
 ) -> PyResult<String> {
-    let mut guard = connected()
-        .lock()
-        .map_err(|_| error("Ember's state is poisoned"))?;
-    if let Some(c) = guard.as_ref() {
-        if c.here() {
-            return Err(error(
-                "ember is already initialised: call ember.shutdown() first",
-            ));
-        }
-        // A fork's copy of its parent's connection: never used, never shut down here.
-        if let Some(old) = guard.take() {
-            std::mem::forget(old);
-        }
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("ember-client")
-        .enable_all()
-        .build()
-        .map_err(|e| error(format!("cannot start Ember's runtime: {e}")))?;
-    let cluster = py
-        .detach(|| {
-            wait(&runtime, async move {
-                match address {
-                    Some(path) => Cluster::discover(Some(&path)).await,
-                    None => {
-                        let mut options = LocalOptions::new(workers);
-                        options.gpus_per_worker = gpus;
-                        options.cpus_per_worker = cpus;
-                        options.gpu_memory = gpu_memory;
-                        options.accelerator = accelerator;
-                        Cluster::local(options).await
-                    }
+    // Connecting waits with the GIL released, holding only `CONNECTING`: never `CONNECTED`,
+    // which threads holding the GIL take (a second task thread asking `is_initialized`).
+    py.detach(|| -> Result<String, String> {
+        let _one = CONNECTING
+            .lock()
+            .map_err(|_| "Ember's state is poisoned".to_string())?;
+        {
+            let mut guard = connected()
+                .lock()
+                .map_err(|_| "Ember's state is poisoned".to_string())?;
+            if let Some(c) = guard.as_ref() {
+                if c.here() {
+                    return Err("ember is already initialised: call ember.shutdown() first".into());
                 }
-            })
+                // A fork's copy of its parent's connection: never used, never shut down here.
+                if let Some(old) = guard.take() {
+                    std::mem::forget(old);
+                }
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ember-client")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start Ember's runtime: {e}"))?;
+        let cluster = wait(&runtime, async move {
+            match address {
+                Some(path) => Cluster::discover(Some(&path)).await,
+                None => {
+                    let mut options = LocalOptions::new(workers);
+                    options.gpus_per_worker = gpus;
+                    options.cpus_per_worker = cpus;
+                    options.gpu_memory = gpu_memory;
+                    options.accelerator = accelerator;
+                    Cluster::local(options).await
+                }
+            }
         })
-        .map_err(error)?;
-    let head = cluster.cluster_file().address.to_string();
-    let swept = crate::envelope::sweep_orphans();
-    if swept > 0 {
-        tracing::info!(
-            swept,
-            "removed shared-memory buffers of processes that died"
-        );
-    }
-    *guard = Some(Connected {
-        runtime: Arc::new(runtime),
-        cluster,
-        pid: std::process::id(),
-        forks: FORKS.load(Ordering::Acquire),
-    });
-    Ok(head)
+        .map_err(|e| e.to_string())?;
+        let head = cluster.cluster_file().address.to_string();
+        let swept = crate::envelope::sweep_orphans();
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed shared-memory buffers of processes that died"
+            );
+        }
+        let mut guard = connected()
+            .lock()
+            .map_err(|_| "Ember's state is poisoned".to_string())?;
+        *guard = Some(Connected {
+            runtime: Arc::new(runtime),
+            cluster,
+            pid: std::process::id(),
+            forks: FORKS.load(Ordering::Acquire),
+        });
+        Ok(head)
+    })
+    .map_err(error)
 }
 
 /// This machine's id (its boot id): an executor on the same machine as its caller hands

@@ -194,6 +194,39 @@ class Keeper:
         return ember.get(self.kept.add.remote(1), timeout=60)
 
 
+def test_tasks_that_join_the_cluster_at_the_same_time_all_call_the_actor():
+    # A fresh cluster, so that the tasks' executor joins it as they run: two lease threads
+    # unpickle their handles at once and both join (it deadlocked once, each thread holding
+    # what the other waited for: the GIL and the connection's lock).
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import ember
+        ember.init()
+
+        @ember.remote
+        class Counter:
+            def __init__(self): self.n = 0
+            def add(self): self.n += 1; return self.n
+
+        @ember.remote(cpus=1)
+        def work(counter):
+            return ember.get([counter.add.remote() for _ in range(50)], timeout=60)[-1]
+
+        counter = Counter.remote()
+        ends = ember.get([work.remote(counter) for _ in range(4)], timeout=60)
+        print(max(ends), ember.get(counter.add.remote(), timeout=60))
+        ember.shutdown()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["200", "201"], out.stdout
+
+
 def test_an_actor_another_actor_keeps_outlives_its_creators_handle_then_stops_with_the_last():
     c = Counter.remote()
     assert ember.get(c.add.remote(), timeout=60) == 1
