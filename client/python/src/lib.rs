@@ -19,6 +19,7 @@
 //! ([`ember_worker::role::set_program`]), which serves the role and exits.
 
 mod actor;
+mod call_args;
 mod cluster;
 mod collective;
 mod envelope;
