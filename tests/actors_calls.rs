@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use ember::ErrorKind;
-use ember_core::proto::LocalCall;
+use ember_core::proto::{decode, encode, LocalCall};
+use ember_tests::recording::RecordingArgs;
 use ember_tests::tasks::{Counter, CounterHandle};
 use ember_tests::{within, TestCluster, WorkerSpec};
 
@@ -40,6 +41,39 @@ async fn same_host_and_quic_calls_agree() {
         assert_eq!(err.kind(), Some(ErrorKind::BadRequest), "{err}");
         assert_eq!(within("add", handle.add(0)).await.unwrap(), 215);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_calls_arguments_are_made_for_whether_the_actor_shares_this_machine() {
+    let (_tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
+    let handle = counter(&cluster).await;
+    let add = |n: u64| RecordingArgs::new(encode(&(n,)).expect("encodes").to_vec());
+
+    let here = add(5);
+    let out = within("add", handle.actor().call_args("add", &here))
+        .await
+        .expect("adds");
+    assert_eq!(decode::<u64>(&out).unwrap(), 15);
+    assert_eq!(here.asked(), [true], "the actor runs on this machine");
+
+    // Same-machine calls off: made as for another machine, even on the handle's socket.
+    cluster.set_same_host_calls(false);
+    let elsewhere = add(1);
+    let out = within("add", handle.actor().call_args("add", &elsewhere))
+        .await
+        .expect("adds");
+    assert_eq!(decode::<u64>(&out).unwrap(), 16);
+    assert_eq!(elsewhere.asked(), [false]);
+
+    // Arguments that cannot be made fail the call, saying why; the actor serves on.
+    let err = within(
+        "failing",
+        handle.actor().call_args("add", &RecordingArgs::failing()),
+    )
+    .await
+    .expect_err("cannot be made");
+    assert!(matches!(err, ember::Error::Args(_)), "{err}");
+    assert_eq!(within("add", handle.add(0)).await.unwrap(), 16);
 }
 
 async fn futures_results<F, T>(calls: Vec<F>) -> Vec<T>
