@@ -4,9 +4,10 @@ times faster) and cloudpickle for the rest (functions and classes by value); res
 errors in one envelope the caller unpacks.
 
 A value with large buffers (numpy arrays' data) is framed: its pickle with those buffers out
-of band, each inline or, for a caller on the executor's machine, in a file in shared memory
-that the caller maps instead of copying. `ember._ember.frame` writes the frame (the layout is
-in `client/python/src/envelope/frame.rs`); `unwrap` reads it back."""
+of band, each inline or, for a process on the same machine (a result's caller, a call's
+executor), in a file in shared memory that it maps instead of copying. `ember._ember.frame`
+writes the frame (the layout is in `client/python/src/envelope/frame.rs`), and `ember._ember`
+chooses, for each attempt of a call, which form its arguments take; `unwrap` reads it back."""
 
 import mmap
 import os
