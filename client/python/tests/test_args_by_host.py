@@ -121,3 +121,53 @@ def from_a_joined_process(n):
 def test_in_a_joined_cluster_arguments_cross_through_shared_memory_on_one_machine():
     expected = float(np.arange(N, dtype=np.float64)[1:].sum())
     assert ember.get(from_a_joined_process.remote(N), timeout=120) == [(True, expected)] * 3
+
+
+@ember.remote
+def cluster_file():
+    return os.environ["EMBER_CLUSTER"]
+
+
+def test_a_second_process_that_joins_with_init_path_sends_arguments_through_shared_memory():
+    import subprocess
+    import sys
+    import textwrap
+
+    path = ember.get(cluster_file.remote(), timeout=60)
+    script = textwrap.dedent(
+        f"""
+        import mmap
+        import numpy as np
+        import ember
+
+        ember.init({path!r})
+
+        def mapped(array):
+            base = array.base
+            while isinstance(base, np.ndarray):
+                base = base.base
+            if isinstance(base, memoryview):
+                base = base.obj
+            return isinstance(base, mmap.mmap)
+
+        @ember.remote
+        def inspect(a):
+            return mapped(a), float(a.sum())
+
+        @ember.remote
+        def make(n):
+            return np.arange(n, dtype=np.float64)
+
+        a = np.arange({N}, dtype=np.float64)
+        got = [
+            ember.get(inspect.remote(a), timeout=60),
+            ember.get(inspect.remote(ember.put(a)), timeout=60),
+            ember.get(inspect.remote(make.remote({N})), timeout=60),
+        ]
+        print(got == [(True, float(a.sum()))] * 3, got)
+        ember.shutdown()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True"), out.stdout
