@@ -98,7 +98,7 @@ async fn leases_are_reached_over_quic_from_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tasks_arguments_are_made_for_whether_its_executor_shares_this_machine() {
-    let (_tc, cluster) = TestCluster::with_workers(&[WorkerSpec::cpu()]).await;
+    let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::cpu()]).await;
     let bytes = encode(&(0u64, vec![5u8; 1000])).expect("encodes").to_vec();
     let run = |args: Arc<RecordingArgs>| {
         let cluster = cluster.clone();
@@ -116,6 +116,27 @@ async fn a_tasks_arguments_are_made_for_whether_its_executor_shares_this_machine
     let here = Arc::new(RecordingArgs::new(bytes.clone()));
     assert_eq!(run(here.clone()).await.expect("runs"), 1000);
     assert_eq!(here.asked(), [true]);
+
+    // A retry asks again, for where it goes.
+    let marker = tc.scratch().join("fails-once").display().to_string();
+    let retried = Arc::new(RecordingArgs::new(
+        encode(&(marker,)).expect("encodes").to_vec(),
+    ));
+    let out = within(
+        "a retried task",
+        cluster.run_args(
+            ember_tests::tasks::fails_once::NAME,
+            retried.clone(),
+            &Options::new().retry_user_errors(true),
+        ),
+    )
+    .await
+    .expect("runs again");
+    assert_eq!(
+        decode::<String>(&out).expect("a string"),
+        "succeeded on a retry"
+    );
+    assert_eq!(retried.asked(), [true, true], "once per attempt");
 
     // Same-machine calls off: made as for another machine.
     cluster.set_same_host_calls(false);
