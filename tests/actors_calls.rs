@@ -2,12 +2,14 @@
 //! and over QUIC (as from another machine). Both give the same answers, both refuse a wrong
 //! token, and both report an actor whose process dies mid-call.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ember::ErrorKind;
-use ember_core::proto::LocalCall;
-use ember_tests::tasks::{Counter, CounterHandle};
-use ember_tests::{within, TestCluster, WorkerSpec};
+use ember_core::proto::{decode, encode, LocalCall};
+use ember_tests::recording::RecordingArgs;
+use ember_tests::tasks::{Counter, CounterHandle, Ledger};
+use ember_tests::{until, within, TestCluster, WorkerSpec};
 
 async fn counter(cluster: &ember::Cluster) -> CounterHandle {
     within("spawn", cluster.spawn(Counter::remote(10)))
@@ -40,6 +42,75 @@ async fn same_host_and_quic_calls_agree() {
         assert_eq!(err.kind(), Some(ErrorKind::BadRequest), "{err}");
         assert_eq!(within("add", handle.add(0)).await.unwrap(), 215);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_calls_arguments_are_made_for_whether_the_actor_shares_this_machine() {
+    let (_tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
+    let handle = counter(&cluster).await;
+    let add = |n: u64| RecordingArgs::new(encode(&(n,)).expect("encodes").to_vec());
+
+    let here = add(5);
+    let out = within("add", handle.actor().call_args("add", &here))
+        .await
+        .expect("adds");
+    assert_eq!(decode::<u64>(&out).unwrap(), 15);
+    assert_eq!(here.asked(), [true], "the actor runs on this machine");
+
+    // Same-machine calls off: made as for another machine, even on the handle's socket.
+    cluster.set_same_host_calls(false);
+    let elsewhere = add(1);
+    let out = within("add", handle.actor().call_args("add", &elsewhere))
+        .await
+        .expect("adds");
+    assert_eq!(decode::<u64>(&out).unwrap(), 16);
+    assert_eq!(elsewhere.asked(), [false]);
+
+    // Arguments that cannot be made fail the call, saying why; the actor serves on.
+    let err = within(
+        "failing",
+        handle.actor().call_args("add", &RecordingArgs::failing()),
+    )
+    .await
+    .expect_err("cannot be made");
+    assert!(matches!(err, ember::Error::Args(_)), "{err}");
+    assert_eq!(within("add", handle.add(0)).await.unwrap(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_retried_after_its_actor_restarts_asks_for_its_arguments_again() {
+    let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::gpus(1, "H100", "80GiB")]).await;
+    // Restarts without limit and retries the call that was running.
+    let ledger = within("spawn", cluster.spawn(Ledger::remote(0)))
+        .await
+        .expect("a ledger");
+    let pid = within("pid", ledger.pid()).await.unwrap();
+    let started = tc.scratch().join("slow-add-started");
+    let args = Arc::new(RecordingArgs::new(
+        encode(&(started.display().to_string(), 2_000u64, 7u64))
+            .expect("encodes")
+            .to_vec(),
+    ));
+    let slow = {
+        let (actor, args) = (ledger.actor().clone(), args.clone());
+        tokio::spawn(async move { actor.call_args("slow_add", &*args).await })
+    };
+    until("the slow call to run", || {
+        let running = started.exists();
+        async move { running }
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the actor's process");
+    let out = within("the retried call", slow)
+        .await
+        .expect("joined")
+        .expect("retried on the next incarnation");
+    assert_eq!(decode::<u64>(&out).unwrap(), 7);
+    assert_eq!(args.asked(), [true, true], "asked once per attempt");
 }
 
 async fn futures_results<F, T>(calls: Vec<F>) -> Vec<T>

@@ -5,10 +5,12 @@
 //! lease back, running each task exactly once even with short tasks queued on the lease.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ember::{Cluster, Error, ErrorKind};
-use ember_core::proto::{FrameError, MAX_FRAME};
+use ember::{Cluster, Error, ErrorKind, Options};
+use ember_core::proto::{decode, encode, FrameError, MAX_FRAME};
+use ember_tests::recording::RecordingArgs;
 use ember_tests::tasks::{claim, cpu_only, fails, runner, spin, spread_runner};
 use ember_tests::{until, within, TestCluster, WorkerSpec};
 
@@ -92,6 +94,70 @@ async fn leases_are_reached_over_quic_from_elsewhere() {
         .await
         .expect("runs");
     assert_eq!(placed.0, ran[0].0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_arguments_are_made_for_whether_its_executor_shares_this_machine() {
+    let (tc, cluster) = TestCluster::with_workers(&[WorkerSpec::cpu()]).await;
+    let bytes = encode(&(0u64, vec![5u8; 1000])).expect("encodes").to_vec();
+    let run = |args: Arc<RecordingArgs>| {
+        let cluster = cluster.clone();
+        async move {
+            let out = within(
+                "a task",
+                cluster.run_args(ember_tests::tasks::spin::NAME, args, &Options::new()),
+            )
+            .await?;
+            Ok::<u64, Error>(decode(&out).expect("a u64"))
+        }
+    };
+
+    // The local cluster's executor runs on this machine.
+    let here = Arc::new(RecordingArgs::new(bytes.clone()));
+    assert_eq!(run(here.clone()).await.expect("runs"), 1000);
+    assert_eq!(here.asked(), [true]);
+
+    // A retry asks again, for where it goes.
+    let marker = tc.scratch().join("fails-once").display().to_string();
+    let retried = Arc::new(RecordingArgs::new(
+        encode(&(marker,)).expect("encodes").to_vec(),
+    ));
+    let out = within(
+        "a retried task",
+        cluster.run_args(
+            ember_tests::tasks::fails_once::NAME,
+            retried.clone(),
+            &Options::new().retry_user_errors(true),
+        ),
+    )
+    .await
+    .expect("runs again");
+    assert_eq!(
+        decode::<String>(&out).expect("a string"),
+        "succeeded on a retry"
+    );
+    assert_eq!(retried.asked(), [true, true], "once per attempt");
+
+    // Same-machine calls off: made as for another machine.
+    cluster.set_same_host_calls(false);
+    let elsewhere = Arc::new(RecordingArgs::new(bytes));
+    assert_eq!(run(elsewhere.clone()).await.expect("runs"), 1000);
+    assert_eq!(elsewhere.asked(), [false]);
+
+    // Arguments that cannot be made fail the call, saying why; the client serves on.
+    match run(Arc::new(RecordingArgs::failing())).await {
+        Err(Error::Args(e)) => assert!(e.to_string().contains("cannot be made"), "{e}"),
+        other => panic!("expected Error::Args, got {other:?}"),
+    }
+    // As do arguments made too large to travel.
+    let huge = Arc::new(RecordingArgs::new(vec![7u8; MAX_FRAME]));
+    match run(huge).await {
+        Err(Error::Protocol(FrameError::TooLarge { .. })) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    within("after", cluster.run(spin::remote(0, vec![1; 1024])))
+        .await
+        .expect("the next task runs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

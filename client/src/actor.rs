@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use ember_core::ids::{ActorId, NodeId};
 use ember_core::proto::{
-    ActorCall, ActorLocation, ErrorKind, FrameError, RemoteError, Wire, CHECKPOINT_METHOD,
-    MAX_FRAME,
+    ActorCall, ActorLocation, ErrorKind, RemoteError, Wire, CHECKPOINT_METHOD, MAX_FRAME,
 };
 use ember_core::resources::Allocation;
 
-use crate::cluster::Cluster;
+use crate::cluster::{too_large, Cluster};
 use crate::unix_caller::UnixCaller;
-use crate::Error;
+use crate::{CallArgs, Error};
 
 /// How long a call waits for its actor to come back before it fails.
 pub const RESTART_WAIT: Duration = Duration::from_secs(30);
@@ -174,7 +173,7 @@ impl ActorRef {
     /// [`ErrorKind::WorkerDied`].
     ///
     /// Arguments too large to travel in one frame (with the call around them, within
-    /// [`MAX_FRAME`]) fail at once with [`FrameError::TooLarge`], before anything is sent.
+    /// [`MAX_FRAME`]) fail at once with [`FrameError::TooLarge`](ember_core::proto::FrameError::TooLarge), before anything is sent.
     pub async fn call<A: Wire, T: Wire>(&self, method: &str, args: &A) -> Result<T, Error> {
         let args = ember_core::proto::encode(args)?.to_vec();
         let bytes = self.call_bytes(method, args).await?;
@@ -186,12 +185,17 @@ impl ActorRef {
     /// [`ActorRef::call`] does after encoding and before decoding, for bindings whose actors
     /// take bytes of their own making (Python's pickles), with the same retries and moves.
     pub async fn call_bytes(&self, method: &str, args: Vec<u8>) -> Result<Vec<u8>, Error> {
-        if args.len() > MAX_CALL_ARGS {
-            return Err(Error::Protocol(FrameError::TooLarge {
-                len: args.len(),
-                max: MAX_CALL_ARGS,
-            }));
-        }
+        too_large(args.len())?;
+        self.call_args(method, &args).await
+    }
+
+    /// Calls `method` as [`ActorRef::call_bytes`] does, with arguments made for each
+    /// attempt's destination: every attempt (the first, and each one after the actor
+    /// restarted or moved) asks `args` for its bytes, saying whether the actor's process now
+    /// runs on this machine. Bytes too large to travel fail the call with
+    /// [`FrameError::TooLarge`](ember_core::proto::FrameError::TooLarge), and bytes that cannot be made with [`Error::Args`], before
+    /// they are sent.
+    pub async fn call_args(&self, method: &str, args: &dyn CallArgs) -> Result<Vec<u8>, Error> {
         let seq = self.link.next_seq.fetch_add(1, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + RESTART_WAIT;
         let mut retries = 0u32;
@@ -203,12 +207,16 @@ impl ActorRef {
                     .await?;
                 continue;
             }
+            // Made anew for each attempt: the actor may have moved to another machine.
+            let same_host = self.cluster.same_host(&route.location.endpoints.host);
+            let args = args.bytes_for(same_host)?;
+            too_large(args.len())?;
             let call = ActorCall {
                 actor: self.link.actor,
                 caller: self.link.caller_id,
                 seq,
                 method: method.to_string(),
-                args: args.clone(),
+                args,
             };
             let outcome = match &route.caller {
                 Caller::Unix(unix) => unix.call(call).await.map_err(Error::from),

@@ -27,7 +27,7 @@ use crate::local::LocalCluster;
 use crate::unix_caller::UnixCaller;
 #[cfg(feature = "local")]
 use crate::LocalOptions;
-use crate::{Error, Options};
+use crate::{CallArgs, Error, Options};
 use ember_core::host::host_id;
 use ember_core::proto::ActorLocation;
 
@@ -213,12 +213,22 @@ impl Cluster {
         args: Vec<u8>,
         options: &Options,
     ) -> Result<Vec<u8>, Error> {
-        if args.len() > MAX_CALL_ARGS {
-            return Err(Error::Protocol(FrameError::TooLarge {
-                len: args.len(),
-                max: MAX_CALL_ARGS,
-            }));
-        }
+        too_large(args.len())?;
+        self.run_args(name, Arc::new(args), options).await
+    }
+
+    /// Runs the task registered as `name` as [`Cluster::run_bytes`] does, with arguments
+    /// made for each attempt's destination: every attempt (the first, and each retry or move
+    /// to another lease) asks `args` for its bytes, saying whether the executor it goes to
+    /// runs on this machine. Bytes too large to travel fail the call with
+    /// [`FrameError::TooLarge`], and bytes that cannot be made with [`Error::Args`], before
+    /// they are sent.
+    pub async fn run_args(
+        &self,
+        name: &str,
+        args: Arc<dyn CallArgs>,
+        options: &Options,
+    ) -> Result<Vec<u8>, Error> {
         let task = TaskRun {
             name: name.to_string(),
             args,
@@ -653,4 +663,16 @@ pub(crate) fn unexpected(reply: ClientReply) -> Error {
         ErrorKind::Internal,
         format!("unexpected reply from the cluster: {reply:?}"),
     ))
+}
+
+/// Refuses arguments of `len` bytes, too large to travel in one frame with the call around
+/// them.
+pub(crate) fn too_large(len: usize) -> Result<(), Error> {
+    if len > MAX_CALL_ARGS {
+        return Err(Error::Protocol(FrameError::TooLarge {
+            len,
+            max: MAX_CALL_ARGS,
+        }));
+    }
+    Ok(())
 }

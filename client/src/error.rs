@@ -64,6 +64,10 @@ pub enum Error {
     /// fit, a user kernel does not compile, ...); the actor goes on serving.
     #[error(transparent)]
     Gpu(#[from] GpuActorError),
+    /// The call's arguments could not be made for its destination
+    /// ([`CallArgs::bytes_for`](crate::CallArgs::bytes_for) failed); nothing was sent.
+    #[error("cannot make the call's arguments: {0}")]
+    Args(#[from] crate::ArgsError),
 }
 
 impl Error {

@@ -16,19 +16,20 @@ use ember_core::proto::{
 };
 use tokio::sync::{oneshot, watch};
 
-use crate::cluster::Cluster;
+use crate::cluster::{too_large, Cluster};
 use crate::lease_pool::{LeasePool, SlotId, Step, LINGER};
 use crate::unix_caller::UnixCaller;
-use crate::Error;
+use crate::{CallArgs, Error};
 
 /// How long a task lost with its lease's executor waits for the head to close that lease
 /// (and so to probe its worker) before it runs again.
 const HEAD_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A task to run: its function, archived arguments, needs and retry policy.
+/// A task to run: its function, its arguments (made for each attempt's destination), needs
+/// and retry policy.
 pub(crate) struct TaskRun {
     pub(crate) name: String,
-    pub(crate) args: Vec<u8>,
+    pub(crate) args: Arc<dyn CallArgs>,
     pub(crate) placement: Placement,
     pub(crate) retry: TaskRetry,
 }
@@ -87,6 +88,12 @@ impl Lease {
             LeaseCaller::Unix(u) => u.is_closed(),
         };
         !closed && !self.state.borrow().revoked
+    }
+
+    /// Whether its executor runs on this machine (and same-machine calls are on): a task's
+    /// arguments are made for it so.
+    fn same_host(&self, cluster: &Cluster) -> bool {
+        cluster.same_host(&self.grant.endpoints.host)
     }
 
     async fn run(&self, cluster: &Cluster, task: LeasedTask) -> CallReply {
@@ -149,10 +156,25 @@ impl TaskLeases {
         loop {
             let outcome = match self.acquire(cluster, &kind, &task, reusable).await {
                 Ok((slot, lease)) => {
+                    // The arguments as this lease's executor reads them: made anew for each
+                    // attempt, which may go to another machine than the last.
+                    let args = task
+                        .args
+                        .bytes_for(lease.same_host(cluster))
+                        .map_err(Error::from)
+                        .and_then(|args| too_large(args.len()).map(|()| args));
+                    let args = match args {
+                        Ok(args) => args,
+                        Err(e) => {
+                            // Nothing was sent: the lease serves on.
+                            self.finished(cluster, &kind, slot, lease, reusable);
+                            return Err(e);
+                        }
+                    };
                     let sent = LeasedTask {
                         lease: lease.grant.lease,
                         name: task.name.clone(),
-                        args: task.args.clone(),
+                        args,
                     };
                     let mut reply = lease.run(cluster, sent).await;
                     let lost = matches!(&reply, Err(e) if e.kind == ErrorKind::WorkerDied);

@@ -19,6 +19,7 @@
 
 mod actor;
 mod call;
+mod call_args;
 mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -40,6 +41,7 @@ mod unix_caller;
 
 pub use actor::{ActorRef, RemoteActor, RESTART_WAIT};
 pub use call::{Actor, ActorSpawn, Remote, Task, TaskCall, TaskRef};
+pub use call_args::{ArgsError, CallArgs};
 pub use checkpoint::Checkpoint;
 pub use cluster::{Cluster, Job, JobOutput};
 pub use ember_core::ids::{ActorId, GangId, JobId, NodeId, TaskId};

@@ -4,6 +4,7 @@
 //! and the head's deterministic simulation ([`sim`]), which needs no processes at all.
 
 pub mod ranks;
+pub mod recording;
 pub mod sim;
 pub mod tasks;
 

@@ -8,25 +8,27 @@
 //! it. A call whose arguments carry handles keeps them alive until it ends (`keep`), by when
 //! the callee holds those actors itself.
 
-use ember::{ActorRef, Cluster};
+use ember::{ActorRef, CallArgs, Cluster};
 use futures::stream::{FuturesUnordered, StreamExt};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::{current, explain, options, wait, with_deps};
+use crate::call_args::PythonArgs;
+use crate::cluster::{current, explain, options, wait};
+use crate::envelope::HostForms;
 use crate::pending::{Outcome, Pending};
 
 /// One call, queued for the actor.
 struct Call {
     method: String,
-    payload: Vec<u8>,
+    /// Its pickle, which owns the shared-memory files of its arguments' buffers (removed once
+    /// the call has ended).
+    payload: HostForms,
     deps: Vec<Pending>,
     pending: Pending,
     /// The actor handles pickled in `payload`, alive until the call has ended.
     keep: Option<Py<PyAny>>,
-    /// The shared-memory files of its arguments' buffers, removed once it has ended.
-    files: crate::envelope::SharedFiles,
 }
 
 /// A Python actor's handle.
@@ -53,7 +55,12 @@ fn spawn_actor(
     let (calls, queue) = mpsc::unbounded_channel();
     let (created_tx, created) = watch::channel(None);
     runtime.spawn(async move {
-        let made = match with_deps(&deps, payload).await {
+        // The head keeps the constructor's arguments to build the actor again, maybe on
+        // another machine: inline.
+        let args = PythonArgs::gather(&deps, HostForms::new(payload.into()))
+            .await
+            .and_then(|args| args.bytes_for(false).map_err(|e| e.to_string()));
+        let made = match args {
             Ok(args) => cluster
                 .spawn_bytes(crate::executor::PYTHON_ACTOR, args, &options)
                 .await
@@ -113,7 +120,7 @@ async fn serve(
                 };
                 // Its arguments may be results of this actor's calls in flight: they go on
                 // while it waits.
-                let deps = with_deps(&call.deps, call.payload);
+                let deps = PythonArgs::gather(&call.deps, call.payload);
                 tokio::pin!(deps);
                 let args = loop {
                     tokio::select! {
@@ -131,11 +138,12 @@ async fn serve(
                 let pending = call.pending;
                 let method = call.method;
                 let keep = call.keep;
-                let files = call.files;
                 let cluster = &cluster;
                 in_flight.push(async move {
-                    let outcome = actor.call_bytes(&method, args).await.map_err(|e| e.to_string());
-                    drop(files);
+                    // Each attempt's arguments for where the actor runs then.
+                    let outcome = actor.call_args(&method, &args).await.map_err(|e| e.to_string());
+                    // Its arguments' shared-memory files go now.
+                    drop(args);
                     pending.complete_from(cluster, outcome).await;
                     // The callee holds the actors of the handles it was passed by now.
                     drop(keep);
@@ -158,9 +166,11 @@ async fn serve(
 #[pymethods]
 impl Actor {
     /// Calls `method` with `payload` (the package's pickle of the arguments, or its frame)
-    /// once `deps` ended; returns at once with what to wait on. `keep` (the actor handles
-    /// pickled in the payload, and the shared-memory files of its arguments' buffers) stays
-    /// alive until the call has ended.
+    /// once `deps` ended; returns at once with what to wait on. Each attempt sends the large
+    /// buffers of the payload and of the deps' results through shared memory when the actor
+    /// runs on this machine, inline otherwise. `keep` (the actor handles pickled in the
+    /// payload) and the shared-memory files of its arguments' buffers stay alive until the
+    /// call has ended.
     #[pyo3(signature = (method, payload, deps, keep=None))]
     fn call(
         &self,
@@ -169,9 +179,7 @@ impl Actor {
         deps: Vec<Pending>,
         keep: Option<Py<PyAny>>,
     ) -> PyResult<Pending> {
-        let payload = crate::envelope::bytes_of(payload)?;
-        // The shared-memory files of its arguments' buffers: removed once the call has ended.
-        let files = crate::envelope::own_files(&payload);
+        let payload = HostForms::new(crate::envelope::bytes_of(payload)?.into());
         current()?;
         let pending = Pending::new();
         let call = Call {
@@ -180,7 +188,6 @@ impl Actor {
             deps,
             pending: pending.clone(),
             keep,
-            files,
         };
         if self.calls.send(call).is_err() {
             pending.complete(Outcome::Failed("the actor's handle is closed".into()));

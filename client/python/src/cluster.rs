@@ -16,7 +16,9 @@ use ember::{Cluster, LocalOptions, Options};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::pending::{Outcome, Pending};
+use crate::call_args::PythonArgs;
+use crate::envelope::HostForms;
+use crate::pending::Pending;
 use crate::EmberError;
 
 /// The runtime and the cluster of this process, once `init` ran.
@@ -290,10 +292,12 @@ pub(crate) fn options(opts: Option<&Bound<'_, PyDict>>) -> PyResult<Options> {
 /// Submits one call of the Python task type with `payload` (the package's pickle) under
 /// `options`; returns at once with what to wait on. The call is sent once every one of
 /// `deps` (the calls whose results are its arguments) has ended; their results travel ahead
-/// of the payload (each as a 4-byte little-endian length and its bytes, after their count),
-/// and a failed one fails the call with its error. `keep` (the actor handles pickled in the
-/// payload, and the shared-memory files of its arguments' buffers) stays alive until the
-/// call has ended. The payload is a pickle's bytes or a frame ([`crate::envelope::Frame`]).
+/// of the payload ([`PythonArgs`]), and a failed one fails the call with its error. Each
+/// attempt sends their large buffers and the payload's through shared memory when its
+/// executor runs on this machine, inline otherwise. `keep` (the actor handles pickled in
+/// the payload) stays alive until the call has ended, as do the shared-memory files of its
+/// arguments' buffers. The payload is a pickle's bytes or a frame
+/// ([`crate::envelope::Frame`]).
 #[pyfunction]
 #[pyo3(signature = (payload, deps, opts=None, keep=None))]
 fn submit_task(
@@ -302,22 +306,19 @@ fn submit_task(
     opts: Option<&Bound<'_, PyDict>>,
     keep: Option<Py<PyAny>>,
 ) -> PyResult<Pending> {
-    let payload = crate::envelope::bytes_of(payload)?;
-    // The shared-memory files of its arguments' buffers: removed once the call has ended.
-    let files = crate::envelope::own_files(&payload);
+    let payload = HostForms::new(crate::envelope::bytes_of(payload)?.into());
     let options = options(opts)?;
     let (runtime, cluster) = current()?;
     let pending = Pending::new();
     let done = pending.clone();
     runtime.spawn(async move {
-        let outcome = match with_deps(&deps, payload).await {
+        let outcome = match PythonArgs::gather(&deps, payload).await {
             Ok(args) => cluster
-                .run_bytes(crate::executor::PYTHON_TASK, args, &options)
+                .run_args(crate::executor::PYTHON_TASK, Arc::new(args), &options)
                 .await
                 .map_err(explain),
             Err(e) => Err(e),
         };
-        drop(files);
         done.complete_from(&cluster, outcome).await;
         // The callee holds the actors of the handles it was passed by now.
         drop(keep);
@@ -325,26 +326,14 @@ fn submit_task(
     Ok(pending)
 }
 
-/// The arguments as the Python executor takes them: the count of `deps` (the calls whose
-/// results are arguments) as a 4-byte little-endian number, then each one's result as an
-/// 8-byte length and its bytes, then `payload`; once every one has ended. A failed one fails
-/// the call.
-pub(crate) async fn with_deps(deps: &[Pending], payload: Vec<u8>) -> Result<Vec<u8>, String> {
-    let mut args = Vec::with_capacity(payload.len() + 4);
-    args.extend_from_slice(&(deps.len() as u32).to_le_bytes());
-    for dep in deps {
-        match dep.ended().await {
-            Outcome::Done(bytes) => {
-                // Another process, maybe on another machine, reads it: shared buffers inline.
-                let bytes = crate::envelope::inline(&bytes)?;
-                args.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                args.extend_from_slice(&bytes);
-            }
-            Outcome::Failed(e) => return Err(format!("an argument's call failed: {e}")),
-        }
-    }
-    args.extend_from_slice(&payload);
-    Ok(args)
+/// Same-machine calls on or off for this process's cluster, as
+/// [`Cluster::set_same_host_calls`] sets them: off, every call's arguments travel inline
+/// (and over QUIC), as to another machine. For tests and comparisons.
+#[pyfunction]
+fn _set_same_host_calls(enabled: bool) -> PyResult<()> {
+    let (_, cluster) = current()?;
+    cluster.set_same_host_calls(enabled);
+    Ok(())
 }
 
 /// An error from the runtime, as Python is told it: a refusal for want of a worker that runs
@@ -379,6 +368,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(release_buffers, m)?)?;
     m.add_function(wrap_pyfunction!(is_initialized, m)?)?;
     m.add_function(wrap_pyfunction!(submit_task, m)?)?;
+    m.add_function(wrap_pyfunction!(_set_same_host_calls, m)?)?;
     m.add_function(wrap_pyfunction!(status_json, m)?)?;
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! - [`pending`]: a submitted task's result to wait for, with the GIL released and Ctrl-C
 //!   answered while waiting.
 //! - [`actor`]: Python actors' handles: created in the background, calls sent in order.
+//! - [`call_args`]: a call's arguments (its deps' results and its pickle) made for each
+//!   attempt's executor: large buffers through shared memory on this machine, inline elsewhere.
 //! - [`collective`]: collective groups of Python actors over Ember's engine, on numpy data.
 //! - [`executor`]: the task type `ember::python` and the actor type `ember::PythonActor`,
 //!   which run pickled Python functions and classes in the executor processes of workers
@@ -19,6 +21,7 @@
 //! ([`ember_worker::role::set_program`]), which serves the role and exits.
 
 mod actor;
+mod call_args;
 mod cluster;
 mod collective;
 mod envelope;

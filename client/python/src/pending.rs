@@ -16,7 +16,7 @@ use pyo3::types::{PyByteArray, PyBytes};
 
 use ember::{ActorId, Cluster};
 
-use crate::envelope::{self, Envelope, SharedFiles};
+use crate::envelope::{self, HostForms};
 use crate::EmberError;
 
 /// How often a waiting thread takes the GIL to check for signals.
@@ -56,8 +56,11 @@ fn spin_until(until: Instant, ready: impl Fn() -> bool) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     /// The bytes the executor sent back (or that `put` laid out), shared: every `get` and
-    /// every call taking it as an argument reads the same bytes (it copied them before).
-    Done(Arc<Envelope>),
+    /// every call taking it as an argument reads the same bytes, each call in the form its
+    /// destination reads (shared-memory files on this machine, inline elsewhere), each form
+    /// made once. It owns the shared-memory files they name: removed when the last clone
+    /// goes.
+    Done(Arc<HostForms>),
     /// The runtime's error, as text.
     Failed(String),
 }
@@ -65,7 +68,7 @@ pub(crate) enum Outcome {
 impl From<Result<Vec<u8>, String>> for Outcome {
     fn from(r: Result<Vec<u8>, String>) -> Self {
         match r {
-            Ok(b) => Outcome::Done(Arc::new(b.into())),
+            Ok(b) => Outcome::Done(Arc::new(HostForms::new(b.into()))),
             Err(e) => Outcome::Failed(e),
         }
     }
@@ -79,9 +82,6 @@ struct Slot {
     outcome: watch::Sender<Option<Outcome>>,
     /// Python threads parked until it comes.
     waiters: Mutex<Vec<Thread>>,
-    /// The shared-memory files its result names: removed when the last clone of the
-    /// [`Pending`] goes.
-    files: Mutex<SharedFiles>,
     /// The actors its result's handles name, held from its arrival until the last clone of
     /// the [`Pending`] goes: however late the result is unpickled, its handles find them.
     held: Mutex<Option<Held>>,
@@ -120,8 +120,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A submitted call's result, once it came. It owns the shared-memory files its result
-/// names.
+/// A submitted call's result, once it came. Its outcome owns the shared-memory files its
+/// result names.
 #[pyclass(frozen, from_py_object, module = "ember._ember")]
 #[derive(Clone)]
 pub(crate) struct Pending {
@@ -164,11 +164,6 @@ impl Pending {
 
     /// The call ended: stores how, and wakes its waiters.
     pub(crate) fn complete(&self, outcome: Outcome) {
-        if let Outcome::Done(bytes) = &outcome {
-            if let Ok(mut files) = self.slot.files.lock() {
-                *files = envelope::own_files(bytes);
-            }
-        }
         self.slot.outcome.send_replace(Some(outcome));
         let waiters = std::mem::take(&mut *self.slot.waiters());
         for thread in waiters {
@@ -182,7 +177,7 @@ impl Pending {
         *lock(&p.slot.keep) = keep;
         p.slot
             .outcome
-            .send_replace(Some(Outcome::Done(Arc::new(bytes.into()))));
+            .send_replace(Some(Outcome::Done(Arc::new(HostForms::new(bytes.into())))));
         p
     }
 
@@ -301,10 +296,10 @@ impl Pending {
             )));
         }
         match self.outcome() {
-            Some(Outcome::Done(b)) if envelope::is_framed(&b) => {
-                Ok(PyByteArray::new(py, &b).into_any())
+            Some(Outcome::Done(b)) if envelope::is_framed(b.given()) => {
+                Ok(PyByteArray::new(py, b.given()).into_any())
             }
-            Some(Outcome::Done(b)) => Ok(PyBytes::new(py, &b).into_any()),
+            Some(Outcome::Done(b)) => Ok(PyBytes::new(py, b.given()).into_any()),
             Some(Outcome::Failed(e)) => Err(EmberError::new_err(e)),
             None => Err(EmberError::new_err("the result was lost")),
         }

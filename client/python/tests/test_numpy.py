@@ -58,7 +58,7 @@ def test_arrays_travel_intact_as_arguments_and_results():
     assert np.array_equal(ember.get(scale.remote(a, 2.0)), a * 2.0)
     ref = ember.put(a)
     assert np.array_equal(ember.get(ref), a)
-    # A result passed on to the next call (its shared buffer goes inline to the executor).
+    # A result passed on to the next call (its shared buffer, as it came, to an executor here).
     twice = scale.remote(ref, 2.0)
     four = scale.remote(twice, 2.0)
     assert np.array_equal(ember.get(four), a * 4.0)

@@ -61,8 +61,10 @@ def init(address=None, *, workers=1, gpus=0, cpus=None, gpu_memory=None, acceler
         gpu_memory=gpu_memory,
         accelerator=accelerator,
     )
-    # An embedded cluster's workers all run on this machine: large argument buffers cross
-    # through shared memory.
+    # An embedded cluster's workers all run on this machine: a call's large argument
+    # buffers are written to shared memory at once. (In a joined cluster they are copied
+    # inline, and written to shared memory once, on the way, for an executor on this
+    # machine.)
     _serialize.args_shared = address is None
     return head
 
@@ -391,7 +393,9 @@ def wait(refs, *, num_returns=1, timeout=None):
 
 def put(value):
     """An ObjectRef holding `value`, to pass to remote calls (pickled once, here; large
-    buffers such as numpy arrays' data are copied once, beside the pickle)."""
+    buffers such as numpy arrays' data are copied once, beside the pickle, and written once
+    more, to shared memory, the first time a call on this machine takes it: executors here
+    map them from there)."""
     envelope, handles = _serialize.ok(value)
     # The actor handles in it hold their actors while the value lives.
     return ObjectRef(_ember.completed(envelope, handles))

@@ -88,7 +88,7 @@ def _result(value, caller, what):
 def _split(data):
     """The results of the call's arguments' calls, and the payload after them, as views
     into `data` (no copies): a count (u32), each result as a length (u64) and its bytes, the
-    payload (`client/python/src/cluster.rs` `with_deps` writes it)."""
+    payload (`client/python/src/call_args.rs` `PythonArgs` writes it)."""
     (count,) = struct.unpack_from("<I", data, 0)
     if count == 0:
         return (), memoryview(data)[4:]

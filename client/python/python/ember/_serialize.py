@@ -4,9 +4,10 @@ times faster) and cloudpickle for the rest (functions and classes by value); res
 errors in one envelope the caller unpacks.
 
 A value with large buffers (numpy arrays' data) is framed: its pickle with those buffers out
-of band, each inline or, for a caller on the executor's machine, in a file in shared memory
-that the caller maps instead of copying. `ember._ember.frame` writes the frame (the layout is
-in `client/python/src/envelope/frame.rs`); `unwrap` reads it back."""
+of band, each inline or, for a process on the same machine (a result's caller, a call's
+executor), in a file in shared memory that it maps instead of copying. `ember._ember.frame`
+writes the frame (the layout is in `client/python/src/envelope/frame.rs`), and `ember._ember`
+chooses, for each attempt of a call, which form its arguments take; `unwrap` reads it back."""
 
 import mmap
 import os
@@ -102,37 +103,38 @@ def dumps(value, what):
 
 
 # Set by `ember.init()` when it starts an embedded cluster: every worker runs on this
-# machine, so the large buffers of a call's arguments cross through shared memory.
+# machine, so a call's large argument buffers are written straight to shared memory (an
+# executor elsewhere, should one take the call, gets them inline all the same).
 args_shared = False
 
 
 def dumps_call(head, args, kwargs, what):
     """Pickles a call's `(head, args, kwargs)`: with plain pickle when `head` and every
-    argument are plain, else as `dumps_keeping` does, its buffers of at least `SHM_MIN`
-    bytes (numpy arrays' data) in shared memory when `args_shared`. Returns the pickle (or
-    frame) and what the call keeps alive until it ends (None when nothing)."""
+    argument are plain, else with cloudpickle, its buffers of at least `SHM_MIN` bytes (numpy
+    arrays' data) out of band in a frame, in shared memory when `args_shared`, else inline
+    (copied once). Each attempt of the call sends them as its executor reads them: through
+    shared memory when it runs on this machine, inline otherwise (`ember._ember` decides, and
+    owns the files). Returns the pickle (or frame) and the actor handles pickled in it, which
+    the call keeps alive until it ends (None when none; see `dumps_keeping`)."""
     call = (head, args, kwargs)
     if _plain(call):
         return pickle.dumps(call, protocol=PROTOCOL), None
-    return dumps_keeping(call, what, share=args_shared)
+    payload, handles = _keeping_handles(lambda: _dumps_framed(call, what, args_shared))
+    return payload, handles or None
 
 
 # The actor handles pickled by the pickling under way on this thread (`dumps_keeping`).
 _pickling = threading.local()
 
 
-def dumps_keeping(value, what, share=False):
+def dumps_keeping(value, what):
     """Pickles `value` as `dumps` does, and returns the pickle with the actor handles
     pickled in it (None when none). The call that carries the pickle keeps them alive until
     it ends: by then the callee, having unpickled them, holds their actors itself, so their
-    creator dropping its own handles meanwhile does not stop them. With `share`, buffers of
-    at least `SHM_MIN` bytes go into shared-memory files instead, the pickle framed with
-    them: the call removes them when it ends (`ember._ember` takes them over from the frame;
-    a constructor's arguments never travel so, since the head keeps them to build the actor
-    again after a loss)."""
-    payload, handles = _keeping_handles(
-        lambda: _dumps_sharing(value, what) if share else dumps(value, what)
-    )
+    creator dropping its own handles meanwhile does not stop them. (A constructor's
+    arguments travel so, in the pickle: the head keeps them to build the actor again after
+    a loss.)"""
+    payload, handles = _keeping_handles(lambda: dumps(value, what))
     return payload, handles or None
 
 
@@ -146,16 +148,19 @@ def _keeping_handles(pickle_it):
         _pickling.handles = outer
 
 
-def _dumps_sharing(value, what):
-    """`value` pickled with its large contiguous buffers in shared-memory files named for
-    this process, framed; a plain pickle when it has none."""
+def _dumps_framed(value, what, shared):
+    """`value` pickled with its contiguous buffers of at least `SHM_MIN` bytes out of band,
+    framed: in shared-memory files named for this process when `shared`, else inline; a
+    plain pickle when it has none."""
     try:
         main, buffers = _pickle_out_of_band(value, SHM_MIN)
     except Exception as e:  # cloudpickle raises many kinds
         raise SerializationError(f"{what} cannot be pickled: {type(e).__name__}: {e}") from e
     if not buffers:
         return main
-    return _ember.frame(main, [_to_shared(b, os.getpid()) for b in buffers])
+    if shared:
+        buffers = [_to_shared(b, os.getpid()) for b in buffers]
+    return _ember.frame(main, buffers)
 
 
 def loads(data):

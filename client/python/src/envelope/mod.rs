@@ -6,7 +6,9 @@
 //! - [`frame`]: the layout, read and written.
 //! - [`memory`]: the memory large frames are written into (huge pages, reused).
 //! - [`shared`]: the shared-memory files a frame names, owned by the process receiving it.
+//! - [`by_host`]: a value's bytes for a destination on this machine or elsewhere.
 
+mod by_host;
 mod frame;
 mod memory;
 mod shared;
@@ -17,6 +19,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+pub(crate) use by_host::HostForms;
 pub(crate) use frame::is_framed;
 pub(crate) use memory::Envelope;
 pub(crate) use shared::{release_all, sweep_orphans, SharedFiles};
@@ -98,19 +101,6 @@ pub(crate) fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         Ok(frame) => frame.get().take(),
         Err(_) => Ok(value.extract::<&[u8]>()?.to_vec()),
     }
-}
-
-/// `bytes` with every shared buffer inline (itself when it names none), for another process,
-/// maybe on another machine: a result passed on as an argument.
-pub(crate) fn inline(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
-    let Some(parsed) = frame::parse(bytes) else {
-        return Ok(bytes.into());
-    };
-    if !parsed.buffers.iter().any(|b| b.is_shared()) {
-        return Ok(bytes.into());
-    }
-    let files = shared::files_of(bytes, &parsed)?;
-    Ok(frame::inline(bytes, &parsed, &files)?.into())
 }
 
 /// The actors whose handles the pickle of `bytes` holds (none for a plain pickle); an id

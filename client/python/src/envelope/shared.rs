@@ -79,8 +79,40 @@ pub(crate) fn release_all() {
     }
 }
 
-/// The prefix of every shared-memory file's name (`_serialize._to_shared` names them).
+/// The prefix of every shared-memory file's name (`_serialize._to_shared` and
+/// [`write_file`] name them).
 const PREFIX: &str = "ember-buf-";
+
+/// Writes `bytes` to a new shared-memory file named for this process (which owns it: the
+/// caller hands it to [`SharedFiles::own`]); its path and its name.
+pub(crate) fn write_file(bytes: &[u8]) -> std::io::Result<(PathBuf, String)> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        // A name no other file has: random per process, then counted.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let name = format!("{PREFIX}{}-{:016x}", std::process::id(), h.finish());
+        let path = PathBuf::from(SHM_DIR).join(&name);
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = file.write_all(bytes) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        return Ok((path, name));
+    }
+}
 
 /// Removes the shared-memory files whose receiving process is gone (killed before it could
 /// remove them); returns how many. Files of a live process, or not named as Ember names
