@@ -4,7 +4,6 @@ the call's own arguments, a put value or an earlier call's result passed on, and
 the caller started the cluster or joined it; inline when same-machine calls are off."""
 
 import gc
-import mmap
 import os
 import time
 
@@ -13,37 +12,17 @@ import pytest
 
 import ember
 from ember import _ember
+from shm_arrays import Inspector
+from shm_arrays import inspect_argument as inspect
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
 N = 4 << 20  # float64s: 32 MiB
 
 
-def _mapped(array):
-    """Whether `array`'s data is a mapping of a shared-memory file (not a copy in memory)."""
-    base = array.base
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    return isinstance(base, mmap.mmap)
-
-
-@ember.remote
-def inspect(a):
-    a[0] = -1.0  # writable: copy-on-write, nobody else's data touched
-    return _mapped(a), float(a[1:].sum())
-
-
 @ember.remote
 def make(n):
     return np.arange(n, dtype=np.float64)
-
-
-@ember.remote
-class Inspector:
-    def inspect(self, a):
-        return _mapped(a), float(a.sum())
 
 
 def _mine():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ember
+from shm_arrays import Inspector, inspect_argument
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -142,30 +143,6 @@ def test_a_killed_process_s_shared_memory_is_swept_and_its_workers_stop(tmp_path
     while [w for w in workers if running(w)]:
         assert time.monotonic() < deadline, "the killed process's workers still run"
         time.sleep(0.05)
-
-
-def _mapped(array):
-    """Whether `array`'s data is a mapping of a shared-memory file (not a copy in memory)."""
-    import mmap
-
-    base = array.base
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    return isinstance(base, mmap.mmap)
-
-
-@ember.remote
-def inspect_argument(a):
-    a[0] = -1.0  # writable: copy-on-write, the caller's data untouched
-    return _mapped(a), float(a[1:].sum())
-
-
-@ember.remote
-class Inspector:
-    def inspect(self, a):
-        return _mapped(a), float(a.sum())
 
 
 def test_a_large_array_argument_crosses_through_shared_memory_and_its_file_goes_with_the_call():
