@@ -194,3 +194,39 @@ async fn usage_has_a_record_for_a_job_an_actor_and_a_task_and_node_time_adds_up(
         adds_up(n, "the node over the window");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_printed_into_a_closed_pipe_stop_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (tc, _cluster) = TestCluster::with_workers(&[WorkerSpec::cpu()]).await;
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["usage"],
+        &["usage", "--json"],
+    ] {
+        // A pipe whose reader is gone before the command starts: its first write fails.
+        let (reader, writer) = nix::unistd::pipe().expect("pipe");
+        drop(reader);
+        let mut cmd = tokio::process::Command::new(ember_exe());
+        cmd.args(args)
+            .arg("--cluster")
+            .arg(tc.state_dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        // Not `output()`, which would pipe standard output itself.
+        let child = cmd.spawn().expect("ember starts");
+        let out = within("the command", child.wait_with_output())
+            .await
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "ember {args:?}: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(nix::libc::SIGPIPE),
+            "ember {args:?} ended with {:?}: {stderr}",
+            out.status
+        );
+    }
+}

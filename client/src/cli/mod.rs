@@ -368,6 +368,9 @@ fn run_command(command: Command) -> i32 {
             }
         };
     }
+    if matches!(command, Command::Status { .. } | Command::Usage { .. }) {
+        stop_when_the_reader_goes();
+    }
     let rt = tokio::runtime::Runtime::new().expect("cannot start the Tokio runtime");
     let code = match rt.block_on(run(command)) {
         Ok(code) => code,
@@ -380,6 +383,18 @@ fn run_command(command: Command) -> i32 {
     // is dropped, not waited for, as when the process exits.
     rt.shutdown_background();
     code
+}
+
+/// A command that prints a report and ends stops quietly, as Unix tools do, once whoever
+/// reads its output has gone (`ember status | head`), instead of panicking on the broken pipe:
+/// SIGPIPE's default action. Only for such commands: a head, a worker or a local cluster keeps
+/// SIGPIPE ignored, so that a peer closing a socket is an error they handle.
+fn stop_when_the_reader_goes() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs the default action, no handler: nothing runs in signal context.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        tracing::debug!("cannot restore SIGPIPE's default action: {e}");
+    }
 }
 
 /// The configuration `ember worker` joins with.
