@@ -227,6 +227,56 @@ def test_tasks_that_join_the_cluster_at_the_same_time_all_call_the_actor():
     assert out.stdout.split() == ["200", "201"], out.stdout
 
 
+def test_a_drain_moves_an_actor_that_can_checkpoint_with_its_state():
+    # Its own cluster of two workers, one of which the test drains with `ember drain`. The
+    # class sets no checkpoint policy: the drain seals it with a final checkpoint.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import json, os, subprocess, sys
+        import ember
+
+        ember.init(workers=2, gpus=1)
+
+        @ember.remote(gpus=1, max_restarts=-1, max_task_retries=-1)
+        class Ledger:
+            def __init__(self): self.rows = []
+            def add(self, x): self.rows.append(x); return len(self.rows), os.getpid()
+            def save_checkpoint(self): return self.rows
+            @classmethod
+            def restore_checkpoint(cls, rows):
+                ledger = cls(); ledger.rows = rows; return ledger
+
+        @ember.remote
+        def cluster_file():
+            return os.environ["EMBER_CLUSTER"]
+
+        def node_of(actor):
+            actors = json.loads(ember._ember.status_json())["actors"]
+            return [a["node"] for a in actors if a["id"] == actor][0]
+
+        ledger = Ledger.remote()
+        for i in range(10):
+            _, pid = ember.get(ledger.add.remote(i), timeout=60)
+        (actor,) = [a["id"] for a in json.loads(ember._ember.status_json())["actors"]]
+        before = node_of(actor)
+        drain = [sys.executable, "-m", "ember", "drain", before,
+                 "--cluster", ember.get(cluster_file.remote(), timeout=60)]
+        drained = subprocess.run(drain, capture_output=True, text=True, timeout=120)
+        assert drained.returncode == 0, drained.stderr
+        n, moved_pid = ember.get(ledger.add.remote(10), timeout=60)
+        print(n, node_of(actor) != before, moved_pid != pid)
+        ember.shutdown()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["11", "True", "True"], (out.stdout, out.stderr[-2000:])
+
+
 def test_an_actor_another_actor_keeps_outlives_its_creators_handle_then_stops_with_the_last():
     c = Counter.remote()
     assert ember.get(c.add.remote(), timeout=60) == 1

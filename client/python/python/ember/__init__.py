@@ -14,7 +14,7 @@ import atexit
 import os
 import threading
 
-from . import _ember, _serialize
+from . import _actor_loop, _ember, _serialize
 from ._serialize import Dep as _Dep
 from ._serialize import RemoteError, SerializationError
 
@@ -248,6 +248,14 @@ class ActorClass:
             )
         self._cls = cls
         self._options = options
+        # A class that can checkpoint is sealed with a final checkpoint when its node drains,
+        # and moves with its state, as a Rust actor declared `checkpoint` does. Not an async
+        # class without a policy: checkpointing would run its calls one at a time.
+        self._can_checkpoint = (
+            callable(getattr(cls, "save_checkpoint", None))
+            and callable(getattr(cls, "restore_checkpoint", None))
+            and (checkpoints or not _actor_loop.is_async_class(cls))
+        )
         self._pickled = None
         self.__doc__ = cls.__doc__
         self.__name__ = cls.__name__
@@ -269,7 +277,8 @@ class ActorClass:
         payload, keep = _serialize.dumps_keeping(
             ((self._pickled,), args, kwargs), f"an argument of {self.__qualname__}()"
         )
-        return ActorHandle(_ember.spawn_actor(payload, deps, self._options, keep), self._cls)
+        options = dict(self._options, checkpoint=True) if self._can_checkpoint else self._options
+        return ActorHandle(_ember.spawn_actor(payload, deps, options, keep), self._cls)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
