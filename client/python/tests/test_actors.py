@@ -277,6 +277,45 @@ def test_a_drain_moves_an_actor_that_can_checkpoint_with_its_state():
     assert out.stdout.split() == ["11", "True", "True"], (out.stdout, out.stderr[-2000:])
 
 
+def test_a_checkpointing_actor_whose_worker_is_sigkilled_comes_back_with_every_answered_call():
+    # Its own cluster of two workers: the test SIGKILLs the one running the actor (its
+    # process's parent), and the actor comes back on the other from its newest checkpoint.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, signal
+        import ember
+
+        ember.init(workers=2, gpus=1)
+
+        @ember.remote(gpus=1, max_restarts=-1, max_task_retries=-1, checkpoint_every=1)
+        class Ledger:
+            def __init__(self): self.rows = []
+            def add(self, x): self.rows.append(x); return len(self.rows)
+            def rows_and_worker(self): return self.rows, os.getpid(), os.getppid()
+            def save_checkpoint(self): return self.rows
+            @classmethod
+            def restore_checkpoint(cls, rows):
+                ledger = cls(); ledger.rows = rows; return ledger
+
+        ledger = Ledger.remote()
+        answered = [ember.get(ledger.add.remote(i), timeout=60) for i in range(10)]
+        _, pid, worker = ember.get(ledger.rows_and_worker.remote(), timeout=60)
+        os.kill(worker, signal.SIGKILL)
+        answered.append(ember.get(ledger.add.remote(10), timeout=60))
+        rows, new_pid, new_worker = ember.get(ledger.rows_and_worker.remote(), timeout=60)
+        print(answered == list(range(1, 12)), rows == list(range(11)), new_worker != worker)
+        ember.shutdown()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["True", "True", "True"], (out.stdout, out.stderr[-2000:])
+
+
 def test_an_actor_another_actor_keeps_outlives_its_creators_handle_then_stops_with_the_last():
     c = Counter.remote()
     assert ember.get(c.add.remote(), timeout=60) == 1
